@@ -1,0 +1,37 @@
+//! Builds `mesh-ebpf` for the BPF target with the pinned toolchain and leaves the object in
+//! `OUT_DIR`, where `src/datapath.rs` embeds it.
+
+use anyhow::{Context as _, anyhow};
+
+/// The eBPF crate, relative to this one.
+const EBPF_PACKAGE: &str = "mesh-ebpf";
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
+    let root_dir = std::path::Path::new(&manifest_dir).join("..").join(EBPF_PACKAGE);
+    let root_dir = root_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root_dir.display()))?;
+    let toolchain = pinned_toolchain(&manifest_dir)?;
+    // aya-build adds `-Z build-std=core` when RUSTC_BOOTSTRAP=1: the eBPF target has no
+    // prebuilt core. Set in this build script's process only, so the cargo it spawns for the
+    // eBPF crate sees it and no userspace crate ever does.
+    // SAFETY: build scripts are single-threaded at this point.
+    unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    aya_build::build_ebpf(
+        [aya_build::Package { name: EBPF_PACKAGE, root_dir, ..Default::default() }],
+        aya_build::Toolchain::Custom(&toolchain),
+    )
+}
+
+/// The channel pinned in `rust-toolchain.toml`: the eBPF crate is built with the same
+/// toolchain (its LLVM must match bpf-linker's), never a floating nightly.
+fn pinned_toolchain(manifest_dir: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(manifest_dir).join("../rust-toolchain.toml");
+    println!("cargo::rerun-if-changed={}", path.display());
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .ok_or_else(|| anyhow!("no `channel = \"...\"` in {}", path.display()))
+}

@@ -1,0 +1,161 @@
+//! The agent's configuration: every key is a named constant here, parsed and validated in
+//! this one place, from flags or the environment (a DaemonSet sets the environment).
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+/// The node this agent runs on; pods in the state file are this node's pods.
+pub const ENV_NODE_NAME: &str = "MESH_NODE_NAME";
+/// The cgroup v2 directory whose processes get service load balancing (`connect4`).
+pub const ENV_CGROUP: &str = "MESH_CGROUP";
+/// The bpffs directory where this node's maps and (with keep-datapath) links are pinned.
+pub const ENV_BPFFS: &str = "MESH_BPFFS";
+/// The node's network namespace (a path such as `/run/netns/node-0`); unset: the agent's own.
+pub const ENV_NETNS: &str = "MESH_NETNS";
+/// The static state file (pods and services) this agent programs.
+pub const ENV_STATE_FILE: &str = "MESH_STATE_FILE";
+/// Leave programs attached and maps pinned on exit, for a restarted agent to take over.
+pub const ENV_KEEP_DATAPATH: &str = "MESH_KEEP_DATAPATH";
+/// A file the agent creates once the datapath is attached and programmed (readiness probe).
+pub const ENV_READY_FILE: &str = "MESH_READY_FILE";
+
+/// The default bpffs directory: `<this>/<node name>`.
+pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/mesh";
+
+#[derive(Debug, Parser)]
+#[command(name = "mesh-agent", version, about = "The mesh's per-node daemon: loads, attaches and programs the kernel datapath.")]
+pub struct Args {
+    /// Name of this node.
+    #[arg(long, env = ENV_NODE_NAME)]
+    pub node_name: String,
+    /// cgroup v2 directory to attach the socket programs to (the node's pods live below it).
+    #[arg(long, env = ENV_CGROUP)]
+    pub cgroup: PathBuf,
+    /// bpffs directory to pin maps and links in [default: /sys/fs/bpf/mesh/<node-name>].
+    #[arg(long, env = ENV_BPFFS)]
+    pub bpffs: Option<PathBuf>,
+    /// Network namespace of the node's pod interfaces [default: the agent's own].
+    #[arg(long, env = ENV_NETNS)]
+    pub netns: Option<PathBuf>,
+    /// YAML file with the node's pods and the services to balance.
+    #[arg(long, env = ENV_STATE_FILE)]
+    pub state_file: PathBuf,
+    /// Keep programs attached and maps pinned when the agent exits.
+    #[arg(long, env = ENV_KEEP_DATAPATH)]
+    pub keep_datapath: bool,
+    /// File to create once the datapath is attached and programmed.
+    #[arg(long, env = ENV_READY_FILE)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub cgroup: PathBuf,
+    pub bpffs: PathBuf,
+    pub netns: Option<PathBuf>,
+    pub state_file: PathBuf,
+    pub keep_datapath: bool,
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: node name {value:?} is not a valid name: use lowercase letters, digits, '-' and '.', at most 253 characters")]
+    NodeName { key: &'static str, value: String },
+    #[error("{key}: {path} is not a cgroup v2 directory (no cgroup.procs in it): give the node's cgroup under the cgroup2 mount")]
+    Cgroup { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} is not on a bpffs mount: mount one (mount -t bpf bpf /sys/fs/bpf) and give a directory below it")]
+    Bpffs { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} does not exist: give a network namespace file such as /run/netns/<name>")]
+    Netns { key: &'static str, path: PathBuf },
+}
+
+impl Config {
+    /// Validates `args`; every check names the key it failed on.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        if !is_dns_subdomain(&args.node_name) {
+            return Err(ConfigError::NodeName { key: ENV_NODE_NAME, value: args.node_name });
+        }
+        if !args.cgroup.join("cgroup.procs").is_file() {
+            return Err(ConfigError::Cgroup { key: ENV_CGROUP, path: args.cgroup });
+        }
+        let bpffs = args.bpffs.unwrap_or_else(|| Path::new(DEFAULT_BPFFS_ROOT).join(&args.node_name));
+        if !on_bpffs(&bpffs) {
+            return Err(ConfigError::Bpffs { key: ENV_BPFFS, path: bpffs });
+        }
+        if let Some(netns) = &args.netns
+            && !netns.exists()
+        {
+            return Err(ConfigError::Netns { key: ENV_NETNS, path: netns.clone() });
+        }
+        Ok(Self {
+            node_name: args.node_name,
+            cgroup: args.cgroup,
+            bpffs,
+            netns: args.netns,
+            state_file: args.state_file,
+            keep_datapath: args.keep_datapath,
+            ready_file: args.ready_file,
+        })
+    }
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain), as node names are.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Whether `dir` (or, if it does not exist yet, its nearest existing ancestor) is on bpffs.
+fn on_bpffs(dir: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Some(existing) = dir.ancestors().find(|p| p.exists()) else { return false };
+    let Ok(path) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a valid C string; `stat` is written by the kernel on success.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_follow_kubernetes_rules() {
+        for ok in ["node-0", "kind-worker2", "ip-10-0-0-1.ec2.internal"] {
+            assert!(is_dns_subdomain(ok), "{ok}");
+        }
+        for bad in ["", "Node", "-a", "a-", "a..b", "a_b", &"x".repeat(254)] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_cgroup_is_refused_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = Args {
+            node_name: "node-0".into(),
+            cgroup: dir.path().into(),
+            bpffs: None,
+            netns: None,
+            state_file: dir.path().join("state.yaml"),
+            keep_datapath: false,
+            ready_file: None,
+        };
+        let err = Config::from_args(args).unwrap_err().to_string();
+        assert!(err.starts_with(ENV_CGROUP), "{err}");
+    }
+}

@@ -1,0 +1,213 @@
+//! Loading the kernel programs, attaching them, and leaving (or keeping) them on exit.
+//!
+//! Maps are pinned by name in the node's bpffs directory. With keep-datapath the links are
+//! pinned too, under `links/`, so the programs stay attached after the agent exits; the next
+//! agent attaches its own and then removes those pins, so the datapath never has a gap.
+
+use std::{
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        cgroup_sock_addr::CgroupSockAddrLinkId, links::FdLink, tc::SchedClassifierLinkId,
+    },
+};
+use mesh_common::{maps, programs};
+
+use crate::{
+    netns,
+    pod_iface::{self, PodInterface},
+    service_lb::{ServiceLbError, ServiceTable},
+    state_file::Pod,
+};
+
+/// The programs, built by `build.rs` from `mesh-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh"));
+
+/// Where pinned links live inside the node's bpffs directory.
+const LINKS_DIR: &str = "links";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot create the bpffs directory {path}: {source}")]
+    PinDir { path: PathBuf, source: std::io::Error },
+    #[error(
+        "loading the eBPF object failed: {0}; if a map's capacity changed, remove the pinned maps of this node (or give a new MESH_BPFFS directory)"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name} is not in the loaded object")]
+    MissingProgram { name: &'static str },
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("cannot open cgroup {path}: {source}; check MESH_CGROUP")]
+    Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("attaching {name} to {target} failed: {source}")]
+    Attach { name: &'static str, target: String, source: aya::programs::ProgramError },
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error(transparent)]
+    PodInterface(#[from] pod_iface::PodIfaceError),
+    #[error(transparent)]
+    ServiceLb(#[from] ServiceLbError),
+    #[error("pinning link {path} failed: {reason}")]
+    PinLink { path: PathBuf, reason: String },
+}
+
+enum LinkId {
+    Cgroup(CgroupSockAddrLinkId),
+    Tc(SchedClassifierLinkId),
+}
+
+/// One attachment the agent made.
+struct Attachment {
+    program: &'static str,
+    /// What it is attached to, for logs and pin names: `cgroup` or an interface name.
+    target: String,
+    id: LinkId,
+}
+
+/// A pod whose interface carries the TC programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedPod {
+    pub pod: String,
+    pub iface: PodInterface,
+}
+
+/// The loaded programs and what they are attached to.
+pub struct Datapath {
+    ebpf: Ebpf,
+    bpffs: PathBuf,
+    attachments: Vec<Attachment>,
+    /// Links a previous agent left pinned; removed once this agent's own are attached.
+    previous_links: Vec<PathBuf>,
+}
+
+impl Datapath {
+    /// Loads the object, reusing the maps pinned in `bpffs` (created if missing).
+    pub fn load(bpffs: &Path) -> Result<Self, DatapathError> {
+        std::fs::create_dir_all(bpffs).map_err(|source| DatapathError::PinDir { path: bpffs.to_owned(), source })?;
+        let previous_links = std::fs::read_dir(bpffs.join(LINKS_DIR))
+            .map(|dir| dir.filter_map(Result::ok).map(|entry| entry.path()).collect())
+            .unwrap_or_default();
+        let ebpf = EbpfLoader::new().default_map_pin_directory(bpffs).load(OBJECT)?;
+        tracing::info!(bpffs = %bpffs.display(), maps = ?maps::ALL, "programs loaded, maps pinned");
+        Ok(Self { ebpf, bpffs: bpffs.to_owned(), attachments: Vec::new(), previous_links })
+    }
+
+    /// Attaches `connect4` to the cgroup v2 directory `cgroup`.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let name = programs::CONNECT4;
+        let file = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
+        let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+        program.load().map_err(|source| DatapathError::Program { name, source })?;
+        let id = program
+            .attach(file.as_fd(), CgroupAttachMode::default())
+            .map_err(|source| DatapathError::Attach { name, target: cgroup.display().to_string(), source })?;
+        tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
+        self.attachments.push(Attachment { program: name, target: "cgroup".into(), id: LinkId::Cgroup(id) });
+        Ok(())
+    }
+
+    /// Finds each pod's host-side interface (from the route to its address, inside `netns`)
+    /// and attaches the TC programs to it with TCX.
+    pub fn attach_pods(&mut self, netns: Option<&Path>, pods: &[Pod]) -> Result<Vec<AttachedPod>, DatapathError> {
+        for name in [programs::FROM_POD, programs::TO_POD] {
+            let program: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            program.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let ebpf = &mut self.ebpf;
+        let (attachments, attached) = netns::run_in(netns, || {
+            let (mut attachments, mut attached) = (Vec::new(), Vec::new());
+            for pod in pods {
+                let iface = pod_iface::find(&pod.name, pod.ip)?;
+                for (name, hook) in [(programs::FROM_POD, TcAttachType::Ingress), (programs::TO_POD, TcAttachType::Egress)] {
+                    let program: &mut SchedClassifier = program(ebpf, name)?;
+                    let id = program.attach(iface.ifindex, hook).map_err(|source| DatapathError::Attach {
+                        name,
+                        target: iface.name.clone(),
+                        source,
+                    })?;
+                    attachments.push(Attachment { program: name, target: iface.name.clone(), id: LinkId::Tc(id) });
+                }
+                tracing::info!(pod = %pod.name, ip = %pod.ip, iface = %iface.name, ifindex = iface.ifindex, "attached TC programs (tcx ingress + egress)");
+                attached.push(AttachedPod { pod: pod.name.clone(), iface });
+            }
+            Ok::<_, DatapathError>((attachments, attached))
+        })??;
+        self.attachments.extend(attachments);
+        Ok(attached)
+    }
+
+    /// The service maps, taken out of the object for the caller to program.
+    pub fn service_table(&mut self) -> Result<ServiceTable, DatapathError> {
+        let services = self.ebpf.take_map(maps::SERVICES).ok_or(ServiceLbError::MissingMap { map: maps::SERVICES })?;
+        let backends = self.ebpf.take_map(maps::BACKENDS).ok_or(ServiceLbError::MissingMap { map: maps::BACKENDS })?;
+        Ok(ServiceTable::new(services, backends)?)
+    }
+
+    /// Removes the pinned links of a previous agent: this agent's own are attached by now.
+    pub fn take_over(&mut self) {
+        for path in std::mem::take(&mut self.previous_links) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(link = %path.display(), "took over from the previous agent's link"),
+                Err(err) => tracing::warn!(link = %path.display(), "cannot remove a previous agent's link: {err}"),
+            }
+        }
+    }
+
+    /// Ends the agent's hold on the datapath. With `keep`, links are pinned and maps stay; the
+    /// programs go on running. Without, everything is detached and the pins are removed.
+    pub fn shutdown(mut self, keep: bool) -> Result<(), DatapathError> {
+        if keep {
+            let links_dir = self.bpffs.join(LINKS_DIR);
+            std::fs::create_dir_all(&links_dir).map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
+            for attachment in std::mem::take(&mut self.attachments) {
+                let path = links_dir.join(format!("{}-{}", attachment.program, attachment.target));
+                let link = take_link(&mut self.ebpf, attachment)
+                    .map_err(|reason| DatapathError::PinLink { path: path.clone(), reason })?;
+                let _ = std::fs::remove_file(&path);
+                link.pin(&path).map_err(|err| DatapathError::PinLink { path: path.clone(), reason: err.to_string() })?;
+            }
+            tracing::info!(bpffs = %self.bpffs.display(), "datapath kept: links and maps stay pinned");
+            return Ok(());
+        }
+        let bpffs = self.bpffs.clone();
+        drop(self);
+        for map in maps::ALL {
+            let _ = std::fs::remove_file(bpffs.join(map));
+        }
+        let _ = std::fs::remove_dir_all(bpffs.join(LINKS_DIR));
+        let _ = std::fs::remove_dir(&bpffs);
+        tracing::info!(bpffs = %bpffs.display(), "datapath detached, pins removed");
+        Ok(())
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(DatapathError::MissingProgram { name })?;
+    program.try_into().map_err(|source| DatapathError::Program { name, source })
+}
+
+fn take_link(ebpf: &mut Ebpf, attachment: Attachment) -> Result<FdLink, String> {
+    let name = attachment.program;
+    let err = |e: &dyn std::fmt::Display| format!("{name}: {e}");
+    match attachment.id {
+        LinkId::Cgroup(id) => {
+            let program: &mut CgroupSockAddr = program(ebpf, name).map_err(|e| err(&e))?;
+            let link = program.take_link(id).map_err(|e| err(&e))?;
+            FdLink::try_from(link).map_err(|e| err(&e))
+        }
+        LinkId::Tc(id) => {
+            let program: &mut SchedClassifier = program(ebpf, name).map_err(|e| err(&e))?;
+            let link = program.take_link(id).map_err(|e| err(&e))?;
+            FdLink::try_from(link).map_err(|e| err(&e))
+        }
+    }
+}

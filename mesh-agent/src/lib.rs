@@ -1,0 +1,10 @@
+//! mesh-agent: the per-node daemon. It loads the kernel programs, attaches them to its node's
+//! cgroup and to each local pod's host-side interface, and keeps their maps in sync with the
+//! desired state.
+
+pub mod config;
+pub mod datapath;
+pub mod netns;
+pub mod pod_iface;
+pub mod service_lb;
+pub mod state_file;

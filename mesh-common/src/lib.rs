@@ -1,0 +1,26 @@
+//! What the kernel programs (`mesh-ebpf`) and userspace (`mesh-agent`, tests) share.
+//!
+//! `no_std`, `#[repr(C)]`, explicit padding, no `bool`: the layout of every type here is the
+//! layout of a BPF map key or value, checked by the tests at the bottom of each module.
+#![no_std]
+
+pub mod maps;
+pub mod pod_traffic;
+pub mod service_lb;
+
+/// IANA protocol numbers, as they appear in map keys.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// Program names: the names of the entry functions in `mesh-ebpf`, by which the agent finds
+/// them in the object.
+pub mod programs {
+    /// `cgroup/connect4`: service load balancing at `connect()`.
+    pub const CONNECT4: &str = "mesh_connect4";
+    /// TC ingress of a pod's host-side interface (what the pod sends).
+    pub const FROM_POD: &str = "mesh_from_pod";
+    /// TC egress of a pod's host-side interface (what the pod receives).
+    pub const TO_POD: &str = "mesh_to_pod";
+}

@@ -1,0 +1,34 @@
+//! Map names and default capacities.
+//!
+//! Every map is pinned under the node's bpffs directory by its name, so a restarted agent
+//! finds the datapath it left. Names carry the `mesh_` prefix and stay within the kernel's
+//! 15 characters (`BPF_OBJ_NAME_LEN` - 1), or the kernel would truncate them.
+
+/// Services: [`crate::service_lb::ServiceKey`] -> [`crate::service_lb::ServiceEntry`].
+pub const SERVICES: &str = "mesh_svc";
+/// Backend slots: [`crate::service_lb::BackendKey`] -> [`crate::service_lb::Backend`].
+pub const BACKENDS: &str = "mesh_backend";
+/// Per-CPU traffic counters of each pod interface: ifindex (`u32`) ->
+/// [`crate::pod_traffic::PodTraffic`].
+pub const POD_TRAFFIC: &str = "mesh_pod_traffic";
+
+/// Default capacity of [`SERVICES`] (service address + port + protocol entries).
+pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
+/// Default capacity of [`BACKENDS`] (backend slots over all services).
+pub const DEFAULT_BACKENDS_MAX: u32 = 131_072;
+/// Default capacity of [`POD_TRAFFIC`] (pod interfaces on one node).
+pub const DEFAULT_POD_TRAFFIC_MAX: u32 = 1_024;
+
+/// Every map the datapath pins, in the order the agent reports them.
+pub const ALL: [&str; 3] = [SERVICES, BACKENDS, POD_TRAFFIC];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_fit_the_kernel_limit_and_carry_the_prefix() {
+        for name in super::ALL {
+            assert!(name.len() <= 15, "{name} is longer than 15 characters");
+            assert!(name.starts_with("mesh_"), "{name} lacks the mesh_ prefix");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The maps, declared once for every program. All are pinned by name under the node's bpffs
+//! directory (the agent sets it); capacities here are defaults the agent may override.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuHashMap},
+};
+use mesh_common::{
+    maps::{DEFAULT_BACKENDS_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_SERVICES_MAX},
+    pod_traffic::PodTraffic,
+    service_lb::{Backend, BackendKey, ServiceEntry, ServiceKey},
+};
+
+#[map(name = "mesh_svc")]
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
+    HashMap::pinned(DEFAULT_SERVICES_MAX, 0);
+
+#[map(name = "mesh_backend")]
+pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(DEFAULT_BACKENDS_MAX, 0);
+
+#[map(name = "mesh_pod_traffic")]
+pub static POD_TRAFFIC: PerCpuHashMap<u32, PodTraffic> =
+    PerCpuHashMap::pinned(DEFAULT_POD_TRAFFIC_MAX, 0);

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what building and running the mesh needs on a Debian 12 machine, and nothing that
+# is already there. Called by the Makefile before any cargo command (cargo cannot start while
+# the pinned toolchain is missing: RUSTUP_AUTO_INSTALL=0). Safe to run again: it only says
+# "ok" for what it finds.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
+bpf_linker_version=0.13.0
+llvm_version=22
+# Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; procps for the lab's sysctl.
+apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 procps)
+
+say() { printf '[bootstrap] %s\n' "$*"; }
+die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: installing Debian packages and running the lab (network namespaces, eBPF) need it"
+command -v rustup >/dev/null || die "rustup is not installed; install rustup first, then run this again"
+
+# 1. Debian packages.
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "ok: Debian packages ${apt_packages[*]}"
+fi
+
+# 2. The pinned Rust toolchain, with rust-src for the eBPF build.
+if rustup toolchain list | grep -q "^${toolchain}-"; then
+  say "ok: Rust ${toolchain}"
+else
+  say "installing Rust ${toolchain} (rustup, components rust-src clippy rustfmt)"
+  rustup toolchain install "$toolchain" --profile minimal -c rust-src -c clippy -c rustfmt --no-self-update
+fi
+for c in rust-src clippy rustfmt; do
+  if ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q "^${c}"; then
+    say "installing Rust component ${c} for ${toolchain}"
+    rustup component add --toolchain "$toolchain" "$c"
+  fi
+done
+
+# 3. bpf-linker, built against Debian's LLVM 22.
+if command -v bpf-linker >/dev/null && bpf-linker --version 2>/dev/null | grep -q "$bpf_linker_version"; then
+  say "ok: bpf-linker ${bpf_linker_version}"
+else
+  say "installing bpf-linker ${bpf_linker_version} on LLVM ${llvm_version} (cargo install, about 3 minutes)"
+  LLVM_PREFIX=/usr/lib/llvm-${llvm_version} PATH=/usr/lib/llvm-${llvm_version}/bin:$PATH \
+    cargo +"$toolchain" install bpf-linker --version "$bpf_linker_version" --locked \
+      --no-default-features --features llvm-${llvm_version}
+fi
+
+# 4. bpffs, where the agent pins its maps and links.
+if mount | grep -q ' /sys/fs/bpf type bpf'; then
+  say "ok: bpffs at /sys/fs/bpf"
+else
+  say "mounting bpffs at /sys/fs/bpf"
+  mkdir -p /sys/fs/bpf
+  mount -t bpf bpf /sys/fs/bpf
+fi
