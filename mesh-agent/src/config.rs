@@ -24,7 +24,11 @@ pub const ENV_READY_FILE: &str = "MESH_READY_FILE";
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/mesh";
 
 #[derive(Debug, Parser)]
-#[command(name = "mesh-agent", version, about = "The mesh's per-node daemon: loads, attaches and programs the kernel datapath.")]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "The mesh's per-node daemon: loads, attaches and programs the kernel datapath."
+)]
 pub struct Args {
     /// Name of this node.
     #[arg(long, env = ENV_NODE_NAME)]
@@ -63,11 +67,17 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{key}: node name {value:?} is not a valid name: use lowercase letters, digits, '-' and '.', at most 253 characters")]
+    #[error(
+        "{key}: node name {value:?} is not a valid name: use lowercase letters, digits, '-' and '.', at most 253 characters"
+    )]
     NodeName { key: &'static str, value: String },
-    #[error("{key}: {path} is not a cgroup v2 directory (no cgroup.procs in it): give the node's cgroup under the cgroup2 mount")]
+    #[error(
+        "{key}: {path} is not a cgroup v2 directory (no cgroup.procs in it): give the node's cgroup under the cgroup2 mount"
+    )]
     Cgroup { key: &'static str, path: PathBuf },
-    #[error("{key}: {path} is not on a bpffs mount: mount one (mount -t bpf bpf /sys/fs/bpf) and give a directory below it")]
+    #[error(
+        "{key}: {path} is not on a bpffs mount: mount one (mount -t bpf bpf /sys/fs/bpf) and give a directory below it"
+    )]
     Bpffs { key: &'static str, path: PathBuf },
     #[error("{key}: {path} does not exist: give a network namespace file such as /run/netns/<name>")]
     Netns { key: &'static str, path: PathBuf },

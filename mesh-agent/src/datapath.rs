@@ -12,8 +12,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
-        cgroup_sock_addr::CgroupSockAddrLinkId, links::FdLink, tc::SchedClassifierLinkId,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, cgroup_sock_addr::CgroupSockAddrLinkId,
+        links::FdLink, tc::SchedClassifierLinkId,
     },
 };
 use mesh_common::{maps, programs};
@@ -101,12 +101,15 @@ impl Datapath {
     /// Attaches `connect4` to the cgroup v2 directory `cgroup`.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
         let name = programs::CONNECT4;
-        let file = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
+        let file =
+            std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
         let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
         program.load().map_err(|source| DatapathError::Program { name, source })?;
-        let id = program
-            .attach(file.as_fd(), CgroupAttachMode::default())
-            .map_err(|source| DatapathError::Attach { name, target: cgroup.display().to_string(), source })?;
+        let id = program.attach(file.as_fd(), CgroupAttachMode::default()).map_err(|source| DatapathError::Attach {
+            name,
+            target: cgroup.display().to_string(),
+            source,
+        })?;
         tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
         self.attachments.push(Attachment { program: name, target: "cgroup".into(), id: LinkId::Cgroup(id) });
         Ok(())
@@ -124,7 +127,9 @@ impl Datapath {
             let (mut attachments, mut attached) = (Vec::new(), Vec::new());
             for pod in pods {
                 let iface = pod_iface::find(&pod.name, pod.ip)?;
-                for (name, hook) in [(programs::FROM_POD, TcAttachType::Ingress), (programs::TO_POD, TcAttachType::Egress)] {
+                for (name, hook) in
+                    [(programs::FROM_POD, TcAttachType::Ingress), (programs::TO_POD, TcAttachType::Egress)]
+                {
                     let program: &mut SchedClassifier = program(ebpf, name)?;
                     let id = program.attach(iface.ifindex, hook).map_err(|source| DatapathError::Attach {
                         name,
@@ -164,13 +169,15 @@ impl Datapath {
     pub fn shutdown(mut self, keep: bool) -> Result<(), DatapathError> {
         if keep {
             let links_dir = self.bpffs.join(LINKS_DIR);
-            std::fs::create_dir_all(&links_dir).map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
+            std::fs::create_dir_all(&links_dir)
+                .map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
             for attachment in std::mem::take(&mut self.attachments) {
                 let path = links_dir.join(format!("{}-{}", attachment.program, attachment.target));
                 let link = take_link(&mut self.ebpf, attachment)
                     .map_err(|reason| DatapathError::PinLink { path: path.clone(), reason })?;
                 let _ = std::fs::remove_file(&path);
-                link.pin(&path).map_err(|err| DatapathError::PinLink { path: path.clone(), reason: err.to_string() })?;
+                link.pin(&path)
+                    .map_err(|err| DatapathError::PinLink { path: path.clone(), reason: err.to_string() })?;
             }
             tracing::info!(bpffs = %self.bpffs.display(), "datapath kept: links and maps stay pinned");
             return Ok(());

@@ -14,9 +14,7 @@ use mesh_common::service_lb::{Backend, ServiceKey};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -57,7 +55,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start(datapath: &mut Datapath, config: &Config, state: &StateFile, services: &[ResolvedService]) -> anyhow::Result<()> {
+fn start(
+    datapath: &mut Datapath,
+    config: &Config,
+    state: &StateFile,
+    services: &[ResolvedService],
+) -> anyhow::Result<()> {
     datapath.attach_cgroup(&config.cgroup)?;
     datapath.attach_pods(config.netns.as_deref(), &state.pods)?;
     let mut table = datapath.service_table()?;

@@ -14,7 +14,9 @@ pub struct PodInterface {
 pub enum PodIfaceError {
     #[error("cannot read the routing table ({path}): {source}")]
     Routes { path: &'static str, source: std::io::Error },
-    #[error("no route to pod {pod} ({ip}) on this node: is the pod running here, and is MESH_NETNS the node's namespace?")]
+    #[error(
+        "no route to pod {pod} ({ip}) on this node: is the pod running here, and is MESH_NETNS the node's namespace?"
+    )]
     NoRoute { pod: String, ip: Ipv4Addr },
     #[error("pod {pod} ({ip}) is routed via gateway {gateway} on {iface}: it is not on this node")]
     ViaGateway { pod: String, ip: Ipv4Addr, gateway: Ipv4Addr, iface: String },
@@ -44,7 +46,12 @@ pub fn find(pod: &str, ip: Ipv4Addr) -> Result<PodInterface, PodIfaceError> {
     let routes = parse_routes(&table);
     let route = longest_match(&routes, ip).ok_or(PodIfaceError::NoRoute { pod: pod.to_owned(), ip })?;
     if route.flags & RTF_GATEWAY != 0 {
-        return Err(PodIfaceError::ViaGateway { pod: pod.to_owned(), ip, gateway: route.gateway, iface: route.iface.clone() });
+        return Err(PodIfaceError::ViaGateway {
+            pod: pod.to_owned(),
+            ip,
+            gateway: route.gateway,
+            iface: route.iface.clone(),
+        });
     }
     let index_error = |source| PodIfaceError::Index { pod: pod.to_owned(), iface: route.iface.clone(), source };
     let name = CString::new(route.iface.as_str())
@@ -121,5 +128,4 @@ vethB\t0400F40A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
         ];
         assert_eq!(longest_match(&routes, Ipv4Addr::LOCALHOST).unwrap().iface, "b");
     }
-
 }

@@ -50,10 +50,10 @@ pub struct ApplyStats {
 impl ServiceTable {
     /// Takes the maps; existing entries (pinned by an earlier agent) are kept and reconciled.
     pub fn new(services: Map, backends: Map) -> Result<Self, ServiceLbError> {
-        let services: HashMap<MapData, ServiceKey, ServiceEntry> = HashMap::try_from(services)
-            .map_err(|source| ServiceLbError::MapType { map: maps::SERVICES, source })?;
-        let backends = HashMap::try_from(backends)
-            .map_err(|source| ServiceLbError::MapType { map: maps::BACKENDS, source })?;
+        let services: HashMap<MapData, ServiceKey, ServiceEntry> =
+            HashMap::try_from(services).map_err(|source| ServiceLbError::MapType { map: maps::SERVICES, source })?;
+        let backends =
+            HashMap::try_from(backends).map_err(|source| ServiceLbError::MapType { map: maps::BACKENDS, source })?;
         let next_revision = services
             .iter()
             .filter_map(Result::ok)

@@ -114,13 +114,9 @@ pub enum StateFileError {
 impl StateFile {
     /// Reads, parses and validates `file`.
     pub fn load(file: &Path) -> Result<Self, StateFileError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| StateFileError::Read { file: file.to_owned(), source })?;
-        Self::parse(&text).map_err(|(field, message)| StateFileError::Invalid {
-            file: file.to_owned(),
-            field,
-            message,
-        })
+        let text =
+            std::fs::read_to_string(file).map_err(|source| StateFileError::Read { file: file.to_owned(), source })?;
+        Self::parse(&text).map_err(|(field, message)| StateFileError::Invalid { file: file.to_owned(), field, message })
     }
 
     /// Parses and validates `text`; an error is `(field, message)`.
@@ -140,7 +136,10 @@ impl StateFile {
         let mut pod_ips = HashMap::new();
         for (i, pod) in self.pods.iter().enumerate() {
             if !crate::config::is_dns_subdomain(&pod.name) {
-                return Err((format!("pods[{i}].name"), format!("{:?} is not a valid pod name: use lowercase letters, digits, '-' and '.'", pod.name)));
+                return Err((
+                    format!("pods[{i}].name"),
+                    format!("{:?} is not a valid pod name: use lowercase letters, digits, '-' and '.'", pod.name),
+                ));
             }
             if !pod_names.insert(pod.name.as_str()) {
                 return Err((format!("pods[{i}].name"), format!("pod {:?} is declared twice", pod.name)));
@@ -163,11 +162,17 @@ impl StateFile {
             if !frontends.insert((service.ip, service.port, service.protocol)) {
                 return Err((
                     format!("services[{i}]"),
-                    format!("{}:{}/{} is already the address of another service", service.ip, service.port.0, service.protocol),
+                    format!(
+                        "{}:{}/{} is already the address of another service",
+                        service.ip, service.port.0, service.protocol
+                    ),
                 ));
             }
             if service.backends.len() > usize::from(u16::MAX) {
-                return Err((format!("services[{i}].backends"), format!("{} backends; at most {} are allowed", service.backends.len(), u16::MAX)));
+                return Err((
+                    format!("services[{i}].backends"),
+                    format!("{} backends; at most {} are allowed", service.backends.len(), u16::MAX),
+                ));
             }
             for (j, backend) in service.backends.iter().enumerate() {
                 if !pod_names.contains(backend.pod.as_str()) {
@@ -215,6 +220,12 @@ services:
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let state = StateFile::parse(include_str!("../../deploy/examples/web-state.yaml")).unwrap();
+        assert_eq!(state.services[0].backends.len(), 2);
+    }
+
+    #[test]
     fn an_unknown_pod_is_named_with_its_field() {
         let (field, message) = error_of(&GOOD.replace("{pod: b,", "{pod: zed,"));
         assert_eq!(field, "services[0].backends[1].pod");
@@ -239,7 +250,7 @@ services:
 
     #[test]
     fn unknown_keys_duplicates_and_bad_protocols_are_refused() {
-        assert_eq!(error_of(&GOOD.replace("port: 80\n", "port: 80\n    prot: TCP\n")).0, "services[0]");
+        assert_eq!(error_of(&GOOD.replace("port: 80\n", "port: 80\n    prot: TCP\n")).0, "services[0].prot");
         assert_eq!(error_of(&GOOD.replace("port: 80\n", "port: 80\n    protocol: ICMP\n")).0, "services[0].protocol");
         assert_eq!(error_of(&GOOD.replace("10.244.0.4", "10.244.0.3")).0, "pods[1].ip");
         assert_eq!(error_of(&GOOD.replace("name: b", "name: a")).0, "pods[1].name");

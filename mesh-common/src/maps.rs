@@ -10,7 +10,7 @@ pub const SERVICES: &str = "mesh_svc";
 pub const BACKENDS: &str = "mesh_backend";
 /// Per-CPU traffic counters of each pod interface: ifindex (`u32`) ->
 /// [`crate::pod_traffic::PodTraffic`].
-pub const POD_TRAFFIC: &str = "mesh_pod_traffic";
+pub const POD_TRAFFIC: &str = "mesh_pod_stats";
 
 /// Default capacity of [`SERVICES`] (service address + port + protocol entries).
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;

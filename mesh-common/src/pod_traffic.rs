@@ -44,6 +44,9 @@ mod tests {
     fn add_sums_every_field() {
         let mut total = PodTraffic { from_pod_packets: 1, from_pod_bytes: 2, to_pod_packets: 3, to_pod_bytes: 4 };
         total.add(&PodTraffic { from_pod_packets: 10, from_pod_bytes: 20, to_pod_packets: 30, to_pod_bytes: 40 });
-        assert_eq!(total, PodTraffic { from_pod_packets: 11, from_pod_bytes: 22, to_pod_packets: 33, to_pod_bytes: 44 });
+        assert_eq!(
+            total,
+            PodTraffic { from_pod_packets: 11, from_pod_bytes: 22, to_pod_packets: 33, to_pod_bytes: 44 }
+        );
     }
 }

@@ -3,9 +3,9 @@
 #![no_std]
 #![no_main]
 
-pub mod maps;
-pub mod pod_traffic;
-pub mod service_lb;
+mod maps;
+mod pod_traffic;
+mod service_lb;
 
 /// GPL-compatible, so the programs may call every helper; the crate is MIT OR GPL-2.0.
 #[unsafe(link_section = "license")]

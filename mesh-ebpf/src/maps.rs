@@ -12,12 +12,10 @@ use mesh_common::{
 };
 
 #[map(name = "mesh_svc")]
-pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
-    HashMap::pinned(DEFAULT_SERVICES_MAX, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::pinned(DEFAULT_SERVICES_MAX, 0);
 
 #[map(name = "mesh_backend")]
 pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(DEFAULT_BACKENDS_MAX, 0);
 
-#[map(name = "mesh_pod_traffic")]
-pub static POD_TRAFFIC: PerCpuHashMap<u32, PodTraffic> =
-    PerCpuHashMap::pinned(DEFAULT_POD_TRAFFIC_MAX, 0);
+#[map(name = "mesh_pod_stats")]
+pub static POD_TRAFFIC: PerCpuHashMap<u32, PodTraffic> = PerCpuHashMap::pinned(DEFAULT_POD_TRAFFIC_MAX, 0);

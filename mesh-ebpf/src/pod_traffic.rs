@@ -14,14 +14,14 @@ use crate::maps::POD_TRAFFIC;
 
 /// TC ingress of the host-side interface: what the pod sends.
 #[classifier]
-pub fn mesh_from_pod(ctx: TcContext) -> i32 {
+fn mesh_from_pod(ctx: TcContext) -> i32 {
     let _ = try_count(&ctx, Direction::FromPod);
     TC_ACT_UNSPEC
 }
 
 /// TC egress of the host-side interface: what the pod receives.
 #[classifier]
-pub fn mesh_to_pod(ctx: TcContext) -> i32 {
+fn mesh_to_pod(ctx: TcContext) -> i32 {
     let _ = try_count(&ctx, Direction::ToPod);
     TC_ACT_UNSPEC
 }

@@ -13,7 +13,7 @@ use crate::maps::{BACKENDS, SERVICES};
 const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
-pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
+fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     // No error of the lookup path may block an application's connect(): allow on error.
     try_connect4(&ctx).unwrap_or(ALLOW)
 }

@@ -1,0 +1,64 @@
+//! The scenario the foundation's tests and the demo share: one node, a client pod, and a
+//! service `web` (a virtual IP) balanced over two backend pods that answer with their names.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+};
+
+use aya::maps::{Map, MapData, PerCpuHashMap};
+use mesh_common::pod_traffic::PodTraffic;
+
+use crate::{
+    lab::{Lab, LabError, Node, Pod, Result},
+    labnet,
+};
+
+/// The service's virtual address (in kind's service range).
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const SERVICE_PORT: u16 = 80;
+pub const BACKEND_PORT: u16 = 8080;
+pub const CLIENT: &str = "client";
+pub const BACKENDS: [&str; 2] = ["backend-a", "backend-b"];
+
+/// `VIP:SERVICE_PORT`.
+pub fn service_addr() -> SocketAddr {
+    SocketAddr::from((VIP, SERVICE_PORT))
+}
+
+/// A one-node lab with the client and the two backends, each backend serving its own name.
+pub fn web_lab() -> Result<Lab> {
+    let lab = Lab::new(&[&[CLIENT, BACKENDS[0], BACKENDS[1]]])?;
+    for backend in BACKENDS {
+        labnet::serve(&lab, lab.pod(backend), BACKEND_PORT, backend)?;
+    }
+    Ok(lab)
+}
+
+/// The agent's state file for `web_lab`: its pods, and `web` over both backends.
+pub fn web_state(lab: &Lab) -> String {
+    let pods: String = [CLIENT, BACKENDS[0], BACKENDS[1]]
+        .iter()
+        .map(|name| format!("  - {{name: {name}, ip: {}}}\n", lab.pod(name).ip))
+        .collect();
+    let backends: String = BACKENDS.iter().map(|b| format!("      - {{pod: {b}, port: {BACKEND_PORT}}}\n")).collect();
+    format!("pods:\n{pods}services:\n  - name: web\n    ip: {VIP}\n    port: {SERVICE_PORT}\n    backends:\n{backends}")
+}
+
+/// What the TC programs counted on `pod`'s host-side interface, summed over CPUs, read from
+/// the map the agent of `node` pinned.
+pub fn pod_traffic(node: &Node, pod: &Pod) -> Result<PodTraffic> {
+    let path = node.bpffs.join(mesh_common::maps::POD_TRAFFIC);
+    let map_error = |err: &dyn std::fmt::Display| LabError::Command {
+        command: format!("reading {}", path.display()),
+        message: err.to_string(),
+    };
+    let data = MapData::from_pin(Path::new(&path)).map_err(|e| map_error(&e))?;
+    let map: PerCpuHashMap<MapData, u32, PodTraffic> =
+        PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_error(&e))?).map_err(|e| map_error(&e))?;
+    let mut total = PodTraffic::default();
+    if let Ok(per_cpu) = map.get(&pod.host_ifindex, 0) {
+        per_cpu.iter().for_each(|cpu| total.add(cpu));
+    }
+    Ok(total)
+}

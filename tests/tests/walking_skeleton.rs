@@ -1,0 +1,102 @@
+//! The foundation's end-to-end path: a client pod connects to a virtual service address and
+//! is answered by a backend pod, because `connect4`, attached by the real agent, rewrote the
+//! connection. Everything runs in a fresh lab; assertions are on what the client saw.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use mesh_tests::{
+    agent::Agent,
+    lab::{Lab, Placement},
+    labnet::{self, Summary},
+    privileges::privileged,
+    scenario::{self, BACKENDS, CLIENT},
+};
+
+const PER_CONNECTION: Duration = Duration::from_secs(2);
+/// For connections expected to fail: long enough for an answer on this machine to arrive.
+const SHORT: Duration = Duration::from_millis(1000);
+
+fn connect(lab: &Lab, placement: &Placement, count: u32, per_connection: Duration) -> Summary {
+    labnet::connect(lab, placement, scenario::service_addr(), count, per_connection).expect("client runs")
+}
+
+#[test]
+fn connections_to_the_virtual_ip_reach_both_backends() {
+    if !privileged("connections_to_the_virtual_ip_reach_both_backends") {
+        return;
+    }
+    let lab = scenario::web_lab().expect("lab");
+    let client = Placement::pod(lab.pod(CLIENT));
+
+    // Without the agent nothing answers on the virtual IP: the node has no route to it.
+    let before = connect(&lab, &client, 1, SHORT);
+    assert_eq!((before.ok, before.failed), (0, 1), "the VIP answered before the agent ran: {before:?}");
+
+    let agent = Agent::start(&lab, &lab.nodes[0], &scenario::web_state(&lab), &[]).expect("agent ready");
+    let summary = connect(&lab, &client, 100, PER_CONNECTION);
+    assert_eq!(summary.ok, 100, "every connection must be answered: {summary:?}\nagent log:\n{}", agent.log());
+    let answered: BTreeSet<&str> = summary.replies.keys().map(String::as_str).collect();
+    assert_eq!(answered, BTreeSet::from(BACKENDS), "both backends, and only they, answer: {summary:?}");
+
+    // A process in the same pod network namespace but outside the node's cgroup is not
+    // rewritten: its connection to the VIP goes nowhere.
+    let outside = Placement { netns: Some(lab.pod(CLIENT).netns_path.clone()), cgroup: lab.system_cgroup() };
+    let summary = connect(&lab, &outside, 1, SHORT);
+    assert_eq!((summary.ok, summary.failed), (0, 1), "outside the cgroup the VIP must not be rewritten: {summary:?}");
+
+    // The TC programs counted the traffic on the backends' (and the client's) interfaces.
+    for pod in [BACKENDS[0], BACKENDS[1], CLIENT] {
+        let counted = scenario::pod_traffic(&lab.nodes[0], lab.pod(pod)).expect("counters");
+        assert!(counted.to_pod_packets > 0 && counted.from_pod_packets > 0, "{pod}: {counted:?}");
+        assert!(counted.to_pod_bytes >= 40 * counted.to_pod_packets, "{pod}: bytes not counted: {counted:?}");
+    }
+
+    // SIGTERM: a clean exit that detaches everything and removes the pins.
+    let status = lab.stop(agent.pid, Duration::from_secs(10)).expect("agent stops");
+    assert!(status.success(), "agent exit: {status}\n{}", agent.log());
+    let after = connect(&lab, &client, 1, SHORT);
+    assert_eq!((after.ok, after.failed), (0, 1), "the VIP still answered after the agent detached: {after:?}");
+    assert!(!lab.nodes[0].bpffs.exists(), "pins left behind in {}", lab.nodes[0].bpffs.display());
+}
+
+#[test]
+fn a_kept_datapath_outlives_the_agent_and_is_taken_over() {
+    if !privileged("a_kept_datapath_outlives_the_agent_and_is_taken_over") {
+        return;
+    }
+    let lab = scenario::web_lab().expect("lab");
+    let client = Placement::pod(lab.pod(CLIENT));
+    let node = &lab.nodes[0];
+    let state = scenario::web_state(&lab);
+
+    let first = Agent::start(&lab, node, &state, &["--keep-datapath"]).expect("agent ready");
+    assert!(lab.stop(first.pid, Duration::from_secs(10)).expect("agent stops").success(), "{}", first.log());
+    let summary = connect(&lab, &client, 20, PER_CONNECTION);
+    assert_eq!(summary.ok, 20, "the kept datapath must keep answering with no agent: {summary:?}\n{}", first.log());
+
+    let second = Agent::start(&lab, node, &state, &[]).expect("second agent ready");
+    assert!(second.log().contains("took over"), "the second agent did not take over:\n{}", second.log());
+    let summary = connect(&lab, &client, 20, PER_CONNECTION);
+    assert_eq!(summary.ok, 20, "{summary:?}");
+
+    assert!(lab.stop(second.pid, Duration::from_secs(10)).expect("agent stops").success(), "{}", second.log());
+    let after = connect(&lab, &client, 1, SHORT);
+    assert_eq!((after.ok, after.failed), (0, 1), "the first agent's links must be gone too: {after:?}");
+    assert!(!node.bpffs.exists(), "pins left behind");
+}
+
+#[test]
+fn a_pod_the_node_cannot_route_stops_the_agent_with_the_pod_named() {
+    if !privileged("a_pod_the_node_cannot_route_stops_the_agent_with_the_pod_named") {
+        return;
+    }
+    let lab = scenario::web_lab().expect("lab");
+    // An address the node has no route to: the agent cannot find the pod's interface.
+    let state = scenario::web_state(&lab).replace(&lab.pod(BACKENDS[1]).ip.to_string(), "10.250.0.9");
+    let err = Agent::start(&lab, &lab.nodes[0], &state, &[]).expect_err("the agent must refuse to start");
+    let message = err.to_string();
+    assert!(message.contains("no route to pod backend-b (10.250.0.9)"), "{message}");
+    assert!(!lab.nodes[0].bpffs.exists(), "a failed start left pins behind");
+    let summary = connect(&lab, &Placement::pod(lab.pod(CLIENT)), 1, SHORT);
+    assert_eq!((summary.ok, summary.failed), (0, 1), "a failed start left the VIP rewritten: {summary:?}");
+}
