@@ -93,7 +93,7 @@ impl Config {
             return Err(ConfigError::Cgroup { key: ENV_CGROUP, path: args.cgroup });
         }
         let bpffs = args.bpffs.unwrap_or_else(|| Path::new(DEFAULT_BPFFS_ROOT).join(&args.node_name));
-        if !on_bpffs(&bpffs) {
+        if !bpffs_ancestor(&bpffs).is_some_and(|p| is_bpffs(&p)) {
             return Err(ConfigError::Bpffs { key: ENV_BPFFS, path: bpffs });
         }
         if let Some(netns) = &args.netns
@@ -125,17 +125,19 @@ pub fn is_dns_subdomain(name: &str) -> bool {
         })
 }
 
-/// Whether `dir` (or, if it does not exist yet, its nearest existing ancestor) is on bpffs.
-fn on_bpffs(dir: &Path) -> bool {
+/// `dir`, or if it does not exist yet its nearest existing ancestor: where it will live.
+fn bpffs_ancestor(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|p| p.exists()).map(Path::to_owned)
+}
+
+/// Whether `path` is on a bpffs mount.
+pub fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let Some(existing) = dir.ancestors().find(|p| p.exists()) else { return false };
-    let Ok(path) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: `path` is a valid C string; `stat` is written by the kernel on success.
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: `c_path` is a valid C string; `stat` is written by the kernel on success.
     unsafe {
         let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
     }
 }
 

@@ -240,17 +240,6 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
-/// Whether `path` is on a bpffs mount.
-pub fn is_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: valid C string; `stat` is written by the kernel on success.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

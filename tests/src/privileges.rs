@@ -17,7 +17,7 @@ pub fn missing() -> Option<String> {
     if crate::lab::cgroup2_mount().is_none() {
         return Some("no cgroup v2 mount in /proc/mounts".into());
     }
-    if !Path::new(crate::lab::BPFFS).join(".").exists() || !crate::lab::is_bpffs(Path::new(crate::lab::BPFFS)) {
+    if !mesh_agent::config::is_bpffs(Path::new(crate::lab::BPFFS)) {
         return Some(format!("no bpffs at {} (mount -t bpf bpf {0}; `make test` does)", crate::lab::BPFFS));
     }
     if std::process::Command::new("ip").arg("-V").output().is_err() {
