@@ -9,8 +9,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 bpf_linker_version=0.13.0
 llvm_version=22
-# Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; procps for the lab's sysctl.
-apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 procps)
+# Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; protoc for the API.
+apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }

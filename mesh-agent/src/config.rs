@@ -13,8 +13,10 @@ pub const ENV_CGROUP: &str = "MESH_CGROUP";
 pub const ENV_BPFFS: &str = "MESH_BPFFS";
 /// The node's network namespace (a path such as `/run/netns/node-0`); unset: the agent's own.
 pub const ENV_NETNS: &str = "MESH_NETNS";
-/// The static state file (pods and services) this agent programs.
+/// The static state file (pods and services) this agent programs, instead of an operator.
 pub const ENV_STATE_FILE: &str = "MESH_STATE_FILE";
+/// The operator's state stream (`http://host:15150`).
+pub const ENV_OPERATOR: &str = "MESH_OPERATOR";
 /// Leave programs attached and maps pinned on exit, for a restarted agent to take over.
 pub const ENV_KEEP_DATAPATH: &str = "MESH_KEEP_DATAPATH";
 /// A file the agent creates once the datapath is attached and programmed (readiness probe).
@@ -42,9 +44,12 @@ pub struct Args {
     /// Network namespace of the node's pod interfaces [default: the agent's own].
     #[arg(long, env = ENV_NETNS)]
     pub netns: Option<PathBuf>,
-    /// YAML file with the node's pods and the services to balance.
-    #[arg(long, env = ENV_STATE_FILE)]
-    pub state_file: PathBuf,
+    /// YAML file with the node's pods and the services to balance (instead of --operator).
+    #[arg(long, env = ENV_STATE_FILE, conflicts_with = "operator", required_unless_present = "operator")]
+    pub state_file: Option<PathBuf>,
+    /// The operator's state stream, such as http://127.0.0.1:15150.
+    #[arg(long, env = ENV_OPERATOR)]
+    pub operator: Option<String>,
     /// Keep programs attached and maps pinned when the agent exits.
     #[arg(long, env = ENV_KEEP_DATAPATH)]
     pub keep_datapath: bool,
@@ -60,7 +65,7 @@ pub struct Config {
     pub cgroup: PathBuf,
     pub bpffs: PathBuf,
     pub netns: Option<PathBuf>,
-    pub state_file: PathBuf,
+    pub operator: Option<String>,
     pub keep_datapath: bool,
     pub ready_file: Option<PathBuf>,
 }
@@ -81,6 +86,8 @@ pub enum ConfigError {
     Bpffs { key: &'static str, path: PathBuf },
     #[error("{key}: {path} does not exist: give a network namespace file such as /run/netns/<name>")]
     Netns { key: &'static str, path: PathBuf },
+    #[error("{key}: {value:?} is not an http:// or https:// URL of the operator's state stream")]
+    Operator { key: &'static str, value: String },
 }
 
 impl Config {
@@ -101,12 +108,17 @@ impl Config {
         {
             return Err(ConfigError::Netns { key: ENV_NETNS, path: netns.clone() });
         }
+        if let Some(operator) = &args.operator
+            && !(operator.starts_with("http://") || operator.starts_with("https://"))
+        {
+            return Err(ConfigError::Operator { key: ENV_OPERATOR, value: operator.clone() });
+        }
         Ok(Self {
             node_name: args.node_name,
             cgroup: args.cgroup,
             bpffs,
             netns: args.netns,
-            state_file: args.state_file,
+            operator: args.operator,
             keep_datapath: args.keep_datapath,
             ready_file: args.ready_file,
         })
@@ -163,7 +175,8 @@ mod tests {
             cgroup: dir.path().into(),
             bpffs: None,
             netns: None,
-            state_file: dir.path().join("state.yaml"),
+            state_file: Some(dir.path().join("state.yaml")),
+            operator: None,
             keep_datapath: false,
             ready_file: None,
         };

@@ -5,6 +5,7 @@
 //! agent attaches its own and then removes those pins, so the datapath never has a gap.
 
 use std::{
+    collections::BTreeMap,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -74,6 +75,7 @@ struct Attachment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachedPod {
     pub pod: String,
+    pub ip: std::net::Ipv4Addr,
     pub iface: PodInterface,
 }
 
@@ -81,7 +83,10 @@ pub struct AttachedPod {
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs: PathBuf,
+    /// `connect4` on the node cgroup.
     attachments: Vec<Attachment>,
+    /// Each local pod (by name) with its interface and its two TC links.
+    pods: BTreeMap<String, (AttachedPod, Vec<Attachment>)>,
     /// Links a previous agent left pinned; removed once this agent's own are attached.
     previous_links: Vec<PathBuf>,
 }
@@ -95,7 +100,7 @@ impl Datapath {
             .unwrap_or_default();
         let ebpf = EbpfLoader::new().default_map_pin_directory(bpffs).load(OBJECT)?;
         tracing::info!(bpffs = %bpffs.display(), maps = ?maps::ALL, "programs loaded, maps pinned");
-        Ok(Self { ebpf, bpffs: bpffs.to_owned(), attachments: Vec::new(), previous_links })
+        Ok(Self { ebpf, bpffs: bpffs.to_owned(), attachments: Vec::new(), pods: BTreeMap::new(), previous_links })
     }
 
     /// Attaches `connect4` to the cgroup v2 directory `cgroup`.
@@ -115,36 +120,93 @@ impl Datapath {
         Ok(())
     }
 
-    /// Finds each pod's host-side interface (from the route to its address, inside `netns`)
-    /// and attaches the TC programs to it with TCX.
-    pub fn attach_pods(&mut self, netns: Option<&Path>, pods: &[Pod]) -> Result<Vec<AttachedPod>, DatapathError> {
+    /// Makes the TC programs sit on exactly the interfaces of `pods`: attaches the new ones
+    /// (finding each interface from the route to the pod's address, inside `netns`) and
+    /// detaches the ones gone. Returns one error per pod that could not be attached; those
+    /// are tried again at the next call.
+    pub fn sync_pods(&mut self, netns: Option<&Path>, pods: &[Pod]) -> Vec<DatapathError> {
+        let mut errors = Vec::new();
+        let gone: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(name, (attached, _))| !pods.iter().any(|p| &p.name == *name && attached.ip == p.ip))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let (attached, links) = self.pods.remove(&name).expect("listed above");
+            for attachment in links {
+                if let Err(err) = detach(&mut self.ebpf, attachment) {
+                    errors.push(err);
+                }
+            }
+            tracing::info!(pod = %name, iface = %attached.iface.name, "detached TC programs");
+        }
+        let new: Vec<&Pod> = pods.iter().filter(|p| !self.pods.contains_key(&p.name)).collect();
+        if new.is_empty() {
+            return errors;
+        }
         for name in [programs::FROM_POD, programs::TO_POD] {
-            let program: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-            program.load().map_err(|source| DatapathError::Program { name, source })?;
+            let loaded = program::<SchedClassifier>(&mut self.ebpf, name).and_then(|program| {
+                if program.fd().is_ok() {
+                    Ok(())
+                } else {
+                    program.load().map_err(|source| DatapathError::Program { name, source })
+                }
+            });
+            if let Err(err) = loaded {
+                errors.push(err);
+                return errors;
+            }
         }
         let ebpf = &mut self.ebpf;
-        let (attachments, attached) = netns::run_in(netns, || {
-            let (mut attachments, mut attached) = (Vec::new(), Vec::new());
-            for pod in pods {
-                let iface = pod_iface::find(&pod.name, pod.ip)?;
-                for (name, hook) in
-                    [(programs::FROM_POD, TcAttachType::Ingress), (programs::TO_POD, TcAttachType::Egress)]
-                {
-                    let program: &mut SchedClassifier = program(ebpf, name)?;
-                    let id = program.attach(iface.ifindex, hook).map_err(|source| DatapathError::Attach {
-                        name,
-                        target: iface.name.clone(),
-                        source,
-                    })?;
-                    attachments.push(Attachment { program: name, target: iface.name.clone(), id: LinkId::Tc(id) });
+        let attached = netns::run_in(netns, || {
+            new.iter()
+                .map(|pod| {
+                    let iface = pod_iface::find(&pod.name, pod.ip)?;
+                    let mut links = Vec::new();
+                    for (name, hook) in
+                        [(programs::FROM_POD, TcAttachType::Ingress), (programs::TO_POD, TcAttachType::Egress)]
+                    {
+                        let program: &mut SchedClassifier = program(ebpf, name)?;
+                        let attached = program.attach(iface.ifindex, hook).map_err(|source| DatapathError::Attach {
+                            name,
+                            target: iface.name.clone(),
+                            source,
+                        });
+                        match attached {
+                            Ok(id) => {
+                                links.push(Attachment { program: name, target: iface.name.clone(), id: LinkId::Tc(id) })
+                            }
+                            Err(err) => {
+                                links.into_iter().for_each(|link| drop(detach(ebpf, link)));
+                                return Err(err);
+                            }
+                        }
+                    }
+                    Ok((AttachedPod { pod: pod.name.clone(), ip: pod.ip, iface }, links))
+                })
+                .collect::<Vec<Result<_, DatapathError>>>()
+        });
+        match attached {
+            Err(err) => errors.push(err.into()),
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok((pod, links)) => {
+                            tracing::info!(pod = %pod.pod, ip = %pod.ip, iface = %pod.iface.name, ifindex = pod.iface.ifindex, "attached TC programs (tcx ingress + egress)");
+                            self.pods.insert(pod.pod.clone(), (pod, links));
+                        }
+                        Err(err) => errors.push(err),
+                    }
                 }
-                tracing::info!(pod = %pod.name, ip = %pod.ip, iface = %iface.name, ifindex = iface.ifindex, "attached TC programs (tcx ingress + egress)");
-                attached.push(AttachedPod { pod: pod.name.clone(), iface });
             }
-            Ok::<_, DatapathError>((attachments, attached))
-        })??;
-        self.attachments.extend(attachments);
-        Ok(attached)
+        }
+        errors
+    }
+
+    /// The pods whose interfaces carry the TC programs.
+    pub fn attached_pods(&self) -> impl Iterator<Item = &AttachedPod> {
+        self.pods.values().map(|(pod, _)| pod)
     }
 
     /// The service maps, taken out of the object for the caller to program.
@@ -171,7 +233,9 @@ impl Datapath {
             let links_dir = self.bpffs.join(LINKS_DIR);
             std::fs::create_dir_all(&links_dir)
                 .map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
-            for attachment in std::mem::take(&mut self.attachments) {
+            let pod_links = std::mem::take(&mut self.pods).into_values().flat_map(|(_, links)| links);
+            let all: Vec<Attachment> = std::mem::take(&mut self.attachments).into_iter().chain(pod_links).collect();
+            for attachment in all {
                 let path = links_dir.join(format!("{}-{}", attachment.program, attachment.target));
                 let link = take_link(&mut self.ebpf, attachment)
                     .map_err(|reason| DatapathError::PinLink { path: path.clone(), reason })?;
@@ -200,6 +264,15 @@ where
 {
     let program = ebpf.program_mut(name).ok_or(DatapathError::MissingProgram { name })?;
     program.try_into().map_err(|source| DatapathError::Program { name, source })
+}
+
+fn detach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<(), DatapathError> {
+    let name = attachment.program;
+    let result = match attachment.id {
+        LinkId::Cgroup(id) => program::<CgroupSockAddr>(ebpf, name)?.detach(id),
+        LinkId::Tc(id) => program::<SchedClassifier>(ebpf, name)?.detach(id),
+    };
+    result.map_err(|source| DatapathError::Attach { name, target: attachment.target, source })
 }
 
 fn take_link(ebpf: &mut Ebpf, attachment: Attachment) -> Result<FdLink, String> {

@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod datapath;
+pub mod desired;
 pub mod netns;
+pub mod operator_stream;
 pub mod pod_iface;
 pub mod service_lb;
 pub mod state_file;

@@ -7,10 +7,11 @@ use clap::Parser as _;
 use mesh_agent::{
     config::{Args, Config},
     datapath::Datapath,
-    service_lb::ResolvedService,
+    desired::{self, Desired},
+    operator_stream::{self, Received},
+    service_lb::ServiceTable,
     state_file::StateFile,
 };
-use mesh_common::service_lb::{Backend, ServiceKey};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -29,25 +30,68 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     // The state file first: its errors name the file and the field, and need no privileges.
-    let state = StateFile::load(&args.state_file)?;
+    let state = args.state_file.as_deref().map(StateFile::load).transpose()?;
     let config = Config::from_args(args)?;
-    let services = resolve(&state);
-    tracing::info!(node = %config.node_name, pods = state.pods.len(), services = services.len(), "starting");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     let mut datapath = Datapath::load(&config.bpffs)?;
-    if let Err(err) = start(&mut datapath, &config, &state, &services) {
-        // Leave nothing half-attached: drop what this run attached (a previous agent's pinned
-        // links, if any, stay in force).
-        let _ = datapath.shutdown(false);
-        return Err(err);
-    }
-    datapath.take_over();
-    if let Some(ready) = &config.ready_file {
-        std::fs::write(ready, b"ready\n").with_context(|| format!("writing the ready file {}", ready.display()))?;
-    }
-    tracing::info!("ready");
+    let started = datapath
+        .attach_cgroup(&config.cgroup)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(datapath.service_table()?));
+    let mut table = match started {
+        Ok(table) => table,
+        Err(err) => {
+            let _ = datapath.shutdown(false);
+            return Err(err);
+        }
+    };
+    tracing::info!(node = %config.node_name, "starting");
 
-    wait_for_shutdown_signal()?;
+    if let Some(state) = state {
+        // Static mode: one reconciliation; any error stops the agent.
+        let desired = desired::compile(&state.resources(&config.node_name), &config.node_name);
+        if let Err(err) = reconcile(&mut datapath, &mut table, &config, &desired) {
+            let _ = datapath.shutdown(false);
+            anyhow::bail!(err);
+        }
+        ready(&mut datapath, &config)?;
+        runtime.block_on(shutdown_signal());
+    } else {
+        let endpoint = config.operator.clone().expect("validated: a state file or an operator");
+        let mut received = Received::default();
+        let mut is_ready = false;
+        let mut ready_error = None;
+        runtime.block_on(operator_stream::follow(
+            &endpoint,
+            &config.node_name,
+            &mut received,
+            |model, update| {
+                let desired = desired::compile(model, &config.node_name);
+                let result = reconcile(&mut datapath, &mut table, &config, &desired);
+                tracing::info!(
+                    version = update.version,
+                    full = update.full,
+                    pods = desired.pods.len(),
+                    frontends = desired.services.len(),
+                    ok = result.is_ok(),
+                    "applied update"
+                );
+                // Ready (and the previous agent's links released) once a first update applied.
+                if result.is_ok() && !is_ready {
+                    is_ready = true;
+                    if let Err(err) = ready(&mut datapath, &config) {
+                        ready_error = Some(err);
+                    }
+                }
+                result
+            },
+            shutdown_signal(),
+        ));
+        if let Some(err) = ready_error {
+            return Err(err);
+        }
+    }
     if let Some(ready) = &config.ready_file {
         let _ = std::fs::remove_file(ready);
     }
@@ -55,49 +99,41 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start(
+/// Makes the datapath hold `desired`; every problem is in the error, nothing stops early.
+fn reconcile(
     datapath: &mut Datapath,
+    table: &mut ServiceTable,
     config: &Config,
-    state: &StateFile,
-    services: &[ResolvedService],
-) -> anyhow::Result<()> {
-    datapath.attach_cgroup(&config.cgroup)?;
-    datapath.attach_pods(config.netns.as_deref(), &state.pods)?;
-    let mut table = datapath.service_table()?;
-    let stats = table.apply(services)?;
-    tracing::info!(?stats, "services reconciled");
+    desired: &Desired,
+) -> Result<(), String> {
+    let mut problems: Vec<String> =
+        datapath.sync_pods(config.netns.as_deref(), &desired.pods).iter().map(ToString::to_string).collect();
+    match table.apply(&desired.services) {
+        Ok(stats) => tracing::debug!(?stats, "services reconciled"),
+        Err(err) => problems.push(err.to_string()),
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}
+
+/// The datapath holds the desired state: release a previous agent's links, say so.
+fn ready(datapath: &mut Datapath, config: &Config) -> anyhow::Result<()> {
+    datapath.take_over();
+    if let Some(ready) = &config.ready_file {
+        std::fs::write(ready, b"ready\n").with_context(|| format!("writing the ready file {}", ready.display()))?;
+    }
+    tracing::info!("ready");
     Ok(())
 }
 
-/// The services of `state` with their backends' addresses (the file was validated: every
-/// backend names a declared pod).
-fn resolve(state: &StateFile) -> Vec<ResolvedService> {
-    state
-        .services
-        .iter()
-        .map(|service| ResolvedService {
-            name: service.name.clone(),
-            key: ServiceKey::new(service.ip.octets(), service.port.0, service.protocol.number()),
-            backends: service
-                .backends
-                .iter()
-                .filter_map(|b| Some(Backend::new(state.pod_ip(&b.pod)?.octets(), b.port.0)))
-                .collect(),
-        })
-        .collect()
-}
-
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        Ok(())
-    })
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for signals; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
 }

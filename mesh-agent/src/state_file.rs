@@ -186,6 +186,68 @@ impl StateFile {
         Ok(())
     }
 
+    /// The file as model resources for `node`: its pods are that node's workloads; each
+    /// service gets one EndpointSlice per distinct backend port.
+    pub fn resources(&self, node: &str) -> mesh_common::model::ResourceSet {
+        use mesh_common::api::{self, resource::Kind as R};
+        const NAMESPACE: &str = "default";
+        let wrap = |kind| api::Resource { kind: Some(kind) };
+        let mut set = mesh_common::model::ResourceSet::default();
+        let mut insert = |resource: api::Resource| {
+            let key = resource.key().expect("a named resource").ordered();
+            set.resources.insert(key, resource);
+        };
+        for pod in &self.pods {
+            insert(wrap(R::Workload(api::Workload {
+                namespace: NAMESPACE.into(),
+                name: pod.name.clone(),
+                node: node.into(),
+                ips: vec![pod.ip.to_string()],
+                ..Default::default()
+            })));
+        }
+        for service in &self.services {
+            let protocol = match service.protocol {
+                Protocol::Tcp => api::Protocol::Tcp,
+                Protocol::Udp => api::Protocol::Udp,
+            } as i32;
+            insert(wrap(R::Service(api::Service {
+                namespace: NAMESPACE.into(),
+                name: service.name.clone(),
+                cluster_ips: vec![service.ip.to_string()],
+                ports: vec![api::ServicePort {
+                    name: "port".into(),
+                    protocol,
+                    port: u32::from(service.port.0),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })));
+            let mut by_port: std::collections::BTreeMap<u16, Vec<api::Endpoint>> = std::collections::BTreeMap::new();
+            for backend in &service.backends {
+                let ip = self.pod_ip(&backend.pod).expect("validated: every backend names a pod");
+                by_port.entry(backend.port.0).or_default().push(api::Endpoint {
+                    addresses: vec![ip.to_string()],
+                    node: node.into(),
+                    pod: backend.pod.clone(),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                });
+            }
+            for (port, endpoints) in by_port {
+                insert(wrap(R::EndpointSlice(api::EndpointSlice {
+                    namespace: NAMESPACE.into(),
+                    name: format!("{}-{port}", service.name),
+                    service: service.name.clone(),
+                    ports: vec![api::EndpointPort { name: "port".into(), protocol, port: u32::from(port) }],
+                    endpoints,
+                })));
+            }
+        }
+        set
+    }
+
     /// The address of the pod named `name`.
     pub fn pod_ip(&self, name: &str) -> Option<Ipv4Addr> {
         self.pods.iter().find(|pod| pod.name == name).map(|pod| pod.ip)

@@ -1,10 +1,13 @@
 //! What the kernel programs (`mesh-ebpf`) and userspace (`mesh-agent`, tests) share.
 //!
-//! `no_std`, `#[repr(C)]`, explicit padding, no `bool`: the layout of every type here is the
+//! `no_std` (but for the `user` feature), `#[repr(C)]`, explicit padding, no `bool`: the layout of every type here is the
 //! layout of a BPF map key or value, checked by the tests at the bottom of each module.
-#![no_std]
+// The userspace half (`user`: the API) is std; the kernel half never is.
+#![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod maps;
+#[cfg(feature = "user")]
+pub mod model;
 pub mod pod_traffic;
 pub mod service_lb;
 
@@ -23,4 +26,12 @@ pub mod programs {
     pub const FROM_POD: &str = "mesh_from_pod";
     /// TC egress of a pod's host-side interface (what the pod receives).
     pub const TO_POD: &str = "mesh_to_pod";
+}
+
+/// The control-plane API (`proto/mesh/v1/state.proto`): the state stream from operator to
+/// agents, and the model it carries.
+#[cfg(feature = "user")]
+pub mod api {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("mesh.v1");
 }

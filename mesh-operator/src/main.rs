@@ -1,7 +1,197 @@
-//! mesh-operator: the control plane. The foundation issue leaves it a placeholder; the
-//! control-plane issue gives it the kube-rs controller, CRDs, identities and the state stream.
+//! `mesh-operator`: see the crate documentation and ARCHITECTURE.md.
 
-fn main() {
-    eprintln!("mesh-operator: not implemented yet; the agent reads a static services file (see README.md)");
-    std::process::exit(2);
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mesh_common::api::state_stream_server::StateStreamServer;
+use mesh_operator::{
+    cluster::ClusterView,
+    identity::IdentityAllocator,
+    local_dir::{LocalDir, ManifestError},
+    model_store::ModelStore,
+    state_server::StateServer,
+};
+use notify::Watcher as _;
+
+/// The default gRPC address of the state stream.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:15150";
+/// How long a burst of file events is collected before the files are read again.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+#[derive(Parser)]
+#[command(name = "mesh-operator", version, about = "The mesh's control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Local mode: serve the model of a directory of Kubernetes manifests, following its changes.
+    Local {
+        /// The directory of manifests (Namespaces, Pods, Services, EndpointSlices, …).
+        #[arg(long, env = "MESH_MANIFESTS")]
+        manifests: PathBuf,
+        /// Address of the state stream.
+        #[arg(long, env = "MESH_LISTEN", default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Where identities are kept across restarts.
+        #[arg(long, env = "MESH_IDENTITY_FILE", default_value = "/var/lib/mesh/identities.json")]
+        identity_file: PathBuf,
+        /// Written with the bound address once the model is loaded and the stream serves.
+        #[arg(long, env = "MESH_READY_FILE")]
+        ready_file: Option<PathBuf>,
+    },
+    /// Checks a directory of manifests: prints one line per invalid object; exit 1 if any.
+    Check { manifests: PathBuf },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Local { manifests, listen, identity_file, ready_file } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(local(&manifests, listen, &identity_file, ready_file.as_deref()))),
+        Command::Check { manifests } => check(&manifests),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mesh-operator: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(manifests: &Path) -> anyhow::Result<()> {
+    let mut dir = LocalDir::new(manifests);
+    let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
+    let mut view = ClusterView::new(IdentityAllocator::open(None)?);
+    let objects = changes.len();
+    changes.into_iter().for_each(|change| change.apply(&mut view));
+    let (_, model_errors) = view.changes();
+    for err in &errors {
+        println!("{err}");
+    }
+    for err in &model_errors {
+        println!("{err}");
+    }
+    anyhow::ensure!(
+        errors.is_empty() && model_errors.is_empty(),
+        "{} invalid objects",
+        errors.len() + model_errors.len()
+    );
+    println!("{objects} objects, all valid");
+    Ok(())
+}
+
+async fn local(
+    manifests: &Path,
+    listen: SocketAddr,
+    identity_file: &Path,
+    ready_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    if let Some(parent) = identity_file.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let identities = IdentityAllocator::open(Some(identity_file))?;
+    let mut view = ClusterView::new(identities);
+    let mut dir = LocalDir::new(manifests);
+    let epoch = new_epoch();
+    let store = Arc::new(Mutex::new(ModelStore::new(epoch.clone())));
+
+    // Follow the directory from before the first read, so no change falls in between.
+    let (events, mut changed) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(event) => {
+            let _ = events.send(event.paths);
+        }
+        Err(err) => tracing::warn!("watching the manifests: {err}"),
+    })?;
+    watcher
+        .watch(manifests, notify::RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", manifests.display()))?;
+
+    let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
+    apply(&mut view, &store, changes, &errors);
+
+    let server = StateServer { store: store.clone(), agents: Arc::new(Mutex::new(BTreeMap::new())) };
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        if let Err(err) = tonic::transport::Server::builder()
+            .add_service(StateStreamServer::new(server))
+            .serve_with_incoming(incoming)
+            .await
+        {
+            tracing::error!("state stream server: {err}");
+        }
+    });
+    {
+        let store = store.lock().expect("store lock");
+        tracing::info!(%bound, epoch, version = store.version(), resources = store.len(), manifests = %manifests.display(), "serving");
+    }
+    if let Some(ready) = ready_file {
+        std::fs::write(ready, bound.to_string()).with_context(|| format!("writing {}", ready.display()))?;
+    }
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(mut paths) = changed.recv() => {
+                // Collect the rest of the burst (an editor's write is several events).
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(more) = changed.try_recv() {
+                    paths.extend(more);
+                }
+                paths.sort();
+                paths.dedup();
+                let (changes, errors) = dir.reload(&paths);
+                apply(&mut view, &store, changes, &errors);
+            }
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+/// Object changes -> model -> a new version; every error logged (and nothing else lost).
+fn apply(
+    view: &mut ClusterView,
+    store: &Mutex<ModelStore>,
+    changes: Vec<mesh_operator::local_dir::ObjectChange>,
+    errors: &[ManifestError],
+) {
+    for err in errors {
+        tracing::warn!("invalid manifest: {err}");
+    }
+    changes.into_iter().for_each(|change| change.apply(view));
+    let (resources, model_errors) = view.changes();
+    for err in &model_errors {
+        tracing::warn!("not in the model: {err}");
+    }
+    let mut store = store.lock().expect("store lock");
+    if let Some(version) = store.commit(resources) {
+        tracing::info!(version, resources = store.len(), "model updated");
+    }
+}
+
+/// A new epoch for this run: versions restart with it.
+fn new_epoch() -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    format!("{:x}-{:x}", nanos, std::process::id())
 }

@@ -95,7 +95,7 @@ fn a_pod_the_node_cannot_route_stops_the_agent_with_the_pod_named() {
     let state = scenario::web_state(&lab).replace(&lab.pod(BACKENDS[1]).ip.to_string(), "10.250.0.9");
     let err = Agent::start(&lab, &lab.nodes[0], &state, &[]).expect_err("the agent must refuse to start");
     let message = err.to_string();
-    assert!(message.contains("no route to pod backend-b (10.250.0.9)"), "{message}");
+    assert!(message.contains("no route to pod default/backend-b (10.250.0.9)"), "{message}");
     assert!(!lab.nodes[0].bpffs.exists(), "a failed start left pins behind");
     let summary = connect(&lab, &Placement::pod(lab.pod(CLIENT)), 1, SHORT);
     assert_eq!((summary.ok, summary.failed), (0, 1), "a failed start left the VIP rewritten: {summary:?}");

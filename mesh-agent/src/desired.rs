@@ -1,0 +1,100 @@
+//! What this node's datapath should hold, compiled from the model: the local pods whose
+//! interfaces carry the TC programs, and every service frontend with its backends.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use mesh_common::{
+    api::{self, Kind, resource},
+    model::ResourceSet,
+    service_lb::{Backend, ServiceKey},
+};
+
+use crate::{service_lb::ResolvedService, state_file};
+
+/// The datapath's desired state for one node.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub pods: Vec<state_file::Pod>,
+    pub services: Vec<ResolvedService>,
+}
+
+/// Compiles `model` for `node`.
+pub fn compile(model: &ResourceSet, node: &str) -> Desired {
+    let mut pods = Vec::new();
+    for resource in model.of_kind(Kind::Workload) {
+        let Some(resource::Kind::Workload(w)) = &resource.kind else { continue };
+        if w.node != node {
+            continue;
+        }
+        if let Some(ip) = w.ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+            pods.push(state_file::Pod { name: format!("{}/{}", w.namespace, w.name), ip });
+        }
+    }
+    let mut slices: BTreeMap<(&str, &str), Vec<&api::EndpointSlice>> = BTreeMap::new();
+    for resource in model.of_kind(Kind::EndpointSlice) {
+        if let Some(resource::Kind::EndpointSlice(s)) = &resource.kind {
+            slices.entry((s.namespace.as_str(), s.service.as_str())).or_default().push(s);
+        }
+    }
+    let mut services = Vec::new();
+    for resource in model.of_kind(Kind::Service) {
+        let Some(resource::Kind::Service(svc)) = &resource.kind else { continue };
+        if svc.headless {
+            continue;
+        }
+        let slices = slices.get(&(svc.namespace.as_str(), svc.name.as_str())).map(Vec::as_slice).unwrap_or_default();
+        for port in &svc.ports {
+            let proto = match api::Protocol::try_from(port.protocol) {
+                Ok(api::Protocol::Tcp) => mesh_common::proto::TCP,
+                Ok(api::Protocol::Udp) => mesh_common::proto::UDP,
+                _ => continue, // SCTP: not balanced at the socket yet
+            };
+            let backends = backends(slices, port, svc.internal_traffic_local.then_some(node));
+            let frontends =
+                svc.cluster_ips.iter().chain(&svc.external_ips).filter_map(|ip| ip.parse::<Ipv4Addr>().ok());
+            for ip in frontends {
+                services.push(ResolvedService {
+                    name: format!("{}/{}:{}", svc.namespace, svc.name, port_label(port)),
+                    key: ServiceKey::new(ip.octets(), port.port as u16, proto),
+                    backends: backends.clone(),
+                });
+            }
+        }
+    }
+    Desired { pods, services }
+}
+
+/// The backends of one service port, as kube-proxy picks them: the ready endpoints; if there
+/// are none, the serving and terminating ones. With `local_node`, only that node's.
+fn backends(slices: &[&api::EndpointSlice], port: &api::ServicePort, local_node: Option<&str>) -> Vec<Backend> {
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    for slice in slices {
+        let Some(slice_port) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            if local_node.is_some_and(|node| endpoint.node != node) {
+                continue;
+            }
+            let target = if endpoint.ready {
+                &mut ready
+            } else if endpoint.serving && endpoint.terminating {
+                &mut terminating
+            } else {
+                continue;
+            };
+            for address in endpoint.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()) {
+                target.push(Backend::new(address.octets(), slice_port.port as u16));
+            }
+        }
+    }
+    let mut chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.sort_by_key(|b| (u32::from_be_bytes(b.addr.to_ne_bytes()), u16::from_be(b.port)));
+    chosen.dedup();
+    chosen
+}
+
+fn port_label(port: &api::ServicePort) -> String {
+    if port.name.is_empty() { port.port.to_string() } else { port.name.clone() }
+}

@@ -1,0 +1,96 @@
+//! The agent's side of the state stream: connect, say Hello with the last applied version,
+//! apply every update, ACK or NACK it, and reconnect (resuming) when the stream breaks.
+
+use std::{future::Future, time::Duration};
+
+use mesh_common::{
+    api::{AgentMessage, Hello, StateUpdate, agent_message::Kind, state_stream_client::StateStreamClient},
+    model::ResourceSet,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Backoff between reconnection attempts.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot reach the operator at {endpoint}: {source}; check MESH_OPERATOR and that mesh-operator runs")]
+    Connect { endpoint: String, source: tonic::transport::Error },
+    #[error("the operator refused the stream: {0}")]
+    Refused(tonic::Status),
+    #[error("the stream broke: {0}")]
+    Broken(tonic::Status),
+    #[error("the operator closed the stream")]
+    Closed,
+}
+
+/// What the agent holds from the operator.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub model: ResourceSet,
+    pub epoch: String,
+    pub version: u64,
+}
+
+/// Follows the operator at `endpoint` until `shutdown` resolves. After every update,
+/// `apply` is given the whole model; its error becomes a NACK.
+pub async fn follow(
+    endpoint: &str,
+    node: &str,
+    received: &mut Received,
+    mut apply: impl FnMut(&ResourceSet, &StateUpdate) -> Result<(), String>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut retry = RETRY_MIN;
+    loop {
+        let before = received.version;
+        tokio::select! {
+            _ = &mut shutdown => return,
+            result = stream_once(endpoint, node, received, &mut apply) => {
+                let err = result.expect_err("a stream only ends with an error");
+                if received.version != before {
+                    retry = RETRY_MIN;
+                }
+                tracing::warn!(retry_in = ?retry, "{err}");
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+async fn stream_once(
+    endpoint: &str,
+    node: &str,
+    received: &mut Received,
+    apply: &mut impl FnMut(&ResourceSet, &StateUpdate) -> Result<(), String>,
+) -> Result<(), StreamError> {
+    let mut client = StateStreamClient::connect(endpoint.to_owned())
+        .await
+        .map_err(|source| StreamError::Connect { endpoint: endpoint.to_owned(), source })?;
+    let (outbound, messages) = mpsc::channel(16);
+    let hello = Hello { node: node.to_owned(), epoch: received.epoch.clone(), version: received.version };
+    outbound.send(AgentMessage { kind: Some(Kind::Hello(hello)) }).await.map_err(|_| StreamError::Closed)?;
+    let mut updates = client.subscribe(ReceiverStream::new(messages)).await.map_err(StreamError::Refused)?.into_inner();
+    tracing::info!(endpoint, epoch = received.epoch, version = received.version, "connected to the operator");
+    while let Some(update) = updates.message().await.map_err(StreamError::Broken)? {
+        received.model.apply(&update);
+        received.epoch.clone_from(&update.epoch);
+        received.version = update.version;
+        let reply = match apply(&received.model, &update) {
+            Ok(()) => Kind::Ack(mesh_common::api::Ack { version: update.version }),
+            Err(error) => {
+                tracing::warn!(version = update.version, "NACK: {error}");
+                Kind::Nack(mesh_common::api::Nack { version: update.version, error, rejected: Vec::new() })
+            }
+        };
+        outbound.send(AgentMessage { kind: Some(reply) }).await.map_err(|_| StreamError::Closed)?;
+    }
+    Err(StreamError::Closed)
+}

@@ -1,0 +1,9 @@
+//! With the `user` feature, compiles the control-plane API (`proto/mesh/v1/state.proto`) with
+//! tonic. The kernel side (no `user`) needs none of it, nor `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo::rerun-if-changed=proto");
+    #[cfg(feature = "user")]
+    tonic_prost_build::configure().compile_protos(&["proto/mesh/v1/state.proto"], &["proto"])?;
+    Ok(())
+}

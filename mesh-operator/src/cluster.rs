@@ -1,0 +1,365 @@
+//! The operator's view of the cluster: the Kubernetes objects it knows (from the API server
+//! or from files), and the model resources derived from them, recomputed only where an
+//! object change can have an effect.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use mesh_common::{
+    api::{self, Kind, Resource, resource},
+    model::Key,
+};
+
+use crate::{
+    identity::{IdentityAllocator, SecurityLabels},
+    translate::{self, Invalid},
+};
+
+/// The objects the view keeps. Other kinds the operator accepts (NetworkPolicy, Node,
+/// ServiceAccount) are validated and counted but do not feed the model yet.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    Namespace(Box<Namespace>),
+    Pod(Box<Pod>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+}
+
+/// Which object: kind, namespace ("" for cluster-scoped), name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A model resource that may have changed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    Service(String, String),
+    Slice(String, String),
+    Workload(String, String),
+    /// The endpoints derived from pods for a selector service that has no EndpointSlice.
+    Derived(String, String),
+}
+
+type NsName = (String, String);
+
+/// What the view holds, and what it derived last.
+pub struct ClusterView {
+    namespaces: BTreeMap<String, Namespace>,
+    pods: BTreeMap<NsName, Pod>,
+    services: BTreeMap<NsName, Service>,
+    slices: BTreeMap<NsName, EndpointSlice>,
+    /// (namespace, service) -> names of its EndpointSlices.
+    slices_of: BTreeMap<NsName, BTreeSet<String>>,
+    /// (namespace, service) -> names of the slices derived for it last time.
+    derived_of: BTreeMap<NsName, BTreeSet<String>>,
+    identities: IdentityAllocator,
+    dirty: BTreeSet<Dirty>,
+}
+
+/// An object change the model could not take (it is left as it was).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: {problem}")]
+pub struct ModelError {
+    pub object: String,
+    pub problem: String,
+}
+
+impl ClusterView {
+    pub fn new(identities: IdentityAllocator) -> Self {
+        Self {
+            namespaces: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            slices_of: BTreeMap::new(),
+            derived_of: BTreeMap::new(),
+            identities,
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Checks `object` the way the model will use it, without taking it.
+    pub fn check(key: &ObjectKey, object: &Object) -> Result<(), Invalid> {
+        match object {
+            Object::Namespace(_) => Ok(()),
+            Object::Pod(pod) => translate::pod_facts(pod).map(drop),
+            Object::Service(svc) => translate::service(&key.namespace, &key.name, svc).map(drop),
+            Object::EndpointSlice(slice) => translate::endpoint_slice(&key.namespace, &key.name, slice).map(drop),
+        }
+    }
+
+    /// Adds or replaces an object.
+    pub fn upsert(&mut self, key: &ObjectKey, object: Object) {
+        self.remove(key);
+        let nn = (key.namespace.clone(), key.name.clone());
+        match object {
+            Object::Namespace(ns) => {
+                self.namespaces.insert(key.name.clone(), *ns);
+                self.mark_namespace(&key.name);
+            }
+            Object::Pod(pod) => {
+                self.pods.insert(nn.clone(), *pod);
+                self.mark_pod(&nn);
+            }
+            Object::Service(svc) => {
+                self.services.insert(nn.clone(), *svc);
+                self.dirty.insert(Dirty::Service(nn.0.clone(), nn.1.clone()));
+                self.dirty.insert(Dirty::Derived(nn.0, nn.1));
+            }
+            Object::EndpointSlice(slice) => {
+                if let Some(service) = slice_service(&slice) {
+                    self.slices_of.entry((nn.0.clone(), service.clone())).or_default().insert(nn.1.clone());
+                    self.dirty.insert(Dirty::Derived(nn.0.clone(), service));
+                }
+                self.slices.insert(nn.clone(), *slice);
+                self.dirty.insert(Dirty::Slice(nn.0, nn.1));
+            }
+        }
+    }
+
+    /// Removes an object, if the view has it.
+    pub fn remove(&mut self, key: &ObjectKey) {
+        let nn = (key.namespace.clone(), key.name.clone());
+        match key.kind {
+            "Namespace" => {
+                if self.namespaces.remove(&key.name).is_some() {
+                    self.mark_namespace(&key.name);
+                }
+            }
+            "Pod" => {
+                if self.pods.contains_key(&nn) {
+                    self.mark_pod(&nn);
+                    self.pods.remove(&nn);
+                }
+            }
+            "Service" => {
+                if self.services.remove(&nn).is_some() {
+                    self.dirty.insert(Dirty::Service(nn.0.clone(), nn.1.clone()));
+                    self.dirty.insert(Dirty::Derived(nn.0, nn.1));
+                }
+            }
+            "EndpointSlice" => {
+                if let Some(slice) = self.slices.remove(&nn) {
+                    if let Some(service) = slice_service(&slice) {
+                        let owner = (nn.0.clone(), service.clone());
+                        if let Some(names) = self.slices_of.get_mut(&owner) {
+                            names.remove(&nn.1);
+                            if names.is_empty() {
+                                self.slices_of.remove(&owner);
+                            }
+                        }
+                        self.dirty.insert(Dirty::Derived(nn.0.clone(), service));
+                    }
+                    self.dirty.insert(Dirty::Slice(nn.0, nn.1));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The model resources changed since the last call, and the objects that could not be
+    /// turned into resources.
+    pub fn changes(&mut self) -> (Vec<(Key, Option<Resource>)>, Vec<ModelError>) {
+        let mut changes = Vec::new();
+        let mut errors = Vec::new();
+        for dirty in std::mem::take(&mut self.dirty) {
+            match dirty {
+                Dirty::Service(ns, name) => {
+                    let resource = self.services.get(&(ns.clone(), name.clone())).and_then(|svc| {
+                        translate::service(&ns, &name, svc)
+                            .map_err(|e| {
+                                errors
+                                    .push(ModelError { object: format!("Service/{ns}/{name}"), problem: e.to_string() })
+                            })
+                            .ok()
+                    });
+                    changes.push((key(Kind::Service, &ns, &name), resource.map(|s| wrap(resource::Kind::Service(s)))));
+                }
+                Dirty::Slice(ns, name) => {
+                    let resource = self.slices.get(&(ns.clone(), name.clone())).and_then(|slice| {
+                        translate::endpoint_slice(&ns, &name, slice)
+                            .map_err(|e| {
+                                errors.push(ModelError {
+                                    object: format!("EndpointSlice/{ns}/{name}"),
+                                    problem: e.to_string(),
+                                })
+                            })
+                            .ok()
+                            .flatten()
+                    });
+                    changes.push((
+                        key(Kind::EndpointSlice, &ns, &name),
+                        resource.map(|s| wrap(resource::Kind::EndpointSlice(s))),
+                    ));
+                }
+                Dirty::Workload(ns, name) => {
+                    let resource = match self.workload(&ns, &name) {
+                        Ok(workload) => workload.map(|w| wrap(resource::Kind::Workload(w))),
+                        Err(problem) => {
+                            errors.push(ModelError { object: format!("Pod/{ns}/{name}"), problem });
+                            None
+                        }
+                    };
+                    changes.push((key(Kind::Workload, &ns, &name), resource));
+                }
+                Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),
+            }
+        }
+        (changes, errors)
+    }
+
+    fn workload(&mut self, ns: &str, name: &str) -> Result<Option<api::Workload>, String> {
+        let Some(pod) = self.pods.get(&(ns.to_owned(), name.to_owned())) else { return Ok(None) };
+        let facts = translate::pod_facts(pod).map_err(|e| e.to_string())?;
+        if facts.node.is_empty() || facts.ips.is_empty() {
+            return Ok(None); // not scheduled or no address yet: nothing for a node to do
+        }
+        let labels = SecurityLabels {
+            namespace: ns.to_owned(),
+            namespace_labels: self.namespaces.get(ns).and_then(|n| n.metadata.labels.clone()).unwrap_or_default(),
+            pod_labels: facts.labels.clone(),
+            service_account: facts.service_account.clone(),
+        };
+        let identity = self.identities.identity(&labels).map_err(|e| e.to_string())?;
+        Ok(Some(api::Workload {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            node: facts.node,
+            ips: facts.ips,
+            identity,
+            labels: facts.labels.into_iter().collect(),
+            service_account: facts.service_account,
+        }))
+    }
+
+    /// The slices derived from pods for a selector service without EndpointSlices of its
+    /// own, grouped by resolved ports (a named targetPort may resolve differently per pod),
+    /// and the removal of the ones derived before that are gone.
+    fn derived(&mut self, ns: &str, service: &str) -> Vec<(Key, Option<Resource>)> {
+        let owner = (ns.to_owned(), service.to_owned());
+        let mut groups: BTreeMap<Vec<(String, i32, u32)>, Vec<api::Endpoint>> = BTreeMap::new();
+        let selector = self.services.get(&owner).and_then(|svc| {
+            let spec = svc.spec.as_ref()?;
+            let selector = spec.selector.as_ref().filter(|s| !s.is_empty())?;
+            (!self.slices_of.contains_key(&owner))
+                .then(|| (selector.clone(), translate::service(ns, service, svc).ok()))
+        });
+        if let Some((selector, Some(model))) = selector {
+            for ((_, pod_name), pod) in
+                self.pods.range((ns.to_owned(), String::new())..).take_while(|((n, _), _)| n == ns)
+            {
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    continue;
+                }
+                let Ok(facts) = translate::pod_facts(pod) else { continue };
+                if facts.ips.is_empty() {
+                    continue;
+                }
+                let ports: Vec<(String, i32, u32)> = model
+                    .ports
+                    .iter()
+                    .filter_map(|p| {
+                        let protocol = api::Protocol::try_from(p.protocol).unwrap_or(api::Protocol::Tcp);
+                        let number = match p.target.as_ref()? {
+                            api::service_port::Target::TargetPortNumber(n) => Some(*n),
+                            api::service_port::Target::TargetPortName(name) => {
+                                translate::named_port(pod, name, protocol)
+                            }
+                        }?;
+                        Some((p.name.clone(), p.protocol, number))
+                    })
+                    .collect();
+                groups.entry(ports).or_default().push(api::Endpoint {
+                    addresses: facts.ips.clone(),
+                    node: facts.node.clone(),
+                    pod: pod_name.clone(),
+                    ready: facts.ready && !facts.terminating,
+                    serving: facts.ready,
+                    terminating: facts.terminating,
+                });
+            }
+        }
+        let mut changes = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, (ports, endpoints)) in groups.into_iter().enumerate() {
+            // '~' cannot occur in a Kubernetes name, so these never collide with real slices.
+            let name = format!("{service}~derived-{i}");
+            let ports =
+                ports.into_iter().map(|(name, protocol, port)| api::EndpointPort { name, protocol, port }).collect();
+            let slice = api::EndpointSlice {
+                namespace: ns.to_owned(),
+                name: name.clone(),
+                service: service.to_owned(),
+                ports,
+                endpoints,
+            };
+            changes.push((key(Kind::EndpointSlice, ns, &name), Some(wrap(resource::Kind::EndpointSlice(slice)))));
+            names.insert(name);
+        }
+        for gone in self.derived_of.get(&owner).into_iter().flatten().filter(|n| !names.contains(*n)) {
+            changes.push((key(Kind::EndpointSlice, ns, gone), None));
+        }
+        if names.is_empty() {
+            self.derived_of.remove(&owner);
+        } else {
+            self.derived_of.insert(owner, names);
+        }
+        changes
+    }
+
+    fn mark_namespace(&mut self, ns: &str) {
+        let pods: Vec<NsName> = self
+            .pods
+            .range((ns.to_owned(), String::new())..)
+            .take_while(|((n, _), _)| n == ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (ns, name) in pods {
+            self.dirty.insert(Dirty::Workload(ns, name));
+        }
+    }
+
+    /// A pod changed: its workload, and the derived endpoints of its namespace's services.
+    fn mark_pod(&mut self, (ns, name): &NsName) {
+        self.dirty.insert(Dirty::Workload(ns.clone(), name.clone()));
+        let services: Vec<String> = self
+            .services
+            .range((ns.clone(), String::new())..)
+            .take_while(|((n, _), _)| n == ns)
+            .filter(|(_, svc)| svc.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty()))
+            .map(|((_, svc), _)| svc.clone())
+            .collect();
+        for service in services {
+            self.dirty.insert(Dirty::Derived(ns.clone(), service));
+        }
+    }
+}
+
+fn slice_service(slice: &EndpointSlice) -> Option<String> {
+    slice.metadata.labels.as_ref()?.get(translate::SERVICE_NAME_LABEL).cloned()
+}
+
+fn key(kind: Kind, ns: &str, name: &str) -> Key {
+    (kind as i32, ns.to_owned(), name.to_owned())
+}
+
+fn wrap(kind: resource::Kind) -> Resource {
+    Resource { kind: Some(kind) }
+}

@@ -1,0 +1,10 @@
+//! mesh-operator: the control plane. It turns Kubernetes objects (from a directory of
+//! manifests in local mode) into the mesh model, allocates identities, and streams the model
+//! to every agent with versions, ACK/NACK and resume.
+
+pub mod cluster;
+pub mod identity;
+pub mod local_dir;
+pub mod model_store;
+pub mod state_server;
+pub mod translate;
