@@ -283,7 +283,7 @@ services:
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let state = StateFile::parse(include_str!("../../deploy/examples/web-state.yaml")).unwrap();
+        let state = StateFile::parse(include_str!("../../deploy/static/web-state.yaml")).unwrap();
         assert_eq!(state.services[0].backends.len(), 2);
     }
 

@@ -12,7 +12,6 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Agent {
     pub pid: u32,
     pub node: String,
-    pub state_file: PathBuf,
     pub ready_file: PathBuf,
     /// Its stderr (the tracing log).
     pub log_file: PathBuf,
@@ -24,9 +23,24 @@ impl Agent {
     pub fn start(lab: &Lab, node: &Node, state: &str, extra_args: &[&str]) -> Result<Self> {
         let run = next_run(lab, &node.name);
         let state_file = lab.dir.join(format!("{run}.state.yaml"));
+        write(&state_file, state)?;
+        let mut args = vec!["--state-file".to_owned(), state_file.display().to_string()];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        Self::launch(lab, node, &run, &args)
+    }
+
+    /// Starts the agent of `node` following the operator at `endpoint` (`http://…`) and
+    /// waits until it has applied a first update.
+    pub fn follow(lab: &Lab, node: &Node, endpoint: &str, extra_args: &[&str]) -> Result<Self> {
+        let run = next_run(lab, &node.name);
+        let mut args = vec!["--operator".to_owned(), endpoint.to_owned()];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        Self::launch(lab, node, &run, &args)
+    }
+
+    fn launch(lab: &Lab, node: &Node, run: &str, args: &[String]) -> Result<Self> {
         let ready_file = lab.dir.join(format!("{run}.ready"));
         let log_file = lab.dir.join(format!("{run}.log"));
-        write(&state_file, state)?;
         let log = std::fs::File::create(&log_file).map_err(|source| LabError::Io {
             what: "creating",
             path: log_file.clone(),
@@ -42,17 +56,15 @@ impl Agent {
             .arg(&node.bpffs)
             .arg("--netns")
             .arg(&node.netns_path)
-            .arg("--state-file")
-            .arg(&state_file)
             .arg("--ready-file")
             .arg(&ready_file)
-            .args(extra_args)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
             .stderr(log);
         let pid = lab.spawn(&mut command)?;
-        let agent = Self { pid, node: node.name.clone(), state_file, ready_file, log_file };
+        let agent = Self { pid, node: node.name.clone(), ready_file, log_file };
         if let Err(err) = lab.wait_for_file(&agent.ready_file, pid, READY_TIMEOUT) {
             return Err(LabError::Command {
                 command: format!("mesh-agent of {}", node.name),

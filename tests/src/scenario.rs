@@ -62,3 +62,51 @@ pub fn pod_traffic(node: &Node, pod: &Pod) -> Result<PodTraffic> {
     }
     Ok(total)
 }
+
+/// The demo cluster of `deploy/examples/`: node-0 runs `client` and `web-a`, node-1 runs
+/// `web-b`; service `demo/web` (10.96.0.10:80) selects both web pods, target port `http`.
+pub mod demo {
+    use std::path::{Path, PathBuf};
+
+    use crate::{
+        lab::{Lab, LabError, Result},
+        labnet,
+    };
+
+    pub const NODES: [&[&str]; 2] = [&["client", "web-a"], &["web-b"]];
+    pub const WEB: [&str; 2] = ["web-a", "web-b"];
+    pub const CLIENT: &str = "client";
+    pub const WEB_PORT: u16 = 8080;
+
+    /// `deploy/examples/` of this repository.
+    pub fn examples() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
+    }
+
+    /// A lab shaped like the examples, with the examples copied into `<lab dir>/manifests`
+    /// (where a test may change them) and the web pods serving their names. Fails if the
+    /// lab's pod addresses are not the ones the manifests give.
+    pub fn lab() -> Result<(Lab, PathBuf)> {
+        let lab = Lab::new(&NODES)?;
+        let manifests = lab.dir.join("manifests");
+        let io = |path: &Path, source| LabError::Io { what: "copying", path: path.to_owned(), source };
+        std::fs::create_dir_all(&manifests).map_err(|e| io(&manifests, e))?;
+        let mut text = String::new();
+        for entry in std::fs::read_dir(examples()).map_err(|e| io(&examples(), e))? {
+            let path = entry.map_err(|e| io(&examples(), e))?.path();
+            let content = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+            std::fs::write(manifests.join(path.file_name().expect("a file")), &content).map_err(|e| io(&path, e))?;
+            text.push_str(&content);
+        }
+        for pod in NODES.iter().flat_map(|pods| pods.iter()) {
+            let ip = lab.pod(pod).ip.to_string();
+            if !text.contains(&format!("name: {pod}\n")) || !text.contains(&format!("podIP: {ip}")) {
+                return Err(LabError::Layout(format!("deploy/examples must give pod {pod} the lab's address {ip}")));
+            }
+        }
+        for web in WEB {
+            labnet::serve(&lab, lab.pod(web), WEB_PORT, web)?;
+        }
+        Ok((lab, manifests))
+    }
+}

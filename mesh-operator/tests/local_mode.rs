@@ -1,0 +1,195 @@
+//! Local mode on real manifests: translation, derived endpoints, identities, bad input, and
+//! incremental re-reads, from files to versioned model updates.
+
+use std::path::Path;
+
+use mesh_common::api::{Kind, Resource, resource};
+use mesh_operator::{
+    cluster::ClusterView,
+    identity::IdentityAllocator,
+    local_dir::{LocalDir, ManifestError},
+    model_store::ModelStore,
+};
+
+const DEMO: &str = include_str!("../../deploy/examples/demo.yaml");
+
+struct Operator {
+    dir: LocalDir,
+    view: ClusterView,
+    store: ModelStore,
+}
+
+impl Operator {
+    fn load(root: &Path) -> (Self, Vec<ManifestError>) {
+        let mut operator = Self {
+            dir: LocalDir::new(root),
+            view: ClusterView::new(IdentityAllocator::open(None).unwrap()),
+            store: ModelStore::new("test".into()),
+        };
+        let (changes, errors) = operator.dir.load().unwrap();
+        operator.commit(changes);
+        (operator, errors)
+    }
+
+    fn reload(&mut self, paths: &[&Path]) -> Vec<ManifestError> {
+        let paths: Vec<_> = paths.iter().map(|p| p.to_path_buf()).collect();
+        let (changes, errors) = self.dir.reload(&paths);
+        self.commit(changes);
+        errors
+    }
+
+    fn commit(&mut self, changes: Vec<mesh_operator::local_dir::ObjectChange>) {
+        changes.into_iter().for_each(|c| c.apply(&mut self.view));
+        let (resources, errors) = self.view.changes();
+        assert!(errors.is_empty(), "{errors:?}");
+        self.store.commit(resources);
+    }
+
+    fn get(&self, kind: Kind, ns: &str, name: &str) -> Option<&Resource> {
+        self.store.get(&(kind as i32, ns.into(), name.into()))
+    }
+
+    fn slices_of(&self, service: &str) -> Vec<mesh_common::api::EndpointSlice> {
+        self.store
+            .snapshot()
+            .upserts
+            .into_iter()
+            .filter_map(|r| match r.kind {
+                Some(resource::Kind::EndpointSlice(s)) if s.service == service => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn identity(&self, pod: &str) -> u32 {
+        match &self.get(Kind::Workload, "demo", pod).unwrap().kind {
+            Some(resource::Kind::Workload(w)) => w.identity,
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn the_demo_manifests_become_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("demo.yaml"), DEMO).unwrap();
+    let (operator, errors) = Operator::load(dir.path());
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let Some(resource::Kind::Service(web)) = &operator.get(Kind::Service, "demo", "web").unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(web.cluster_ips, vec!["10.96.0.10"]);
+
+    // No EndpointSlice in the files: the endpoints are derived from the selected pods, with
+    // the named target port resolved from their container ports.
+    let slices = operator.slices_of("web");
+    assert_eq!(slices.len(), 1, "{slices:?}");
+    assert_eq!(slices[0].ports[0].port, 8080);
+    let mut addresses: Vec<&str> = slices[0].endpoints.iter().map(|e| e.addresses[0].as_str()).collect();
+    addresses.sort();
+    assert_eq!(addresses, vec!["10.244.0.3", "10.244.1.2"]);
+    assert!(slices[0].endpoints.iter().all(|e| e.ready && !e.node.is_empty()));
+
+    // Same labels, same identity; other labels, another one.
+    assert_eq!(operator.identity("web-a"), operator.identity("web-b"));
+    assert_ne!(operator.identity("web-a"), operator.identity("client"));
+}
+
+#[test]
+fn bad_objects_are_reported_one_by_one_and_the_rest_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("demo.yaml"), DEMO).unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: v1
+kind: Service
+metadata: {name: bad-port, namespace: demo}
+spec: {clusterIP: 10.96.0.11, ports: [{port: 70000}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cm}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: good, namespace: demo}
+spec: {clusterIP: 10.96.0.12, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad-ip, namespace: demo}
+spec: {nodeName: node-0, containers: [{name: c}]}
+status: {podIP: 10.244.0.999}
+",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("broken.yaml"), "a: [b\n").unwrap();
+    let (operator, errors) = Operator::load(dir.path());
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 4, "{lines:#?}");
+    let expect = [
+        ("bad.yaml", "Service/demo/bad-port", "spec.ports[0].port"),
+        ("bad.yaml", "ConfigMap (apiVersion v1)", "kind"),
+        ("bad.yaml", "Pod/demo/bad-ip", "status.podIP"),
+        ("broken.yaml", "document 1", "(syntax)"),
+    ];
+    for (file, object, field) in expect {
+        assert!(
+            errors.iter().any(|e| e.file.ends_with(file) && e.object == object && e.field == field),
+            "no error for {file} {object} {field}: {lines:#?}"
+        );
+    }
+    assert!(operator.get(Kind::Service, "demo", "good").is_some(), "the valid objects still apply");
+    assert!(operator.get(Kind::Service, "demo", "web").is_some());
+    assert!(operator.get(Kind::Service, "demo", "bad-port").is_none());
+}
+
+#[test]
+fn changed_files_are_reread_and_only_real_changes_make_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo.yaml");
+    std::fs::write(&demo, DEMO).unwrap();
+    let (mut operator, _) = Operator::load(dir.path());
+    let version = operator.store.version();
+
+    // Rewriting the same content is no change.
+    std::fs::write(&demo, DEMO).unwrap();
+    assert!(operator.reload(&[&demo]).is_empty());
+    assert_eq!(operator.store.version(), version);
+
+    // web-b's label changes: it leaves the service.
+    std::fs::write(
+        &demo,
+        DEMO.replacen("app: web\nspec:\n  nodeName: node-1", "app: old\nspec:\n  nodeName: node-1", 1),
+    )
+    .unwrap();
+    operator.reload(&[&demo]);
+    assert_eq!(operator.store.version(), version + 1);
+    let slices = operator.slices_of("web");
+    assert_eq!(slices[0].endpoints.len(), 1, "{slices:?}");
+    assert_eq!(slices[0].endpoints[0].pod, "web-a");
+
+    // An explicit EndpointSlice for the service replaces the derived one.
+    let slice = dir.path().join("slice.yaml");
+    std::fs::write(
+        &slice,
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 9090}]
+endpoints: [{addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true}}]
+",
+    )
+    .unwrap();
+    operator.reload(&[&slice]);
+    let slices = operator.slices_of("web");
+    assert_eq!(slices.len(), 1, "{slices:?}");
+    assert_eq!((slices[0].name.as_str(), slices[0].ports[0].port), ("web-1", 9090));
+
+    // The file goes: the derived endpoints come back.
+    std::fs::remove_file(&slice).unwrap();
+    operator.reload(&[&slice]);
+    assert_eq!(operator.slices_of("web")[0].ports[0].port, 8080);
+}

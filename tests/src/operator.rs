@@ -1,0 +1,73 @@
+//! Running the real `mesh-operator` in local mode for a lab.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::lab::{Lab, LabError, Result};
+
+/// A running operator.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub pid: u32,
+    /// Where its state stream listens.
+    pub addr: SocketAddr,
+    pub log_file: PathBuf,
+}
+
+impl Operator {
+    /// Starts `mesh-operator local` on `manifests`, its stream on `listen` (port 0: any),
+    /// with its identities in the lab's directory, and waits until it serves.
+    pub fn start(lab: &Lab, manifests: &std::path::Path, listen: SocketAddr) -> Result<Self> {
+        let run = (0..)
+            .map(|i| format!("operator-{i}"))
+            .find(|r| !lab.dir.join(format!("{r}.log")).exists())
+            .expect("a name");
+        let ready_file = lab.dir.join(format!("{run}.ready"));
+        let log_file = lab.dir.join(format!("{run}.log"));
+        let log = std::fs::File::create(&log_file).map_err(|source| LabError::Io {
+            what: "creating",
+            path: log_file.clone(),
+            source,
+        })?;
+        let mut command = lab.system_command(crate::built_binary("mesh-operator"))?;
+        command
+            .arg("local")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--identity-file")
+            .arg(lab.dir.join("identities.json"))
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        let pid = lab.spawn(&mut command)?;
+        let log_text = || std::fs::read_to_string(&log_file).unwrap_or_default();
+        lab.wait_for_file(&ready_file, pid, Duration::from_secs(30)).map_err(|err| LabError::Command {
+            command: "mesh-operator".into(),
+            message: format!("{err}; its log:\n{}", log_text()),
+        })?;
+        let addr =
+            std::fs::read_to_string(&ready_file).ok().and_then(|text| text.trim().parse().ok()).ok_or_else(|| {
+                LabError::Command { command: "mesh-operator".into(), message: "its ready file holds no address".into() }
+            })?;
+        Ok(Self { pid, addr, log_file })
+    }
+
+    /// The URL agents follow.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+}
+
+/// A loopback port nobody listens on right now (for a stream address that must survive an
+/// operator restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}

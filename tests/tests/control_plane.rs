@@ -1,0 +1,119 @@
+//! The whole control-plane path in a two-node lab: mesh-operator in local mode reads the
+//! demo manifests, each node's agent follows its stream, and a client pod's connections to
+//! the service reach backends on both nodes. Manifest changes reach the datapath; an operator
+//! restart and an agent restart keep the datapath working.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use mesh_tests::{
+    agent::Agent,
+    lab::{Lab, Placement},
+    labnet,
+    operator::{Operator, free_port},
+    privileges::privileged,
+    scenario::{self, demo},
+};
+
+/// Who answered `count` connections from the client (all must be answered).
+fn answered(lab: &Lab, count: u32) -> BTreeSet<String> {
+    let client = Placement::pod(lab.pod(demo::CLIENT));
+    let summary =
+        labnet::connect(lab, &client, scenario::service_addr(), count, Duration::from_secs(2)).expect("client runs");
+    assert_eq!(summary.failed, 0, "connections failed: {summary:?}");
+    summary.replies.into_keys().collect()
+}
+
+/// Waits (bounded) until the client's connections are answered by exactly `expected`.
+fn eventually_answered_by(lab: &Lab, expected: &[&str], what: &str, logs: impl Fn() -> String) {
+    let expected: BTreeSet<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = BTreeSet::new();
+    while Instant::now() < deadline {
+        last = answered(lab, 20);
+        if last == expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: answered by {last:?}, expected {expected:?}\n{}", logs());
+}
+
+#[test]
+fn manifests_reach_both_nodes_datapaths_through_the_operator() {
+    if !privileged("manifests_reach_both_nodes_datapaths_through_the_operator") {
+        return;
+    }
+    let (lab, manifests) = demo::lab().expect("lab");
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let operator = Operator::start(&lab, &manifests, listen).expect("operator serves");
+    let agents: Vec<Agent> = lab
+        .nodes
+        .iter()
+        .map(|node| Agent::follow(&lab, node, &operator.endpoint(), &["--keep-datapath"]).expect("agent ready"))
+        .collect();
+    let logs =
+        || format!("operator:\n{}\nagents:\n{}", operator.log(), agents.iter().map(Agent::log).collect::<String>());
+
+    // Both backends answer, one of them across nodes.
+    eventually_answered_by(&lab, &demo::WEB, "at start", logs);
+
+    // A manifest change: web-b leaves the service (its label changes).
+    let file = manifests.join("demo.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let web_b_out =
+        original.replacen("app: web\nspec:\n  nodeName: node-1", "app: retired\nspec:\n  nodeName: node-1", 1);
+    assert_ne!(web_b_out, original, "the demo manifests changed shape; fix this test's edit");
+    std::fs::write(&file, &web_b_out).unwrap();
+    eventually_answered_by(&lab, &["web-a"], "after web-b left the service", logs);
+}
+
+#[test]
+fn the_datapath_survives_operator_and_agent_restarts() {
+    if !privileged("the_datapath_survives_operator_and_agent_restarts") {
+        return;
+    }
+    let (lab, manifests) = demo::lab().expect("lab");
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let operator = Operator::start(&lab, &manifests, listen).expect("operator serves");
+    let node0 = Agent::follow(&lab, &lab.nodes[0], &operator.endpoint(), &["--keep-datapath"]).expect("agent ready");
+    let node1 = Agent::follow(&lab, &lab.nodes[1], &operator.endpoint(), &[]).expect("agent ready");
+    eventually_answered_by(&lab, &demo::WEB, "at start", || operator.log());
+
+    // The operator goes away: the agents keep their datapath.
+    assert!(lab.stop(operator.pid, Duration::from_secs(10)).unwrap().success(), "{}", operator.log());
+    assert_eq!(answered(&lab, 20), demo::WEB.iter().map(|s| (*s).to_owned()).collect(), "without the operator");
+
+    // While it is down the manifests change; the restarted operator (a new epoch) sends a
+    // snapshot and the agents, reconnecting by themselves, apply it.
+    let file = manifests.join("demo.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("app: web\nspec:\n  nodeName: node-1", "app: retired\nspec:\n  nodeName: node-1", 1),
+    )
+    .unwrap();
+    let operator = Operator::start(&lab, &manifests, listen).expect("operator serves again");
+    let logs = || format!("operator:\n{}\nnode-0:\n{}\nnode-1:\n{}", operator.log(), node0.log(), node1.log());
+    eventually_answered_by(&lab, &["web-a"], "after the operator restart", logs);
+    for agent in [&node0, &node1] {
+        assert!(
+            agent.log().matches("connected to the operator").count() >= 2,
+            "{} did not reconnect:\n{}",
+            agent.node,
+            agent.log()
+        );
+    }
+
+    // node-0's agent restarts (it keeps its datapath while it is down): the client on node-0
+    // is served throughout, and the new agent takes over.
+    assert!(lab.stop(node0.pid, Duration::from_secs(10)).unwrap().success(), "{}", node0.log());
+    assert_eq!(answered(&lab, 20), BTreeSet::from(["web-a".to_owned()]), "while node-0's agent is down");
+    let node0 = Agent::follow(&lab, &lab.nodes[0], &operator.endpoint(), &[]).expect("agent ready again");
+    assert!(node0.log().contains("took over"), "{}", node0.log());
+    std::fs::write(&file, text).unwrap();
+    eventually_answered_by(&lab, &demo::WEB, "after the agent restart and web-b's return", || node0.log());
+}
