@@ -1,13 +1,16 @@
-//! `cargo xtask demo`: the mesh on the local lab, end to end, with what the client saw.
+//! `cargo xtask demo`: the mesh on the local lab, end to end: mesh-operator in local mode
+//! reads `deploy/examples/`, one agent per node follows it, and a client pod's connections to
+//! the service are answered by backends on both nodes.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use mesh_tests::{
     agent::Agent,
     lab::{Lab, Placement},
     labnet,
-    scenario::{self, BACKENDS, CLIENT},
+    operator::{Operator, free_port},
+    scenario::{self, demo},
 };
 
 use crate::cargo;
@@ -18,46 +21,59 @@ const CONNECTIONS: u32 = 20;
 pub fn run() -> anyhow::Result<()> {
     cargo::run(&["build", "--bins"], &[])?;
 
-    step("Bringing up a local lab: node-0 with pods client, backend-a, backend-b");
-    let lab = scenario::web_lab().context("bringing up the lab")?;
+    step("Bringing up a local lab shaped like deploy/examples/demo.yaml");
+    let (lab, manifests) = demo::lab().context("bringing up the lab")?;
     describe(&lab);
-    println!("  backend-a and backend-b answer TCP {} with their own name", scenario::BACKEND_PORT);
+    println!("  web-a and web-b answer TCP {} with their own name", demo::WEB_PORT);
 
-    let client = Placement::pod(lab.pod(CLIENT));
-    let before = labnet::connect(&lab, &client, scenario::service_addr(), 1, Duration::from_secs(1))?;
-    step(&format!("Before the mesh: client -> {} (service web)", scenario::service_addr()));
-    show(&before);
+    let client = Placement::pod(lab.pod(demo::CLIENT));
+    step(&format!("Before the mesh: client -> {} (service demo/web)", scenario::service_addr()));
+    show(&labnet::connect(&lab, &client, scenario::service_addr(), 1, Duration::from_secs(1))?);
 
-    step("Starting mesh-agent for node-0 (state file below)");
-    print!("{}", indent(&scenario::web_state(&lab)));
-    let agent = Agent::start(&lab, &lab.nodes[0], &scenario::web_state(&lab), &[]).context("starting the agent")?;
-    for line in agent.log().lines().filter(|l| l.contains("attached") || l.contains("service programmed")) {
-        println!("  agent: {}", line.split_once(" INFO ").map_or(line, |(_, rest)| rest.trim()));
+    step("Starting mesh-operator in local mode on deploy/examples/");
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let operator = Operator::start(&lab, &manifests, listen).context("starting the operator")?;
+    for line in operator.log().lines().filter(|l| l.contains("serving") || l.contains("invalid") || l.contains("model updated")) {
+        println!("  operator: {}", trim_log(line));
+    }
+
+    step("Starting one mesh-agent per node, following the operator");
+    let mut agents = Vec::new();
+    for node in &lab.nodes {
+        let agent = Agent::follow(&lab, node, &operator.endpoint(), &[]).with_context(|| format!("starting the agent of {}", node.name))?;
+        for line in agent.log().lines().filter(|l| l.contains("attached") || l.contains("service programmed")) {
+            println!("  {}: {}", node.name, trim_log(line));
+        }
+        agents.push(agent);
     }
 
     step(&format!("With the mesh: client makes {CONNECTIONS} connections to {}", scenario::service_addr()));
     let after = labnet::connect(&lab, &client, scenario::service_addr(), CONNECTIONS, Duration::from_secs(2))?;
     show(&after);
 
-    step("What the TC programs counted on each pod's interface (from the pinned map)");
-    println!("  {:<10} {:>12} {:>12} {:>12} {:>12}", "pod", "pkts sent", "bytes sent", "pkts recv", "bytes recv");
-    for pod in [CLIENT, BACKENDS[0], BACKENDS[1]] {
-        let t = scenario::pod_traffic(&lab.nodes[0], lab.pod(pod))?;
-        println!(
-            "  {pod:<10} {:>12} {:>12} {:>12} {:>12}",
-            t.from_pod_packets, t.from_pod_bytes, t.to_pod_packets, t.to_pod_bytes
-        );
+    step("What the TC programs counted on each pod's interface (from the pinned maps)");
+    println!("  {:<8} {:<7} {:>10} {:>11} {:>10} {:>11}", "pod", "node", "pkts sent", "bytes sent", "pkts recv", "bytes recv");
+    for node in &lab.nodes {
+        for pod in &node.pods {
+            let t = scenario::pod_traffic(node, pod)?;
+            println!(
+                "  {:<8} {:<7} {:>10} {:>11} {:>10} {:>11}",
+                pod.name, node.name, t.from_pod_packets, t.from_pod_bytes, t.to_pod_packets, t.to_pod_bytes
+            );
+        }
     }
 
-    step("Stopping the agent (SIGTERM): it detaches its programs and removes its pins");
-    let status = lab.stop(agent.pid, Duration::from_secs(10))?;
-    println!("  agent exited: {status}");
+    step("Stopping the agents and the operator (SIGTERM): programs detached, pins removed");
+    for agent in agents {
+        println!("  agent of {} exited: {}", agent.node, lab.stop(agent.pid, Duration::from_secs(10))?);
+    }
+    println!("  operator exited: {}", lab.stop(operator.pid, Duration::from_secs(10))?);
     drop(lab);
     step("Lab removed: no namespace, cgroup, pin or process of it remains");
 
-    let balanced = after.ok == CONNECTIONS && BACKENDS.iter().all(|b| after.replies.contains_key(*b));
+    let balanced = after.ok == CONNECTIONS && demo::WEB.iter().all(|b| after.replies.contains_key(*b));
     anyhow::ensure!(balanced, "the demo's connections were not all answered by both backends: {after:?}");
-    println!("\nThe virtual IP answered through the mesh. Run it again with: make demo");
+    println!("\nThe service answered through the mesh, from both nodes. Run it again with: make demo");
     Ok(())
 }
 
@@ -65,11 +81,16 @@ fn step(text: &str) {
     println!("\n==> {text}");
 }
 
+/// A tracing line without its timestamp and level.
+fn trim_log(line: &str) -> &str {
+    line.split_once(" INFO ").map_or(line, |(_, rest)| rest.trim())
+}
+
 fn describe(lab: &Lab) {
     for node in &lab.nodes {
         println!("  {} ({}), pods {}:", node.name, node.ip, node.pod_cidr);
         for pod in &node.pods {
-            println!("    {:<10} {:<12} host interface {}", pod.name, pod.ip.to_string(), pod.host_iface);
+            println!("    {:<8} {:<12} host interface {}", pod.name, pod.ip.to_string(), pod.host_iface);
         }
     }
 }
@@ -82,8 +103,4 @@ fn show(summary: &labnet::Summary) {
     for (error, count) in &summary.errors {
         println!("    {count:>3} x failed: {error}");
     }
-}
-
-fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  | {l}\n")).collect()
 }
