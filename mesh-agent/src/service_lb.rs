@@ -32,11 +32,13 @@ pub enum ServiceLbError {
     Write { service: String, map: &'static str, source: MapError },
 }
 
-/// The two service maps, owned.
+/// The two service maps, owned, and a copy of what they hold so that reconciling compares in
+/// memory and writes only what changed.
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     backends: HashMap<MapData, BackendKey, Backend>,
     next_revision: u32,
+    programmed: std::collections::HashMap<ServiceKey, (ServiceEntry, Vec<Backend>)>,
 }
 
 /// What [`ServiceTable::apply`] changed.
@@ -54,13 +56,26 @@ impl ServiceTable {
             HashMap::try_from(services).map_err(|source| ServiceLbError::MapType { map: maps::SERVICES, source })?;
         let backends =
             HashMap::try_from(backends).map_err(|source| ServiceLbError::MapType { map: maps::BACKENDS, source })?;
-        let next_revision = services
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, entry)| entry.revision)
-            .max()
-            .map_or(1, |r| r.wrapping_add(1).max(1));
-        Ok(Self { services, backends, next_revision })
+        let mut programmed = std::collections::HashMap::new();
+        for (key, entry) in services.iter().filter_map(Result::ok) {
+            let slots: Option<Vec<Backend>> = (0..u32::from(entry.count))
+                .map(|slot| backends.get(&BackendKey { revision: entry.revision, slot }, 0).ok())
+                .collect();
+            // A service whose slots are incomplete (a crash mid-write) is rewritten by apply.
+            programmed.insert(key, (entry, slots.unwrap_or_default()));
+        }
+        let next_revision =
+            programmed.values().map(|(entry, _)| entry.revision).max().map_or(1, |r| r.wrapping_add(1).max(1));
+        Ok(Self { services, backends, next_revision, programmed })
+    }
+
+    /// How many service frontends the maps hold.
+    pub fn len(&self) -> usize {
+        self.programmed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.programmed.is_empty()
     }
 
     /// Makes the maps hold exactly `desired`. A service whose write fails keeps its previous
@@ -79,31 +94,27 @@ impl ServiceTable {
             }
         }
         let wanted: HashSet<ServiceKey> = desired.iter().map(|s| s.key).collect();
-        let stale: Vec<(ServiceKey, ServiceEntry)> =
-            self.services.iter().filter_map(Result::ok).filter(|(key, _)| !wanted.contains(key)).collect();
-        for (key, entry) in stale {
+        let stale: Vec<ServiceKey> = self.programmed.keys().filter(|key| !wanted.contains(key)).copied().collect();
+        for key in stale {
             // The entry goes first, so no connection can pick a slot that is being deleted.
-            if self.services.remove(&key).is_ok() {
-                self.delete_slots(entry);
-                stats.removed += 1;
-            }
+            let (entry, _) = self.programmed.remove(&key).expect("listed above");
+            let _ = self.services.remove(&key);
+            self.delete_slots(entry);
+            stats.removed += 1;
         }
         first_error.map_or(Ok(stats), Err)
     }
 
     /// The backends `connect4` currently picks from for `key`, in slot order.
-    pub fn backends_of(&self, key: &ServiceKey) -> Option<Vec<Backend>> {
-        let entry = self.services.get(key, 0).ok()?;
-        (0..u32::from(entry.count))
-            .map(|slot| self.backends.get(&BackendKey { revision: entry.revision, slot }, 0).ok())
-            .collect()
+    pub fn backends_of(&self, key: &ServiceKey) -> Option<&[Backend]> {
+        self.programmed.get(key).map(|(_, backends)| backends.as_slice())
     }
 
     fn apply_one(&mut self, service: &ResolvedService) -> Result<bool, ServiceLbError> {
-        if self.backends_of(&service.key).as_deref() == Some(service.backends.as_slice()) {
+        if self.backends_of(&service.key) == Some(service.backends.as_slice()) {
             return Ok(false);
         }
-        let previous = self.services.get(&service.key, 0).ok();
+        let previous = self.programmed.get(&service.key).map(|(entry, _)| *entry);
         let revision = self.allocate_revision();
         let count = u16::try_from(service.backends.len()).expect("validated: at most u16::MAX backends");
         let entry = ServiceEntry { revision, count, flags: 0 };
@@ -120,6 +131,7 @@ impl ServiceTable {
         if let Some(previous) = previous {
             self.delete_slots(previous);
         }
+        self.programmed.insert(service.key, (entry, service.backends.clone()));
         tracing::info!(
             service = %service.name,
             frontend = %frontend(&service.key),

@@ -122,12 +122,15 @@ async fn local(
         .watch(manifests, notify::RecursiveMode::Recursive)
         .with_context(|| format!("watching {}", manifests.display()))?;
 
+    // Bind before loading: agents that connect meanwhile wait in the listen queue instead of
+    // backing off; they are served only once the model is complete (an empty first snapshot
+    // would make them drop their state).
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr()?;
     let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
     apply(&mut view, &store, changes, &errors);
 
     let server = StateServer { store: store.clone(), agents: Arc::new(Mutex::new(BTreeMap::new())) };
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let bound = listener.local_addr()?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
         if let Err(err) = tonic::transport::Server::builder()

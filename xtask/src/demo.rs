@@ -33,14 +33,17 @@ pub fn run() -> anyhow::Result<()> {
     step("Starting mesh-operator in local mode on deploy/examples/");
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let operator = Operator::start(&lab, &manifests, listen).context("starting the operator")?;
-    for line in operator.log().lines().filter(|l| l.contains("serving") || l.contains("invalid") || l.contains("model updated")) {
+    for line in
+        operator.log().lines().filter(|l| l.contains("serving") || l.contains("invalid") || l.contains("model updated"))
+    {
         println!("  operator: {}", trim_log(line));
     }
 
     step("Starting one mesh-agent per node, following the operator");
     let mut agents = Vec::new();
     for node in &lab.nodes {
-        let agent = Agent::follow(&lab, node, &operator.endpoint(), &[]).with_context(|| format!("starting the agent of {}", node.name))?;
+        let agent = Agent::follow(&lab, node, &operator.endpoint(), &[])
+            .with_context(|| format!("starting the agent of {}", node.name))?;
         for line in agent.log().lines().filter(|l| l.contains("attached") || l.contains("service programmed")) {
             println!("  {}: {}", node.name, trim_log(line));
         }
@@ -52,7 +55,10 @@ pub fn run() -> anyhow::Result<()> {
     show(&after);
 
     step("What the TC programs counted on each pod's interface (from the pinned maps)");
-    println!("  {:<8} {:<7} {:>10} {:>11} {:>10} {:>11}", "pod", "node", "pkts sent", "bytes sent", "pkts recv", "bytes recv");
+    println!(
+        "  {:<8} {:<7} {:>10} {:>11} {:>10} {:>11}",
+        "pod", "node", "pkts sent", "bytes sent", "pkts recv", "bytes recv"
+    );
     for node in &lab.nodes {
         for pod in &node.pods {
             let t = scenario::pod_traffic(node, pod)?;
