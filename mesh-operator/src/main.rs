@@ -113,9 +113,10 @@ async fn local(
     // Follow the directory from before the first read, so no change falls in between.
     let (events, mut changed) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) => {
+        Ok(event) if is_complete_change(&event.kind) => {
             let _ = events.send(event.paths);
         }
+        Ok(_) => {}
         Err(err) => tracing::warn!("watching the manifests: {err}"),
     })?;
     watcher
@@ -169,6 +170,21 @@ async fn local(
     }
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Whether an event means a file is complete in its new state. A file being written (created,
+/// truncated, appended) is read once it is closed, never half-written, so a rewrite never
+/// looks like its objects were deleted; a rename into place, a removal, and a new directory
+/// count at once.
+fn is_complete_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+            | EventKind::Create(CreateKind::Folder)
+    )
 }
 
 /// Object changes -> model -> a new version; every error logged (and nothing else lost).

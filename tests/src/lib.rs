@@ -22,13 +22,20 @@ pub fn agent_binary() -> PathBuf {
     std::env::var_os(ENV_AGENT_BIN).map_or_else(|| built_binary("mesh-agent"), PathBuf::from)
 }
 
-/// A binary of this workspace that cargo built into the target directory the running
+/// Environment variable naming the directory the workspace's binaries are taken from
+/// (benchmarks point it at `target/release`).
+pub const ENV_BIN_DIR: &str = "MESH_BIN_DIR";
+
+/// A binary of this workspace: in `$MESH_BIN_DIR`, or in the target directory the running
 /// executable (a test under `deps/`, or xtask) lives in. Panics with what to do if missing.
 pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the running executable's path");
-    let mut dir = exe.parent().expect("a target directory");
+    let mut dir = exe.parent().expect("a target directory").to_owned();
     if dir.ends_with("deps") {
-        dir = dir.parent().expect("a profile directory");
+        dir = dir.parent().expect("a profile directory").to_owned();
+    }
+    if let Some(bin_dir) = std::env::var_os(ENV_BIN_DIR) {
+        dir = PathBuf::from(bin_dir);
     }
     let binary = dir.join(name);
     assert!(

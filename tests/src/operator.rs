@@ -17,6 +17,21 @@ impl Operator {
     /// Starts `mesh-operator local` on `manifests`, its stream on `listen` (port 0: any),
     /// with its identities in the lab's directory, and waits until it serves.
     pub fn start(lab: &Lab, manifests: &std::path::Path, listen: SocketAddr) -> Result<Self> {
+        let (pid, ready_file, log_file) = Self::spawn(lab, manifests, listen)?;
+        let log_text = || std::fs::read_to_string(&log_file).unwrap_or_default();
+        lab.wait_for_file(&ready_file, pid, Duration::from_secs(60)).map_err(|err| LabError::Command {
+            command: "mesh-operator".into(),
+            message: format!("{err}; its log:\n{}", log_text()),
+        })?;
+        let addr =
+            std::fs::read_to_string(&ready_file).ok().and_then(|text| text.trim().parse().ok()).ok_or_else(|| {
+                LabError::Command { command: "mesh-operator".into(), message: "its ready file holds no address".into() }
+            })?;
+        Ok(Self { pid, addr, log_file })
+    }
+
+    /// Starts the operator without waiting for it: its pid, ready file and log.
+    pub fn spawn(lab: &Lab, manifests: &std::path::Path, listen: SocketAddr) -> Result<(u32, PathBuf, PathBuf)> {
         let run = (0..)
             .map(|i| format!("operator-{i}"))
             .find(|r| !lab.dir.join(format!("{r}.log")).exists())
@@ -44,16 +59,7 @@ impl Operator {
             .stdout(std::process::Stdio::null())
             .stderr(log);
         let pid = lab.spawn(&mut command)?;
-        let log_text = || std::fs::read_to_string(&log_file).unwrap_or_default();
-        lab.wait_for_file(&ready_file, pid, Duration::from_secs(30)).map_err(|err| LabError::Command {
-            command: "mesh-operator".into(),
-            message: format!("{err}; its log:\n{}", log_text()),
-        })?;
-        let addr =
-            std::fs::read_to_string(&ready_file).ok().and_then(|text| text.trim().parse().ok()).ok_or_else(|| {
-                LabError::Command { command: "mesh-operator".into(), message: "its ready file holds no address".into() }
-            })?;
-        Ok(Self { pid, addr, log_file })
+        Ok((pid, ready_file, log_file))
     }
 
     /// The URL agents follow.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks. `make test` and `make demo` (README.md) call the first
 //! two after installing what is missing (`xtask/bootstrap.sh`).
 
+mod bench;
 mod cargo;
 mod demo;
 mod lab;
@@ -22,6 +23,11 @@ enum Task {
     Test,
     /// Builds, brings up a local lab, runs the agent and sends traffic through the mesh.
     Demo,
+    /// Benchmarks, each with its baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        bench: bench::Bench,
+    },
     /// Local labs: bring one up, list them, remove leftovers of crashed runs.
     Lab {
         #[command(subcommand)]
@@ -33,6 +39,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().task {
         Task::Test => suite::run(),
         Task::Demo => demo::run(),
+        Task::Bench { bench } => bench::run(bench),
         Task::Lab { action } => lab::run(action),
     };
     match result {

@@ -1,0 +1,94 @@
+//! `cargo xtask bench <name>`: benchmarks. Each prints a table with the baseline measured in
+//! the same run and the ratio to it, and writes the same rows to `target/bench/<name>.json`
+//! in one shape: `{"bench": name, "rows": [{case, scale, metric, value, unit, baseline,
+//! ratio}]}`.
+
+mod control_plane;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use serde::Serialize;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Local mode with many services: full sync time, change latency, memory.
+    ControlPlane {
+        /// Services (each with one port and one EndpointSlice).
+        #[arg(long, default_value_t = 10_000)]
+        services: u32,
+        /// Endpoints per service.
+        #[arg(long, default_value_t = 10)]
+        endpoints: u32,
+        /// EndpointSlice changes timed.
+        #[arg(long, default_value_t = 50)]
+        changes: u32,
+    },
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    let report = match bench {
+        Bench::ControlPlane { services, endpoints, changes } => control_plane::run(services, endpoints, changes)?,
+    };
+    report.print();
+    let path = report.write()?;
+    println!("\nwritten to {}", path.display());
+    Ok(())
+}
+
+/// One measured number.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub case: String,
+    pub scale: u64,
+    pub metric: String,
+    pub value: f64,
+    pub unit: String,
+    /// The case this row's ratio is taken against; `None` for baseline rows.
+    pub baseline: Option<String>,
+    pub ratio: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub bench: String,
+    pub rows: Vec<Row>,
+    /// Not in the rows: what the benchmark ran on and how long it took.
+    #[serde(skip)]
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    fn print(&self) {
+        println!(
+            "\n{:<14} {:>7} {:<18} {:>12} {:<5} {:<14} {:>8}",
+            "case", "scale", "metric", "value", "unit", "baseline", "ratio"
+        );
+        for r in &self.rows {
+            let ratio = r.ratio.map_or("-".to_owned(), |x| format!("{x:.3}"));
+            println!(
+                "{:<14} {:>7} {:<18} {:>12.3} {:<5} {:<14} {:>8}",
+                r.case,
+                r.scale,
+                r.metric,
+                r.value,
+                r.unit,
+                r.baseline.as_deref().unwrap_or("-"),
+                ratio
+            );
+        }
+        for note in &self.notes {
+            println!("{note}");
+        }
+    }
+
+    fn write(&self) -> anyhow::Result<PathBuf> {
+        let dir = crate::cargo::workspace_root().join("target/bench");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{}.json", self.bench));
+        std::fs::write(&path, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
