@@ -72,6 +72,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tracing::info!(
                     version = update.version,
                     full = update.full,
+                    resources = update.resources,
                     pods = desired.pods.len(),
                     frontends = desired.services.len(),
                     ok = result.is_ok(),

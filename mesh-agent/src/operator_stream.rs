@@ -4,7 +4,7 @@
 use std::{future::Future, time::Duration};
 
 use mesh_common::{
-    api::{AgentMessage, Hello, StateUpdate, agent_message::Kind, state_stream_client::StateStreamClient},
+    api::{AgentMessage, Hello, agent_message::Kind, state_stream_client::StateStreamClient},
     model::ResourceSet,
 };
 use tokio::sync::mpsc;
@@ -26,6 +26,26 @@ pub enum StreamError {
     Closed,
 }
 
+/// The largest update the agent accepts.
+pub const MAX_UPDATE_BYTES: usize = 512 << 20;
+
+/// What an applied update was.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateInfo {
+    pub version: u64,
+    pub full: bool,
+    pub resources: usize,
+}
+
+/// Gives the memory a decoded snapshot used back to the system (glibc keeps it otherwise).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What the agent holds from the operator.
 #[derive(Debug, Default)]
 pub struct Received {
@@ -40,7 +60,7 @@ pub async fn follow(
     endpoint: &str,
     node: &str,
     received: &mut Received,
-    mut apply: impl FnMut(&ResourceSet, &StateUpdate) -> Result<(), String>,
+    mut apply: impl FnMut(&ResourceSet, &UpdateInfo) -> Result<(), String>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -69,25 +89,31 @@ async fn stream_once(
     endpoint: &str,
     node: &str,
     received: &mut Received,
-    apply: &mut impl FnMut(&ResourceSet, &StateUpdate) -> Result<(), String>,
+    apply: &mut impl FnMut(&ResourceSet, &UpdateInfo) -> Result<(), String>,
 ) -> Result<(), StreamError> {
-    let mut client = StateStreamClient::connect(endpoint.to_owned())
+    let client = StateStreamClient::connect(endpoint.to_owned())
         .await
         .map_err(|source| StreamError::Connect { endpoint: endpoint.to_owned(), source })?;
+    // A snapshot of a large cluster is one message: allow it (tonic's default is 4 MiB).
+    let mut client = client.max_decoding_message_size(MAX_UPDATE_BYTES);
     let (outbound, messages) = mpsc::channel(16);
     let hello = Hello { node: node.to_owned(), epoch: received.epoch.clone(), version: received.version };
     outbound.send(AgentMessage { kind: Some(Kind::Hello(hello)) }).await.map_err(|_| StreamError::Closed)?;
     let mut updates = client.subscribe(ReceiverStream::new(messages)).await.map_err(StreamError::Refused)?.into_inner();
     tracing::info!(endpoint, epoch = received.epoch, version = received.version, "connected to the operator");
     while let Some(update) = updates.message().await.map_err(StreamError::Broken)? {
-        received.model.apply(&update);
+        let info = UpdateInfo { version: update.version, full: update.full, resources: update.upserts.len() };
         received.epoch.clone_from(&update.epoch);
         received.version = update.version;
-        let reply = match apply(&received.model, &update) {
-            Ok(()) => Kind::Ack(mesh_common::api::Ack { version: update.version }),
+        received.model.apply(update);
+        if info.full {
+            release_freed_memory();
+        }
+        let reply = match apply(&received.model, &info) {
+            Ok(()) => Kind::Ack(mesh_common::api::Ack { version: info.version }),
             Err(error) => {
-                tracing::warn!(version = update.version, "NACK: {error}");
-                Kind::Nack(mesh_common::api::Nack { version: update.version, error, rejected: Vec::new() })
+                tracing::warn!(version = info.version, "NACK: {error}");
+                Kind::Nack(mesh_common::api::Nack { version: info.version, error, rejected: Vec::new() })
             }
         };
         outbound.send(AgentMessage { kind: Some(reply) }).await.map_err(|_| StreamError::Closed)?;

@@ -49,12 +49,13 @@ pub struct ResourceSet {
 }
 
 impl ResourceSet {
-    /// Applies `update`; returns the keys it changed (upserted or removed).
-    pub fn apply(&mut self, update: &StateUpdate) -> Vec<Key> {
+    /// Applies `update` (taking its resources, not copying them: a snapshot can be large);
+    /// returns the keys it changed (upserted or removed).
+    pub fn apply(&mut self, update: StateUpdate) -> Vec<Key> {
         let mut changed = Vec::new();
         if update.full {
             let fresh: BTreeMap<Key, Resource> =
-                update.upserts.iter().filter_map(|r| Some((r.key()?.ordered(), r.clone()))).collect();
+                update.upserts.into_iter().filter_map(|r| Some((r.key()?.ordered(), r))).collect();
             changed.extend(self.resources.keys().filter(|k| !fresh.contains_key(*k)).cloned());
             changed.extend(fresh.iter().filter(|(k, r)| self.resources.get(*k) != Some(r)).map(|(k, _)| k.clone()));
             self.resources = fresh;
@@ -66,11 +67,11 @@ impl ResourceSet {
                 changed.push(key);
             }
         }
-        for resource in &update.upserts {
+        for resource in update.upserts {
             let Some(key) = resource.key() else { continue };
             let key = key.ordered();
-            if self.resources.get(&key) != Some(resource) {
-                self.resources.insert(key.clone(), resource.clone());
+            if self.resources.get(&key) != Some(&resource) {
+                self.resources.insert(key.clone(), resource);
                 changed.push(key);
             }
         }
@@ -116,7 +117,7 @@ mod tests {
     #[test]
     fn deltas_and_snapshots_apply_and_report_what_changed() {
         let mut set = ResourceSet::default();
-        let changed = set.apply(&StateUpdate {
+        let changed = set.apply(StateUpdate {
             version: 1,
             upserts: vec![service("a", "10.96.0.1"), service("b", "10.96.0.2"), workload("p")],
             ..Default::default()
@@ -126,7 +127,7 @@ mod tests {
         assert_eq!(set.of_kind(Kind::Workload).count(), 1);
 
         // A delta: one change, one removal, one no-op.
-        let changed = set.apply(&StateUpdate {
+        let changed = set.apply(StateUpdate {
             version: 2,
             upserts: vec![service("a", "10.96.0.9"), workload("p")],
             removals: vec![ResourceKey::new(Kind::Service, "default", "b")],
