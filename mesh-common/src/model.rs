@@ -137,7 +137,7 @@ mod tests {
 
         // A snapshot replaces everything.
         let changed =
-            set.apply(&StateUpdate { version: 3, full: true, upserts: vec![workload("q")], ..Default::default() });
+            set.apply(StateUpdate { version: 3, full: true, upserts: vec![workload("q")], ..Default::default() });
         assert_eq!(changed.len(), 3, "a and p gone, q new: {changed:?}");
         assert_eq!(set.resources.len(), 1);
     }
