@@ -15,8 +15,10 @@ pub const ENV_BPFFS: &str = "MESH_BPFFS";
 pub const ENV_NETNS: &str = "MESH_NETNS";
 /// The static state file (pods and services) this agent programs, instead of an operator.
 pub const ENV_STATE_FILE: &str = "MESH_STATE_FILE";
-/// The operator's state stream (`http://host:15150`).
+/// The operator's state stream (`https://host:15150`, or `http://` without TLS).
 pub const ENV_OPERATOR: &str = "MESH_OPERATOR";
+/// This node's TLS bundle (`ca.crt`, `tls.crt`, `tls.key`, from `mesh-operator issue`).
+pub const ENV_TLS_DIR: &str = "MESH_TLS_DIR";
 /// Leave programs attached and maps pinned on exit, for a restarted agent to take over.
 pub const ENV_KEEP_DATAPATH: &str = "MESH_KEEP_DATAPATH";
 /// A file the agent creates once the datapath is attached and programmed (readiness probe).
@@ -47,9 +49,12 @@ pub struct Args {
     /// YAML file with the node's pods and the services to balance (instead of --operator).
     #[arg(long, env = ENV_STATE_FILE, conflicts_with = "operator", required_unless_present = "operator")]
     pub state_file: Option<PathBuf>,
-    /// The operator's state stream, such as http://127.0.0.1:15150.
+    /// The operator's state stream, such as https://127.0.0.1:15150.
     #[arg(long, env = ENV_OPERATOR)]
     pub operator: Option<String>,
+    /// This node's TLS bundle directory (ca.crt, tls.crt, tls.key); needed for https.
+    #[arg(long, env = ENV_TLS_DIR)]
+    pub tls_dir: Option<PathBuf>,
     /// Keep programs attached and maps pinned when the agent exits.
     #[arg(long, env = ENV_KEEP_DATAPATH)]
     pub keep_datapath: bool,
@@ -66,6 +71,7 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub netns: Option<PathBuf>,
     pub operator: Option<String>,
+    pub tls_dir: Option<PathBuf>,
     pub keep_datapath: bool,
     pub ready_file: Option<PathBuf>,
 }
@@ -88,6 +94,8 @@ pub enum ConfigError {
     Netns { key: &'static str, path: PathBuf },
     #[error("{key}: {value:?} is not an http:// or https:// URL of the operator's state stream")]
     Operator { key: &'static str, value: String },
+    #[error("{key}: {reason}")]
+    Tls { key: &'static str, reason: String },
 }
 
 impl Config {
@@ -113,12 +121,37 @@ impl Config {
         {
             return Err(ConfigError::Operator { key: ENV_OPERATOR, value: operator.clone() });
         }
+        let https = args.operator.as_deref().is_some_and(|o| o.starts_with("https://"));
+        match &args.tls_dir {
+            Some(dir) => {
+                use mesh_common::model::{TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE};
+                if let Some(missing) =
+                    [TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE].iter().find(|f| !dir.join(f).is_file())
+                {
+                    let reason = format!(
+                        "{} has no {missing}: issue the node's bundle with `mesh-operator issue`",
+                        dir.display()
+                    );
+                    return Err(ConfigError::Tls { key: ENV_TLS_DIR, reason });
+                }
+                if !https {
+                    let reason = "a TLS bundle is given but MESH_OPERATOR is not an https:// URL".into();
+                    return Err(ConfigError::Tls { key: ENV_OPERATOR, reason });
+                }
+            }
+            None if https => {
+                let reason = "an https:// operator needs this node's TLS bundle: give MESH_TLS_DIR".into();
+                return Err(ConfigError::Tls { key: ENV_TLS_DIR, reason });
+            }
+            None => {}
+        }
         Ok(Self {
             node_name: args.node_name,
             cgroup: args.cgroup,
             bpffs,
             netns: args.netns,
             operator: args.operator,
+            tls_dir: args.tls_dir,
             keep_datapath: args.keep_datapath,
             ready_file: args.ready_file,
         })
@@ -177,6 +210,7 @@ mod tests {
             netns: None,
             state_file: Some(dir.path().join("state.yaml")),
             operator: None,
+            tls_dir: None,
             keep_datapath: false,
             ready_file: None,
         };

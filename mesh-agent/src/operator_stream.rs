@@ -24,6 +24,21 @@ pub enum StreamError {
     Broken(tonic::Status),
     #[error("the operator closed the stream")]
     Closed,
+    #[error("cannot read the TLS bundle {path}: {source}")]
+    Bundle { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// The client side of mutual TLS, from this node's bundle.
+fn tls_config(dir: &std::path::Path) -> Result<tonic::transport::ClientTlsConfig, StreamError> {
+    use mesh_common::model::{OPERATOR_TLS_NAME, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE};
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read(&path).map_err(|source| StreamError::Bundle { path, source })
+    };
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(TLS_CA_FILE)?))
+        .identity(tonic::transport::Identity::from_pem(read(TLS_CERT_FILE)?, read(TLS_KEY_FILE)?))
+        .domain_name(OPERATOR_TLS_NAME))
 }
 
 /// The largest update the agent accepts.
@@ -58,6 +73,7 @@ pub struct Received {
 /// `apply` is given the whole model; its error becomes a NACK.
 pub async fn follow(
     endpoint: &str,
+    tls_dir: Option<&std::path::Path>,
     node: &str,
     received: &mut Received,
     mut apply: impl FnMut(&ResourceSet, &UpdateInfo) -> Result<(), String>,
@@ -69,7 +85,7 @@ pub async fn follow(
         let before = received.version;
         tokio::select! {
             _ = &mut shutdown => return,
-            result = stream_once(endpoint, node, received, &mut apply) => {
+            result = stream_once(endpoint, tls_dir, node, received, &mut apply) => {
                 let err = result.expect_err("a stream only ends with an error");
                 if received.version != before {
                     retry = RETRY_MIN;
@@ -87,13 +103,18 @@ pub async fn follow(
 
 async fn stream_once(
     endpoint: &str,
+    tls_dir: Option<&std::path::Path>,
     node: &str,
     received: &mut Received,
     apply: &mut impl FnMut(&ResourceSet, &UpdateInfo) -> Result<(), String>,
 ) -> Result<(), StreamError> {
-    let client = StateStreamClient::connect(endpoint.to_owned())
-        .await
-        .map_err(|source| StreamError::Connect { endpoint: endpoint.to_owned(), source })?;
+    let connect_error = |source| StreamError::Connect { endpoint: endpoint.to_owned(), source };
+    let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).map_err(connect_error)?;
+    if let Some(dir) = tls_dir {
+        // Read at every connection, so a renewed bundle is picked up.
+        channel = channel.tls_config(tls_config(dir)?).map_err(connect_error)?;
+    }
+    let client = StateStreamClient::new(channel.connect().await.map_err(connect_error)?);
     // A snapshot of a large cluster is one message: allow it (tonic's default is 4 MiB).
     let mut client = client.max_decoding_message_size(MAX_UPDATE_BYTES);
     let (outbound, messages) = mpsc::channel(16);

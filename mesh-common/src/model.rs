@@ -5,6 +5,13 @@ use std::collections::BTreeMap;
 
 use crate::api::{Kind, Resource, ResourceKey, StateUpdate, resource};
 
+/// The name in the operator's server certificate, which agents verify.
+pub const OPERATOR_TLS_NAME: &str = "mesh-operator";
+/// The files of a TLS bundle directory, as a Kubernetes TLS secret holds them.
+pub const TLS_CA_FILE: &str = "ca.crt";
+pub const TLS_CERT_FILE: &str = "tls.crt";
+pub const TLS_KEY_FILE: &str = "tls.key";
+
 /// An ordered, hashable form of [`ResourceKey`].
 pub type Key = (i32, String, String);
 

@@ -6,5 +6,6 @@ pub mod cluster;
 pub mod identity;
 pub mod local_dir;
 pub mod model_store;
+pub mod pki;
 pub mod state_server;
 pub mod translate;

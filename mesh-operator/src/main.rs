@@ -16,6 +16,7 @@ use mesh_operator::{
     identity::IdentityAllocator,
     local_dir::{LocalDir, ManifestError},
     model_store::ModelStore,
+    pki::Pki,
     state_server::StateServer,
 };
 use notify::Watcher as _;
@@ -48,6 +49,24 @@ enum Command {
         /// Written with the bound address once the model is loaded and the stream serves.
         #[arg(long, env = "MESH_READY_FILE")]
         ready_file: Option<PathBuf>,
+        /// The CA directory: the stream is then mutual TLS, and each agent must present its
+        /// node's certificate (see `issue`). Without it the stream is plaintext.
+        #[arg(long, env = "MESH_PKI_DIR")]
+        pki_dir: Option<PathBuf>,
+        /// Names (DNS or IP) agents reach the operator by, for its certificate.
+        #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        server_names: Vec<String>,
+    },
+    /// Issues a node's bundle (ca.crt, tls.crt, tls.key) for its agent, creating the CA if
+    /// needed.
+    Issue {
+        #[arg(long, env = "MESH_PKI_DIR")]
+        pki_dir: PathBuf,
+        #[arg(long)]
+        node: String,
+        /// Directory to write the bundle to.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Checks a directory of manifests: prints one line per invalid object; exit 1 if any.
     Check { manifests: PathBuf },
@@ -59,9 +78,17 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Local { manifests, listen, identity_file, ready_file } => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(local(&manifests, listen, &identity_file, ready_file.as_deref()))),
+        Command::Local { manifests, listen, identity_file, ready_file, pki_dir, server_names } => {
+            let tls = pki_dir.map(|dir| (dir, server_names));
+            tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|runtime| {
+                runtime.block_on(local(&manifests, listen, &identity_file, ready_file.as_deref(), tls))
+            })
+        }
+        Command::Issue { pki_dir, node, out } => Pki::open(&pki_dir)
+            .and_then(|pki| pki.node(&node))
+            .and_then(|bundle| bundle.write(&out))
+            .map(|()| println!("wrote the bundle of node {node} to {}", out.display()))
+            .map_err(anyhow::Error::from),
         Command::Check { manifests } => check(&manifests),
     };
     match result {
@@ -100,6 +127,7 @@ async fn local(
     listen: SocketAddr,
     identity_file: &Path,
     ready_file: Option<&Path>,
+    tls: Option<(PathBuf, Vec<String>)>,
 ) -> anyhow::Result<()> {
     if let Some(parent) = identity_file.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -131,14 +159,27 @@ async fn local(
     let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
     apply(&mut view, &store, changes, &errors);
 
-    let server = StateServer { store: store.clone(), agents: Arc::new(Mutex::new(BTreeMap::new())) };
+    let server = StateServer {
+        store: store.clone(),
+        agents: Arc::new(Mutex::new(BTreeMap::new())),
+        require_node_cert: tls.is_some(),
+    };
+    let mut builder = tonic::transport::Server::builder();
+    match &tls {
+        Some((dir, names)) => {
+            let pki = Pki::open(dir)?;
+            let bundle = pki.server(names)?;
+            let config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&bundle.cert, &bundle.key))
+                .client_ca_root(tonic::transport::Certificate::from_pem(&bundle.ca));
+            builder = builder.tls_config(config).context("configuring TLS")?;
+            tracing::info!(pki = %dir.display(), ?names, "the stream is mutual TLS: agents need their node's bundle");
+        }
+        None => tracing::warn!("the stream is plaintext: give --pki-dir for mutual TLS between operator and agents"),
+    }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
-        if let Err(err) = tonic::transport::Server::builder()
-            .add_service(StateStreamServer::new(server))
-            .serve_with_incoming(incoming)
-            .await
-        {
+        if let Err(err) = builder.add_service(StateStreamServer::new(server)).serve_with_incoming(incoming).await {
             tracing::error!("state stream server: {err}");
         }
     });

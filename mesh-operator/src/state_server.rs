@@ -26,6 +26,8 @@ pub struct AgentStatus {
 pub struct StateServer {
     pub store: Arc<Mutex<ModelStore>>,
     pub agents: Arc<Mutex<BTreeMap<String, AgentStatus>>>,
+    /// Serve a stream only to the node the client certificate names (mutual TLS).
+    pub require_node_cert: bool,
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<StateUpdate, Status>> + Send>>;
@@ -35,6 +37,19 @@ impl StateStream for StateServer {
     type SubscribeStream = UpdateStream;
 
     async fn subscribe(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<UpdateStream>, Status> {
+        let certified_node = if self.require_node_cert {
+            let certs = request.peer_certs().ok_or_else(|| {
+                Status::unauthenticated(
+                    "a client certificate is required: give the agent its node bundle (MESH_TLS_DIR)",
+                )
+            })?;
+            let node = certs.first().and_then(|cert| crate::pki::node_of(cert.as_ref()));
+            Some(node.ok_or_else(|| {
+                Status::unauthenticated("the client certificate is not a node certificate of this CA")
+            })?)
+        } else {
+            None
+        };
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }) => hello,
@@ -42,6 +57,15 @@ impl StateStream for StateServer {
         };
         if hello.node.is_empty() {
             return Err(Status::invalid_argument("Hello.node is empty: set the agent's node name"));
+        }
+        if let Some(certified) = certified_node
+            && certified != hello.node
+        {
+            tracing::warn!(certified, claimed = hello.node, "refused a stream: the certificate names another node");
+            return Err(Status::permission_denied(format!(
+                "the client certificate is node {certified:?}'s but Hello names {:?}: each agent needs its own node's bundle",
+                hello.node
+            )));
         }
         let node = hello.node.clone();
         let subscription = self.store.lock().expect("store lock").subscribe(&hello.epoch, hello.version);

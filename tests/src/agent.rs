@@ -38,7 +38,27 @@ impl Agent {
         Self::launch(lab, node, &run, &args)
     }
 
+    /// Starts the agent of `node` following `endpoint` without waiting for it to be ready
+    /// (for agents that are meant to be refused).
+    pub fn spawn_following(lab: &Lab, node: &Node, endpoint: &str, extra_args: &[&str]) -> Result<Self> {
+        let run = next_run(lab, &node.name);
+        let mut args = vec!["--operator".to_owned(), endpoint.to_owned()];
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        Self::spawn(lab, node, &run, &args)
+    }
+
     fn launch(lab: &Lab, node: &Node, run: &str, args: &[String]) -> Result<Self> {
+        let agent = Self::spawn(lab, node, run, args)?;
+        if let Err(err) = lab.wait_for_file(&agent.ready_file, agent.pid, READY_TIMEOUT) {
+            return Err(LabError::Command {
+                command: format!("mesh-agent of {}", node.name),
+                message: format!("{err}; its log:\n{}", agent.log()),
+            });
+        }
+        Ok(agent)
+    }
+
+    fn spawn(lab: &Lab, node: &Node, run: &str, args: &[String]) -> Result<Self> {
         let ready_file = lab.dir.join(format!("{run}.ready"));
         let log_file = lab.dir.join(format!("{run}.log"));
         let log = std::fs::File::create(&log_file).map_err(|source| LabError::Io {
@@ -64,14 +84,7 @@ impl Agent {
             .stdout(std::process::Stdio::null())
             .stderr(log);
         let pid = lab.spawn(&mut command)?;
-        let agent = Self { pid, node: node.name.clone(), ready_file, log_file };
-        if let Err(err) = lab.wait_for_file(&agent.ready_file, pid, READY_TIMEOUT) {
-            return Err(LabError::Command {
-                command: format!("mesh-agent of {}", node.name),
-                message: format!("{err}; its log:\n{}", agent.log()),
-            });
-        }
-        Ok(agent)
+        Ok(Self { pid, node: node.name.clone(), ready_file, log_file })
     }
 
     /// Its log so far.

@@ -17,7 +17,12 @@ impl Operator {
     /// Starts `mesh-operator local` on `manifests`, its stream on `listen` (port 0: any),
     /// with its identities in the lab's directory, and waits until it serves.
     pub fn start(lab: &Lab, manifests: &std::path::Path, listen: SocketAddr) -> Result<Self> {
-        let (pid, ready_file, log_file) = Self::spawn(lab, manifests, listen)?;
+        Self::start_with(lab, manifests, listen, &[])
+    }
+
+    /// [`Operator::start`] with more arguments (`--pki-dir DIR`).
+    pub fn start_with(lab: &Lab, manifests: &std::path::Path, listen: SocketAddr, extra_args: &[&str]) -> Result<Self> {
+        let (pid, ready_file, log_file) = Self::spawn_with(lab, manifests, listen, extra_args)?;
         let log_text = || std::fs::read_to_string(&log_file).unwrap_or_default();
         lab.wait_for_file(&ready_file, pid, Duration::from_secs(60)).map_err(|err| LabError::Command {
             command: "mesh-operator".into(),
@@ -32,6 +37,15 @@ impl Operator {
 
     /// Starts the operator without waiting for it: its pid, ready file and log.
     pub fn spawn(lab: &Lab, manifests: &std::path::Path, listen: SocketAddr) -> Result<(u32, PathBuf, PathBuf)> {
+        Self::spawn_with(lab, manifests, listen, &[])
+    }
+
+    fn spawn_with(
+        lab: &Lab,
+        manifests: &std::path::Path,
+        listen: SocketAddr,
+        extra_args: &[&str],
+    ) -> Result<(u32, PathBuf, PathBuf)> {
         let run = (0..)
             .map(|i| format!("operator-{i}"))
             .find(|r| !lab.dir.join(format!("{r}.log")).exists())
@@ -54,6 +68,7 @@ impl Operator {
             .arg(lab.dir.join("identities.json"))
             .arg("--ready-file")
             .arg(&ready_file)
+            .args(extra_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
@@ -62,9 +77,30 @@ impl Operator {
         Ok((pid, ready_file, log_file))
     }
 
-    /// The URL agents follow.
+    /// The URL agents follow (plaintext).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The URL agents follow over TLS.
+    pub fn tls_endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Issues `node`'s TLS bundle from the CA in `pki_dir` with `mesh-operator issue`;
+    /// returns the bundle's directory.
+    pub fn issue(lab: &Lab, pki_dir: &std::path::Path, node: &str) -> Result<PathBuf> {
+        let out = lab.dir.join(format!("bundle-{node}"));
+        let mut command = lab.system_command(crate::built_binary("mesh-operator"))?;
+        command.arg("issue").arg("--pki-dir").arg(pki_dir).arg("--node").arg(node).arg("--out").arg(&out);
+        let output = lab.run(&mut command, Duration::from_secs(30))?;
+        if !output.status.success() {
+            return Err(LabError::Command {
+                command: "mesh-operator issue".into(),
+                message: String::from_utf8_lossy(&output.stderr).into(),
+            });
+        }
+        Ok(out)
     }
 
     pub fn log(&self) -> String {

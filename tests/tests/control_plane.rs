@@ -117,3 +117,47 @@ fn the_datapath_survives_operator_and_agent_restarts() {
     std::fs::write(&file, text).unwrap();
     eventually_answered_by(&lab, &demo::WEB, "after the agent restart and web-b's return", || node0.log());
 }
+
+#[test]
+fn the_stream_is_mutual_tls_and_each_agent_proves_its_node() {
+    if !privileged("the_stream_is_mutual_tls_and_each_agent_proves_its_node") {
+        return;
+    }
+    let (lab, manifests) = demo::lab().expect("lab");
+    let pki = lab.dir.join("pki");
+    let bundles: Vec<_> = lab.nodes.iter().map(|n| Operator::issue(&lab, &pki, &n.name).expect("bundle")).collect();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let pki_arg = pki.display().to_string();
+    let operator = Operator::start_with(&lab, &manifests, listen, &["--pki-dir", &pki_arg]).expect("operator serves");
+
+    // Refused: node-1's agent with node-0's certificate, then one that speaks plaintext (one
+    // at a time: two agents of one node would share its pins).
+    let wrong_bundle = bundles[0].display().to_string();
+    let attempts: [(&str, Vec<&str>, &str); 2] = [
+        (&operator.tls_endpoint(), vec!["--tls-dir", &wrong_bundle], "each agent needs its own node's bundle"),
+        (&operator.endpoint(), vec![], "WARN"),
+    ];
+    for (endpoint, args, expected) in attempts {
+        let refused = Agent::spawn_following(&lab, &lab.nodes[1], endpoint, &args).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !refused.log().contains(expected) {
+            assert!(Instant::now() < deadline, "expected {expected:?} in:\n{}", refused.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!refused.ready_file.exists() && !refused.log().contains("applied update"), "{}", refused.log());
+        assert!(lab.stop(refused.pid, Duration::from_secs(10)).unwrap().success(), "{}", refused.log());
+    }
+    assert!(operator.log().contains("refused a stream: the certificate names another node"), "{}", operator.log());
+
+    // Each node's own bundle: served, and the service works across nodes.
+    let _agents: Vec<Agent> = lab
+        .nodes
+        .iter()
+        .zip(&bundles)
+        .map(|(node, bundle)| {
+            let bundle = bundle.display().to_string();
+            Agent::follow(&lab, node, &operator.tls_endpoint(), &["--tls-dir", &bundle]).expect("agent ready over TLS")
+        })
+        .collect();
+    eventually_answered_by(&lab, &demo::WEB, "over mutual TLS", || operator.log());
+}
