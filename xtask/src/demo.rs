@@ -30,21 +30,35 @@ pub fn run() -> anyhow::Result<()> {
     step(&format!("Before the mesh: client -> {} (service demo/web)", scenario::service_addr()));
     show(&labnet::connect(&lab, &client, scenario::service_addr(), 1, Duration::from_secs(1))?);
 
-    step("Starting mesh-operator in local mode on deploy/examples/");
+    step("Starting mesh-operator in local mode on deploy/examples/, its stream mutual TLS");
+    let pki = lab.dir.join("pki");
+    let mut bundles = Vec::new();
+    for node in &lab.nodes {
+        bundles
+            .push(Operator::issue(&lab, &pki, &node.name).with_context(|| format!("issuing {}'s bundle", node.name))?);
+        println!("  issued {}'s certificate (mesh-operator issue --node {})", node.name, node.name);
+    }
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let operator = Operator::start(&lab, &manifests, listen).context("starting the operator")?;
-    for line in
-        operator.log().lines().filter(|l| l.contains("serving") || l.contains("invalid") || l.contains("model updated"))
-    {
+    let pki_arg = pki.display().to_string();
+    let operator =
+        Operator::start_with(&lab, &manifests, listen, &["--pki-dir", &pki_arg]).context("starting the operator")?;
+    for line in operator.log().lines().filter(|l| {
+        l.contains("serving") || l.contains("invalid") || l.contains("model updated") || l.contains("mutual TLS")
+    }) {
         println!("  operator: {}", trim_log(line));
     }
 
-    step("Starting one mesh-agent per node, following the operator");
+    step("Starting one mesh-agent per node, following the operator with its node's certificate");
     let mut agents = Vec::new();
-    for node in &lab.nodes {
-        let agent = Agent::follow(&lab, node, &operator.endpoint(), &[])
+    for (node, bundle) in lab.nodes.iter().zip(&bundles) {
+        let bundle = bundle.display().to_string();
+        let agent = Agent::follow(&lab, node, &operator.tls_endpoint(), &["--tls-dir", &bundle])
             .with_context(|| format!("starting the agent of {}", node.name))?;
-        for line in agent.log().lines().filter(|l| l.contains("attached") || l.contains("service programmed")) {
+        for line in agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("attached") || l.contains("service programmed") || l.contains("connected to"))
+        {
             println!("  {}: {}", node.name, trim_log(line));
         }
         agents.push(agent);
