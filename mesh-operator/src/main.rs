@@ -188,7 +188,10 @@ async fn local(
         tracing::info!(%bound, epoch, version = store.version(), resources = store.len(), manifests = %manifests.display(), "serving");
     }
     if let Some(ready) = ready_file {
-        std::fs::write(ready, bound.to_string()).with_context(|| format!("writing {}", ready.display()))?;
+        // Written whole, then renamed into place: a reader never sees it half-written.
+        let partial = ready.with_extension("partial");
+        std::fs::write(&partial, bound.to_string()).with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, ready).with_context(|| format!("writing {}", ready.display()))?;
     }
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
