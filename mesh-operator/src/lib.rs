@@ -3,6 +3,7 @@
 //! to every agent with versions, ACK/NACK and resume.
 
 pub mod cluster;
+pub mod cluster_source;
 pub mod identity;
 pub mod local_dir;
 pub mod model_store;

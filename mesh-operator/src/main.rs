@@ -57,6 +57,20 @@ enum Command {
         #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
         server_names: Vec<String>,
     },
+    /// Cluster mode: serve the model of the cluster the in-cluster config (or the kubeconfig)
+    /// points at.
+    Cluster {
+        #[arg(long, env = "MESH_LISTEN", default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        #[arg(long, env = "MESH_IDENTITY_FILE", default_value = "/var/lib/mesh/identities.json")]
+        identity_file: PathBuf,
+        #[arg(long, env = "MESH_READY_FILE")]
+        ready_file: Option<PathBuf>,
+        #[arg(long, env = "MESH_PKI_DIR")]
+        pki_dir: Option<PathBuf>,
+        #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        server_names: Vec<String>,
+    },
     /// Issues a node's bundle (ca.crt, tls.crt, tls.key) for its agent, creating the CA if
     /// needed.
     Issue {
@@ -83,6 +97,12 @@ fn main() -> std::process::ExitCode {
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|runtime| {
                 runtime.block_on(local(&manifests, listen, &identity_file, ready_file.as_deref(), tls))
             })
+        }
+        Command::Cluster { listen, identity_file, ready_file, pki_dir, server_names } => {
+            let tls = pki_dir.map(|dir| (dir, server_names));
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(cluster(listen, &identity_file, ready_file.as_deref(), tls)))
         }
         Command::Issue { pki_dir, node, out } => Pki::open(&pki_dir)
             .and_then(|pki| pki.node(&node))
@@ -129,11 +149,7 @@ async fn local(
     ready_file: Option<&Path>,
     tls: Option<(PathBuf, Vec<String>)>,
 ) -> anyhow::Result<()> {
-    if let Some(parent) = identity_file.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let identities = IdentityAllocator::open(Some(identity_file))?;
-    let mut view = ClusterView::new(identities);
+    let mut view = open_view(identity_file)?;
     let mut dir = LocalDir::new(manifests);
     let epoch = new_epoch();
     let store = Arc::new(Mutex::new(ModelStore::new(epoch.clone())));
@@ -155,17 +171,50 @@ async fn local(
     // backing off; they are served only once the model is complete (an empty first snapshot
     // would make them drop their state).
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let bound = listener.local_addr()?;
     let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
     apply(&mut view, &store, changes, &errors);
 
+    serve(listener, &store, tls.as_ref(), ready_file, &manifests.display().to_string())?;
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(mut paths) = changed.recv() => {
+                // Collect the rest of the burst (an editor's write is several events).
+                tokio::time::sleep(DEBOUNCE).await;
+                while let Ok(more) = changed.try_recv() {
+                    paths.extend(more);
+                }
+                paths.sort();
+                paths.dedup();
+                let (changes, errors) = dir.reload(&paths);
+                apply(&mut view, &store, changes, &errors);
+            }
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+/// Serves the state stream from `listener` (TLS with a PKI directory), then writes the ready
+/// file with the bound address.
+fn serve(
+    listener: tokio::net::TcpListener,
+    store: &Arc<Mutex<ModelStore>>,
+    tls: Option<&(PathBuf, Vec<String>)>,
+    ready_file: Option<&Path>,
+    source: &str,
+) -> anyhow::Result<()> {
+    let bound = listener.local_addr()?;
     let server = StateServer {
         store: store.clone(),
         agents: Arc::new(Mutex::new(BTreeMap::new())),
         require_node_cert: tls.is_some(),
     };
     let mut builder = tonic::transport::Server::builder();
-    match &tls {
+    match tls {
         Some((dir, names)) => {
             let pki = Pki::open(dir)?;
             let bundle = pki.server(names)?;
@@ -185,7 +234,7 @@ async fn local(
     });
     {
         let store = store.lock().expect("store lock");
-        tracing::info!(%bound, epoch, version = store.version(), resources = store.len(), manifests = %manifests.display(), "serving");
+        tracing::info!(%bound, epoch = store.epoch(), version = store.version(), resources = store.len(), source, "serving");
     }
     if let Some(ready) = ready_file {
         // Written whole, then renamed into place: a reader never sees it half-written.
@@ -193,20 +242,51 @@ async fn local(
         std::fs::write(&partial, bound.to_string()).with_context(|| format!("writing {}", partial.display()))?;
         std::fs::rename(&partial, ready).with_context(|| format!("writing {}", ready.display()))?;
     }
+    Ok(())
+}
 
+/// The view, with identities persisted in `identity_file`.
+fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
+    if let Some(parent) = identity_file.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    Ok(ClusterView::new(IdentityAllocator::open(Some(identity_file))?))
+}
+
+/// Cluster mode: the API server (in-cluster config, or the kubeconfig) is the source.
+async fn cluster(
+    listen: SocketAddr,
+    identity_file: &Path,
+    ready_file: Option<&Path>,
+    tls: Option<(PathBuf, Vec<String>)>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let mut view = open_view(identity_file)?;
+    let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));
+    let client =
+        kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let mut batches = Box::pin(mesh_operator::cluster_source::watch(client));
+    let mut listed = std::collections::BTreeSet::new();
+    let mut listener = Some(listener);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            Some(mut paths) = changed.recv() => {
-                // Collect the rest of the burst (an editor's write is several events).
-                tokio::time::sleep(DEBOUNCE).await;
-                while let Ok(more) = changed.try_recv() {
-                    paths.extend(more);
+            batch = batches.next() => {
+                let Some(batch) = batch else { anyhow::bail!("the watches ended") };
+                let problems: Vec<String> = batch.problems;
+                for problem in &problems {
+                    tracing::warn!("{problem}");
                 }
-                paths.sort();
-                paths.dedup();
-                let (changes, errors) = dir.reload(&paths);
-                apply(&mut view, &store, changes, &errors);
+                if let Some(kind) = batch.listed {
+                    listed.insert(kind);
+                }
+                apply(&mut view, &store, batch.changes, &[]);
+                // Serve only once every kind was listed: a partial first snapshot would make
+                // agents drop state they should keep.
+                if listed.len() == mesh_operator::cluster_source::KINDS && let Some(listener) = listener.take() {
+                    serve(listener, &store, tls.as_ref(), ready_file, "the Kubernetes API")?;
+                }
             }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,

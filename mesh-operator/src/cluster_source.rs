@@ -1,0 +1,152 @@
+//! Cluster mode: the Kubernetes API server is the source. One kube-rs watcher per kind the
+//! model uses; their events become the same object changes local mode makes from files, so
+//! both go through one translation. A watch that breaks is resumed by the watcher (re-listing
+//! when it must); after a re-list, objects that disappeared meanwhile are removed.
+
+use std::{collections::BTreeMap, fmt::Debug};
+
+use futures::{Stream, StreamExt as _, stream};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt as _,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    cluster::{ClusterView, Object, ObjectKey},
+    local_dir::ObjectChange,
+};
+
+/// How many kinds are watched.
+pub const KINDS: usize = 4;
+
+/// What one watcher event means for the model.
+#[derive(Debug)]
+pub struct Batch {
+    pub changes: Vec<ObjectChange>,
+    /// Objects the model cannot take (left as they were), and watch errors.
+    pub problems: Vec<String>,
+    /// Set when this batch completes a (re-)list of that kind.
+    pub listed: Option<&'static str>,
+}
+
+/// A kind the model takes from the API server.
+trait Watched: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static {
+    const KIND: &'static str;
+    fn into_object(self) -> Object;
+}
+
+impl Watched for Namespace {
+    const KIND: &'static str = "Namespace";
+    fn into_object(self) -> Object {
+        Object::Namespace(Box::new(self))
+    }
+}
+
+impl Watched for Pod {
+    const KIND: &'static str = "Pod";
+    fn into_object(self) -> Object {
+        Object::Pod(Box::new(self))
+    }
+}
+
+impl Watched for Service {
+    const KIND: &'static str = "Service";
+    fn into_object(self) -> Object {
+        Object::Service(Box::new(self))
+    }
+}
+
+impl Watched for EndpointSlice {
+    const KIND: &'static str = "EndpointSlice";
+    fn into_object(self) -> Object {
+        Object::EndpointSlice(Box::new(self))
+    }
+}
+
+/// Every watched kind's changes, merged, as they come.
+pub fn watch(client: Client) -> impl Stream<Item = Batch> + Send {
+    stream::select_all([
+        watch_kind::<Namespace>(client.clone()).boxed(),
+        watch_kind::<Pod>(client.clone()).boxed(),
+        watch_kind::<Service>(client.clone()).boxed(),
+        watch_kind::<EndpointSlice>(client).boxed(),
+    ])
+}
+
+fn watch_kind<K: Watched>(client: Client) -> impl Stream<Item = Batch> + Send {
+    let api: Api<K> = Api::all(client);
+    let mut state = KindState::<K>::default();
+    watcher(api, watcher::Config::default()).default_backoff().map(move |event| match event {
+        Ok(event) => state.on(event),
+        Err(err) => {
+            Batch { changes: Vec::new(), problems: vec![format!("watching {}s: {err}", K::KIND)], listed: None }
+        }
+    })
+}
+
+/// What a watcher of one kind has applied, and the re-list in progress.
+struct KindState<K> {
+    applied: BTreeMap<ObjectKey, Object>,
+    relisting: Option<Vec<K>>,
+}
+
+impl<K> Default for KindState<K> {
+    fn default() -> Self {
+        Self { applied: BTreeMap::new(), relisting: None }
+    }
+}
+
+impl<K: Watched> KindState<K> {
+    fn on(&mut self, event: watcher::Event<K>) -> Batch {
+        let mut batch = Batch { changes: Vec::new(), problems: Vec::new(), listed: None };
+        match event {
+            watcher::Event::Apply(object) => self.apply(object, &mut batch),
+            watcher::Event::Delete(object) => {
+                let key = key_of(&object);
+                if self.applied.remove(&key).is_some() {
+                    batch.changes.push(ObjectChange::Remove(key));
+                }
+            }
+            watcher::Event::Init => self.relisting = Some(Vec::new()),
+            watcher::Event::InitApply(object) => self.relisting.get_or_insert_with(Vec::new).push(object),
+            watcher::Event::InitDone => {
+                let listed = self.relisting.take().unwrap_or_default();
+                let keys: std::collections::BTreeSet<ObjectKey> = listed.iter().map(key_of).collect();
+                let gone: Vec<ObjectKey> = self.applied.keys().filter(|k| !keys.contains(*k)).cloned().collect();
+                for key in gone {
+                    self.applied.remove(&key);
+                    batch.changes.push(ObjectChange::Remove(key));
+                }
+                for object in listed {
+                    self.apply(object, &mut batch);
+                }
+                batch.listed = Some(K::KIND);
+            }
+        }
+        batch
+    }
+
+    /// An object as it is now: applied if the model can take it and it changed; else the
+    /// previous version stays.
+    fn apply(&mut self, object: K, batch: &mut Batch) {
+        let key = key_of(&object);
+        let object = object.into_object();
+        if let Err(invalid) = ClusterView::check(&key, &object) {
+            batch.problems.push(format!("{key}: {invalid}; its previous version stays in force"));
+            return;
+        }
+        if self.applied.get(&key) != Some(&object) {
+            self.applied.insert(key.clone(), object.clone());
+            batch.changes.push(ObjectChange::Upsert(key, object));
+        }
+    }
+}
+
+fn key_of<K: Watched>(object: &K) -> ObjectKey {
+    ObjectKey { kind: K::KIND, namespace: object.namespace().unwrap_or_default(), name: object.name_any() }
+}
