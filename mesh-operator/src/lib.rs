@@ -4,9 +4,11 @@
 
 pub mod cluster;
 pub mod cluster_source;
+pub mod crd;
 pub mod identity;
 pub mod local_dir;
 pub mod model_store;
+pub mod node_status;
 pub mod pki;
 pub mod state_server;
 pub mod translate;

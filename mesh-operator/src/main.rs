@@ -174,7 +174,8 @@ async fn local(
     let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
     apply(&mut view, &store, changes, &errors);
 
-    serve(listener, &store, tls.as_ref(), ready_file, &manifests.display().to_string())?;
+    // Local mode has no API server to report on: agent events are only logged.
+    serve(listener, &store, tls.as_ref(), ready_file, &manifests.display().to_string(), None)?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -206,12 +207,14 @@ fn serve(
     tls: Option<&(PathBuf, Vec<String>)>,
     ready_file: Option<&Path>,
     source: &str,
+    events: Option<tokio::sync::mpsc::UnboundedSender<mesh_operator::node_status::AgentEvent>>,
 ) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     let server = StateServer {
         store: store.clone(),
         agents: Arc::new(Mutex::new(BTreeMap::new())),
         require_node_cert: tls.is_some(),
+        events,
     };
     let mut builder = tonic::transport::Server::builder();
     match tls {
@@ -266,6 +269,9 @@ async fn cluster(
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let (events, reports) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(mesh_operator::node_status::report(client.clone(), reports));
+    let mut events = Some(events);
     let mut batches = Box::pin(mesh_operator::cluster_source::watch(client));
     let mut listed = std::collections::BTreeSet::new();
     let mut listener = Some(listener);
@@ -285,7 +291,7 @@ async fn cluster(
                 // Serve only once every kind was listed: a partial first snapshot would make
                 // agents drop state they should keep.
                 if listed.len() == mesh_operator::cluster_source::KINDS && let Some(listener) = listener.take() {
-                    serve(listener, &store, tls.as_ref(), ready_file, "the Kubernetes API")?;
+                    serve(listener, &store, tls.as_ref(), ready_file, "the Kubernetes API", events.take())?;
                 }
             }
             _ = terminate.recv() => break,

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::model_store::ModelStore;
+use crate::{model_store::ModelStore, node_status::AgentEvent};
 
 /// What the operator knows of each agent, from its stream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub struct StateServer {
     pub agents: Arc<Mutex<BTreeMap<String, AgentStatus>>>,
     /// Serve a stream only to the node the client certificate names (mutual TLS).
     pub require_node_cert: bool,
+    /// Where agent events go to be reported on `MeshNode` status (cluster mode).
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<AgentEvent>>,
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<StateUpdate, Status>> + Send>>;
@@ -78,6 +80,9 @@ impl StateStream for StateServer {
             "agent connected"
         );
         self.agents.lock().expect("agents lock").entry(node.clone()).or_default().connected = true;
+        let events = self.events.clone();
+        let epoch = self.store.lock().expect("store lock").epoch().to_owned();
+        emit(&events, AgentEvent::Connected { node: node.clone(), epoch });
 
         let (sender, receiver) = mpsc::channel(64);
         let store = self.store.clone();
@@ -103,7 +108,11 @@ impl StateStream for StateServer {
                         }
                     }
                     message = inbound.message() => match message {
-                        Ok(Some(message)) => record(&agents, &node, message),
+                        Ok(Some(message)) => {
+                            if let Some(event) = record(&agents, &node, message) {
+                                emit(&events, event);
+                            }
+                        }
                         Ok(None) => break,
                         Err(status) => {
                             tracing::info!(node, "agent stream ended: {status}");
@@ -113,25 +122,38 @@ impl StateStream for StateServer {
                 }
             }
             agents.lock().expect("agents lock").entry(node.clone()).or_default().connected = false;
+            emit(&events, AgentEvent::Disconnected { node: node.clone() });
             tracing::info!(node, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
 
-fn record(agents: &Mutex<BTreeMap<String, AgentStatus>>, node: &str, message: AgentMessage) {
+fn emit(events: &Option<tokio::sync::mpsc::UnboundedSender<AgentEvent>>, event: AgentEvent) {
+    if let Some(events) = events {
+        let _ = events.send(event);
+    }
+}
+
+/// Records an ACK or NACK; returns the event to report.
+fn record(agents: &Mutex<BTreeMap<String, AgentStatus>>, node: &str, message: AgentMessage) -> Option<AgentEvent> {
     let mut agents = agents.lock().expect("agents lock");
     let status = agents.entry(node.to_owned()).or_default();
     match message.kind {
         Some(agent_message::Kind::Ack(ack)) => {
             status.acked_version = status.acked_version.max(ack.version);
             tracing::debug!(node, version = ack.version, "ACK");
+            Some(AgentEvent::Acked { node: node.to_owned(), version: ack.version })
         }
         Some(agent_message::Kind::Nack(nack)) => {
             let rejected: Vec<String> = nack.rejected.iter().map(ToString::to_string).collect();
             tracing::warn!(node, version = nack.version, rejected = ?rejected, "NACK: {}", nack.error);
-            status.last_nack = Some((nack.version, nack.error));
+            status.last_nack = Some((nack.version, nack.error.clone()));
+            Some(AgentEvent::Nacked { node: node.to_owned(), version: nack.version, error: nack.error })
         }
-        _ => tracing::warn!(node, "unexpected message after Hello; ignored"),
+        _ => {
+            tracing::warn!(node, "unexpected message after Hello; ignored");
+            None
+        }
     }
 }

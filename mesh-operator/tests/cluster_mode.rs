@@ -135,3 +135,42 @@ async fn watches_list_then_follow_and_resume_after_a_break() {
     assert!(first.contains("resourceVersion=1"), "{first}");
     assert!(second.contains("resourceVersion=5"), "the broken watch was not resumed from its version: {second}");
 }
+
+#[tokio::test]
+async fn agent_events_reach_the_meshnode_status_by_server_side_apply() {
+    use mesh_operator::node_status::{AgentEvent, report};
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (events, reports) = mpsc::unbounded_channel();
+    events.send(AgentEvent::Connected { node: "node-0".into(), epoch: "e1".into() }).unwrap();
+    events.send(AgentEvent::Acked { node: "node-0".into(), version: 3 }).unwrap();
+    events
+        .send(AgentEvent::Nacked { node: "node-0".into(), version: 4, error: "map mesh_backend is full".into() })
+        .unwrap();
+    tokio::spawn(report(kube::Client::new(service, "default"), reports));
+
+    let mut handle = Box::pin(handle);
+    let node =
+        json!({"apiVersion": "mesh.dev/v1alpha1", "kind": "MeshNode", "metadata": {"name": "node-0"}, "spec": {}});
+    let mut bodies = Vec::new();
+    for expected_path in ["/apis/mesh.dev/v1alpha1/meshnodes/node-0", "/apis/mesh.dev/v1alpha1/meshnodes/node-0/status"]
+    {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("a request")
+            .expect("the client is alive");
+        assert_eq!(request.method(), http::Method::PATCH);
+        assert_eq!(request.uri().path(), expected_path);
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        assert!(query.contains("fieldManager=mesh-operator") && query.contains("force=true"), "{query}");
+        bodies.push(String::from_utf8(request.into_body().collect_bytes().await.unwrap().to_vec()).unwrap());
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&node).unwrap())));
+    }
+    // The three events were coalesced into one status: connected, not synced (the NACK), v3.
+    let status: Value = serde_json::from_str(&bodies[1]).unwrap();
+    let conditions = status["status"]["conditions"].as_array().unwrap();
+    let condition = |t: &str| conditions.iter().find(|c| c["type"] == t).unwrap().clone();
+    assert_eq!(condition("Connected")["status"], "True");
+    assert_eq!(condition("Synced")["status"], "False");
+    assert!(condition("Synced")["message"].as_str().unwrap().contains("map mesh_backend is full"));
+    assert_eq!(status["status"]["ackedVersion"], 3);
+}

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cargo;
+mod crds;
 mod demo;
 mod lab;
 mod suite;
@@ -23,6 +24,11 @@ enum Task {
     Test,
     /// Builds, brings up a local lab, runs the agent and sends traffic through the mesh.
     Demo,
+    /// Writes deploy/crds/ from the CRD types in mesh-operator (--check: fail if stale).
+    GenCrds {
+        #[arg(long)]
+        check: bool,
+    },
     /// Benchmarks, each with its baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -39,6 +45,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().task {
         Task::Test => suite::run(),
         Task::Demo => demo::run(),
+        Task::GenCrds { check } => crds::run(check),
         Task::Bench { bench } => bench::run(bench),
         Task::Lab { action } => lab::run(action),
     };
