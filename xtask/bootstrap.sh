@@ -8,6 +8,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 bpf_linker_version=0.13.0
+kubernetes_validate_version=1.34.1
 llvm_version=22
 # Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; protoc for the API.
 apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler)
@@ -55,7 +56,17 @@ else
       --no-default-features --features llvm-${llvm_version}
 fi
 
-# 4. bpffs, where the agent pins its maps and links.
+# 4. kubernetes-validate (PyPI): the tests check deploy/ against the Kubernetes schemas.
+if command -v kubernetes-validate >/dev/null && kubernetes-validate --version 2>/dev/null | grep -q "$kubernetes_validate_version"; then
+  say "ok: kubernetes-validate ${kubernetes_validate_version}"
+else
+  command -v python3 >/dev/null || die "python3 (with pip) is needed to install kubernetes-validate"
+  say "installing kubernetes-validate ${kubernetes_validate_version} (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==${kubernetes_validate_version}"
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+
+# 5. bpffs, where the agent pins its maps and links.
 if mount | grep -q ' /sys/fs/bpf type bpf'; then
   say "ok: bpffs at /sys/fs/bpf"
 else
