@@ -33,6 +33,27 @@ struct Cli {
     command: Command,
 }
 
+/// How the state stream is served, in either mode.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the state stream.
+    #[arg(long, env = "MESH_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Where identities are kept across restarts.
+    #[arg(long, env = "MESH_IDENTITY_FILE", default_value = "/var/lib/mesh/identities.json")]
+    identity_file: PathBuf,
+    /// Written with the bound address once the model is loaded and the stream serves.
+    #[arg(long, env = "MESH_READY_FILE")]
+    ready_file: Option<PathBuf>,
+    /// The CA directory: the stream is then mutual TLS, and each agent must present its
+    /// node's certificate (see `issue`). Without it the stream is plaintext.
+    #[arg(long, env = "MESH_PKI_DIR")]
+    pki_dir: Option<PathBuf>,
+    /// Names (DNS or IP) agents reach the operator by, for its certificate.
+    #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+    server_names: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Local mode: serve the model of a directory of Kubernetes manifests, following its changes.
@@ -40,36 +61,14 @@ enum Command {
         /// The directory of manifests (Namespaces, Pods, Services, EndpointSlices, …).
         #[arg(long, env = "MESH_MANIFESTS")]
         manifests: PathBuf,
-        /// Address of the state stream.
-        #[arg(long, env = "MESH_LISTEN", default_value = DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        /// Where identities are kept across restarts.
-        #[arg(long, env = "MESH_IDENTITY_FILE", default_value = "/var/lib/mesh/identities.json")]
-        identity_file: PathBuf,
-        /// Written with the bound address once the model is loaded and the stream serves.
-        #[arg(long, env = "MESH_READY_FILE")]
-        ready_file: Option<PathBuf>,
-        /// The CA directory: the stream is then mutual TLS, and each agent must present its
-        /// node's certificate (see `issue`). Without it the stream is plaintext.
-        #[arg(long, env = "MESH_PKI_DIR")]
-        pki_dir: Option<PathBuf>,
-        /// Names (DNS or IP) agents reach the operator by, for its certificate.
-        #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
-        server_names: Vec<String>,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Cluster mode: serve the model of the cluster the in-cluster config (or the kubeconfig)
     /// points at.
     Cluster {
-        #[arg(long, env = "MESH_LISTEN", default_value = DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        #[arg(long, env = "MESH_IDENTITY_FILE", default_value = "/var/lib/mesh/identities.json")]
-        identity_file: PathBuf,
-        #[arg(long, env = "MESH_READY_FILE")]
-        ready_file: Option<PathBuf>,
-        #[arg(long, env = "MESH_PKI_DIR")]
-        pki_dir: Option<PathBuf>,
-        #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
-        server_names: Vec<String>,
+        #[command(flatten)]
+        serve: ServeArgs,
     },
     /// Issues a node's bundle (ca.crt, tls.crt, tls.key) for its agent, creating the CA if
     /// needed.
@@ -92,18 +91,12 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Local { manifests, listen, identity_file, ready_file, pki_dir, server_names } => {
-            let tls = pki_dir.map(|dir| (dir, server_names));
-            tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|runtime| {
-                runtime.block_on(local(&manifests, listen, &identity_file, ready_file.as_deref(), tls))
-            })
-        }
-        Command::Cluster { listen, identity_file, ready_file, pki_dir, server_names } => {
-            let tls = pki_dir.map(|dir| (dir, server_names));
-            tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(cluster(listen, &identity_file, ready_file.as_deref(), tls)))
-        }
+        Command::Local { manifests, serve } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(local(&manifests, serve))),
+        Command::Cluster { serve } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(cluster(serve))),
         Command::Issue { pki_dir, node, out } => Pki::open(&pki_dir)
             .and_then(|pki| pki.node(&node))
             .and_then(|bundle| bundle.write(&out))
@@ -142,13 +135,10 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn local(
-    manifests: &Path,
-    listen: SocketAddr,
-    identity_file: &Path,
-    ready_file: Option<&Path>,
-    tls: Option<(PathBuf, Vec<String>)>,
-) -> anyhow::Result<()> {
+async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names } = serve_args;
+    let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
+    let tls = pki_dir.map(|dir| (dir, server_names));
     let mut view = open_view(identity_file)?;
     let mut dir = LocalDir::new(manifests);
     let epoch = new_epoch();
@@ -257,12 +247,10 @@ fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
 }
 
 /// Cluster mode: the API server (in-cluster config, or the kubeconfig) is the source.
-async fn cluster(
-    listen: SocketAddr,
-    identity_file: &Path,
-    ready_file: Option<&Path>,
-    tls: Option<(PathBuf, Vec<String>)>,
-) -> anyhow::Result<()> {
+async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names } = serve_args;
+    let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
+    let tls = pki_dir.map(|dir| (dir, server_names));
     use futures::StreamExt as _;
     let mut view = open_view(identity_file)?;
     let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));

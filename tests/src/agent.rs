@@ -21,34 +21,33 @@ impl Agent {
     /// Starts the agent of `node` with the state file `state` (YAML) and waits until it is
     /// ready. `extra_args` are added to its command line (`--keep-datapath`).
     pub fn start(lab: &Lab, node: &Node, state: &str, extra_args: &[&str]) -> Result<Self> {
-        let run = next_run(lab, &node.name);
-        let state_file = lab.dir.join(format!("{run}.state.yaml"));
-        write(&state_file, state)?;
-        let mut args = vec!["--state-file".to_owned(), state_file.display().to_string()];
-        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        Self::launch(lab, node, &run, &args)
+        let state_file = (0..)
+            .map(|i| lab.dir.join(format!("state-{}-{i}.yaml", node.name)))
+            .find(|path| !path.exists())
+            .expect("a free name");
+        std::fs::write(&state_file, state).map_err(|source| LabError::Io {
+            what: "writing",
+            path: state_file.clone(),
+            source,
+        })?;
+        let state_arg = state_file.display().to_string();
+        Self::launch(lab, node, &[&["--state-file", &state_arg], extra_args].concat())
     }
 
     /// Starts the agent of `node` following the operator at `endpoint` (`http://…`) and
     /// waits until it has applied a first update.
     pub fn follow(lab: &Lab, node: &Node, endpoint: &str, extra_args: &[&str]) -> Result<Self> {
-        let run = next_run(lab, &node.name);
-        let mut args = vec!["--operator".to_owned(), endpoint.to_owned()];
-        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        Self::launch(lab, node, &run, &args)
+        Self::launch(lab, node, &[&["--operator", endpoint], extra_args].concat())
     }
 
     /// Starts the agent of `node` following `endpoint` without waiting for it to be ready
     /// (for agents that are meant to be refused).
     pub fn spawn_following(lab: &Lab, node: &Node, endpoint: &str, extra_args: &[&str]) -> Result<Self> {
-        let run = next_run(lab, &node.name);
-        let mut args = vec!["--operator".to_owned(), endpoint.to_owned()];
-        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
-        Self::spawn(lab, node, &run, &args)
+        Self::spawn(lab, node, &[&["--operator", endpoint], extra_args].concat())
     }
 
-    fn launch(lab: &Lab, node: &Node, run: &str, args: &[String]) -> Result<Self> {
-        let agent = Self::spawn(lab, node, run, args)?;
+    fn launch(lab: &Lab, node: &Node, args: &[&str]) -> Result<Self> {
+        let agent = Self::spawn(lab, node, args)?;
         if let Err(err) = lab.wait_for_file(&agent.ready_file, agent.pid, READY_TIMEOUT) {
             return Err(LabError::Command {
                 command: format!("mesh-agent of {}", node.name),
@@ -58,15 +57,9 @@ impl Agent {
         Ok(agent)
     }
 
-    fn spawn(lab: &Lab, node: &Node, run: &str, args: &[String]) -> Result<Self> {
-        let ready_file = lab.dir.join(format!("{run}.ready"));
-        let log_file = lab.dir.join(format!("{run}.log"));
-        let log = std::fs::File::create(&log_file).map_err(|source| LabError::Io {
-            what: "creating",
-            path: log_file.clone(),
-            source,
-        })?;
-        let mut command = lab.system_command(crate::agent_binary())?;
+    fn spawn(lab: &Lab, node: &Node, args: &[&str]) -> Result<Self> {
+        let (mut command, ready_file, log_file) =
+            lab.daemon_command(crate::agent_binary(), &format!("agent-{}", node.name))?;
         command
             .arg("--node-name")
             .arg(&node.name)
@@ -78,11 +71,7 @@ impl Agent {
             .arg(&node.netns_path)
             .arg("--ready-file")
             .arg(&ready_file)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
+            .args(args);
         let pid = lab.spawn(&mut command)?;
         Ok(Self { pid, node: node.name.clone(), ready_file, log_file })
     }
@@ -91,16 +80,4 @@ impl Agent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
-}
-
-/// A name for the next agent run on `node`, unique within the lab.
-fn next_run(lab: &Lab, node: &str) -> String {
-    (0..)
-        .map(|i| format!("agent-{node}-{i}"))
-        .find(|run| !lab.dir.join(format!("{run}.log")).exists())
-        .expect("a free name")
-}
-
-fn write(path: &PathBuf, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|source| LabError::Io { what: "writing", path: path.clone(), source })
 }

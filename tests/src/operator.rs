@@ -46,18 +46,8 @@ impl Operator {
         listen: SocketAddr,
         extra_args: &[&str],
     ) -> Result<(u32, PathBuf, PathBuf)> {
-        let run = (0..)
-            .map(|i| format!("operator-{i}"))
-            .find(|r| !lab.dir.join(format!("{r}.log")).exists())
-            .expect("a name");
-        let ready_file = lab.dir.join(format!("{run}.ready"));
-        let log_file = lab.dir.join(format!("{run}.log"));
-        let log = std::fs::File::create(&log_file).map_err(|source| LabError::Io {
-            what: "creating",
-            path: log_file.clone(),
-            source,
-        })?;
-        let mut command = lab.system_command(crate::built_binary("mesh-operator"))?;
+        let (mut command, ready_file, log_file) =
+            lab.daemon_command(crate::built_binary("mesh-operator"), "operator")?;
         command
             .arg("local")
             .arg("--manifests")
@@ -68,11 +58,7 @@ impl Operator {
             .arg(lab.dir.join("identities.json"))
             .arg("--ready-file")
             .arg(&ready_file)
-            .args(extra_args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
+            .args(extra_args);
         let pid = lab.spawn(&mut command)?;
         Ok((pid, ready_file, log_file))
     }

@@ -45,6 +45,24 @@ impl Lab {
         place(Command::new(program), &Placement { netns: None, cgroup: self.system_cgroup() })
     }
 
+    /// A command for one of the mesh's daemons (`binary`), run like [`Lab::system_command`]
+    /// with its log (stderr) in the lab's directory. Returns the command, and a ready file
+    /// and the log file named after the first free `<name>-N` run.
+    pub fn daemon_command(&self, binary: impl AsRef<OsStr>, name: &str) -> Result<(Command, PathBuf, PathBuf)> {
+        let run =
+            (0..).map(|i| format!("{name}-{i}")).find(|r| !self.dir.join(format!("{r}.log")).exists()).expect("a name");
+        let ready_file = self.dir.join(format!("{run}.ready"));
+        let log_file = self.dir.join(format!("{run}.log"));
+        let log = File::create(&log_file).map_err(|source| LabError::Io {
+            what: "creating",
+            path: log_file.clone(),
+            source,
+        })?;
+        let mut command = self.system_command(binary)?;
+        command.env("RUST_LOG", "info").env("NO_COLOR", "1").stdout(Stdio::null()).stderr(log);
+        Ok((command, ready_file, log_file))
+    }
+
     /// Starts `command` and tracks it; returns its pid.
     pub fn spawn(&self, command: &mut Command) -> Result<u32> {
         let child = command.stdin(Stdio::null()).spawn().map_err(|source| LabError::Io {
