@@ -41,6 +41,9 @@ fn tls_config(dir: &std::path::Path) -> Result<tonic::transport::ClientTlsConfig
         .domain_name(OPERATOR_TLS_NAME))
 }
 
+/// How long after a failed apply the agent tries the same state again.
+pub const RETRY_FAILED: Duration = Duration::from_secs(2);
+
 /// The largest update the agent accepts.
 pub const MAX_UPDATE_BYTES: usize = 512 << 20;
 
@@ -122,18 +125,29 @@ async fn stream_once(
     outbound.send(AgentMessage { kind: Some(Kind::Hello(hello)) }).await.map_err(|_| StreamError::Closed)?;
     let mut updates = client.subscribe(ReceiverStream::new(messages)).await.map_err(StreamError::Refused)?.into_inner();
     tracing::info!(endpoint, epoch = received.epoch, version = received.version, "connected to the operator");
-    while let Some(update) = updates.message().await.map_err(StreamError::Broken)? {
-        let info = UpdateInfo { version: update.version, full: update.full, resources: update.upserts.len() };
-        received.epoch.clone_from(&update.epoch);
-        received.version = update.version;
-        received.model.apply(update);
-        if info.full {
-            release_freed_memory();
-        }
+    // After a NACK the same state is tried again every RETRY_FAILED (a pod's interface may
+    // appear after the pod does), until it applies: then the version is ACKed.
+    let mut failed: Option<UpdateInfo> = None;
+    loop {
+        let info = tokio::select! {
+            update = updates.message() => {
+                let Some(update) = update.map_err(StreamError::Broken)? else { break };
+                let info = UpdateInfo { version: update.version, full: update.full, resources: update.upserts.len() };
+                received.epoch.clone_from(&update.epoch);
+                received.version = update.version;
+                received.model.apply(update);
+                if info.full {
+                    release_freed_memory();
+                }
+                info
+            }
+            _ = tokio::time::sleep(RETRY_FAILED), if failed.is_some() => failed.take().expect("guarded"),
+        };
         let reply = match apply(&received.model, &info) {
             Ok(()) => Kind::Ack(mesh_common::api::Ack { version: info.version }),
             Err(error) => {
-                tracing::warn!(version = info.version, "NACK: {error}");
+                tracing::warn!(version = info.version, retry_in = ?RETRY_FAILED, "NACK: {error}");
+                failed = Some(info);
                 Kind::Nack(mesh_common::api::Nack { version: info.version, error, rejected: Vec::new() })
             }
         };

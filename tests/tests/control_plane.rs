@@ -161,3 +161,43 @@ fn the_stream_is_mutual_tls_and_each_agent_proves_its_node() {
         .collect();
     eventually_answered_by(&lab, &demo::WEB, "over mutual TLS", || operator.log());
 }
+
+#[test]
+fn a_nacked_update_is_reported_and_retried_until_it_applies() {
+    if !privileged("a_nacked_update_is_reported_and_retried_until_it_applies") {
+        return;
+    }
+    let (lab, manifests) = demo::lab().expect("lab");
+    // A pod of node-0 whose interface does not exist yet (its sandbox is still being made).
+    std::fs::write(
+        manifests.join("late.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: demo}\nspec: {nodeName: node-0, containers: [{name: c, image: i}]}\nstatus: {podIP: 10.244.0.99}\n",
+    )
+    .unwrap();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let operator = Operator::start(&lab, &manifests, listen).expect("operator serves");
+    let agent = Agent::spawn_following(&lab, &lab.nodes[0], &operator.endpoint(), &[]).unwrap();
+
+    // The agent NACKs with the reason; the operator reports it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = "no route to pod demo/late (10.244.0.99)";
+    while !(agent.log().contains("NACK") && operator.log().contains(reason)) {
+        assert!(Instant::now() < deadline, "agent:\n{}\noperator:\n{}", agent.log(), operator.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!agent.ready_file.exists(), "ready although the state did not apply");
+
+    // The interface appears: the agent's retry applies the same version and becomes ready.
+    let netns = &lab.nodes[0].netns;
+    for args in [
+        vec!["link", "add", "late0", "type", "veth", "peer", "name", "late1"],
+        vec!["link", "set", "late0", "up"],
+        vec!["route", "add", "10.244.0.99/32", "dev", "late0"],
+    ] {
+        let status = std::process::Command::new("ip").arg("-n").arg(netns).args(&args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    }
+    lab.wait_for_file(&agent.ready_file, agent.pid, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
+    assert!(agent.log().contains("pod=demo/late"), "{}", agent.log());
+}
