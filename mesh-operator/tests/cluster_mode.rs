@@ -193,3 +193,55 @@ async fn agent_events_reach_the_meshnode_status_by_server_side_apply() {
     assert!(condition("Synced")["message"].as_str().unwrap().contains("map mesh_backend is full"));
     assert_eq!(status["status"]["ackedVersion"], 3);
 }
+
+/// Answers one TokenReview with `status`, checking what was asked.
+async fn review_once(
+    handle: &mut std::pin::Pin<Box<tower_test::mock::Handle<Request<Body>, Response<Body>>>>,
+    status: Value,
+) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await.unwrap().unwrap();
+    assert_eq!(request.method(), http::Method::POST);
+    assert_eq!(request.uri().path(), "/apis/authentication.k8s.io/v1/tokenreviews");
+    let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+    assert_eq!(body["spec"]["token"], "the-token");
+    assert_eq!(body["spec"]["audiences"], json!(["mesh-operator"]));
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": body["spec"], "status": status});
+    send.send_response(Response::new(Body::from(serde_json::to_vec(&review).unwrap())));
+}
+
+#[tokio::test]
+async fn a_bootstrap_token_is_accepted_only_for_the_agent_account_on_its_own_node() {
+    use mesh_operator::bootstrap::{BootstrapError, verify};
+    const AGENT: &str = "system:serviceaccount:mesh-system:mesh-agent";
+    let user = |name: &str, node: Option<&str>| {
+        let extra = node.map(|n| json!({"authentication.kubernetes.io/node-name": [n]})).unwrap_or(json!({}));
+        json!({"authenticated": true, "user": {"username": name, "extra": extra}})
+    };
+    let cases: Vec<(Value, Result<(), BootstrapError>)> = vec![
+        (user(AGENT, Some("node-1")), Ok(())),
+        (
+            user(AGENT, Some("node-2")),
+            Err(BootstrapError::WrongNode { found: "node-2".into(), claimed: "node-1".into() }),
+        ),
+        (
+            user("system:serviceaccount:default:default", Some("node-1")),
+            Err(BootstrapError::WrongAccount {
+                found: "system:serviceaccount:default:default".into(),
+                expected: AGENT.into(),
+            }),
+        ),
+        (user(AGENT, None), Err(BootstrapError::NoNode)),
+        (
+            json!({"authenticated": false, "error": "token expired"}),
+            Err(BootstrapError::NotAuthenticated("token expired".into())),
+        ),
+    ];
+    for (status, expected) in cases {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = Box::pin(handle);
+        let client = kube::Client::new(service, "default");
+        let (result, ()) =
+            tokio::join!(verify(client, "the-token", "node-1", AGENT), review_once(&mut handle, status.clone()));
+        assert_eq!(result, expected, "{status}");
+    }
+}
