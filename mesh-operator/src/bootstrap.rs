@@ -57,3 +57,38 @@ pub async fn verify(client: Client, token: &str, node: &str, agent_account: &str
     }
     Ok(())
 }
+
+/// The `mesh.v1.NodeBootstrap` service.
+pub struct BootstrapServer {
+    pub pki: std::sync::Arc<crate::pki::Pki>,
+    /// The API server to review tokens with; `None` in local mode.
+    pub client: Option<Client>,
+    /// `system:serviceaccount:<namespace>:<name>` of the agents.
+    pub agent_account: String,
+}
+
+#[tonic::async_trait]
+impl mesh_common::api::node_bootstrap_server::NodeBootstrap for BootstrapServer {
+    async fn bootstrap(
+        &self,
+        request: tonic::Request<mesh_common::api::BootstrapRequest>,
+    ) -> Result<tonic::Response<mesh_common::api::BootstrapResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let Some(client) = self.client.clone() else {
+            return Err(tonic::Status::unimplemented(
+                "local mode has no API server to review tokens: issue the node's bundle with `mesh-operator issue`",
+            ));
+        };
+        if let Err(err) = verify(client, &request.token, &request.node, &self.agent_account).await {
+            tracing::warn!(node = request.node, "refused a bootstrap: {err}");
+            return Err(tonic::Status::permission_denied(err.to_string()));
+        }
+        let bundle = self.pki.node(&request.node).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        tracing::info!(node = request.node, "issued a node certificate (bootstrap)");
+        Ok(tonic::Response::new(mesh_common::api::BootstrapResponse {
+            ca: bundle.ca,
+            cert: bundle.cert,
+            key: bundle.key,
+        }))
+    }
+}

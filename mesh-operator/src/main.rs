@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mesh_common::api::state_stream_server::StateStreamServer;
 use mesh_operator::{
+    bootstrap::BootstrapServer,
     cluster::ClusterView,
     identity::IdentityAllocator,
     local_dir::{LocalDir, ManifestError},
@@ -52,6 +53,9 @@ struct ServeArgs {
     /// Names (DNS or IP) agents reach the operator by, for its certificate.
     #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
     server_names: Vec<String>,
+    /// The agents' ServiceAccount, whose tokens may bootstrap node certificates (cluster mode).
+    #[arg(long, env = "MESH_AGENT_SERVICE_ACCOUNT", default_value = "system:serviceaccount:mesh-system:mesh-agent")]
+    agent_service_account: String,
 }
 
 #[derive(Subcommand)]
@@ -136,9 +140,9 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
 }
 
 async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names } = serve_args;
+    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names, agent_service_account } = serve_args;
     let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
-    let tls = pki_dir.map(|dir| (dir, server_names));
+    let tls = pki_dir.map(|dir| (dir, server_names, agent_service_account));
     let mut view = open_view(identity_file)?;
     let mut dir = LocalDir::new(manifests);
     let epoch = new_epoch();
@@ -165,7 +169,7 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
     apply(&mut view, &store, changes, &errors);
 
     // Local mode has no API server to report on: agent events are only logged.
-    serve(listener, &store, tls.as_ref(), ready_file, &manifests.display().to_string(), None)?;
+    serve(listener, &store, tls.as_ref(), ready_file, &manifests.display().to_string(), None, None)?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -194,10 +198,11 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
 fn serve(
     listener: tokio::net::TcpListener,
     store: &Arc<Mutex<ModelStore>>,
-    tls: Option<&(PathBuf, Vec<String>)>,
+    tls: Option<&(PathBuf, Vec<String>, String)>,
     ready_file: Option<&Path>,
     source: &str,
     events: Option<tokio::sync::mpsc::UnboundedSender<mesh_operator::node_status::AgentEvent>>,
+    api: Option<kube::Client>,
 ) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     let server = StateServer {
@@ -207,21 +212,29 @@ fn serve(
         events,
     };
     let mut builder = tonic::transport::Server::builder();
+    let mut bootstrap = None;
     match tls {
-        Some((dir, names)) => {
+        Some((dir, names, agent_account)) => {
             let pki = Pki::open(dir)?;
             let bundle = pki.server(names)?;
+            // Client certificates are optional at the TLS layer so that an agent without one
+            // can bootstrap; the state stream itself refuses a stream without one.
             let config = tonic::transport::ServerTlsConfig::new()
                 .identity(tonic::transport::Identity::from_pem(&bundle.cert, &bundle.key))
-                .client_ca_root(tonic::transport::Certificate::from_pem(&bundle.ca));
+                .client_ca_root(tonic::transport::Certificate::from_pem(&bundle.ca))
+                .client_auth_optional(true);
             builder = builder.tls_config(config).context("configuring TLS")?;
+            bootstrap = Some(BootstrapServer { pki: Arc::new(pki), client: api, agent_account: agent_account.clone() });
             tracing::info!(pki = %dir.display(), ?names, "the stream is mutual TLS: agents need their node's bundle");
         }
         None => tracing::warn!("the stream is plaintext: give --pki-dir for mutual TLS between operator and agents"),
     }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let router = builder
+        .add_service(StateStreamServer::new(server))
+        .add_optional_service(bootstrap.map(mesh_common::api::node_bootstrap_server::NodeBootstrapServer::new));
     tokio::spawn(async move {
-        if let Err(err) = builder.add_service(StateStreamServer::new(server)).serve_with_incoming(incoming).await {
+        if let Err(err) = router.serve_with_incoming(incoming).await {
             tracing::error!("state stream server: {err}");
         }
     });
@@ -248,14 +261,15 @@ fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
 
 /// Cluster mode: the API server (in-cluster config, or the kubeconfig) is the source.
 async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names } = serve_args;
+    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names, agent_service_account } = serve_args;
     let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
-    let tls = pki_dir.map(|dir| (dir, server_names));
+    let tls = pki_dir.map(|dir| (dir, server_names, agent_service_account));
     use futures::StreamExt as _;
     let mut view = open_view(identity_file)?;
     let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
+    let api = client.clone();
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let (events, reports) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(mesh_operator::node_status::report(client.clone(), reports));
@@ -279,7 +293,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
                 // Serve only once every kind was listed: a partial first snapshot would make
                 // agents drop state they should keep.
                 if listed.len() == mesh_operator::cluster_source::KINDS && let Some(listener) = listener.take() {
-                    serve(listener, &store, tls.as_ref(), ready_file, "the Kubernetes API", events.take())?;
+                    serve(listener, &store, tls.as_ref(), ready_file, "the Kubernetes API", events.take(), Some(api.clone()))?;
                 }
             }
             _ = terminate.recv() => break,

@@ -245,3 +245,67 @@ async fn a_bootstrap_token_is_accepted_only_for_the_agent_account_on_its_own_nod
         assert_eq!(result, expected, "{status}");
     }
 }
+
+#[tokio::test]
+async fn a_node_bootstraps_its_certificate_over_tls_with_a_reviewed_token() {
+    use mesh_common::api::{
+        BootstrapRequest, node_bootstrap_client::NodeBootstrapClient, node_bootstrap_server::NodeBootstrapServer,
+    };
+    use mesh_operator::{bootstrap::BootstrapServer, pki::Pki};
+    const AGENT: &str = "system:serviceaccount:mesh-system:mesh-agent";
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::open(dir.path()).unwrap();
+    let server_bundle = pki.server(&["127.0.0.1".into()]).unwrap();
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let bootstrap = BootstrapServer {
+        pki: std::sync::Arc::new(pki),
+        client: Some(kube::Client::new(service, "default")),
+        agent_account: AGENT.into(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(&server_bundle.cert, &server_bundle.key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(&server_bundle.ca))
+        .client_auth_optional(true);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(NodeBootstrapServer::new(bootstrap))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    // The API server: the first token is node-1's agent, the second one's pod is on node-2.
+    tokio::spawn(async move {
+        let mut handle = Box::pin(handle);
+        let user = |node: &str| json!({"authenticated": true, "user": {"username": AGENT, "extra": {"authentication.kubernetes.io/node-name": [node]}}});
+        review_once(&mut handle, user("node-1")).await;
+        review_once(&mut handle, user("node-2")).await;
+    });
+
+    // The agent has only the CA: TLS authenticates the operator, not the agent.
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&server_bundle.ca))
+                .domain_name(mesh_common::model::OPERATOR_TLS_NAME),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = NodeBootstrapClient::new(channel);
+    let request = || BootstrapRequest { node: "node-1".into(), token: "the-token".into() };
+    let bundle = client.bootstrap(request()).await.expect("node-1's agent gets its bundle").into_inner();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(bundle.cert.as_bytes()).unwrap();
+    assert_eq!(mesh_operator::pki::node_of(&pem.contents).as_deref(), Some("node-1"));
+    assert_eq!(bundle.ca, server_bundle.ca);
+    assert!(bundle.key.contains("PRIVATE KEY"));
+
+    let refused =
+        client.bootstrap(request()).await.expect_err("a token of a pod on node-2 cannot get node-1's certificate");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("node-2"), "{}", refused.message());
+}
