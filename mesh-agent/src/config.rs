@@ -17,8 +17,14 @@ pub const ENV_NETNS: &str = "MESH_NETNS";
 pub const ENV_STATE_FILE: &str = "MESH_STATE_FILE";
 /// The operator's state stream (`https://host:15150`, or `http://` without TLS).
 pub const ENV_OPERATOR: &str = "MESH_OPERATOR";
-/// This node's TLS bundle (`ca.crt`, `tls.crt`, `tls.key`, from `mesh-operator issue`).
+/// This node's TLS bundle (`ca.crt`, `tls.crt`, `tls.key`, from `mesh-operator issue`, or
+/// bootstrapped into it).
 pub const ENV_TLS_DIR: &str = "MESH_TLS_DIR";
+/// Cluster mode: a projected ServiceAccount token (audience `mesh-operator`) that gets this
+/// node's bundle from the operator when the TLS directory has none.
+pub const ENV_BOOTSTRAP_TOKEN: &str = "MESH_BOOTSTRAP_TOKEN";
+/// The operator's CA certificate, to verify it while bootstrapping.
+pub const ENV_CA_FILE: &str = "MESH_CA_FILE";
 /// Leave programs attached and maps pinned on exit, for a restarted agent to take over.
 pub const ENV_KEEP_DATAPATH: &str = "MESH_KEEP_DATAPATH";
 /// A file the agent creates once the datapath is attached and programmed (readiness probe).
@@ -55,6 +61,12 @@ pub struct Args {
     /// This node's TLS bundle directory (ca.crt, tls.crt, tls.key); needed for https.
     #[arg(long, env = ENV_TLS_DIR)]
     pub tls_dir: Option<PathBuf>,
+    /// A ServiceAccount token file to bootstrap the bundle with when the directory has none.
+    #[arg(long, env = ENV_BOOTSTRAP_TOKEN, requires = "ca_file")]
+    pub bootstrap_token: Option<PathBuf>,
+    /// The operator's CA certificate (for bootstrapping).
+    #[arg(long, env = ENV_CA_FILE, requires = "bootstrap_token")]
+    pub ca_file: Option<PathBuf>,
     /// Keep programs attached and maps pinned when the agent exits.
     #[arg(long, env = ENV_KEEP_DATAPATH)]
     pub keep_datapath: bool,
@@ -71,7 +83,7 @@ pub struct Config {
     pub bpffs: PathBuf,
     pub netns: Option<PathBuf>,
     pub operator: Option<String>,
-    pub tls_dir: Option<PathBuf>,
+    pub tls: Option<crate::operator_stream::Tls>,
     pub keep_datapath: bool,
     pub ready_file: Option<PathBuf>,
 }
@@ -151,7 +163,9 @@ impl Config {
             bpffs,
             netns: args.netns,
             operator: args.operator,
-            tls_dir: args.tls_dir,
+            tls: args
+                .tls_dir
+                .map(|dir| crate::operator_stream::Tls { dir, bootstrap: args.ca_file.zip(args.bootstrap_token) }),
             keep_datapath: args.keep_datapath,
             ready_file: args.ready_file,
         })
@@ -211,6 +225,8 @@ mod tests {
             state_file: Some(dir.path().join("state.yaml")),
             operator: None,
             tls_dir: None,
+            bootstrap_token: None,
+            ca_file: None,
             keep_datapath: false,
             ready_file: None,
         };

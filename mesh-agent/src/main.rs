@@ -64,7 +64,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut ready_error = None;
         runtime.block_on(operator_stream::follow(
             &endpoint,
-            config.tls_dir.as_deref(),
+            config.tls.as_ref(),
             &config.node_name,
             &mut received,
             |model, update| {

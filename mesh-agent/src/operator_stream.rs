@@ -26,6 +26,62 @@ pub enum StreamError {
     Closed,
     #[error("cannot read the TLS bundle {path}: {source}")]
     Bundle { path: std::path::PathBuf, source: std::io::Error },
+    #[error("the operator refused to bootstrap this node's certificate: {0}")]
+    Bootstrap(tonic::Status),
+}
+
+/// Gets this node's bundle from the operator with a ServiceAccount token, over TLS that
+/// authenticates the operator (with its CA from `ca_file`), and writes it to `dir`.
+pub async fn bootstrap(
+    endpoint: &str,
+    ca_file: &std::path::Path,
+    token_file: &std::path::Path,
+    node: &str,
+    dir: &std::path::Path,
+) -> Result<(), StreamError> {
+    use mesh_common::{
+        api::{BootstrapRequest, node_bootstrap_client::NodeBootstrapClient},
+        model::{OPERATOR_TLS_NAME, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE},
+    };
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| StreamError::Bundle { path, source }
+    };
+    let ca = std::fs::read(ca_file).map_err(io(ca_file))?;
+    // A projected token is rotated by the kubelet: read it at every attempt.
+    let token = std::fs::read_to_string(token_file).map_err(io(token_file))?;
+    let connect_error = |source| StreamError::Connect { endpoint: endpoint.to_owned(), source };
+    let config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name(OPERATOR_TLS_NAME);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(connect_error)?
+        .tls_config(config)
+        .map_err(connect_error)?
+        .connect()
+        .await
+        .map_err(connect_error)?;
+    let request = BootstrapRequest { node: node.to_owned(), token: token.trim().to_owned() };
+    let bundle =
+        NodeBootstrapClient::new(channel).bootstrap(request).await.map_err(StreamError::Bootstrap)?.into_inner();
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    for (file, content, private) in
+        [(TLS_CA_FILE, &bundle.ca, false), (TLS_KEY_FILE, &bundle.key, true), (TLS_CERT_FILE, &bundle.cert, false)]
+    {
+        // The certificate is written last: its presence means the bundle is complete.
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let path = dir.join(file);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if private { 0o600 } else { 0o644 })
+            .open(&path)
+            .map_err(io(&path))?;
+        out.write_all(content.as_bytes()).map_err(io(&path))?;
+    }
+    tracing::info!(node, dir = %dir.display(), "bootstrapped this node's certificate");
+    Ok(())
 }
 
 /// The client side of mutual TLS, from this node's bundle.
@@ -72,11 +128,21 @@ pub struct Received {
     pub version: u64,
 }
 
+/// How the agent proves itself to the operator.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// This node's bundle directory (`ca.crt`, `tls.crt`, `tls.key`).
+    pub dir: std::path::PathBuf,
+    /// Without a bundle yet: the operator's CA and a ServiceAccount token file to bootstrap
+    /// one with (cluster mode).
+    pub bootstrap: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
 /// Follows the operator at `endpoint` until `shutdown` resolves. After every update,
 /// `apply` is given the whole model; its error becomes a NACK.
 pub async fn follow(
     endpoint: &str,
-    tls_dir: Option<&std::path::Path>,
+    tls: Option<&Tls>,
     node: &str,
     received: &mut Received,
     mut apply: impl FnMut(&ResourceSet, &UpdateInfo) -> Result<(), String>,
@@ -88,7 +154,7 @@ pub async fn follow(
         let before = received.version;
         tokio::select! {
             _ = &mut shutdown => return,
-            result = stream_once(endpoint, tls_dir, node, received, &mut apply) => {
+            result = stream_once(endpoint, tls, node, received, &mut apply) => {
                 let err = result.expect_err("a stream only ends with an error");
                 if received.version != before {
                     retry = RETRY_MIN;
@@ -106,16 +172,21 @@ pub async fn follow(
 
 async fn stream_once(
     endpoint: &str,
-    tls_dir: Option<&std::path::Path>,
+    tls: Option<&Tls>,
     node: &str,
     received: &mut Received,
     apply: &mut impl FnMut(&ResourceSet, &UpdateInfo) -> Result<(), String>,
 ) -> Result<(), StreamError> {
     let connect_error = |source| StreamError::Connect { endpoint: endpoint.to_owned(), source };
     let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).map_err(connect_error)?;
-    if let Some(dir) = tls_dir {
+    if let Some(tls) = tls {
+        if let Some((ca_file, token_file)) = &tls.bootstrap
+            && !tls.dir.join(mesh_common::model::TLS_CERT_FILE).exists()
+        {
+            bootstrap(endpoint, ca_file, token_file, node, &tls.dir).await?;
+        }
         // Read at every connection, so a renewed bundle is picked up.
-        channel = channel.tls_config(tls_config(dir)?).map_err(connect_error)?;
+        channel = channel.tls_config(tls_config(&tls.dir)?).map_err(connect_error)?;
     }
     let client = StateStreamClient::new(channel.connect().await.map_err(connect_error)?);
     // A snapshot of a large cluster is one message: allow it (tonic's default is 4 MiB).

@@ -92,3 +92,22 @@ impl mesh_common::api::node_bootstrap_server::NodeBootstrap for BootstrapServer 
         }))
     }
 }
+
+/// The ConfigMap agents read the operator's CA from before they have a bundle.
+pub const CA_CONFIG_MAP: &str = "mesh-ca";
+
+/// Publishes the CA certificate as ConfigMap [`CA_CONFIG_MAP`] in `namespace` (server-side
+/// apply), for the agents to verify the operator when they bootstrap.
+pub async fn publish_ca(client: Client, namespace: &str, ca_pem: &str) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let config_map = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": CA_CONFIG_MAP, "namespace": namespace},
+        "data": {mesh_common::model::TLS_CA_FILE: ca_pem},
+    });
+    let params = kube::api::PatchParams::apply(crate::crd::FIELD_MANAGER).force();
+    api.patch(CA_CONFIG_MAP, &params, &kube::api::Patch::Apply(config_map)).await?;
+    Ok(())
+}

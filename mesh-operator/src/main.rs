@@ -53,6 +53,9 @@ struct ServeArgs {
     /// Names (DNS or IP) agents reach the operator by, for its certificate.
     #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
     server_names: Vec<String>,
+    /// The namespace the operator runs in, where it publishes its CA (cluster mode).
+    #[arg(long, env = "MESH_NAMESPACE", default_value = "mesh-system")]
+    namespace: String,
     /// The agents' ServiceAccount, whose tokens may bootstrap node certificates (cluster mode).
     #[arg(long, env = "MESH_AGENT_SERVICE_ACCOUNT", default_value = "system:serviceaccount:mesh-system:mesh-agent")]
     agent_service_account: String,
@@ -140,7 +143,8 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
 }
 
 async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names, agent_service_account } = serve_args;
+    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names, agent_service_account, namespace: _ } =
+        serve_args;
     let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
     let tls = pki_dir.map(|dir| (dir, server_names, agent_service_account));
     let mut view = open_view(identity_file)?;
@@ -261,7 +265,8 @@ fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
 
 /// Cluster mode: the API server (in-cluster config, or the kubeconfig) is the source.
 async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names, agent_service_account } = serve_args;
+    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names, agent_service_account, namespace } =
+        serve_args;
     let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
     let tls = pki_dir.map(|dir| (dir, server_names, agent_service_account));
     use futures::StreamExt as _;
@@ -270,6 +275,12 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
     let api = client.clone();
+    if let Some((dir, _, _)) = &tls {
+        let pki = Pki::open(dir)?;
+        mesh_operator::bootstrap::publish_ca(client.clone(), &namespace, pki.ca_pem())
+            .await
+            .with_context(|| format!("publishing the CA as ConfigMap {namespace}/mesh-ca"))?;
+    }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let (events, reports) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(mesh_operator::node_status::report(client.clone(), reports));

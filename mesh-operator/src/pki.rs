@@ -82,6 +82,11 @@ impl Pki {
         Ok(Self { ca_pem, issuer })
     }
 
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// The operator's server certificate, for `names` (DNS names or IP addresses) besides
     /// [`SERVER_NAME`].
     pub fn server(&self, names: &[String]) -> Result<Bundle, PkiError> {
