@@ -1,7 +1,6 @@
 //! `mesh-operator`: see the crate documentation and ARCHITECTURE.md.
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -209,12 +208,7 @@ fn serve(
     api: Option<kube::Client>,
 ) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
-    let server = StateServer {
-        store: store.clone(),
-        agents: Arc::new(Mutex::new(BTreeMap::new())),
-        require_node_cert: tls.is_some(),
-        events,
-    };
+    let server = StateServer { store: store.clone(), require_node_cert: tls.is_some(), events };
     let mut builder = tonic::transport::Server::builder();
     let mut bootstrap = None;
     match tls {

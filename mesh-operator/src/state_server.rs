@@ -1,7 +1,6 @@
 //! The gRPC state stream (`mesh.v1.StateStream/Subscribe`): one stream per agent.
 
 use std::{
-    collections::BTreeMap,
     pin::Pin,
     sync::{Arc, Mutex},
 };
@@ -13,19 +12,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{model_store::ModelStore, node_status::AgentEvent};
 
-/// What the operator knows of each agent, from its stream.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct AgentStatus {
-    pub connected: bool,
-    pub acked_version: u64,
-    /// The last NACK: version and error.
-    pub last_nack: Option<(u64, String)>,
-}
-
 #[derive(Clone)]
 pub struct StateServer {
     pub store: Arc<Mutex<ModelStore>>,
-    pub agents: Arc<Mutex<BTreeMap<String, AgentStatus>>>,
     /// Serve a stream only to the node the client certificate names (mutual TLS).
     pub require_node_cert: bool,
     /// Where agent events go to be reported on `MeshNode` status (cluster mode).
@@ -79,14 +68,12 @@ impl StateStream for StateServer {
             full = subscription.initial.first().is_some_and(|u| u.full),
             "agent connected"
         );
-        self.agents.lock().expect("agents lock").entry(node.clone()).or_default().connected = true;
         let events = self.events.clone();
         let epoch = self.store.lock().expect("store lock").epoch().to_owned();
         emit(&events, AgentEvent::Connected { node: node.clone(), epoch });
 
         let (sender, receiver) = mpsc::channel(64);
         let store = self.store.clone();
-        let agents = self.agents.clone();
         tokio::spawn(async move {
             let mut live = subscription.live;
             for update in subscription.initial {
@@ -109,7 +96,7 @@ impl StateStream for StateServer {
                     }
                     message = inbound.message() => match message {
                         Ok(Some(message)) => {
-                            if let Some(event) = record(&agents, &node, message) {
+                            if let Some(event) = record(&node, message) {
                                 emit(&events, event);
                             }
                         }
@@ -121,7 +108,6 @@ impl StateStream for StateServer {
                     },
                 }
             }
-            agents.lock().expect("agents lock").entry(node.clone()).or_default().connected = false;
             emit(&events, AgentEvent::Disconnected { node: node.clone() });
             tracing::info!(node, "agent disconnected");
         });
@@ -135,20 +121,16 @@ fn emit(events: &Option<tokio::sync::mpsc::UnboundedSender<AgentEvent>>, event: 
     }
 }
 
-/// Records an ACK or NACK; returns the event to report.
-fn record(agents: &Mutex<BTreeMap<String, AgentStatus>>, node: &str, message: AgentMessage) -> Option<AgentEvent> {
-    let mut agents = agents.lock().expect("agents lock");
-    let status = agents.entry(node.to_owned()).or_default();
+/// Logs an ACK or NACK; returns the event to report.
+fn record(node: &str, message: AgentMessage) -> Option<AgentEvent> {
     match message.kind {
         Some(agent_message::Kind::Ack(ack)) => {
-            status.acked_version = status.acked_version.max(ack.version);
             tracing::debug!(node, version = ack.version, "ACK");
             Some(AgentEvent::Acked { node: node.to_owned(), version: ack.version })
         }
         Some(agent_message::Kind::Nack(nack)) => {
             let rejected: Vec<String> = nack.rejected.iter().map(ToString::to_string).collect();
             tracing::warn!(node, version = nack.version, rejected = ?rejected, "NACK: {}", nack.error);
-            status.last_nack = Some((nack.version, nack.error.clone()));
             Some(AgentEvent::Nacked { node: node.to_owned(), version: nack.version, error: nack.error })
         }
         _ => {
