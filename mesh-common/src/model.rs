@@ -22,6 +22,8 @@ impl Resource {
             resource::Kind::Service(s) => (Kind::Service, &s.namespace, &s.name),
             resource::Kind::EndpointSlice(s) => (Kind::EndpointSlice, &s.namespace, &s.name),
             resource::Kind::Workload(w) => (Kind::Workload, &w.namespace, &w.name),
+            resource::Kind::NetworkPolicy(p) => (Kind::NetworkPolicy, &p.namespace, &p.name),
+            resource::Kind::Node(n) => (Kind::Node, &String::new(), &n.name),
         };
         Some(ResourceKey { kind: kind as i32, namespace: namespace.clone(), name: name.clone() })
     }
@@ -43,6 +45,8 @@ impl std::fmt::Display for ResourceKey {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Workload => "Workload",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Node => "Node",
             Kind::Unspecified => "Unspecified",
         });
         write!(f, "{kind} {}/{}", self.namespace, self.name)

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
 };
 use mesh_common::{
     api::{self, Kind, Resource, resource},
@@ -18,14 +19,16 @@ use crate::{
     translate::{self, Invalid},
 };
 
-/// The objects the view keeps. Other kinds the operator accepts (NetworkPolicy, Node,
-/// ServiceAccount) are validated and counted but do not feed the model yet.
+/// The objects the view keeps. ServiceAccounts, which the operator also accepts, are only
+/// validated: a pod's identity takes its service account's name from the pod itself.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     Namespace(Box<Namespace>),
     Pod(Box<Pod>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Node(Box<Node>),
 }
 
 /// Which object: kind, namespace ("" for cluster-scoped), name.
@@ -52,6 +55,8 @@ enum Dirty {
     Service(String, String),
     Slice(String, String),
     Workload(String, String),
+    Policy(String, String),
+    Node(String),
     /// The endpoints derived from pods for a selector service that has no EndpointSlice.
     Derived(String, String),
 }
@@ -64,6 +69,8 @@ pub struct ClusterView {
     pods: BTreeMap<NsName, Pod>,
     services: BTreeMap<NsName, Service>,
     slices: BTreeMap<NsName, EndpointSlice>,
+    policies: BTreeMap<NsName, NetworkPolicy>,
+    nodes: BTreeMap<String, Node>,
     /// (namespace, service) -> names of its EndpointSlices.
     slices_of: BTreeMap<NsName, BTreeSet<String>>,
     /// (namespace, service) -> names of the slices derived for it last time.
@@ -87,6 +94,8 @@ impl ClusterView {
             pods: BTreeMap::new(),
             services: BTreeMap::new(),
             slices: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             slices_of: BTreeMap::new(),
             derived_of: BTreeMap::new(),
             identities,
@@ -101,6 +110,8 @@ impl ClusterView {
             Object::Pod(pod) => translate::pod_facts(pod).map(drop),
             Object::Service(svc) => translate::service(&key.namespace, &key.name, svc).map(drop),
             Object::EndpointSlice(slice) => translate::endpoint_slice(&key.namespace, &key.name, slice).map(drop),
+            Object::NetworkPolicy(policy) => translate::network_policy(&key.namespace, &key.name, policy).map(drop),
+            Object::Node(node) => translate::node(&key.name, node).map(drop),
         }
     }
 
@@ -129,6 +140,14 @@ impl ClusterView {
                 }
                 self.slices.insert(nn.clone(), *slice);
                 self.dirty.insert(Dirty::Slice(nn.0, nn.1));
+            }
+            Object::NetworkPolicy(policy) => {
+                self.policies.insert(nn.clone(), *policy);
+                self.dirty.insert(Dirty::Policy(nn.0, nn.1));
+            }
+            Object::Node(node) => {
+                self.nodes.insert(key.name.clone(), *node);
+                self.dirty.insert(Dirty::Node(key.name.clone()));
             }
         }
     }
@@ -168,6 +187,12 @@ impl ClusterView {
                     }
                     self.dirty.insert(Dirty::Slice(nn.0, nn.1));
                 }
+            }
+            "NetworkPolicy" if self.policies.remove(&nn).is_some() => {
+                self.dirty.insert(Dirty::Policy(nn.0, nn.1));
+            }
+            "Node" if self.nodes.remove(&key.name).is_some() => {
+                self.dirty.insert(Dirty::Node(key.name.clone()));
             }
             _ => {}
         }
@@ -217,6 +242,32 @@ impl ClusterView {
                         }
                     };
                     changes.push((key(Kind::Workload, &ns, &name), resource));
+                }
+                Dirty::Policy(ns, name) => {
+                    let resource = self.policies.get(&(ns.clone(), name.clone())).and_then(|policy| {
+                        translate::network_policy(&ns, &name, policy)
+                            .map_err(|e| {
+                                errors.push(ModelError {
+                                    object: format!("NetworkPolicy/{ns}/{name}"),
+                                    problem: e.to_string(),
+                                })
+                            })
+                            .ok()
+                    });
+                    changes.push((
+                        key(Kind::NetworkPolicy, &ns, &name),
+                        resource.map(|p| wrap(resource::Kind::NetworkPolicy(p))),
+                    ));
+                }
+                Dirty::Node(name) => {
+                    let resource = self.nodes.get(&name).and_then(|node| {
+                        translate::node(&name, node)
+                            .map_err(|e| {
+                                errors.push(ModelError { object: format!("Node/{name}"), problem: e.to_string() })
+                            })
+                            .ok()
+                    });
+                    changes.push((key(Kind::Node, "", &name), resource.map(|n| wrap(resource::Kind::Node(n)))));
                 }
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),
             }

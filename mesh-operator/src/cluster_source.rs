@@ -1,5 +1,5 @@
 //! Cluster mode: the Kubernetes API server is the source. One kube-rs watcher per kind the
-//! model uses; their events become the same object changes local mode makes from files, so
+//! model uses (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, Node); their events become the same object changes local mode makes from files, so
 //! both go through one translation. A watch that breaks is resumed by the watcher (re-listing
 //! when it must); after a re-list, objects that disappeared meanwhile are removed.
 
@@ -7,8 +7,9 @@ use std::{collections::BTreeMap, fmt::Debug};
 
 use futures::{Stream, StreamExt as _, stream};
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, Client, Resource, ResourceExt as _,
@@ -22,7 +23,7 @@ use crate::{
 };
 
 /// How many kinds are watched.
-pub const KINDS: usize = 4;
+pub const KINDS: usize = 6;
 
 /// What one watcher event means for the model.
 #[derive(Debug)]
@@ -61,6 +62,20 @@ impl Watched for Service {
     }
 }
 
+impl Watched for NetworkPolicy {
+    const KIND: &'static str = "NetworkPolicy";
+    fn into_object(self) -> Object {
+        Object::NetworkPolicy(Box::new(self))
+    }
+}
+
+impl Watched for Node {
+    const KIND: &'static str = "Node";
+    fn into_object(self) -> Object {
+        Object::Node(Box::new(self))
+    }
+}
+
 impl Watched for EndpointSlice {
     const KIND: &'static str = "EndpointSlice";
     fn into_object(self) -> Object {
@@ -74,7 +89,9 @@ pub fn watch(client: Client) -> impl Stream<Item = Batch> + Send {
         watch_kind::<Namespace>(client.clone()).boxed(),
         watch_kind::<Pod>(client.clone()).boxed(),
         watch_kind::<Service>(client.clone()).boxed(),
-        watch_kind::<EndpointSlice>(client).boxed(),
+        watch_kind::<EndpointSlice>(client.clone()).boxed(),
+        watch_kind::<NetworkPolicy>(client.clone()).boxed(),
+        watch_kind::<Node>(client).boxed(),
     ])
 }
 

@@ -323,3 +323,273 @@ endpoints:
         assert!(!is_port_name("averyveryverylongname"));
     }
 }
+
+/// A Node: its addresses (InternalIP first, then the others) and pod CIDRs.
+pub fn node(name: &str, node: &k8s_openapi::api::core::v1::Node) -> Result<api::Node, Invalid> {
+    let mut addresses: Vec<(bool, String)> = Vec::new();
+    for (i, a) in node.status.iter().flat_map(|s| s.addresses.iter().flatten()).enumerate() {
+        if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
+            a.address.parse::<std::net::IpAddr>().map_err(|_| {
+                invalid(format!("status.addresses[{i}].address"), format!("{:?} is not an IP address", a.address))
+            })?;
+            addresses.push((a.type_ != "InternalIP", a.address.clone()));
+        }
+    }
+    addresses.sort_by_key(|(external, _)| *external);
+    let spec = node.spec.as_ref();
+    let pod_cidrs =
+        spec.and_then(|s| s.pod_cidrs.clone()).or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]));
+    let pod_cidrs = pod_cidrs.unwrap_or_default();
+    for (i, cidr) in pod_cidrs.iter().enumerate() {
+        parse_cidr(cidr).map_err(|message| invalid(format!("spec.podCIDRs[{i}]"), message))?;
+    }
+    Ok(api::Node { name: name.into(), addresses: addresses.into_iter().map(|(_, a)| a).collect(), pod_cidrs })
+}
+
+/// A NetworkPolicy, normalised; every selector operator, CIDR, port and protocol checked.
+pub fn network_policy(
+    namespace: &str,
+    name: &str,
+    policy: &k8s_openapi::api::networking::v1::NetworkPolicy,
+) -> Result<api::NetworkPolicy, Invalid> {
+    let spec = policy.spec.as_ref().ok_or_else(|| invalid("spec", "a NetworkPolicy needs a spec"))?;
+    let types = spec.policy_types.clone();
+    for (i, t) in types.iter().flatten().enumerate() {
+        if t != "Ingress" && t != "Egress" {
+            return Err(invalid(
+                format!("spec.policyTypes[{i}]"),
+                format!("unknown policy type {t:?}: use Ingress or Egress"),
+            ));
+        }
+    }
+    // Kubernetes: without policyTypes, Ingress always, Egress when there are egress rules.
+    let has = |t: &str| types.as_ref().is_some_and(|types| types.iter().any(|x| x == t));
+    let (ingress_isolated, egress_isolated) = match &types {
+        Some(_) => (has("Ingress"), has("Egress")),
+        None => (true, spec.egress.is_some()),
+    };
+    let mut out = api::NetworkPolicy {
+        namespace: namespace.into(),
+        name: name.into(),
+        pod_selector: Some(selector("spec.podSelector", spec.pod_selector.as_ref())?),
+        ingress_isolated,
+        egress_isolated,
+        ..Default::default()
+    };
+    for (i, rule) in spec.ingress.iter().flatten().enumerate() {
+        out.ingress.push(policy_rule(
+            &format!("spec.ingress[{i}]"),
+            "from",
+            rule.from.as_deref(),
+            rule.ports.as_deref(),
+        )?);
+    }
+    for (i, rule) in spec.egress.iter().flatten().enumerate() {
+        out.egress.push(policy_rule(&format!("spec.egress[{i}]"), "to", rule.to.as_deref(), rule.ports.as_deref())?);
+    }
+    Ok(out)
+}
+
+fn policy_rule(
+    field: &str,
+    peers_field: &str,
+    peers: Option<&[k8s_openapi::api::networking::v1::NetworkPolicyPeer]>,
+    ports: Option<&[k8s_openapi::api::networking::v1::NetworkPolicyPort]>,
+) -> Result<api::PolicyRule, Invalid> {
+    let mut rule = api::PolicyRule::default();
+    for (j, peer) in peers.into_iter().flatten().enumerate() {
+        let here = format!("{field}.{peers_field}[{j}]");
+        let ip_block = match &peer.ip_block {
+            Some(block) => {
+                if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+                    return Err(invalid(here, "ipBlock cannot be combined with podSelector or namespaceSelector"));
+                }
+                let cidr = parse_cidr(&block.cidr).map_err(|m| invalid(format!("{here}.ipBlock.cidr"), m))?;
+                for (k, except) in block.except.iter().flatten().enumerate() {
+                    let inner = parse_cidr(except).map_err(|m| invalid(format!("{here}.ipBlock.except[{k}]"), m))?;
+                    if !cidr_contains(cidr, inner) {
+                        return Err(invalid(
+                            format!("{here}.ipBlock.except[{k}]"),
+                            format!("{except} is not within {}", block.cidr),
+                        ));
+                    }
+                }
+                Some(api::IpBlock { cidr: block.cidr.clone(), except: block.except.clone().unwrap_or_default() })
+            }
+            None if peer.pod_selector.is_none() && peer.namespace_selector.is_none() => {
+                return Err(invalid(here, "a peer needs podSelector, namespaceSelector or ipBlock"));
+            }
+            None => None,
+        };
+        rule.peers.push(api::PolicyPeer {
+            pod_selector: peer
+                .pod_selector
+                .as_ref()
+                .map(|s| selector(&format!("{here}.podSelector"), Some(s)))
+                .transpose()?,
+            namespace_selector: peer
+                .namespace_selector
+                .as_ref()
+                .map(|s| selector(&format!("{here}.namespaceSelector"), Some(s)))
+                .transpose()?,
+            ip_block,
+        });
+    }
+    for (j, p) in ports.into_iter().flatten().enumerate() {
+        let here = format!("{field}.ports[{j}]");
+        let port = match &p.port {
+            None => None,
+            Some(IntOrString::Int(n)) => Some(api::policy_port::Port::Number(port(format!("{here}.port"), *n)?)),
+            Some(IntOrString::String(s)) if is_port_name(s) => Some(api::policy_port::Port::Name(s.clone())),
+            Some(IntOrString::String(s)) => {
+                return Err(invalid(format!("{here}.port"), format!("{s:?} is neither a port number nor a port name")));
+            }
+        };
+        let end_port = match (p.end_port, &port) {
+            (None, _) => 0,
+            (Some(end), Some(api::policy_port::Port::Number(start))) => {
+                let end = self::port(format!("{here}.endPort"), end)?;
+                if end < *start {
+                    return Err(invalid(format!("{here}.endPort"), format!("{end} is below port {start}")));
+                }
+                end
+            }
+            (Some(_), _) => return Err(invalid(format!("{here}.endPort"), "endPort needs a numeric port")),
+        };
+        rule.ports.push(api::PolicyPort {
+            protocol: protocol(format!("{here}.protocol"), p.protocol.as_deref())? as i32,
+            port,
+            end_port,
+        });
+    }
+    Ok(rule)
+}
+
+/// A label selector; `None` is the empty selector (everything).
+fn selector(
+    field: &str,
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> Result<api::LabelSelector, Invalid> {
+    let mut out = api::LabelSelector::default();
+    let Some(selector) = selector else { return Ok(out) };
+    out.match_labels = selector.match_labels.clone().unwrap_or_default().into_iter().collect();
+    for (i, e) in selector.match_expressions.iter().flatten().enumerate() {
+        let here = format!("{field}.matchExpressions[{i}]");
+        let values = e.values.clone().unwrap_or_default();
+        let operator = match e.operator.as_str() {
+            "In" => api::SelectorOperator::In,
+            "NotIn" => api::SelectorOperator::NotIn,
+            "Exists" => api::SelectorOperator::Exists,
+            "DoesNotExist" => api::SelectorOperator::DoesNotExist,
+            other => {
+                return Err(invalid(
+                    format!("{here}.operator"),
+                    format!("unknown operator {other:?}: use In, NotIn, Exists or DoesNotExist"),
+                ));
+            }
+        };
+        let needs_values = matches!(operator, api::SelectorOperator::In | api::SelectorOperator::NotIn);
+        if needs_values == values.is_empty() {
+            let message = if needs_values {
+                "In and NotIn need at least one value"
+            } else {
+                "Exists and DoesNotExist take no values"
+            };
+            return Err(invalid(format!("{here}.values"), message));
+        }
+        out.match_expressions.push(api::LabelRequirement { key: e.key.clone(), operator: operator as i32, values });
+    }
+    Ok(out)
+}
+
+/// An IPv4 or IPv6 CIDR: (address bits, prefix length, is IPv6).
+fn parse_cidr(cidr: &str) -> Result<(u128, u8, bool), String> {
+    let bad = || format!("{cidr:?} is not a CIDR such as 10.0.0.0/8");
+    let (address, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    match address.parse::<std::net::IpAddr>().map_err(|_| bad())? {
+        std::net::IpAddr::V4(v4) if prefix <= 32 => Ok((u128::from(u32::from(v4)) << 96, prefix, false)),
+        std::net::IpAddr::V6(v6) if prefix <= 128 => Ok((u128::from(v6), prefix, true)),
+        _ => Err(format!("{cidr:?}: prefix length /{prefix} is too long")),
+    }
+}
+
+fn cidr_contains(outer: (u128, u8, bool), inner: (u128, u8, bool)) -> bool {
+    // IPv4 addresses sit in the top 32 bits, so a prefix length counts from the top either way.
+    let mask = |prefix: u8| if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+    outer.2 == inner.2 && inner.1 >= outer.1 && (inner.0 & mask(outer.1)) == (outer.0 & mask(outer.1))
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> Result<api::NetworkPolicy, Invalid> {
+        let p: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(yaml).unwrap();
+        network_policy("prod", "p", &p)
+    }
+
+    #[test]
+    fn a_policy_is_normalised_with_kubernetes_defaults() {
+        let p = policy(
+            "spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [a, b]}]}
+      podSelector: {matchLabels: {app: web}}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+    ports:
+    - {port: 5432}
+    - {protocol: UDP, port: 1000, endPort: 2000}
+    - {port: metrics}",
+        )
+        .unwrap();
+        assert!(p.ingress_isolated && !p.egress_isolated, "no policyTypes and no egress: ingress only");
+        let peers = &p.ingress[0].peers;
+        assert!(
+            peers[0].pod_selector.is_some() && peers[0].namespace_selector.is_some() && peers[0].ip_block.is_none()
+        );
+        assert_eq!(peers[1].ip_block.as_ref().unwrap().except, vec!["10.1.0.0/16"]);
+        let ports = &p.ingress[0].ports;
+        assert_eq!((ports[1].protocol, ports[1].end_port), (api::Protocol::Udp as i32, 2000));
+        assert_eq!(ports[2].port, Some(api::policy_port::Port::Name("metrics".into())));
+        let egress_only = policy("spec: {podSelector: {}, policyTypes: [Egress]}").unwrap();
+        assert!(!egress_only.ingress_isolated && egress_only.egress_isolated && egress_only.egress.is_empty());
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_field() {
+        let cases = [
+            (
+                "spec: {podSelector: {matchExpressions: [{key: a, operator: Like, values: [x]}]}}",
+                "spec.podSelector.matchExpressions[0].operator",
+            ),
+            (
+                "spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}}",
+                "spec.podSelector.matchExpressions[0].values",
+            ),
+            (
+                "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+                "spec.ingress[0].from[0].ipBlock.cidr",
+            ),
+            (
+                "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]}",
+                "spec.ingress[0].from[0].ipBlock.except[0]",
+            ),
+            ("spec: {podSelector: {}, egress: [{ports: [{port: 70000}]}]}", "spec.egress[0].ports[0].port"),
+            (
+                "spec: {podSelector: {}, egress: [{ports: [{protocol: ICMP, port: 80}]}]}",
+                "spec.egress[0].ports[0].protocol",
+            ),
+            (
+                "spec: {podSelector: {}, egress: [{ports: [{port: 90, endPort: 80}]}]}",
+                "spec.egress[0].ports[0].endPort",
+            ),
+            ("spec: {podSelector: {}, policyTypes: [Sideways]}", "spec.policyTypes[0]"),
+        ];
+        for (yaml, field) in cases {
+            assert_eq!(policy(yaml).unwrap_err().field, field, "{yaml}");
+        }
+    }
+}

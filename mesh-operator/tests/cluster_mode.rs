@@ -61,6 +61,16 @@ async fn api_server(
                     "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
                 })]),
                 "/apis/discovery.k8s.io/v1/endpointslices" => list("EndpointSlice", "discovery.k8s.io/v1", vec![]),
+                "/apis/networking.k8s.io/v1/networkpolicies" => list("NetworkPolicy", "networking.k8s.io/v1", vec![json!({
+                    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "web-ingress", "namespace": "demo"},
+                    "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": "http"}]}]}
+                })]),
+                "/api/v1/nodes" => list("Node", "v1", vec![json!({
+                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-0"},
+                    "spec": {"podCIDR": "10.244.0.0/24"},
+                    "status": {"addresses": [{"type": "Hostname", "address": "node-0"}, {"type": "InternalIP", "address": "172.18.0.2"}]}
+                })]),
                 other => panic!("unexpected list {other}"),
             });
             continue;
@@ -147,6 +157,21 @@ async fn watches_list_then_follow_and_resume_after_a_break() {
     ];
     assert!(seen.ends_with(&expected), "{seen:?}");
     assert!(store.get(&(Kind::Service as i32, "demo".into(), "web".into())).is_some());
+    let Some(resource::Kind::NetworkPolicy(policy)) =
+        &store.get(&(Kind::NetworkPolicy as i32, "demo".into(), "web-ingress".into())).unwrap().kind
+    else {
+        panic!("the policy is not in the model")
+    };
+    assert!(policy.ingress_isolated && !policy.egress_isolated);
+    let Some(resource::Kind::Node(node)) =
+        &store.get(&(Kind::Node as i32, String::new(), "node-0".into())).unwrap().kind
+    else {
+        panic!("the node is not in the model")
+    };
+    assert_eq!(
+        (node.addresses.clone(), node.pod_cidrs.clone()),
+        (vec!["172.18.0.2".to_owned()], vec!["10.244.0.0/24".to_owned()])
+    );
 
     // The second pod watch resumed from the last version the first one delivered.
     let first = pod_watches.recv().await.unwrap();

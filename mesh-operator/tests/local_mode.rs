@@ -121,17 +121,28 @@ kind: Pod
 metadata: {name: bad-ip, namespace: demo}
 spec: {nodeName: node-0, containers: [{name: c}]}
 status: {podIP: 10.244.0.999}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad-selector, namespace: demo}
+spec: {podSelector: {matchExpressions: [{key: app, operator: Like, values: [web]}]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: demo}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 ",
     )
     .unwrap();
     std::fs::write(dir.path().join("broken.yaml"), "a: [b\n").unwrap();
     let (operator, errors) = Operator::load(dir.path());
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert_eq!(errors.len(), 4, "{lines:#?}");
+    assert_eq!(errors.len(), 5, "{lines:#?}");
     let expect = [
         ("bad.yaml", "Service/demo/bad-port", "spec.ports[0].port"),
         ("bad.yaml", "ConfigMap (apiVersion v1)", "kind"),
         ("bad.yaml", "Pod/demo/bad-ip", "status.podIP"),
+        ("bad.yaml", "NetworkPolicy/demo/bad-selector", "spec.podSelector.matchExpressions[0].operator"),
         ("broken.yaml", "document 1", "(syntax)"),
     ];
     for (file, object, field) in expect {
@@ -143,6 +154,8 @@ status: {podIP: 10.244.0.999}
     assert!(operator.get(Kind::Service, "demo", "good").is_some(), "the valid objects still apply");
     assert!(operator.get(Kind::Service, "demo", "web").is_some());
     assert!(operator.get(Kind::Service, "demo", "bad-port").is_none());
+    assert!(operator.get(Kind::NetworkPolicy, "demo", "deny-all").is_some());
+    assert!(operator.get(Kind::NetworkPolicy, "demo", "bad-selector").is_none());
 }
 
 #[test]
