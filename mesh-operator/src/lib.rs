@@ -8,6 +8,7 @@ pub mod cluster_source;
 pub mod crd;
 pub mod identity;
 pub mod local_dir;
+pub mod metrics;
 pub mod model_store;
 pub mod node_status;
 pub mod pki;

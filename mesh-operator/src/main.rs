@@ -52,6 +52,9 @@ struct ServeArgs {
     /// Names (DNS or IP) agents reach the operator by, for its certificate.
     #[arg(long = "server-name", env = "MESH_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
     server_names: Vec<String>,
+    /// Address of the Prometheus metrics endpoint (`/metrics`).
+    #[arg(long, env = "MESH_METRICS_LISTEN", default_value = mesh_operator::metrics::DEFAULT_METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
     /// The namespace the operator runs in, where it publishes its CA (cluster mode).
     #[arg(long, env = "MESH_NAMESPACE", default_value = "mesh-system")]
     namespace: String,
@@ -142,8 +145,16 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
 }
 
 async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names, agent_service_account, namespace: _ } =
-        serve_args;
+    let ServeArgs {
+        listen,
+        identity_file,
+        ready_file,
+        pki_dir,
+        server_names,
+        agent_service_account,
+        namespace: _,
+        metrics_listen,
+    } = serve_args;
     let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
     let tls = pki_dir.map(|dir| (dir, server_names, agent_service_account));
     let mut view = open_view(identity_file)?;
@@ -172,7 +183,18 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
     apply(&mut view, &store, changes, &errors);
 
     // Local mode has no API server to report on: agent events are only logged.
-    serve(listener, &store, tls.as_ref(), ready_file, &manifests.display().to_string(), None, None)?;
+    let metrics = (Arc::default(), bind_metrics(metrics_listen).await?);
+    let source = manifests.display().to_string();
+    serve(Serving {
+        listener,
+        store: &store,
+        tls: tls.as_ref(),
+        metrics,
+        ready_file,
+        source: &source,
+        events: None,
+        api: None,
+    })?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -198,17 +220,34 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
 
 /// Serves the state stream from `listener` (TLS with a PKI directory), then writes the ready
 /// file with the bound address.
-fn serve(
+/// What [`serve`] needs; the cluster-only parts are `None` in local mode.
+struct Serving<'a> {
     listener: tokio::net::TcpListener,
-    store: &Arc<Mutex<ModelStore>>,
-    tls: Option<&(PathBuf, Vec<String>, String)>,
-    ready_file: Option<&Path>,
-    source: &str,
+    store: &'a Arc<Mutex<ModelStore>>,
+    tls: Option<&'a (PathBuf, Vec<String>, String)>,
+    metrics: (Arc<mesh_operator::metrics::Metrics>, tokio::net::TcpListener),
+    ready_file: Option<&'a Path>,
+    source: &'a str,
+    /// Agent events for `MeshNode` status.
     events: Option<tokio::sync::mpsc::UnboundedSender<mesh_operator::node_status::AgentEvent>>,
+    /// The API server, to review bootstrap tokens.
     api: Option<kube::Client>,
-) -> anyhow::Result<()> {
+}
+
+fn serve(serving: Serving<'_>) -> anyhow::Result<()> {
+    let Serving { listener, store, tls, metrics, ready_file, source, events, api } = serving;
     let bound = listener.local_addr()?;
-    let server = StateServer { store: store.clone(), require_node_cert: tls.is_some(), events };
+    let (counters, metrics_listener) = metrics;
+    let server =
+        StateServer { store: store.clone(), require_node_cert: tls.is_some(), events, metrics: counters.clone() };
+    let model = store.clone();
+    tokio::spawn(mesh_operator::metrics::serve(metrics_listener, move || {
+        let (version, resources) = {
+            let store = model.lock().expect("store lock");
+            (store.version(), store.len())
+        };
+        counters.render(version, resources)
+    }));
     let mut builder = tonic::transport::Server::builder();
     let mut bootstrap = None;
     match tls {
@@ -249,6 +288,12 @@ fn serve(
     Ok(())
 }
 
+async fn bind_metrics(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {listen} (MESH_METRICS_LISTEN)"))
+}
+
 /// The view, with identities persisted in `identity_file`.
 fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
     if let Some(parent) = identity_file.parent() {
@@ -259,8 +304,16 @@ fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
 
 /// Cluster mode: the API server (in-cluster config, or the kubeconfig) is the source.
 async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs { listen, identity_file, ready_file, pki_dir, server_names, agent_service_account, namespace } =
-        serve_args;
+    let ServeArgs {
+        listen,
+        identity_file,
+        ready_file,
+        pki_dir,
+        server_names,
+        agent_service_account,
+        namespace,
+        metrics_listen,
+    } = serve_args;
     let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
     let tls = pki_dir.map(|dir| (dir, server_names, agent_service_account));
     use futures::StreamExt as _;
@@ -280,6 +333,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     tokio::spawn(mesh_operator::node_status::report(client.clone(), reports));
     let mut events = Some(events);
     let mut batches = Box::pin(mesh_operator::cluster_source::watch(client));
+    let mut metrics = Some((Arc::default(), bind_metrics(metrics_listen).await?));
     let mut listed = std::collections::BTreeSet::new();
     let mut listener = Some(listener);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -298,7 +352,17 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
                 // Serve only once every kind was listed: a partial first snapshot would make
                 // agents drop state they should keep.
                 if listed.len() == mesh_operator::cluster_source::KINDS && let Some(listener) = listener.take() {
-                    serve(listener, &store, tls.as_ref(), ready_file, "the Kubernetes API", events.take(), Some(api.clone()))?;
+                    let metrics = metrics.take().expect("served once");
+                    serve(Serving {
+                        listener,
+                        store: &store,
+                        tls: tls.as_ref(),
+                        metrics,
+                        ready_file,
+                        source: "the Kubernetes API",
+                        events: events.take(),
+                        api: Some(api.clone()),
+                    })?;
                 }
             }
             _ = terminate.recv() => break,

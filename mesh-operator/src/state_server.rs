@@ -19,6 +19,7 @@ pub struct StateServer {
     pub require_node_cert: bool,
     /// Where agent events go to be reported on `MeshNode` status (cluster mode).
     pub events: Option<tokio::sync::mpsc::UnboundedSender<AgentEvent>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<StateUpdate, Status>> + Send>>;
@@ -69,6 +70,8 @@ impl StateStream for StateServer {
             "agent connected"
         );
         let events = self.events.clone();
+        let metrics = self.metrics.clone();
+        metrics.connected(true);
         let epoch = self.store.lock().expect("store lock").epoch().to_owned();
         emit(&events, AgentEvent::Connected { node: node.clone(), epoch });
 
@@ -97,6 +100,9 @@ impl StateStream for StateServer {
                     message = inbound.message() => match message {
                         Ok(Some(message)) => {
                             if let Some(event) = record(&node, message) {
+                                if let AgentEvent::Acked { .. } | AgentEvent::Nacked { .. } = &event {
+                                    metrics.reply(&node, matches!(event, AgentEvent::Acked { .. }));
+                                }
                                 emit(&events, event);
                             }
                         }
@@ -108,6 +114,7 @@ impl StateStream for StateServer {
                     },
                 }
             }
+            metrics.connected(false);
             emit(&events, AgentEvent::Disconnected { node: node.clone() });
             tracing::info!(node, "agent disconnected");
         });

@@ -59,6 +59,10 @@ impl Operator {
             .arg("--ready-file")
             .arg(&ready_file)
             .args(extra_args);
+        // Labs run side by side: unless told otherwise, metrics go to a port of their own.
+        if !extra_args.contains(&"--metrics-listen") {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
         let pid = lab.spawn(&mut command)?;
         Ok((pid, ready_file, log_file))
     }

@@ -100,12 +100,17 @@ fn the_datapath_survives_operator_and_agent_restarts() {
     let logs = || format!("operator:\n{}\nnode-0:\n{}\nnode-1:\n{}", operator.log(), node0.log(), node1.log());
     eventually_answered_by(&lab, &["web-a"], "after the operator restart", logs);
     for agent in [&node0, &node1] {
-        assert!(
-            agent.log().matches("connected to the operator").count() >= 2,
-            "{} did not reconnect:\n{}",
-            agent.node,
-            agent.log()
-        );
+        // Each reconnects by itself, after a backoff of its own, and applies the snapshot.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.log().matches("applied update").count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not reconnect and apply the snapshot:\n{}",
+                agent.node,
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     // node-0's agent restarts (it keeps its datapath while it is down): the client on node-0
@@ -175,7 +180,10 @@ fn a_nacked_update_is_reported_and_retried_until_it_applies() {
     )
     .unwrap();
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let operator = Operator::start(&lab, &manifests, listen).expect("operator serves");
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics_arg = metrics.to_string();
+    let operator =
+        Operator::start_with(&lab, &manifests, listen, &["--metrics-listen", &metrics_arg]).expect("operator serves");
     let agent = Agent::spawn_following(&lab, &lab.nodes[0], &operator.endpoint(), &[]).unwrap();
 
     // The agent NACKs with the reason; the operator reports it.
@@ -186,6 +194,8 @@ fn a_nacked_update_is_reported_and_retried_until_it_applies() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!agent.ready_file.exists(), "ready although the state did not apply");
+    let nacks = metric(metrics, "mesh_operator_agent_nacks_total{node=\"node-0\"}");
+    assert!(nacks >= 1.0, "the NACK is not in the operator's metrics ({nacks})");
 
     // The interface appears: the agent's retry applies the same version and becomes ready.
     let netns = &lab.nodes[0].netns;
@@ -200,4 +210,20 @@ fn a_nacked_update_is_reported_and_retried_until_it_applies() {
     lab.wait_for_file(&agent.ready_file, agent.pid, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", agent.log()));
     assert!(agent.log().contains("pod=demo/late"), "{}", agent.log());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(metrics, "mesh_operator_agent_acks_total{node=\"node-0\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the ACK after the retry is not in the operator's metrics");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One sample of the operator's Prometheus endpoint (0 if absent).
+fn metric(addr: SocketAddr, series: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
 }
