@@ -41,10 +41,7 @@ async fn the_agent_writes_the_bundle_it_bootstrapped() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("https://{}", listener.local_addr().unwrap());
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(&server.cert, &server.key))
-        .client_ca_root(tonic::transport::Certificate::from_pem(&server.ca))
-        .client_auth_optional(true);
+    let tls = server.server_tls();
     tokio::spawn(
         tonic::transport::Server::builder()
             .tls_config(tls)

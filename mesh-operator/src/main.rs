@@ -63,6 +63,13 @@ struct ServeArgs {
     agent_service_account: String,
 }
 
+impl ServeArgs {
+    /// With a PKI directory: it, the server names, and the agents' ServiceAccount.
+    fn tls(&self) -> Option<(PathBuf, Vec<String>, String)> {
+        self.pki_dir.clone().map(|dir| (dir, self.server_names.clone(), self.agent_service_account.clone()))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Local mode: serve the model of a directory of Kubernetes manifests, following its changes.
@@ -145,18 +152,9 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
 }
 
 async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs {
-        listen,
-        identity_file,
-        ready_file,
-        pki_dir,
-        server_names,
-        agent_service_account,
-        namespace: _,
-        metrics_listen,
-    } = serve_args;
-    let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
-    let tls = pki_dir.map(|dir| (dir, server_names, agent_service_account));
+    let tls = serve_args.tls();
+    let (identity_file, ready_file) = (serve_args.identity_file.as_path(), serve_args.ready_file.as_deref());
+    let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
     let mut view = open_view(identity_file)?;
     let mut dir = LocalDir::new(manifests);
     let epoch = new_epoch();
@@ -254,13 +252,7 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<()> {
         Some((dir, names, agent_account)) => {
             let pki = Pki::open(dir)?;
             let bundle = pki.server(names)?;
-            // Client certificates are optional at the TLS layer so that an agent without one
-            // can bootstrap; the state stream itself refuses a stream without one.
-            let config = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&bundle.cert, &bundle.key))
-                .client_ca_root(tonic::transport::Certificate::from_pem(&bundle.ca))
-                .client_auth_optional(true);
-            builder = builder.tls_config(config).context("configuring TLS")?;
+            builder = builder.tls_config(bundle.server_tls()).context("configuring TLS")?;
             bootstrap = Some(BootstrapServer { pki: Arc::new(pki), client: api, agent_account: agent_account.clone() });
             tracing::info!(pki = %dir.display(), ?names, "the stream is mutual TLS: agents need their node's bundle");
         }
@@ -304,18 +296,9 @@ fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
 
 /// Cluster mode: the API server (in-cluster config, or the kubeconfig) is the source.
 async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs {
-        listen,
-        identity_file,
-        ready_file,
-        pki_dir,
-        server_names,
-        agent_service_account,
-        namespace,
-        metrics_listen,
-    } = serve_args;
-    let (identity_file, ready_file) = (identity_file.as_path(), ready_file.as_deref());
-    let tls = pki_dir.map(|dir| (dir, server_names, agent_service_account));
+    let tls = serve_args.tls();
+    let (identity_file, ready_file) = (serve_args.identity_file.as_path(), serve_args.ready_file.as_deref());
+    let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
     use futures::StreamExt as _;
     let mut view = open_view(identity_file)?;
     let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));
@@ -324,9 +307,9 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     let api = client.clone();
     if let Some((dir, _, _)) = &tls {
         let pki = Pki::open(dir)?;
-        mesh_operator::bootstrap::publish_ca(client.clone(), &namespace, pki.ca_pem())
+        mesh_operator::bootstrap::publish_ca(client.clone(), &serve_args.namespace, pki.ca_pem())
             .await
-            .with_context(|| format!("publishing the CA as ConfigMap {namespace}/mesh-ca"))?;
+            .with_context(|| format!("publishing the CA as ConfigMap {}/mesh-ca", serve_args.namespace))?;
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let (events, reports) = tokio::sync::mpsc::unbounded_channel();

@@ -125,6 +125,16 @@ impl Pki {
 }
 
 impl Bundle {
+    /// The server side of the operator's TLS with this (server) bundle. Client certificates
+    /// are optional at the TLS layer so that an agent without one can bootstrap; the state
+    /// stream itself refuses a stream without one.
+    pub fn server_tls(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca))
+            .client_auth_optional(true)
+    }
+
     /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), PkiError> {
         std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;

@@ -290,10 +290,7 @@ async fn a_node_bootstraps_its_certificate_over_tls_with_a_reviewed_token() {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(&server_bundle.cert, &server_bundle.key))
-        .client_ca_root(tonic::transport::Certificate::from_pem(&server_bundle.ca))
-        .client_auth_optional(true);
+    let tls = server_bundle.server_tls();
     tokio::spawn(
         tonic::transport::Server::builder()
             .tls_config(tls)
