@@ -207,26 +207,14 @@ impl ClusterView {
             match dirty {
                 Dirty::Service(ns, name) => {
                     let resource = self.services.get(&(ns.clone(), name.clone())).and_then(|svc| {
-                        translate::service(&ns, &name, svc)
-                            .map_err(|e| {
-                                errors
-                                    .push(ModelError { object: format!("Service/{ns}/{name}"), problem: e.to_string() })
-                            })
-                            .ok()
+                        checked(&mut errors, format!("Service/{ns}/{name}"), translate::service(&ns, &name, svc))
                     });
                     changes.push((key(Kind::Service, &ns, &name), resource.map(|s| wrap(resource::Kind::Service(s)))));
                 }
                 Dirty::Slice(ns, name) => {
                     let resource = self.slices.get(&(ns.clone(), name.clone())).and_then(|slice| {
-                        translate::endpoint_slice(&ns, &name, slice)
-                            .map_err(|e| {
-                                errors.push(ModelError {
-                                    object: format!("EndpointSlice/{ns}/{name}"),
-                                    problem: e.to_string(),
-                                })
-                            })
-                            .ok()
-                            .flatten()
+                        let slice = translate::endpoint_slice(&ns, &name, slice);
+                        checked(&mut errors, format!("EndpointSlice/{ns}/{name}"), slice).flatten()
                     });
                     changes.push((
                         key(Kind::EndpointSlice, &ns, &name),
@@ -245,14 +233,8 @@ impl ClusterView {
                 }
                 Dirty::Policy(ns, name) => {
                     let resource = self.policies.get(&(ns.clone(), name.clone())).and_then(|policy| {
-                        translate::network_policy(&ns, &name, policy)
-                            .map_err(|e| {
-                                errors.push(ModelError {
-                                    object: format!("NetworkPolicy/{ns}/{name}"),
-                                    problem: e.to_string(),
-                                })
-                            })
-                            .ok()
+                        let policy = translate::network_policy(&ns, &name, policy);
+                        checked(&mut errors, format!("NetworkPolicy/{ns}/{name}"), policy)
                     });
                     changes.push((
                         key(Kind::NetworkPolicy, &ns, &name),
@@ -260,13 +242,10 @@ impl ClusterView {
                     ));
                 }
                 Dirty::Node(name) => {
-                    let resource = self.nodes.get(&name).and_then(|node| {
-                        translate::node(&name, node)
-                            .map_err(|e| {
-                                errors.push(ModelError { object: format!("Node/{name}"), problem: e.to_string() })
-                            })
-                            .ok()
-                    });
+                    let resource = self
+                        .nodes
+                        .get(&name)
+                        .and_then(|node| checked(&mut errors, format!("Node/{name}"), translate::node(&name, node)));
                     changes.push((key(Kind::Node, "", &name), resource.map(|n| wrap(resource::Kind::Node(n)))));
                 }
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),
@@ -401,6 +380,11 @@ impl ClusterView {
             self.dirty.insert(Dirty::Derived(ns.clone(), service));
         }
     }
+}
+
+/// `result`'s value, or `None` with its error recorded against `object`.
+fn checked<T>(errors: &mut Vec<ModelError>, object: String, result: Result<T, Invalid>) -> Option<T> {
+    result.map_err(|invalid| errors.push(ModelError { object, problem: invalid.to_string() })).ok()
 }
 
 fn slice_service(slice: &EndpointSlice) -> Option<String> {
