@@ -3,7 +3,7 @@
 //! both go through one translation. A watch that breaks is resumed by the watcher (re-listing
 //! when it must); after a re-list, objects that disappeared meanwhile are removed.
 
-use std::{collections::BTreeMap, fmt::Debug};
+use std::{collections::BTreeSet, fmt::Debug};
 
 use futures::{Stream, StreamExt as _, stream};
 use k8s_openapi::api::{
@@ -106,15 +106,16 @@ fn watch_kind<K: Watched>(client: Client) -> impl Stream<Item = Batch> + Send {
     })
 }
 
-/// What a watcher of one kind has applied, and the re-list in progress.
+/// Which objects a watcher of one kind has applied (the objects themselves live in the view;
+/// unchanged ones make no new version there), and the re-list in progress.
 struct KindState<K> {
-    applied: BTreeMap<ObjectKey, Object>,
+    applied: BTreeSet<ObjectKey>,
     relisting: Option<Vec<K>>,
 }
 
 impl<K> Default for KindState<K> {
     fn default() -> Self {
-        Self { applied: BTreeMap::new(), relisting: None }
+        Self { applied: BTreeSet::new(), relisting: None }
     }
 }
 
@@ -125,7 +126,7 @@ impl<K: Watched> KindState<K> {
             watcher::Event::Apply(object) => self.apply(object, &mut batch),
             watcher::Event::Delete(object) => {
                 let key = key_of(&object);
-                if self.applied.remove(&key).is_some() {
+                if self.applied.remove(&key) {
                     batch.changes.push(ObjectChange::Remove(key));
                 }
             }
@@ -133,8 +134,8 @@ impl<K: Watched> KindState<K> {
             watcher::Event::InitApply(object) => self.relisting.get_or_insert_with(Vec::new).push(object),
             watcher::Event::InitDone => {
                 let listed = self.relisting.take().unwrap_or_default();
-                let keys: std::collections::BTreeSet<ObjectKey> = listed.iter().map(key_of).collect();
-                let gone: Vec<ObjectKey> = self.applied.keys().filter(|k| !keys.contains(*k)).cloned().collect();
+                let keys: BTreeSet<ObjectKey> = listed.iter().map(key_of).collect();
+                let gone: Vec<ObjectKey> = self.applied.iter().filter(|k| !keys.contains(*k)).cloned().collect();
                 for key in gone {
                     self.applied.remove(&key);
                     batch.changes.push(ObjectChange::Remove(key));
@@ -148,8 +149,8 @@ impl<K: Watched> KindState<K> {
         batch
     }
 
-    /// An object as it is now: applied if the model can take it and it changed; else the
-    /// previous version stays.
+    /// An object as it is now: applied if the model can take it; else the previous version
+    /// stays.
     fn apply(&mut self, object: K, batch: &mut Batch) {
         let key = key_of(&object);
         let object = object.into_object();
@@ -157,10 +158,8 @@ impl<K: Watched> KindState<K> {
             batch.problems.push(format!("{key}: {invalid}; its previous version stays in force"));
             return;
         }
-        if self.applied.get(&key) != Some(&object) {
-            self.applied.insert(key.clone(), object.clone());
-            batch.changes.push(ObjectChange::Upsert(key, object));
-        }
+        self.applied.insert(key.clone());
+        batch.changes.push(ObjectChange::Upsert(key, object));
     }
 }
 

@@ -54,10 +54,12 @@ impl ObjectChange {
     }
 }
 
-/// The directory's files and the objects each holds.
+/// The directory's files and, for each, the objects it holds: their keys and a fingerprint of
+/// their text, enough to tell what a re-read changed (the objects themselves live in the
+/// cluster view only).
 pub struct LocalDir {
     root: PathBuf,
-    files: BTreeMap<PathBuf, Vec<(ObjectKey, Object)>>,
+    files: BTreeMap<PathBuf, BTreeMap<ObjectKey, u64>>,
     /// Which file an object comes from (the first one, if two define it).
     owner: BTreeMap<ObjectKey, PathBuf>,
 }
@@ -98,8 +100,8 @@ impl LocalDir {
             let (objects, file_errors) = if file.is_file() { parse_file(&file) } else { (Vec::new(), Vec::new()) };
             errors.extend(file_errors);
             let before = self.files.remove(&file).unwrap_or_default();
-            let mut kept = Vec::new();
-            for (key, object) in objects {
+            let mut kept = BTreeMap::new();
+            for (key, object, fingerprint) in objects {
                 match self.owner.get(&key) {
                     Some(other) if *other != file => errors.push(ManifestError {
                         file: file.display().to_string(),
@@ -107,21 +109,18 @@ impl LocalDir {
                         field: "metadata.name".into(),
                         message: format!("already defined in {}; this one is ignored", other.display()),
                     }),
-                    _ => kept.push((key, object)),
+                    _ => {
+                        if before.get(&key) != Some(&fingerprint) {
+                            changes.push(ObjectChange::Upsert(key.clone(), object));
+                        }
+                        self.owner.insert(key.clone(), file.clone());
+                        kept.insert(key, fingerprint);
+                    }
                 }
             }
-            let kept_keys: BTreeSet<&ObjectKey> = kept.iter().map(|(k, _)| k).collect();
-            for (key, _) in &before {
-                if !kept_keys.contains(key) {
-                    self.owner.remove(key);
-                    changes.push(ObjectChange::Remove(key.clone()));
-                }
-            }
-            for (key, object) in &kept {
-                if before.iter().find(|(k, _)| k == key).map(|(_, o)| o) != Some(object) {
-                    changes.push(ObjectChange::Upsert(key.clone(), object.clone()));
-                }
-                self.owner.insert(key.clone(), file.clone());
+            for key in before.keys().filter(|key| !kept.contains_key(*key)) {
+                self.owner.remove(key);
+                changes.push(ObjectChange::Remove(key.clone()));
             }
             if !kept.is_empty() {
                 self.files.insert(file, kept);
@@ -129,6 +128,13 @@ impl LocalDir {
         }
         (changes, errors)
     }
+}
+
+fn fingerprint(document: &serde_yaml::Value) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    document.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -150,8 +156,9 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), std::io::Erro
     Ok(())
 }
 
-/// The objects of one file, and one error per object (or document) that is not valid.
-pub fn parse_file(path: &Path) -> (Vec<(ObjectKey, Object)>, Vec<ManifestError>) {
+/// The objects of one file (each with a fingerprint of its document), and one error per
+/// object (or document) that is not valid.
+pub fn parse_file(path: &Path) -> (Vec<(ObjectKey, Object, u64)>, Vec<ManifestError>) {
     let file = path.display().to_string();
     let error = |object: String, field: &str, message: String| ManifestError {
         file: file.clone(),
@@ -176,7 +183,7 @@ pub fn parse_file(path: &Path) -> (Vec<(ObjectKey, Object)>, Vec<ManifestError>)
             }
         };
         match object(&value) {
-            Ok(Some(found)) => objects.push(found),
+            Ok(Some((key, object))) => objects.push((key, object, fingerprint(&value))),
             Ok(None) => {}
             Err((object, field, message)) => {
                 errors.push(error(object.unwrap_or_else(|| format!("document {}", n + 1)), &field, message))
