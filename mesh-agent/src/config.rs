@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
+use crate::service_lb::Capacities;
+
 /// The node this agent runs on; pods in the state file are this node's pods.
 pub const ENV_NODE_NAME: &str = "MESH_NODE_NAME";
 /// The cgroup v2 directory whose processes get service load balancing (`connect4`).
@@ -31,6 +33,16 @@ pub const ENV_KEEP_DATAPATH: &str = "MESH_KEEP_DATAPATH";
 pub const ENV_READY_FILE: &str = "MESH_READY_FILE";
 
 /// The default bpffs directory: `<this>/<node name>`.
+/// Capacity of the services map (service address + port + protocol entries).
+pub const ENV_SERVICES_MAX: &str = "MESH_SERVICES_MAX";
+/// Capacity of the backend-slot map (slots of every service together).
+pub const ENV_BACKENDS_MAX: &str = "MESH_BACKENDS_MAX";
+/// Capacity of the affinity map (client-service pairs remembered).
+pub const ENV_AFFINITY_MAX: &str = "MESH_AFFINITY_MAX";
+/// Capacity of the reverse-translation map (sockets remembered).
+pub const ENV_REVERSE_MAX: &str = "MESH_REVERSE_MAX";
+/// The largest capacity a map may be given.
+pub const MAX_CAPACITY: u32 = 1 << 24;
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/mesh";
 
 #[derive(Debug, Parser)]
@@ -73,6 +85,18 @@ pub struct Args {
     /// File to create once the datapath is attached and programmed.
     #[arg(long, env = ENV_READY_FILE)]
     pub ready_file: Option<PathBuf>,
+    /// Capacity of the services map [default: 16384].
+    #[arg(long, env = ENV_SERVICES_MAX)]
+    pub services_max: Option<u32>,
+    /// Capacity of the backend-slot map [default: 131072].
+    #[arg(long, env = ENV_BACKENDS_MAX)]
+    pub backends_max: Option<u32>,
+    /// Capacity of the affinity map [default: 65536].
+    #[arg(long, env = ENV_AFFINITY_MAX)]
+    pub affinity_max: Option<u32>,
+    /// Capacity of the reverse-translation map [default: 262144].
+    #[arg(long, env = ENV_REVERSE_MAX)]
+    pub reverse_max: Option<u32>,
 }
 
 /// The validated configuration.
@@ -86,6 +110,7 @@ pub struct Config {
     pub tls: Option<crate::operator_stream::Tls>,
     pub keep_datapath: bool,
     pub ready_file: Option<PathBuf>,
+    pub capacities: Capacities,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +133,8 @@ pub enum ConfigError {
     Operator { key: &'static str, value: String },
     #[error("{key}: {reason}")]
     Tls { key: &'static str, reason: String },
+    #[error("{key}: capacity {value} is out of range: use 1 to {MAX_CAPACITY}")]
+    Capacity { key: &'static str, value: u32 },
 }
 
 impl Config {
@@ -157,7 +184,22 @@ impl Config {
             }
             None => {}
         }
+        let mut capacities = Capacities::default();
+        for (key, value, field) in [
+            (ENV_SERVICES_MAX, args.services_max, &mut capacities.services),
+            (ENV_BACKENDS_MAX, args.backends_max, &mut capacities.backends),
+            (ENV_AFFINITY_MAX, args.affinity_max, &mut capacities.affinity),
+            (ENV_REVERSE_MAX, args.reverse_max, &mut capacities.reverse),
+        ] {
+            if let Some(value) = value {
+                if !(1..=MAX_CAPACITY).contains(&value) {
+                    return Err(ConfigError::Capacity { key, value });
+                }
+                *field = value;
+            }
+        }
         Ok(Self {
+            capacities,
             node_name: args.node_name,
             cgroup: args.cgroup,
             bpffs,
@@ -229,6 +271,10 @@ mod tests {
             ca_file: None,
             keep_datapath: false,
             ready_file: None,
+            services_max: None,
+            backends_max: None,
+            affinity_max: None,
+            reverse_max: None,
         };
         let err = Config::from_args(args).unwrap_err().to_string();
         assert!(err.starts_with(ENV_CGROUP), "{err}");

@@ -22,7 +22,7 @@ use mesh_common::{maps, programs};
 use crate::{
     netns,
     pod_iface::{self, PodInterface},
-    service_lb::{ServiceLbError, ServiceTable},
+    service_lb::{Capacities, ServiceLbError, ServiceTable},
     state_file::Pod,
 };
 
@@ -56,6 +56,10 @@ pub enum DatapathError {
     ServiceLb(#[from] ServiceLbError),
     #[error("pinning link {path} failed: {reason}")]
     PinLink { path: PathBuf, reason: String },
+    #[error(
+        "map {map} is pinned at {path} with capacity {pinned}, but {wanted} is configured: set the capacity back, or stop the agent without --keep-datapath (which removes the pins) and start it with the new capacity"
+    )]
+    CapacityChanged { map: &'static str, path: PathBuf, pinned: u32, wanted: u32 },
 }
 
 enum LinkId {
@@ -83,8 +87,9 @@ pub struct AttachedPod {
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs: PathBuf,
-    /// `connect4` on the node cgroup.
+    /// The socket hooks on the node cgroup.
     attachments: Vec<Attachment>,
+    capacities: Capacities,
     /// Each local pod (by name) with its interface and its two TC links.
     pods: BTreeMap<String, (AttachedPod, Vec<Attachment>)>,
     /// Links a previous agent left pinned; removed once this agent's own are attached.
@@ -92,31 +97,51 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object, reusing the maps pinned in `bpffs` (created if missing).
-    pub fn load(bpffs: &Path) -> Result<Self, DatapathError> {
+    /// Loads the object, reusing the maps pinned in `bpffs` (created if missing) when their
+    /// capacities are the configured ones.
+    pub fn load(bpffs: &Path, capacities: Capacities) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(bpffs).map_err(|source| DatapathError::PinDir { path: bpffs.to_owned(), source })?;
         let previous_links = std::fs::read_dir(bpffs.join(LINKS_DIR))
             .map(|dir| dir.filter_map(Result::ok).map(|entry| entry.path()).collect())
             .unwrap_or_default();
-        let ebpf = EbpfLoader::new().default_map_pin_directory(bpffs).load(OBJECT)?;
-        tracing::info!(bpffs = %bpffs.display(), maps = ?maps::ALL, "programs loaded, maps pinned");
-        Ok(Self { ebpf, bpffs: bpffs.to_owned(), attachments: Vec::new(), pods: BTreeMap::new(), previous_links })
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(bpffs);
+        for (map, wanted) in capacities.by_map() {
+            let path = bpffs.join(map);
+            if let Ok(pinned) = aya::maps::MapData::from_pin(&path)
+                && let Ok(info) = pinned.info()
+                && info.max_entries() != wanted
+            {
+                return Err(DatapathError::CapacityChanged { map, path, pinned: info.max_entries(), wanted });
+            }
+            loader.map_max_entries(map, wanted);
+        }
+        let ebpf = loader.load(OBJECT)?;
+        tracing::info!(bpffs = %bpffs.display(), maps = ?maps::ALL, ?capacities, "programs loaded, maps pinned");
+        Ok(Self {
+            ebpf,
+            bpffs: bpffs.to_owned(),
+            attachments: Vec::new(),
+            capacities,
+            pods: BTreeMap::new(),
+            previous_links,
+        })
     }
 
-    /// Attaches `connect4` to the cgroup v2 directory `cgroup`.
+    /// Attaches the socket hooks (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`) to the
+    /// cgroup v2 directory `cgroup`.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
-        let name = programs::CONNECT4;
         let file =
             std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
-        let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-        program.load().map_err(|source| DatapathError::Program { name, source })?;
-        let id = program.attach(file.as_fd(), CgroupAttachMode::default()).map_err(|source| DatapathError::Attach {
-            name,
-            target: cgroup.display().to_string(),
-            source,
-        })?;
-        tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
-        self.attachments.push(Attachment { program: name, target: "cgroup".into(), id: LinkId::Cgroup(id) });
+        for name in programs::SOCKET_HOOKS {
+            let program: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            program.load().map_err(|source| DatapathError::Program { name, source })?;
+            let id = program
+                .attach(file.as_fd(), CgroupAttachMode::default())
+                .map_err(|source| DatapathError::Attach { name, target: cgroup.display().to_string(), source })?;
+            tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
+            self.attachments.push(Attachment { program: name, target: "cgroup".into(), id: LinkId::Cgroup(id) });
+        }
         Ok(())
     }
 
@@ -213,7 +238,7 @@ impl Datapath {
     pub fn service_table(&mut self) -> Result<ServiceTable, DatapathError> {
         let services = self.ebpf.take_map(maps::SERVICES).ok_or(ServiceLbError::MissingMap { map: maps::SERVICES })?;
         let backends = self.ebpf.take_map(maps::BACKENDS).ok_or(ServiceLbError::MissingMap { map: maps::BACKENDS })?;
-        Ok(ServiceTable::new(services, backends)?)
+        Ok(ServiceTable::new(services, backends, self.capacities)?)
     }
 
     /// Removes the pinned links of a previous agent: this agent's own are attached by now.

@@ -34,7 +34,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::from_args(args)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
-    let mut datapath = Datapath::load(&config.bpffs)?;
+    let mut datapath = Datapath::load(&config.bpffs, config.capacities)?;
     let started = datapath
         .attach_cgroup(&config.cgroup)
         .map_err(anyhow::Error::from)

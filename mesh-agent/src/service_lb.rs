@@ -1,8 +1,11 @@
-//! Programs the service maps that `connect4` reads.
+//! Programs the service maps that the socket hooks read.
 //!
 //! Each update of a service is atomic for the datapath: its new backend set is written under
 //! a fresh revision, then the service entry is swapped to it in one map update, then the old
 //! revision's slots are deleted. A connection sees the old set or the new one, never a mix.
+//!
+//! An update that would not fit the maps is refused whole, before anything is written: the
+//! previous services stay in force and the error says which capacity to raise.
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
@@ -17,7 +20,58 @@ use mesh_common::{
 pub struct ResolvedService {
     pub name: String,
     pub key: ServiceKey,
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Weighted>,
+    /// `sessionAffinity: ClientIP` timeout; 0: none.
+    pub affinity_timeout_s: u32,
+}
+
+/// A backend and its weight (1 to [`mesh_common::service_lb::MAX_WEIGHT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weighted {
+    pub backend: Backend,
+    pub weight: u32,
+}
+
+/// Map capacities, in entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacities {
+    pub services: u32,
+    pub backends: u32,
+    pub affinity: u32,
+    pub reverse: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            services: maps::DEFAULT_SERVICES_MAX,
+            backends: maps::DEFAULT_BACKENDS_MAX,
+            affinity: maps::DEFAULT_AFFINITY_MAX,
+            reverse: maps::DEFAULT_REVERSE_MAX,
+        }
+    }
+}
+
+impl Capacities {
+    /// Each map's name and configured capacity.
+    pub fn by_map(&self) -> [(&'static str, u32); 4] {
+        [
+            (maps::SERVICES, self.services),
+            (maps::BACKENDS, self.backends),
+            (maps::AFFINITY, self.affinity),
+            (maps::REVERSE, self.reverse),
+        ]
+    }
+}
+
+/// The slots of a backend set: each backend fills `weight / gcd(weights)` slots.
+pub fn slots(backends: &[Weighted]) -> Vec<Backend> {
+    let divisor = backends.iter().map(|b| b.weight.max(1)).reduce(gcd).unwrap_or(1);
+    backends.iter().flat_map(|b| std::iter::repeat_n(b.backend, (b.weight.max(1) / divisor) as usize)).collect()
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +84,14 @@ pub enum ServiceLbError {
         "service {service}: writing map {map} failed: {source}; if the map is full, raise its capacity. The service keeps its previous backends"
     )]
     Write { service: String, map: &'static str, source: MapError },
+    #[error(
+        "the update needs {needed} entries in map {map} but its capacity is {capacity}: raise {key} (or remove services); nothing was applied, the previous services stay in force"
+    )]
+    Capacity { map: &'static str, needed: u64, capacity: u32, key: &'static str },
+    #[error(
+        "service {service}: its weighted backends need {slots} slots, more than the {max} one service may have: lower the weights; nothing was applied"
+    )]
+    TooManySlots { service: String, slots: usize, max: usize },
 }
 
 /// The two service maps, owned, and a copy of what they hold so that reconciling compares in
@@ -39,6 +101,7 @@ pub struct ServiceTable {
     backends: HashMap<MapData, BackendKey, Backend>,
     next_revision: u32,
     programmed: std::collections::HashMap<ServiceKey, (ServiceEntry, Vec<Backend>)>,
+    capacities: Capacities,
 }
 
 /// What [`ServiceTable::apply`] changed.
@@ -51,7 +114,7 @@ pub struct ApplyStats {
 
 impl ServiceTable {
     /// Takes the maps; existing entries (pinned by an earlier agent) are kept and reconciled.
-    pub fn new(services: Map, backends: Map) -> Result<Self, ServiceLbError> {
+    pub fn new(services: Map, backends: Map, capacities: Capacities) -> Result<Self, ServiceLbError> {
         let services: HashMap<MapData, ServiceKey, ServiceEntry> =
             HashMap::try_from(services).map_err(|source| ServiceLbError::MapType { map: maps::SERVICES, source })?;
         let backends =
@@ -66,7 +129,7 @@ impl ServiceTable {
         }
         let next_revision =
             programmed.values().map(|(entry, _)| entry.revision).max().map_or(1, |r| r.wrapping_add(1).max(1));
-        Ok(Self { services, backends, next_revision, programmed })
+        Ok(Self { services, backends, next_revision, programmed, capacities })
     }
 
     /// How many service frontends the maps hold.
@@ -78,21 +141,15 @@ impl ServiceTable {
         self.programmed.is_empty()
     }
 
-    /// Makes the maps hold exactly `desired`. A service whose write fails keeps its previous
+    /// Makes the maps hold exactly `desired`. An update that does not fit is refused whole
+    /// before anything is written. A service whose write still fails keeps its previous
     /// backends; the first such error is returned after the others were applied.
     pub fn apply(&mut self, desired: &[ResolvedService]) -> Result<ApplyStats, ServiceLbError> {
+        let planned: Vec<(&ResolvedService, Vec<Backend>)> =
+            desired.iter().map(|service| (service, slots(&service.backends))).collect();
+        self.check_fits(&planned)?;
         let mut stats = ApplyStats::default();
-        let mut first_error = None;
-        for service in desired {
-            match self.apply_one(service) {
-                Ok(true) => stats.updated += 1,
-                Ok(false) => stats.unchanged += 1,
-                Err(err) => {
-                    tracing::error!("{err}");
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
+        // Services that went away first: their slots make room for the new ones.
         let wanted: HashSet<ServiceKey> = desired.iter().map(|s| s.key).collect();
         let stale: Vec<ServiceKey> = self.programmed.keys().filter(|key| !wanted.contains(key)).copied().collect();
         for key in stale {
@@ -102,7 +159,62 @@ impl ServiceTable {
             self.delete_slots(entry);
             stats.removed += 1;
         }
+        let mut first_error = None;
+        for (service, slots) in planned {
+            match self.apply_one(service, slots) {
+                Ok(true) => stats.updated += 1,
+                Ok(false) => stats.unchanged += 1,
+                Err(err) => {
+                    tracing::error!("{err}");
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
         first_error.map_or(Ok(stats), Err)
+    }
+
+    /// Refuses an update that would overflow a map at any point of applying it. Stale
+    /// services are removed first; each changed service then holds its old and its new slots
+    /// for a moment, so the peak is the larger of the two per service plus the largest new set.
+    fn check_fits(&self, planned: &[(&ResolvedService, Vec<Backend>)]) -> Result<(), ServiceLbError> {
+        for (service, slots) in planned {
+            if slots.len() > mesh_common::service_lb::MAX_SLOTS {
+                return Err(ServiceLbError::TooManySlots {
+                    service: service.name.clone(),
+                    slots: slots.len(),
+                    max: mesh_common::service_lb::MAX_SLOTS,
+                });
+            }
+        }
+        let services = planned.len() as u64;
+        if services > u64::from(self.capacities.services) {
+            return Err(ServiceLbError::Capacity {
+                map: maps::SERVICES,
+                needed: services,
+                capacity: self.capacities.services,
+                key: crate::config::ENV_SERVICES_MAX,
+            });
+        }
+        let mut steady = 0u64;
+        let mut largest_new = 0u64;
+        for (service, slots) in planned {
+            let old = self.backends_of(&service.key).map_or(0, <[Backend]>::len) as u64;
+            let new = slots.len() as u64;
+            steady += old.max(new);
+            if self.backends_of(&service.key) != Some(slots.as_slice()) {
+                largest_new = largest_new.max(new);
+            }
+        }
+        let needed = steady + largest_new;
+        if needed > u64::from(self.capacities.backends) {
+            return Err(ServiceLbError::Capacity {
+                map: maps::BACKENDS,
+                needed,
+                capacity: self.capacities.backends,
+                key: crate::config::ENV_BACKENDS_MAX,
+            });
+        }
+        Ok(())
     }
 
     /// The backends `connect4` currently picks from for `key`, in slot order.
@@ -110,15 +222,17 @@ impl ServiceTable {
         self.programmed.get(key).map(|(_, backends)| backends.as_slice())
     }
 
-    fn apply_one(&mut self, service: &ResolvedService) -> Result<bool, ServiceLbError> {
-        if self.backends_of(&service.key) == Some(service.backends.as_slice()) {
+    fn apply_one(&mut self, service: &ResolvedService, slots: Vec<Backend>) -> Result<bool, ServiceLbError> {
+        let previous = self.programmed.get(&service.key).map(|(entry, _)| *entry);
+        if previous.is_some_and(|p| p.affinity_timeout_s == service.affinity_timeout_s)
+            && self.backends_of(&service.key) == Some(slots.as_slice())
+        {
             return Ok(false);
         }
-        let previous = self.programmed.get(&service.key).map(|(entry, _)| *entry);
         let revision = self.allocate_revision();
-        let count = u16::try_from(service.backends.len()).expect("validated: at most u16::MAX backends");
-        let entry = ServiceEntry { revision, count, flags: 0 };
-        for (slot, backend) in (0u32..).zip(&service.backends) {
+        let count = u16::try_from(slots.len()).expect("checked: at most MAX_SLOTS slots");
+        let entry = ServiceEntry { revision, count, flags: 0, affinity_timeout_s: service.affinity_timeout_s, _pad: 0 };
+        for (slot, backend) in (0u32..).zip(&slots) {
             if let Err(source) = self.backends.insert(&BackendKey { revision, slot }, backend, 0) {
                 self.delete_slots(ServiceEntry { count: slot as u16, ..entry });
                 return Err(ServiceLbError::Write { service: service.name.clone(), map: maps::BACKENDS, source });
@@ -131,14 +245,16 @@ impl ServiceTable {
         if let Some(previous) = previous {
             self.delete_slots(previous);
         }
-        self.programmed.insert(service.key, (entry, service.backends.clone()));
         tracing::info!(
             service = %service.name,
             frontend = %frontend(&service.key),
-            backends = %service.backends.iter().map(backend_addr).collect::<Vec<_>>().join(","),
+            backends = %service.backends.iter().map(|b| format!("{}*{}", backend_addr(&b.backend), b.weight)).collect::<Vec<_>>().join(","),
+            slots = count,
+            affinity_s = service.affinity_timeout_s,
             revision,
             "service programmed"
         );
+        self.programmed.insert(service.key, (entry, slots));
         Ok(true)
     }
 
@@ -164,4 +280,22 @@ pub fn frontend(key: &ServiceKey) -> String {
 /// `ip:port` of a backend, for logs.
 pub fn backend_addr(backend: &Backend) -> String {
     format!("{}:{}", Ipv4Addr::from(backend.addr.to_ne_bytes()), u16::from_be(backend.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weighted(last_octet: u8, weight: u32) -> Weighted {
+        Weighted { backend: Backend::new([10, 244, 0, last_octet], 80), weight }
+    }
+
+    #[test]
+    fn weights_become_slots_reduced_by_their_common_divisor() {
+        let slots = slots(&[weighted(2, 20), weighted(3, 60)]);
+        assert_eq!(slots.len(), 4);
+        assert_eq!(slots.iter().filter(|b| **b == weighted(3, 0).backend).count(), 3);
+        assert_eq!(super::slots(&[weighted(2, 1), weighted(3, 1)]).len(), 2);
+        assert!(super::slots(&[]).is_empty());
+    }
 }

@@ -22,6 +22,14 @@ pub mod proto {
 pub mod programs {
     /// `cgroup/connect4`: service load balancing at `connect()`.
     pub const CONNECT4: &str = "mesh_connect4";
+    /// `cgroup/sendmsg4`: service load balancing of unconnected UDP datagrams.
+    pub const SENDMSG4: &str = "mesh_sendmsg4";
+    /// `cgroup/recvmsg4`: UDP replies appear to come from the service address.
+    pub const RECVMSG4: &str = "mesh_recvmsg4";
+    /// `cgroup/getpeername4`: `getpeername()` returns the service address.
+    pub const GETPEERNAME4: &str = "mesh_peername4";
+    /// Every socket hook, attached to the node's cgroup in this order.
+    pub const SOCKET_HOOKS: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
     /// TC ingress of a pod's host-side interface (what the pod sends).
     pub const FROM_POD: &str = "mesh_from_pod";
     /// TC egress of a pod's host-side interface (what the pod receives).

@@ -8,6 +8,12 @@
 pub const SERVICES: &str = "mesh_svc";
 /// Backend slots: [`crate::service_lb::BackendKey`] -> [`crate::service_lb::Backend`].
 pub const BACKENDS: &str = "mesh_backend";
+/// Remembered backends (LRU): [`crate::service_lb::AffinityKey`] ->
+/// [`crate::service_lb::AffinityValue`].
+pub const AFFINITY: &str = "mesh_affinity";
+/// What each socket was translated from (LRU): [`crate::service_lb::ReverseKey`] ->
+/// [`crate::service_lb::ServiceAddr`].
+pub const REVERSE: &str = "mesh_rev_sk";
 /// Per-CPU traffic counters of each pod interface: ifindex (`u32`) ->
 /// [`crate::pod_traffic::PodTraffic`].
 pub const POD_TRAFFIC: &str = "mesh_pod_stats";
@@ -16,11 +22,15 @@ pub const POD_TRAFFIC: &str = "mesh_pod_stats";
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 /// Default capacity of [`BACKENDS`] (backend slots over all services).
 pub const DEFAULT_BACKENDS_MAX: u32 = 131_072;
+/// Default capacity of [`AFFINITY`] (client-service pairs; least recently used go first).
+pub const DEFAULT_AFFINITY_MAX: u32 = 65_536;
+/// Default capacity of [`REVERSE`] (translated sockets; least recently used go first).
+pub const DEFAULT_REVERSE_MAX: u32 = 262_144;
 /// Default capacity of [`POD_TRAFFIC`] (pod interfaces on one node).
 pub const DEFAULT_POD_TRAFFIC_MAX: u32 = 1_024;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 3] = [SERVICES, BACKENDS, POD_TRAFFIC];
+pub const ALL: [&str; 5] = [SERVICES, BACKENDS, AFFINITY, REVERSE, POD_TRAFFIC];
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,13 @@
 //! backends of that revision sit in slots `0..count` keyed by `(revision, slot)`. The agent
 //! writes a new backend set under a fresh revision and then swaps the service entry in one
 //! map update, so a connection never sees a half-written set; then it deletes the old slots.
+//! A backend with weight *w* fills *w* slots (weights reduced by their common divisor), so a
+//! uniformly random slot is a weighted choice of backend.
+//!
+//! The hooks also remember, per socket, which service address they translated (the reverse
+//! map), so that `getpeername()` and the source of UDP replies show the service, and, per
+//! client and service, the backend chosen (the affinity map: `sessionAffinity: ClientIP`,
+//! and a UDP socket's datagrams staying on one backend).
 
 /// Key of [`crate::maps::SERVICES`]. Address and port in network byte order, exactly as the
 /// kernel hands them to a `sock_addr` program (`user_ip4`, low 16 bits of `user_port`).
@@ -25,10 +32,81 @@ pub struct ServiceKey {
 pub struct ServiceEntry {
     /// The backend-set revision in force; slots live at `BackendKey { revision, slot }`.
     pub revision: u32,
-    /// Number of backend slots in the revision (0: the service has no backends).
+    /// Number of backend slots in the revision (0: the service has no backends, and
+    /// `connect()` is refused with ECONNREFUSED).
     pub count: u16,
     /// Reserved for service flags; zero.
     pub flags: u16,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0: no affinity.
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
+}
+
+/// The largest weight a backend may have (it fills at most this many slots).
+pub const MAX_WEIGHT: u32 = 100;
+
+/// The most slots one service may have (the `count` field).
+pub const MAX_SLOTS: usize = u16::MAX as usize;
+
+/// How many slots the kernel searches to confirm that a remembered backend is still in a
+/// service's current set; past it the remembered backend is given up and a new one chosen.
+pub const AFFINITY_SCAN_SLOTS: u32 = 256;
+
+/// How long a UDP socket's datagrams to a service stay on the backend first chosen, without
+/// session affinity (as long as conntrack keeps a UDP stream for kube-proxy).
+pub const UDP_STICKY_S: u32 = 120;
+
+/// [`AffinityKey::scope`]: who is remembered.
+pub mod affinity_scope {
+    /// A client network namespace (a pod): `sessionAffinity: ClientIP`.
+    pub const CLIENT: u32 = 1;
+    /// One UDP socket: its datagrams keep going to one backend.
+    pub const SOCKET: u32 = 2;
+}
+
+/// Key of [`crate::maps::AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// A network namespace cookie or a socket cookie, as `scope` says.
+    pub client: u64,
+    pub service: ServiceKey,
+    /// An [`affinity_scope`] value.
+    pub scope: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`crate::maps::AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend: Backend,
+    /// `bpf_ktime_get_ns()` of the last connection that used it.
+    pub last_used_ns: u64,
+    /// The service revision in which `backend` was last confirmed a member.
+    pub revision: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`crate::maps::REVERSE`]: a socket and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReverseKey {
+    pub socket_cookie: u64,
+    /// Backend address and port, network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`crate::maps::REVERSE`]: the service address the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceAddr {
+    /// Network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// Key of [`crate::maps::BACKENDS`].
@@ -66,12 +144,16 @@ impl Backend {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are `repr(C)`, made of integers only, with explicit padding fields, so
+    // SAFETY: all of them are `repr(C)`, made of integers only, with explicit padding fields, so
     // every bit pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceEntry {}
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::ReverseKey {}
+    unsafe impl aya::Pod for super::ServiceAddr {}
 }
 
 #[cfg(test)]
@@ -87,10 +169,35 @@ mod tests {
         assert_eq!(offset_of!(ServiceKey, proto), 6);
         assert_eq!(offset_of!(ServiceKey, _pad), 7);
 
-        assert_eq!(size_of::<ServiceEntry>(), 8);
+        assert_eq!(size_of::<ServiceEntry>(), 16);
         assert_eq!(offset_of!(ServiceEntry, revision), 0);
         assert_eq!(offset_of!(ServiceEntry, count), 4);
         assert_eq!(offset_of!(ServiceEntry, flags), 6);
+        assert_eq!(offset_of!(ServiceEntry, affinity_timeout_s), 8);
+        assert_eq!(offset_of!(ServiceEntry, _pad), 12);
+
+        assert_eq!(size_of::<AffinityKey>(), 24);
+        assert_eq!(offset_of!(AffinityKey, client), 0);
+        assert_eq!(offset_of!(AffinityKey, service), 8);
+        assert_eq!(offset_of!(AffinityKey, scope), 16);
+        assert_eq!(offset_of!(AffinityKey, _pad), 20);
+
+        assert_eq!(size_of::<AffinityValue>(), 24);
+        assert_eq!(offset_of!(AffinityValue, backend), 0);
+        assert_eq!(offset_of!(AffinityValue, last_used_ns), 8);
+        assert_eq!(offset_of!(AffinityValue, revision), 16);
+        assert_eq!(offset_of!(AffinityValue, _pad), 20);
+
+        assert_eq!(size_of::<ReverseKey>(), 16);
+        assert_eq!(offset_of!(ReverseKey, socket_cookie), 0);
+        assert_eq!(offset_of!(ReverseKey, addr), 8);
+        assert_eq!(offset_of!(ReverseKey, port), 12);
+        assert_eq!(offset_of!(ReverseKey, _pad), 14);
+
+        assert_eq!(size_of::<ServiceAddr>(), 8);
+        assert_eq!(offset_of!(ServiceAddr, addr), 0);
+        assert_eq!(offset_of!(ServiceAddr, port), 4);
+        assert_eq!(offset_of!(ServiceAddr, _pad), 6);
 
         assert_eq!(size_of::<BackendKey>(), 8);
         assert_eq!(offset_of!(BackendKey, revision), 0);

@@ -3,12 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuHashMap},
 };
 use mesh_common::{
-    maps::{DEFAULT_BACKENDS_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_SERVICES_MAX},
+    maps::{
+        DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX,
+    },
     pod_traffic::PodTraffic,
-    service_lb::{Backend, BackendKey, ServiceEntry, ServiceKey},
+    service_lb::{AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry, ServiceKey},
 };
 
 #[map(name = "mesh_svc")]
@@ -16,6 +18,12 @@ pub static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::pinned(DEFAULT
 
 #[map(name = "mesh_backend")]
 pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(DEFAULT_BACKENDS_MAX, 0);
+
+#[map(name = "mesh_affinity")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(DEFAULT_AFFINITY_MAX, 0);
+
+#[map(name = "mesh_rev_sk")]
+pub static REVERSE: LruHashMap<ReverseKey, ServiceAddr> = LruHashMap::pinned(DEFAULT_REVERSE_MAX, 0);
 
 #[map(name = "mesh_pod_stats")]
 pub static POD_TRAFFIC: PerCpuHashMap<u32, PodTraffic> = PerCpuHashMap::pinned(DEFAULT_POD_TRAFFIC_MAX, 0);

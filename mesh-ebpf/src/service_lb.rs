@@ -1,46 +1,177 @@
-//! `cgroup/connect4`: a connection to a service address is sent to one of its backends at
-//! `connect()` time, so no packet of it is ever NATed.
+//! Service load balancing at the socket: a service address is replaced by one of its backends
+//! when the application calls `connect()` (`connect4`) or sends an unconnected UDP datagram
+//! (`sendmsg4`), so no packet of it is ever NATed. `recvmsg4` and `getpeername4` put the
+//! service address back where the application looks at it.
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
 use mesh_common::{
     proto,
-    service_lb::{BackendKey, ServiceKey},
+    service_lb::{
+        AFFINITY_SCAN_SLOTS, AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry,
+        ServiceKey, UDP_STICKY_S, affinity_scope,
+    },
 };
 
-use crate::maps::{BACKENDS, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, REVERSE, SERVICES};
 
 /// `sock_addr` verdict: let the syscall go on (with the address as the program left it).
 const ALLOW: i32 = 1;
+/// `sock_addr` verdict: fail the syscall, with the error set by `bpf_set_retval`.
+const REJECT: i32 = 0;
+
+/// What a translating hook decided.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Allow,
+    Reject,
+}
+
+/// The verifier wants a return value it can prove is 0 or 1: map the verdict to constants.
+#[inline(always)]
+fn verdict(result: Result<Verdict, ()>) -> i32 {
+    match result {
+        Ok(Verdict::Reject) => REJECT,
+        // No error of the lookup path may block an application's call: allow on error.
+        Ok(Verdict::Allow) | Err(()) => ALLOW,
+    }
+}
+const ECONNREFUSED: i32 = 111;
+const NS_PER_S: u64 = 1_000_000_000;
 
 #[cgroup_sock_addr(connect4)]
 fn mesh_connect4(ctx: SockAddrContext) -> i32 {
-    // No error of the lookup path may block an application's connect(): allow on error.
-    try_connect4(&ctx).unwrap_or(ALLOW)
+    verdict(try_translate(&ctx, Hook::Connect))
 }
 
-fn try_connect4(ctx: &SockAddrContext) -> Result<i32, ()> {
+#[cgroup_sock_addr(sendmsg4)]
+fn mesh_sendmsg4(ctx: SockAddrContext) -> i32 {
+    verdict(try_translate(&ctx, Hook::Sendmsg))
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+fn mesh_recvmsg4(ctx: SockAddrContext) -> i32 {
+    // recvmsg4 cannot fail the call: the verdict is always allow.
+    restore_service_address(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+fn mesh_peername4(ctx: SockAddrContext) -> i32 {
+    restore_service_address(&ctx);
+    ALLOW
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Connect,
+    Sendmsg,
+}
+
+fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
     // SAFETY: the kernel hands a valid `bpf_sock_addr` to every `sock_addr` program.
     let sa = unsafe { &mut *ctx.sock_addr };
     let protocol = match sa.protocol {
         p if p == u32::from(proto::TCP) => proto::TCP,
         p if p == u32::from(proto::UDP) => proto::UDP,
-        _ => return Ok(ALLOW),
+        _ => return Ok(Verdict::Allow),
     };
     // `user_port` holds the port in network order in its low 16 bits.
     let key = ServiceKey { addr: sa.user_ip4, port: sa.user_port as u16, proto: protocol, _pad: 0 };
     // SAFETY: entries are only replaced whole by the agent; we copy the value out at once.
     let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
-        return Ok(ALLOW);
+        return Ok(Verdict::Allow);
     };
     if service.count == 0 {
-        return Ok(ALLOW);
+        // kube-proxy's REJECT rule: a service without endpoints refuses at once.
+        // SAFETY: a helper call with a plain integer.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return Ok(Verdict::Reject);
     }
-    // SAFETY: a plain helper call with no arguments.
-    let slot = unsafe { bpf_get_prandom_u32() } % u32::from(service.count);
-    let backend_key = BackendKey { revision: service.revision, slot };
-    // SAFETY: as above.
-    let backend = (unsafe { BACKENDS.get(&backend_key) }).copied().ok_or(())?;
+    // SAFETY: a helper call on the program's own context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let backend = if service.affinity_timeout_s != 0 {
+        // SAFETY: a helper call on the program's own context.
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        sticky(&key, &service, netns, affinity_scope::CLIENT, service.affinity_timeout_s)?
+    } else if hook == Hook::Sendmsg {
+        sticky(&key, &service, socket_cookie, affinity_scope::SOCKET, UDP_STICKY_S)?
+    } else {
+        random_slot(&service)?
+    };
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
-    Ok(ALLOW)
+    let reverse = ReverseKey { socket_cookie, addr: backend.addr, port: backend.port, _pad: 0 };
+    // A full LRU map evicts its oldest entry; an error here only loses the reverse lookup.
+    let _ = REVERSE.insert(&reverse, &ServiceAddr { addr: key.addr, port: key.port, _pad: 0 }, 0);
+    Ok(Verdict::Allow)
+}
+
+/// A uniformly random slot of the service's current revision.
+fn random_slot(service: &ServiceEntry) -> Result<Backend, ()> {
+    // SAFETY: a plain helper call with no arguments.
+    let slot = unsafe { bpf_get_prandom_u32() } % u32::from(service.count);
+    // SAFETY: as above, entries are written whole.
+    (unsafe { BACKENDS.get(&BackendKey { revision: service.revision, slot }) }).copied().ok_or(())
+}
+
+/// The backend `client` used last for this service, if it is recent and still a member of
+/// the service; otherwise a new random one, remembered. Inlined: BPF calls take at most five
+/// arguments in registers.
+#[inline(always)]
+fn sticky(key: &ServiceKey, service: &ServiceEntry, client: u64, scope: u32, timeout_s: u32) -> Result<Backend, ()> {
+    let affinity_key = AffinityKey { client, service: *key, scope, _pad: 0 };
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is copied out at once; a concurrent update rewrites it whole.
+    if let Some(known) = (unsafe { AFFINITY.get(&affinity_key) }).copied()
+        && now.wrapping_sub(known.last_used_ns) <= u64::from(timeout_s) * NS_PER_S
+        && is_member(service, &known)
+    {
+        let refreshed = AffinityValue { last_used_ns: now, revision: service.revision, ..known };
+        let _ = AFFINITY.insert(&affinity_key, &refreshed, 0);
+        return Ok(known.backend);
+    }
+    let backend = random_slot(service)?;
+    let value = AffinityValue { backend, last_used_ns: now, revision: service.revision, _pad: 0 };
+    let _ = AFFINITY.insert(&affinity_key, &value, 0);
+    Ok(backend)
+}
+
+/// Whether the remembered backend is still in the service's current set.
+fn is_member(service: &ServiceEntry, known: &AffinityValue) -> bool {
+    if known.revision == service.revision {
+        return true;
+    }
+    for slot in 0..AFFINITY_SCAN_SLOTS {
+        if slot >= u32::from(service.count) {
+            break;
+        }
+        // SAFETY: entries are written whole.
+        if let Some(backend) = unsafe { BACKENDS.get(&BackendKey { revision: service.revision, slot }) }
+            && backend.addr == known.backend.addr
+            && backend.port == known.backend.port
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The peer address the application sees becomes the service address it asked for.
+fn restore_service_address(ctx: &SockAddrContext) {
+    // SAFETY: the kernel hands a valid `bpf_sock_addr` to every `sock_addr` program.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: a helper call on the program's own context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = ReverseKey { socket_cookie, addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    if let Some(service) = (unsafe { REVERSE.get(&key) }).copied() {
+        sa.user_ip4 = service.addr;
+        sa.user_port = u32::from(service.port);
+    }
 }

@@ -275,6 +275,7 @@ impl ClusterView {
             identity,
             labels: facts.labels.into_iter().collect(),
             service_account: facts.service_account,
+            weight: facts.weight,
         }))
     }
 

@@ -15,6 +15,9 @@ use mesh_common::api;
 
 /// The label that ties an EndpointSlice to its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Pod annotation: the pod's load-balancing weight as a service backend, 1 to [`MAX_WEIGHT`].
+pub const WEIGHT_ANNOTATION: &str = "mesh.dev/weight";
+use mesh_common::service_lb::MAX_WEIGHT;
 
 /// A field that is wrong: its path in the object, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,6 +191,8 @@ pub struct PodFacts {
     pub terminating: bool,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
+    /// From [`WEIGHT_ANNOTATION`]; 0 when not set.
+    pub weight: u32,
 }
 
 pub fn pod_facts(pod: &Pod) -> Result<PodFacts, Invalid> {
@@ -212,8 +217,21 @@ pub fn pod_facts(pod: &Pod) -> Result<PodFacts, Invalid> {
         Some(condition) => condition.status == "True",
         None => !ips.is_empty() && matches!(status.and_then(|s| s.phase.as_deref()), None | Some("Running")),
     };
+    let weight = match pod.metadata.annotations.as_ref().and_then(|a| a.get(WEIGHT_ANNOTATION)) {
+        None => 0,
+        Some(text) => match text.parse::<u32>() {
+            Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+            _ => {
+                return Err(invalid(
+                    format!("metadata.annotations[{WEIGHT_ANNOTATION}]"),
+                    format!("{text:?} is not a weight: use an integer from 1 to {MAX_WEIGHT}"),
+                ));
+            }
+        },
+    };
     let spec = pod.spec.as_ref();
     Ok(PodFacts {
+        weight,
         node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         ips,
         ready,

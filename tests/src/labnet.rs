@@ -6,14 +6,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::lab::{Lab, LabError, Placement, Pod, Result};
 
-/// What `labnet connect` prints: replies by text, failures by error.
+/// What `labnet connect`, `udp` and `hold` print: replies by text, peer addresses as the
+/// client saw them (`getpeername`, or a UDP reply's source), failures by error.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub ok: u32,
     pub failed: u32,
     pub replies: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub peers: BTreeMap<String, u32>,
     pub errors: BTreeMap<String, u32>,
     pub elapsed_ms: u128,
+}
+
+impl Summary {
+    pub fn record(&mut self, reply: String, peer: SocketAddr) {
+        self.ok += 1;
+        *self.replies.entry(reply).or_default() += 1;
+        *self.peers.entry(peer.to_string()).or_default() += 1;
+    }
+
+    pub fn fail(&mut self, err: &std::io::Error) {
+        self.failed += 1;
+        *self.errors.entry(err.to_string()).or_default() += 1;
+    }
+}
+
+/// What `labnet load` prints.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub connections: u64,
+    pub failed: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub elapsed_s: f64,
+    pub conn_per_s: f64,
+    /// Connect-to-first-byte latency percentiles, microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 /// The `labnet` binary.
@@ -40,12 +69,62 @@ pub fn connect(
     count: u32,
     per_connection: Duration,
 ) -> Result<Summary> {
+    connect_paced(lab, placement, to, count, Duration::ZERO, per_connection)
+}
+
+/// [`connect`] with a pause of `interval` between connections.
+pub fn connect_paced(
+    lab: &Lab,
+    placement: &Placement,
+    to: SocketAddr,
+    count: u32,
+    interval: Duration,
+    per_connection: Duration,
+) -> Result<Summary> {
     let mut command = lab.placed_command(placement, binary())?;
     command.args(["connect", "--to", &to.to_string(), "--count", &count.to_string()]);
+    command.args(["--interval-ms", &interval.as_millis().to_string()]);
     command.args(["--timeout-ms", &per_connection.as_millis().to_string()]);
-    let bound = per_connection * count.saturating_mul(2) + Duration::from_secs(5);
-    let output = lab.run(&mut command, bound)?;
-    let invalid = |message: String| LabError::Command { command: "labnet connect".into(), message };
+    let bound = (per_connection * 2 + interval) * count + Duration::from_secs(5);
+    run_json(lab, &mut command, bound, "labnet connect")
+}
+
+/// Runs `labnet udp` with `placement`: `count` datagrams to `to`, each from a new socket.
+pub fn udp(lab: &Lab, placement: &Placement, to: SocketAddr, count: u32, per_request: Duration) -> Result<Summary> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.args(["udp", "--to", &to.to_string(), "--count", &count.to_string()]);
+    command.args(["--timeout-ms", &per_request.as_millis().to_string()]);
+    let bound = per_request * count.saturating_mul(2) + Duration::from_secs(5);
+    run_json(lab, &mut command, bound, "labnet udp")
+}
+
+/// Runs `labnet load` with `placement` for `duration` against `targets`.
+pub fn load(lab: &Lab, placement: &Placement, targets: &[SocketAddr], duration: Duration) -> Result<LoadReport> {
+    let mut command = lab.placed_command(placement, binary())?;
+    let list: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    command.args(["load", "--to", &list.join(","), "--duration-ms", &duration.as_millis().to_string()]);
+    run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet load")
+}
+
+/// Starts `labnet serve` in `pod` on `port` answering `reply` after reading a request line.
+pub fn serve_requests(lab: &Lab, pod: &Pod, port: u16, reply: &str) -> Result<u32> {
+    let ready = lab.dir.join(format!("serve-{}-{port}.ready", pod.name));
+    let mut command = lab.pod_command(pod, binary())?;
+    command.args(["serve", "--read-request", "--port", &port.to_string(), "--reply", reply, "--ready-file"]);
+    command.arg(&ready);
+    let pid = lab.spawn(&mut command)?;
+    lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
+    Ok(pid)
+}
+
+fn run_json<T: serde::de::DeserializeOwned>(
+    lab: &Lab,
+    command: &mut std::process::Command,
+    bound: Duration,
+    what: &str,
+) -> Result<T> {
+    let output = lab.run(command, bound)?;
+    let invalid = |message: String| LabError::Command { command: what.into(), message };
     if !output.status.success() {
         return Err(invalid(String::from_utf8_lossy(&output.stderr).into_owned()));
     }

@@ -1,23 +1,32 @@
-//! `labnet`: the lab's traffic tool, run inside pods by the tests and the demo.
+//! `labnet`: the lab's traffic tool, run inside pods by the tests, the demo and the benchmarks.
 //!
-//! - `labnet serve --port 8080 --reply backend-a [--ready-file F]`: a TCP server that answers
-//!   every connection with the reply and a newline, then closes it.
-//! - `labnet connect --to 10.96.0.10:80 --count 100 [--timeout-ms 2000]`: opens the
-//!   connections one after another, reads each reply, and prints a JSON summary: replies by
-//!   text, and failures by error.
+//! - `labnet serve --port 8080 --reply backend-a [--read-request] [--ready-file F]`: on TCP,
+//!   answers every connection with the reply and a newline (after reading one request line
+//!   with `--read-request`), then echoes what it receives until the peer closes; on UDP (same
+//!   port), answers every datagram with the reply.
+//! - `labnet connect --to 10.96.0.10:80 --count 100 [--interval-ms N] [--timeout-ms 2000]`:
+//!   opens the connections one after another, reads each reply, prints a JSON summary:
+//!   replies by text, peers by address (`getpeername`), failures by error.
+//! - `labnet udp --to 10.96.0.10:53 --count 20`: one datagram per new socket, summary as above
+//!   with each reply's source address as its peer.
+//! - `labnet hold --to ... --hold-ms 3000`: one connection, kept open: reads the reply, waits,
+//!   then checks that the connection still echoes. Prints a summary.
+//! - `labnet load --to A[,B...] --duration-ms 2000`: short connections (connect, request,
+//!   reply, close) one after another, to a random address of the list, for the duration;
+//!   prints connections/s and connect-to-first-byte percentiles as JSON.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use clap::{Parser, Subcommand};
-use mesh_tests::labnet::Summary;
+use mesh_tests::labnet::{LoadReport, Summary};
 
 #[derive(Parser)]
-#[command(about = "The lab's traffic tool: a reply server and a connection client")]
+#[command(about = "The lab's traffic tool: a reply server and its clients")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -25,13 +34,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Answer every TCP connection with REPLY and a newline.
+    /// Answer every TCP connection and UDP datagram on PORT with REPLY.
     Serve {
         #[arg(long)]
         port: u16,
         #[arg(long)]
         reply: String,
-        /// Created once the socket listens.
+        /// Read one request line before replying.
+        #[arg(long)]
+        read_request: bool,
+        /// Created once the sockets listen.
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
@@ -41,66 +53,271 @@ enum Cmd {
         to: SocketAddr,
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Pause between connections.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
         /// Per connection: connect, then read the reply.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Send COUNT datagrams to TO, each from a new socket; print a JSON summary.
+    Udp {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Keep one connection to TO open for HOLD_MS, then check it still works.
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        hold_ms: u64,
+        /// Created once the reply was read (the connection is established).
+        #[arg(long)]
+        established_file: Option<PathBuf>,
+    },
+    /// Short connections to random addresses of TO for DURATION_MS; print a JSON load report.
+    Load {
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<SocketAddr>,
+        #[arg(long)]
+        duration_ms: u64,
+        /// Stop after this many connections even if time is left.
+        #[arg(long, default_value_t = 1_000_000)]
+        max: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
-    match Cli::parse().command {
-        Cmd::Serve { port, reply, ready_file } => match serve(port, &reply, ready_file) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("labnet serve: {err}");
-                std::process::ExitCode::FAILURE
-            }
-        },
-        Cmd::Connect { to, count, timeout_ms } => {
-            let summary = connect(to, count, Duration::from_millis(timeout_ms));
-            println!("{}", serde_json::to_string(&summary).expect("a summary serialises"));
-            std::process::ExitCode::SUCCESS
+    let result = match Cli::parse().command {
+        Cmd::Serve { port, reply, read_request, ready_file } => serve(port, &reply, read_request, ready_file),
+        Cmd::Connect { to, count, interval_ms, timeout_ms } => {
+            print(&connect(to, count, Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms)))
+        }
+        Cmd::Udp { to, count, timeout_ms } => print(&udp(to, count, Duration::from_millis(timeout_ms))),
+        Cmd::Hold { to, hold_ms, established_file } => {
+            print(&hold(to, Duration::from_millis(hold_ms), established_file))
+        }
+        Cmd::Load { to, duration_ms, max } => {
+            load(&to, Duration::from_millis(duration_ms), max).and_then(|r| print(&r))
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("labnet: {err}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn serve(port: u16, reply: &str, ready_file: Option<PathBuf>) -> std::io::Result<()> {
+fn print(value: &impl serde::Serialize) -> std::io::Result<()> {
+    println!("{}", serde_json::to_string(value).map_err(std::io::Error::other)?);
+    Ok(())
+}
+
+fn serve(port: u16, reply: &str, read_request: bool, ready_file: Option<PathBuf>) -> std::io::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", port))?;
+    let udp = UdpSocket::bind(("0.0.0.0", port))?;
     if let Some(file) = ready_file {
         std::fs::write(file, b"listening\n")?;
     }
     let line = format!("{reply}\n");
+    let udp_reply = line.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(udp_reply.as_bytes(), from);
+        }
+    });
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let _ = stream.write_all(line.as_bytes());
-        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let Ok(stream) = stream else { continue };
+        if read_request {
+            // The load client's mode: one short connection at a time, answered inline, as
+            // lean as a server gets (no thread per connection in the measured path).
+            answer(stream, &line, true);
+            continue;
+        }
+        let line = line.clone();
+        // A thread per connection: held connections must not stop the next ones.
+        std::thread::spawn(move || answer(stream, &line, false));
     }
     Ok(())
 }
 
-fn connect(to: SocketAddr, count: u32, timeout: Duration) -> Summary {
+fn answer(mut stream: TcpStream, line: &str, read_request: bool) {
+    let _ = stream.set_nodelay(true);
+    if read_request {
+        let mut request = [0u8; 256];
+        if !matches!(stream.read(&mut request), Ok(n) if n > 0) {
+            return;
+        }
+    }
+    if stream.write_all(line.as_bytes()).is_err() {
+        return;
+    }
+    // Echo until the peer closes (`hold` checks an established connection this way).
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+fn connect(to: SocketAddr, count: u32, interval: Duration, timeout: Duration) -> Summary {
     let started = Instant::now();
     let mut summary = Summary::default();
-    for _ in 0..count {
+    for i in 0..count {
+        if i > 0 && !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
         match one(to, timeout) {
-            Ok(reply) => {
-                summary.ok += 1;
-                *summary.replies.entry(reply).or_default() += 1;
-            }
-            Err(err) => {
-                summary.failed += 1;
-                *summary.errors.entry(err.to_string()).or_default() += 1;
-            }
+            Ok((reply, peer)) => summary.record(reply, peer),
+            Err(err) => summary.fail(&err),
         }
     }
     summary.elapsed_ms = started.elapsed().as_millis();
     summary
 }
 
-fn one(to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&to, timeout)?;
+/// One connection: connect, read the first line, close. The reply and `getpeername`.
+fn one(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    let stream = TcpStream::connect_timeout(&to, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
+    let peer = stream.peer_addr()?;
     let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    Ok(reply.trim_end().to_owned())
+    BufReader::new(&stream).read_line(&mut reply)?;
+    if reply.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a reply"));
+    }
+    Ok((reply.trim_end().to_owned(), peer))
+}
+
+fn udp(to: SocketAddr, count: u32, timeout: Duration) -> Summary {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    for _ in 0..count {
+        let result = (|| {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.send_to(b"ask\n", to)?;
+            let mut buf = [0u8; 2048];
+            let (n, from) = socket.recv_from(&mut buf)?;
+            Ok::<_, std::io::Error>((String::from_utf8_lossy(&buf[..n]).trim_end().to_owned(), from))
+        })();
+        match result {
+            Ok((reply, from)) => summary.record(reply, from),
+            Err(err) => summary.fail(&err),
+        }
+    }
+    summary.elapsed_ms = started.elapsed().as_millis();
+    summary
+}
+
+fn hold(to: SocketAddr, hold: Duration, established_file: Option<PathBuf>) -> Summary {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let result = (|| {
+        let stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(hold + Duration::from_secs(5)))?;
+        let peer = stream.peer_addr()?;
+        let mut reader = BufReader::new(&stream);
+        let mut reply = String::new();
+        reader.read_line(&mut reply)?;
+        if let Some(file) = &established_file {
+            std::fs::write(file, reply.as_bytes())?;
+        }
+        std::thread::sleep(hold);
+        (&stream).write_all(b"still-there\n")?;
+        let mut echo = String::new();
+        reader.read_line(&mut echo)?;
+        if echo != "still-there\n" {
+            return Err(std::io::Error::other(format!("the held connection echoed {echo:?}")));
+        }
+        Ok((reply.trim_end().to_owned(), peer))
+    })();
+    match result {
+        Ok((reply, peer)) => summary.record(reply, peer),
+        Err(err) => summary.fail(&err),
+    }
+    summary.elapsed_ms = started.elapsed().as_millis();
+    summary
+}
+
+fn load(targets: &[SocketAddr], duration: Duration, max: u64) -> std::io::Result<LoadReport> {
+    let mut latencies_ns: Vec<u64> = Vec::new();
+    let mut failed = 0u64;
+    let mut errors = std::collections::BTreeMap::<String, u64>::new();
+    let started = Instant::now();
+    let mut state = started.elapsed().as_nanos() as u64 | 1;
+    while started.elapsed() < duration && (latencies_ns.len() as u64) < max {
+        // xorshift: a cheap uniform choice of target, no syscall per connection.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let to = targets[(state % targets.len() as u64) as usize];
+        let begin = Instant::now();
+        let result = (|| {
+            let mut stream = TcpStream::connect(to)?;
+            stream.set_nodelay(true)?;
+            stream.write_all(b"GET\n")?;
+            let mut first = [0u8; 64];
+            let n = stream.read(&mut first)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a reply"));
+            }
+            let latency = begin.elapsed();
+            abort(&stream);
+            Ok(latency)
+        })();
+        match result {
+            Ok(latency) => latencies_ns.push(latency.as_nanos() as u64),
+            Err(err) => {
+                failed += 1;
+                *errors.entry(err.to_string()).or_default() += 1;
+                if failed > 100 {
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies_ns.sort_unstable();
+    let percentile = |p: f64| {
+        if latencies_ns.is_empty() {
+            return 0.0;
+        }
+        let index = ((latencies_ns.len() as f64 * p).ceil() as usize).clamp(1, latencies_ns.len()) - 1;
+        latencies_ns[index] as f64 / 1_000.0
+    };
+    Ok(LoadReport {
+        connections: latencies_ns.len() as u64,
+        failed,
+        errors,
+        elapsed_s: elapsed.as_secs_f64(),
+        conn_per_s: latencies_ns.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: percentile(0.50),
+        p99_us: percentile(0.99),
+    })
+}
+
+/// Closes with a reset (SO_LINGER 0): no TIME_WAIT left behind, so a long run does not run
+/// out of ephemeral ports, and conntrack (in the kube-proxy cases) forgets the flow at once.
+fn abort(stream: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a `linger` of the size given.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
