@@ -10,8 +10,9 @@ toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 bpf_linker_version=0.13.0
 kubernetes_validate_version=1.34.1
 llvm_version=22
-# Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; protoc for the API.
-apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler)
+# Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; protoc for the API;
+# iptables and nftables for the service-lb benchmark (kube-proxy's rules as the baseline).
+apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler iptables nftables)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }

@@ -139,3 +139,114 @@ fn backends(
 fn port_label(port: &api::ServicePort) -> String {
     if port.name.is_empty() { port.port.to_string() } else { port.name.clone() }
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_common::api::{self, resource::Kind as R};
+
+    use super::*;
+
+    fn model(resources: Vec<R>) -> ResourceSet {
+        let mut set = ResourceSet::default();
+        for kind in resources {
+            let resource = api::Resource { kind: Some(kind) };
+            set.resources.insert(resource.key().expect("named").ordered(), resource);
+        }
+        set
+    }
+
+    fn endpoint(ip: &str, node: &str, pod: &str, ready: bool) -> api::Endpoint {
+        api::Endpoint {
+            addresses: vec![ip.into()],
+            node: node.into(),
+            pod: pod.into(),
+            ready,
+            serving: true,
+            terminating: !ready,
+        }
+    }
+
+    fn web(internal_local: bool, headless: bool) -> R {
+        R::Service(api::Service {
+            namespace: "ns".into(),
+            name: "web".into(),
+            cluster_ips: if headless { vec![] } else { vec!["10.96.0.10".into()] },
+            headless,
+            ports: vec![api::ServicePort {
+                name: "http".into(),
+                protocol: api::Protocol::Tcp as i32,
+                port: 80,
+                node_port: 30080,
+                target: None,
+            }],
+            affinity_timeout_seconds: 30,
+            internal_traffic_local: internal_local,
+            external_ips: vec!["10.200.0.10".into()],
+        })
+    }
+
+    fn resources(internal_local: bool, headless: bool) -> ResourceSet {
+        model(vec![
+            web(internal_local, headless),
+            R::EndpointSlice(api::EndpointSlice {
+                namespace: "ns".into(),
+                name: "web-1".into(),
+                service: "web".into(),
+                ports: vec![api::EndpointPort { name: "http".into(), protocol: api::Protocol::Tcp as i32, port: 8080 }],
+                endpoints: vec![
+                    endpoint("10.244.0.3", "node-0", "a", true),
+                    endpoint("10.244.1.3", "node-1", "b", true),
+                    endpoint("10.244.1.4", "node-1", "c", false),
+                ],
+            }),
+            R::Workload(api::Workload {
+                namespace: "ns".into(),
+                name: "b".into(),
+                node: "node-1".into(),
+                ips: vec!["10.244.1.3".into()],
+                weight: 5,
+                ..Default::default()
+            }),
+            R::Node(api::Node { name: "node-0".into(), addresses: vec!["172.18.0.2".into()], pod_cidrs: vec![] }),
+            R::Node(api::Node { name: "node-1".into(), addresses: vec!["172.18.0.3".into()], pod_cidrs: vec![] }),
+        ])
+    }
+
+    fn frontend(desired: &Desired, ip: [u8; 4], port: u16) -> &ResolvedService {
+        let key = ServiceKey::new(ip, port, mesh_common::proto::TCP);
+        desired.services.iter().find(|s| s.key == key).unwrap_or_else(|| panic!("no frontend {ip:?}:{port}"))
+    }
+
+    #[test]
+    fn every_frontend_gets_the_ready_endpoints_with_their_weights() {
+        let desired = compile(&resources(false, false), "node-0");
+        assert_eq!(desired.services.len(), 4, "cluster IP, external IP, two node addresses");
+        let expected = vec![
+            Weighted { backend: Backend::new([10, 244, 0, 3], 8080), weight: 1 },
+            Weighted { backend: Backend::new([10, 244, 1, 3], 8080), weight: 5 },
+        ];
+        for (ip, port) in
+            [([10, 96, 0, 10], 80), ([10, 200, 0, 10], 80), ([172, 18, 0, 2], 30080), ([172, 18, 0, 3], 30080)]
+        {
+            let service = frontend(&desired, ip, port);
+            assert_eq!(service.backends, expected, "{ip:?}:{port}");
+            assert_eq!(service.affinity_timeout_s, 30);
+        }
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_narrows_only_the_cluster_ip() {
+        let desired = compile(&resources(true, false), "node-0");
+        assert_eq!(frontend(&desired, [10, 96, 0, 10], 80).backends.len(), 1);
+        assert_eq!(frontend(&desired, [10, 200, 0, 10], 80).backends.len(), 2);
+        // A node with no local endpoint gets none: its pods' connections are refused.
+        let on_node_2 = compile(&resources(true, false), "node-2");
+        assert!(frontend(&on_node_2, [10, 96, 0, 10], 80).backends.is_empty());
+    }
+
+    #[test]
+    fn headless_services_are_left_alone() {
+        let desired = compile(&resources(false, true), "node-0");
+        assert!(desired.services.is_empty(), "{:?}", desired.services);
+    }
+}

@@ -88,7 +88,19 @@ pub struct AffinityValue {
     pub _pad: u32,
 }
 
-/// Key of [`crate::maps::REVERSE`]: a socket and the backend it was sent to.
+/// Value of [`crate::maps::SOCKET_SERVICE`] (socket-local storage): what a connected socket
+/// was translated from. Freed with the socket; `getpeername()` and a connected UDP socket's
+/// replies read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketService {
+    /// The service address the application connected to.
+    pub service: ServiceAddr,
+    /// The backend it was given.
+    pub backend: Backend,
+}
+
+/// Key of [`crate::maps::REVERSE`]: an unconnected UDP socket and a backend it sent to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReverseKey {
@@ -154,6 +166,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::ReverseKey {}
     unsafe impl aya::Pod for super::ServiceAddr {}
+    unsafe impl aya::Pod for super::SocketService {}
 }
 
 #[cfg(test)]
@@ -193,6 +206,10 @@ mod tests {
         assert_eq!(offset_of!(ReverseKey, addr), 8);
         assert_eq!(offset_of!(ReverseKey, port), 12);
         assert_eq!(offset_of!(ReverseKey, _pad), 14);
+
+        assert_eq!(size_of::<SocketService>(), 16);
+        assert_eq!(offset_of!(SocketService, service), 0);
+        assert_eq!(offset_of!(SocketService, backend), 8);
 
         assert_eq!(size_of::<ServiceAddr>(), 8);
         assert_eq!(offset_of!(ServiceAddr, addr), 0);

@@ -2,7 +2,8 @@
 //! directory (the agent sets it); capacities here are defaults the agent may override.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuHashMap},
 };
 use mesh_common::{
@@ -10,7 +11,10 @@ use mesh_common::{
         DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX,
     },
     pod_traffic::PodTraffic,
-    service_lb::{AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry, ServiceKey},
+    service_lb::{
+        AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry, ServiceKey,
+        SocketService,
+    },
 };
 
 #[map(name = "mesh_svc")]
@@ -24,6 +28,11 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned
 
 #[map(name = "mesh_rev_sk")]
 pub static REVERSE: LruHashMap<ReverseKey, ServiceAddr> = LruHashMap::pinned(DEFAULT_REVERSE_MAX, 0);
+
+/// Socket-local storage: a BTF map (the kernel requires BTF for it), pinned like the others so
+/// that a restarted agent's programs still read what the previous ones stored on sockets.
+#[btf_map(name = "mesh_sock_svc", pin_by_name)]
+pub static SOCKET_SERVICE: SkStorage<SocketService> = SkStorage::new();
 
 #[map(name = "mesh_pod_stats")]
 pub static POD_TRAFFIC: PerCpuHashMap<u32, PodTraffic> = PerCpuHashMap::pinned(DEFAULT_POD_TRAFFIC_MAX, 0);

@@ -13,11 +13,11 @@ use mesh_common::{
     proto,
     service_lb::{
         AFFINITY_SCAN_SLOTS, AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry,
-        ServiceKey, UDP_STICKY_S, affinity_scope,
+        ServiceKey, SocketService, UDP_STICKY_S, affinity_scope,
     },
 };
 
-use crate::maps::{AFFINITY, BACKENDS, REVERSE, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, REVERSE, SERVICES, SOCKET_SERVICE};
 
 /// `sock_addr` verdict: let the syscall go on (with the address as the program left it).
 const ALLOW: i32 = 1;
@@ -42,6 +42,10 @@ fn verdict(result: Result<Verdict, ()>) -> i32 {
 }
 const ECONNREFUSED: i32 = 111;
 const NS_PER_S: u64 = 1_000_000_000;
+/// A remembered backend's last-use time is rewritten at most this often, and at most an
+/// eighth of the timeout (a map write per connection or datagram would cost more than the
+/// lookup); so an entry expires at most that much early.
+const REFRESH_NS: u64 = NS_PER_S;
 
 #[cgroup_sock_addr(connect4)]
 fn mesh_connect4(ctx: SockAddrContext) -> i32 {
@@ -56,13 +60,15 @@ fn mesh_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg4)]
 fn mesh_recvmsg4(ctx: SockAddrContext) -> i32 {
     // recvmsg4 cannot fail the call: the verdict is always allow.
-    restore_service_address(&ctx);
+    if !restore_connected(&ctx) {
+        restore_unconnected(&ctx);
+    }
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 fn mesh_peername4(ctx: SockAddrContext) -> i32 {
-    restore_service_address(&ctx);
+    restore_connected(&ctx);
     ALLOW
 }
 
@@ -92,22 +98,42 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return Ok(Verdict::Reject);
     }
-    // SAFETY: a helper call on the program's own context.
-    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let backend = if service.affinity_timeout_s != 0 {
         // SAFETY: a helper call on the program's own context.
         let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         sticky(&key, &service, netns, affinity_scope::CLIENT, service.affinity_timeout_s)?
     } else if hook == Hook::Sendmsg {
+        // SAFETY: a helper call on the program's own context.
+        let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         sticky(&key, &service, socket_cookie, affinity_scope::SOCKET, UDP_STICKY_S)?
     } else {
         random_slot(&service)?
     };
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
-    let reverse = ReverseKey { socket_cookie, addr: backend.addr, port: backend.port, _pad: 0 };
-    // A full LRU map evicts its oldest entry; an error here only loses the reverse lookup.
-    let _ = REVERSE.insert(&reverse, &ServiceAddr { addr: key.addr, port: key.port, _pad: 0 }, 0);
+    let service_addr = ServiceAddr { addr: key.addr, port: key.port, _pad: 0 };
+    match hook {
+        Hook::Connect => {
+            // Stored on the socket itself: no map lookup on the hot path, gone with it.
+            let mut translation = SocketService { service: service_addr, backend };
+            let stored = SOCKET_SERVICE.get_or_insert_ptr_mut(ctx, Some(&mut translation));
+            if !stored.is_null() {
+                // SAFETY: a non-null pointer from bpf_sk_storage_get is the socket's value.
+                unsafe { *stored = translation };
+            }
+        }
+        Hook::Sendmsg => {
+            // An unconnected socket may send to several services: one entry per backend.
+            // SAFETY: a helper call on the program's own context.
+            let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let reverse = ReverseKey { socket_cookie, addr: backend.addr, port: backend.port, _pad: 0 };
+            // SAFETY: the value is copied out at once.
+            if (unsafe { REVERSE.get(&reverse) }).copied() != Some(service_addr) {
+                // A full LRU map evicts its oldest entry; an error only loses the reverse lookup.
+                let _ = REVERSE.insert(&reverse, &service_addr, 0);
+            }
+        }
+    }
     Ok(Verdict::Allow)
 }
 
@@ -127,13 +153,17 @@ fn sticky(key: &ServiceKey, service: &ServiceEntry, client: u64, scope: u32, tim
     let affinity_key = AffinityKey { client, service: *key, scope, _pad: 0 };
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let timeout_ns = u64::from(timeout_s) * NS_PER_S;
     // SAFETY: the value is copied out at once; a concurrent update rewrites it whole.
     if let Some(known) = (unsafe { AFFINITY.get(&affinity_key) }).copied()
-        && now.wrapping_sub(known.last_used_ns) <= u64::from(timeout_s) * NS_PER_S
+        && now.wrapping_sub(known.last_used_ns) <= timeout_ns
         && is_member(service, &known)
     {
-        let refreshed = AffinityValue { last_used_ns: now, revision: service.revision, ..known };
-        let _ = AFFINITY.insert(&affinity_key, &refreshed, 0);
+        let refresh_ns = if timeout_ns / 8 < REFRESH_NS { timeout_ns / 8 } else { REFRESH_NS };
+        if known.revision != service.revision || now.wrapping_sub(known.last_used_ns) > refresh_ns {
+            let refreshed = AffinityValue { last_used_ns: now, revision: service.revision, ..known };
+            let _ = AFFINITY.insert(&affinity_key, &refreshed, 0);
+        }
         return Ok(known.backend);
     }
     let backend = random_slot(service)?;
@@ -162,8 +192,27 @@ fn is_member(service: &ServiceEntry, known: &AffinityValue) -> bool {
     false
 }
 
-/// The peer address the application sees becomes the service address it asked for.
-fn restore_service_address(ctx: &SockAddrContext) {
+/// A connected socket's peer becomes the service address it asked for. Sockets the hooks
+/// never translated (an accepted one, say) have no storage: the lookup ends at once.
+fn restore_connected(ctx: &SockAddrContext) -> bool {
+    // SAFETY: the kernel hands a valid `bpf_sock_addr` to every `sock_addr` program.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let stored = SOCKET_SERVICE.get_ptr_mut(ctx);
+    if stored.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null pointer from bpf_sk_storage_get is the socket's value.
+    let translation = unsafe { *stored };
+    if translation.backend.addr != sa.user_ip4 || translation.backend.port != sa.user_port as u16 {
+        return false;
+    }
+    sa.user_ip4 = translation.service.addr;
+    sa.user_port = u32::from(translation.service.port);
+    true
+}
+
+/// A datagram from a backend an unconnected socket sent to appears to come from the service.
+fn restore_unconnected(ctx: &SockAddrContext) {
     // SAFETY: the kernel hands a valid `bpf_sock_addr` to every `sock_addr` program.
     let sa = unsafe { &mut *ctx.sock_addr };
     // SAFETY: a helper call on the program's own context.

@@ -4,6 +4,7 @@
 //! ratio}]}`.
 
 mod control_plane;
+mod service_lb;
 
 use std::path::PathBuf;
 
@@ -25,11 +26,22 @@ pub enum Bench {
         #[arg(long, default_value_t = 50)]
         changes: u32,
     },
+    /// Short TCP connections to a service: direct, this mesh's ClusterIP, kube-proxy's
+    /// iptables and nftables rules, at several service-table sizes.
+    ServiceLb {
+        /// Services in the table (comma-separated scales), each with 10 backends.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+        scales: Vec<u32>,
+        /// Seconds per load run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     let report = match bench {
         Bench::ControlPlane { services, endpoints, changes } => control_plane::run(services, endpoints, changes)?,
+        Bench::ServiceLb { scales, seconds } => service_lb::run(&scales, seconds)?,
     };
     report.print();
     let path = report.write()?;
