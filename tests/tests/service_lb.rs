@@ -342,21 +342,29 @@ fn connections_keep_working_while_the_agent_restarts() {
     let vip = addr([10, 96, 0, 60], 80);
     answered_by(&lab, &mesh, vip, 4, &["w1", "w2"]);
 
-    // A loop of 400 connections, 5 ms apart, while the agent stops (keeping the datapath),
-    // is away, and a new one takes over.
+    // A loop of 400 connections, 5 ms apart, and one connection held open, while the agent
+    // stops (keeping the datapath), is away, and a new one takes over.
     let node = &lab.nodes[0];
-    let (summary, new_agent) = std::thread::scope(|scope| {
+    let (summary, held, new_agent) = std::thread::scope(|scope| {
         let load = scope
             .spawn(|| labnet::connect_paced(&lab, &client(&lab), vip, 400, Duration::from_millis(5), TIMEOUT).unwrap());
+        let hold = scope.spawn(|| {
+            let mut command = lab.placed_command(&client(&lab), labnet::binary()).unwrap();
+            command.args(["hold", "--to", &vip.to_string(), "--hold-ms", "2500"]);
+            let output = lab.run(&mut command, Duration::from_secs(15)).unwrap();
+            serde_json::from_slice::<Summary>(&output.stdout).unwrap()
+        });
         std::thread::sleep(Duration::from_millis(300));
         let status = lab.stop(mesh.agents[0].pid, Duration::from_secs(10)).unwrap();
         assert!(status.success(), "{}", mesh.agents[0].log());
         std::thread::sleep(Duration::from_millis(300));
         let agent = Agent::follow(&lab, node, &mesh.operator.endpoint(), &["--keep-datapath"]).expect("new agent");
-        (load.join().unwrap(), agent)
+        (load.join().unwrap(), hold.join().unwrap(), agent)
     });
     assert_eq!(summary.failed, 0, "connections failed during the restart: {summary:?}\n{}", new_agent.log());
     assert_eq!(summary.replies.len(), 2, "{summary:?}");
+    assert_eq!((held.ok, held.failed), (1, 0), "the connection held across the restart broke: {held:?}");
+    assert_eq!(held.peers, BTreeMap::from([(vip.to_string(), 1)]), "getpeername of a connection made before");
     assert!(new_agent.log().contains("took over"), "{}", new_agent.log());
 
     // Pinned maps keep their capacity: an agent configured with another one says what to do.

@@ -33,7 +33,7 @@ pub enum Bench {
         #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
         scales: Vec<u32>,
         /// Seconds per load run.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
 }

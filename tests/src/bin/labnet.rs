@@ -10,7 +10,8 @@
 //! - `labnet udp --to 10.96.0.10:53 --count 20`: one datagram per new socket, summary as above
 //!   with each reply's source address as its peer.
 //! - `labnet hold --to ... --hold-ms 3000`: one connection, kept open: reads the reply, waits,
-//!   then checks that the connection still echoes. Prints a summary.
+//!   then checks that the connection still echoes, and records `getpeername` then. Prints a
+//!   summary.
 //! - `labnet load --to A[,B...] --duration-ms 2000`: short connections (connect, request,
 //!   reply, close) one after another, to a random address of the list, for the duration;
 //!   prints connections/s and connect-to-first-byte percentiles as JSON.
@@ -224,7 +225,6 @@ fn hold(to: SocketAddr, hold: Duration, established_file: Option<PathBuf>) -> Su
     let result = (|| {
         let stream = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
         stream.set_read_timeout(Some(hold + Duration::from_secs(5)))?;
-        let peer = stream.peer_addr()?;
         let mut reader = BufReader::new(&stream);
         let mut reply = String::new();
         reader.read_line(&mut reply)?;
@@ -238,6 +238,8 @@ fn hold(to: SocketAddr, hold: Duration, established_file: Option<PathBuf>) -> Su
         if echo != "still-there\n" {
             return Err(std::io::Error::other(format!("the held connection echoed {echo:?}")));
         }
+        // Asked at the end: what the peer looks like after the hold (an agent restart, say).
+        let peer = stream.peer_addr()?;
         Ok((reply.trim_end().to_owned(), peer))
     })();
     match result {

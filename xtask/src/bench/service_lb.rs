@@ -39,6 +39,8 @@ const SERVICE_PORT: u16 = 80;
 const NS: &str = "bench";
 /// The pod CIDR kube-proxy is told (`--cluster-cidr`), for its masquerade rules.
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// clusterip runs per scale, each followed by a direct run.
+const ROUNDS: usize = 5;
 const SERVER_NAMES: [&str; BACKENDS] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
 
 pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
@@ -64,6 +66,11 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let load = |to: &[SocketAddr]| -> anyhow::Result<LoadReport> {
         let report = labnet::load(&lab, &client, to, duration)?;
         anyhow::ensure!(report.failed == 0, "connections failed: {:?}", report.errors);
+        let what = if to.len() == 1 { format!("{}", to[0]) } else { "pod IPs".to_owned() };
+        println!(
+            "      run to {what:<16} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us",
+            report.conn_per_s, report.p50_us, report.p99_us
+        );
         Ok(report)
     };
     // Warm up (page cache, ARP, the servers' first accepts).
@@ -76,16 +83,17 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         println!("==> {scale} services x {BACKENDS} backends");
         let mut direct = vec![load(&backends)?];
 
-        // clusterip: operator + agent hold the table (and, as in a cluster, the agent has its
-        // TC programs on every pod); three runs, with direct runs between them.
+        // clusterip: operator + agent hold the table; ROUNDS runs, with direct runs between
+        // them. Each case runs only its load balancer: the manifests hold services and
+        // endpoints, no Pod objects, so the agent attaches its socket hooks and no per-pod TC
+        // programs (their cost is `bench policy`'s `programs` case).
         let manifests = lab.dir.join(format!("manifests-{scale}"));
         std::fs::create_dir_all(&manifests)?;
         services.write_manifests(&manifests)?;
-        std::fs::write(manifests.join("pods.yaml"), pods_manifest(&lab, &pods))?;
         let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let operator = Operator::start(&lab, &manifests, listen)?;
         let mut clusterip = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..ROUNDS {
             let t = Instant::now();
             let agent = Agent::follow(&lab, &lab.nodes[0], &operator.endpoint(), &[])?;
             wait_for_services(&lab.nodes[0].bpffs, scale, &agent)?;
@@ -153,8 +161,9 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     };
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let mut notes = vec![format!(
-        "\nran {:.0} s (with the release build); {seconds} s per load run; direct = median of its 6 runs between the others; clusterip = median of 3 runs",
+        "\nran {:.0} s (with the release build); {seconds} s per load run; direct = median of its {} runs between the others; clusterip = median of {ROUNDS} runs",
         started.elapsed().as_secs_f64(),
+        ROUNDS + 4,
     )];
     for &scale in scales {
         notes.push(format!(
@@ -212,18 +221,6 @@ fn median_report(reports: &[LoadReport]) -> LoadReport {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("lab paths are UTF-8")
-}
-
-/// The client and server pods as Pod objects, so the agent treats them as a cluster's pods.
-fn pods_manifest(lab: &Lab, pods: &[&str]) -> String {
-    pods.iter()
-        .map(|name| {
-            format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  nodeName: node-0\n  containers: [{{name: main, image: labnet}}]\nstatus:\n  phase: Running\n  podIP: {}\n---\n",
-                lab.pod(name).ip
-            )
-        })
-        .collect()
 }
 
 fn which(tool: &str) -> bool {
