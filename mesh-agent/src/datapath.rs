@@ -238,7 +238,9 @@ impl Datapath {
     pub fn service_table(&mut self) -> Result<ServiceTable, DatapathError> {
         let services = self.ebpf.take_map(maps::SERVICES).ok_or(ServiceLbError::MissingMap { map: maps::SERVICES })?;
         let backends = self.ebpf.take_map(maps::BACKENDS).ok_or(ServiceLbError::MissingMap { map: maps::BACKENDS })?;
-        Ok(ServiceTable::new(services, backends, self.capacities)?)
+        let addrs =
+            self.ebpf.take_map(maps::BACKEND_ADDRS).ok_or(ServiceLbError::MissingMap { map: maps::BACKEND_ADDRS })?;
+        Ok(ServiceTable::new(services, backends, addrs, self.capacities)?)
     }
 
     /// Removes the pinned links of a previous agent: this agent's own are attached by now.

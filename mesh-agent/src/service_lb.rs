@@ -54,10 +54,11 @@ impl Default for Capacities {
 
 impl Capacities {
     /// Each map's name and configured capacity.
-    pub fn by_map(&self) -> [(&'static str, u32); 4] {
+    pub fn by_map(&self) -> [(&'static str, u32); 5] {
         [
             (maps::SERVICES, self.services),
             (maps::BACKENDS, self.backends),
+            (maps::BACKEND_ADDRS, self.backends),
             (maps::AFFINITY, self.affinity),
             (maps::REVERSE, self.reverse),
         ]
@@ -99,6 +100,9 @@ pub enum ServiceLbError {
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     backends: HashMap<MapData, BackendKey, Backend>,
+    /// Every backend address in any service (the reverse lookups' filter), and its copy.
+    backend_addrs: HashMap<MapData, Backend, u32>,
+    known_addrs: HashSet<Backend>,
     next_revision: u32,
     programmed: std::collections::HashMap<ServiceKey, (ServiceEntry, Vec<Backend>)>,
     capacities: Capacities,
@@ -114,11 +118,19 @@ pub struct ApplyStats {
 
 impl ServiceTable {
     /// Takes the maps; existing entries (pinned by an earlier agent) are kept and reconciled.
-    pub fn new(services: Map, backends: Map, capacities: Capacities) -> Result<Self, ServiceLbError> {
+    pub fn new(
+        services: Map,
+        backends: Map,
+        backend_addrs: Map,
+        capacities: Capacities,
+    ) -> Result<Self, ServiceLbError> {
         let services: HashMap<MapData, ServiceKey, ServiceEntry> =
             HashMap::try_from(services).map_err(|source| ServiceLbError::MapType { map: maps::SERVICES, source })?;
         let backends =
             HashMap::try_from(backends).map_err(|source| ServiceLbError::MapType { map: maps::BACKENDS, source })?;
+        let backend_addrs: HashMap<MapData, Backend, u32> = HashMap::try_from(backend_addrs)
+            .map_err(|source| ServiceLbError::MapType { map: maps::BACKEND_ADDRS, source })?;
+        let known_addrs = backend_addrs.keys().filter_map(Result::ok).collect();
         let mut programmed = std::collections::HashMap::new();
         for (key, entry) in services.iter().filter_map(Result::ok) {
             let slots: Option<Vec<Backend>> = (0..u32::from(entry.count))
@@ -129,7 +141,7 @@ impl ServiceTable {
         }
         let next_revision =
             programmed.values().map(|(entry, _)| entry.revision).max().map_or(1, |r| r.wrapping_add(1).max(1));
-        Ok(Self { services, backends, next_revision, programmed, capacities })
+        Ok(Self { services, backends, backend_addrs, known_addrs, next_revision, programmed, capacities })
     }
 
     /// How many service frontends the maps hold.
@@ -148,6 +160,19 @@ impl ServiceTable {
         let planned: Vec<(&ResolvedService, Vec<Backend>)> =
             desired.iter().map(|service| (service, slots(&service.backends))).collect();
         self.check_fits(&planned)?;
+        // New backend addresses go into the filter before any connection can be sent to them.
+        let wanted_addrs: HashSet<Backend> = planned.iter().flat_map(|(_, slots)| slots.iter().copied()).collect();
+        let mut first_error = None;
+        for addr in wanted_addrs.difference(&self.known_addrs).copied().collect::<Vec<_>>() {
+            match self.backend_addrs.insert(&addr, &1, 0) {
+                Ok(()) => drop(self.known_addrs.insert(addr)),
+                Err(source) => {
+                    let err = ServiceLbError::Write { service: backend_addr(&addr), map: maps::BACKEND_ADDRS, source };
+                    tracing::error!("{err}");
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
         let mut stats = ApplyStats::default();
         // Services that went away first: their slots make room for the new ones.
         let wanted: HashSet<ServiceKey> = desired.iter().map(|s| s.key).collect();
@@ -159,7 +184,6 @@ impl ServiceTable {
             self.delete_slots(entry);
             stats.removed += 1;
         }
-        let mut first_error = None;
         for (service, slots) in planned {
             match self.apply_one(service, slots) {
                 Ok(true) => stats.updated += 1,
@@ -169,6 +193,12 @@ impl ServiceTable {
                     first_error.get_or_insert(err);
                 }
             }
+        }
+        // Addresses no service holds any more leave the filter last.
+        let in_use: HashSet<Backend> = self.programmed.values().flat_map(|(_, slots)| slots.iter().copied()).collect();
+        for addr in self.known_addrs.difference(&in_use).copied().collect::<Vec<_>>() {
+            let _ = self.backend_addrs.remove(&addr);
+            self.known_addrs.remove(&addr);
         }
         first_error.map_or(Ok(stats), Err)
     }

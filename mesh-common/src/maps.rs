@@ -11,12 +11,13 @@ pub const BACKENDS: &str = "mesh_backend";
 /// Remembered backends (LRU): [`crate::service_lb::AffinityKey`] ->
 /// [`crate::service_lb::AffinityValue`].
 pub const AFFINITY: &str = "mesh_affinity";
-/// What each unconnected UDP socket sent to (LRU): [`crate::service_lb::ReverseKey`] ->
-/// [`crate::service_lb::ServiceAddr`].
+/// What each translated socket asked for (LRU): [`crate::service_lb::ReverseKey`] (socket
+/// cookie and backend) -> [`crate::service_lb::ServiceAddr`].
 pub const REVERSE: &str = "mesh_rev_sk";
-/// What each connected socket was translated from, stored on the socket itself (socket-local
-/// storage: no capacity, freed with the socket): [`crate::service_lb::SocketService`].
-pub const SOCKET_SERVICE: &str = "mesh_sock_svc";
+/// Every backend address of any service: [`crate::service_lb::Backend`] -> `u32` (unused).
+/// `getpeername4` and `recvmsg4` look up the reverse map only for peers in it, so sockets that
+/// were never translated (accepted ones) cost one lookup in a small map.
+pub const BACKEND_ADDRS: &str = "mesh_be_addrs";
 /// Per-CPU traffic counters of each pod interface: ifindex (`u32`) ->
 /// [`crate::pod_traffic::PodTraffic`].
 pub const POD_TRAFFIC: &str = "mesh_pod_stats";
@@ -27,14 +28,14 @@ pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 pub const DEFAULT_BACKENDS_MAX: u32 = 131_072;
 /// Default capacity of [`AFFINITY`] (client-service pairs; least recently used go first).
 pub const DEFAULT_AFFINITY_MAX: u32 = 65_536;
-/// Default capacity of [`REVERSE`] (unconnected UDP socket and backend pairs; least recently
-/// used go first).
-pub const DEFAULT_REVERSE_MAX: u32 = 65_536;
+/// Default capacity of [`REVERSE`] (translated sockets, and backends of unconnected UDP
+/// sockets; least recently used go first).
+pub const DEFAULT_REVERSE_MAX: u32 = 262_144;
 /// Default capacity of [`POD_TRAFFIC`] (pod interfaces on one node).
 pub const DEFAULT_POD_TRAFFIC_MAX: u32 = 1_024;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 6] = [SERVICES, BACKENDS, AFFINITY, REVERSE, SOCKET_SERVICE, POD_TRAFFIC];
+pub const ALL: [&str; 6] = [SERVICES, BACKENDS, BACKEND_ADDRS, AFFINITY, REVERSE, POD_TRAFFIC];
 
 #[cfg(test)]
 mod tests {

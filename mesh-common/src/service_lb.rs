@@ -8,7 +8,8 @@
 //! uniformly random slot is a weighted choice of backend.
 //!
 //! The hooks also remember, per socket, which service address they translated (the reverse
-//! map), so that `getpeername()` and the source of UDP replies show the service, and, per
+//! map, looked up only for peers that are backends), so that `getpeername()` and the source of
+//! UDP replies show the service, and, per
 //! client and service, the backend chosen (the affinity map: `sessionAffinity: ClientIP`,
 //! and a UDP socket's datagrams staying on one backend).
 
@@ -88,19 +89,7 @@ pub struct AffinityValue {
     pub _pad: u32,
 }
 
-/// Value of [`crate::maps::SOCKET_SERVICE`] (socket-local storage): what a connected socket
-/// was translated from. Freed with the socket; `getpeername()` and a connected UDP socket's
-/// replies read it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SocketService {
-    /// The service address the application connected to.
-    pub service: ServiceAddr,
-    /// The backend it was given.
-    pub backend: Backend,
-}
-
-/// Key of [`crate::maps::REVERSE`]: an unconnected UDP socket and a backend it sent to.
+/// Key of [`crate::maps::REVERSE`]: a translated socket and the backend it was given.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReverseKey {
@@ -129,9 +118,10 @@ pub struct BackendKey {
     pub slot: u32,
 }
 
-/// Value of [`crate::maps::BACKENDS`]: where a connection to the service goes.
+/// Value of [`crate::maps::BACKENDS`]: where a connection to the service goes (also the key
+/// of [`crate::maps::BACKEND_ADDRS`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Backend {
     /// IPv4 address, network byte order.
     pub addr: u32,
@@ -166,7 +156,6 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::ReverseKey {}
     unsafe impl aya::Pod for super::ServiceAddr {}
-    unsafe impl aya::Pod for super::SocketService {}
 }
 
 #[cfg(test)]
@@ -206,10 +195,6 @@ mod tests {
         assert_eq!(offset_of!(ReverseKey, addr), 8);
         assert_eq!(offset_of!(ReverseKey, port), 12);
         assert_eq!(offset_of!(ReverseKey, _pad), 14);
-
-        assert_eq!(size_of::<SocketService>(), 16);
-        assert_eq!(offset_of!(SocketService, service), 0);
-        assert_eq!(offset_of!(SocketService, backend), 8);
 
         assert_eq!(size_of::<ServiceAddr>(), 8);
         assert_eq!(offset_of!(ServiceAddr, addr), 0);

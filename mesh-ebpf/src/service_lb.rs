@@ -13,11 +13,11 @@ use mesh_common::{
     proto,
     service_lb::{
         AFFINITY_SCAN_SLOTS, AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry,
-        ServiceKey, SocketService, UDP_STICKY_S, affinity_scope,
+        ServiceKey, UDP_STICKY_S, affinity_scope,
     },
 };
 
-use crate::maps::{AFFINITY, BACKENDS, REVERSE, SERVICES, SOCKET_SERVICE};
+use crate::maps::{AFFINITY, BACKEND_ADDRS, BACKENDS, REVERSE, SERVICES};
 
 /// `sock_addr` verdict: let the syscall go on (with the address as the program left it).
 const ALLOW: i32 = 1;
@@ -60,15 +60,13 @@ fn mesh_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg4)]
 fn mesh_recvmsg4(ctx: SockAddrContext) -> i32 {
     // recvmsg4 cannot fail the call: the verdict is always allow.
-    if !restore_connected(&ctx) {
-        restore_unconnected(&ctx);
-    }
+    restore_service_address(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 fn mesh_peername4(ctx: SockAddrContext) -> i32 {
-    restore_connected(&ctx);
+    restore_service_address(&ctx);
     ALLOW
 }
 
@@ -112,27 +110,16 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
     let service_addr = ServiceAddr { addr: key.addr, port: key.port, _pad: 0 };
-    match hook {
-        Hook::Connect => {
-            // Stored on the socket itself: no map lookup on the hot path, gone with it.
-            let mut translation = SocketService { service: service_addr, backend };
-            let stored = SOCKET_SERVICE.get_or_insert_ptr_mut(ctx, Some(&mut translation));
-            if !stored.is_null() {
-                // SAFETY: a non-null pointer from bpf_sk_storage_get is the socket's value.
-                unsafe { *stored = translation };
-            }
-        }
-        Hook::Sendmsg => {
-            // An unconnected socket may send to several services: one entry per backend.
-            // SAFETY: a helper call on the program's own context.
-            let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            let reverse = ReverseKey { socket_cookie, addr: backend.addr, port: backend.port, _pad: 0 };
-            // SAFETY: the value is copied out at once.
-            if (unsafe { REVERSE.get(&reverse) }).copied() != Some(service_addr) {
-                // A full LRU map evicts its oldest entry; an error only loses the reverse lookup.
-                let _ = REVERSE.insert(&reverse, &service_addr, 0);
-            }
-        }
+    // SAFETY: a helper call on the program's own context.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let reverse = ReverseKey { socket_cookie, addr: backend.addr, port: backend.port, _pad: 0 };
+    // A connect is a new socket (or a UDP socket re-connected): always written. An unconnected
+    // UDP socket sends many datagrams: written when it changes.
+    // SAFETY: the value is copied out at once.
+    if hook == Hook::Connect || (unsafe { REVERSE.get(&reverse) }).copied() != Some(service_addr) {
+        // A full LRU map evicts its least recently used entry; an error only loses the
+        // reverse lookup (the application would see the backend's address).
+        let _ = REVERSE.insert(&reverse, &service_addr, 0);
     }
     Ok(Verdict::Allow)
 }
@@ -192,29 +179,17 @@ fn is_member(service: &ServiceEntry, known: &AffinityValue) -> bool {
     false
 }
 
-/// A connected socket's peer becomes the service address it asked for. Sockets the hooks
-/// never translated (an accepted one, say) have no storage: the lookup ends at once.
-fn restore_connected(ctx: &SockAddrContext) -> bool {
+/// The peer address the application sees (a connected socket's peer, a datagram's source)
+/// becomes the service address it asked for, when this socket was translated to that backend.
+fn restore_service_address(ctx: &SockAddrContext) {
     // SAFETY: the kernel hands a valid `bpf_sock_addr` to every `sock_addr` program.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let stored = SOCKET_SERVICE.get_ptr_mut(ctx);
-    if stored.is_null() {
-        return false;
+    // Most peers (an accepted socket's client, say) are no backend: one small lookup, done.
+    let peer = Backend { addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
+    // SAFETY: only the presence is read.
+    if unsafe { BACKEND_ADDRS.get(&peer) }.is_none() {
+        return;
     }
-    // SAFETY: a non-null pointer from bpf_sk_storage_get is the socket's value.
-    let translation = unsafe { *stored };
-    if translation.backend.addr != sa.user_ip4 || translation.backend.port != sa.user_port as u16 {
-        return false;
-    }
-    sa.user_ip4 = translation.service.addr;
-    sa.user_port = u32::from(translation.service.port);
-    true
-}
-
-/// A datagram from a backend an unconnected socket sent to appears to come from the service.
-fn restore_unconnected(ctx: &SockAddrContext) {
-    // SAFETY: the kernel hands a valid `bpf_sock_addr` to every `sock_addr` program.
-    let sa = unsafe { &mut *ctx.sock_addr };
     // SAFETY: a helper call on the program's own context.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = ReverseKey { socket_cookie, addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };

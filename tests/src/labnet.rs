@@ -98,20 +98,33 @@ pub fn udp(lab: &Lab, placement: &Placement, to: SocketAddr, count: u32, per_req
     run_json(lab, &mut command, bound, "labnet udp")
 }
 
-/// Runs `labnet load` with `placement` for `duration` against `targets`.
-pub fn load(lab: &Lab, placement: &Placement, targets: &[SocketAddr], duration: Duration) -> Result<LoadReport> {
+/// Runs `labnet load` with `placement` for `duration` against `targets`, on `cpu` if given.
+pub fn load(
+    lab: &Lab,
+    placement: &Placement,
+    targets: &[SocketAddr],
+    duration: Duration,
+    cpu: Option<usize>,
+) -> Result<LoadReport> {
     let mut command = lab.placed_command(placement, binary())?;
     let list: Vec<String> = targets.iter().map(ToString::to_string).collect();
     command.args(["load", "--to", &list.join(","), "--duration-ms", &duration.as_millis().to_string()]);
+    if let Some(cpu) = cpu {
+        command.args(["--cpu", &cpu.to_string()]);
+    }
     run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet load")
 }
 
-/// Starts `labnet serve` in `pod` on `port` answering `reply` after reading a request line.
-pub fn serve_requests(lab: &Lab, pod: &Pod, port: u16, reply: &str) -> Result<u32> {
+/// Starts `labnet serve` in `pod` on `port` answering `reply` after reading a request line,
+/// on `cpu` if given.
+pub fn serve_requests(lab: &Lab, pod: &Pod, port: u16, reply: &str, cpu: Option<usize>) -> Result<u32> {
     let ready = lab.dir.join(format!("serve-{}-{port}.ready", pod.name));
     let mut command = lab.pod_command(pod, binary())?;
     command.args(["serve", "--read-request", "--port", &port.to_string(), "--reply", reply, "--ready-file"]);
     command.arg(&ready);
+    if let Some(cpu) = cpu {
+        command.args(["--cpu", &cpu.to_string()]);
+    }
     let pid = lab.spawn(&mut command)?;
     lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
     Ok(pid)

@@ -44,6 +44,9 @@ enum Cmd {
         /// Read one request line before replying.
         #[arg(long)]
         read_request: bool,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
         /// Created once the sockets listen.
         #[arg(long)]
         ready_file: Option<PathBuf>,
@@ -89,12 +92,17 @@ enum Cmd {
         /// Stop after this many connections even if time is left.
         #[arg(long, default_value_t = 1_000_000)]
         max: u64,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
-        Cmd::Serve { port, reply, read_request, ready_file } => serve(port, &reply, read_request, ready_file),
+        Cmd::Serve { port, reply, read_request, ready_file, cpu } => {
+            pin(cpu).and_then(|()| serve(port, &reply, read_request, ready_file))
+        }
         Cmd::Connect { to, count, interval_ms, timeout_ms } => {
             print(&connect(to, count, Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms)))
         }
@@ -102,8 +110,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Hold { to, hold_ms, established_file } => {
             print(&hold(to, Duration::from_millis(hold_ms), established_file))
         }
-        Cmd::Load { to, duration_ms, max } => {
-            load(&to, Duration::from_millis(duration_ms), max).and_then(|r| print(&r))
+        Cmd::Load { to, duration_ms, max, cpu } => {
+            pin(cpu).and_then(|()| load(&to, Duration::from_millis(duration_ms), max)).and_then(|r| print(&r))
         }
     };
     match result {
@@ -322,4 +330,21 @@ fn abort(stream: &TcpStream) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+/// Pins the process to `cpu` (benchmarks keep client and servers apart, so runs compare).
+fn pin(cpu: Option<usize>) -> std::io::Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::other(format!("cpu {cpu} is out of range")));
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; `cpu` is within it (checked above).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

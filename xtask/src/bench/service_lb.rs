@@ -39,6 +39,10 @@ const SERVICE_PORT: u16 = 80;
 const NS: &str = "bench";
 /// The pod CIDR kube-proxy is told (`--cluster-cidr`), for its masquerade rules.
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The client runs on one CPU, every server on another: the same placement for every case,
+/// so that scheduling (migrations between the two cores) does not vary between runs.
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
 /// clusterip runs per scale, each followed by a direct run.
 const ROUNDS: usize = 5;
 const SERVER_NAMES: [&str; BACKENDS] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
@@ -57,14 +61,14 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let pods: Vec<&str> = std::iter::once("client").chain(SERVER_NAMES).collect();
     let lab = Lab::new(&[&pods]).context("bringing up the lab")?;
     for name in SERVER_NAMES {
-        labnet::serve_requests(&lab, lab.pod(name), BACKEND_PORT, name)?;
+        labnet::serve_requests(&lab, lab.pod(name), BACKEND_PORT, name, Some(SERVER_CPU))?;
     }
     let backends: Vec<SocketAddr> =
         SERVER_NAMES.iter().map(|n| SocketAddr::from((lab.pod(n).ip, BACKEND_PORT))).collect();
     let client = Placement::pod(lab.pod("client"));
     let node_ns = Placement { netns: Some(lab.nodes[0].netns_path.clone()), cgroup: lab.system_cgroup() };
     let load = |to: &[SocketAddr]| -> anyhow::Result<LoadReport> {
-        let report = labnet::load(&lab, &client, to, duration)?;
+        let report = labnet::load(&lab, &client, to, duration, Some(CLIENT_CPU))?;
         anyhow::ensure!(report.failed == 0, "connections failed: {:?}", report.errors);
         let what = if to.len() == 1 { format!("{}", to[0]) } else { "pod IPs".to_owned() };
         println!(
