@@ -8,5 +8,6 @@ pub mod desired;
 pub mod netns;
 pub mod operator_stream;
 pub mod pod_iface;
+pub mod policy;
 pub mod service_lb;
 pub mod state_file;

@@ -260,9 +260,10 @@ impl ClusterView {
         if facts.node.is_empty() || facts.ips.is_empty() {
             return Ok(None); // not scheduled or no address yet: nothing for a node to do
         }
+        let namespace_labels = self.namespaces.get(ns).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
         let labels = SecurityLabels {
             namespace: ns.to_owned(),
-            namespace_labels: self.namespaces.get(ns).and_then(|n| n.metadata.labels.clone()).unwrap_or_default(),
+            namespace_labels: namespace_labels.clone(),
             pod_labels: facts.labels.clone(),
             service_account: facts.service_account.clone(),
         };
@@ -276,6 +277,8 @@ impl ClusterView {
             labels: facts.labels.into_iter().collect(),
             service_account: facts.service_account,
             weight: facts.weight,
+            namespace_labels: namespace_labels.into_iter().collect(),
+            named_ports: translate::named_ports(pod),
         }))
     }
 

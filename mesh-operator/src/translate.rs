@@ -241,6 +241,25 @@ pub fn pod_facts(pod: &Pod) -> Result<PodFacts, Invalid> {
     })
 }
 
+/// The named ports of `pod`'s containers (unnamed ones and invalid numbers left out).
+pub fn named_ports(pod: &Pod) -> Vec<api::NamedPort> {
+    let Some(spec) = pod.spec.as_ref() else { return Vec::new() };
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let name = p.name.clone()?;
+            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => api::Protocol::Udp,
+                "SCTP" => api::Protocol::Sctp,
+                _ => api::Protocol::Tcp,
+            };
+            let number = u32::try_from(p.container_port).ok().filter(|n| (1..=65_535).contains(n))?;
+            Some(api::NamedPort { name, protocol: protocol as i32, number })
+        })
+        .collect()
+}
+
 /// The port number `target` names in `pod`'s containers (a named targetPort).
 pub fn named_port(pod: &Pod, target: &str, protocol: api::Protocol) -> Option<u32> {
     let wanted = match protocol {

@@ -1,0 +1,572 @@
+//! NetworkPolicy compiled for this node's pods: for each local pod and direction, whether it
+//! is isolated and which peers and ports are allowed, each allow carrying the rule it comes
+//! from. This is the reference form: the kernel maps are built from it, and
+//! [`Direction::verdict`] is the oracle the datapath is tested against.
+//!
+//! Kubernetes semantics: a pod is isolated for a direction once any policy of its namespace
+//! selects it with that policy type; then only the union of the selecting policies' rules
+//! allows traffic. A rule with no peers allows every peer, with no ports every port. A peer
+//! with a pod selector alone means pods of the policy's namespace; with a namespace selector,
+//! pods of the matching namespaces (and of the pod selector, if both are given). An ipBlock
+//! matches addresses, pods' included, minus its excepts. Ports by name resolve against the
+//! destination pod: the local pod for ingress, each peer pod for egress.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use mesh_common::{
+    api::{self, Kind, resource},
+    model::ResourceSet,
+};
+
+/// An IPv4 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cidr {
+    /// Host byte order, host bits zero.
+    pub addr: u32,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`; `None` for anything else (IPv6 blocks cannot match IPv4 traffic).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (address, len) = text.split_once('/')?;
+        let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+        let addr = u32::from(address.parse::<Ipv4Addr>().ok()?);
+        Some(Self { addr: addr & mask(len), len })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask(self.len) == self.addr
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
+}
+
+/// Where an allowed peer may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// Any address at all.
+    Any,
+    /// Pods with these identities.
+    Identities(BTreeSet<u32>),
+    /// Addresses in `cidr` but in none of `except`.
+    Block { cidr: Cidr, except: Vec<Cidr> },
+}
+
+/// Allowed destination ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// `first..=last` of one protocol (a single port has `first == last`; every port of the
+    /// protocol is `1..=65535`).
+    Range { protocol: api::Protocol, first: u16, last: u16 },
+    /// A container port name, resolved against the destination pod.
+    Named { protocol: api::Protocol, name: String },
+}
+
+/// A policy: kind and namespace/name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PolicyRef {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The rule an allow comes from: its policy and the rule's index in the policy's ingress or
+/// egress list.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuleRef {
+    pub policy: PolicyRef,
+    pub index: usize,
+}
+
+impl std::fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+impl std::fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} rule {}", self.policy, self.index)
+    }
+}
+
+/// One rule, resolved: any of `peers` on any of `ports` (`None`: every port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allow {
+    pub peers: Vec<Peer>,
+    pub ports: Option<Vec<PortSpec>>,
+    pub rule: RuleRef,
+}
+
+/// One direction of one pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Direction {
+    /// The policies that isolate it (empty: not isolated, everything is allowed).
+    pub isolated_by: Vec<PolicyRef>,
+    pub allows: Vec<Allow>,
+}
+
+/// What the other end of a connection is.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerInfo<'a> {
+    pub ip: Ipv4Addr,
+    /// Its identity, when it is a pod the model knows.
+    pub identity: Option<u32>,
+    /// Its named ports, when it is a pod (egress rules' port names resolve against them).
+    pub named_ports: &'a [api::NamedPort],
+}
+
+/// A decision and what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not isolated: no policy selects the pod in this direction.
+    Unisolated,
+    Allowed(RuleRef),
+    /// Isolated and no rule allows it: the policies that isolate the pod.
+    Denied(Vec<PolicyRef>),
+}
+
+impl Direction {
+    /// The verdict for traffic with `peer` to destination port `port` (`protocol`), where
+    /// `destination_ports` are the named ports of the destination pod (the local pod for
+    /// ingress; `None` for egress, where the peer's own are used).
+    pub fn verdict(
+        &self,
+        peer: PeerInfo<'_>,
+        protocol: api::Protocol,
+        port: u16,
+        destination_ports: Option<&[api::NamedPort]>,
+    ) -> Verdict {
+        if self.isolated_by.is_empty() {
+            return Verdict::Unisolated;
+        }
+        let named = destination_ports.unwrap_or(peer.named_ports);
+        for allow in &self.allows {
+            let peer_ok = allow.peers.is_empty() || allow.peers.iter().any(|p| peer_matches(p, &peer));
+            let port_ok = allow.ports.as_ref().is_none_or(|ports| {
+                ports.iter().any(|spec| match spec {
+                    PortSpec::Range { protocol: p, first, last } => *p == protocol && (*first..=*last).contains(&port),
+                    PortSpec::Named { protocol: p, name } => {
+                        *p == protocol
+                            && named.iter().any(|n| {
+                                n.name == *name && n.protocol == protocol as i32 && n.number == u32::from(port)
+                            })
+                    }
+                })
+            });
+            if peer_ok && port_ok {
+                return Verdict::Allowed(allow.rule.clone());
+            }
+        }
+        Verdict::Denied(self.isolated_by.clone())
+    }
+}
+
+fn peer_matches(peer: &Peer, info: &PeerInfo<'_>) -> bool {
+    match peer {
+        Peer::Any => true,
+        Peer::Identities(ids) => info.identity.is_some_and(|id| ids.contains(&id)),
+        Peer::Block { cidr, except } => cidr.contains(info.ip) && !except.iter().any(|e| e.contains(info.ip)),
+    }
+}
+
+/// The policy of one local pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    /// `namespace/name`.
+    pub pod: String,
+    pub identity: u32,
+    pub named_ports: Vec<api::NamedPort>,
+    pub ingress: Direction,
+    pub egress: Direction,
+}
+
+/// Whether `labels` satisfy `selector` (an empty selector selects everything).
+pub fn selects<'a>(selector: &api::LabelSelector, labels: impl Fn(&str) -> Option<&'a str>) -> bool {
+    selector.match_labels.iter().all(|(k, v)| labels(k) == Some(v.as_str()))
+        && selector.match_expressions.iter().all(|req| {
+            let value = labels(&req.key);
+            match api::SelectorOperator::try_from(req.operator) {
+                Ok(api::SelectorOperator::In) => value.is_some_and(|v| req.values.iter().any(|x| x == v)),
+                Ok(api::SelectorOperator::NotIn) => value.is_none_or(|v| !req.values.iter().any(|x| x == v)),
+                Ok(api::SelectorOperator::Exists) => value.is_some(),
+                Ok(api::SelectorOperator::DoesNotExist) => value.is_none(),
+                // Validated by the operator; an unknown operator selects nothing.
+                _ => false,
+            }
+        })
+}
+
+/// Compiles every NetworkPolicy for the pods of `node`.
+pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
+    let workloads: Vec<&api::Workload> = model
+        .of_kind(Kind::Workload)
+        .filter_map(|r| match &r.kind {
+            Some(resource::Kind::Workload(w)) => Some(w),
+            _ => None,
+        })
+        .collect();
+    let policies: Vec<&api::NetworkPolicy> = model
+        .of_kind(Kind::NetworkPolicy)
+        .filter_map(|r| match &r.kind {
+            Some(resource::Kind::NetworkPolicy(p)) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for pod in workloads.iter().filter(|w| w.node == node) {
+        let mut endpoint = EndpointPolicy {
+            pod: format!("{}/{}", pod.namespace, pod.name),
+            identity: pod.identity,
+            named_ports: pod.named_ports.clone(),
+            ingress: Direction::default(),
+            egress: Direction::default(),
+        };
+        for policy in policies.iter().filter(|p| p.namespace == pod.namespace) {
+            let selected =
+                policy.pod_selector.as_ref().is_none_or(|s| selects(s, |k| pod.labels.get(k).map(String::as_str)));
+            if !selected {
+                continue;
+            }
+            let policy_ref =
+                PolicyRef { kind: "NetworkPolicy", namespace: policy.namespace.clone(), name: policy.name.clone() };
+            for (isolated, rules, direction) in [
+                (policy.ingress_isolated, &policy.ingress, &mut endpoint.ingress),
+                (policy.egress_isolated, &policy.egress, &mut endpoint.egress),
+            ] {
+                if !isolated {
+                    continue;
+                }
+                direction.isolated_by.push(policy_ref.clone());
+                for (index, rule) in rules.iter().enumerate() {
+                    direction.allows.push(Allow {
+                        peers: rule
+                            .peers
+                            .iter()
+                            .map(|peer| resolve_peer(peer, &policy.namespace, &workloads))
+                            .collect(),
+                        ports: (!rule.ports.is_empty()).then(|| rule.ports.iter().filter_map(port_spec).collect()),
+                        rule: RuleRef { policy: policy_ref.clone(), index },
+                    });
+                }
+            }
+        }
+        out.push(endpoint);
+    }
+    out
+}
+
+/// The identities of the pods a selector peer selects, or the addresses of an ipBlock.
+fn resolve_peer(peer: &api::PolicyPeer, policy_namespace: &str, workloads: &[&api::Workload]) -> Peer {
+    if let Some(block) = &peer.ip_block {
+        return match Cidr::parse(&block.cidr) {
+            Some(cidr) => Peer::Block { cidr, except: block.except.iter().filter_map(|e| Cidr::parse(e)).collect() },
+            // An IPv6 block: no IPv4 address is in it.
+            None => Peer::Identities(BTreeSet::new()),
+        };
+    }
+    let identities = workloads
+        .iter()
+        .filter(|w| match &peer.namespace_selector {
+            None => w.namespace == policy_namespace,
+            Some(selector) => selects(selector, |k| namespace_label(w, k)),
+        })
+        .filter(|w| peer.pod_selector.as_ref().is_none_or(|s| selects(s, |k| w.labels.get(k).map(String::as_str))))
+        .map(|w| w.identity)
+        .collect();
+    Peer::Identities(identities)
+}
+
+/// A namespace label of `w`'s namespace, with the `kubernetes.io/metadata.name` label the API
+/// server sets on every namespace.
+fn namespace_label<'a>(w: &'a api::Workload, key: &str) -> Option<&'a str> {
+    if key == "kubernetes.io/metadata.name" {
+        return Some(w.namespace.as_str());
+    }
+    w.namespace_labels.get(key).map(String::as_str)
+}
+
+fn port_spec(port: &api::PolicyPort) -> Option<PortSpec> {
+    let protocol = api::Protocol::try_from(port.protocol).unwrap_or(api::Protocol::Tcp);
+    match &port.port {
+        None => Some(PortSpec::Range { protocol, first: 1, last: u16::MAX }),
+        Some(api::policy_port::Port::Number(n)) => {
+            let first = u16::try_from(*n).ok()?;
+            let last = if port.end_port == 0 { first } else { u16::try_from(port.end_port).ok()? };
+            Some(PortSpec::Range { protocol, first, last })
+        }
+        Some(api::policy_port::Port::Name(name)) => Some(PortSpec::Named { protocol, name: name.clone() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The upstream e2e model (kubernetes/kubernetes test/e2e/network/netpol): namespaces x, y,
+    //! z with pods a, b, c each, serving TCP and UDP on 80 and 81 (`serve-80-tcp`, ...).
+    //! A probe is allowed when the source's egress and the destination's ingress both allow it.
+
+    use super::*;
+    use mesh_common::api::{LabelRequirement, LabelSelector, PolicyPeer, PolicyPort, PolicyRule, SelectorOperator};
+
+    const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+    const PODS: [&str; 3] = ["a", "b", "c"];
+
+    fn ip(ns: usize, pod: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, ns as u8, pod as u8 + 2)
+    }
+
+    fn named_ports() -> Vec<api::NamedPort> {
+        let mut ports = Vec::new();
+        for number in [80u32, 81] {
+            for (protocol, suffix) in [(api::Protocol::Tcp, "tcp"), (api::Protocol::Udp, "udp")] {
+                ports.push(api::NamedPort {
+                    name: format!("serve-{number}-{suffix}"),
+                    protocol: protocol as i32,
+                    number,
+                });
+            }
+        }
+        ports
+    }
+
+    fn workload(ns: usize, pod: usize) -> api::Workload {
+        api::Workload {
+            namespace: NAMESPACES[ns].into(),
+            name: PODS[pod].into(),
+            node: "node-0".into(),
+            ips: vec![ip(ns, pod).to_string()],
+            identity: 1000 + (ns * 3 + pod) as u32,
+            labels: [("pod".to_owned(), PODS[pod].to_owned())].into(),
+            namespace_labels: [("ns".to_owned(), NAMESPACES[ns].to_owned())].into(),
+            named_ports: named_ports(),
+            ..Default::default()
+        }
+    }
+
+    fn model(policies: Vec<api::NetworkPolicy>) -> ResourceSet {
+        let mut set = ResourceSet::default();
+        let mut insert = |kind| {
+            let resource = api::Resource { kind: Some(kind) };
+            set.resources.insert(resource.key().expect("named").ordered(), resource);
+        };
+        for ns in 0..3 {
+            for pod in 0..3 {
+                insert(resource::Kind::Workload(workload(ns, pod)));
+            }
+        }
+        for policy in policies {
+            insert(resource::Kind::NetworkPolicy(policy));
+        }
+        set
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> LabelSelector {
+        LabelSelector {
+            match_labels: pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            match_expressions: vec![],
+        }
+    }
+
+    fn policy(
+        ns: &str,
+        name: &str,
+        selector: LabelSelector,
+        ingress: Option<Vec<PolicyRule>>,
+        egress: Option<Vec<PolicyRule>>,
+    ) -> api::NetworkPolicy {
+        api::NetworkPolicy {
+            namespace: ns.into(),
+            name: name.into(),
+            pod_selector: Some(selector),
+            ingress_isolated: ingress.is_some(),
+            egress_isolated: egress.is_some(),
+            ingress: ingress.unwrap_or_default(),
+            egress: egress.unwrap_or_default(),
+        }
+    }
+
+    fn tcp(port: u32) -> PolicyPort {
+        PolicyPort {
+            protocol: api::Protocol::Tcp as i32,
+            port: Some(api::policy_port::Port::Number(port)),
+            end_port: 0,
+        }
+    }
+
+    /// The 9x9 reachability matrix for `protocol`/`port`: one line per source (x/a .. z/c),
+    /// one column per destination; `X` allowed, `.` denied.
+    fn matrix(policies: Vec<api::NetworkPolicy>, protocol: api::Protocol, port: u16) -> String {
+        let compiled = compile(&model(policies), "node-0");
+        let find = |ns: usize, pod: usize| {
+            compiled.iter().find(|e| e.pod == format!("{}/{}", NAMESPACES[ns], PODS[pod])).expect("compiled")
+        };
+        let ports = named_ports();
+        let mut out = String::new();
+        for (sns, spod) in (0..3).flat_map(|n| (0..3).map(move |p| (n, p))) {
+            for (dns, dpod) in (0..3).flat_map(|n| (0..3).map(move |p| (n, p))) {
+                let source = find(sns, spod);
+                let destination = find(dns, dpod);
+                let to = PeerInfo { ip: ip(dns, dpod), identity: Some(destination.identity), named_ports: &ports };
+                let from = PeerInfo { ip: ip(sns, spod), identity: Some(source.identity), named_ports: &ports };
+                let egress = source.egress.verdict(to, protocol, port, None);
+                let ingress = destination.ingress.verdict(from, protocol, port, Some(&destination.named_ports));
+                let allowed = !matches!(egress, Verdict::Denied(_)) && !matches!(ingress, Verdict::Denied(_));
+                out.push(if allowed { 'X' } else { '.' });
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Expected matrix from rows of 9 characters (sources x/a .. z/c).
+    fn expect(rows: [&str; 9]) -> String {
+        rows.iter().map(|r| format!("{r}\n")).collect()
+    }
+
+    const ALL: [&str; 9] = ["XXXXXXXXX"; 9];
+
+    #[test]
+    fn no_policy_allows_everything() {
+        assert_eq!(matrix(vec![], api::Protocol::Tcp, 80), expect(ALL));
+    }
+
+    #[test]
+    fn deny_all_ingress_isolates_every_pod_of_the_namespace() {
+        let deny = policy("x", "deny-all", labels(&[]), Some(vec![]), None);
+        let row = "...XXXXXX";
+        assert_eq!(matrix(vec![deny], api::Protocol::Tcp, 80), expect([row; 9]));
+    }
+
+    #[test]
+    fn namespace_and_pod_selectors_together_are_an_and() {
+        // x/a accepts only pods labelled pod=b in namespaces labelled ns=y.
+        let rule = PolicyRule {
+            peers: vec![PolicyPeer {
+                pod_selector: Some(labels(&[("pod", "b")])),
+                namespace_selector: Some(labels(&[("ns", "y")])),
+                ip_block: None,
+            }],
+            ports: vec![],
+        };
+        let p = policy("x", "allow-y-b", labels(&[("pod", "a")]), Some(vec![rule]), None);
+        let mut rows = [".XXXXXXXX"; 9];
+        rows[4] = "XXXXXXXXX"; // y/b
+        assert_eq!(matrix(vec![p], api::Protocol::Tcp, 80), expect(rows));
+    }
+
+    #[test]
+    fn match_expressions_not_in_and_metadata_name() {
+        // x/a accepts every pod of namespaces whose name is not y.
+        let selector = LabelSelector {
+            match_labels: Default::default(),
+            match_expressions: vec![LabelRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: SelectorOperator::NotIn as i32,
+                values: vec!["y".into()],
+            }],
+        };
+        let rule = PolicyRule {
+            peers: vec![PolicyPeer { pod_selector: None, namespace_selector: Some(selector), ip_block: None }],
+            ports: vec![],
+        };
+        let p = policy("x", "not-y", labels(&[("pod", "a")]), Some(vec![rule]), None);
+        let mut rows = ["XXXXXXXXX"; 9];
+        for row in &mut rows[3..6] {
+            *row = ".XXXXXXXX";
+        }
+        assert_eq!(matrix(vec![p], api::Protocol::Tcp, 80), expect(rows));
+    }
+
+    #[test]
+    fn ports_by_number_name_and_range_and_the_union_of_policies() {
+        // x/a: one policy allows TCP 81 by name, another TCP 80-80 as a range: both open.
+        let by_name = PolicyRule {
+            peers: vec![],
+            ports: vec![PolicyPort {
+                protocol: api::Protocol::Tcp as i32,
+                port: Some(api::policy_port::Port::Name("serve-81-tcp".into())),
+                end_port: 0,
+            }],
+        };
+        let by_range = PolicyRule { peers: vec![], ports: vec![PolicyPort { end_port: 80, ..tcp(79) }] };
+        let policies = || {
+            vec![
+                policy("x", "named", labels(&[("pod", "a")]), Some(vec![by_name.clone()]), None),
+                policy("x", "range", labels(&[("pod", "a")]), Some(vec![by_range.clone()]), None),
+            ]
+        };
+        assert_eq!(matrix(policies(), api::Protocol::Tcp, 81), expect(ALL));
+        assert_eq!(matrix(policies(), api::Protocol::Tcp, 80), expect(ALL));
+        assert_eq!(matrix(policies(), api::Protocol::Udp, 80), expect([".XXXXXXXX"; 9]));
+        // The verdict names the rule that allowed it.
+        let compiled = compile(&model(policies()), "node-0");
+        let xa = compiled.iter().find(|e| e.pod == "x/a").unwrap();
+        let from = PeerInfo { ip: ip(1, 1), identity: Some(1004), named_ports: &[] };
+        let Verdict::Allowed(rule) = xa.ingress.verdict(from, api::Protocol::Tcp, 81, Some(&xa.named_ports)) else {
+            panic!("allowed")
+        };
+        assert_eq!(rule.to_string(), "NetworkPolicy x/named rule 0");
+        let Verdict::Denied(by) = xa.ingress.verdict(from, api::Protocol::Tcp, 82, Some(&xa.named_ports)) else {
+            panic!("denied")
+        };
+        assert_eq!(by.len(), 2, "both policies isolate x/a: {by:?}");
+    }
+
+    #[test]
+    fn egress_ip_block_with_except() {
+        // x/a may reach 10.244.1.0/24 (namespace y) but not y/b.
+        let rule = PolicyRule {
+            peers: vec![PolicyPeer {
+                pod_selector: None,
+                namespace_selector: None,
+                ip_block: Some(api::IpBlock { cidr: "10.244.1.0/24".into(), except: vec![format!("{}/32", ip(1, 1))] }),
+            }],
+            ports: vec![],
+        };
+        let p = policy("x", "egress-block", labels(&[("pod", "a")]), None, Some(vec![rule]));
+        let mut rows = ["XXXXXXXXX"; 9];
+        rows[0] = "...X.X...";
+        assert_eq!(matrix(vec![p], api::Protocol::Tcp, 80), expect(rows));
+    }
+
+    #[test]
+    fn egress_only_policy_leaves_ingress_open() {
+        let p = policy("x", "deny-egress", labels(&[("pod", "a")]), None, Some(vec![]));
+        let mut rows = ["XXXXXXXXX"; 9];
+        rows[0] = ".........";
+        assert_eq!(matrix(vec![p], api::Protocol::Tcp, 80), expect(rows));
+    }
+
+    #[test]
+    fn selector_operators() {
+        let get = |k: &str| (k == "app").then_some("web");
+        let req = |operator: SelectorOperator, values: &[&str]| LabelSelector {
+            match_labels: Default::default(),
+            match_expressions: vec![LabelRequirement {
+                key: "app".into(),
+                operator: operator as i32,
+                values: values.iter().map(|v| (*v).to_owned()).collect(),
+            }],
+        };
+        assert!(selects(&req(SelectorOperator::In, &["web", "db"]), get));
+        assert!(!selects(&req(SelectorOperator::NotIn, &["web"]), get));
+        assert!(selects(&req(SelectorOperator::Exists, &[]), get));
+        assert!(!selects(&req(SelectorOperator::DoesNotExist, &[]), get));
+        assert!(selects(&req(SelectorOperator::DoesNotExist, &[]), |_| None));
+        assert!(selects(&req(SelectorOperator::NotIn, &["web"]), |_| None));
+        assert!(selects(&LabelSelector::default(), |_| None), "an empty selector selects everything");
+    }
+
+    #[test]
+    fn cidrs_parse_and_contain() {
+        let c = Cidr::parse("10.244.1.7/24").unwrap();
+        assert_eq!(c, Cidr { addr: u32::from(Ipv4Addr::new(10, 244, 1, 0)), len: 24 });
+        assert!(c.contains(Ipv4Addr::new(10, 244, 1, 200)) && !c.contains(Ipv4Addr::new(10, 244, 2, 1)));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(Ipv4Addr::new(1, 2, 3, 4)));
+        assert_eq!(Cidr::parse("fd00::/8"), None);
+        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
+    }
+}
