@@ -228,10 +228,11 @@ impl ServiceTable {
         let mut steady = 0u64;
         let mut largest_new = 0u64;
         for (service, slots) in planned {
-            let old = self.backends_of(&service.key).map_or(0, <[Backend]>::len) as u64;
+            let programmed = self.backends_of(&service.key);
+            let old = programmed.map_or(0, <[Backend]>::len) as u64;
             let new = slots.len() as u64;
             steady += old.max(new);
-            if self.backends_of(&service.key) != Some(slots.as_slice()) {
+            if programmed != Some(slots.as_slice()) {
                 largest_new = largest_new.max(new);
             }
         }

@@ -96,13 +96,13 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return Ok(Verdict::Reject);
     }
+    // SAFETY: a helper call on the program's own context (the reverse map needs it anyway).
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let backend = if service.affinity_timeout_s != 0 {
         // SAFETY: a helper call on the program's own context.
         let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         sticky(&key, &service, netns, affinity_scope::CLIENT, service.affinity_timeout_s)?
     } else if hook == Hook::Sendmsg {
-        // SAFETY: a helper call on the program's own context.
-        let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         sticky(&key, &service, socket_cookie, affinity_scope::SOCKET, UDP_STICKY_S)?
     } else {
         random_slot(&service)?
@@ -110,8 +110,6 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
     let service_addr = ServiceAddr { addr: key.addr, port: key.port, _pad: 0 };
-    // SAFETY: a helper call on the program's own context.
-    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let reverse = ReverseKey { socket_cookie, addr: backend.addr, port: backend.port, _pad: 0 };
     // A connect is a new socket (or a UDP socket re-connected): always written. An unconnected
     // UDP socket sends many datagrams: written when it changes.

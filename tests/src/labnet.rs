@@ -52,9 +52,14 @@ pub fn binary() -> PathBuf {
 
 /// Starts `labnet serve` in `pod` on `port`, answering `reply`, and waits until it listens.
 pub fn serve(lab: &Lab, pod: &Pod, port: u16, reply: &str) -> Result<u32> {
+    spawn_server(lab, pod, port, reply, &[])
+}
+
+/// `labnet serve` in `pod` with `extra` arguments; returns once it listens.
+fn spawn_server(lab: &Lab, pod: &Pod, port: u16, reply: &str, extra: &[&str]) -> Result<u32> {
     let ready = lab.dir.join(format!("serve-{}-{port}.ready", pod.name));
     let mut command = lab.pod_command(pod, binary())?;
-    command.args(["serve", "--port", &port.to_string(), "--reply", reply, "--ready-file"]).arg(&ready);
+    command.args(["serve", "--port", &port.to_string(), "--reply", reply]).args(extra).arg("--ready-file").arg(&ready);
     let pid = lab.spawn(&mut command)?;
     lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
     Ok(pid)
@@ -118,16 +123,10 @@ pub fn load(
 /// Starts `labnet serve` in `pod` on `port` answering `reply` after reading a request line,
 /// on `cpu` if given.
 pub fn serve_requests(lab: &Lab, pod: &Pod, port: u16, reply: &str, cpu: Option<usize>) -> Result<u32> {
-    let ready = lab.dir.join(format!("serve-{}-{port}.ready", pod.name));
-    let mut command = lab.pod_command(pod, binary())?;
-    command.args(["serve", "--read-request", "--port", &port.to_string(), "--reply", reply, "--ready-file"]);
-    command.arg(&ready);
-    if let Some(cpu) = cpu {
-        command.args(["--cpu", &cpu.to_string()]);
-    }
-    let pid = lab.spawn(&mut command)?;
-    lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
-    Ok(pid)
+    let cpu = cpu.map(|c| c.to_string());
+    let pinned = cpu.as_deref().map(|c| ["--cpu", c]);
+    let extra: Vec<&str> = std::iter::once("--read-request").chain(pinned.into_iter().flatten()).collect();
+    spawn_server(lab, pod, port, reply, &extra)
 }
 
 fn run_json<T: serde::de::DeserializeOwned>(

@@ -51,7 +51,10 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     anyhow::ensure!(scales.iter().all(|s| (1..=60_000).contains(s)), "scales must be 1 to 60000 services");
     let started = Instant::now();
     for tool in ["iptables-nft-restore", "iptables-legacy-restore", "nft"] {
-        anyhow::ensure!(which(tool), "{tool} is missing: run xtask/bootstrap.sh (it installs iptables and nftables)");
+        anyhow::ensure!(
+            find_tool(tool).is_some(),
+            "{tool} is missing: run xtask/bootstrap.sh (it installs iptables and nftables)"
+        );
     }
     cargo::run(&["build", "--release", "--bins"], &[])?;
     // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
@@ -227,20 +230,18 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("lab paths are UTF-8")
 }
 
-fn which(tool: &str) -> bool {
+/// Where `tool` is installed: on PATH or in the sbin directories (root's tools).
+fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|dir| dir.join(tool).is_file())
+        .map(|dir| dir.join(tool))
+        .find(|path| path.is_file())
 }
 
 fn run_in(lab: &Lab, placement: &Placement, program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let program = ["/usr/sbin", "/sbin", "/usr/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
-        .with_context(|| format!("{program} not found"))?;
+    let program = find_tool(program).with_context(|| format!("{program} not found"))?;
     let mut command = lab.placed_command(placement, &program)?;
     command.args(args);
     let output = lab.run(&mut command, Duration::from_secs(600))?;
@@ -342,7 +343,7 @@ impl Services {
     fn iptables(&self) -> String {
         let mut chains = String::new();
         let mut rules = String::new();
-        for n in self.order() {
+        for n in 0..self.count {
             let port_name = Self::port_name(n);
             let svc_chain = format!("KUBE-SVC-{}", hash(&format!("{port_name}tcp"), 16));
             let ip = Self::ip(n);
@@ -446,7 +447,7 @@ impl Services {
              add rule ip kube-proxy filter-output ct state new jump service-endpoints-check\n\
              add rule ip kube-proxy filter-output ct state new jump firewall-check\n",
         );
-        for n in self.order() {
+        for n in 0..self.count {
             let ip = Self::ip(n);
             let base = format!("{NS}/{}/tcp/http", Self::name(n));
             let service_chain = format!("service-{}-{base}", hash(&base, 8));
@@ -478,11 +479,6 @@ impl Services {
             );
         }
         out
-    }
-
-    /// The order kube-proxy's rules list the services in: the measured one in the middle.
-    fn order(&self) -> Vec<u32> {
-        (0..self.count).collect()
     }
 }
 
