@@ -41,6 +41,12 @@ pub const ENV_BACKENDS_MAX: &str = "MESH_BACKENDS_MAX";
 pub const ENV_AFFINITY_MAX: &str = "MESH_AFFINITY_MAX";
 /// Capacity of the reverse-translation map (sockets remembered).
 pub const ENV_REVERSE_MAX: &str = "MESH_REVERSE_MAX";
+/// Capacity of the policy rule map (rule prefixes over all local pods).
+pub const ENV_POLICY_MAX: &str = "MESH_POLICY_MAX";
+/// Capacity of the identity map (pod addresses and policy CIDRs of the cluster).
+pub const ENV_IDENTITIES_MAX: &str = "MESH_IDENTITIES_MAX";
+/// Capacity of the connection-tracking map (flows through local pods).
+pub const ENV_CONNTRACK_MAX: &str = "MESH_CONNTRACK_MAX";
 /// The largest capacity a map may be given.
 pub const MAX_CAPACITY: u32 = 1 << 24;
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/mesh";
@@ -97,6 +103,15 @@ pub struct Args {
     /// Capacity of the reverse-translation map [default: 262144].
     #[arg(long, env = ENV_REVERSE_MAX)]
     pub reverse_max: Option<u32>,
+    /// Capacity of the policy rule map [default: 65536].
+    #[arg(long, env = ENV_POLICY_MAX)]
+    pub policy_max: Option<u32>,
+    /// Capacity of the identity map [default: 65536].
+    #[arg(long, env = ENV_IDENTITIES_MAX)]
+    pub identities_max: Option<u32>,
+    /// Capacity of the connection-tracking map [default: 262144].
+    #[arg(long, env = ENV_CONNTRACK_MAX)]
+    pub conntrack_max: Option<u32>,
 }
 
 /// The validated configuration.
@@ -190,6 +205,9 @@ impl Config {
             (ENV_BACKENDS_MAX, args.backends_max, &mut capacities.backends),
             (ENV_AFFINITY_MAX, args.affinity_max, &mut capacities.affinity),
             (ENV_REVERSE_MAX, args.reverse_max, &mut capacities.reverse),
+            (ENV_POLICY_MAX, args.policy_max, &mut capacities.policy),
+            (ENV_IDENTITIES_MAX, args.identities_max, &mut capacities.identities),
+            (ENV_CONNTRACK_MAX, args.conntrack_max, &mut capacities.conntrack),
         ] {
             if let Some(value) = value {
                 if !(1..=MAX_CAPACITY).contains(&value) {
@@ -275,6 +293,9 @@ mod tests {
             backends_max: None,
             affinity_max: None,
             reverse_max: None,
+            policy_max: None,
+            identities_max: None,
+            conntrack_max: None,
         };
         let err = Config::from_args(args).unwrap_err().to_string();
         assert!(err.starts_with(ENV_CGROUP), "{err}");

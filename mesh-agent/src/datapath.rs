@@ -22,6 +22,7 @@ use mesh_common::{maps, programs};
 use crate::{
     netns,
     pod_iface::{self, PodInterface},
+    policy_table::{PolicyTable, PolicyTableError},
     service_lb::{Capacities, ServiceLbError, ServiceTable},
     state_file::Pod,
 };
@@ -241,6 +242,11 @@ impl Datapath {
         let addrs =
             self.ebpf.take_map(maps::BACKEND_ADDRS).ok_or(ServiceLbError::MissingMap { map: maps::BACKEND_ADDRS })?;
         Ok(ServiceTable::new(services, backends, addrs, self.capacities)?)
+    }
+
+    /// The policy maps, taken out of the object for the caller to program.
+    pub fn policy_table(&mut self) -> Result<PolicyTable, PolicyTableError> {
+        PolicyTable::new(&mut self.ebpf, self.capacities)
     }
 
     /// Removes the pinned links of a previous agent: this agent's own are attached by now.

@@ -9,5 +9,6 @@ pub mod netns;
 pub mod operator_stream;
 pub mod pod_iface;
 pub mod policy;
+pub mod policy_table;
 pub mod service_lb;
 pub mod state_file;

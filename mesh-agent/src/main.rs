@@ -9,9 +9,12 @@ use mesh_agent::{
     datapath::Datapath,
     desired::{self, Desired},
     operator_stream::{self, Received},
+    policy,
+    policy_table::{LocalEndpoint, PolicyTable},
     service_lb::ServiceTable,
     state_file::StateFile,
 };
+use mesh_common::model::ResourceSet;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -38,9 +41,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let started = datapath
         .attach_cgroup(&config.cgroup)
         .map_err(anyhow::Error::from)
-        .and_then(|()| Ok(datapath.service_table()?));
-    let mut table = match started {
-        Ok(table) => table,
+        .and_then(|()| Ok((datapath.service_table()?, datapath.policy_table()?)));
+    let (mut table, mut policy) = match started {
+        Ok(tables) => tables,
         Err(err) => {
             let _ = datapath.shutdown(false);
             return Err(err);
@@ -50,8 +53,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     if let Some(state) = state {
         // Static mode: one reconciliation; any error stops the agent.
-        let desired = desired::compile(&state.resources(&config.node_name), &config.node_name);
-        if let Err(err) = reconcile(&mut datapath, &mut table, &config, &desired) {
+        let model = state.resources(&config.node_name);
+        let desired = desired::compile(&model, &config.node_name);
+        if let Err(err) = reconcile(&mut datapath, &mut table, &mut policy, &config, &model, &desired) {
             let _ = datapath.shutdown(false);
             anyhow::bail!(err);
         }
@@ -69,7 +73,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             &mut received,
             |model, update| {
                 let desired = desired::compile(model, &config.node_name);
-                let result = reconcile(&mut datapath, &mut table, &config, &desired);
+                let result = reconcile(&mut datapath, &mut table, &mut policy, &config, model, &desired);
                 tracing::info!(
                     version = update.version,
                     full = update.full,
@@ -105,13 +109,28 @@ fn run(args: Args) -> anyhow::Result<()> {
 fn reconcile(
     datapath: &mut Datapath,
     table: &mut ServiceTable,
+    policy_table: &mut PolicyTable,
     config: &Config,
+    model: &ResourceSet,
     desired: &Desired,
 ) -> Result<(), String> {
     let mut problems: Vec<String> =
         datapath.sync_pods(config.netns.as_deref(), &desired.pods).iter().map(ToString::to_string).collect();
     match table.apply(&desired.services) {
         Ok(stats) => tracing::debug!(?stats, "services reconciled"),
+        Err(err) => problems.push(err.to_string()),
+    }
+    // Policy for the pods whose interfaces carry the programs (the others are retried above).
+    let compiled = policy::compile(model, &config.node_name);
+    let local: Vec<LocalEndpoint<'_>> = datapath
+        .attached_pods()
+        .filter_map(|pod| {
+            let policy = compiled.iter().find(|e| e.pod == pod.pod)?;
+            Some(LocalEndpoint { ifindex: pod.iface.ifindex, policy })
+        })
+        .collect();
+    match policy_table.apply(&local, &policy::workloads(model)) {
+        Ok(stats) => tracing::debug!(?stats, "policy reconciled"),
         Err(err) => problems.push(err.to_string()),
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }

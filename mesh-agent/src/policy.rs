@@ -1,7 +1,7 @@
-//! NetworkPolicy compiled for this node's pods: for each local pod and direction, whether it
-//! is isolated and which peers and ports are allowed, each allow carrying the rule it comes
-//! from. This is the reference form: the kernel maps are built from it, and
-//! [`Direction::verdict`] is the oracle the datapath is tested against.
+//! Policy compiled for this node's pods: for each local pod and direction, whether it is
+//! isolated and which rules apply, each rule carrying the policy and index it comes from. This
+//! is the reference form: the kernel maps are built from it ([`crate::policy_table`]), and
+//! [`Direction::verdict`] is the oracle they are tested against.
 //!
 //! Kubernetes semantics: a pod is isolated for a direction once any policy of its namespace
 //! selects it with that policy type; then only the union of the selecting policies' rules
@@ -10,6 +10,12 @@
 //! pods of the matching namespaces (and of the pod selector, if both are given). An ipBlock
 //! matches addresses, pods' included, minus its excepts. Ports by name resolve against the
 //! destination pod: the local pod for ingress, each peer pod for egress.
+//!
+//! The project's MeshPolicy (namespaced) and ClusterMeshPolicy add deny rules and priorities:
+//! of the rules that match a flow, the lowest priority number decides, deny winning ties, and
+//! every MeshPolicy rule comes before every NetworkPolicy rule. Their allow rules isolate like
+//! NetworkPolicy's; deny rules do not. An audit-mode policy changes nothing that passes: a flow
+//! that would be denied were it enforced passes and is reported as audit.
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
@@ -38,6 +44,11 @@ impl Cidr {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.len) == self.addr
     }
+
+    /// Its first address.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.addr)
+    }
 }
 
 fn mask(len: u8) -> u32 {
@@ -65,48 +76,80 @@ pub enum PortSpec {
     Named { protocol: api::Protocol, name: String },
 }
 
-/// A policy: kind and namespace/name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// NetworkPolicy.
+pub const NETWORK_POLICY: &str = "NetworkPolicy";
+/// The project's namespaced policy.
+pub const MESH_POLICY: &str = "MeshPolicy";
+/// The project's cluster-scoped policy.
+pub const CLUSTER_MESH_POLICY: &str = "ClusterMeshPolicy";
+
+/// A policy: kind and namespace/name (just the name for a cluster-scoped one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyRef {
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
 }
 
-/// The rule an allow comes from: its policy and the rule's index in the policy's ingress or
-/// egress list.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// `"ingress"` or `"egress"`, as rules are listed in a policy.
+pub type Way = &'static str;
+
+/// A rule: its policy, its list (`ingress` or `egress`) and its index there.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleRef {
     pub policy: PolicyRef,
+    pub way: Way,
     pub index: usize,
 }
 
 impl std::fmt::Display for PolicyRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
     }
 }
 
 impl std::fmt::Display for RuleRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} rule {}", self.policy, self.index)
+        write!(f, "{} {} rule {}", self.policy, self.way, self.index)
     }
 }
 
-/// One rule, resolved: any of `peers` on any of `ports` (`None`: every port).
+/// What a rule does to the flows it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// One rule, resolved: any of `peers` (none: every peer) on any of `ports` (`None`: every
+/// port).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allow {
+pub struct Rule {
     pub peers: Vec<Peer>,
     pub ports: Option<Vec<PortSpec>>,
     pub rule: RuleRef,
+    pub action: Action,
+    /// Lower decides first; NetworkPolicy rules have [`NETWORK_POLICY_PRIORITY`].
+    pub priority: u16,
+    /// From an audit-mode policy.
+    pub audit: bool,
 }
+
+pub use mesh_common::policy::NETWORK_POLICY_PRIORITY;
 
 /// One direction of one pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Direction {
-    /// The policies that isolate it (empty: not isolated, everything is allowed).
+    /// The enforcing policies that isolate it (empty: what no rule denies passes).
     pub isolated_by: Vec<PolicyRef>,
-    pub allows: Vec<Allow>,
+    /// The audit-mode policies that would isolate it.
+    pub audit_isolated_by: Vec<PolicyRef>,
+    /// By priority (lowest first), deny before allow at equal priority.
+    pub rules: Vec<Rule>,
 }
 
 /// What the other end of a connection is.
@@ -119,14 +162,28 @@ pub struct PeerInfo<'a> {
     pub named_ports: &'a [api::NamedPort],
 }
 
+/// What decided a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    Rule(RuleRef),
+    /// No rule matched and these policies isolate the pod (default deny).
+    Isolation(Vec<PolicyRef>),
+}
+
 /// A decision and what decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Not isolated: no policy selects the pod in this direction.
-    Unisolated,
-    Allowed(RuleRef),
-    /// Isolated and no rule allows it: the policies that isolate the pod.
-    Denied(Vec<PolicyRef>),
+    /// Passes: allowed by a rule, or (`None`) not isolated and denied by none.
+    Allowed(Option<RuleRef>),
+    Denied(Cause),
+    /// Passes, but an audit-mode policy would deny it.
+    Audited(Cause),
+}
+
+impl Verdict {
+    pub fn passes(&self) -> bool {
+        !matches!(self, Self::Denied(_))
+    }
 }
 
 impl Direction {
@@ -140,13 +197,10 @@ impl Direction {
         port: u16,
         destination_ports: Option<&[api::NamedPort]>,
     ) -> Verdict {
-        if self.isolated_by.is_empty() {
-            return Verdict::Unisolated;
-        }
         let named = destination_ports.unwrap_or(peer.named_ports);
-        for allow in &self.allows {
-            let peer_ok = allow.peers.is_empty() || allow.peers.iter().any(|p| peer_matches(p, &peer));
-            let port_ok = allow.ports.as_ref().is_none_or(|ports| {
+        let matching = self.rules.iter().filter(|rule| {
+            let peer_ok = rule.peers.is_empty() || rule.peers.iter().any(|p| peer_matches(p, &peer));
+            let port_ok = rule.ports.as_ref().is_none_or(|ports| {
                 ports.iter().any(|spec| match spec {
                     PortSpec::Range { protocol: p, first, last } => *p == protocol && (*first..=*last).contains(&port),
                     PortSpec::Named { protocol: p, name } => {
@@ -157,12 +211,38 @@ impl Direction {
                     }
                 })
             });
-            if peer_ok && port_ok {
-                return Verdict::Allowed(allow.rule.clone());
+            peer_ok && port_ok
+        });
+        // Rules are sorted: the first match of a set decides for it.
+        let mut enforced = None;
+        let mut with_audit = None;
+        for rule in matching {
+            if enforced.is_none() && !rule.audit {
+                enforced = Some(rule);
+            }
+            if with_audit.is_none() {
+                with_audit = Some(rule);
             }
         }
-        Verdict::Denied(self.isolated_by.clone())
+        match enforced {
+            Some(rule) if rule.action == Action::Deny => return Verdict::Denied(Cause::Rule(rule.rule.clone())),
+            None if !self.isolated_by.is_empty() => return Verdict::Denied(Cause::Isolation(self.isolated_by.clone())),
+            _ => {}
+        }
+        match with_audit {
+            Some(rule) if rule.action == Action::Deny => return Verdict::Audited(Cause::Rule(rule.rule.clone())),
+            None if !self.audit_isolated_by.is_empty() => {
+                return Verdict::Audited(Cause::Isolation(self.audit_isolated_by.clone()));
+            }
+            _ => {}
+        }
+        Verdict::Allowed(enforced.map(|rule| rule.rule.clone()))
     }
+}
+
+/// Sorts rules into decision order: priority, then deny before allow, then as listed.
+pub fn sort_rules(rules: &mut [Rule]) {
+    rules.sort_by_key(|rule| (rule.priority, rule.action == Action::Allow));
 }
 
 fn peer_matches(peer: &Peer, info: &PeerInfo<'_>) -> bool {
@@ -200,19 +280,31 @@ pub fn selects<'a>(selector: &api::LabelSelector, labels: impl Fn(&str) -> Optio
         })
 }
 
-/// Compiles every NetworkPolicy for the pods of `node`.
-pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
-    let workloads: Vec<&api::Workload> = model
+/// Every pod of the model.
+pub fn workloads(model: &ResourceSet) -> Vec<&api::Workload> {
+    model
         .of_kind(Kind::Workload)
         .filter_map(|r| match &r.kind {
             Some(resource::Kind::Workload(w)) => Some(w),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Compiles every NetworkPolicy, MeshPolicy and ClusterMeshPolicy for the pods of `node`.
+pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
+    let workloads = workloads(model);
     let policies: Vec<&api::NetworkPolicy> = model
         .of_kind(Kind::NetworkPolicy)
         .filter_map(|r| match &r.kind {
             Some(resource::Kind::NetworkPolicy(p)) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let mesh_policies: Vec<&api::MeshPolicy> = model
+        .of_kind(Kind::MeshPolicy)
+        .filter_map(|r| match &r.kind {
+            Some(resource::Kind::MeshPolicy(p)) => Some(p),
             _ => None,
         })
         .collect();
@@ -225,42 +317,90 @@ pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
             ingress: Direction::default(),
             egress: Direction::default(),
         };
+        let pod_label = |k: &str| pod.labels.get(k).map(String::as_str);
         for policy in policies.iter().filter(|p| p.namespace == pod.namespace) {
-            let selected =
-                policy.pod_selector.as_ref().is_none_or(|s| selects(s, |k| pod.labels.get(k).map(String::as_str)));
-            if !selected {
+            if !policy.pod_selector.as_ref().is_none_or(|s| selects(s, pod_label)) {
                 continue;
             }
             let policy_ref =
-                PolicyRef { kind: "NetworkPolicy", namespace: policy.namespace.clone(), name: policy.name.clone() };
-            for (isolated, rules, direction) in [
-                (policy.ingress_isolated, &policy.ingress, &mut endpoint.ingress),
-                (policy.egress_isolated, &policy.egress, &mut endpoint.egress),
+                PolicyRef { kind: NETWORK_POLICY, namespace: policy.namespace.clone(), name: policy.name.clone() };
+            for (isolated, rules, direction, way) in [
+                (policy.ingress_isolated, &policy.ingress, &mut endpoint.ingress, "ingress"),
+                (policy.egress_isolated, &policy.egress, &mut endpoint.egress, "egress"),
             ] {
                 if !isolated {
                     continue;
                 }
                 direction.isolated_by.push(policy_ref.clone());
                 for (index, rule) in rules.iter().enumerate() {
-                    direction.allows.push(Allow {
+                    direction.rules.push(Rule {
                         peers: rule
                             .peers
                             .iter()
-                            .map(|peer| resolve_peer(peer, &policy.namespace, &workloads))
+                            .map(|peer| resolve_peer(peer, Some(&policy.namespace), &workloads))
                             .collect(),
-                        ports: (!rule.ports.is_empty()).then(|| rule.ports.iter().filter_map(port_spec).collect()),
-                        rule: RuleRef { policy: policy_ref.clone(), index },
+                        ports: ports(&rule.ports),
+                        rule: RuleRef { policy: policy_ref.clone(), way, index },
+                        action: Action::Allow,
+                        priority: NETWORK_POLICY_PRIORITY,
+                        audit: false,
                     });
                 }
             }
         }
+        for policy in &mesh_policies {
+            let cluster_scoped = policy.namespace.is_empty();
+            let selected = if cluster_scoped {
+                policy.namespace_selector.as_ref().is_none_or(|s| selects(s, |k| namespace_label(pod, k)))
+            } else {
+                policy.namespace == pod.namespace
+            };
+            if !selected || !policy.pod_selector.as_ref().is_none_or(|s| selects(s, pod_label)) {
+                continue;
+            }
+            let policy_ref = PolicyRef {
+                kind: if cluster_scoped { CLUSTER_MESH_POLICY } else { MESH_POLICY },
+                namespace: policy.namespace.clone(),
+                name: policy.name.clone(),
+            };
+            // Priorities are validated to fit below NetworkPolicy's.
+            let priority = u16::try_from(policy.priority).unwrap_or(NETWORK_POLICY_PRIORITY - 1);
+            let peer_namespace = (!cluster_scoped).then_some(policy.namespace.as_str());
+            for (rules, direction, way) in
+                [(&policy.ingress, &mut endpoint.ingress, "ingress"), (&policy.egress, &mut endpoint.egress, "egress")]
+            {
+                let isolates = rules.iter().any(|r| r.action == api::RuleAction::Allow as i32);
+                if isolates {
+                    let list = if policy.audit { &mut direction.audit_isolated_by } else { &mut direction.isolated_by };
+                    list.push(policy_ref.clone());
+                }
+                for (index, rule) in rules.iter().enumerate() {
+                    direction.rules.push(Rule {
+                        peers: rule.peers.iter().map(|peer| resolve_peer(peer, peer_namespace, &workloads)).collect(),
+                        ports: ports(&rule.ports),
+                        rule: RuleRef { policy: policy_ref.clone(), way, index },
+                        action: if rule.action == api::RuleAction::Deny as i32 { Action::Deny } else { Action::Allow },
+                        priority,
+                        audit: policy.audit,
+                    });
+                }
+            }
+        }
+        sort_rules(&mut endpoint.ingress.rules);
+        sort_rules(&mut endpoint.egress.rules);
         out.push(endpoint);
     }
     out
 }
 
-/// The identities of the pods a selector peer selects, or the addresses of an ipBlock.
-fn resolve_peer(peer: &api::PolicyPeer, policy_namespace: &str, workloads: &[&api::Workload]) -> Peer {
+/// A rule's ports: `None` (every port) when it lists none.
+fn ports(ports: &[api::PolicyPort]) -> Option<Vec<PortSpec>> {
+    (!ports.is_empty()).then(|| ports.iter().filter_map(port_spec).collect())
+}
+
+/// The identities of the pods a selector peer selects, or the addresses of an ipBlock. A peer
+/// without a namespace selector means `policy_namespace` (every namespace when `None`).
+fn resolve_peer(peer: &api::PolicyPeer, policy_namespace: Option<&str>, workloads: &[&api::Workload]) -> Peer {
     if let Some(block) = &peer.ip_block {
         return match Cidr::parse(&block.cidr) {
             Some(cidr) => Peer::Block { cidr, except: block.except.iter().filter_map(|e| Cidr::parse(e)).collect() },
@@ -271,7 +411,7 @@ fn resolve_peer(peer: &api::PolicyPeer, policy_namespace: &str, workloads: &[&ap
     let identities = workloads
         .iter()
         .filter(|w| match &peer.namespace_selector {
-            None => w.namespace == policy_namespace,
+            None => policy_namespace.is_none_or(|ns| w.namespace == ns),
             Some(selector) => selects(selector, |k| namespace_label(w, k)),
         })
         .filter(|w| peer.pod_selector.as_ref().is_none_or(|s| selects(s, |k| w.labels.get(k).map(String::as_str))))
@@ -397,9 +537,93 @@ mod tests {
     }
 
     /// The 9x9 reachability matrix for `protocol`/`port`: one line per source (x/a .. z/c),
-    /// one column per destination; `X` allowed, `.` denied.
+    /// one column per destination; `X` allowed, `.` denied, `A` passed as audit. Computed by
+    /// the oracle and, from the kernel form of the same policy, as the kernel does; both must
+    /// agree.
     fn matrix(policies: Vec<api::NetworkPolicy>, protocol: api::Protocol, port: u16) -> String {
-        let compiled = compile(&model(policies), "node-0");
+        mesh_matrix(policies, vec![], protocol, port)
+    }
+
+    fn mesh_matrix(
+        policies: Vec<api::NetworkPolicy>,
+        mesh: Vec<api::MeshPolicy>,
+        protocol: api::Protocol,
+        port: u16,
+    ) -> String {
+        let mut set = model(policies);
+        for policy in mesh {
+            let resource = api::Resource { kind: Some(resource::Kind::MeshPolicy(policy)) };
+            set.resources.insert(resource.key().expect("named").ordered(), resource);
+        }
+        let compiled = compile(&set, "node-0");
+        let oracle = oracle_matrix(&compiled, protocol, port);
+        let kernel = kernel_matrix(&set, &compiled, protocol, port);
+        assert_eq!(oracle, kernel, "the kernel form disagrees with the oracle");
+        oracle
+    }
+
+    fn kernel_matrix(set: &ResourceSet, compiled: &[EndpointPolicy], protocol: api::Protocol, port: u16) -> String {
+        use crate::policy_table::{LocalEndpoint, Numbering, kernel_form};
+        use mesh_common::policy::{EGRESS, INGRESS};
+        let workloads: Vec<&api::Workload> = set
+            .of_kind(Kind::Workload)
+            .filter_map(|r| match &r.kind {
+                Some(resource::Kind::Workload(w)) => Some(w),
+                _ => None,
+            })
+            .collect();
+        let index = |ns: usize, pod: usize| (ns * 3 + pod) as u32 + 10;
+        let endpoints: Vec<LocalEndpoint<'_>> = (0..9)
+            .map(|i| LocalEndpoint {
+                ifindex: index(i / 3, i % 3),
+                policy: compiled.iter().find(|e| e.pod == format!("{}/{}", NAMESPACES[i / 3], PODS[i % 3])).unwrap(),
+            })
+            .collect();
+        let kernel = kernel_form(&endpoints, &workloads, &mut Numbering::default());
+        let proto = match protocol {
+            api::Protocol::Udp => mesh_common::proto::UDP,
+            api::Protocol::Sctp => mesh_common::proto::SCTP,
+            _ => mesh_common::proto::TCP,
+        };
+        let mut out = String::new();
+        for s in 0..9 {
+            for d in 0..9 {
+                let egress = crate::policy_table::tests::judge(
+                    &kernel,
+                    index(s / 3, s % 3),
+                    EGRESS,
+                    ip(d / 3, d % 3),
+                    proto,
+                    port,
+                );
+                let ingress = crate::policy_table::tests::judge(
+                    &kernel,
+                    index(d / 3, d % 3),
+                    INGRESS,
+                    ip(s / 3, s % 3),
+                    proto,
+                    port,
+                );
+                out.push(combine(egress, ingress));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// One cell: denied if either side denies, audit if either audits.
+    fn combine(egress: u8, ingress: u8) -> char {
+        use mesh_common::policy::{AUDIT, DENY};
+        if egress == DENY || ingress == DENY {
+            '.'
+        } else if egress == AUDIT || ingress == AUDIT {
+            'A'
+        } else {
+            'X'
+        }
+    }
+
+    fn oracle_matrix(compiled: &[EndpointPolicy], protocol: api::Protocol, port: u16) -> String {
         let find = |ns: usize, pod: usize| {
             compiled.iter().find(|e| e.pod == format!("{}/{}", NAMESPACES[ns], PODS[pod])).expect("compiled")
         };
@@ -413,8 +637,12 @@ mod tests {
                 let from = PeerInfo { ip: ip(sns, spod), identity: Some(source.identity), named_ports: &ports };
                 let egress = source.egress.verdict(to, protocol, port, None);
                 let ingress = destination.ingress.verdict(from, protocol, port, Some(&destination.named_ports));
-                let allowed = !matches!(egress, Verdict::Denied(_)) && !matches!(ingress, Verdict::Denied(_));
-                out.push(if allowed { 'X' } else { '.' });
+                let code = |v: &Verdict| match v {
+                    Verdict::Denied(_) => mesh_common::policy::DENY,
+                    Verdict::Audited(_) => mesh_common::policy::AUDIT,
+                    Verdict::Allowed(_) => mesh_common::policy::ALLOW,
+                };
+                out.push(combine(code(&egress), code(&ingress)));
             }
             out.push('\n');
         }
@@ -505,11 +733,14 @@ mod tests {
         let compiled = compile(&model(policies()), "node-0");
         let xa = compiled.iter().find(|e| e.pod == "x/a").unwrap();
         let from = PeerInfo { ip: ip(1, 1), identity: Some(1004), named_ports: &[] };
-        let Verdict::Allowed(rule) = xa.ingress.verdict(from, api::Protocol::Tcp, 81, Some(&xa.named_ports)) else {
+        let Verdict::Allowed(Some(rule)) = xa.ingress.verdict(from, api::Protocol::Tcp, 81, Some(&xa.named_ports))
+        else {
             panic!("allowed")
         };
-        assert_eq!(rule.to_string(), "NetworkPolicy x/named rule 0");
-        let Verdict::Denied(by) = xa.ingress.verdict(from, api::Protocol::Tcp, 82, Some(&xa.named_ports)) else {
+        assert_eq!(rule.to_string(), "NetworkPolicy x/named ingress rule 0");
+        let Verdict::Denied(Cause::Isolation(by)) =
+            xa.ingress.verdict(from, api::Protocol::Tcp, 82, Some(&xa.named_ports))
+        else {
             panic!("denied")
         };
         assert_eq!(by.len(), 2, "both policies isolate x/a: {by:?}");

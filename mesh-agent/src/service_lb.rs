@@ -39,6 +39,9 @@ pub struct Capacities {
     pub backends: u32,
     pub affinity: u32,
     pub reverse: u32,
+    pub policy: u32,
+    pub identities: u32,
+    pub conntrack: u32,
 }
 
 impl Default for Capacities {
@@ -48,19 +51,25 @@ impl Default for Capacities {
             backends: maps::DEFAULT_BACKENDS_MAX,
             affinity: maps::DEFAULT_AFFINITY_MAX,
             reverse: maps::DEFAULT_REVERSE_MAX,
+            policy: maps::DEFAULT_POLICY_MAX,
+            identities: maps::DEFAULT_IDENTITIES_MAX,
+            conntrack: maps::DEFAULT_CONNTRACK_MAX,
         }
     }
 }
 
 impl Capacities {
     /// Each map's name and configured capacity.
-    pub fn by_map(&self) -> [(&'static str, u32); 5] {
+    pub fn by_map(&self) -> [(&'static str, u32); 8] {
         [
             (maps::SERVICES, self.services),
             (maps::BACKENDS, self.backends),
             (maps::BACKEND_ADDRS, self.backends),
             (maps::AFFINITY, self.affinity),
             (maps::REVERSE, self.reverse),
+            (maps::POLICY, self.policy),
+            (maps::IDENTITIES, self.identities),
+            (maps::CONNTRACK, self.conntrack),
         ]
     }
 }

@@ -9,12 +9,15 @@ pub mod maps;
 #[cfg(feature = "user")]
 pub mod model;
 pub mod pod_traffic;
+pub mod policy;
 pub mod service_lb;
 
 /// IANA protocol numbers, as they appear in map keys.
 pub mod proto {
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+    pub const ICMP: u8 = 1;
 }
 
 /// Program names: the names of the entry functions in `mesh-ebpf`, by which the agent finds

@@ -22,6 +22,22 @@ pub const BACKEND_ADDRS: &str = "mesh_be_addrs";
 /// [`crate::pod_traffic::PodTraffic`].
 pub const POD_TRAFFIC: &str = "mesh_pod_stats";
 
+/// Addresses to identities (LPM trie): `Key<`[`crate::policy::IpKey`]`>` -> `u32`.
+pub const IDENTITIES: &str = "mesh_ident";
+/// Local pod interfaces under policy: ifindex (`u32`) -> [`crate::policy::Endpoint`].
+pub const ENDPOINTS: &str = "mesh_endpoint";
+/// Policy rules (LPM trie): `Key<`[`crate::policy::PolicyKey`]`>` ->
+/// [`crate::policy::PolicyEntry`].
+pub const POLICY: &str = "mesh_policy";
+/// Flows and their verdicts (LRU): [`crate::policy::CtKey`] -> [`crate::policy::CtEntry`].
+pub const CONNTRACK: &str = "mesh_ct";
+/// The policy revision (array of one `u32`): bumped by the agent after every policy change,
+/// so denied flows (and new connections on a remembered 5-tuple) are judged again.
+pub const POLICY_REVISION: &str = "mesh_pol_rev";
+/// Verdict counters (per-CPU hash): [`crate::policy::VerdictKey`] ->
+/// [`crate::policy::VerdictCount`].
+pub const VERDICTS: &str = "mesh_verdicts";
+
 /// Default capacity of [`SERVICES`] (service address + port + protocol entries).
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 /// Default capacity of [`BACKENDS`] (backend slots over all services).
@@ -34,8 +50,32 @@ pub const DEFAULT_REVERSE_MAX: u32 = 262_144;
 /// Default capacity of [`POD_TRAFFIC`] (pod interfaces on one node).
 pub const DEFAULT_POD_TRAFFIC_MAX: u32 = 1_024;
 
+/// Default capacity of [`IDENTITIES`] (pod addresses and policy CIDRs in the cluster).
+pub const DEFAULT_IDENTITIES_MAX: u32 = 65_536;
+/// Default capacity of [`ENDPOINTS`] (pod interfaces on one node).
+pub const DEFAULT_ENDPOINTS_MAX: u32 = 1_024;
+/// Default capacity of [`POLICY`] (rule prefixes over all local pods).
+pub const DEFAULT_POLICY_MAX: u32 = 65_536;
+/// Default capacity of [`CONNTRACK`] (flows through local pods; least recently used go first).
+pub const DEFAULT_CONNTRACK_MAX: u32 = 262_144;
+/// Default capacity of [`VERDICTS`] (rule × verdict pairs).
+pub const DEFAULT_VERDICTS_MAX: u32 = 16_384;
+
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 6] = [SERVICES, BACKENDS, BACKEND_ADDRS, AFFINITY, REVERSE, POD_TRAFFIC];
+pub const ALL: [&str; 12] = [
+    SERVICES,
+    BACKENDS,
+    BACKEND_ADDRS,
+    AFFINITY,
+    REVERSE,
+    POD_TRAFFIC,
+    IDENTITIES,
+    ENDPOINTS,
+    POLICY,
+    CONNTRACK,
+    POLICY_REVISION,
+    VERDICTS,
+];
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,7 @@ impl Resource {
             resource::Kind::Workload(w) => (Kind::Workload, &w.namespace, &w.name),
             resource::Kind::NetworkPolicy(p) => (Kind::NetworkPolicy, &p.namespace, &p.name),
             resource::Kind::Node(n) => (Kind::Node, &String::new(), &n.name),
+            resource::Kind::MeshPolicy(p) => (Kind::MeshPolicy, &p.namespace, &p.name),
         };
         Some(ResourceKey { kind: kind as i32, namespace: namespace.clone(), name: name.clone() })
     }
@@ -47,6 +48,7 @@ impl std::fmt::Display for ResourceKey {
             Kind::Workload => "Workload",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Node => "Node",
+            Kind::MeshPolicy => "MeshPolicy",
             Kind::Unspecified => "Unspecified",
         });
         write!(f, "{kind} {}/{}", self.namespace, self.name)

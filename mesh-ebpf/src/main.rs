@@ -5,6 +5,7 @@
 
 mod maps;
 mod pod_traffic;
+mod policy;
 mod service_lb;
 
 /// GPL-compatible, so the programs may call every helper; the crate is MIT OR GPL-2.0.

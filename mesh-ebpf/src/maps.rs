@@ -3,13 +3,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
 };
 use mesh_common::{
     maps::{
-        DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX,
+        DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX,
+        DEFAULT_IDENTITIES_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_POLICY_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX,
+        DEFAULT_VERDICTS_MAX,
     },
     pod_traffic::PodTraffic,
+    policy::{CtEntry, CtKey, Endpoint, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
     service_lb::{AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry, ServiceKey},
 };
 
@@ -30,3 +33,21 @@ pub static REVERSE: LruHashMap<ReverseKey, ServiceAddr> = LruHashMap::pinned(DEF
 
 #[map(name = "mesh_pod_stats")]
 pub static POD_TRAFFIC: PerCpuHashMap<u32, PodTraffic> = PerCpuHashMap::pinned(DEFAULT_POD_TRAFFIC_MAX, 0);
+
+#[map(name = "mesh_ident")]
+pub static IDENTITIES: LpmTrie<IpKey, u32> = LpmTrie::pinned(DEFAULT_IDENTITIES_MAX, 0);
+
+#[map(name = "mesh_endpoint")]
+pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(DEFAULT_ENDPOINTS_MAX, 0);
+
+#[map(name = "mesh_policy")]
+pub static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(DEFAULT_POLICY_MAX, 0);
+
+#[map(name = "mesh_ct")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, 0);
+
+#[map(name = "mesh_pol_rev")]
+pub static POLICY_REVISION: Array<u32> = Array::pinned(1, 0);
+
+#[map(name = "mesh_verdicts")]
+pub static VERDICTS: PerCpuHashMap<VerdictKey, VerdictCount> = PerCpuHashMap::pinned(DEFAULT_VERDICTS_MAX, 0);

@@ -1,29 +1,32 @@
 //! TC (TCX) on each pod's host-side interface: per-CPU packet and byte counters, per
-//! direction. They never drop: the verdict is "no opinion", so the next program (or the
-//! stack) decides.
+//! direction, then the pod's network policy ([`crate::policy`]). A passing packet gets "no
+//! opinion", so the next program (or the stack) decides; a denied one is dropped.
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, BPF_NOEXIST},
     macros::classifier,
     programs::TcContext,
 };
-use mesh_common::pod_traffic::PodTraffic;
+use mesh_common::{
+    pod_traffic::PodTraffic,
+    policy::{EGRESS, INGRESS},
+};
 
-use crate::maps::POD_TRAFFIC;
+use crate::{maps::POD_TRAFFIC, policy};
 
 /// TC ingress of the host-side interface: what the pod sends.
 #[classifier]
 fn mesh_from_pod(ctx: TcContext) -> i32 {
     let _ = try_count(&ctx, Direction::FromPod);
-    TC_ACT_UNSPEC
+    policy::enforce(&ctx, EGRESS)
 }
 
 /// TC egress of the host-side interface: what the pod receives.
 #[classifier]
 fn mesh_to_pod(ctx: TcContext) -> i32 {
     let _ = try_count(&ctx, Direction::ToPod);
-    TC_ACT_UNSPEC
+    policy::enforce(&ctx, INGRESS)
 }
 
 #[derive(Clone, Copy)]

@@ -29,6 +29,8 @@ pub fn nodes(lab: &Lab) -> String {
 /// A pod of the lab, as its manifest.
 #[derive(Debug, Clone, Default)]
 pub struct PodManifest<'a> {
+    /// Its name in the manifest, if not the lab pod's.
+    pub name: Option<&'a str>,
     pub labels: &'a [(&'a str, &'a str)],
     pub annotations: &'a [(&'a str, &'a str)],
     /// Container ports: name, number, protocol.
@@ -43,7 +45,8 @@ impl PodManifest<'_> {
     /// The manifest of lab pod `pod` in namespace `ns`.
     pub fn render(&self, ns: &str, pod: &Pod) -> String {
         let node = &pod.node;
-        let mut out = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {ns}\n", pod.name);
+        let name = self.name.unwrap_or(&pod.name);
+        let mut out = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n");
         if self.terminating {
             out.push_str("  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n");
         }

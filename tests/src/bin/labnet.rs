@@ -15,6 +15,9 @@
 //! - `labnet load --to A[,B...] --duration-ms 2000`: short connections (connect, request,
 //!   reply, close) one after another, to a random address of the list, for the duration;
 //!   prints connections/s and connect-to-first-byte percentiles as JSON.
+//! - `labnet probe --to A[,B...] --protocol tcp|udp [--timeout-ms 1000]`: one connection (or
+//!   datagram) to every address at once; prints a JSON object of address -> reply (null when
+//!   none came).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -83,6 +86,16 @@ enum Cmd {
         #[arg(long)]
         established_file: Option<PathBuf>,
     },
+    /// One connection (TCP) or datagram (UDP) to every address of TO at once; print a JSON
+    /// object of address -> reply or null.
+    Probe {
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<SocketAddr>,
+        #[arg(long, value_parser = ["tcp", "udp"])]
+        protocol: String,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
     /// Short connections to random addresses of TO for DURATION_MS; print a JSON load report.
     Load {
         #[arg(long, value_delimiter = ',', required = true)]
@@ -109,6 +122,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Udp { to, count, timeout_ms } => print(&udp(to, count, Duration::from_millis(timeout_ms))),
         Cmd::Hold { to, hold_ms, established_file } => {
             print(&hold(to, Duration::from_millis(hold_ms), established_file))
+        }
+        Cmd::Probe { to, protocol, timeout_ms } => {
+            print(&probe(&to, protocol == "tcp", Duration::from_millis(timeout_ms)))
         }
         Cmd::Load { to, duration_ms, max, cpu } => {
             pin(cpu).and_then(|()| load(&to, Duration::from_millis(duration_ms), max)).and_then(|r| print(&r))
@@ -206,19 +222,35 @@ fn one(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr
     Ok((reply.trim_end().to_owned(), peer))
 }
 
+fn probe(targets: &[SocketAddr], tcp: bool, timeout: Duration) -> std::collections::BTreeMap<String, Option<String>> {
+    let handles: Vec<_> = targets
+        .iter()
+        .map(|&to| {
+            std::thread::spawn(move || {
+                let reply =
+                    if tcp { one(to, timeout).map(|(reply, _)| reply) } else { udp_one(to, timeout).map(|(r, _)| r) };
+                (to.to_string(), reply.ok())
+            })
+        })
+        .collect();
+    handles.into_iter().filter_map(|h| h.join().ok()).collect()
+}
+
+/// One datagram from a new socket, and its reply.
+fn udp_one(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"ask\n", to)?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).trim_end().to_owned(), from))
+}
+
 fn udp(to: SocketAddr, count: u32, timeout: Duration) -> Summary {
     let started = Instant::now();
     let mut summary = Summary::default();
     for _ in 0..count {
-        let result = (|| {
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
-            socket.set_read_timeout(Some(timeout))?;
-            socket.send_to(b"ask\n", to)?;
-            let mut buf = [0u8; 2048];
-            let (n, from) = socket.recv_from(&mut buf)?;
-            Ok::<_, std::io::Error>((String::from_utf8_lossy(&buf[..n]).trim_end().to_owned(), from))
-        })();
-        match result {
+        match udp_one(to, timeout) {
             Ok((reply, from)) => summary.record(reply, from),
             Err(err) => summary.fail(&err),
         }

@@ -1,0 +1,637 @@
+//! This node's policy in the kernel's form, and the maps that hold it.
+//!
+//! [`kernel_form`] turns the compiled policy of the local pods ([`crate::policy`]) into map
+//! entries: every pod address with its identity, every ipBlock CIDR with a node-local CIDR
+//! identity, per local pod and direction its isolation flags, and per (pod, direction, peer
+//! identity) the rule prefixes, each holding the decision of the rules that cover it (so the
+//! kernel's longest match is the answer). [`PolicyTable`] writes the difference to the maps,
+//! after checking that the whole result fits.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use mesh_common::{
+    api, maps,
+    policy::{
+        ALLOW, ANY_PEER, ANY_PROTO_BITS, DENY, Decision, DirectionPolicy, EGRESS, Endpoint, HAS_RULES, INGRESS,
+        IP_CIDR, IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PROTO_BITS, PolicyEntry, PolicyKey,
+    },
+    proto,
+};
+
+use crate::{
+    config::{ENV_IDENTITIES_MAX, ENV_POLICY_MAX},
+    policy::{Action, Cidr, Direction, EndpointPolicy, Peer, PolicyRef, PortSpec, RuleRef, Way},
+    service_lb::Capacities,
+};
+
+/// CIDR identities are numbered from here (pod identities are far below).
+pub const FIRST_CIDR_IDENTITY: u32 = 1 << 24;
+
+/// What a rule id in the kernel stands for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Attribution {
+    Rule(RuleRef),
+    /// A default deny (or audit): no rule matched and this policy isolates the pod.
+    Isolation {
+        policy: PolicyRef,
+        way: Way,
+    },
+}
+
+impl std::fmt::Display for Attribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rule(rule) => rule.fmt(f),
+            Self::Isolation { policy, way } => write!(f, "{policy} {way} isolation (default deny)"),
+        }
+    }
+}
+
+/// Numbers that must stay stable while the agent runs: rule ids (flows remember them) and
+/// CIDR identities (entries are keyed by them).
+#[derive(Debug, Default)]
+pub struct Numbering {
+    rules: HashMap<Attribution, u32>,
+    by_id: Vec<Attribution>,
+    cidrs: BTreeMap<Cidr, u32>,
+    next_cidr: u32,
+}
+
+impl Numbering {
+    /// The id of `what`; ids start at 1 (0: no rule).
+    pub fn rule(&mut self, what: Attribution) -> u32 {
+        if let Some(id) = self.rules.get(&what) {
+            return *id;
+        }
+        self.by_id.push(what.clone());
+        let id = u32::try_from(self.by_id.len()).expect("fewer than 2^32 rules");
+        self.rules.insert(what, id);
+        id
+    }
+
+    /// What rule id `id` stands for.
+    pub fn attribution(&self, id: u32) -> Option<&Attribution> {
+        self.by_id.get(usize::try_from(id).ok()?.checked_sub(1)?)
+    }
+
+    fn cidr(&mut self, cidr: Cidr) -> u32 {
+        if let Some(id) = self.cidrs.get(&cidr) {
+            return *id;
+        }
+        let id = FIRST_CIDR_IDENTITY + self.next_cidr;
+        self.next_cidr += 1;
+        self.cidrs.insert(cidr, id);
+        id
+    }
+}
+
+/// A local pod with its policy and host-side interface.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalEndpoint<'a> {
+    pub ifindex: u32,
+    pub policy: &'a EndpointPolicy,
+}
+
+/// An LPM key of the policy map: prefix length and data.
+pub type PolicyPrefix = (u32, PolicyKey);
+/// An LPM key of the identity map: kind and prefix.
+pub type IdentityPrefix = (u32, Cidr);
+
+/// The maps' desired content.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KernelPolicy {
+    pub identities: BTreeMap<IdentityPrefix, u32>,
+    pub endpoints: BTreeMap<u32, Endpoint>,
+    pub entries: BTreeMap<PolicyPrefix, PolicyEntry>,
+    /// Policy map entries each policy brought (a prefix several rules share counts for each).
+    pub entries_by_policy: BTreeMap<PolicyRef, usize>,
+}
+
+/// One rule's contribution for one peer identity: a protocol (`None`: all) and a port range
+/// (`None`: all ports of it).
+#[derive(Debug, Clone)]
+struct Item {
+    proto: Option<u8>,
+    ports: Option<(u16, u16)>,
+    decision: Decision,
+    audit: bool,
+    policy: usize,
+}
+
+/// Compiles the kernel form of `endpoints`' policy; `workloads` are every pod of the cluster
+/// (their addresses are the pod half of the identity map).
+pub fn kernel_form(
+    endpoints: &[LocalEndpoint<'_>],
+    workloads: &[&api::Workload],
+    numbering: &mut Numbering,
+) -> KernelPolicy {
+    let mut out = KernelPolicy::default();
+    for w in workloads {
+        for ip in w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+            out.identities.insert((IP_POD, Cidr { addr: u32::from(ip), len: 32 }), w.identity);
+        }
+    }
+    // Every CIDR and except of every block: an address's most specific one says which blocks
+    // hold it (a block holds it if the block's CIDR contains that one and no except does).
+    let mut cidrs: BTreeSet<Cidr> = BTreeSet::new();
+    for endpoint in endpoints {
+        for direction in [&endpoint.policy.ingress, &endpoint.policy.egress] {
+            for rule in &direction.rules {
+                for peer in &rule.peers {
+                    if let Peer::Block { cidr, except } = peer {
+                        cidrs.insert(*cidr);
+                        cidrs.extend(except.iter().copied());
+                    }
+                }
+            }
+        }
+    }
+    for cidr in &cidrs {
+        out.identities.insert((IP_CIDR, *cidr), numbering.cidr(*cidr));
+    }
+    let mut policies: Vec<PolicyRef> = Vec::new();
+    for endpoint in endpoints {
+        let mut value = Endpoint::default();
+        for (direction, way, code) in
+            [(&endpoint.policy.ingress, "ingress", INGRESS), (&endpoint.policy.egress, "egress", EGRESS)]
+        {
+            let mut flags = DirectionPolicy::default();
+            if let Some(policy) = direction.isolated_by.first() {
+                flags.flags |= ISOLATED;
+                flags.isolating_rule = numbering.rule(Attribution::Isolation { policy: policy.clone(), way });
+            }
+            if let Some(policy) = direction.audit_isolated_by.first() {
+                flags.flags |= ISOLATED_AUDIT;
+                flags.audit_isolating_rule = numbering.rule(Attribution::Isolation { policy: policy.clone(), way });
+            }
+            let items = items(endpoint, direction, code, workloads, &cidrs, numbering, &mut policies);
+            if !items.is_empty() {
+                flags.flags |= HAS_RULES;
+            }
+            for (peer, items) in items {
+                write_entries(&mut out, endpoint.ifindex, code, peer, &items, &policies);
+            }
+            if code == INGRESS {
+                value.ingress = flags;
+            } else {
+                value.egress = flags;
+            }
+        }
+        if value != Endpoint::default() {
+            out.endpoints.insert(endpoint.ifindex, value);
+        }
+    }
+    out
+}
+
+/// The items of one direction's rules, by peer identity, in decision order.
+fn items(
+    endpoint: &LocalEndpoint<'_>,
+    direction: &Direction,
+    code: u8,
+    workloads: &[&api::Workload],
+    cidrs: &BTreeSet<Cidr>,
+    numbering: &mut Numbering,
+    policies: &mut Vec<PolicyRef>,
+) -> BTreeMap<u32, Vec<Item>> {
+    let mut by_peer: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
+    for rule in &direction.rules {
+        let decision = Decision {
+            rule: numbering.rule(Attribution::Rule(rule.rule.clone())),
+            priority: rule.priority,
+            action: if rule.action == Action::Deny { DENY } else { ALLOW },
+            _pad: 0,
+        };
+        let policy = match policies.iter().position(|p| *p == rule.rule.policy) {
+            Some(index) => index,
+            None => {
+                policies.push(rule.rule.policy.clone());
+                policies.len() - 1
+            }
+        };
+        let item = |proto, ports| Item { proto, ports, decision, audit: rule.audit, policy };
+        let any = [Peer::Any];
+        let peers = if rule.peers.is_empty() { &any[..] } else { &rule.peers[..] };
+        let peer_ids: BTreeSet<u32> = peers.iter().flat_map(|peer| peer_identities(peer, cidrs, numbering)).collect();
+        let Some(specs) = &rule.ports else {
+            for peer in &peer_ids {
+                by_peer.entry(*peer).or_default().push(item(None, None));
+            }
+            continue;
+        };
+        for spec in specs {
+            match spec {
+                PortSpec::Range { protocol, first, last } => {
+                    let ports = (*first > 1 || *last < u16::MAX).then_some((*first, *last));
+                    for peer in &peer_ids {
+                        by_peer.entry(*peer).or_default().push(item(Some(proto_number(*protocol)), ports));
+                    }
+                }
+                PortSpec::Named { protocol, name } if code == INGRESS => {
+                    // The local pod's own port of that name.
+                    for number in named(&endpoint.policy.named_ports, *protocol, name) {
+                        for peer in &peer_ids {
+                            by_peer
+                                .entry(*peer)
+                                .or_default()
+                                .push(item(Some(proto_number(*protocol)), Some((number, number))));
+                        }
+                    }
+                }
+                PortSpec::Named { protocol, name } => {
+                    // Each destination pod's port of that name, for that pod's identity.
+                    for w in workloads.iter().filter(|w| peers.iter().any(|p| pod_in_peer(p, w))) {
+                        for number in named(&w.named_ports, *protocol, name) {
+                            by_peer
+                                .entry(w.identity)
+                                .or_default()
+                                .push(item(Some(proto_number(*protocol)), Some((number, number))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    by_peer
+}
+
+/// The identities standing for `peer` in the policy map.
+fn peer_identities(peer: &Peer, cidrs: &BTreeSet<Cidr>, numbering: &Numbering) -> Vec<u32> {
+    match peer {
+        Peer::Any => vec![ANY_PEER],
+        Peer::Identities(ids) => ids.iter().copied().collect(),
+        Peer::Block { cidr, except } => {
+            // The CIDRs inside the block (in address order, starting at the block's) and outside
+            // every except.
+            let end = u64::from(cidr.addr) + (1u64 << (32 - u32::from(cidr.len)));
+            cidrs
+                .range(*cidr..)
+                .take_while(|c| u64::from(c.addr) < end)
+                .filter(|c| c.len >= cidr.len && !except.iter().any(|e| e.len <= c.len && e.contains(c.first())))
+                .filter_map(|c| numbering.cidrs.get(c).copied())
+                .collect()
+        }
+    }
+}
+
+/// Whether pod `w` is one of the pods `peer` stands for.
+fn pod_in_peer(peer: &Peer, w: &api::Workload) -> bool {
+    match peer {
+        Peer::Any => true,
+        Peer::Identities(ids) => ids.contains(&w.identity),
+        Peer::Block { cidr, except } => w
+            .ips
+            .iter()
+            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .any(|ip| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))),
+    }
+}
+
+/// The numbers of the container ports named `name` for `protocol`.
+fn named(ports: &[api::NamedPort], protocol: api::Protocol, name: &str) -> Vec<u16> {
+    ports
+        .iter()
+        .filter(|p| p.name == name && p.protocol == protocol as i32)
+        .filter_map(|p| u16::try_from(p.number).ok())
+        .collect()
+}
+
+fn proto_number(protocol: api::Protocol) -> u8 {
+    match protocol {
+        api::Protocol::Udp => proto::UDP,
+        api::Protocol::Sctp => proto::SCTP,
+        _ => proto::TCP,
+    }
+}
+
+/// The prefixes (value, length in bits) that cover `first..=last` of the 16-bit port space.
+pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u32)> {
+    let mut out = Vec::new();
+    let (mut low, high) = (u32::from(first), u32::from(last));
+    while low <= high {
+        // The largest aligned block starting at `low` that stays within `high`.
+        let mut size = if low == 0 { 1 << 16 } else { 1 << low.trailing_zeros() };
+        while low + size - 1 > high {
+            size >>= 1;
+        }
+        out.push((u16::try_from(low).expect("a port"), 16 - size.trailing_zeros()));
+        low += size;
+    }
+    out
+}
+
+/// The protocol/port prefix of an item: (protocol or 0, port range or full).
+fn item_prefixes(item: &Item) -> Vec<(u32, u8, u16)> {
+    match (item.proto, item.ports) {
+        (None, _) => vec![(ANY_PROTO_BITS, 0, 0)],
+        (Some(proto), None) => vec![(PROTO_BITS, proto, 0)],
+        (Some(proto), Some((first, last))) => {
+            port_prefixes(first, last).into_iter().map(|(port, bits)| (PROTO_BITS + bits, proto, port)).collect()
+        }
+    }
+}
+
+/// Whether `item` covers the whole prefix (`bits`, `proto`, `port`).
+fn covers(item: &Item, bits: u32, proto: u8, port: u16) -> bool {
+    match item.proto {
+        None => true,
+        Some(p) if bits < PROTO_BITS || p != proto => false,
+        Some(_) => item.ports.is_none_or(|(first, last)| {
+            let size = 1u32 << (16 - (bits - PROTO_BITS));
+            u32::from(first) <= u32::from(port) && u32::from(port) + size - 1 <= u32::from(last)
+        }),
+    }
+}
+
+/// The entries of one (endpoint, direction, peer): one per distinct prefix of its items, each
+/// holding the first covering item's decision (items are in decision order), once from the
+/// enforcing items and once from all.
+fn write_entries(
+    out: &mut KernelPolicy,
+    endpoint: u32,
+    direction: u8,
+    peer: u32,
+    items: &[Item],
+    policies: &[PolicyRef],
+) {
+    let mut prefixes: BTreeSet<(u32, u8, u16)> = BTreeSet::new();
+    for item in items {
+        let mine = item_prefixes(item);
+        *out.entries_by_policy.entry(policies[item.policy].clone()).or_default() += mine.len();
+        prefixes.extend(mine);
+    }
+    for (bits, proto, port) in prefixes {
+        let mut covering = items.iter().filter(|item| covers(item, bits, proto, port));
+        let first = covering.clone().next();
+        let enforced = covering.find(|item| !item.audit);
+        let entry = PolicyEntry {
+            enforced: enforced.map(|item| item.decision).unwrap_or_default(),
+            with_audit: first.map(|item| item.decision).unwrap_or_default(),
+        };
+        let key = PolicyKey { endpoint, peer, direction, proto, port: port.to_be() };
+        out.entries.insert((bits, key), entry);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyTableError {
+    #[error("map {map} is not in the loaded object (was the agent built from another mesh-ebpf?)")]
+    MissingMap { map: &'static str },
+    #[error("map {map} has an unexpected type or layout: {source}")]
+    MapType { map: &'static str, source: MapError },
+    #[error(
+        "the policy needs {needed} entries in map {map} but its capacity is {capacity}: raise {key}, or shrink the largest policies ({largest}); nothing was applied, the previous policy stays in force"
+    )]
+    Capacity { map: &'static str, needed: usize, capacity: u32, key: &'static str, largest: String },
+    #[error("writing map {map} failed: {source}; the policy is partly applied and is tried again")]
+    Write { map: &'static str, source: MapError },
+}
+
+/// What one apply changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyStats {
+    pub identities: usize,
+    pub endpoints: usize,
+    pub entries: usize,
+    pub removed: usize,
+}
+
+/// The policy maps, owned, with a copy of what they hold.
+pub struct PolicyTable {
+    identities: LpmTrie<MapData, IpKey, u32>,
+    endpoints: BpfHashMap<MapData, u32, Endpoint>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyEntry>,
+    revision: Array<MapData, u32>,
+    current: KernelPolicy,
+    numbering: Numbering,
+    capacities: Capacities,
+}
+
+fn map_type(map: &'static str) -> impl FnOnce(MapError) -> PolicyTableError {
+    move |source| PolicyTableError::MapType { map, source }
+}
+
+fn write(map: &'static str) -> impl FnOnce(MapError) -> PolicyTableError {
+    move |source| PolicyTableError::Write { map, source }
+}
+
+fn ip_key(kind: u32, cidr: Cidr) -> Key<IpKey> {
+    Key::new(IP_KEY_BITS + u32::from(cidr.len), IpKey { kind: kind.to_be(), addr: cidr.addr.to_be() })
+}
+
+impl PolicyTable {
+    /// Takes the maps out of `ebpf`; what they hold (a previous agent's policy) is read, so the
+    /// first apply writes only differences and removes what is gone.
+    pub fn new(ebpf: &mut aya::Ebpf, capacities: Capacities) -> Result<Self, PolicyTableError> {
+        let mut take = |map: &'static str| ebpf.take_map(map).ok_or(PolicyTableError::MissingMap { map });
+        let identities: LpmTrie<MapData, IpKey, u32> =
+            LpmTrie::try_from(take(maps::IDENTITIES)?).map_err(map_type(maps::IDENTITIES))?;
+        let endpoints: BpfHashMap<MapData, u32, Endpoint> =
+            BpfHashMap::try_from(take(maps::ENDPOINTS)?).map_err(map_type(maps::ENDPOINTS))?;
+        let policy: LpmTrie<MapData, PolicyKey, PolicyEntry> =
+            LpmTrie::try_from(take(maps::POLICY)?).map_err(map_type(maps::POLICY))?;
+        let revision = Array::try_from(take(maps::POLICY_REVISION)?).map_err(map_type(maps::POLICY_REVISION))?;
+        let mut current = KernelPolicy::default();
+        for (key, value) in identities.iter().filter_map(Result::ok) {
+            let data = key.data();
+            let cidr = Cidr { addr: u32::from_be(data.addr), len: (key.prefix_len() - IP_KEY_BITS) as u8 };
+            current.identities.insert((u32::from_be(data.kind), cidr), value);
+        }
+        for (key, value) in endpoints.iter().filter_map(Result::ok) {
+            current.endpoints.insert(key, value);
+        }
+        for (key, value) in policy.iter().filter_map(Result::ok) {
+            current.entries.insert((key.prefix_len(), key.data()), value);
+        }
+        Ok(Self { identities, endpoints, policy, revision, current, numbering: Numbering::default(), capacities })
+    }
+
+    /// What rule id `id` (in conntrack entries and verdict counters) stands for.
+    pub fn attribution(&self, id: u32) -> Option<&Attribution> {
+        self.numbering.attribution(id)
+    }
+
+    /// Makes the maps hold the kernel form of `endpoints`' policy. Checked whole before
+    /// anything is written: if it does not fit, nothing changes.
+    pub fn apply(
+        &mut self,
+        endpoints: &[LocalEndpoint<'_>],
+        workloads: &[&api::Workload],
+    ) -> Result<PolicyStats, PolicyTableError> {
+        let desired = kernel_form(endpoints, workloads, &mut self.numbering);
+        self.check_fits(&desired)?;
+        let mut stats = PolicyStats::default();
+        // New and changed first (identities, rules, then the flags that make pods use them),
+        // then what is gone, then the revision that makes remembered verdicts stale.
+        for (&(kind, cidr), &id) in &desired.identities {
+            if self.current.identities.get(&(kind, cidr)) != Some(&id) {
+                self.identities.insert(&ip_key(kind, cidr), &id, 0).map_err(write(maps::IDENTITIES))?;
+                stats.identities += 1;
+            }
+        }
+        for (&(bits, key), entry) in &desired.entries {
+            if self.current.entries.get(&(bits, key)) != Some(entry) {
+                self.policy.insert(&Key::new(bits, key), entry, 0).map_err(write(maps::POLICY))?;
+                stats.entries += 1;
+            }
+        }
+        for (&ifindex, value) in &desired.endpoints {
+            if self.current.endpoints.get(&ifindex) != Some(value) {
+                self.endpoints.insert(&ifindex, value, 0).map_err(write(maps::ENDPOINTS))?;
+                stats.endpoints += 1;
+            }
+        }
+        for ifindex in self.current.endpoints.keys().filter(|k| !desired.endpoints.contains_key(k)) {
+            self.endpoints.remove(ifindex).map_err(write(maps::ENDPOINTS))?;
+            stats.removed += 1;
+        }
+        for &(bits, key) in self.current.entries.keys().filter(|k| !desired.entries.contains_key(k)) {
+            self.policy.remove(&Key::new(bits, key)).map_err(write(maps::POLICY))?;
+            stats.removed += 1;
+        }
+        for &(kind, cidr) in self.current.identities.keys().filter(|k| !desired.identities.contains_key(k)) {
+            self.identities.remove(&ip_key(kind, cidr)).map_err(write(maps::IDENTITIES))?;
+            stats.removed += 1;
+        }
+        if stats != PolicyStats::default() {
+            let revision = self.revision.get(&0, 0).unwrap_or(0).wrapping_add(1);
+            self.revision.set(0, &revision, 0).map_err(write(maps::POLICY_REVISION))?;
+        }
+        self.current = desired;
+        Ok(stats)
+    }
+
+    /// Refuses `desired` if the maps cannot hold it together with what they hold now (new
+    /// entries are written before old ones are removed).
+    fn check_fits(&self, desired: &KernelPolicy) -> Result<(), PolicyTableError> {
+        let union = |now: usize, new: usize, same: usize| now + new - same;
+        let same_entries = desired.entries.keys().filter(|k| self.current.entries.contains_key(k)).count();
+        let needed = union(self.current.entries.len(), desired.entries.len(), same_entries);
+        if needed > self.capacities.policy as usize {
+            let mut largest: Vec<(&PolicyRef, &usize)> = desired.entries_by_policy.iter().collect();
+            largest.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+            let largest =
+                largest.iter().take(3).map(|(p, n)| format!("{p}: {n} entries")).collect::<Vec<_>>().join(", ");
+            return Err(PolicyTableError::Capacity {
+                map: maps::POLICY,
+                needed,
+                capacity: self.capacities.policy,
+                key: ENV_POLICY_MAX,
+                largest,
+            });
+        }
+        let same_ids = desired.identities.keys().filter(|k| self.current.identities.contains_key(k)).count();
+        let needed = union(self.current.identities.len(), desired.identities.len(), same_ids);
+        if needed > self.capacities.identities as usize {
+            return Err(PolicyTableError::Capacity {
+                map: maps::IDENTITIES,
+                needed,
+                capacity: self.capacities.identities,
+                key: ENV_IDENTITIES_MAX,
+                largest: "pod addresses and ipBlock CIDRs".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use mesh_common::policy::{AUDIT, better};
+
+    /// What the kernel decides for a new flow, computed from `kernel` the way
+    /// `mesh-ebpf/src/policy.rs` does (longest-prefix lookups, then the same combination).
+    pub(crate) fn judge(
+        kernel: &KernelPolicy,
+        ifindex: u32,
+        direction: u8,
+        peer: Ipv4Addr,
+        proto: u8,
+        port: u16,
+    ) -> u8 {
+        let Some(endpoint) = kernel.endpoints.get(&ifindex) else { return ALLOW };
+        let policy = if direction == INGRESS { endpoint.ingress } else { endpoint.egress };
+        if policy.flags == 0 {
+            return ALLOW;
+        }
+        let mut enforced = Decision::default();
+        let mut with_audit = Decision::default();
+        if policy.flags & HAS_RULES != 0 {
+            let pod = kernel.identities.get(&(IP_POD, Cidr { addr: u32::from(peer), len: 32 })).copied();
+            let cidr = (0..=32u8)
+                .rev()
+                .find_map(|len| kernel.identities.get(&(IP_CIDR, Cidr::parse(&format!("{peer}/{len}")).unwrap())))
+                .copied();
+            for id in [pod, cidr, Some(ANY_PEER)].into_iter().flatten() {
+                let found = (ANY_PROTO_BITS..=PROTO_BITS + 16).rev().find_map(|bits| {
+                    if bits > ANY_PROTO_BITS && bits < PROTO_BITS {
+                        return None;
+                    }
+                    let (p, port) = if bits == ANY_PROTO_BITS {
+                        (0, 0)
+                    } else {
+                        let len = bits - PROTO_BITS;
+                        let mask = if len == 0 { 0 } else { u16::MAX << (16 - len) };
+                        (proto, port & mask)
+                    };
+                    let key = PolicyKey { endpoint: ifindex, peer: id, direction, proto: p, port: port.to_be() };
+                    kernel.entries.get(&(bits, key))
+                });
+                if let Some(entry) = found {
+                    if better(&entry.enforced, &enforced) {
+                        enforced = entry.enforced;
+                    }
+                    if better(&entry.with_audit, &with_audit) {
+                        with_audit = entry.with_audit;
+                    }
+                }
+            }
+        }
+        if enforced.action == DENY || (enforced.action == 0 && policy.flags & ISOLATED != 0) {
+            return DENY;
+        }
+        if with_audit.action == DENY || (with_audit.action == 0 && policy.flags & ISOLATED_AUDIT != 0) {
+            return AUDIT;
+        }
+        ALLOW
+    }
+
+    #[test]
+    fn port_ranges_become_aligned_prefixes() {
+        assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
+        assert_eq!(port_prefixes(80, 81), vec![(80, 15)]);
+        assert_eq!(port_prefixes(79, 81), vec![(79, 16), (80, 15)]);
+        assert_eq!(port_prefixes(0, u16::MAX), vec![(0, 0)]);
+        assert_eq!(port_prefixes(1, u16::MAX).len(), 16);
+        // Every port of a range is covered exactly once, nothing outside it.
+        for (first, last) in [(1u16, 1000u16), (1024, 65535), (3000, 3001), (5, 5)] {
+            let prefixes = port_prefixes(first, last);
+            let covered: u32 = prefixes.iter().map(|(_, bits)| 1u32 << (16 - bits)).sum();
+            assert_eq!(covered, u32::from(last - first) + 1);
+            for (value, bits) in prefixes {
+                let size = 1u32 << (16 - bits);
+                assert_eq!(u32::from(value) % size, 0, "aligned");
+                assert!(u32::from(value) >= u32::from(first) && u32::from(value) + size - 1 <= u32::from(last));
+            }
+        }
+    }
+
+    #[test]
+    fn rule_ids_are_stable_and_explained() {
+        let mut numbering = Numbering::default();
+        let policy = PolicyRef { kind: "NetworkPolicy", namespace: "x".into(), name: "p".into() };
+        let rule = Attribution::Rule(RuleRef { policy: policy.clone(), way: "ingress", index: 2 });
+        let a = numbering.rule(rule.clone());
+        let b = numbering.rule(Attribution::Isolation { policy, way: "ingress" });
+        assert_ne!(a, b);
+        assert_eq!(numbering.rule(rule.clone()), a);
+        assert_eq!(numbering.attribution(a), Some(&rule));
+        assert_eq!(numbering.attribution(0), None);
+        assert_eq!(rule.to_string(), "NetworkPolicy x/p ingress rule 2");
+    }
+}

@@ -1,0 +1,212 @@
+//! Policy enforcement at TC on a pod's host-side interface, with connection tracking.
+//!
+//! A packet of a known flow costs one conntrack lookup (two for a reply): the verdict was
+//! taken at the flow's first packet. Only a new flow looks up the peer's identities (pod and
+//! CIDR) and the rules for them and for any peer, whatever the number of rules.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use mesh_common::{
+    policy::{
+        ALLOW, ANY_PEER, AUDIT, CtEntry, CtKey, DENY, Decision, DirectionPolicy, EGRESS, HAS_RULES, INGRESS, IP_CIDR,
+        IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PolicyKey, VerdictCount, VerdictKey, better, reason,
+    },
+    proto,
+};
+
+use crate::maps::{CONNTRACK, ENDPOINTS, IDENTITIES, POLICY, POLICY_REVISION, VERDICTS};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+/// IPv4 fragment offset bits of the flags/offset field.
+const IP_OFFSET: u16 = 0x1fff;
+/// TCP flags byte: SYN and ACK.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// Full-length LPM prefix of a policy key.
+const POLICY_BITS: u32 = 96;
+
+/// The IPv4 header up to the addresses.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4 {
+    version_ihl: u8,
+    tos: u8,
+    total_len: u16,
+    id: u16,
+    frag: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+/// What happens to the packet: pass (no opinion) or drop.
+pub fn enforce(ctx: &TcContext, direction: u8) -> i32 {
+    match try_enforce(ctx, direction) {
+        Ok(true) => TC_ACT_UNSPEC,
+        Ok(false) => TC_ACT_SHOT,
+        // A packet too short to parse: the stack drops it anyway.
+        Err(_) => TC_ACT_UNSPEC,
+    }
+}
+
+/// `Ok(true)`: the packet passes.
+fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
+    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
+    let (ifindex, protocol) = unsafe {
+        let skb = &*ctx.as_ptr().cast::<__sk_buff>();
+        (skb.ifindex, skb.protocol)
+    };
+    let Some(endpoint) = ENDPOINTS.get_ptr(&ifindex) else { return Ok(true) };
+    // SAFETY: a map value, valid while the program runs.
+    let endpoint = unsafe { &*endpoint };
+    // A pod under policy in either direction tracks its flows in both: the replies of what it
+    // sends freely must pass its isolated side.
+    if endpoint.ingress.flags == 0 && endpoint.egress.flags == 0 {
+        return Ok(true);
+    }
+    let policy = if direction == INGRESS { &endpoint.ingress } else { &endpoint.egress };
+    if protocol != u32::from(ETH_P_IP.to_be()) {
+        if protocol == u32::from(ETH_P_IPV6.to_be()) && policy.flags & ISOLATED != 0 {
+            count(policy.isolating_rule, DENY, reason::UNSUPPORTED_L3_PROTOCOL, direction, true, true);
+            return Ok(false);
+        }
+        return Ok(true);
+    }
+    let ip: Ipv4 = ctx.load(ETH_HLEN)?;
+    let l4 = ETH_HLEN + usize::from(ip.version_ihl & 0x0f) * 4;
+    let first_fragment = u16::from_be(ip.frag) & IP_OFFSET == 0;
+    let (mut sport, mut dport, mut tcp_flags) = (0u16, 0u16, 0u8);
+    if first_fragment && (ip.proto == proto::TCP || ip.proto == proto::UDP || ip.proto == proto::SCTP) {
+        let ports: [u16; 2] = ctx.load(l4)?;
+        (sport, dport) = (ports[0], ports[1]);
+        if ip.proto == proto::TCP {
+            tcp_flags = ctx.load(l4 + 13)?;
+        }
+    }
+    let key = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport, dport, proto: ip.proto, direction, _pad: 0 };
+    // A new connection: a SYN without ACK, or any packet of a connectionless protocol.
+    let opening = if ip.proto == proto::TCP { tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN } else { true };
+    if let Some(entry) = CONNTRACK.get_ptr(&key) {
+        // SAFETY: a map value, valid while the program runs.
+        let entry = unsafe { &*entry };
+        if entry.action != DENY && !opening {
+            return Ok(true);
+        }
+        // A remembered verdict holds until the policy changes.
+        if entry.revision == revision() {
+            if entry.action == DENY {
+                count(entry.rule, DENY, entry.reason, direction, false, true);
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+    } else {
+        let reply = CtKey {
+            saddr: ip.daddr,
+            daddr: ip.saddr,
+            sport: dport,
+            dport: sport,
+            proto: ip.proto,
+            direction: if direction == INGRESS { EGRESS } else { INGRESS },
+            _pad: 0,
+        };
+        if let Some(entry) = CONNTRACK.get_ptr(&reply) {
+            // SAFETY: as above.
+            if unsafe { (*entry).action } != DENY {
+                return Ok(true);
+            }
+        }
+    }
+    let peer = if direction == INGRESS { ip.saddr } else { ip.daddr };
+    let verdict = judge(ifindex, policy, direction, peer, ip.proto, dport);
+    let entry = CtEntry {
+        rule: verdict.rule,
+        revision: revision(),
+        action: verdict.action,
+        reason: verdict.reason,
+        _pad: [0; 6],
+    };
+    // A full table evicts the least recently used flow; an error here only means the next
+    // packet is judged again.
+    let _ = CONNTRACK.insert(&key, &entry, 0);
+    count(verdict.rule, verdict.action, verdict.reason, direction, true, verdict.action == DENY);
+    Ok(verdict.action != DENY)
+}
+
+struct Verdict {
+    rule: u32,
+    action: u8,
+    reason: u8,
+}
+
+/// The verdict for a new flow with `peer` to destination port `port`.
+#[inline(always)]
+fn judge(ifindex: u32, policy: &DirectionPolicy, direction: u8, peer: u32, proto: u8, port: u16) -> Verdict {
+    let mut enforced = Decision::default();
+    let mut with_audit = Decision::default();
+    if policy.flags & HAS_RULES != 0 {
+        let mut consider = |peer: u32| {
+            let key = Key::new(POLICY_BITS, PolicyKey { endpoint: ifindex, peer, direction, proto, port });
+            if let Some(entry) = POLICY.get(&key) {
+                if better(&entry.enforced, &enforced) {
+                    enforced = entry.enforced;
+                }
+                if better(&entry.with_audit, &with_audit) {
+                    with_audit = entry.with_audit;
+                }
+            }
+        };
+        // The peer as a pod, as an address in policy CIDRs, and as anyone.
+        if let Some(id) = IDENTITIES.get(&Key::new(IP_KEY_BITS + 32, IpKey { kind: IP_POD.to_be(), addr: peer })) {
+            consider(*id);
+        }
+        if let Some(id) = IDENTITIES.get(&Key::new(IP_KEY_BITS + 32, IpKey { kind: IP_CIDR.to_be(), addr: peer })) {
+            consider(*id);
+        }
+        consider(ANY_PEER);
+    }
+    // What happens, from the enforcing policies.
+    if enforced.action == DENY {
+        return Verdict { rule: enforced.rule, action: DENY, reason: reason::POLICY_DENY };
+    }
+    if enforced.action == 0 && policy.flags & ISOLATED != 0 {
+        return Verdict { rule: policy.isolating_rule, action: DENY, reason: reason::POLICY_DENIED };
+    }
+    // It passes; would it with the audit-mode policies enforced too?
+    if with_audit.action == DENY {
+        return Verdict { rule: with_audit.rule, action: AUDIT, reason: 0 };
+    }
+    if with_audit.action == 0 && policy.flags & ISOLATED_AUDIT != 0 {
+        return Verdict { rule: policy.audit_isolating_rule, action: AUDIT, reason: 0 };
+    }
+    Verdict { rule: enforced.rule, action: ALLOW, reason: 0 }
+}
+
+/// The current policy revision.
+#[inline(always)]
+fn revision() -> u32 {
+    POLICY_REVISION.get(0).copied().unwrap_or(0)
+}
+
+/// Counts a judged flow and/or a dropped packet of `rule`'s verdict.
+#[inline(always)]
+fn count(rule: u32, action: u8, reason: u8, direction: u8, flow: bool, dropped: bool) {
+    let key = VerdictKey { rule, action, reason, direction, _pad: 0 };
+    let (flows, packets) = (u64::from(flow), u64::from(dropped));
+    if let Some(value) = VERDICTS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value: only this CPU writes it while this program runs.
+        let value = unsafe { &mut *value };
+        value.flows += flows;
+        value.dropped_packets += packets;
+    } else {
+        let _ = VERDICTS.insert(&key, &VerdictCount { flows, dropped_packets: packets }, 0);
+    }
+}
