@@ -11,8 +11,9 @@ bpf_linker_version=0.13.0
 kubernetes_validate_version=1.34.1
 llvm_version=22
 # Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; protoc for the API;
-# iptables and nftables for the service-lb benchmark (kube-proxy's rules as the baseline).
-apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler iptables nftables)
+# iptables and nftables for the service-lb benchmark (kube-proxy's rules as the baseline);
+# iperf3 for the policy benchmark's throughput.
+apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler iptables nftables iperf3)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }

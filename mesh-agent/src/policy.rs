@@ -771,6 +771,62 @@ mod tests {
         assert_eq!(matrix(vec![p], api::Protocol::Tcp, 80), expect(rows));
     }
 
+    fn mesh(ns: &str, name: &str, priority: u32, audit: bool, ingress: Vec<api::MeshRule>) -> api::MeshPolicy {
+        api::MeshPolicy {
+            namespace: ns.into(),
+            name: name.into(),
+            pod_selector: Some(labels(&[("pod", "a")])),
+            namespace_selector: (ns.is_empty()).then(|| labels(&[("ns", "x")])),
+            priority,
+            audit,
+            ingress,
+            egress: vec![],
+        }
+    }
+
+    fn from_namespace(action: api::RuleAction, ns: &str, pod: Option<&str>) -> api::MeshRule {
+        api::MeshRule {
+            action: action as i32,
+            peers: vec![PolicyPeer {
+                pod_selector: pod.map(|p| labels(&[("pod", p)])),
+                namespace_selector: Some(labels(&[("ns", ns)])),
+                ip_block: None,
+            }],
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn mesh_policies_deny_over_allows_by_priority_and_audit_without_enforcing() {
+        use api::RuleAction::{Allow, Deny};
+        let allow_all = PolicyRule { peers: vec![], ports: vec![] };
+        let np = || policy("x", "allow-all", labels(&[("pod", "a")]), Some(vec![allow_all.clone()]), None);
+        // A deny wins over a NetworkPolicy allow: y cannot reach x/a.
+        let deny_y = mesh("x", "deny-y", 100, false, vec![from_namespace(Deny, "y", None)]);
+        let mut rows = ["XXXXXXXXX"; 9];
+        rows[3..6].fill(".XXXXXXXX");
+        assert_eq!(mesh_matrix(vec![np()], vec![deny_y.clone()], api::Protocol::Tcp, 80), expect(rows));
+        // A lower priority allow beats it for y/b; its allow isolates x/a: others are denied.
+        let allow_yb = mesh("x", "allow-y-b", 50, false, vec![from_namespace(Allow, "y", Some("b"))]);
+        let mut rows = [".XXXXXXXX"; 9];
+        rows[4] = "XXXXXXXXX";
+        assert_eq!(mesh_matrix(vec![], vec![deny_y.clone(), allow_yb], api::Protocol::Tcp, 80), expect(rows));
+        // The same deny in audit mode, cluster-scoped: everything passes, y's flows as audit.
+        let audit = mesh("", "audit-y", 100, true, vec![from_namespace(Deny, "y", None)]);
+        let mut rows = ["XXXXXXXXX"; 9];
+        rows[3..6].fill("AXXXXXXXX");
+        assert_eq!(mesh_matrix(vec![np()], vec![audit.clone()], api::Protocol::Tcp, 80), expect(rows));
+        // Audit never relaxes: an enforced deny still drops what an audit allow would allow.
+        let audit_allow = mesh("", "audit-allow-y", 10, true, vec![from_namespace(Allow, "y", None)]);
+        let mut rows = ["XXXXXXXXX"; 9];
+        rows[3..6].fill(".XXXXXXXX");
+        assert_eq!(mesh_matrix(vec![np()], vec![deny_y, audit_allow.clone()], api::Protocol::Tcp, 80), expect(rows));
+        // An audit-mode allow alone isolates in audit: what it does not allow is reported.
+        let mut rows = ["AXXXXXXXX"; 9];
+        rows[3..6].fill("XXXXXXXXX");
+        assert_eq!(mesh_matrix(vec![], vec![audit_allow], api::Protocol::Tcp, 80), expect(rows));
+    }
+
     #[test]
     fn selector_operators() {
         let get = |k: &str| (k == "app").then_some("web");

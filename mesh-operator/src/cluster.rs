@@ -15,6 +15,7 @@ use mesh_common::{
 };
 
 use crate::{
+    crd::{ClusterMeshPolicy, ClusterMeshPolicySpec, MeshPolicy, MeshPolicySpec},
     identity::{IdentityAllocator, SecurityLabels},
     translate::{self, Invalid},
 };
@@ -29,6 +30,41 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     NetworkPolicy(Box<NetworkPolicy>),
     Node(Box<Node>),
+    MeshPolicy(Box<MeshPolicy>),
+    ClusterMeshPolicy(Box<ClusterMeshPolicy>),
+}
+
+/// A MeshPolicy or a ClusterMeshPolicy, as the view keeps it.
+#[derive(Debug, Clone, PartialEq)]
+enum MeshPolicyObject {
+    Namespaced(Box<MeshPolicy>),
+    Cluster(Box<ClusterMeshPolicy>),
+}
+
+impl MeshPolicySpec {
+    fn parts(&self) -> translate::MeshPolicyParts<'_> {
+        translate::MeshPolicyParts {
+            namespace_selector: None,
+            pod_selector: self.pod_selector.as_ref(),
+            priority: self.priority,
+            mode: self.mode,
+            ingress: &self.ingress,
+            egress: &self.egress,
+        }
+    }
+}
+
+impl ClusterMeshPolicySpec {
+    fn parts(&self) -> translate::MeshPolicyParts<'_> {
+        translate::MeshPolicyParts {
+            namespace_selector: self.namespace_selector.as_ref(),
+            pod_selector: self.pod_selector.as_ref(),
+            priority: self.priority,
+            mode: self.mode,
+            ingress: &self.ingress,
+            egress: &self.egress,
+        }
+    }
 }
 
 /// Which object: kind, namespace ("" for cluster-scoped), name.
@@ -57,6 +93,8 @@ enum Dirty {
     Workload(String, String),
     Policy(String, String),
     Node(String),
+    /// A MeshPolicy (namespace) or ClusterMeshPolicy (namespace empty).
+    MeshPolicy(String, String),
     /// The endpoints derived from pods for a selector service that has no EndpointSlice.
     Derived(String, String),
 }
@@ -71,6 +109,8 @@ pub struct ClusterView {
     slices: BTreeMap<NsName, EndpointSlice>,
     policies: BTreeMap<NsName, NetworkPolicy>,
     nodes: BTreeMap<String, Node>,
+    /// MeshPolicies by (namespace, name), ClusterMeshPolicies by ("", name).
+    mesh_policies: BTreeMap<NsName, MeshPolicyObject>,
     /// (namespace, service) -> names of its EndpointSlices.
     slices_of: BTreeMap<NsName, BTreeSet<String>>,
     /// (namespace, service) -> names of the slices derived for it last time.
@@ -96,6 +136,7 @@ impl ClusterView {
             slices: BTreeMap::new(),
             policies: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            mesh_policies: BTreeMap::new(),
             slices_of: BTreeMap::new(),
             derived_of: BTreeMap::new(),
             identities,
@@ -112,6 +153,8 @@ impl ClusterView {
             Object::EndpointSlice(slice) => translate::endpoint_slice(&key.namespace, &key.name, slice).map(drop),
             Object::NetworkPolicy(policy) => translate::network_policy(&key.namespace, &key.name, policy).map(drop),
             Object::Node(node) => translate::node(&key.name, node).map(drop),
+            Object::MeshPolicy(p) => translate::mesh_policy(&key.namespace, &key.name, &p.spec.parts()).map(drop),
+            Object::ClusterMeshPolicy(p) => translate::mesh_policy("", &key.name, &p.spec.parts()).map(drop),
         }
     }
 
@@ -148,6 +191,14 @@ impl ClusterView {
             Object::Node(node) => {
                 self.nodes.insert(key.name.clone(), *node);
                 self.dirty.insert(Dirty::Node(key.name.clone()));
+            }
+            Object::MeshPolicy(p) => {
+                self.mesh_policies.insert(nn.clone(), MeshPolicyObject::Namespaced(p));
+                self.dirty.insert(Dirty::MeshPolicy(nn.0, nn.1));
+            }
+            Object::ClusterMeshPolicy(p) => {
+                self.mesh_policies.insert((String::new(), key.name.clone()), MeshPolicyObject::Cluster(p));
+                self.dirty.insert(Dirty::MeshPolicy(String::new(), key.name.clone()));
             }
         }
     }
@@ -193,6 +244,9 @@ impl ClusterView {
             }
             "Node" if self.nodes.remove(&key.name).is_some() => {
                 self.dirty.insert(Dirty::Node(key.name.clone()));
+            }
+            "MeshPolicy" | "ClusterMeshPolicy" if self.mesh_policies.remove(&nn).is_some() => {
+                self.dirty.insert(Dirty::MeshPolicy(nn.0, nn.1));
             }
             _ => {}
         }
@@ -247,6 +301,21 @@ impl ClusterView {
                         .get(&name)
                         .and_then(|node| checked(&mut errors, format!("Node/{name}"), translate::node(&name, node)));
                     changes.push((key(Kind::Node, "", &name), resource.map(|n| wrap(resource::Kind::Node(n)))));
+                }
+                Dirty::MeshPolicy(ns, name) => {
+                    let resource = self.mesh_policies.get(&(ns.clone(), name.clone())).and_then(|policy| {
+                        let (kind, spec) = match policy {
+                            MeshPolicyObject::Namespaced(p) => ("MeshPolicy", p.spec.parts()),
+                            MeshPolicyObject::Cluster(p) => ("ClusterMeshPolicy", p.spec.parts()),
+                        };
+                        let object =
+                            if ns.is_empty() { format!("{kind}/{name}") } else { format!("{kind}/{ns}/{name}") };
+                        checked(&mut errors, object, translate::mesh_policy(&ns, &name, &spec))
+                    });
+                    changes.push((
+                        key(Kind::MeshPolicy, &ns, &name),
+                        resource.map(|p| wrap(resource::Kind::MeshPolicy(p))),
+                    ));
                 }
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),
             }

@@ -1,5 +1,7 @@
 //! Cluster mode: the Kubernetes API server is the source. One kube-rs watcher per kind the
-//! model uses (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, Node); their events become the same object changes local mode makes from files, so
+//! model uses (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, Node, and the project's
+//! MeshPolicy and ClusterMeshPolicy); their events become the same object changes local mode
+//! makes from files, so
 //! both go through one translation. A watch that breaks is resumed by the watcher (re-listing
 //! when it must); after a re-list, objects that disappeared meanwhile are removed.
 
@@ -19,11 +21,12 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     cluster::{ClusterView, Object, ObjectKey},
+    crd::{ClusterMeshPolicy, MeshPolicy},
     local_dir::ObjectChange,
 };
 
 /// How many kinds are watched.
-pub const KINDS: usize = 6;
+pub const KINDS: usize = 8;
 
 /// What one watcher event means for the model.
 #[derive(Debug)]
@@ -69,6 +72,20 @@ impl Watched for NetworkPolicy {
     }
 }
 
+impl Watched for MeshPolicy {
+    const KIND: &'static str = "MeshPolicy";
+    fn into_object(self) -> Object {
+        Object::MeshPolicy(Box::new(self))
+    }
+}
+
+impl Watched for ClusterMeshPolicy {
+    const KIND: &'static str = "ClusterMeshPolicy";
+    fn into_object(self) -> Object {
+        Object::ClusterMeshPolicy(Box::new(self))
+    }
+}
+
 impl Watched for Node {
     const KIND: &'static str = "Node";
     fn into_object(self) -> Object {
@@ -91,6 +108,8 @@ pub fn watch(client: Client) -> impl Stream<Item = Batch> + Send {
         watch_kind::<Service>(client.clone()).boxed(),
         watch_kind::<EndpointSlice>(client.clone()).boxed(),
         watch_kind::<NetworkPolicy>(client.clone()).boxed(),
+        watch_kind::<MeshPolicy>(client.clone()).boxed(),
+        watch_kind::<ClusterMeshPolicy>(client.clone()).boxed(),
         watch_kind::<Node>(client).boxed(),
     ])
 }

@@ -1,7 +1,10 @@
 //! The project's custom resources, as Rust types. Their YAML (`deploy/crds/`) is generated
 //! from these by `cargo xtask gen-crds`, never written by hand; CI fails when it is stale.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::{
+    api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort},
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector},
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -44,8 +47,112 @@ pub struct MeshNodeStatus {
     pub acked_version: u64,
 }
 
+/// A namespaced policy of the project: what NetworkPolicy cannot say. Its rules allow or deny;
+/// of the rules matching a flow the lowest `priority` decides (deny wins a tie), and every
+/// MeshPolicy rule decides before any NetworkPolicy. Allow rules isolate the selected pods the
+/// way a NetworkPolicy does; deny rules do not. In `Audit` mode nothing is enforced: a flow the
+/// policy would deny passes and is reported with the verdict AUDIT.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "MeshPolicy",
+    derive = "PartialEq",
+    plural = "meshpolicies",
+    shortname = "mp",
+    namespaced,
+    printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshPolicySpec {
+    /// The pods of the policy's namespace it applies to; absent or empty: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// 0 (decides first) to 1000; default 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// `Enforce` (default) or `Audit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PolicyMode>,
+    /// Rules for traffic into the selected pods; `peers` are the sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<MeshRule>,
+    /// Rules for traffic out of the selected pods; `peers` are the destinations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<MeshRule>,
+}
+
+/// A cluster-scoped MeshPolicy: it selects pods across namespaces, and its peers without a
+/// namespaceSelector are pods of every namespace.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "ClusterMeshPolicy",
+    derive = "PartialEq",
+    plural = "clustermeshpolicies",
+    shortname = "cmp",
+    printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMeshPolicySpec {
+    /// The namespaces whose pods it applies to; absent or empty: every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Of those, the pods it applies to; absent or empty: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// 0 (decides first) to 1000; default 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// `Enforce` (default) or `Audit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PolicyMode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<MeshRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<MeshRule>,
+}
+
+/// Whether a policy's verdicts are enforced or only reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+/// What a rule does to the flows it matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RuleAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// One rule: any of `peers` (none: every peer) on any of `ports` (none: every port), with the
+/// peer and port syntax of NetworkPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshRule {
+    pub action: RuleAction,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<NetworkPolicyPeer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<NetworkPolicyPort>,
+}
+
+/// The priority of a MeshPolicy that gives none.
+pub const DEFAULT_PRIORITY: u32 = 500;
+/// The largest priority a MeshPolicy may have.
+pub const MAX_PRIORITY: u32 = 1000;
+
 /// Every CRD of the project, in the order `deploy/crds/` lists them.
 pub fn all() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt as _;
-    vec![MeshNode::crd()]
+    vec![MeshNode::crd(), MeshPolicy::crd(), ClusterMeshPolicy::crd()]
 }

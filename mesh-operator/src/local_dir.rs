@@ -14,10 +14,13 @@ use k8s_openapi::api::{
 };
 use serde::{Deserialize as _, de::DeserializeOwned};
 
-use crate::cluster::{ClusterView, Object, ObjectKey};
+use crate::{
+    cluster::{ClusterView, Object, ObjectKey},
+    crd::{ClusterMeshPolicy, MeshPolicy},
+};
 
 /// What the operator reads, as `apiVersion kind`.
-pub const KINDS: [(&str, &str); 7] = [
+pub const KINDS: [(&str, &str); 9] = [
     ("v1", "Namespace"),
     ("v1", "Pod"),
     ("v1", "Service"),
@@ -25,6 +28,8 @@ pub const KINDS: [(&str, &str); 7] = [
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("v1", "Node"),
     ("v1", "ServiceAccount"),
+    ("mesh.dev/v1alpha1", "MeshPolicy"),
+    ("mesh.dev/v1alpha1", "ClusterMeshPolicy"),
 ];
 
 /// One problem with one object (or, when it cannot be split into objects, one file).
@@ -98,7 +103,6 @@ impl LocalDir {
         let mut changes = Vec::new();
         for file in touched {
             let (objects, file_errors) = if file.is_file() { parse_file(&file) } else { (Vec::new(), Vec::new()) };
-            errors.extend(file_errors);
             let before = self.files.remove(&file).unwrap_or_default();
             let mut kept = BTreeMap::new();
             for (key, object, fingerprint) in objects {
@@ -118,10 +122,19 @@ impl LocalDir {
                     }
                 }
             }
+            // An object whose new version is refused keeps its previous one: an invalid edit
+            // never takes a policy (or anything else) away.
+            let refused: BTreeSet<String> = file_errors.iter().map(|e| e.object.clone()).collect();
+            for (key, fingerprint) in &before {
+                if !kept.contains_key(key) && refused.contains(&key.to_string()) {
+                    kept.insert(key.clone(), *fingerprint);
+                }
+            }
             for key in before.keys().filter(|key| !kept.contains_key(*key)) {
                 self.owner.remove(key);
                 changes.push(ObjectChange::Remove(key.clone()));
             }
+            errors.extend(file_errors);
             if !kept.is_empty() {
                 self.files.insert(file, kept);
             }
@@ -211,7 +224,7 @@ fn object(value: &serde_yaml::Value) -> ObjectResult {
     };
     let metadata = value.get("metadata");
     let name = metadata.and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_owned();
-    let cluster_scoped = matches!(*kind, "Namespace" | "Node");
+    let cluster_scoped = matches!(*kind, "Namespace" | "Node" | "ClusterMeshPolicy");
     let namespace = if cluster_scoped {
         String::new()
     } else {
@@ -237,6 +250,10 @@ fn object(value: &serde_yaml::Value) -> ObjectResult {
         "EndpointSlice" => Object::EndpointSlice(Box::new(typed_from(value).map_err(wrong)?)),
         "NetworkPolicy" => Object::NetworkPolicy(Box::new(typed_from::<NetworkPolicy>(value).map_err(wrong)?)),
         "Node" => Object::Node(Box::new(typed_from::<Node>(value).map_err(wrong)?)),
+        "MeshPolicy" => Object::MeshPolicy(Box::new(typed_from::<MeshPolicy>(value).map_err(wrong)?)),
+        "ClusterMeshPolicy" => {
+            Object::ClusterMeshPolicy(Box::new(typed_from::<ClusterMeshPolicy>(value).map_err(wrong)?))
+        }
         // Checked, then set aside: nothing in the model comes from a ServiceAccount object.
         _ => return typed_from::<ServiceAccount>(value).map(|_| None).map_err(wrong),
     };

@@ -427,6 +427,53 @@ pub fn network_policy(
     Ok(out)
 }
 
+/// The parts of a MeshPolicy or ClusterMeshPolicy the model takes.
+pub struct MeshPolicyParts<'a> {
+    pub namespace_selector: Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    pub pod_selector: Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    pub priority: Option<u32>,
+    pub mode: Option<crate::crd::PolicyMode>,
+    pub ingress: &'a [crate::crd::MeshRule],
+    pub egress: &'a [crate::crd::MeshRule],
+}
+
+/// A MeshPolicy (`namespace` given) or ClusterMeshPolicy (`namespace` empty), normalised;
+/// priority, selectors, peers and ports checked.
+pub fn mesh_policy(namespace: &str, name: &str, parts: &MeshPolicyParts<'_>) -> Result<api::MeshPolicy, Invalid> {
+    use crate::crd::{DEFAULT_PRIORITY, MAX_PRIORITY, PolicyMode, RuleAction};
+    let priority = parts.priority.unwrap_or(DEFAULT_PRIORITY);
+    if priority > MAX_PRIORITY {
+        return Err(invalid("spec.priority", format!("{priority} is out of range: use 0 (first) to {MAX_PRIORITY}")));
+    }
+    let mut out = api::MeshPolicy {
+        namespace: namespace.into(),
+        name: name.into(),
+        pod_selector: Some(selector("spec.podSelector", parts.pod_selector)?),
+        namespace_selector: parts
+            .namespace_selector
+            .map(|s| selector("spec.namespaceSelector", Some(s)))
+            .transpose()?,
+        priority,
+        audit: parts.mode == Some(PolicyMode::Audit),
+        ..Default::default()
+    };
+    for (list, rules, way) in [(&mut out.ingress, parts.ingress, "ingress"), (&mut out.egress, parts.egress, "egress")]
+    {
+        for (i, rule) in rules.iter().enumerate() {
+            let checked = policy_rule(&format!("spec.{way}[{i}]"), "peers", Some(&rule.peers), Some(&rule.ports))?;
+            list.push(api::MeshRule {
+                action: match rule.action {
+                    RuleAction::Allow => api::RuleAction::Allow,
+                    RuleAction::Deny => api::RuleAction::Deny,
+                } as i32,
+                peers: checked.peers,
+                ports: checked.ports,
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn policy_rule(
     field: &str,
     peers_field: &str,
@@ -627,6 +674,60 @@ mod policy_tests {
         ];
         for (yaml, field) in cases {
             assert_eq!(policy(yaml).unwrap_err().field, field, "{yaml}");
+        }
+    }
+
+    fn cluster_mesh_policy(yaml: &str) -> Result<api::MeshPolicy, Invalid> {
+        let p: crate::crd::ClusterMeshPolicy = serde_yaml::from_str(&format!(
+            "{{apiVersion: mesh.dev/v1alpha1, kind: ClusterMeshPolicy, metadata: {{name: p}}, {yaml}}}"
+        ))
+        .unwrap();
+        let spec = &p.spec;
+        mesh_policy(
+            "",
+            "p",
+            &MeshPolicyParts {
+                namespace_selector: spec.namespace_selector.as_ref(),
+                pod_selector: spec.pod_selector.as_ref(),
+                priority: spec.priority,
+                mode: spec.mode,
+                ingress: &spec.ingress,
+                egress: &spec.egress,
+            },
+        )
+    }
+
+    #[test]
+    fn a_mesh_policy_is_normalised() {
+        let p = cluster_mesh_policy(
+            "spec: {namespaceSelector: {matchLabels: {ns: z}}, mode: Audit, egress: [{action: Deny, ports: [{port: 53, protocol: UDP}]}]}",
+        )
+        .unwrap();
+        assert_eq!(p.priority, crate::crd::DEFAULT_PRIORITY);
+        assert!(p.audit);
+        assert_eq!(p.namespace_selector.unwrap().match_labels["ns"], "z");
+        assert_eq!(p.egress[0].action, api::RuleAction::Deny as i32);
+        assert_eq!(p.egress[0].ports[0].protocol, api::Protocol::Udp as i32);
+        assert!(p.egress[0].peers.is_empty() && p.ingress.is_empty());
+    }
+
+    #[test]
+    fn bad_mesh_policies_are_refused_with_the_field() {
+        let cases = [
+            ("spec: {priority: 1001}", "spec.priority"),
+            (
+                "spec: {namespaceSelector: {matchExpressions: [{key: a, operator: Is}]}}",
+                "spec.namespaceSelector.matchExpressions[0].operator",
+            ),
+            (
+                "spec: {ingress: [{action: Deny, peers: [{ipBlock: {cidr: 300.0.0.0/8}}]}]}",
+                "spec.ingress[0].peers[0].ipBlock.cidr",
+            ),
+            ("spec: {egress: [{action: Allow, ports: [{port: 0}]}]}", "spec.egress[0].ports[0].port"),
+            ("spec: {egress: [{action: Allow, ports: [{protocol: GRE}]}]}", "spec.egress[0].ports[0].protocol"),
+        ];
+        for (yaml, field) in cases {
+            assert_eq!(cluster_mesh_policy(yaml).unwrap_err().field, field, "{yaml}");
         }
     }
 }

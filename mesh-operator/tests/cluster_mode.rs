@@ -71,6 +71,12 @@ async fn api_server(
                     "spec": {"podCIDR": "10.244.0.0/24"},
                     "status": {"addresses": [{"type": "Hostname", "address": "node-0"}, {"type": "InternalIP", "address": "172.18.0.2"}]}
                 })]),
+                "/apis/mesh.dev/v1alpha1/meshpolicies" => list("MeshPolicy", "mesh.dev/v1alpha1", vec![json!({
+                    "apiVersion": "mesh.dev/v1alpha1", "kind": "MeshPolicy",
+                    "metadata": {"name": "deny-other", "namespace": "demo"},
+                    "spec": {"priority": 10, "ingress": [{"action": "Deny", "peers": [{"podSelector": {"matchLabels": {"app": "other"}}}]}]}
+                })]),
+                "/apis/mesh.dev/v1alpha1/clustermeshpolicies" => list("ClusterMeshPolicy", "mesh.dev/v1alpha1", vec![]),
                 other => panic!("unexpected list {other}"),
             });
             continue;
@@ -163,6 +169,12 @@ async fn watches_list_then_follow_and_resume_after_a_break() {
         panic!("the policy is not in the model")
     };
     assert!(policy.ingress_isolated && !policy.egress_isolated);
+    let Some(resource::Kind::MeshPolicy(mesh)) =
+        &store.get(&(Kind::MeshPolicy as i32, "demo".into(), "deny-other".into())).unwrap().kind
+    else {
+        panic!("the MeshPolicy is not in the model")
+    };
+    assert_eq!((mesh.priority, mesh.ingress[0].action), (10, mesh_common::api::RuleAction::Deny as i32));
     let Some(resource::Kind::Node(node)) =
         &store.get(&(Kind::Node as i32, String::new(), "node-0".into())).unwrap().kind
     else {

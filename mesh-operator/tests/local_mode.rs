@@ -206,3 +206,41 @@ endpoints: [{addresses: [10.244.1.2], nodeName: node-1, conditions: {ready: true
     operator.reload(&[&slice]);
     assert_eq!(operator.slices_of("web")[0].ports[0].port, 8080);
 }
+
+#[test]
+fn an_invalid_edit_keeps_the_previous_version_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    let policy = |priority: u32| {
+        format!(
+            "apiVersion: mesh.dev/v1alpha1
+kind: MeshPolicy
+metadata: {{name: deny-y, namespace: x}}
+spec:
+  priority: {priority}
+  ingress: [{{action: Deny, peers: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]}}]
+"
+        )
+    };
+    std::fs::write(&file, policy(100)).unwrap();
+    let (mut operator, errors) = Operator::load(dir.path());
+    assert!(errors.is_empty(), "{errors:?}");
+    let priority = |operator: &Operator| match &operator.get(Kind::MeshPolicy, "x", "deny-y").map(|r| &r.kind) {
+        Some(Some(resource::Kind::MeshPolicy(p))) => Some(p.priority),
+        _ => None,
+    };
+    assert_eq!(priority(&operator), Some(100));
+    // Out of range: refused with the field named, and the policy stays as it was.
+    std::fs::write(&file, policy(5000)).unwrap();
+    let errors = operator.reload(&[&file]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!((errors[0].object.as_str(), errors[0].field.as_str()), ("MeshPolicy/x/deny-y", "spec.priority"));
+    assert_eq!(priority(&operator), Some(100));
+    // A valid edit applies; removing the file removes it.
+    std::fs::write(&file, policy(7)).unwrap();
+    assert!(operator.reload(&[&file]).is_empty());
+    assert_eq!(priority(&operator), Some(7));
+    std::fs::remove_file(&file).unwrap();
+    operator.reload(&[&file]);
+    assert_eq!(priority(&operator), None);
+}

@@ -45,6 +45,33 @@ pub struct LoadReport {
     pub p99_us: f64,
 }
 
+/// What `labnet rr` prints: request/response round trips on one connection.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RrReport {
+    pub round_trips: u64,
+    pub elapsed_s: f64,
+    /// Round-trip latency percentiles, microseconds.
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Runs `labnet rr` with `placement` for `duration` against `to` (a `labnet serve`), on `cpu`
+/// if given.
+pub fn rr(
+    lab: &Lab,
+    placement: &Placement,
+    to: SocketAddr,
+    duration: Duration,
+    cpu: Option<usize>,
+) -> Result<RrReport> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.args(["rr", "--to", &to.to_string(), "--duration-ms", &duration.as_millis().to_string()]);
+    if let Some(cpu) = cpu {
+        command.args(["--cpu", &cpu.to_string()]);
+    }
+    run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet rr")
+}
+
 /// The `labnet` binary.
 pub fn binary() -> PathBuf {
     crate::built_binary("labnet")

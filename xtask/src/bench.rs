@@ -4,6 +4,7 @@
 //! ratio}]}`.
 
 mod control_plane;
+mod policy;
 mod service_lb;
 
 use std::path::PathBuf;
@@ -36,12 +37,23 @@ pub enum Bench {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// Pod-to-pod throughput (iperf3) and request/response latency, on one node and across
+    /// nodes: no programs, programs without policy, and policies of many rules.
+    Policy {
+        /// Rules selecting the servers (comma-separated scales).
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        scales: Vec<u32>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     let report = match bench {
         Bench::ControlPlane { services, endpoints, changes } => control_plane::run(services, endpoints, changes)?,
         Bench::ServiceLb { scales, seconds } => service_lb::run(&scales, seconds)?,
+        Bench::Policy { scales, seconds } => policy::run(&scales, seconds)?,
     };
     report.print();
     let path = report.write()?;

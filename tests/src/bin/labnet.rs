@@ -15,6 +15,9 @@
 //! - `labnet load --to A[,B...] --duration-ms 2000`: short connections (connect, request,
 //!   reply, close) one after another, to a random address of the list, for the duration;
 //!   prints connections/s and connect-to-first-byte percentiles as JSON.
+//! - `labnet rr --to A --duration-ms 2000`: one connection to a `serve --read-request`; after
+//!   its reply, 1-byte requests echoed back, one at a time, for the duration; prints round
+//!   trips and latency percentiles as JSON.
 //! - `labnet probe --to A[,B...] --protocol tcp|udp [--timeout-ms 1000]`: one connection (or
 //!   datagram) to every address at once; prints a JSON object of address -> reply (null when
 //!   none came).
@@ -86,6 +89,17 @@ enum Cmd {
         #[arg(long)]
         established_file: Option<PathBuf>,
     },
+    /// Request/response on one connection to TO (a `labnet serve`) for DURATION_MS; print a
+    /// JSON latency report.
+    Rr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        duration_ms: u64,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
     /// One connection (TCP) or datagram (UDP) to every address of TO at once; print a JSON
     /// object of address -> reply or null.
     Probe {
@@ -122,6 +136,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Udp { to, count, timeout_ms } => print(&udp(to, count, Duration::from_millis(timeout_ms))),
         Cmd::Hold { to, hold_ms, established_file } => {
             print(&hold(to, Duration::from_millis(hold_ms), established_file))
+        }
+        Cmd::Rr { to, duration_ms, cpu } => {
+            pin(cpu).and_then(|()| rr(to, Duration::from_millis(duration_ms))).and_then(|r| print(&r))
         }
         Cmd::Probe { to, protocol, timeout_ms } => {
             print(&probe(&to, protocol == "tcp", Duration::from_millis(timeout_ms)))
@@ -220,6 +237,39 @@ fn one(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a reply"));
     }
     Ok((reply.trim_end().to_owned(), peer))
+}
+
+fn rr(to: SocketAddr, duration: Duration) -> std::io::Result<mesh_tests::labnet::RrReport> {
+    let mut stream = TcpStream::connect(to)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A `serve --read-request` server answers a first request with its reply line, then echoes.
+    stream.write_all(b"rr\n")?;
+    let mut greeting = String::new();
+    BufReader::new(&stream).read_line(&mut greeting)?;
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    while started.elapsed() < duration && latencies.len() < 10_000_000 {
+        let sent = Instant::now();
+        stream.write_all(b"x")?;
+        stream.read_exact(&mut byte)?;
+        latencies.push(sent.elapsed().as_nanos() as f64 / 1000.0);
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(mesh_tests::labnet::RrReport {
+        round_trips: latencies.len() as u64,
+        elapsed_s,
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+    })
 }
 
 fn probe(targets: &[SocketAddr], tcp: bool, timeout: Duration) -> std::collections::BTreeMap<String, Option<String>> {

@@ -1,0 +1,222 @@
+//! `cargo xtask bench policy`: what network policy costs a pod's traffic. A client pod talks
+//! to a server pod on its own node and to one on another node: iperf3 throughput (one TCP
+//! stream) and request/response latency (1-byte round trips on one connection). Cases:
+//!
+//! - `none`: no programs at all (no agent).
+//! - `programs`: the agents run and the TC programs sit on every pod's interface; no policy.
+//! - `rules`: a NetworkPolicy selecting the servers with N ingress rules (N-1 allowing ipBlock
+//!   /32s elsewhere, one allowing the client), for N = 10, 1,000 and 10,000.
+//!
+//! Cross-node rows carry the suffix `/cross-node` and their own baseline. `none` runs at the
+//! start, between `programs` and `rules`, and at the end; its median is the baseline.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use mesh_tests::{
+    lab::{Lab, Placement},
+    labnet::{self, RrReport},
+    manifests::{self, Mesh, PodManifest},
+};
+
+use super::{Report, Row};
+use crate::cargo;
+
+const NS: &str = "bench";
+const RR_PORT: u16 = 8080;
+const IPERF_PORT: u16 = 5201;
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+/// The two paths: server pod name and the case suffix.
+const PATHS: [(&str, &str); 2] = [("server-local", ""), ("server-remote", "/cross-node")];
+
+/// One measurement of one path.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    gbps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
+    anyhow::ensure!(scales.iter().all(|s| (1..=50_000).contains(s)), "rule counts must be 1 to 50000");
+    anyhow::ensure!(
+        std::process::Command::new("iperf3").arg("--version").output().is_ok(),
+        "iperf3 is missing: run xtask/bootstrap.sh (it installs iperf3)"
+    );
+    let started = Instant::now();
+    cargo::run(&["build", "--release", "--bins"], &[])?;
+    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
+    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    let duration = Duration::from_secs_f64(seconds);
+
+    let lab = Lab::new(&[&["client", "server-local"], &["server-remote"]]).context("bringing up the lab")?;
+    for (server, _) in PATHS {
+        let pod = lab.pod(server);
+        labnet::serve_requests(&lab, pod, RR_PORT, server, Some(SERVER_CPU)).map(drop)?;
+        let mut iperf = lab.pod_command(pod, "iperf3")?;
+        iperf.args(["-s", "-p", &IPERF_PORT.to_string(), "-A", &SERVER_CPU.to_string()]);
+        iperf.stdout(std::process::Stdio::null());
+        lab.spawn(&mut iperf)?;
+    }
+    let client = Placement::pod(lab.pod("client"));
+    let measure = |label: &str| -> anyhow::Result<[Sample; 2]> {
+        let mut out = [Sample { gbps: 0.0, p50_us: 0.0, p99_us: 0.0 }; 2];
+        for (i, (server, _)) in PATHS.iter().enumerate() {
+            let ip = lab.pod(server).ip;
+            let gbps = iperf(&lab, &client, ip, duration)?;
+            let rr: RrReport = labnet::rr(&lab, &client, SocketAddr::from((ip, RR_PORT)), duration, Some(CLIENT_CPU))?;
+            println!(
+                "    {label:<16} {server:<14} {gbps:>7.2} Gbit/s   rr p50 {:>6.1} us  p99 {:>6.1} us  ({} round trips)",
+                rr.p50_us, rr.p99_us, rr.round_trips
+            );
+            out[i] = Sample { gbps, p50_us: rr.p50_us, p99_us: rr.p99_us };
+        }
+        Ok(out)
+    };
+    // Warm up.
+    measure("warm-up")?;
+    let mut none = vec![measure("none")?];
+
+    let objects = pods(&lab);
+    let mesh = Mesh::start(&lab, &objects, &["--policy-max", "200000", "--identities-max", "200000"])?;
+    let programs = measure("programs")?;
+    let mut rules = Vec::new();
+    for &n in scales {
+        let t = Instant::now();
+        mesh.write(&format!("{objects}{}", policy(n)))?;
+        wait_for_entries(&lab, n as usize)?;
+        println!("    {n} rules applied in {:.2} s", t.elapsed().as_secs_f64());
+        rules.push((n, measure(&format!("rules {n}"))?));
+    }
+    drop(mesh);
+    none.push(measure("none")?);
+    none.push(measure("none")?);
+
+    let mut rows = Vec::new();
+    for (i, (_, suffix)) in PATHS.iter().enumerate() {
+        let baseline_case = format!("none{suffix}");
+        let median = |f: fn(&Sample) -> f64| {
+            let mut v: Vec<f64> = none.iter().map(|s| f(&s[i])).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base = Sample { gbps: median(|s| s.gbps), p50_us: median(|s| s.p50_us), p99_us: median(|s| s.p99_us) };
+        let mut push = |case: String, scale: u64, sample: Sample| {
+            let baseline = (case != baseline_case).then(|| baseline_case.clone());
+            for (metric, value, unit, base_value) in [
+                ("throughput_gbps", sample.gbps, "Gbit/s", base.gbps),
+                ("rr_p50_us", sample.p50_us, "us", base.p50_us),
+                ("rr_p99_us", sample.p99_us, "us", base.p99_us),
+            ] {
+                rows.push(Row {
+                    case: case.clone(),
+                    scale,
+                    metric: metric.into(),
+                    value,
+                    unit: unit.into(),
+                    baseline: baseline.clone(),
+                    ratio: baseline.as_ref().map(|_| value / base_value),
+                });
+            }
+        };
+        push(baseline_case.clone(), 0, base);
+        push(format!("programs{suffix}"), 0, programs[i]);
+        for (n, sample) in &rules {
+            push(format!("rules{suffix}"), u64::from(*n), sample[i]);
+        }
+    }
+    let mut notes = vec![format!(
+        "{seconds} s per run; none = median of {} runs; client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
+        none.len(),
+        started.elapsed().as_secs_f64()
+    )];
+    for (_, suffix) in PATHS {
+        let value = |case: &str, scale: u64, metric: &str| {
+            rows.iter().find(|r| r.case == case && r.scale == scale && r.metric == metric).map(|r| r.value)
+        };
+        let base = value(&format!("none{suffix}"), 0, "rr_p99_us").unwrap_or(0.0);
+        let mut line = format!("added p99 latency{suffix}:");
+        for &n in scales {
+            if let Some(p99) = value(&format!("rules{suffix}"), u64::from(n), "rr_p99_us") {
+                let _ = write!(line, " {n} rules {:+.1} us;", p99 - base);
+            }
+        }
+        notes.push(line);
+    }
+    Ok(Report { bench: "policy".into(), rows, notes })
+}
+
+/// iperf3 from `client` to `ip` for `duration`: received Gbit/s.
+fn iperf(lab: &Lab, client: &Placement, ip: std::net::Ipv4Addr, duration: Duration) -> anyhow::Result<f64> {
+    let mut command = lab.placed_command(client, "iperf3")?;
+    command.args(["-c", &ip.to_string(), "-p", &IPERF_PORT.to_string(), "-J", "-A", &CLIENT_CPU.to_string()]);
+    command.args(["-t", &format!("{}", duration.as_secs_f64())]);
+    let output = lab.run(&mut command, duration * 3 + Duration::from_secs(15))?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&output.stderr)))?;
+    let Some(bps) = report["end"]["sum_received"]["bits_per_second"].as_f64() else {
+        bail!("iperf3 failed: {}", report["error"]);
+    };
+    Ok(bps / 1e9)
+}
+
+/// The cluster's objects: nodes, the namespace, the three pods.
+fn pods(lab: &Lab) -> String {
+    let mut out = manifests::nodes(lab);
+    out.push_str(&manifests::namespace(NS));
+    for (name, app) in [("client", "client"), ("server-local", "server"), ("server-remote", "server")] {
+        let labels = [("app", app)];
+        out.push_str(&PodManifest { labels: &labels, ..Default::default() }.render(NS, lab.pod(name)));
+    }
+    out
+}
+
+/// A NetworkPolicy selecting the servers with `n` ingress rules: `n - 1` from ipBlock /32s in
+/// 172.16.0.0/12 (not the lab's), and the client's.
+fn policy(n: u32) -> String {
+    let mut out = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: many, namespace: {NS}}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n"
+    );
+    for i in 0..n.saturating_sub(1) {
+        let _ = writeln!(
+            out,
+            "    - from: [{{ipBlock: {{cidr: 172.{}.{}.{}/32}}}}]",
+            16 + (i >> 16),
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
+    }
+    out.push_str("    - from: [{podSelector: {matchLabels: {app: client}}}]\n---\n");
+    out
+}
+
+/// Waits until both nodes' policy maps hold at least `n` entries (the servers' rules).
+fn wait_for_entries(lab: &Lab, n: usize) -> anyhow::Result<()> {
+    use aya::maps::{Map, MapData, lpm_trie::LpmTrie};
+    use mesh_common::policy::{PolicyEntry, PolicyKey};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut counts = Vec::new();
+        for node in &lab.nodes {
+            let path = node.bpffs.join(mesh_common::maps::POLICY);
+            let count = MapData::from_pin(&path)
+                .ok()
+                .and_then(|data| Map::from_map_data(data).ok())
+                .and_then(|map| LpmTrie::<MapData, PolicyKey, PolicyEntry>::try_from(map).ok())
+                .map_or(0, |trie| trie.keys().count());
+            counts.push(count);
+        }
+        if counts.iter().all(|c| *c >= n) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("policy of {n} rules not applied within 120 s (entries per node: {counts:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
