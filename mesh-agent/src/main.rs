@@ -1,6 +1,6 @@
 //! `mesh-agent`: see the crate documentation and ARCHITECTURE.md.
 
-use std::process::ExitCode;
+use std::{cell::RefCell, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -42,7 +42,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .attach_cgroup(&config.cgroup)
         .map_err(anyhow::Error::from)
         .and_then(|()| Ok((datapath.service_table()?, datapath.policy_table()?)));
-    let (mut table, mut policy) = match started {
+    let (mut table, policy) = match started {
         Ok(tables) => tables,
         Err(err) => {
             let _ = datapath.shutdown(false);
@@ -50,30 +50,37 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     tracing::info!(node = %config.node_name, "starting");
+    // Shared by reconciling and the verdict reports (one thread; never held across an await).
+    let policy = RefCell::new(policy);
 
     if let Some(state) = state {
         // Static mode: one reconciliation; any error stops the agent.
         let model = state.resources(&config.node_name);
         let desired = desired::compile(&model, &config.node_name);
-        if let Err(err) = reconcile(&mut datapath, &mut table, &mut policy, &config, &model, &desired) {
+        if let Err(err) = reconcile(&mut datapath, &mut table, &mut policy.borrow_mut(), &config, &model, &desired) {
             let _ = datapath.shutdown(false);
             anyhow::bail!(err);
         }
         ready(&mut datapath, &config)?;
-        runtime.block_on(shutdown_signal());
+        runtime.block_on(async {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = report_verdicts(&policy) => {}
+            }
+        });
     } else {
         let endpoint = config.operator.clone().expect("validated: a state file or an operator");
         let mut received = Received::default();
         let mut is_ready = false;
         let mut ready_error = None;
-        runtime.block_on(operator_stream::follow(
+        let follow = operator_stream::follow(
             &endpoint,
             config.tls.as_ref(),
             &config.node_name,
             &mut received,
             |model, update| {
                 let desired = desired::compile(model, &config.node_name);
-                let result = reconcile(&mut datapath, &mut table, &mut policy, &config, model, &desired);
+                let result = reconcile(&mut datapath, &mut table, &mut policy.borrow_mut(), &config, model, &desired);
                 tracing::info!(
                     version = update.version,
                     full = update.full,
@@ -93,7 +100,13 @@ fn run(args: Args) -> anyhow::Result<()> {
                 result
             },
             shutdown_signal(),
-        ));
+        );
+        runtime.block_on(async {
+            tokio::select! {
+                () = follow => {}
+                () = report_verdicts(&policy) => {}
+            }
+        });
         if let Some(err) = ready_error {
             return Err(err);
         }
@@ -144,6 +157,21 @@ fn ready(datapath: &mut Datapath, config: &Config) -> anyhow::Result<()> {
     }
     tracing::info!("ready");
     Ok(())
+}
+
+/// How often the agent logs the verdicts counted since its last report.
+const VERDICT_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Logs, every [`VERDICT_REPORT_INTERVAL`], the policy verdicts counted since the last report,
+/// each with the rule that decided it. Never ends.
+async fn report_verdicts(policy: &RefCell<PolicyTable>) {
+    let mut tick = tokio::time::interval(VERDICT_REPORT_INTERVAL);
+    loop {
+        tick.tick().await;
+        for line in policy.borrow_mut().verdict_report() {
+            tracing::info!("verdict {line}");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

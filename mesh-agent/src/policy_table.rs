@@ -12,12 +12,13 @@ use std::{
     net::Ipv4Addr,
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie};
 use mesh_common::{
     api, maps,
     policy::{
-        ALLOW, ANY_PEER, ANY_PROTO_BITS, DENY, Decision, DirectionPolicy, EGRESS, Endpoint, HAS_RULES, INGRESS,
+        ALLOW, ANY_PEER, ANY_PROTO_BITS, AUDIT, DENY, Decision, DirectionPolicy, EGRESS, Endpoint, HAS_RULES, INGRESS,
         IP_CIDR, IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PROTO_BITS, PolicyEntry, PolicyKey,
+        VerdictCount, VerdictKey, reason,
     },
     proto,
 };
@@ -406,6 +407,9 @@ pub struct PolicyTable {
     endpoints: BpfHashMap<MapData, u32, Endpoint>,
     policy: LpmTrie<MapData, PolicyKey, PolicyEntry>,
     revision: Array<MapData, u32>,
+    verdicts: PerCpuHashMap<MapData, VerdictKey, VerdictCount>,
+    /// The verdict counters last reported.
+    reported: HashMap<VerdictKey, VerdictCount>,
     current: KernelPolicy,
     numbering: Numbering,
     capacities: Capacities,
@@ -435,6 +439,7 @@ impl PolicyTable {
         let policy: LpmTrie<MapData, PolicyKey, PolicyEntry> =
             LpmTrie::try_from(take(maps::POLICY)?).map_err(map_type(maps::POLICY))?;
         let revision = Array::try_from(take(maps::POLICY_REVISION)?).map_err(map_type(maps::POLICY_REVISION))?;
+        let verdicts = PerCpuHashMap::try_from(take(maps::VERDICTS)?).map_err(map_type(maps::VERDICTS))?;
         let mut current = KernelPolicy::default();
         for (key, value) in identities.iter().filter_map(Result::ok) {
             let data = key.data();
@@ -447,7 +452,53 @@ impl PolicyTable {
         for (key, value) in policy.iter().filter_map(Result::ok) {
             current.entries.insert((key.prefix_len(), key.data()), value);
         }
-        Ok(Self { identities, endpoints, policy, revision, current, numbering: Numbering::default(), capacities })
+        let mut table = Self {
+            identities,
+            endpoints,
+            policy,
+            revision,
+            verdicts,
+            reported: HashMap::new(),
+            current,
+            numbering: Numbering::default(),
+            capacities,
+        };
+        // Counts from before this agent are not news.
+        table.verdict_report();
+        Ok(table)
+    }
+
+    /// The verdicts counted since the last report, each explained: one line per (rule,
+    /// verdict, reason, direction) that judged new flows or dropped packets.
+    pub fn verdict_report(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (key, per_cpu) in self.verdicts.iter().filter_map(Result::ok) {
+            let total = per_cpu.iter().fold(VerdictCount::default(), |sum, c| VerdictCount {
+                flows: sum.flows + c.flows,
+                dropped_packets: sum.dropped_packets + c.dropped_packets,
+            });
+            let before = self.reported.insert(key, total).unwrap_or_default();
+            let (flows, dropped) = (total.flows - before.flows, total.dropped_packets - before.dropped_packets);
+            if flows == 0 && dropped == 0 {
+                continue;
+            }
+            let verdict = match (key.action, key.reason) {
+                (DENY, reason::POLICY_DENY) => "DROPPED (POLICY_DENY, 181)",
+                (DENY, reason::POLICY_DENIED) => "DROPPED (POLICY_DENIED, 133)",
+                (DENY, reason::UNSUPPORTED_L3_PROTOCOL) => "DROPPED (UNSUPPORTED_L3_PROTOCOL, 139)",
+                (DENY, _) => "DROPPED",
+                (AUDIT, _) => "AUDIT",
+                _ => "FORWARDED",
+            };
+            let why = match self.numbering.attribution(key.rule) {
+                Some(what) => what.to_string(),
+                None if key.rule == 0 => "no policy selects the pod this way".to_owned(),
+                None => format!("rule {} of an earlier agent", key.rule),
+            };
+            let direction = if key.direction == INGRESS { "ingress" } else { "egress" };
+            lines.push(format!("{verdict} {direction}: {flows} new flows, {dropped} packets dropped; by {why}"));
+        }
+        lines
     }
 
     /// What rule id `id` (in conntrack entries and verdict counters) stands for.

@@ -64,7 +64,8 @@ pub fn pod_traffic(node: &Node, pod: &Pod) -> Result<PodTraffic> {
 }
 
 /// The demo cluster of `deploy/examples/`: node-0 runs `client` and `web-a`, node-1 runs
-/// `web-b`; service `demo/web` (10.96.0.10:80) selects both web pods, target port `http`.
+/// `web-b` and `intruder`; service `demo/web` (10.96.0.10:80) selects both web pods, target
+/// port `http`; `policy.yaml` lets `client` in and keeps `intruder` out.
 pub mod demo {
     use std::path::{Path, PathBuf};
 
@@ -73,9 +74,11 @@ pub mod demo {
         labnet,
     };
 
-    pub const NODES: [&[&str]; 2] = [&["client", "web-a"], &["web-b"]];
+    pub const NODES: [&[&str]; 2] = [&["client", "web-a"], &["web-b", "intruder"]];
     pub const WEB: [&str; 2] = ["web-a", "web-b"];
     pub const CLIENT: &str = "client";
+    /// The client the demo's policy denies.
+    pub const INTRUDER: &str = "intruder";
     pub const WEB_PORT: u16 = 8080;
 
     /// `deploy/examples/` of this repository.
