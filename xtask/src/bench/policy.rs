@@ -82,16 +82,23 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     measure("warm-up")?;
     let mut none = vec![measure("none")?];
 
+    // The kernel's own account of the TC programs' time per packet, while this fd is open.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
+    let mut program_cost = Vec::new();
     let objects = pods(&lab);
     let mesh = Mesh::start(&lab, &objects, &["--policy-max", "200000", "--identities-max", "200000"])?;
+    let before = tc_runs();
     let programs = measure("programs")?;
+    program_cost.push(("programs".to_owned(), ns_per_run(before, tc_runs())));
     let mut rules = Vec::new();
     for &n in scales {
         let t = Instant::now();
         mesh.write(&format!("{objects}{}", policy(n)))?;
         wait_for_entries(&lab, n as usize)?;
         println!("    {n} rules applied in {:.2} s", t.elapsed().as_secs_f64());
+        let before = tc_runs();
         rules.push((n, measure(&format!("rules {n}"))?));
+        program_cost.push((format!("rules {n}"), ns_per_run(before, tc_runs())));
     }
     drop(mesh);
     none.push(measure("none")?);
@@ -135,6 +142,10 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         none.len(),
         started.elapsed().as_secs_f64()
     )];
+    notes.push(format!(
+        "TC program time per packet (kernel BPF statistics, both directions, all pods): {}",
+        program_cost.iter().map(|(case, ns)| format!("{case} {ns:.0} ns")).collect::<Vec<_>>().join("; ")
+    ));
     for (_, suffix) in PATHS {
         let value = |case: &str, scale: u64, metric: &str| {
             rows.iter().find(|r| r.case == case && r.scale == scale && r.metric == metric).map(|r| r.value)
@@ -149,6 +160,21 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         notes.push(line);
     }
     Ok(Report { bench: "policy".into(), rows, notes })
+}
+
+/// Total run time and runs of every loaded pod TC program (`mesh_from_pod`, `mesh_to_pod`).
+fn tc_runs() -> (Duration, u64) {
+    let names = [mesh_common::programs::FROM_POD, mesh_common::programs::TO_POD];
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| names.contains(&n)))
+        .fold((Duration::ZERO, 0), |(time, runs), p| (time + p.run_time(), runs + p.run_count()))
+}
+
+/// Nanoseconds per run between two [`tc_runs`] readings.
+fn ns_per_run(before: (Duration, u64), after: (Duration, u64)) -> f64 {
+    let runs = after.1.saturating_sub(before.1).max(1);
+    after.0.saturating_sub(before.0).as_nanos() as f64 / runs as f64
 }
 
 /// iperf3 from `client` to `ip` for `duration`: received Gbit/s.
