@@ -72,6 +72,7 @@ pub struct MeshPolicySpec {
     pub pod_selector: Option<LabelSelector>,
     /// 0 (decides first) to 1000; default 500.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000))]
     pub priority: Option<u32>,
     /// `Enforce` (default) or `Audit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +109,7 @@ pub struct ClusterMeshPolicySpec {
     pub pod_selector: Option<LabelSelector>,
     /// 0 (decides first) to 1000; default 500.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000))]
     pub priority: Option<u32>,
     /// `Enforce` (default) or `Audit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
