@@ -565,13 +565,7 @@ mod tests {
     fn kernel_matrix(set: &ResourceSet, compiled: &[EndpointPolicy], protocol: api::Protocol, port: u16) -> String {
         use crate::policy_table::{LocalEndpoint, Numbering, kernel_form};
         use mesh_common::policy::{EGRESS, INGRESS};
-        let workloads: Vec<&api::Workload> = set
-            .of_kind(Kind::Workload)
-            .filter_map(|r| match &r.kind {
-                Some(resource::Kind::Workload(w)) => Some(w),
-                _ => None,
-            })
-            .collect();
+        let workloads = workloads(set);
         let index = |ns: usize, pod: usize| (ns * 3 + pod) as u32 + 10;
         let endpoints: Vec<LocalEndpoint<'_>> = (0..9)
             .map(|i| LocalEndpoint {

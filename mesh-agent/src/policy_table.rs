@@ -115,12 +115,12 @@ pub struct KernelPolicy {
 /// One rule's contribution for one peer identity: a protocol (`None`: all) and a port range
 /// (`None`: all ports of it).
 #[derive(Debug, Clone)]
-struct Item {
+struct Item<'a> {
     proto: Option<u8>,
     ports: Option<(u16, u16)>,
     decision: Decision,
     audit: bool,
-    policy: usize,
+    policy: &'a PolicyRef,
 }
 
 /// Compiles the kernel form of `endpoints`' policy; `workloads` are every pod of the cluster
@@ -154,7 +154,6 @@ pub fn kernel_form(
     for cidr in &cidrs {
         out.identities.insert((IP_CIDR, *cidr), numbering.cidr(*cidr));
     }
-    let mut policies: Vec<PolicyRef> = Vec::new();
     for endpoint in endpoints {
         let mut value = Endpoint::default();
         for (direction, way, code) in
@@ -169,12 +168,12 @@ pub fn kernel_form(
                 flags.flags |= ISOLATED_AUDIT;
                 flags.audit_isolating_rule = numbering.rule(Attribution::Isolation { policy: policy.clone(), way });
             }
-            let items = items(endpoint, direction, code, workloads, &cidrs, numbering, &mut policies);
+            let items = items(endpoint, direction, code, workloads, &cidrs, numbering);
             if !items.is_empty() {
                 flags.flags |= HAS_RULES;
             }
             for (peer, items) in items {
-                write_entries(&mut out, endpoint.ifindex, code, peer, &items, &policies);
+                write_entries(&mut out, endpoint.ifindex, code, peer, &items);
             }
             if code == INGRESS {
                 value.ingress = flags;
@@ -190,15 +189,14 @@ pub fn kernel_form(
 }
 
 /// The items of one direction's rules, by peer identity, in decision order.
-fn items(
+fn items<'a>(
     endpoint: &LocalEndpoint<'_>,
-    direction: &Direction,
+    direction: &'a Direction,
     code: u8,
     workloads: &[&api::Workload],
     cidrs: &BTreeSet<Cidr>,
     numbering: &mut Numbering,
-    policies: &mut Vec<PolicyRef>,
-) -> BTreeMap<u32, Vec<Item>> {
+) -> BTreeMap<u32, Vec<Item<'a>>> {
     let mut by_peer: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
     for rule in &direction.rules {
         let decision = Decision {
@@ -207,14 +205,7 @@ fn items(
             action: if rule.action == Action::Deny { DENY } else { ALLOW },
             _pad: 0,
         };
-        let policy = match policies.iter().position(|p| *p == rule.rule.policy) {
-            Some(index) => index,
-            None => {
-                policies.push(rule.rule.policy.clone());
-                policies.len() - 1
-            }
-        };
-        let item = |proto, ports| Item { proto, ports, decision, audit: rule.audit, policy };
+        let item = |proto, ports| Item { proto, ports, decision, audit: rule.audit, policy: &rule.rule.policy };
         let any = [Peer::Any];
         let peers = if rule.peers.is_empty() { &any[..] } else { &rule.peers[..] };
         let peer_ids: BTreeSet<u32> = peers.iter().flat_map(|peer| peer_identities(peer, cidrs, numbering)).collect();
@@ -326,7 +317,7 @@ pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u32)> {
 }
 
 /// The protocol/port prefix of an item: (protocol or 0, port range or full).
-fn item_prefixes(item: &Item) -> Vec<(u32, u8, u16)> {
+fn item_prefixes(item: &Item<'_>) -> Vec<(u32, u8, u16)> {
     match (item.proto, item.ports) {
         (None, _) => vec![(ANY_PROTO_BITS, 0, 0)],
         (Some(proto), None) => vec![(PROTO_BITS, proto, 0)],
@@ -337,7 +328,7 @@ fn item_prefixes(item: &Item) -> Vec<(u32, u8, u16)> {
 }
 
 /// Whether `item` covers the whole prefix (`bits`, `proto`, `port`).
-fn covers(item: &Item, bits: u32, proto: u8, port: u16) -> bool {
+fn covers(item: &Item<'_>, bits: u32, proto: u8, port: u16) -> bool {
     match item.proto {
         None => true,
         Some(p) if bits < PROTO_BITS || p != proto => false,
@@ -351,18 +342,11 @@ fn covers(item: &Item, bits: u32, proto: u8, port: u16) -> bool {
 /// The entries of one (endpoint, direction, peer): one per distinct prefix of its items, each
 /// holding the first covering item's decision (items are in decision order), once from the
 /// enforcing items and once from all.
-fn write_entries(
-    out: &mut KernelPolicy,
-    endpoint: u32,
-    direction: u8,
-    peer: u32,
-    items: &[Item],
-    policies: &[PolicyRef],
-) {
+fn write_entries(out: &mut KernelPolicy, endpoint: u32, direction: u8, peer: u32, items: &[Item<'_>]) {
     let mut prefixes: BTreeSet<(u32, u8, u16)> = BTreeSet::new();
     for item in items {
         let mine = item_prefixes(item);
-        *out.entries_by_policy.entry(policies[item.policy].clone()).or_default() += mine.len();
+        *out.entries_by_policy.entry(item.policy.clone()).or_default() += mine.len();
         prefixes.extend(mine);
     }
     for (bits, proto, port) in prefixes {

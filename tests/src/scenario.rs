@@ -6,7 +6,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Map, MapData, PerCpuHashMap};
+use aya::maps::{Map, MapData, MapError, PerCpuHashMap};
 use mesh_common::pod_traffic::PodTraffic;
 
 use crate::{
@@ -48,19 +48,22 @@ pub fn web_state(lab: &Lab) -> String {
 /// What the TC programs counted on `pod`'s host-side interface, summed over CPUs, read from
 /// the map the agent of `node` pinned.
 pub fn pod_traffic(node: &Node, pod: &Pod) -> Result<PodTraffic> {
-    let path = node.bpffs.join(mesh_common::maps::POD_TRAFFIC);
-    let map_error = |err: &dyn std::fmt::Display| LabError::Command {
-        command: format!("reading {}", path.display()),
-        message: err.to_string(),
-    };
-    let data = MapData::from_pin(Path::new(&path)).map_err(|e| map_error(&e))?;
-    let map: PerCpuHashMap<MapData, u32, PodTraffic> =
-        PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_error(&e))?).map_err(|e| map_error(&e))?;
+    let map: PerCpuHashMap<MapData, u32, PodTraffic> = pinned_map(&node.bpffs.join(mesh_common::maps::POD_TRAFFIC))?;
     let mut total = PodTraffic::default();
     if let Ok(per_cpu) = map.get(&pod.host_ifindex, 0) {
         per_cpu.iter().for_each(|cpu| total.add(cpu));
     }
     Ok(total)
+}
+
+/// The map pinned at `path` (by an agent), as the map type `T`.
+pub fn pinned_map<T: TryFrom<Map, Error = MapError>>(path: &Path) -> Result<T> {
+    let map_error = |err: &dyn std::fmt::Display| LabError::Command {
+        command: format!("reading {}", path.display()),
+        message: err.to_string(),
+    };
+    let data = MapData::from_pin(path).map_err(|e| map_error(&e))?;
+    T::try_from(Map::from_map_data(data).map_err(|e| map_error(&e))?).map_err(|e| map_error(&e))
 }
 
 /// The demo cluster of `deploy/examples/`: node-0 runs `client` and `web-a`, node-1 runs

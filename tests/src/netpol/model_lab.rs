@@ -294,18 +294,12 @@ pub fn render(lab: &Lab, objects: &Objects) -> String {
 /// Flows judged per (action, reason, direction) on every node, summed over rules and CPUs,
 /// read from the verdict counters the agents pinned.
 pub fn verdicts(lab: &Lab) -> Result<BTreeMap<(u8, u8, u8), u64>> {
-    use aya::maps::{Map, MapData, PerCpuHashMap};
+    use aya::maps::{MapData, PerCpuHashMap};
     use mesh_common::policy::{VerdictCount, VerdictKey};
     let mut out = BTreeMap::new();
     for node in &lab.nodes {
-        let path = node.bpffs.join(mesh_common::maps::VERDICTS);
-        let map_error = |err: &dyn std::fmt::Display| LabError::Command {
-            command: format!("reading {}", path.display()),
-            message: err.to_string(),
-        };
-        let data = MapData::from_pin(&path).map_err(|e| map_error(&e))?;
         let map: PerCpuHashMap<MapData, VerdictKey, VerdictCount> =
-            PerCpuHashMap::try_from(Map::from_map_data(data).map_err(|e| map_error(&e))?).map_err(|e| map_error(&e))?;
+            crate::scenario::pinned_map(&node.bpffs.join(mesh_common::maps::VERDICTS))?;
         for (key, per_cpu) in map.iter().filter_map(std::result::Result::ok) {
             let flows: u64 = per_cpu.iter().map(|c| c.flows).sum();
             *out.entry((key.action, key.reason, key.direction)).or_default() += flows;

@@ -223,18 +223,16 @@ fn policy(n: u32) -> String {
 
 /// Waits until both nodes' policy maps hold at least `n` entries (the servers' rules).
 fn wait_for_entries(lab: &Lab, n: usize) -> anyhow::Result<()> {
-    use aya::maps::{Map, MapData, lpm_trie::LpmTrie};
+    use aya::maps::{MapData, lpm_trie::LpmTrie};
     use mesh_common::policy::{PolicyEntry, PolicyKey};
+    use mesh_tests::scenario::pinned_map;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut counts = Vec::new();
         for node in &lab.nodes {
             let path = node.bpffs.join(mesh_common::maps::POLICY);
-            let count = MapData::from_pin(&path)
-                .ok()
-                .and_then(|data| Map::from_map_data(data).ok())
-                .and_then(|map| LpmTrie::<MapData, PolicyKey, PolicyEntry>::try_from(map).ok())
-                .map_or(0, |trie| trie.keys().count());
+            let count =
+                pinned_map::<LpmTrie<MapData, PolicyKey, PolicyEntry>>(&path).map_or(0, |trie| trie.keys().count());
             counts.push(count);
         }
         if counts.iter().all(|c| *c >= n) {
