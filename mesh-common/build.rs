@@ -1,9 +1,14 @@
-//! With the `user` feature, compiles the control-plane API (`proto/mesh/v1/state.proto`) with
+//! With the `user` feature, compiles the control-plane API (`proto/mesh/v1/state.proto`), the
+//! agent's API (`agent.proto`) and Hubble's Observer API (`flow.proto`, `observer.proto`) with
 //! tonic. The kernel side (no `user`) needs none of it, nor `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo::rerun-if-changed=proto");
     #[cfg(feature = "user")]
-    tonic_prost_build::configure().compile_protos(&["proto/mesh/v1/state.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_protos(
+        &["proto/mesh/v1/state.proto", "proto/mesh/v1/agent.proto", "proto/flow.proto", "proto/observer.proto"],
+        // Debian's libprotobuf-dev holds the well-known types (google/protobuf/*.proto).
+        &["proto", "/usr/include"],
+    )?;
     Ok(())
 }

@@ -9,11 +9,13 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 bpf_linker_version=0.13.0
 kubernetes_validate_version=1.34.1
+grpcio_tools_version=1.76.0
 llvm_version=22
-# Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; protoc for the API;
+# Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; protoc and protobuf's
+# well-known types for the APIs;
 # iptables and nftables for the service-lb benchmark (kube-proxy's rules as the baseline);
 # iperf3 for the policy benchmark's throughput.
-apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler iptables nftables iperf3)
+apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler libprotobuf-dev iptables nftables iperf3)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
@@ -68,7 +70,17 @@ else
   command -v pyenv >/dev/null && pyenv rehash || true
 fi
 
-# 5. bpffs, where the agent pins its maps and links.
+# 5. grpcio-tools (PyPI): the flows test generates a Python client from the Observer .proto
+#    files and reads flows with it, as a client that is not Rust.
+if python3 -c "import grpc_tools, grpc; assert grpc.__version__ == '${grpcio_tools_version}'" 2>/dev/null; then
+  say "ok: grpcio-tools ${grpcio_tools_version}"
+else
+  command -v python3 >/dev/null || die "python3 (with pip) is needed to install grpcio-tools"
+  say "installing grpcio-tools ${grpcio_tools_version} and grpcio (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check "grpcio-tools==${grpcio_tools_version}" "grpcio==${grpcio_tools_version}"
+fi
+
+# 6. bpffs, where the agent pins its maps and links.
 if mount | grep -q ' /sys/fs/bpf type bpf'; then
   say "ok: bpffs at /sys/fs/bpf"
 else

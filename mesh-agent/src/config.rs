@@ -47,6 +47,29 @@ pub const ENV_POLICY_MAX: &str = "MESH_POLICY_MAX";
 pub const ENV_IDENTITIES_MAX: &str = "MESH_IDENTITIES_MAX";
 /// Capacity of the connection-tracking map (flows through local pods).
 pub const ENV_CONNTRACK_MAX: &str = "MESH_CONNTRACK_MAX";
+/// How many recent flows the agent keeps for `GetFlows` [default: 16383].
+pub const ENV_FLOW_BUFFER: &str = "MESH_FLOW_BUFFER";
+/// TCP address of the Observer API (Hubble's port), inside the node's network namespace;
+/// `off` to serve none.
+pub const ENV_OBSERVER_ADDRESS: &str = "MESH_OBSERVER_ADDRESS";
+/// Unix socket of the Observer API (and the agent's status); `off` to serve none.
+pub const ENV_OBSERVER_SOCKET: &str = "MESH_OBSERVER_SOCKET";
+/// TCP address of the Prometheus metrics (`/metrics`), inside the node's network namespace;
+/// `off` to serve none.
+pub const ENV_METRICS_ADDRESS: &str = "MESH_METRICS_ADDRESS";
+/// Size of the flow event ring buffer in bytes: a power of two, at least 4096.
+pub const ENV_EVENTS_BYTES: &str = "MESH_EVENTS_BYTES";
+pub const DEFAULT_FLOW_BUFFER: usize = 16_383;
+/// Hubble's port.
+pub const DEFAULT_OBSERVER_ADDRESS: &str = "0.0.0.0:4244";
+pub const DEFAULT_OBSERVER_SOCKET: &str = "/var/run/mesh/observer.sock";
+/// Hubble's metrics port.
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9965";
+/// The most flows the agent may be asked to keep.
+pub const MAX_FLOW_BUFFER: usize = 1 << 22;
+/// What turns a listener off.
+pub const OFF: &str = "off";
+
 /// The largest capacity a map may be given.
 pub const MAX_CAPACITY: u32 = 1 << 24;
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/mesh";
@@ -112,6 +135,21 @@ pub struct Args {
     /// Capacity of the connection-tracking map [default: 262144].
     #[arg(long, env = ENV_CONNTRACK_MAX)]
     pub conntrack_max: Option<u32>,
+    /// Size of the flow event ring buffer in bytes, a power of two [default: 16777216].
+    #[arg(long, env = ENV_EVENTS_BYTES)]
+    pub events_bytes: Option<u32>,
+    /// How many recent flows to keep for GetFlows [default: 16383].
+    #[arg(long, env = ENV_FLOW_BUFFER)]
+    pub flow_buffer: Option<usize>,
+    /// TCP address of the Observer API (in the node's network namespace), or "off".
+    #[arg(long, env = ENV_OBSERVER_ADDRESS, default_value = DEFAULT_OBSERVER_ADDRESS)]
+    pub observer_address: String,
+    /// Unix socket of the Observer API and the agent status, or "off".
+    #[arg(long, env = ENV_OBSERVER_SOCKET, default_value = DEFAULT_OBSERVER_SOCKET)]
+    pub observer_socket: String,
+    /// TCP address of the Prometheus metrics (in the node's network namespace), or "off".
+    #[arg(long, env = ENV_METRICS_ADDRESS, default_value = DEFAULT_METRICS_ADDRESS)]
+    pub metrics_address: String,
 }
 
 /// The validated configuration.
@@ -126,6 +164,10 @@ pub struct Config {
     pub keep_datapath: bool,
     pub ready_file: Option<PathBuf>,
     pub capacities: Capacities,
+    pub flow_buffer: usize,
+    pub observer_address: Option<std::net::SocketAddr>,
+    pub observer_socket: Option<PathBuf>,
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +192,16 @@ pub enum ConfigError {
     Tls { key: &'static str, reason: String },
     #[error("{key}: capacity {value} is out of range: use 1 to {MAX_CAPACITY}")]
     Capacity { key: &'static str, value: u32 },
+    #[error("{key}: {value} is not a power of two from 4096 to {MAX_EVENTS_BYTES} (bytes)")]
+    EventsBytes { key: &'static str, value: u32 },
+    #[error("{key}: {value} is out of range: keep 1 to {MAX_FLOW_BUFFER} flows")]
+    FlowBuffer { key: &'static str, value: usize },
+    #[error("{key}: {value:?} is not an address and port (such as 0.0.0.0:4244) nor \"off\"")]
+    Address { key: &'static str, value: String },
 }
+
+/// The largest flow event ring buffer: 1 GiB.
+pub const MAX_EVENTS_BYTES: u32 = 1 << 30;
 
 impl Config {
     /// Validates `args`; every check names the key it failed on.
@@ -216,8 +267,31 @@ impl Config {
                 *field = value;
             }
         }
+        if let Some(value) = args.events_bytes {
+            if !value.is_power_of_two() || !(4096..=MAX_EVENTS_BYTES).contains(&value) {
+                return Err(ConfigError::EventsBytes { key: ENV_EVENTS_BYTES, value });
+            }
+            capacities.events_bytes = value;
+        }
+        let flow_buffer = args.flow_buffer.unwrap_or(DEFAULT_FLOW_BUFFER);
+        if !(1..=MAX_FLOW_BUFFER).contains(&flow_buffer) {
+            return Err(ConfigError::FlowBuffer { key: ENV_FLOW_BUFFER, value: flow_buffer });
+        }
+        let address = |key: &'static str, value: &str| -> Result<Option<std::net::SocketAddr>, ConfigError> {
+            if value == OFF {
+                return Ok(None);
+            }
+            value.parse().map(Some).map_err(|_| ConfigError::Address { key, value: value.to_owned() })
+        };
+        let observer_address = address(ENV_OBSERVER_ADDRESS, &args.observer_address)?;
+        let metrics_address = address(ENV_METRICS_ADDRESS, &args.metrics_address)?;
+        let observer_socket = (args.observer_socket != OFF).then(|| PathBuf::from(&args.observer_socket));
         Ok(Self {
             capacities,
+            flow_buffer,
+            observer_address,
+            observer_socket,
+            metrics_address,
             node_name: args.node_name,
             cgroup: args.cgroup,
             bpffs,
@@ -296,8 +370,33 @@ mod tests {
             policy_max: None,
             identities_max: None,
             conntrack_max: None,
+            events_bytes: None,
+            flow_buffer: None,
+            observer_address: DEFAULT_OBSERVER_ADDRESS.into(),
+            observer_socket: DEFAULT_OBSERVER_SOCKET.into(),
+            metrics_address: DEFAULT_METRICS_ADDRESS.into(),
         };
         let err = Config::from_args(args).unwrap_err().to_string();
         assert!(err.starts_with(ENV_CGROUP), "{err}");
+    }
+
+    #[test]
+    fn flow_settings_are_checked_with_their_key() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.procs"), "").unwrap();
+        let parse = |extra: &[&str]| {
+            let mut words = vec!["mesh-agent", "--node-name", "n", "--cgroup", root.path().to_str().unwrap()];
+            words.extend_from_slice(&["--bpffs", "/sys/fs/bpf/x", "--state-file", "/nonexistent.yaml"]);
+            words.extend_from_slice(extra);
+            Config::from_args(Args::parse_from(words)).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let err = parse(&["--events-bytes", "5000"]).unwrap_err();
+        assert!(err.starts_with(ENV_EVENTS_BYTES), "{err}");
+        let err = parse(&["--flow-buffer", "0"]).unwrap_err();
+        assert!(err.starts_with(ENV_FLOW_BUFFER), "{err}");
+        let err = parse(&["--observer-address", "nowhere"]).unwrap_err();
+        assert!(err.starts_with(ENV_OBSERVER_ADDRESS), "{err}");
+        let err = parse(&["--metrics-address", "1.2.3.4"]).unwrap_err();
+        assert!(err.starts_with(ENV_METRICS_ADDRESS), "{err}");
     }
 }

@@ -12,9 +12,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, cgroup_sock_addr::CgroupSockAddrLinkId,
-        links::FdLink, tc::SchedClassifierLinkId,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
+        cgroup_sock_addr::CgroupSockAddrLinkId, links::FdLink, sock_ops::SockOpsLinkId, tc::SchedClassifierLinkId,
     },
 };
 use mesh_common::{maps, programs};
@@ -28,7 +29,7 @@ use crate::{
 };
 
 /// The programs, built by `build.rs` from `mesh-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh"));
 
 /// Where pinned links live inside the node's bpffs directory.
 const LINKS_DIR: &str = "links";
@@ -57,6 +58,10 @@ pub enum DatapathError {
     ServiceLb(#[from] ServiceLbError),
     #[error("pinning link {path} failed: {reason}")]
     PinLink { path: PathBuf, reason: String },
+    #[error("map {map} is not in the loaded object")]
+    MissingMap { map: &'static str },
+    #[error("map {map} has an unexpected type: {reason}")]
+    MapType { map: &'static str, reason: String },
     #[error(
         "map {map} is pinned at {path} with capacity {pinned}, but {wanted} is configured: set the capacity back, or stop the agent without --keep-datapath (which removes the pins) and start it with the new capacity"
     )]
@@ -65,6 +70,7 @@ pub enum DatapathError {
 
 enum LinkId {
     Cgroup(CgroupSockAddrLinkId),
+    SockOps(SockOpsLinkId),
     Tc(SchedClassifierLinkId),
 }
 
@@ -90,6 +96,8 @@ pub struct Datapath {
     bpffs: PathBuf,
     /// The socket hooks on the node cgroup.
     attachments: Vec<Attachment>,
+    /// That cgroup, once attached.
+    cgroup: Option<PathBuf>,
     capacities: Capacities,
     /// Each local pod (by name) with its interface and its two TC links.
     pods: BTreeMap<String, (AttachedPod, Vec<Attachment>)>,
@@ -123,6 +131,7 @@ impl Datapath {
             ebpf,
             bpffs: bpffs.to_owned(),
             attachments: Vec::new(),
+            cgroup: None,
             capacities,
             pods: BTreeMap::new(),
             previous_links,
@@ -143,7 +152,48 @@ impl Datapath {
             tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
             self.attachments.push(Attachment { program: name, target: "cgroup".into(), id: LinkId::Cgroup(id) });
         }
+        let name = programs::SOCKOPS;
+        let program: &mut SockOps = program(&mut self.ebpf, name)?;
+        program.load().map_err(|source| DatapathError::Program { name, source })?;
+        let id = program.attach(file.as_fd(), CgroupAttachMode::default()).map_err(|source| DatapathError::Attach {
+            name,
+            target: cgroup.display().to_string(),
+            source,
+        })?;
+        tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
+        self.attachments.push(Attachment { program: name, target: "cgroup".into(), id: LinkId::SockOps(id) });
+        self.cgroup = Some(cgroup.to_owned());
         Ok(())
+    }
+
+    /// Every attachment: (program, where it is attached, the pod it serves).
+    pub fn programs(&self) -> Vec<(&'static str, String, String)> {
+        let cgroup = self.cgroup.as_deref().map(|c| c.display().to_string()).unwrap_or_default();
+        let mut all: Vec<_> =
+            self.attachments.iter().map(|a| (a.program, format!("cgroup {cgroup}"), String::new())).collect();
+        for (pod, links) in self.pods.values() {
+            for link in links {
+                let hook = if link.program == programs::FROM_POD { "tcx ingress" } else { "tcx egress" };
+                all.push((link.program, format!("{hook} {}", link.target), pod.pod.clone()));
+            }
+        }
+        all
+    }
+
+    /// The flow event ring buffer and its lost-event counter, taken out of the object.
+    pub fn flow_events(&mut self) -> Result<(RingBuf<MapData>, PerCpuArray<MapData, u64>), DatapathError> {
+        let events = self.ebpf.take_map(maps::EVENTS).ok_or(DatapathError::MissingMap { map: maps::EVENTS })?;
+        let lost = self.ebpf.take_map(maps::EVENTS_LOST).ok_or(DatapathError::MissingMap { map: maps::EVENTS_LOST })?;
+        let events = RingBuf::try_from(events)
+            .map_err(|source| DatapathError::MapType { map: maps::EVENTS, reason: source.to_string() })?;
+        let lost = PerCpuArray::try_from(lost)
+            .map_err(|source| DatapathError::MapType { map: maps::EVENTS_LOST, reason: source.to_string() })?;
+        Ok((events, lost))
+    }
+
+    /// The node's bpffs directory, where every map is pinned.
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
     }
 
     /// Makes the TC programs sit on exactly the interfaces of `pods`: attaches the new ones
@@ -303,6 +353,7 @@ fn detach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<(), DatapathError> 
     let name = attachment.program;
     let result = match attachment.id {
         LinkId::Cgroup(id) => program::<CgroupSockAddr>(ebpf, name)?.detach(id),
+        LinkId::SockOps(id) => program::<SockOps>(ebpf, name)?.detach(id),
         LinkId::Tc(id) => program::<SchedClassifier>(ebpf, name)?.detach(id),
     };
     result.map_err(|source| DatapathError::Attach { name, target: attachment.target, source })
@@ -314,6 +365,11 @@ fn take_link(ebpf: &mut Ebpf, attachment: Attachment) -> Result<FdLink, String> 
     match attachment.id {
         LinkId::Cgroup(id) => {
             let program: &mut CgroupSockAddr = program(ebpf, name).map_err(|e| err(&e))?;
+            let link = program.take_link(id).map_err(|e| err(&e))?;
+            FdLink::try_from(link).map_err(|e| err(&e))
+        }
+        LinkId::SockOps(id) => {
+            let program: &mut SockOps = program(ebpf, name).map_err(|e| err(&e))?;
             let link = program.take_link(id).map_err(|e| err(&e))?;
             FdLink::try_from(link).map_err(|e| err(&e))
         }

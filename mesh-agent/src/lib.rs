@@ -2,9 +2,13 @@
 //! cgroup and to each local pod's host-side interface, and keeps their maps in sync with the
 //! desired state.
 
+pub mod agent_status;
 pub mod config;
 pub mod datapath;
 pub mod desired;
+pub mod flows;
+pub mod map_fill;
+pub mod metrics;
 pub mod netns;
 pub mod operator_stream;
 pub mod pod_iface;

@@ -3,18 +3,28 @@
 use std::{cell::RefCell, process::ExitCode};
 
 use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use clap::Parser as _;
 use mesh_agent::{
-    config::{Args, Config},
+    agent_status::AgentState,
+    config::{self, Args, Config},
     datapath::Datapath,
     desired::{self, Desired},
+    flows::{
+        directory::{Directory, SharedDirectory},
+        events,
+        observer::{Observer, ObserverService},
+        store::FlowStore,
+    },
+    metrics::Metrics,
+    netns,
     operator_stream::{self, Received},
     policy,
     policy_table::{LocalEndpoint, PolicyTable},
     service_lb::ServiceTable,
     state_file::StateFile,
 };
-use mesh_common::model::ResourceSet;
+use mesh_common::{api::agent_status_server::AgentStatusServer, model::ResourceSet};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -35,14 +45,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     // The state file first: its errors name the file and the field, and need no privileges.
     let state = args.state_file.as_deref().map(StateFile::load).transpose()?;
     let config = Config::from_args(args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Two workers: flow events and their clients run beside reconciliation.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
     let mut datapath = Datapath::load(&config.bpffs, config.capacities)?;
     let started = datapath
         .attach_cgroup(&config.cgroup)
         .map_err(anyhow::Error::from)
-        .and_then(|()| Ok((datapath.service_table()?, datapath.policy_table()?)));
-    let (mut table, policy) = match started {
+        .and_then(|()| Ok((datapath.service_table()?, datapath.policy_table()?, datapath.flow_events()?)));
+    let (mut table, policy, (events, lost_events)) = match started {
         Ok(tables) => tables,
         Err(err) => {
             let _ = datapath.shutdown(false);
@@ -53,15 +64,33 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Shared by reconciling and the verdict reports (one thread; never held across an await).
     let policy = RefCell::new(policy);
 
+    // Flows: the kernel's events into the store, served over the Observer API and counted
+    // in the metrics.
+    let store = FlowStore::new(config.flow_buffer);
+    let directory = SharedDirectory::new(Directory::empty(&config.node_name));
+    let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone());
+    let served = runtime.block_on(async { serve(&config, &store, &directory, &agent, events, lost_events) });
+    if let Err(err) = served {
+        let _ = datapath.shutdown(false);
+        return Err(err);
+    }
+    let observe = |datapath: &Datapath, model: &ResourceSet, policy: &PolicyTable| {
+        directory.set(Directory::build(&config.node_name, model, policy.attributions()));
+        agent.set_programs(datapath.programs());
+    };
+
     if let Some(state) = state {
         // Static mode: one reconciliation; any error stops the agent.
         let model = state.resources(&config.node_name);
         let desired = desired::compile(&model, &config.node_name);
-        if let Err(err) = reconcile(&mut datapath, &mut table, &mut policy.borrow_mut(), &config, &model, &desired) {
+        let result = reconcile(&mut datapath, &mut table, &mut policy.borrow_mut(), &config, &model, &desired);
+        observe(&datapath, &model, &policy.borrow());
+        if let Err(err) = result {
             let _ = datapath.shutdown(false);
             anyhow::bail!(err);
         }
         ready(&mut datapath, &config)?;
+        agent.set_ready(true);
         runtime.block_on(async {
             tokio::select! {
                 () = shutdown_signal() => {}
@@ -81,6 +110,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             |model, update| {
                 let desired = desired::compile(model, &config.node_name);
                 let result = reconcile(&mut datapath, &mut table, &mut policy.borrow_mut(), &config, model, &desired);
+                observe(&datapath, model, &policy.borrow());
                 tracing::info!(
                     version = update.version,
                     full = update.full,
@@ -96,6 +126,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     if let Err(err) = ready(&mut datapath, &config) {
                         ready_error = Some(err);
                     }
+                    agent.set_ready(true);
                 }
                 result
             },
@@ -114,7 +145,85 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(ready) = &config.ready_file {
         let _ = std::fs::remove_file(ready);
     }
+    if let Some(socket) = &config.observer_socket {
+        let _ = std::fs::remove_file(socket);
+    }
+    runtime.shutdown_background();
     datapath.shutdown(config.keep_datapath)?;
+    Ok(())
+}
+
+/// Starts the flow event reader, the metrics, and the Observer API (with the agent status)
+/// on its TCP address (in the node's network namespace) and its unix socket.
+fn serve(
+    config: &Config,
+    store: &FlowStore,
+    directory: &SharedDirectory,
+    state: &AgentState,
+    events: RingBuf<MapData>,
+    lost_events: PerCpuArray<MapData, u64>,
+) -> anyhow::Result<()> {
+    let reader = events::run(events, lost_events, store.clone());
+    tokio::spawn(async move {
+        let err = reader.await;
+        tracing::error!("flow events stopped: {err}");
+    });
+    let metrics = Metrics::new(state.clone(), directory.clone());
+    tokio::spawn(metrics.clone().count_flows());
+    // Listeners are bound inside the node's network namespace: a node agent's ports are the
+    // node's, as with hostNetwork.
+    let bind = |address: std::net::SocketAddr, key: &str| -> anyhow::Result<tokio::net::TcpListener> {
+        let listener = netns::run_in(config.netns.as_deref(), || std::net::TcpListener::bind(address))?
+            .with_context(|| format!("{key}: cannot listen on {address}; give another address or \"off\""))?;
+        listener.set_nonblocking(true)?;
+        Ok(tokio::net::TcpListener::from_std(listener)?)
+    };
+    if let Some(address) = config.metrics_address {
+        let listener = bind(address, config::ENV_METRICS_ADDRESS)?;
+        tracing::info!(%address, "metrics at /metrics");
+        tokio::spawn(async move {
+            let err = metrics.serve(listener).await;
+            tracing::error!("metrics listener stopped: {err}");
+        });
+    }
+    let observer = Observer { store: store.clone(), directory: directory.clone() };
+    let router = || {
+        tonic::transport::Server::builder()
+            .add_service(ObserverService::new(observer.clone()))
+            .add_service(AgentStatusServer::new(state.clone()))
+    };
+    if let Some(address) = config.observer_address {
+        let listener = bind(address, config::ENV_OBSERVER_ADDRESS)?;
+        tracing::info!(%address, "Observer API (Hubble) on tcp");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = router().serve_with_incoming(incoming);
+        tokio::spawn(async move {
+            if let Err(err) = server.await {
+                tracing::error!("Observer API (tcp) stopped: {err}");
+            }
+        });
+    }
+    if let Some(socket) = &config.observer_socket {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket).with_context(|| {
+            format!(
+                "{}: cannot listen on {}; give another path or \"off\"",
+                config::ENV_OBSERVER_SOCKET,
+                socket.display()
+            )
+        })?;
+        tracing::info!(socket = %socket.display(), "Observer API (Hubble) on a unix socket");
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let server = router().serve_with_incoming(incoming);
+        tokio::spawn(async move {
+            if let Err(err) = server.await {
+                tracing::error!("Observer API (unix) stopped: {err}");
+            }
+        });
+    }
     Ok(())
 }
 

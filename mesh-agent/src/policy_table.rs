@@ -79,6 +79,11 @@ impl Numbering {
         self.by_id.get(usize::try_from(id).ok()?.checked_sub(1)?)
     }
 
+    /// Every rule id with what it stands for.
+    pub fn attributions(&self) -> impl Iterator<Item = (u32, &Attribution)> {
+        (1u32..).zip(&self.by_id)
+    }
+
     fn cidr(&mut self, cidr: Cidr) -> u32 {
         if let Some(id) = self.cidrs.get(&cidr) {
             return *id;
@@ -488,6 +493,11 @@ impl PolicyTable {
     /// What rule id `id` (in conntrack entries and verdict counters) stands for.
     pub fn attribution(&self, id: u32) -> Option<&Attribution> {
         self.numbering.attribution(id)
+    }
+
+    /// Every rule id this agent numbered, with what it stands for.
+    pub fn attributions(&self) -> impl Iterator<Item = (u32, &Attribution)> {
+        self.numbering.attributions()
     }
 
     /// Makes the maps hold the kernel form of `endpoints`' policy. Checked whole before

@@ -42,6 +42,8 @@ pub struct Capacities {
     pub policy: u32,
     pub identities: u32,
     pub conntrack: u32,
+    /// Size of the flow event ring buffer, in bytes.
+    pub events_bytes: u32,
 }
 
 impl Default for Capacities {
@@ -54,13 +56,14 @@ impl Default for Capacities {
             policy: maps::DEFAULT_POLICY_MAX,
             identities: maps::DEFAULT_IDENTITIES_MAX,
             conntrack: maps::DEFAULT_CONNTRACK_MAX,
+            events_bytes: maps::DEFAULT_EVENTS_BYTES,
         }
     }
 }
 
 impl Capacities {
     /// Each map's name and configured capacity.
-    pub fn by_map(&self) -> [(&'static str, u32); 8] {
+    pub fn by_map(&self) -> [(&'static str, u32); 9] {
         [
             (maps::SERVICES, self.services),
             (maps::BACKENDS, self.backends),
@@ -70,6 +73,7 @@ impl Capacities {
             (maps::POLICY, self.policy),
             (maps::IDENTITIES, self.identities),
             (maps::CONNTRACK, self.conntrack),
+            (maps::EVENTS, self.events_bytes),
         ]
     }
 }

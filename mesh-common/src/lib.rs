@@ -5,6 +5,7 @@
 // The userspace half (`user`: the API) is std; the kernel half never is.
 #![cfg_attr(not(feature = "user"), no_std)]
 
+pub mod flows;
 pub mod maps;
 #[cfg(feature = "user")]
 pub mod model;
@@ -37,6 +38,11 @@ pub mod programs {
     pub const FROM_POD: &str = "mesh_from_pod";
     /// TC egress of a pod's host-side interface (what the pod receives).
     pub const TO_POD: &str = "mesh_to_pod";
+    /// `sockops` on the node cgroup: TCP connection events and the translated 4-tuples.
+    pub const SOCKOPS: &str = "mesh_sockops";
+    /// Emits synthetic flow events when run with `BPF_PROG_TEST_RUN`: the flows benchmark's
+    /// generator. Never attached.
+    pub const EVENT_GEN: &str = "mesh_event_gen";
 }
 
 /// The control-plane API (`proto/mesh/v1/state.proto`): the state stream from operator to
@@ -45,4 +51,18 @@ pub mod programs {
 pub mod api {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("mesh.v1");
+}
+
+/// Hubble's Observer API (`proto/flow.proto`, `proto/observer.proto`): the same packages,
+/// messages, field names and numbers as Cilium's, for the fields this project fills, so
+/// Hubble clients read the agent's flows.
+#[cfg(feature = "user")]
+pub mod hubble {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    pub mod flow {
+        tonic::include_proto!("flow");
+    }
+    pub mod observer {
+        tonic::include_proto!("observer");
+    }
 }

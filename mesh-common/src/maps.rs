@@ -38,6 +38,14 @@ pub const POLICY_REVISION: &str = "mesh_pol_rev";
 /// [`crate::policy::VerdictCount`].
 pub const VERDICTS: &str = "mesh_verdicts";
 
+/// Flow events (ring buffer of [`crate::flows::FlowEvent`] records; its size is in bytes).
+pub const EVENTS: &str = "mesh_events";
+/// Events that did not fit in [`EVENTS`] (per-CPU array of one `u64`): counted, never silent.
+pub const EVENTS_LOST: &str = "mesh_ev_lost";
+/// Translated TCP connections (LRU): [`crate::flows::TupleKey`] ->
+/// [`crate::service_lb::ServiceAddr`], so TC names the service in a flow's events.
+pub const XLATE: &str = "mesh_xlate";
+
 /// Default capacity of [`SERVICES`] (service address + port + protocol entries).
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 /// Default capacity of [`BACKENDS`] (backend slots over all services).
@@ -61,8 +69,14 @@ pub const DEFAULT_CONNTRACK_MAX: u32 = 262_144;
 /// Default capacity of [`VERDICTS`] (rule × verdict pairs).
 pub const DEFAULT_VERDICTS_MAX: u32 = 16_384;
 
+/// Default size of [`EVENTS`] in bytes (a power of two): 16 MiB, about 170,000 events, so
+/// the agent may fall 0.17 s behind a million events a second before any is lost.
+pub const DEFAULT_EVENTS_BYTES: u32 = 16 << 20;
+/// Default capacity of [`XLATE`] (translated TCP connections; least recently used go first).
+pub const DEFAULT_XLATE_MAX: u32 = 65_536;
+
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 15] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
@@ -75,6 +89,9 @@ pub const ALL: [&str; 12] = [
     CONNTRACK,
     POLICY_REVISION,
     VERDICTS,
+    EVENTS,
+    EVENTS_LOST,
+    XLATE,
 ];
 
 #[cfg(test)]

@@ -165,7 +165,23 @@ pub struct CtEntry {
     pub action: u8,
     /// The drop reason when `action` is [`DENY`]; else 0.
     pub reason: u8,
-    pub _pad: [u8; 6],
+    /// [`crate::flows::CT_FIN_FORWARD`] and friends.
+    pub flags: u8,
+    /// Every TCP flag seen, both ways.
+    pub tcp_flags: u8,
+    /// The service port the flow's source asked for (network order; 0: not translated).
+    pub svc_port: u16,
+    pub _pad: u16,
+    /// The service address the flow's source asked for (0: not translated).
+    pub svc_addr: u32,
+    pub _pad2: u32,
+    /// Packets and bytes from the flow's source, and from its destination (replies).
+    pub packets: u64,
+    pub bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// When the last drop event of this flow was sent (`bpf_ktime_get_ns`).
+    pub reported_ns: u64,
 }
 
 /// Drop reasons, numbered as Hubble's `flow.DropReason`.
@@ -235,8 +251,12 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(offset_of!(CtKey, proto), 12);
         assert_eq!(offset_of!(CtKey, direction), 13);
-        assert_eq!(size_of::<CtEntry>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 64);
         assert_eq!(offset_of!(CtEntry, reason), 9);
+        assert_eq!(offset_of!(CtEntry, svc_port), 12);
+        assert_eq!(offset_of!(CtEntry, svc_addr), 16);
+        assert_eq!(offset_of!(CtEntry, packets), 24);
+        assert_eq!(offset_of!(CtEntry, reported_ns), 56);
         assert_eq!(size_of::<VerdictKey>(), 8);
         assert_eq!(size_of::<VerdictCount>(), 16);
     }

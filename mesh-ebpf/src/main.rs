@@ -3,10 +3,12 @@
 #![no_std]
 #![no_main]
 
+mod flows;
 mod maps;
 mod pod_traffic;
 mod policy;
 mod service_lb;
+mod sockops;
 
 /// GPL-compatible, so the programs may call every helper; the crate is MIT OR GPL-2.0.
 #[unsafe(link_section = "license")]

@@ -3,13 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use mesh_common::{
+    flows::TupleKey,
     maps::{
-        DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX,
+        DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
         DEFAULT_IDENTITIES_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_POLICY_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX,
-        DEFAULT_VERDICTS_MAX,
+        DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX,
     },
     pod_traffic::PodTraffic,
     policy::{CtEntry, CtKey, Endpoint, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
@@ -51,3 +52,12 @@ pub static POLICY_REVISION: Array<u32> = Array::pinned(1, 0);
 
 #[map(name = "mesh_verdicts")]
 pub static VERDICTS: PerCpuHashMap<VerdictKey, VerdictCount> = PerCpuHashMap::pinned(DEFAULT_VERDICTS_MAX, 0);
+
+#[map(name = "mesh_events")]
+pub static EVENTS: RingBuf = RingBuf::pinned(DEFAULT_EVENTS_BYTES, 0);
+
+#[map(name = "mesh_ev_lost")]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+#[map(name = "mesh_xlate")]
+pub static XLATE: LruHashMap<TupleKey, ServiceAddr> = LruHashMap::pinned(DEFAULT_XLATE_MAX, 0);

@@ -1,4 +1,5 @@
-//! Policy enforcement at TC on a pod's host-side interface, with connection tracking.
+//! Policy enforcement at TC on a pod's host-side interface, with connection tracking, and
+//! the flow events of every pod (start, drop, end), whether under policy or not.
 //!
 //! A packet of a known flow costs one conntrack lookup (two for a reply): the verdict was
 //! taken at the flow's first packet. Only a new flow looks up the peer's identities (pod and
@@ -11,6 +12,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mesh_common::{
+    flows::{CT_ENDED, CT_FIN_FORWARD, CT_FIN_REPLY, FLOW_DROP, FLOW_END, FLOW_START, FlowEvent, TupleKey, tcp_flags},
     policy::{
         ALLOW, ANY_PEER, AUDIT, CtEntry, CtKey, DENY, Decision, DirectionPolicy, EGRESS, HAS_RULES, INGRESS, IP_CIDR,
         IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PolicyKey, VerdictCount, VerdictKey, better, reason,
@@ -18,16 +20,23 @@ use mesh_common::{
     proto,
 };
 
-use crate::maps::{CONNTRACK, ENDPOINTS, IDENTITIES, POLICY, POLICY_REVISION, VERDICTS};
+use crate::{
+    flows::{self, emit},
+    maps::{CONNTRACK, ENDPOINTS, IDENTITIES, POLICY, POLICY_REVISION, VERDICTS, XLATE},
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 /// IPv4 fragment offset bits of the flags/offset field.
 const IP_OFFSET: u16 = 0x1fff;
-/// TCP flags byte: SYN and ACK.
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+/// TCP flags byte.
+const TCP_FIN: u8 = tcp_flags::FIN;
+const TCP_SYN: u8 = tcp_flags::SYN;
+const TCP_RST: u8 = tcp_flags::RST;
+const TCP_ACK: u8 = tcp_flags::ACK;
+/// A denied flow's drops are reported at most this often (after the first).
+const DROP_REPORT_NS: u64 = 1_000_000_000;
 /// Full-length LPM prefix of a policy key.
 const POLICY_BITS: u32 = 96;
 
@@ -60,19 +69,16 @@ pub fn enforce(ctx: &TcContext, direction: u8) -> i32 {
 /// `Ok(true)`: the packet passes.
 fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
     // SAFETY: a TC program's context is the kernel's `__sk_buff`.
-    let (ifindex, protocol) = unsafe {
+    let (ifindex, protocol, len) = unsafe {
         let skb = &*ctx.as_ptr().cast::<__sk_buff>();
-        (skb.ifindex, skb.protocol)
+        (skb.ifindex, skb.protocol, u64::from(skb.len))
     };
-    let Some(endpoint) = ENDPOINTS.get_ptr(&ifindex) else { return Ok(true) };
-    // SAFETY: a map value, valid while the program runs.
-    let endpoint = unsafe { &*endpoint };
-    // A pod under policy in either direction tracks its flows in both: the replies of what it
-    // sends freely must pass its isolated side.
-    if endpoint.ingress.flags == 0 && endpoint.egress.flags == 0 {
-        return Ok(true);
-    }
-    let policy = if direction == INGRESS { &endpoint.ingress } else { &endpoint.egress };
+    // A pod without policy is tracked all the same: its flows are reported.
+    let policy = match ENDPOINTS.get_ptr(&ifindex) {
+        // SAFETY: a map value, valid while the program runs; copied out.
+        Some(endpoint) => unsafe { if direction == INGRESS { (*endpoint).ingress } else { (*endpoint).egress } },
+        None => DirectionPolicy::default(),
+    };
     if protocol != u32::from(ETH_P_IP.to_be()) {
         if protocol == u32::from(ETH_P_IPV6.to_be()) && policy.flags & ISOLATED != 0 {
             count(policy.isolating_rule, DENY, reason::UNSUPPORTED_L3_PROTOCOL, direction, true, true);
@@ -94,20 +100,40 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
     let key = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport, dport, proto: ip.proto, direction, _pad: 0 };
     // A new connection: a SYN without ACK, or any packet of a connectionless protocol.
     let opening = if ip.proto == proto::TCP { tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN } else { true };
-    if let Some(entry) = CONNTRACK.get_ptr(&key) {
-        // SAFETY: a map value, valid while the program runs.
-        let entry = unsafe { &*entry };
+    let mut known: Option<*mut CtEntry> = None;
+    let mut reused = false;
+    if let Some(ptr) = CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: a map value, valid while the program runs. Counters are per flow and
+        // updated without atomics: a flow's packets rarely run on two CPUs at once, and a
+        // lost increment only makes a report a packet short.
+        let entry = unsafe { &mut *ptr };
+        reused = opening && ip.proto == proto::TCP && entry.flags & CT_ENDED != 0;
+        if reused {
+            // The 4-tuple of an ended connection opens a new one: a new flow.
+            entry.packets = 0;
+            entry.bytes = 0;
+            entry.reply_packets = 0;
+            entry.reply_bytes = 0;
+            entry.flags = 0;
+            entry.tcp_flags = 0;
+        }
+        entry.packets += 1;
+        entry.bytes += len;
+        entry.tcp_flags |= tcp_flags;
         if entry.action != DENY && !opening {
+            track_end(entry, &key, ifindex, tcp_flags, CT_FIN_FORWARD);
             return Ok(true);
         }
         // A remembered verdict holds until the policy changes.
-        if entry.revision == revision() {
+        if entry.revision == revision() && !reused {
             if entry.action == DENY {
                 count(entry.rule, DENY, entry.reason, direction, false, true);
+                report_drop(entry, &key, ifindex, tcp_flags, false);
                 return Ok(false);
             }
             return Ok(true);
         }
+        known = Some(ptr);
     } else {
         let reply = CtKey {
             saddr: ip.daddr,
@@ -118,27 +144,123 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
             direction: if direction == INGRESS { EGRESS } else { INGRESS },
             _pad: 0,
         };
-        if let Some(entry) = CONNTRACK.get_ptr(&reply) {
+        if let Some(entry) = CONNTRACK.get_ptr_mut(&reply) {
             // SAFETY: as above.
-            if unsafe { (*entry).action } != DENY {
+            let entry = unsafe { &mut *entry };
+            if entry.action != DENY {
+                entry.reply_packets += 1;
+                entry.reply_bytes += len;
+                entry.tcp_flags |= tcp_flags;
+                track_end(entry, &reply, ifindex, tcp_flags, CT_FIN_REPLY);
                 return Ok(true);
             }
         }
     }
     let peer = if direction == INGRESS { ip.saddr } else { ip.daddr };
-    let verdict = judge(ifindex, policy, direction, peer, ip.proto, dport);
-    let entry = CtEntry {
+    let verdict = judge(ifindex, &policy, direction, peer, ip.proto, dport);
+    count(verdict.rule, verdict.action, verdict.reason, direction, true, verdict.action == DENY);
+    if let Some(ptr) = known {
+        // Judged again after a policy change (or reused): the entry is updated in place and
+        // keeps its service.
+        // SAFETY: as above.
+        let entry = unsafe { &mut *ptr };
+        let was_denied = entry.action == DENY;
+        entry.rule = verdict.rule;
+        entry.revision = revision();
+        entry.action = verdict.action;
+        entry.reason = verdict.reason;
+        if verdict.action == DENY {
+            report_drop(entry, &key, ifindex, tcp_flags, true);
+        } else if was_denied || reused {
+            emit(&flow_event(FLOW_START, entry, &key, ifindex, tcp_flags));
+        }
+        return Ok(verdict.action != DENY);
+    }
+    let mut entry = CtEntry {
         rule: verdict.rule,
         revision: revision(),
         action: verdict.action,
         reason: verdict.reason,
-        _pad: [0; 6],
+        packets: 1,
+        bytes: len,
+        tcp_flags,
+        ..CtEntry::default()
     };
+    if ip.proto == proto::TCP
+        && let Some(service) =
+            XLATE.get_ptr(&TupleKey { saddr: ip.saddr, daddr: ip.daddr, sport, dport, proto: ip.proto, _pad: [0; 3] })
+    {
+        // SAFETY: a map value, valid while the program runs; copied out.
+        let service = unsafe { *service };
+        entry.svc_addr = service.addr;
+        entry.svc_port = service.port;
+    }
+    if verdict.action == DENY {
+        report_drop(&mut entry, &key, ifindex, tcp_flags, true);
+    } else {
+        emit(&flow_event(FLOW_START, &entry, &key, ifindex, tcp_flags));
+    }
     // A full table evicts the least recently used flow; an error here only means the next
     // packet is judged again.
     let _ = CONNTRACK.insert(&key, &entry, 0);
-    count(verdict.rule, verdict.action, verdict.reason, direction, true, verdict.action == DENY);
     Ok(verdict.action != DENY)
+}
+
+/// Notes a TCP FIN or RST of a passing flow, in the direction `fin` (of the flow), and
+/// reports the flow's end at a RST or once both ends sent a FIN.
+#[inline(always)]
+fn track_end(entry: &mut CtEntry, key: &CtKey, ifindex: u32, tcp_flags: u8, fin: u8) {
+    if tcp_flags & (TCP_FIN | TCP_RST) == 0 || entry.flags & CT_ENDED != 0 {
+        return;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        entry.flags |= fin;
+    }
+    if tcp_flags & TCP_RST != 0 || entry.flags & (CT_FIN_FORWARD | CT_FIN_REPLY) == CT_FIN_FORWARD | CT_FIN_REPLY {
+        entry.flags |= CT_ENDED;
+        emit(&flow_event(FLOW_END, entry, key, ifindex, entry.tcp_flags));
+    }
+}
+
+/// Reports a dropped packet of `entry`'s flow: always when the flow was just judged, else at
+/// most once a second, so a denied flow's retries are seen without one event per packet.
+#[inline(always)]
+fn report_drop(entry: &mut CtEntry, key: &CtKey, ifindex: u32, tcp_flags: u8, judged: bool) {
+    let now = flows::now();
+    if !judged && now.wrapping_sub(entry.reported_ns) < DROP_REPORT_NS {
+        return;
+    }
+    entry.reported_ns = now;
+    emit(&flow_event(FLOW_DROP, entry, key, ifindex, tcp_flags));
+}
+
+/// The event of `kind` for the flow `key` with `entry`.
+#[inline(always)]
+fn flow_event(kind: u8, entry: &CtEntry, key: &CtKey, ifindex: u32, tcp_flags: u8) -> FlowEvent {
+    FlowEvent {
+        time_ns: flows::now(),
+        cookie: 0,
+        packets: entry.packets,
+        bytes: entry.bytes,
+        reply_packets: entry.reply_packets,
+        reply_bytes: entry.reply_bytes,
+        saddr: key.saddr,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
+        svc_addr: entry.svc_addr,
+        svc_port: entry.svc_port,
+        kind,
+        proto: key.proto,
+        ifindex,
+        rule: entry.rule,
+        action: entry.action,
+        reason: entry.reason,
+        direction: key.direction,
+        tcp_flags,
+        srtt_us: 0,
+        retrans: 0,
+    }
 }
 
 struct Verdict {

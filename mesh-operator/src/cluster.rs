@@ -348,6 +348,8 @@ impl ClusterView {
             weight: facts.weight,
             namespace_labels: namespace_labels.into_iter().collect(),
             named_ports: translate::named_ports(pod),
+            workload_kind: facts.workload.0,
+            workload_name: facts.workload.1,
         }))
     }
 

@@ -193,6 +193,24 @@ pub struct PodFacts {
     pub service_account: String,
     /// From [`WEIGHT_ANNOTATION`]; 0 when not set.
     pub weight: u32,
+    /// Its controller as (kind, name), see [`workload`]; empty strings when it has none.
+    pub workload: (String, String),
+}
+
+/// The workload a pod belongs to, named as Hubble names it: the Deployment of a ReplicaSet
+/// (the ReplicaSet's name without its pod-template hash), else the controlling owner itself.
+pub fn workload(pod: &Pod) -> (String, String) {
+    let Some(owner) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)) else {
+        return (String::new(), String::new());
+    };
+    if owner.kind == "ReplicaSet"
+        && let Some((deployment, hash)) = owner.name.rsplit_once('-')
+        && !hash.is_empty()
+        && hash.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return ("Deployment".to_owned(), deployment.to_owned());
+    }
+    (owner.kind.clone(), owner.name.clone())
 }
 
 pub fn pod_facts(pod: &Pod) -> Result<PodFacts, Invalid> {
@@ -238,6 +256,7 @@ pub fn pod_facts(pod: &Pod) -> Result<PodFacts, Invalid> {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         service_account: spec.and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into()),
+        workload: workload(pod),
     })
 }
 

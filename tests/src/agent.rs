@@ -71,13 +71,25 @@ impl Agent {
             .arg(&node.netns_path)
             .arg("--ready-file")
             .arg(&ready_file)
+            .arg("--observer-socket")
+            .arg(observer_socket(lab, &node.name))
             .args(args);
         let pid = lab.spawn(&mut command)?;
         Ok(Self { pid, node: node.name.clone(), ready_file, log_file })
+    }
+
+    /// Its Observer API socket (`meshctl --server unix://…`).
+    pub fn observer_socket(&self, lab: &Lab) -> PathBuf {
+        observer_socket(lab, &self.node)
     }
 
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
+}
+
+/// Where the agent of `node` serves the Observer API: one socket per lab node.
+pub fn observer_socket(lab: &Lab, node: &str) -> PathBuf {
+    lab.dir.join(format!("observer-{node}.sock"))
 }

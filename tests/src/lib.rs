@@ -8,6 +8,7 @@ pub mod agent;
 pub mod lab;
 pub mod labnet;
 pub mod manifests;
+pub mod meshctl;
 pub mod netpol;
 pub mod operator;
 pub mod privileges;

@@ -4,6 +4,7 @@
 //! ratio}]}`.
 
 mod control_plane;
+mod flows;
 mod policy;
 mod service_lb;
 
@@ -37,6 +38,15 @@ pub enum Bench {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// Flow events per second from the kernel to an Observer API client, with loss counted.
+    Flows {
+        /// Offered events per second (comma-separated scales).
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        scales: Vec<u64>,
+        /// Seconds per offered load.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Pod-to-pod throughput (iperf3) and request/response latency, on one node and across
     /// nodes: no programs, programs without policy, and policies of many rules.
     Policy {
@@ -54,6 +64,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::ControlPlane { services, endpoints, changes } => control_plane::run(services, endpoints, changes)?,
         Bench::ServiceLb { scales, seconds } => service_lb::run(&scales, seconds)?,
         Bench::Policy { scales, seconds } => policy::run(&scales, seconds)?,
+        Bench::Flows { scales, seconds } => flows::run(&scales, seconds)?,
     };
     report.print();
     let path = report.write()?;

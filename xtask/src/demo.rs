@@ -93,6 +93,37 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
+    step(
+        "Flows, live: meshctl observe -f on both agents' Observer API (Hubble's), while the client and the intruder connect again",
+    );
+    let meshctl = mesh_tests::built_binary("meshctl");
+    let mut followers = Vec::new();
+    for agent in &agents {
+        let socket = format!("unix://{}", agent.observer_socket(&lab).display());
+        println!("  $ meshctl --server {socket} observe -f --print-node-name --not --verdict TRACED");
+        followers.push(
+            std::process::Command::new(&meshctl)
+                .args(["--server", &socket, "observe", "-f", "--print-node-name", "--not", "--verdict", "TRACED"])
+                .spawn()
+                .context("starting meshctl observe")?,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let live = labnet::connect(&lab, &client, scenario::service_addr(), 2, Duration::from_secs(2))?;
+    let kept_out = labnet::connect(&lab, &intruder, scenario::service_addr(), 1, Duration::from_millis(700))?;
+    std::thread::sleep(Duration::from_millis(800));
+    // The followers never end by themselves: the demo started them, and ends them.
+    for mut follower in followers {
+        let _ = follower.kill();
+        let _ = follower.wait();
+    }
+    println!(
+        "  (client: {} of 2 answered; intruder: {} of 1. TRANSLATED: the socket's service address became a backend; FORWARDED: a flow's start and end at each pod; DROPPED: with its reason)",
+        live.ok, kept_out.ok
+    );
+    println!("  While the mesh runs, the same view: meshctl --server unix://<lab dir>/observer-<node>.sock observe -f");
+    println!("  (filters as hubble's: --pod demo/client, --verdict DROPPED, --to-service demo/web, -o json, ...)");
+
     step("What the TC programs counted on each pod's interface (from the pinned maps)");
     println!(
         "  {:<8} {:<7} {:>10} {:>11} {:>10} {:>11}",

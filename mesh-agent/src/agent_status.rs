@@ -1,0 +1,83 @@
+//! What the agent tells about itself: the `mesh.v1.AgentStatus` service (`meshctl status`),
+//! beside the Observer API on the same listeners.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use mesh_common::api::{AgentStatusRequest, AgentStatusResponse, AttachedProgram, MapFill, agent_status_server};
+
+use crate::{flows::store::FlowStore, map_fill};
+
+/// The agent's state as its status reports it. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct AgentState {
+    pub node_name: String,
+    pub bpffs: PathBuf,
+    pub store: FlowStore,
+    ready: Arc<AtomicBool>,
+    programs: Arc<Mutex<Vec<AttachedProgram>>>,
+}
+
+impl AgentState {
+    pub fn new(node_name: &str, bpffs: PathBuf, store: FlowStore) -> Self {
+        Self { node_name: node_name.to_owned(), bpffs, store, ready: Arc::default(), programs: Arc::default() }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Records what is attached where: (program, attach point, pod).
+    pub fn set_programs(&self, programs: Vec<(&'static str, String, String)>) {
+        let programs = programs
+            .into_iter()
+            .map(|(name, attach_point, pod)| AttachedProgram { name: name.to_owned(), attach_point, pod })
+            .collect();
+        *self.programs.lock().expect("never poisoned") = programs;
+    }
+
+    /// The whole status; counting map entries takes a moment (run it off the runtime).
+    pub fn status(&self) -> AgentStatusResponse {
+        let stats = self.store.stats();
+        let maps = map_fill::all(&self.bpffs)
+            .into_iter()
+            .map(|fill| MapFill {
+                name: fill.name.to_owned(),
+                entries: fill.entries.unwrap_or(0),
+                capacity: fill.capacity,
+            })
+            .collect();
+        AgentStatusResponse {
+            node_name: self.node_name.clone(),
+            version: crate::flows::observer::VERSION.to_owned(),
+            uptime_ns: stats.uptime_ns,
+            ready: self.ready.load(Ordering::Relaxed),
+            programs: self.programs.lock().expect("never poisoned").clone(),
+            maps,
+            lost_events_kernel: stats.lost_kernel,
+            lost_events_followers: stats.lost_followers,
+            seen_flows: stats.seen_flows,
+            num_flows: stats.num_flows,
+            max_flows: stats.max_flows,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl agent_status_server::AgentStatus for AgentState {
+    async fn get_status(
+        &self,
+        _request: tonic::Request<AgentStatusRequest>,
+    ) -> Result<tonic::Response<AgentStatusResponse>, tonic::Status> {
+        let state = self.clone();
+        let status = tokio::task::spawn_blocking(move || state.status())
+            .await
+            .map_err(|err| tonic::Status::internal(format!("status task failed: {err}")))?;
+        Ok(tonic::Response::new(status))
+    }
+}

@@ -1,0 +1,158 @@
+//! `mesh-flowgen`: the flows benchmark's load and its reader (`cargo xtask bench flows`).
+//!
+//! It follows a running agent's Observer API, then makes the kernel emit flow events at a
+//! paced rate: the object's `mesh_event_gen` program, loaded with the agent's pinned ring
+//! buffer and lost-event counter, run with `BPF_PROG_TEST_RUN` (each run emits one event
+//! through the same code the attached programs use). When the stream has drained it prints
+//! one JSON line: events offered, received by the Observer client, reported lost (in the
+//! stream, and by the kernel's counter).
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::{
+    EbpfLoader,
+    maps::{Map, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use clap::Parser;
+use mesh_common::{
+    hubble::observer::{GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient},
+    maps, programs,
+};
+
+#[derive(Parser)]
+#[command(about = "Flow event load for the flows benchmark (see cargo xtask bench flows)")]
+struct Args {
+    /// The agent's node bpffs directory (its pinned maps).
+    #[arg(long)]
+    bpffs: PathBuf,
+    /// The agent's Observer unix socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Events per second to offer.
+    #[arg(long)]
+    rate: u64,
+    /// Seconds to offer them for.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Source and destination of the synthetic flows (pods the agent knows, so flows are
+    /// named as real ones are).
+    #[arg(long)]
+    src: Ipv4Addr,
+    #[arg(long)]
+    dst: Ipv4Addr,
+}
+
+/// `flow.LostEventSource` of the kernel's ring buffer.
+const LOST_IN_KERNEL: i32 = 1;
+/// The generator runs in slices of this long.
+const SLICE: Duration = Duration::from_millis(1);
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let lost_in_stream = Arc::new(AtomicU64::new(0));
+    // The reader: follows GetFlows and decodes every response.
+    let socket = args.socket.clone();
+    let (r, l) = (received.clone(), lost_in_stream.clone());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = runtime.spawn(async move {
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_static("http://agent").connect_with_connector(connector).await?;
+        let mut client = ObserverClient::new(channel).max_decoding_message_size(1 << 20);
+        let mut stream =
+            client.get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() }).await?.into_inner();
+        let _ = ready_tx.send(());
+        while let Some(response) = stream.message().await? {
+            match response.response_types {
+                Some(ResponseTypes::Flow(_)) => r.fetch_add(1, Ordering::Relaxed),
+                // Kernel losses are read from the counter itself; count the follower's.
+                Some(ResponseTypes::LostEvents(lost)) if lost.source != LOST_IN_KERNEL => {
+                    l.fetch_add(lost.num_events_lost, Ordering::Relaxed)
+                }
+                _ => 0,
+            };
+        }
+        anyhow::Ok(())
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).context("the Observer API did not answer")?;
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&args.bpffs);
+    let mut ebpf = loader.load(mesh_agent::datapath::OBJECT).context("loading the object with the agent's maps")?;
+    let lost_counter: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::from_map_data(MapData::from_pin(args.bpffs.join(maps::EVENTS_LOST))?)?)?;
+    let kernel_lost = || -> u64 { mesh_agent::flows::events::lost(&lost_counter) };
+    let generator: &mut SchedClassifier =
+        ebpf.program_mut(programs::EVENT_GEN).context("no generator program")?.try_into()?;
+    generator.load()?;
+    // Ethernet + IPv4 + TCP headers of the synthetic flows.
+    let mut packet = [0u8; 64];
+    packet[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    packet[14] = 0x45;
+    packet[14 + 9] = 6;
+    packet[14 + 12..14 + 16].copy_from_slice(&args.src.octets());
+    packet[14 + 16..14 + 20].copy_from_slice(&args.dst.octets());
+    packet[14 + 22..14 + 24].copy_from_slice(&8080u16.to_be_bytes());
+
+    let lost_before = kernel_lost();
+    let per_slice = (args.rate as f64 * SLICE.as_secs_f64()).max(1.0);
+    let slices = (args.seconds / SLICE.as_secs_f64()) as u64;
+    let start = Instant::now();
+    let mut offered = 0u64;
+    for i in 1..=slices {
+        let due = (per_slice * i as f64) as u64 - offered;
+        if due > 0 {
+            let opts = TestRunOptions { data_in: Some(&packet), repeat: due as u32, ..TestRunOptions::default() };
+            generator.test_run(opts).context("running the generator")?;
+            offered += due;
+        }
+        let next = start + SLICE * i as u32;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let generated_s = start.elapsed().as_secs_f64();
+    // Drained when nothing arrives for a second (bounded: 30 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = u64::MAX;
+    while Instant::now() < deadline {
+        let now = received.load(Ordering::Relaxed) + lost_in_stream.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let drained_s = start.elapsed().as_secs_f64();
+    let kernel = kernel_lost() - lost_before;
+    reader.abort();
+    println!(
+        "{}",
+        serde_json::json!({
+            "offered": offered,
+            "generated_s": generated_s,
+            "drained_s": drained_s,
+            "received": received.load(Ordering::Relaxed),
+            "lost_in_stream": lost_in_stream.load(Ordering::Relaxed),
+            "lost_in_kernel": kernel,
+        })
+    );
+    Ok(())
+}

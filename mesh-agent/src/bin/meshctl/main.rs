@@ -1,0 +1,362 @@
+//! `meshctl`: the mesh's CLI. `meshctl observe` reads flows from an agent's Observer API the
+//! way `hubble observe` does (same filters, same outputs); `meshctl status` shows an agent's
+//! health, programs, map fill and lost events; `meshctl completion` prints shell completions.
+
+mod filters;
+mod print;
+mod time;
+
+use std::{io::Write as _, process::ExitCode};
+
+use clap::{ArgAction, CommandFactory as _, Parser, Subcommand};
+use mesh_common::{
+    api::{AgentStatusRequest, agent_status_client::AgentStatusClient},
+    hubble::observer::{GetFlowsRequest, ServerStatusRequest, observer_client::ObserverClient},
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// Where agents serve by default (MESH_OBSERVER_SOCKET of the agent).
+const DEFAULT_SERVER: &str = "unix:///var/run/mesh/observer.sock";
+/// `hubble observe` prints this many flows when told nothing else.
+const DEFAULT_LAST: u64 = 20;
+
+#[derive(Debug, Parser)]
+#[command(name = "meshctl", version, about = "Observe and inspect the mesh: flows, verdicts, agent status.")]
+struct Cli {
+    /// The agent's Observer API: unix:///path/to/socket or host:port.
+    #[arg(long, global = true, env = "MESHCTL_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+    /// Seconds to wait for the agent to answer (connecting and unary calls).
+    #[arg(long, global = true, default_value_t = 5)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show flows, filtered as with `hubble observe`.
+    Observe(Box<ObserveArgs>),
+    /// Show the agent's health, attached programs, map fill and lost events.
+    Status {
+        /// compact or json.
+        #[arg(short, long, default_value = "compact")]
+        output: StatusOutput,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StatusOutput {
+    Compact,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct ObserveArgs {
+    /// Flows from or to pods with this name prefix ([namespace/]name; no namespace: default).
+    #[arg(long, action = ArgAction::Append)]
+    pod: Vec<String>,
+    /// Flows from pods with this name prefix.
+    #[arg(long, action = ArgAction::Append)]
+    from_pod: Vec<String>,
+    /// Flows to pods with this name prefix.
+    #[arg(long, action = ArgAction::Append)]
+    to_pod: Vec<String>,
+    /// Flows from or to this namespace.
+    #[arg(short = 'n', long, action = ArgAction::Append)]
+    namespace: Vec<String>,
+    /// Flows from this namespace.
+    #[arg(long, action = ArgAction::Append)]
+    from_namespace: Vec<String>,
+    /// Flows to this namespace.
+    #[arg(long, action = ArgAction::Append)]
+    to_namespace: Vec<String>,
+    /// Flows from or to this address or CIDR.
+    #[arg(long, action = ArgAction::Append)]
+    ip: Vec<String>,
+    /// Flows from this address or CIDR.
+    #[arg(long, action = ArgAction::Append)]
+    from_ip: Vec<String>,
+    /// Flows to this address or CIDR.
+    #[arg(long, action = ArgAction::Append)]
+    to_ip: Vec<String>,
+    /// Flows from or to pods matching this label selector (app=web,tier in (a,b)).
+    #[arg(short = 'l', long, action = ArgAction::Append)]
+    label: Vec<String>,
+    /// Flows from pods matching this label selector.
+    #[arg(long, action = ArgAction::Append)]
+    from_label: Vec<String>,
+    /// Flows to pods matching this label selector.
+    #[arg(long, action = ArgAction::Append)]
+    to_label: Vec<String>,
+    /// Flows from or to this service ([namespace/]name prefix).
+    #[arg(long, action = ArgAction::Append)]
+    service: Vec<String>,
+    /// Flows from this service.
+    #[arg(long, action = ArgAction::Append)]
+    from_service: Vec<String>,
+    /// Flows to this service.
+    #[arg(long, action = ArgAction::Append)]
+    to_service: Vec<String>,
+    /// Flows with this source or destination port.
+    #[arg(long, action = ArgAction::Append)]
+    port: Vec<String>,
+    /// Flows with this source port.
+    #[arg(long, action = ArgAction::Append)]
+    from_port: Vec<String>,
+    /// Flows with this destination port.
+    #[arg(long, action = ArgAction::Append)]
+    to_port: Vec<String>,
+    /// Flows of this protocol (tcp, udp, sctp, icmp).
+    #[arg(long, action = ArgAction::Append)]
+    protocol: Vec<String>,
+    /// Flows with this verdict (FORWARDED, DROPPED, AUDIT, TRANSLATED, TRACED, ...).
+    #[arg(long, action = ArgAction::Append)]
+    verdict: Vec<String>,
+    /// Drops with this reason (POLICY_DENIED, POLICY_DENY, UNSUPPORTED_L3_PROTOCOL, ...).
+    #[arg(long, action = ArgAction::Append)]
+    drop_reason_desc: Vec<String>,
+    /// TCP flows with all these flags set (SYN,ACK,FIN,RST,PSH,URG,ECE,CWR,NS).
+    #[arg(long, action = ArgAction::Append)]
+    tcp_flags: Vec<String>,
+    /// Flows seen in this direction at the pod (ingress or egress).
+    #[arg(long, action = ArgAction::Append)]
+    traffic_direction: Vec<String>,
+    /// Flows seen on nodes matching this name pattern (* as a wildcard).
+    #[arg(long, action = ArgAction::Append)]
+    node_name: Vec<String>,
+    /// Negates the next filter flag.
+    #[arg(long = "not", action = ArgAction::Count)]
+    not: u8,
+    /// Flows since this time: a duration ago (5m, 1h30m) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Flows until this time (ignored with --follow).
+    #[arg(long)]
+    until: Option<String>,
+    /// The last N flows [default: 20 unless --since, --until or --follow].
+    #[arg(long, conflicts_with_all = ["first", "all"])]
+    last: Option<u64>,
+    /// The first N flows kept.
+    #[arg(long, conflicts_with_all = ["all", "follow"])]
+    first: Option<u64>,
+    /// Every flow the agent keeps.
+    #[arg(long)]
+    all: bool,
+    /// Keep printing new flows.
+    #[arg(short, long)]
+    follow: bool,
+    /// compact, json (as hubble's jsonpb), jsonpb, dict or table.
+    #[arg(short, long, default_value = "compact")]
+    output: print::Output,
+    /// Colours in compact and dict output: auto (on a terminal), always or never.
+    #[arg(long, default_value = "auto")]
+    color: Color,
+    /// Print each flow's node name.
+    #[arg(long)]
+    print_node_name: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("meshctl: error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "meshctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Observe(ref args) => runtime.block_on(observe(&cli, args)),
+        Command::Status { output } => runtime.block_on(status(&cli, output)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("meshctl: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Channel, String> {
+    let timeout = std::time::Duration::from_secs(cli.timeout);
+    let unreachable = |err: &dyn std::fmt::Display| {
+        format!("cannot reach the agent at {}: {err}; is it running? (--server or MESHCTL_SERVER)", cli.server)
+    };
+    if let Some(path) = cli.server.strip_prefix("unix://").or_else(|| cli.server.strip_prefix("unix:")) {
+        let path = std::path::PathBuf::from(path);
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        });
+        return Endpoint::from_static("http://agent")
+            .connect_timeout(timeout)
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| unreachable(&e));
+    }
+    let url = if cli.server.contains("://") { cli.server.clone() } else { format!("http://{}", cli.server) };
+    Endpoint::from_shared(url)
+        .map_err(|e| format!("--server {:?}: {e}", cli.server))?
+        .connect_timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| unreachable(&e))
+}
+
+fn timestamp(unix_ns: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: (unix_ns / 1_000_000_000) as i64, nanos: (unix_ns % 1_000_000_000) as i32 }
+}
+
+/// The request `args` ask for (the filters from the command line words, in order).
+fn request(args: &ObserveArgs, words: &[String], now_ns: u64) -> Result<GetFlowsRequest, String> {
+    let (whitelist, blacklist) = filters::build(&filters::in_order(words)).map_err(|e| e.to_string())?;
+    let time = |flag: &str, value: &Option<String>| -> Result<Option<prost_types::Timestamp>, String> {
+        value
+            .as_deref()
+            .map(|v| {
+                time::parse(v, now_ns).map(timestamp).ok_or_else(|| {
+                    format!("--{flag}: cannot parse {v:?}: use a duration ago (5m, 1h30m, 300ms) or an RFC 3339 time")
+                })
+            })
+            .transpose()
+    };
+    let since = time("since", &args.since)?;
+    let until = if args.follow { None } else { time("until", &args.until)? };
+    let number = match (args.all, args.first, args.last) {
+        (true, _, _) => u64::MAX,
+        (_, Some(first), _) => first,
+        (_, _, Some(last)) => last,
+        _ if since.is_none() && until.is_none() && !args.follow => DEFAULT_LAST,
+        _ => 0,
+    };
+    Ok(GetFlowsRequest {
+        number,
+        first: args.first.is_some(),
+        follow: args.follow,
+        whitelist,
+        blacklist,
+        since,
+        until,
+        ..GetFlowsRequest::default()
+    })
+}
+
+async fn observe(cli: &Cli, args: &ObserveArgs) -> Result<(), String> {
+    if args.output == print::Output::Table && args.follow {
+        return Err("--output table is not compatible with --follow: use compact, dict or json".into());
+    }
+    // The words after `observe`, for the order of the filter flags (`--not` negates the next).
+    let words: Vec<String> = std::env::args().skip_while(|w| w != "observe").skip(1).collect();
+    let request = request(args, &words, mesh_agent::flows::unix_now_ns())?;
+    let channel = connect(cli).await?;
+    let mut client = ObserverClient::new(channel);
+    let mut stream = client.get_flows(request).await.map_err(|s| s.message().to_owned())?.into_inner();
+    let color = match args.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let mut printer = print::Printer::new(args.output, color, args.print_node_name);
+    let stdout = std::io::stdout();
+    loop {
+        let response = match stream.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => break,
+            Err(status) => return Err(format!("the agent ended the stream: {}", status.message())),
+        };
+        let mut out = stdout.lock();
+        printer.write(&mut out, &response).map_err(|e| e.to_string())?;
+        if args.follow {
+            out.flush().map_err(|e| e.to_string())?;
+        }
+    }
+    printer.finish(&mut stdout.lock()).map_err(|e| e.to_string())
+}
+
+async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
+    let channel = connect(cli).await?;
+    let deadline = std::time::Duration::from_secs(cli.timeout);
+    let agent =
+        tokio::time::timeout(deadline, AgentStatusClient::new(channel.clone()).get_status(AgentStatusRequest {}))
+            .await
+            .map_err(|_| format!("the agent at {} did not answer within {}s", cli.server, cli.timeout))?
+            .map_err(|s| s.message().to_owned())?
+            .into_inner();
+    let server = ObserverClient::new(channel)
+        .server_status(ServerStatusRequest {})
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    if output == StatusOutput::Json {
+        let value = serde_json::json!({
+            "node_name": agent.node_name,
+            "version": agent.version,
+            "ready": agent.ready,
+            "uptime_ns": agent.uptime_ns.to_string(),
+            "num_flows": server.num_flows.to_string(),
+            "max_flows": server.max_flows.to_string(),
+            "seen_flows": server.seen_flows.to_string(),
+            "flows_rate": server.flows_rate,
+            "lost_events_kernel": agent.lost_events_kernel.to_string(),
+            "lost_events_followers": agent.lost_events_followers.to_string(),
+            "programs": agent.programs.iter().map(|p| serde_json::json!({"name": p.name, "attach_point": p.attach_point, "pod": p.pod})).collect::<Vec<_>>(),
+            "maps": agent.maps.iter().map(|m| serde_json::json!({"name": m.name, "entries": m.entries, "capacity": m.capacity})).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    let grouped = |n: u64| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    println!("Healthcheck (via {}): {}", cli.server, if agent.ready { "Ok" } else { "Not ready" });
+    println!("Node: {} ({}), up {}s", agent.node_name, agent.version, agent.uptime_ns / 1_000_000_000);
+    let percent = if server.max_flows > 0 { server.num_flows as f64 * 100.0 / server.max_flows as f64 } else { 0.0 };
+    println!("Current/Max Flows: {}/{} ({percent:.2}%)", grouped(server.num_flows), grouped(server.max_flows));
+    println!("Flows/s: {:.2}", server.flows_rate);
+    println!(
+        "Lost events: {} (kernel ring buffer full), {} (followers too slow)",
+        agent.lost_events_kernel, agent.lost_events_followers
+    );
+    println!("Programs ({}):", agent.programs.len());
+    for p in &agent.programs {
+        let pod = if p.pod.is_empty() { String::new() } else { format!("  pod {}", p.pod) };
+        println!("  {:<16} {}{pod}", p.name, p.attach_point);
+    }
+    println!("Maps:");
+    println!("  {:<16} {:>10} {:>10} {:>7}", "NAME", "ENTRIES", "CAPACITY", "FILL");
+    for m in &agent.maps {
+        let counted = !matches!(m.name.as_str(), "mesh_events" | "mesh_ev_lost" | "mesh_pol_rev");
+        let (entries, fill) = if counted && m.capacity > 0 {
+            (m.entries.to_string(), format!("{:.1}%", m.entries as f64 * 100.0 / m.capacity as f64))
+        } else {
+            ("-".to_owned(), "-".to_owned())
+        };
+        println!("  {:<16} {entries:>10} {:>10} {fill:>7}", m.name, m.capacity);
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! Encoding a flow as Hubble's `observer.GetFlowsResponse`, by hand (see `pb`), with the
+//! field numbers of Cilium's `flow.proto` and `observer.proto`.
+
+use std::io::Write as _;
+
+use mesh_common::{
+    flows::{CLOSED, ESTABLISHED, FLOW_END, tcp_flags},
+    policy::{EGRESS, INGRESS},
+    proto,
+};
+
+use super::{pb, view::FlowView};
+
+/// `Flow.extensions` type URL of our `mesh.v1.FlowDetails`.
+pub const FLOW_DETAILS_TYPE_URL: &str = "type.googleapis.com/mesh.v1.FlowDetails";
+
+/// `GetFlowsResponse { flow = 1, node_name = 1000, time = 1001 }` for `view`, appended to
+/// `buf`.
+pub fn response(buf: &mut Vec<u8>, view: &FlowView<'_>) {
+    pb::message(buf, 1, |buf| flow(buf, view));
+    pb::bytes(buf, 1000, view.node_name.as_bytes());
+    pb::timestamp(buf, 1001, view.record.unix_ns);
+}
+
+/// `GetFlowsResponse { lost_events = 3 { source = 1, num_events_lost = 2, cpu = 3 } }`.
+pub fn lost_events(buf: &mut Vec<u8>, source: i32, lost: u64, node_name: &str, unix_ns: u64) {
+    pb::message(buf, 3, |buf| {
+        pb::varint(buf, 1, source as u64);
+        pb::varint(buf, 2, lost);
+    });
+    pb::bytes(buf, 1000, node_name.as_bytes());
+    pb::timestamp(buf, 1001, unix_ns);
+}
+
+fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
+    let e = &view.record.event;
+    pb::timestamp(buf, 1, view.record.unix_ns);
+    pb::varint(buf, 2, view.verdict as u64);
+    pb::varint(buf, 3, u64::from(view.drop_reason));
+    // IP { source = 1, destination = 2, ipVersion = 3 }
+    pb::message(buf, 5, |buf| {
+        let mut text = [0u8; 15];
+        pb::bytes(buf, 1, ip_text(&mut text, view.source_ip));
+        pb::bytes(buf, 2, ip_text(&mut text, view.destination_ip));
+        pb::varint(buf, 3, 1);
+    });
+    // Layer4 { TCP = 1 { source_port = 1, destination_port = 2, flags = 3 }, UDP = 2, SCTP = 5 }
+    let l4_tag = match e.proto {
+        proto::TCP => Some(1),
+        proto::UDP => Some(2),
+        proto::SCTP => Some(5),
+        _ => None,
+    };
+    if let Some(tag) = l4_tag {
+        pb::message(buf, 6, |buf| {
+            pb::message(buf, tag, |buf| {
+                pb::varint(buf, 1, u64::from(view.source_port));
+                pb::varint(buf, 2, u64::from(view.destination_port));
+                if e.proto == proto::TCP && e.tcp_flags != 0 {
+                    pb::message(buf, 3, |buf| {
+                        for (bit, field) in TCP_FLAG_FIELDS {
+                            if e.tcp_flags & bit != 0 {
+                                pb::bool_always(buf, field, true);
+                            }
+                        }
+                    });
+                }
+            });
+        });
+    }
+    if let Some(source) = view.source {
+        pb::raw(buf, 8, &source.encoded);
+    }
+    if let Some(destination) = view.destination {
+        pb::raw(buf, 9, &destination.encoded);
+    }
+    pb::varint(buf, 10, view.flow_type as u64);
+    pb::bytes(buf, 11, view.node_name.as_bytes());
+    // CiliumEventType { type = 1, sub_type = 2 }
+    pb::message(buf, 19, |buf| {
+        pb::varint(buf, 1, u64::from(view.event_type.0));
+        pb::varint(buf, 2, u64::from(view.event_type.1));
+    });
+    if let Some(service) = view.destination_service {
+        pb::raw(buf, 21, &service.encoded);
+    }
+    pb::varint(buf, 22, view.traffic_direction as u64);
+    pb::varint(buf, 24, view.observation_point as u64);
+    pb::varint(buf, 25, u64::from(view.drop_reason));
+    if let Some(is_reply) = view.is_reply {
+        // google.protobuf.BoolValue { value = 1 }: present, even when false.
+        pb::message(buf, 26, |buf| pb::varint(buf, 1, u64::from(is_reply)));
+    }
+    if e.kind == mesh_common::flows::TRANSLATED {
+        pb::varint(buf, 31, super::view::SOCK_XLATE_POST_DIRECTION_FWD as u64);
+    }
+    pb::varint(buf, 32, e.cookie);
+    let mut summary = [0u8; 160];
+    pb::bytes(buf, 100_000, summary_text(&mut summary, view));
+    // extensions = Any { type_url = 1, value = 2 } holding mesh.v1.FlowDetails.
+    pb::message(buf, 150_000, |buf| {
+        pb::bytes(buf, 1, FLOW_DETAILS_TYPE_URL.as_bytes());
+        pb::message(buf, 2, |buf| details(buf, view));
+    });
+    if let Some(policy) = view.policy {
+        let denied = view.verdict == super::view::verdict::DROPPED || view.verdict == super::view::verdict::AUDIT;
+        // egress_allowed_by 21001, ingress_allowed_by 21002, egress_denied_by 21004,
+        // ingress_denied_by 21005.
+        let tag = match (e.direction, denied) {
+            (EGRESS, false) => 21_001,
+            (INGRESS, false) => 21_002,
+            (EGRESS, true) => 21_004,
+            _ => 21_005,
+        };
+        pb::raw(buf, tag, &policy.encoded);
+    }
+}
+
+/// `mesh.v1.FlowDetails`.
+fn details(buf: &mut Vec<u8>, view: &FlowView<'_>) {
+    let e = &view.record.event;
+    pb::varint(buf, 1, u64::from(e.kind));
+    if e.kind == FLOW_END || e.kind == CLOSED {
+        pb::varint(buf, 2, e.packets);
+        pb::varint(buf, 3, e.bytes);
+        pb::varint(buf, 4, e.reply_packets);
+        pb::varint(buf, 5, e.reply_bytes);
+    }
+    if e.kind == ESTABLISHED || e.kind == CLOSED {
+        pb::varint(buf, 6, u64::from(e.srtt_us));
+        pb::varint(buf, 7, u64::from(e.retrans));
+    }
+    if let Some(policy) = view.policy {
+        pb::bytes(buf, 8, policy.description.as_bytes());
+    }
+}
+
+/// TCP flag bits and their `flow.TCPFlags` fields.
+const TCP_FLAG_FIELDS: [(u8, u32); 8] = [
+    (tcp_flags::FIN, 1),
+    (tcp_flags::SYN, 2),
+    (tcp_flags::RST, 3),
+    (tcp_flags::PSH, 4),
+    (tcp_flags::ACK, 5),
+    (tcp_flags::URG, 6),
+    (tcp_flags::ECE, 7),
+    (tcp_flags::CWR, 8),
+];
+
+/// Hubble's flag order in summaries.
+const SUMMARY_FLAGS: [(u8, &str); 8] = [
+    (tcp_flags::SYN, "SYN"),
+    (tcp_flags::ACK, "ACK"),
+    (tcp_flags::RST, "RST"),
+    (tcp_flags::FIN, "FIN"),
+    (tcp_flags::PSH, "PSH"),
+    (tcp_flags::URG, "URG"),
+    (tcp_flags::ECE, "ECE"),
+    (tcp_flags::CWR, "CWR"),
+];
+
+fn ip_text(buf: &mut [u8; 15], ip: std::net::Ipv4Addr) -> &[u8] {
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    &buf[..len]
+}
+
+/// Hubble's summary (`TCP Flags: SYN, ACK`, `UDP`, `TCP`), then what our events add: a
+/// flow's totals at its end, a connection's RTT.
+fn summary_text<'b>(buf: &'b mut [u8; 160], view: &FlowView<'_>) -> &'b [u8] {
+    let e = &view.record.event;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let tc = view.flow_type == super::view::flow_type::L3_L4;
+    let _ = match e.proto {
+        proto::TCP if tc && e.tcp_flags != 0 => {
+            let _ = write!(cursor, "TCP Flags:");
+            let mut first = true;
+            for (bit, name) in SUMMARY_FLAGS {
+                if e.tcp_flags & bit != 0 {
+                    let _ = write!(cursor, "{}{name}", if first { " " } else { ", " });
+                    first = false;
+                }
+            }
+            Ok(())
+        }
+        proto::TCP => write!(cursor, "TCP"),
+        proto::UDP => write!(cursor, "UDP"),
+        proto::SCTP => write!(cursor, "SCTP"),
+        other => write!(cursor, "IP protocol {other}"),
+    };
+    let _ = match e.kind {
+        FLOW_END => write!(
+            cursor,
+            "; flow ended: {} packets/{} bytes sent, {} packets/{} bytes back",
+            e.packets, e.bytes, e.reply_packets, e.reply_bytes
+        ),
+        mesh_common::flows::TRANSLATED => match view.destination_service {
+            Some(service) => write!(
+                cursor,
+                "; service {}/{} {}:{}",
+                service.namespace,
+                service.name,
+                std::net::Ipv4Addr::from(u32::from_be(e.svc_addr)),
+                u16::from_be(e.svc_port)
+            ),
+            None => Ok(()),
+        },
+        ESTABLISHED => write!(cursor, "; established, RTT {} µs", e.srtt_us),
+        CLOSED => write!(
+            cursor,
+            "; closed, RTT {} µs, {} retransmits, {} bytes sent, {} received",
+            e.srtt_us, e.retrans, e.bytes, e.reply_bytes
+        ),
+        _ => Ok(()),
+    };
+    let len = cursor.position() as usize;
+    &buf[..len]
+}

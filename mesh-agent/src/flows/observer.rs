@@ -1,0 +1,291 @@
+//! Hubble's Observer gRPC service (`observer.Observer`): `GetFlows`, `ServerStatus` and
+//! `GetNodes`. `GetFlows` is served by hand so each flow is encoded straight from its
+//! [`Record`] (see `encode`); the other two use the generated server.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf as _, BufMut as _, Bytes};
+use futures::StreamExt as _;
+use mesh_common::hubble::observer::{
+    self, GetFlowsRequest, GetNodesRequest, GetNodesResponse, Node, NodeState, ServerStatusRequest,
+    ServerStatusResponse, observer_server::ObserverServer,
+};
+use prost::Message as _;
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    server::NamedService,
+};
+
+use super::{Record, directory::SharedDirectory, encode, filter::Filters, store::FlowStore, view::FlowView};
+
+/// The agent version Hubble clients see.
+pub const VERSION: &str = concat!("mesh-agent v", env!("CARGO_PKG_VERSION"));
+/// `flow.LostEventSource`: lost in the kernel's ring buffer, or by a slow follower.
+const LOST_IN_KERNEL: i32 = 1;
+const LOST_BY_FOLLOWER: i32 = 3;
+/// Flows sent to a client in one go.
+const SEND_BATCH: usize = 256;
+/// Batches waiting for a client before its task waits for it.
+const CLIENT_BACKLOG: usize = 64;
+
+/// What the Observer service reads.
+#[derive(Clone)]
+pub struct Observer {
+    pub store: FlowStore,
+    pub directory: SharedDirectory,
+}
+
+/// The service to add to a tonic router: `GetFlows` by hand, the rest generated.
+#[derive(Clone)]
+pub struct ObserverService {
+    observer: Observer,
+    generated: ObserverServer<Observer>,
+}
+
+impl ObserverService {
+    pub fn new(observer: Observer) -> Self {
+        Self { generated: ObserverServer::new(observer.clone()), observer }
+    }
+}
+
+impl NamedService for ObserverService {
+    const NAME: &'static str = "observer.Observer";
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send + 'static>>;
+
+impl<B> tower::Service<http::Request<B>> for ObserverService
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != "/observer.Observer/GetFlows" {
+            return self.generated.call(req);
+        }
+        let observer = self.observer.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(FlowsCodec);
+            Ok(grpc.server_streaming(GetFlows(observer), req).await)
+        })
+    }
+}
+
+struct GetFlows(Observer);
+
+type FlowStream = Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
+
+impl tonic::server::ServerStreamingService<GetFlowsRequest> for GetFlows {
+    type Response = Bytes;
+    type ResponseStream = FlowStream;
+    type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<FlowStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: tonic::Request<GetFlowsRequest>) -> Self::Future {
+        let observer = self.0.clone();
+        Box::pin(async move {
+            let request = request.into_inner();
+            let filters = Filters::compile(&request.whitelist, &request.blacklist)
+                .map_err(|err| Status::invalid_argument(err.to_string()))?;
+            let (tx, rx) = mpsc::channel::<Vec<Result<Bytes, Status>>>(CLIENT_BACKLOG);
+            tokio::spawn(serve_flows(observer, request, filters, tx));
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(futures::stream::iter);
+            Ok(tonic::Response::new(Box::pin(stream) as FlowStream))
+        })
+    }
+}
+
+fn unix_ns(ts: &prost_types::Timestamp) -> u64 {
+    u64::try_from(ts.seconds).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.nanos).unwrap_or(0)
+}
+
+/// Sends the flows `request` asks for to `tx` until they are all sent, the client goes, or
+/// (following) forever.
+async fn serve_flows(
+    observer: Observer,
+    request: GetFlowsRequest,
+    filters: Filters,
+    tx: mpsc::Sender<Vec<Result<Bytes, Status>>>,
+) {
+    let since = request.since.as_ref().map_or(0, unix_ns);
+    let until = if request.follow { u64::MAX } else { request.until.as_ref().map_or(u64::MAX, unix_ns) };
+    // Subscribed before the snapshot, so no flow falls between the two.
+    let mut updates = request.follow.then(|| observer.store.subscribe());
+    let directory = observer.directory.get();
+    let (mut history, seen_by_snapshot) = observer
+        .store
+        .snapshot(|r| r.unix_ns >= since && r.unix_ns <= until && filters.matches(&FlowView::new(r, &directory)));
+    let number = usize::try_from(request.number).unwrap_or(usize::MAX);
+    if request.first {
+        history.truncate(number.max(1).min(history.len()));
+    } else if number > 0 || request.follow {
+        // `number` last flows; following with no number: only new flows.
+        history.drain(..history.len().saturating_sub(number));
+    }
+    // Followers skip what the snapshot already judged.
+    let mut last_seq = seen_by_snapshot;
+    for chunk in history.chunks(SEND_BATCH) {
+        let batch = chunk.iter().map(|r| Ok(encode_flow(r, &directory))).collect();
+        if tx.send(batch).await.is_err() {
+            return;
+        }
+    }
+    let Some(updates) = updates.as_mut() else { return };
+    let mut lost_kernel = observer.store.stats().lost_kernel;
+    loop {
+        let batch = match updates.recv().await {
+            Ok(batch) => batch,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let directory = observer.directory.get();
+        let mut out = Vec::with_capacity(batch.len().min(SEND_BATCH));
+        let now = super::unix_now_ns();
+        let stats = observer.store.stats();
+        if stats.lost_kernel > lost_kernel {
+            out.push(Ok(lost(LOST_IN_KERNEL, stats.lost_kernel - lost_kernel, &directory.node_name, now)));
+            lost_kernel = stats.lost_kernel;
+        }
+        let first = batch.first().map_or(0, |r| r.seq);
+        if first > last_seq + 1 && last_seq > 0 {
+            // This client fell behind and the channel dropped batches: say how many flows.
+            let missed = first - last_seq - 1;
+            observer.store.add_lost_followers(missed);
+            out.push(Ok(lost(LOST_BY_FOLLOWER, missed, &directory.node_name, now)));
+        }
+        let skip = last_seq;
+        for record in batch.iter().filter(|r| r.seq > skip) {
+            last_seq = record.seq;
+            let view = FlowView::new(record, &directory);
+            if filters.matches(&view) {
+                let mut buf = Vec::with_capacity(512);
+                encode::response(&mut buf, &view);
+                out.push(Ok(Bytes::from(buf)));
+            }
+            if out.len() >= SEND_BATCH && tx.send(std::mem::take(&mut out)).await.is_err() {
+                return;
+            }
+        }
+        if !out.is_empty() && tx.send(out).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn encode_flow(record: &Record, directory: &super::directory::Directory) -> Bytes {
+    let mut buf = Vec::with_capacity(512);
+    encode::response(&mut buf, &FlowView::new(record, directory));
+    Bytes::from(buf)
+}
+
+fn lost(source: i32, count: u64, node_name: &str, now: u64) -> Bytes {
+    let mut buf = Vec::with_capacity(64);
+    encode::lost_events(&mut buf, source, count, node_name, now);
+    Bytes::from(buf)
+}
+
+#[tonic::async_trait]
+impl observer::observer_server::Observer for Observer {
+    type GetFlowsStream = Pin<Box<dyn futures::Stream<Item = Result<observer::GetFlowsResponse, Status>> + Send>>;
+
+    async fn get_flows(
+        &self,
+        _request: tonic::Request<GetFlowsRequest>,
+    ) -> Result<tonic::Response<Self::GetFlowsStream>, Status> {
+        // Served by `ObserverService` before the generated server sees the request.
+        Err(Status::internal("GetFlows is served by ObserverService"))
+    }
+
+    async fn get_nodes(
+        &self,
+        _request: tonic::Request<GetNodesRequest>,
+    ) -> Result<tonic::Response<GetNodesResponse>, Status> {
+        let stats = self.store.stats();
+        Ok(tonic::Response::new(GetNodesResponse {
+            nodes: vec![Node {
+                name: self.directory.get().node_name.clone(),
+                version: VERSION.to_owned(),
+                state: NodeState::NodeConnected as i32,
+                uptime_ns: stats.uptime_ns,
+                num_flows: stats.num_flows,
+                max_flows: stats.max_flows,
+                seen_flows: stats.seen_flows,
+                ..Node::default()
+            }],
+        }))
+    }
+
+    async fn server_status(
+        &self,
+        _request: tonic::Request<ServerStatusRequest>,
+    ) -> Result<tonic::Response<ServerStatusResponse>, Status> {
+        let stats = self.store.stats();
+        let uptime_s = stats.uptime_ns as f64 / 1e9;
+        Ok(tonic::Response::new(ServerStatusResponse {
+            num_flows: stats.num_flows,
+            max_flows: stats.max_flows,
+            seen_flows: stats.seen_flows,
+            uptime_ns: stats.uptime_ns,
+            version: VERSION.to_owned(),
+            flows_rate: if uptime_s > 0.0 { stats.seen_flows as f64 / uptime_s } else { 0.0 },
+            ..ServerStatusResponse::default()
+        }))
+    }
+}
+
+/// Requests decoded with prost; responses already encoded.
+#[derive(Clone, Copy, Default)]
+struct FlowsCodec;
+
+impl Codec for FlowsCodec {
+    type Encode = Bytes;
+    type Decode = GetFlowsRequest;
+    type Encoder = BytesEncoder;
+    type Decoder = RequestDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder
+    }
+}
+
+struct BytesEncoder;
+
+impl Encoder for BytesEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+struct RequestDecoder;
+
+impl Decoder for RequestDecoder {
+    type Item = GetFlowsRequest;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<GetFlowsRequest>, Status> {
+        let request = GetFlowsRequest::decode(src.copy_to_bytes(src.remaining()))
+            .map_err(|err| Status::invalid_argument(format!("malformed GetFlowsRequest: {err}")))?;
+        Ok(Some(request))
+    }
+}

@@ -1,0 +1,112 @@
+//! `sockops` on the node cgroup: the life of every TCP connection of the node's pods.
+//!
+//! At `connect()` (once the kernel picked the source port) a translated connection's 4-tuple
+//! is written to [`XLATE`], so TC names the service in the flow's events, and a translation
+//! event is sent. Established and closed connections are reported with their smoothed RTT,
+//! retransmits and byte counts.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+    },
+    helpers::bpf_get_socket_cookie,
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use mesh_common::{
+    flows::{CLOSED, ESTABLISHED, FlowEvent, TRANSLATED, TupleKey},
+    proto,
+    service_lb::ReverseKey,
+};
+
+use crate::{
+    flows::{emit, now},
+    maps::{REVERSE, XLATE},
+};
+
+const AF_INET: u32 = 2;
+/// `TCP_CLOSE` of the kernel's TCP states.
+const TCP_CLOSE: u32 = 7;
+/// The kernel keeps the smoothed RTT times 8.
+const SRTT_SHIFT: u32 = 3;
+
+#[sock_ops]
+fn mesh_sockops(ctx: SockOpsContext) -> u32 {
+    try_sockops(&ctx);
+    // The return value of sockops callbacks here is ignored by the kernel.
+    1
+}
+
+fn try_sockops(ctx: &SockOpsContext) {
+    if ctx.family() != AF_INET {
+        return;
+    }
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_TCP_CONNECT_CB
+        && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+        && op != BPF_SOCK_OPS_STATE_CB
+    {
+        return;
+    }
+    // SAFETY: the kernel hands a valid `bpf_sock_ops` to every sockops program.
+    let ops = unsafe { &*ctx.ops };
+    // `local_port` is in host order; `remote_port` holds the network-order port in its upper
+    // 16 bits on little-endian machines.
+    let tuple = TupleKey {
+        saddr: ctx.local_ip4(),
+        daddr: ctx.remote_ip4(),
+        sport: (ctx.local_port() as u16).to_be(),
+        dport: (ctx.remote_port() >> 16) as u16,
+        proto: proto::TCP,
+        _pad: [0; 3],
+    };
+    let mut event = FlowEvent {
+        time_ns: now(),
+        // SAFETY: a helper call on the program's own context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.ops.cast()) },
+        saddr: tuple.saddr,
+        daddr: tuple.daddr,
+        sport: tuple.sport,
+        dport: tuple.dport,
+        proto: proto::TCP,
+        ..FlowEvent::default()
+    };
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        let asked = ReverseKey { socket_cookie: event.cookie, addr: tuple.daddr, port: tuple.dport, _pad: 0 };
+        // SAFETY: the value is copied out at once.
+        let Some(service) = (unsafe { REVERSE.get(&asked) }).copied() else { return };
+        // A full LRU map evicts its least recently used entry; an error only loses the
+        // service name in the flow's TC events.
+        let _ = XLATE.insert(&tuple, &service, 0);
+        event.kind = TRANSLATED;
+        event.svc_addr = service.addr;
+        event.svc_port = service.port;
+        emit(&event);
+    } else if op == BPF_SOCK_OPS_STATE_CB {
+        if ctx.arg(1) != TCP_CLOSE {
+            return;
+        }
+        let _ = XLATE.remove(&tuple);
+        event.kind = CLOSED;
+        event.srtt_us = ops.srtt_us >> SRTT_SHIFT;
+        event.retrans = ops.total_retrans;
+        event.packets = u64::from(ops.data_segs_out);
+        event.bytes = ops.bytes_acked;
+        event.reply_packets = u64::from(ops.data_segs_in);
+        event.reply_bytes = ops.bytes_received;
+        emit(&event);
+    } else {
+        // Established, either way: ask for the state changes, to see the close.
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        // SAFETY: the value is copied out at once.
+        if let Some(service) = (unsafe { XLATE.get(&tuple) }).copied() {
+            event.svc_addr = service.addr;
+            event.svc_port = service.port;
+        }
+        event.kind = ESTABLISHED;
+        event.srtt_us = ops.srtt_us >> SRTT_SHIFT;
+        emit(&event);
+    }
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask bench flows`: flow events per second from the kernel to a client of the
+//! Observer API, with loss counted, at offered loads of 100k and 1M events/s.
+//!
+//! One lab node runs the real agent. `mesh-flowgen` follows its Observer API over the unix
+//! socket (decoding every `GetFlowsResponse`), then runs the object's event generator with
+//! `BPF_PROG_TEST_RUN` at the offered rate: each run emits one event into the agent's ring
+//! buffer through the same code as the attached programs. The baseline is what was offered;
+//! `lost_counted` is what the kernel's counter and the stream's lost-event messages report;
+//! `lost_uncounted` is offered - received - counted, which must be 0.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use mesh_tests::{agent::Agent, scenario};
+
+use super::{Report, Row};
+use crate::cargo;
+
+pub fn run(scales: &[u64], seconds: f64) -> anyhow::Result<Report> {
+    let began = Instant::now();
+    cargo::run(&["build", "--release", "--bins"], &[])?;
+    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
+    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    let lab = scenario::web_lab().context("bringing up the lab")?;
+    let node = &lab.nodes[0];
+    let agent = Agent::start(&lab, node, &scenario::web_state(&lab), &[]).context("starting the agent")?;
+    let (src, dst) = (lab.pod(scenario::CLIENT).ip, lab.pod(scenario::BACKENDS[0]).ip);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for &scale in scales {
+        let output = std::process::Command::new(mesh_tests::built_binary("mesh-flowgen"))
+            .arg("--bpffs")
+            .arg(&node.bpffs)
+            .arg("--socket")
+            .arg(agent.observer_socket(&lab))
+            .args(["--rate", &scale.to_string(), "--seconds", &seconds.to_string()])
+            .args(["--src", &src.to_string(), "--dst", &dst.to_string()])
+            .output()
+            .context("running mesh-flowgen")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "mesh-flowgen failed: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            agent.log()
+        );
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout).context("mesh-flowgen's JSON")?;
+        let number = |key: &str| result.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        let (offered, generated_s, received) = (number("offered"), number("generated_s"), number("received"));
+        let counted = number("lost_in_kernel") + number("lost_in_stream");
+        let uncounted = (offered - received - counted).max(0.0);
+        let offered_rate = offered / generated_s;
+        // Delivered per second, from the first event offered to the last received (the
+        // drain ends with one idle second, not counted).
+        let delivered_rate = received / (number("drained_s") - 1.0).max(generated_s);
+        let row = |case: &str, metric: &str, value: f64, unit: &str, baseline: Option<f64>| Row {
+            case: case.into(),
+            scale,
+            metric: metric.into(),
+            value,
+            unit: unit.into(),
+            baseline: baseline.map(|_| "offered".into()),
+            ratio: baseline.map(|b| if b > 0.0 { value / b } else { 0.0 }),
+        };
+        rows.push(row("offered", "events_per_s", offered_rate, "1/s", None));
+        rows.push(row("observer", "events_per_s", delivered_rate, "1/s", Some(offered_rate)));
+        rows.push(row("observer", "lost_counted", counted, "events", None));
+        rows.push(row("observer", "lost_uncounted", uncounted, "events", None));
+        notes.push(format!(
+            "scale {scale}: offered {offered} events in {generated_s:.2} s, received {received} (drained after {:.2} s), lost {} in the kernel ring buffer and {} by the follower",
+            number("drained_s"),
+            number("lost_in_kernel"),
+            number("lost_in_stream")
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = lab.stop(agent.pid, Duration::from_secs(10));
+    notes.push(format!("ran for {:.0} s", began.elapsed().as_secs_f64()));
+    Ok(Report { bench: "flows".into(), rows, notes })
+}
