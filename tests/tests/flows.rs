@@ -310,7 +310,7 @@ fn a_follower_sees_a_new_flow_within_100_ms() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send((line, mesh_agent_now_ns())).is_err() {
+            if tx.send((line, mesh_agent::flows::unix_now_ns())).is_err() {
                 return;
             }
         }
@@ -327,7 +327,7 @@ fn a_follower_sees_a_new_flow_within_100_ms() {
         let (line, received_ns) = rx.recv_timeout(Duration::from_secs(3)).expect("the follower got the flow");
         let flow: Value = serde_json::from_str(&line).expect("json");
         let time = text(&flow, "flow.time").to_owned();
-        let seen_ns = rfc3339_ns(&time);
+        let seen_ns = mesh_agent::flows::time::parse(&time, 0).expect("an RFC 3339 time");
         latencies.push(received_ns.saturating_sub(seen_ns) as f64 / 1e6);
         // Drain the rest of this connection's flows.
         while rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
@@ -365,24 +365,4 @@ fn malformed_filters_are_refused_naming_the_flag() {
     assert!(!run.success && run.stderr.contains("--not"), "{run:?}");
     let run = meshctl::run(socket, &["completion", "bash"]);
     assert!(run.success && run.stdout.contains("meshctl") && run.stdout.contains("--drop-reason-desc"), "{run:?}");
-}
-
-fn mesh_agent_now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-/// `2026-11-24T10:00:00.123456789Z` in nanoseconds since the epoch (what meshctl prints).
-fn rfc3339_ns(value: &str) -> u64 {
-    let (date, time) = value.trim_end_matches('Z').split_once('T').expect("an RFC 3339 time");
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().expect("a number")).collect();
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').map(|p| p.parse().expect("a number")).collect();
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    let secs = days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
-    let nanos: u64 = format!("{frac:0<9}")[..9].parse().expect("nanoseconds");
-    secs as u64 * 1_000_000_000 + nanos
 }

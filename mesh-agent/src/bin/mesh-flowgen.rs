@@ -67,13 +67,7 @@ fn main() -> anyhow::Result<()> {
     let (r, l) = (received.clone(), lost_in_stream.clone());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let reader = runtime.spawn(async move {
-        let connector = tower::service_fn(move |_: http::Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
-            }
-        });
-        let channel = tonic::transport::Endpoint::from_static("http://agent").connect_with_connector(connector).await?;
+        let channel = mesh_agent::flows::observer::unix_channel(socket, Duration::from_secs(10)).await?;
         let mut client = ObserverClient::new(channel).max_decoding_message_size(1 << 20);
         let mut stream =
             client.get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() }).await?.into_inner();

@@ -12,6 +12,7 @@ pub mod filter;
 pub mod observer;
 pub mod pb;
 pub mod store;
+pub mod time;
 pub mod view;
 
 use mesh_common::flows::FlowEvent;

@@ -22,7 +22,7 @@ use tonic::{
     server::NamedService,
 };
 
-use super::{Record, directory::SharedDirectory, encode, filter::Filters, store::FlowStore, view::FlowView};
+use super::{directory::SharedDirectory, encode, filter::Filters, store::FlowStore, view::FlowView};
 
 /// The agent version Hubble clients see.
 pub const VERSION: &str = concat!("mesh-agent v", env!("CARGO_PKG_VERSION"));
@@ -112,6 +112,22 @@ fn unix_ns(ts: &prost_types::Timestamp) -> u64 {
     u64::try_from(ts.seconds).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.nanos).unwrap_or(0)
 }
 
+/// A client channel to an Observer API on the unix socket at `path`.
+pub async fn unix_channel(
+    path: std::path::PathBuf,
+    connect_timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let path = path.clone();
+        async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+    });
+    // The URI is a placeholder: the connector ignores it.
+    tonic::transport::Endpoint::from_static("http://agent")
+        .connect_timeout(connect_timeout)
+        .connect_with_connector(connector)
+        .await
+}
+
 /// Sends the flows `request` asks for to `tx` until they are all sent, the client goes, or
 /// (following) forever.
 async fn serve_flows(
@@ -125,9 +141,9 @@ async fn serve_flows(
     // Subscribed before the snapshot, so no flow falls between the two.
     let mut updates = request.follow.then(|| observer.store.subscribe());
     let directory = observer.directory.get();
-    let (mut history, seen_by_snapshot) = observer
-        .store
-        .snapshot(|r| r.unix_ns >= since && r.unix_ns <= until && filters.matches(&FlowView::new(r, &directory)));
+    // Copied out first: filtering runs outside the store's lock, which the reader needs.
+    let (mut history, seen_by_snapshot) = observer.store.snapshot();
+    history.retain(|r| r.unix_ns >= since && r.unix_ns <= until && filters.matches(&FlowView::new(r, &directory)));
     let number = usize::try_from(request.number).unwrap_or(usize::MAX);
     if request.first {
         history.truncate(number.max(1).min(history.len()));
@@ -138,7 +154,7 @@ async fn serve_flows(
     // Followers skip what the snapshot already judged.
     let mut last_seq = seen_by_snapshot;
     for chunk in history.chunks(SEND_BATCH) {
-        let batch = chunk.iter().map(|r| Ok(encode_flow(r, &directory))).collect();
+        let batch = chunk.iter().map(|r| Ok(encode_flow(&FlowView::new(r, &directory)))).collect();
         if tx.send(batch).await.is_err() {
             return;
         }
@@ -171,9 +187,7 @@ async fn serve_flows(
             last_seq = record.seq;
             let view = FlowView::new(record, &directory);
             if filters.matches(&view) {
-                let mut buf = Vec::with_capacity(512);
-                encode::response(&mut buf, &view);
-                out.push(Ok(Bytes::from(buf)));
+                out.push(Ok(encode_flow(&view)));
             }
             if out.len() >= SEND_BATCH && tx.send(std::mem::take(&mut out)).await.is_err() {
                 return;
@@ -185,9 +199,9 @@ async fn serve_flows(
     }
 }
 
-fn encode_flow(record: &Record, directory: &super::directory::Directory) -> Bytes {
+fn encode_flow(view: &FlowView<'_>) -> Bytes {
     let mut buf = Vec::with_capacity(512);
-    encode::response(&mut buf, &FlowView::new(record, directory));
+    encode::response(&mut buf, view);
     Bytes::from(buf)
 }
 

@@ -85,11 +85,10 @@ impl FlowStore {
         let _ = self.inner.tx.send(batch.into());
     }
 
-    /// The kept flows matching `keep`, oldest first, and the number of the last flow kept
-    /// (whether it matched or not; 0 when none).
-    pub fn snapshot(&self, mut keep: impl FnMut(&Record) -> bool) -> (Vec<Record>, u64) {
+    /// The kept flows, oldest first, and the number of the last one (0 when none).
+    pub fn snapshot(&self) -> (Vec<Record>, u64) {
         let ring = self.inner.ring.lock().expect("never poisoned");
-        (ring.iter().filter(|r| keep(r)).copied().collect(), ring.back().map_or(0, |r| r.seq))
+        (ring.iter().copied().collect(), ring.back().map_or(0, |r| r.seq))
     }
 
     /// New flows from now on.
@@ -131,7 +130,7 @@ mod tests {
         let store = FlowStore::new(3);
         store.push((0..2).map(record).collect());
         store.push((2..7).map(record).collect());
-        let kept: Vec<u64> = store.snapshot(|_| true).0.iter().map(|r| r.unix_ns).collect();
+        let kept: Vec<u64> = store.snapshot().0.iter().map(|r| r.unix_ns).collect();
         assert_eq!(kept, [4, 5, 6]);
         let stats = store.stats();
         assert_eq!((stats.num_flows, stats.max_flows, stats.seen_flows), (3, 3, 7));

@@ -4,14 +4,15 @@
 
 mod filters;
 mod print;
-mod time;
 
 use std::{io::Write as _, process::ExitCode};
 
 use clap::{ArgAction, CommandFactory as _, Parser, Subcommand};
+use mesh_agent::flows::{observer::unix_channel, time};
 use mesh_common::{
     api::{AgentStatusRequest, agent_status_client::AgentStatusClient},
     hubble::observer::{GetFlowsRequest, ServerStatusRequest, observer_client::ObserverClient},
+    maps,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -198,18 +199,7 @@ async fn connect(cli: &Cli) -> Result<Channel, String> {
         format!("cannot reach the agent at {}: {err}; is it running? (--server or MESHCTL_SERVER)", cli.server)
     };
     if let Some(path) = cli.server.strip_prefix("unix://").or_else(|| cli.server.strip_prefix("unix:")) {
-        let path = std::path::PathBuf::from(path);
-        let connector = tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        });
-        return Endpoint::from_static("http://agent")
-            .connect_timeout(timeout)
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| unreachable(&e));
+        return unix_channel(path.into(), timeout).await.map_err(|e| unreachable(&e));
     }
     let url = if cli.server.contains("://") { cli.server.clone() } else { format!("http://{}", cli.server) };
     Endpoint::from_shared(url)
@@ -350,7 +340,8 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
     println!("Maps:");
     println!("  {:<16} {:>10} {:>10} {:>7}", "NAME", "ENTRIES", "CAPACITY", "FILL");
     for m in &agent.maps {
-        let counted = !matches!(m.name.as_str(), "mesh_events" | "mesh_ev_lost" | "mesh_pol_rev");
+        // Arrays have all their entries; the ring buffer has bytes, not entries.
+        let counted = ![maps::EVENTS, maps::EVENTS_LOST, maps::POLICY_REVISION].contains(&m.name.as_str());
         let (entries, fill) = if counted && m.capacity > 0 {
             (m.entries.to_string(), format!("{:.1}%", m.entries as f64 * 100.0 / m.capacity as f64))
         } else {

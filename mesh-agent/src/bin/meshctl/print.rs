@@ -18,7 +18,7 @@ use mesh_common::{
 use prost::Message as _;
 use serde_json::{Map, Value, json};
 
-use crate::time::civil;
+use mesh_agent::flows::time::civil;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {

@@ -1,4 +1,4 @@
-//! `--since` and `--until`: a duration ago (`5m`, `1h30m`, `300ms`) or an RFC 3339 time
+//! `meshctl observe --since` and `--until`: a duration ago (`5m`, `1h30m`, `300ms`) or an RFC 3339 time
 //! (`2026-11-24T10:00:00Z`, `2026-11-24T10:00:00.5+01:00`, or a date `2026-11-24`).
 
 /// The time `value` names, in nanoseconds since the Unix epoch; `now_ns` is now.
