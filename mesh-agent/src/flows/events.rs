@@ -9,7 +9,9 @@ use tokio::io::unix::AsyncFd;
 use super::{Clock, Record, store::FlowStore};
 
 /// At most this many events are decoded before the batch goes to the store (and followers).
-const MAX_BATCH: usize = 4096;
+pub const MAX_BATCH: usize = 1024;
+/// How long the reader lets events gather in the ring buffer after it drained it.
+const GATHER: Duration = Duration::from_millis(1);
 /// How often the lost-event counter is read and the wall clock offset taken again.
 const LOST_POLL: Duration = Duration::from_millis(500);
 
@@ -68,6 +70,10 @@ pub async fn run(ring: RingBuf<MapData>, lost_counter: PerCpuArray<MapData, u64>
                     }
                 }
                 guard.clear_ready();
+                drop(guard);
+                // Let events gather: at most one batch a millisecond reaches the followers,
+                // however busy the kernel is, and each costs them one wake-up.
+                tokio::time::sleep(GATHER).await;
             }
             _ = poll.tick() => {
                 clock = Clock::now();

@@ -3,6 +3,7 @@
 //! [`Record`] (see `encode`); the other two use the generated server.
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     pin::Pin,
     task::{Context, Poll},
@@ -15,14 +16,24 @@ use mesh_common::hubble::observer::{
     ServerStatusResponse, observer_server::ObserverServer,
 };
 use prost::Message as _;
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{
+    broadcast::{self, error::RecvError},
+    mpsc,
+};
 use tonic::{
     Status,
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     server::NamedService,
 };
 
-use super::{directory::SharedDirectory, encode, filter::Filters, store::FlowStore, view::FlowView};
+use super::{
+    Record,
+    directory::SharedDirectory,
+    encode,
+    filter::Filters,
+    store::{Batch, FlowStore},
+    view::FlowView,
+};
 
 /// The agent version Hubble clients see.
 pub const VERSION: &str = concat!("mesh-agent v", env!("CARGO_PKG_VERSION"));
@@ -33,6 +44,10 @@ const LOST_BY_FOLLOWER: i32 = 3;
 const SEND_BATCH: usize = 256;
 /// Batches waiting for a client before its task waits for it.
 const CLIENT_BACKLOG: usize = 64;
+/// Flows a follower may have yet to judge and send before it loses the oldest (about 14 MB).
+const FOLLOW_BACKLOG: usize = 131_072;
+/// Flows a follower judges against its filters before it lets other tasks run.
+const JUDGE_AT_ONCE: usize = 4 * SEND_BATCH;
 
 /// What the Observer service reads.
 #[derive(Clone)]
@@ -152,7 +167,7 @@ async fn serve_flows(
         history.drain(..history.len().saturating_sub(number));
     }
     // Followers skip what the snapshot already judged.
-    let mut last_seq = seen_by_snapshot;
+    let last_seq = seen_by_snapshot;
     for chunk in history.chunks(SEND_BATCH) {
         let batch = chunk.iter().map(|r| Ok(encode_flow(&FlowView::new(r, &directory)))).collect();
         if tx.send(batch).await.is_err() {
@@ -160,41 +175,71 @@ async fn serve_flows(
         }
     }
     let Some(updates) = updates.as_mut() else { return };
+    follow(&observer, &filters, updates, last_seq, &tx).await;
+}
+
+/// Sends new flows as they come. The flows this follower has yet to send wait in its own
+/// queue of at most [`FOLLOW_BACKLOG`]: a client slower than the flows loses the oldest, is
+/// told how many, and never makes the agent hold more.
+async fn follow(
+    observer: &Observer,
+    filters: &Filters,
+    updates: &mut broadcast::Receiver<Batch>,
+    mut last_seq: u64,
+    tx: &mpsc::Sender<Vec<Result<Bytes, Status>>>,
+) {
+    let mut queue: VecDeque<Record> = VecDeque::new();
+    let mut missed = 0u64;
     let mut lost_kernel = observer.store.stats().lost_kernel;
     loop {
-        let batch = match updates.recv().await {
-            Ok(batch) => batch,
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        };
-        let directory = observer.directory.get();
-        let mut out = Vec::with_capacity(batch.len().min(SEND_BATCH));
-        let now = super::unix_now_ns();
-        let stats = observer.store.stats();
-        if stats.lost_kernel > lost_kernel {
-            out.push(Ok(lost(LOST_IN_KERNEL, stats.lost_kernel - lost_kernel, &directory.node_name, now)));
-            lost_kernel = stats.lost_kernel;
-        }
-        let first = batch.first().map_or(0, |r| r.seq);
-        if first > last_seq + 1 && last_seq > 0 {
-            // This client fell behind and the channel dropped batches: say how many flows.
-            let missed = first - last_seq - 1;
-            observer.store.add_lost_followers(missed);
-            out.push(Ok(lost(LOST_BY_FOLLOWER, missed, &directory.node_name, now)));
-        }
-        let skip = last_seq;
-        for record in batch.iter().filter(|r| r.seq > skip) {
-            last_seq = record.seq;
-            let view = FlowView::new(record, &directory);
-            if filters.matches(&view) {
-                out.push(Ok(encode_flow(&view)));
+        tokio::select! {
+            update = updates.recv() => {
+                let batch = match update {
+                    Ok(batch) => batch,
+                    // The gap in flow numbers says how many (next batch).
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let first = batch.first().map_or(0, |r| r.seq);
+                if first > last_seq + 1 && last_seq > 0 {
+                    missed += first - last_seq - 1;
+                }
+                let skip = last_seq;
+                queue.extend(batch.iter().filter(|r| r.seq > skip));
+                last_seq = last_seq.max(batch.last().map_or(0, |r| r.seq));
+                // Judged when sent: a client that cannot keep up costs no filtering.
+                let overflow = queue.len().saturating_sub(FOLLOW_BACKLOG);
+                queue.drain(..overflow);
+                missed += overflow as u64;
             }
-            if out.len() >= SEND_BATCH && tx.send(std::mem::take(&mut out)).await.is_err() {
-                return;
+            permit = tx.reserve(), if !queue.is_empty() || missed > 0 => {
+                let Ok(permit) = permit else { return };
+                let directory = observer.directory.get();
+                let mut out = Vec::with_capacity(queue.len().min(SEND_BATCH) + 2);
+                let now = super::unix_now_ns();
+                let stats = observer.store.stats();
+                if stats.lost_kernel > lost_kernel {
+                    out.push(Ok(lost(LOST_IN_KERNEL, stats.lost_kernel - lost_kernel, &directory.node_name, now)));
+                    lost_kernel = stats.lost_kernel;
+                }
+                if missed > 0 {
+                    observer.store.add_lost_followers(missed);
+                    out.push(Ok(lost(LOST_BY_FOLLOWER, missed, &directory.node_name, now)));
+                    missed = 0;
+                }
+                let mut judged = 0;
+                while out.len() < SEND_BATCH && judged < JUDGE_AT_ONCE {
+                    let Some(record) = queue.pop_front() else { break };
+                    judged += 1;
+                    let view = FlowView::new(&record, &directory);
+                    if filters.matches(&view) {
+                        out.push(Ok(encode_flow(&view)));
+                    }
+                }
+                if !out.is_empty() {
+                    permit.send(out);
+                }
             }
-        }
-        if !out.is_empty() && tx.send(out).await.is_err() {
-            return;
         }
     }
 }
@@ -301,5 +346,69 @@ impl Decoder for RequestDecoder {
         let request = GetFlowsRequest::decode(src.copy_to_bytes(src.remaining()))
             .map_err(|err| Status::invalid_argument(format!("malformed GetFlowsRequest: {err}")))?;
         Ok(Some(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mesh_common::hubble::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
+
+    use super::*;
+    use crate::flows::directory::Directory;
+
+    /// Flows received and flows reported missed, from one stream item.
+    fn tally(item: &[Result<Bytes, Status>]) -> (u64, u64) {
+        let (mut flows, mut missed) = (0, 0);
+        for response in item {
+            let response = GetFlowsResponse::decode(response.clone().expect("no error")).expect("a response");
+            match response.response_types {
+                Some(ResponseTypes::Flow(_)) => flows += 1,
+                Some(ResponseTypes::LostEvents(lost)) => {
+                    assert_eq!(lost.source, LOST_BY_FOLLOWER, "only the follower lost flows");
+                    missed += lost.num_events_lost;
+                }
+                other => panic!("unexpected response {other:?}"),
+            }
+        }
+        (flows, missed)
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_falls_behind_holds_a_bounded_queue_and_is_told_what_it_missed() {
+        let observer =
+            Observer { store: FlowStore::new(16), directory: SharedDirectory::new(Directory::empty("node-a")) };
+        let filters = Filters::compile(&[], &[]).expect("no filters");
+        let mut updates = observer.store.subscribe();
+        // Nobody reads the client's channel until every flow is pushed.
+        let (tx, mut rx) = mpsc::channel(1);
+        let follower = tokio::spawn({
+            let observer = observer.clone();
+            async move { follow(&observer, &filters, &mut updates, 0, &tx).await }
+        });
+        let total = FOLLOW_BACKLOG + 100 * 1024;
+        for _ in 0..total / 1024 {
+            observer.store.push(vec![Record::default(); 1024]);
+            // The follower takes each batch to its queue, as it would between reader wake-ups.
+            tokio::task::yield_now().await;
+        }
+        let (mut flows, mut missed) = (0, 0);
+        while flows + missed < total as u64 {
+            let item = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("the follower keeps sending")
+                .expect("the follower is running");
+            let (f, m) = tally(&item);
+            (flows, missed) = (flows + f, missed + m);
+        }
+        assert_eq!(flows + missed, total as u64, "every flow is either sent or reported missed");
+        assert!(missed > 0, "the follower fell behind by more than its queue");
+        assert!(
+            flows <= (FOLLOW_BACKLOG + 2 * JUDGE_AT_ONCE) as u64,
+            "the follower held at most its queue and what was already in its channel: {flows} flows sent"
+        );
+        assert_eq!(observer.store.stats().lost_followers, missed, "the store counts what followers missed");
+        follower.abort();
     }
 }

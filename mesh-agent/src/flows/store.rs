@@ -12,8 +12,11 @@ use tokio::sync::broadcast;
 
 use super::Record;
 
-/// How many batches a follower may fall behind before it loses flows (it is told how many).
-const FOLLOW_BACKLOG_BATCHES: usize = 4096;
+/// How many batches a follower's task may fall behind before it loses flows (it is told how
+/// many). Followers move new flows to their own bounded queues as soon as they come, so this
+/// only absorbs scheduling delays; with batches of at most `events::MAX_BATCH` flows it holds
+/// at most about 27 MB.
+const FOLLOW_BACKLOG_BATCHES: usize = 256;
 
 /// A batch of new flows, as the reader drained them from the ring buffer.
 pub type Batch = Arc<[Record]>;

@@ -4,8 +4,8 @@
 //! paced rate: the object's `mesh_event_gen` program, loaded with the agent's pinned ring
 //! buffer and lost-event counter, run with `BPF_PROG_TEST_RUN` (each run emits one event
 //! through the same code the attached programs use). When the stream has drained it prints
-//! one JSON line: events offered, received by the Observer client, reported lost (in the
-//! stream, and by the kernel's counter).
+//! one JSON line: events offered, received by the Observer client (and when the last one
+//! came), reported lost (in the stream, and by the kernel's counter), decoded whole.
 
 use std::{
     net::Ipv4Addr,
@@ -24,10 +24,9 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use clap::Parser;
-use mesh_common::{
-    hubble::observer::{GetFlowsRequest, get_flows_response::ResponseTypes, observer_client::ObserverClient},
-    maps, programs,
-};
+use mesh_common::{hubble::observer::GetFlowsRequest, maps, programs};
+
+mod reader;
 
 #[derive(Parser)]
 #[command(about = "Flow event load for the flows benchmark (see cargo xtask bench flows)")]
@@ -61,26 +60,36 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let received = Arc::new(AtomicU64::new(0));
+    // When the last response arrived, in nanoseconds since `epoch`.
+    let epoch = Instant::now();
+    let last_at = Arc::new(AtomicU64::new(0));
     let lost_in_stream = Arc::new(AtomicU64::new(0));
-    // The reader: follows GetFlows and decodes every response.
+    // The reader: follows GetFlows and checks every response (see `reader`).
     let socket = args.socket.clone();
-    let (r, l) = (received.clone(), lost_in_stream.clone());
+    let (r, l, at) = (received.clone(), lost_in_stream.clone(), last_at.clone());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let expected = reader::Expected::new(args.src, args.dst);
+    let decoded = expected.decoded.clone();
     let reader = runtime.spawn(async move {
         let channel = mesh_agent::flows::observer::unix_channel(socket, Duration::from_secs(10)).await?;
-        let mut client = ObserverClient::new(channel).max_decoding_message_size(1 << 20);
-        let mut stream =
-            client.get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() }).await?.into_inner();
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 20);
+        grpc.ready().await?;
+        let request = tonic::Request::new(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() });
+        let path = http::uri::PathAndQuery::from_static("/observer.Observer/GetFlows");
+        let mut stream = grpc.server_streaming(request, path, reader::Codec::new(expected)).await?.into_inner();
         let _ = ready_tx.send(());
         while let Some(response) = stream.message().await? {
-            match response.response_types {
-                Some(ResponseTypes::Flow(_)) => r.fetch_add(1, Ordering::Relaxed),
-                // Kernel losses are read from the counter itself; count the follower's.
-                Some(ResponseTypes::LostEvents(lost)) if lost.source != LOST_IN_KERNEL => {
-                    l.fetch_add(lost.num_events_lost, Ordering::Relaxed)
+            match response {
+                reader::Response::Flow => {
+                    r.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => 0,
-            };
+                // Kernel losses are read from the counter itself; count the follower's.
+                reader::Response::Lost { source, count } if source != LOST_IN_KERNEL => {
+                    l.fetch_add(count, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            at.store(u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
         anyhow::Ok(())
     });
@@ -134,9 +143,16 @@ fn main() -> anyhow::Result<()> {
         last = now;
         std::thread::sleep(Duration::from_secs(1));
     }
-    let drained_s = start.elapsed().as_secs_f64();
+    // From the first event offered to the last response received.
+    let drained_s = Duration::from_nanos(last_at.load(Ordering::Relaxed)).saturating_sub(start - epoch).as_secs_f64();
     let kernel = kernel_lost() - lost_before;
+    // The stream never ends while following: an ended reader is a failed check.
+    if reader.is_finished() {
+        runtime.block_on(reader).context("the reader task")?.context("reading the Observer stream")?;
+        anyhow::bail!("the Observer stream ended while following");
+    }
     reader.abort();
+    let decoded = decoded.load(Ordering::Relaxed);
     println!(
         "{}",
         serde_json::json!({
@@ -146,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             "received": received.load(Ordering::Relaxed),
             "lost_in_stream": lost_in_stream.load(Ordering::Relaxed),
             "lost_in_kernel": kernel,
+            "fully_decoded": decoded,
         })
     );
     Ok(())
