@@ -13,7 +13,7 @@ use mesh_agent::{
     flows::{
         directory::{Directory, SharedDirectory},
         events,
-        observer::{Observer, ObserverService},
+        observer::{self, Observer, ObserverService},
         store::FlowStore,
     },
     metrics::Metrics,
@@ -69,7 +69,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let store = FlowStore::new(config.flow_buffer);
     let directory = SharedDirectory::new(Directory::empty(&config.node_name));
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone());
-    let served = runtime.block_on(async { serve(&config, &store, &directory, &agent, events, lost_events) });
+    let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events));
     if let Err(err) = served {
         let _ = datapath.shutdown(false);
         return Err(err);
@@ -155,7 +155,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Starts the flow event reader, the metrics, and the Observer API (with the agent status)
 /// on its TCP address (in the node's network namespace) and its unix socket.
-fn serve(
+async fn serve(
     config: &Config,
     store: &FlowStore,
     directory: &SharedDirectory,
@@ -187,10 +187,12 @@ fn serve(
         });
     }
     let observer = Observer { store: store.clone(), directory: directory.clone() };
+    let health = observer::health_service().await;
     let router = || {
         tonic::transport::Server::builder()
             .add_service(ObserverService::new(observer.clone()))
             .add_service(AgentStatusServer::new(state.clone()))
+            .add_service(health.clone())
     };
     if let Some(address) = config.observer_address {
         let listener = bind(address, config::ENV_OBSERVER_ADDRESS)?;

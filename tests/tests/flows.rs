@@ -223,8 +223,17 @@ fn flows_show_pods_verdicts_reasons_services_and_filter_like_hubble() {
     // meshctl status: health, programs, maps.
     let status = meshctl::run(&node0, &["status"]);
     assert!(status.success, "{status:?}");
-    for needle in ["Healthcheck", "Ok", "mesh_sockops", "mesh_from_pod", "pod demo/client", "mesh_ct", "Lost events: 0"]
-    {
+    let needles = [
+        "Healthcheck",
+        "Ok",
+        "Observer health (hubble.server.Observer): SERVING",
+        "mesh_sockops",
+        "mesh_from_pod",
+        "pod demo/client",
+        "mesh_ct",
+        "Lost events: 0",
+    ];
+    for needle in needles {
         assert!(status.stdout.contains(needle), "status lacks {needle:?}:\n{}", status.stdout);
     }
 

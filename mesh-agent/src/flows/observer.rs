@@ -25,6 +25,10 @@ use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     server::NamedService,
 };
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::{Health, HealthServer},
+};
 
 use super::{
     Record,
@@ -121,6 +125,18 @@ impl tonic::server::ServerStreamingService<GetFlowsRequest> for GetFlows {
             Ok(tonic::Response::new(Box::pin(stream) as FlowStream))
         })
     }
+}
+
+/// The name `hubble status` checks with gRPC health before it asks the Observer anything.
+pub const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
+
+/// gRPC health (`grpc.health.v1.Health`): the Observer serving under its own name and under
+/// the one Hubble's CLI checks.
+pub async fn health_service() -> HealthServer<impl Health> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<ObserverService>().await;
+    reporter.set_service_status(HUBBLE_HEALTH_SERVICE, ServingStatus::Serving).await;
+    service
 }
 
 fn unix_ns(ts: &prost_types::Timestamp) -> u64 {

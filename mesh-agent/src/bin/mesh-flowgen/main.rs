@@ -49,6 +49,10 @@ struct Args {
     src: Ipv4Addr,
     #[arg(long)]
     dst: Ipv4Addr,
+    /// The reader decodes one flow in this many whole with the generated types (1: every
+    /// flow, as a typical client does); it checks every flow's addresses.
+    #[arg(long, default_value_t = 1000)]
+    decode_whole_every: u64,
 }
 
 /// `flow.LostEventSource` of the kernel's ring buffer.
@@ -70,13 +74,15 @@ fn main() -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let expected = reader::Expected::new(args.src, args.dst);
     let decoded = expected.decoded.clone();
+    let decode_every = args.decode_whole_every;
     let reader = runtime.spawn(async move {
         let channel = mesh_agent::flows::observer::unix_channel(socket, Duration::from_secs(10)).await?;
         let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 20);
         grpc.ready().await?;
         let request = tonic::Request::new(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() });
         let path = http::uri::PathAndQuery::from_static("/observer.Observer/GetFlows");
-        let mut stream = grpc.server_streaming(request, path, reader::Codec::new(expected)).await?.into_inner();
+        let mut stream =
+            grpc.server_streaming(request, path, reader::Codec::new(expected, decode_every)).await?.into_inner();
         let _ = ready_tx.send(());
         while let Some(response) = stream.message().await? {
             match response {

@@ -1,8 +1,9 @@
 //! The benchmark's Observer client: a codec that reads each `GetFlowsResponse` without
 //! building it. Every response's wire format is walked to its end, every flow's source and
-//! destination addresses are compared with the generator's, and one flow in
-//! [`FULL_DECODE_EVERY`] is also decoded whole with the generated types and compared. So the
-//! client checks what it counts, at a cost that leaves the two cores to the agent.
+//! destination addresses are compared with the generator's, and one flow in `decode_every`
+//! is also decoded whole with the generated types and compared. So the client checks what it
+//! counts, at a cost that leaves the two cores to the agent (or, with `decode_every` 1, at the
+//! cost of a typical client that builds every message).
 
 use std::{
     net::Ipv4Addr,
@@ -22,9 +23,6 @@ use tonic::{
     Status,
     codec::{DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
-
-/// One flow in this many is decoded whole.
-pub const FULL_DECODE_EVERY: u64 = 1000;
 
 /// What a response was.
 pub enum Response {
@@ -50,12 +48,13 @@ impl Expected {
 #[derive(Clone)]
 pub struct Codec {
     expected: Expected,
+    decode_every: u64,
     flows: u64,
 }
 
 impl Codec {
-    pub fn new(expected: Expected) -> Self {
-        Self { expected, flows: 0 }
+    pub fn new(expected: Expected, decode_every: u64) -> Self {
+        Self { expected, decode_every: decode_every.max(1), flows: 0 }
     }
 }
 
@@ -124,7 +123,7 @@ impl Decoder for Codec {
         }
         if matches!(response, Response::Flow) {
             self.flows += 1;
-            if self.flows.is_multiple_of(FULL_DECODE_EVERY) {
+            if self.flows.is_multiple_of(self.decode_every) {
                 self.check_whole(whole)?;
             }
         }

@@ -8,7 +8,10 @@ mod print;
 use std::{io::Write as _, process::ExitCode};
 
 use clap::{ArgAction, CommandFactory as _, Parser, Subcommand};
-use mesh_agent::flows::{observer::unix_channel, time};
+use mesh_agent::flows::{
+    observer::{HUBBLE_HEALTH_SERVICE, unix_channel},
+    time,
+};
 use mesh_common::{
     api::{AgentStatusRequest, agent_status_client::AgentStatusClient},
     hubble::observer::{GetFlowsRequest, ServerStatusRequest, observer_client::ObserverClient},
@@ -289,6 +292,11 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
             .map_err(|_| format!("the agent at {} did not answer within {}s", cli.server, cli.timeout))?
             .map_err(|s| s.message().to_owned())?
             .into_inner();
+    // What `hubble status` checks first: gRPC health under Hubble's name for the Observer.
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest { service: HUBBLE_HEALTH_SERVICE.to_owned() })
+        .await
+        .map_or_else(|s| format!("unknown ({})", s.message()), |r| r.into_inner().status().as_str_name().to_owned());
     let server = ObserverClient::new(channel)
         .server_status(ServerStatusRequest {})
         .await
@@ -299,6 +307,7 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
             "node_name": agent.node_name,
             "version": agent.version,
             "ready": agent.ready,
+            "observer_health": health,
             "uptime_ns": agent.uptime_ns.to_string(),
             "num_flows": server.num_flows.to_string(),
             "max_flows": server.max_flows.to_string(),
@@ -324,6 +333,7 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
         out
     };
     println!("Healthcheck (via {}): {}", cli.server, if agent.ready { "Ok" } else { "Not ready" });
+    println!("Observer health ({HUBBLE_HEALTH_SERVICE}): {health}");
     println!("Node: {} ({}), up {}s", agent.node_name, agent.version, agent.uptime_ns / 1_000_000_000);
     let percent = if server.max_flows > 0 { server.num_flows as f64 * 100.0 / server.max_flows as f64 } else { 0.0 };
     println!("Current/Max Flows: {}/{} ({percent:.2}%)", grouped(server.num_flows), grouped(server.max_flows));
