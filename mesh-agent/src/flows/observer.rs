@@ -228,6 +228,8 @@ async fn follow(
                 queue.drain(..overflow);
                 missed += overflow as u64;
             }
+            // A client that goes while no flows come is let go at once, not at the next flow.
+            () = tx.closed(), if queue.is_empty() && missed == 0 => return,
             permit = tx.reserve(), if !queue.is_empty() || missed > 0 => {
                 let Ok(permit) = permit else { return };
                 let directory = observer.directory.get();
@@ -389,6 +391,21 @@ mod tests {
             }
         }
         (flows, missed)
+    }
+
+    #[tokio::test]
+    async fn a_follower_ends_when_its_client_goes_even_with_no_flows() {
+        let observer =
+            Observer { store: FlowStore::new(16), directory: SharedDirectory::new(Directory::empty("node-a")) };
+        let filters = Filters::compile(&[], &[]).expect("no filters");
+        let mut updates = observer.store.subscribe();
+        let (tx, rx) = mpsc::channel(1);
+        let follower = tokio::spawn(async move { follow(&observer, &filters, &mut updates, 0, &tx).await });
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("the follower ends when its client goes")
+            .expect("the follower did not panic");
     }
 
     #[tokio::test]
