@@ -9,7 +9,7 @@ use tokio::io::unix::AsyncFd;
 use super::{Clock, Record, store::FlowStore};
 
 /// At most this many events are decoded before the batch goes to the store (and followers).
-pub const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 1024;
 /// How long the reader lets events gather in the ring buffer after it drained it.
 const GATHER: Duration = Duration::from_millis(1);
 /// How often the lost-event counter is read and the wall clock offset taken again.

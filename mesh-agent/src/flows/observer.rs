@@ -42,8 +42,8 @@ use super::{
 /// The agent version Hubble clients see.
 pub const VERSION: &str = concat!("mesh-agent v", env!("CARGO_PKG_VERSION"));
 /// `flow.LostEventSource`: lost in the kernel's ring buffer, or by a slow follower.
-const LOST_IN_KERNEL: i32 = 1;
-const LOST_BY_FOLLOWER: i32 = 3;
+pub const LOST_IN_KERNEL: i32 = 1;
+pub const LOST_BY_FOLLOWER: i32 = 3;
 /// Flows sent to a client in one go.
 const SEND_BATCH: usize = 256;
 /// Batches waiting for a client before its task waits for it.
@@ -106,6 +106,9 @@ where
 
 struct GetFlows(Observer);
 
+/// Encoded responses sent to a client's stream in one go.
+type Responses = Vec<Result<Bytes, Status>>;
+
 type FlowStream = Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
 
 impl tonic::server::ServerStreamingService<GetFlowsRequest> for GetFlows {
@@ -119,7 +122,7 @@ impl tonic::server::ServerStreamingService<GetFlowsRequest> for GetFlows {
             let request = request.into_inner();
             let filters = Filters::compile(&request.whitelist, &request.blacklist)
                 .map_err(|err| Status::invalid_argument(err.to_string()))?;
-            let (tx, rx) = mpsc::channel::<Vec<Result<Bytes, Status>>>(CLIENT_BACKLOG);
+            let (tx, rx) = mpsc::channel::<Responses>(CLIENT_BACKLOG);
             tokio::spawn(serve_flows(observer, request, filters, tx));
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(futures::stream::iter);
             Ok(tonic::Response::new(Box::pin(stream) as FlowStream))
@@ -161,12 +164,7 @@ pub async fn unix_channel(
 
 /// Sends the flows `request` asks for to `tx` until they are all sent, the client goes, or
 /// (following) forever.
-async fn serve_flows(
-    observer: Observer,
-    request: GetFlowsRequest,
-    filters: Filters,
-    tx: mpsc::Sender<Vec<Result<Bytes, Status>>>,
-) {
+async fn serve_flows(observer: Observer, request: GetFlowsRequest, filters: Filters, tx: mpsc::Sender<Responses>) {
     let since = request.since.as_ref().map_or(0, unix_ns);
     let until = if request.follow { u64::MAX } else { request.until.as_ref().map_or(u64::MAX, unix_ns) };
     // Subscribed before the snapshot, so no flow falls between the two.
@@ -202,11 +200,11 @@ async fn follow(
     filters: &Filters,
     updates: &mut broadcast::Receiver<Batch>,
     mut last_seq: u64,
-    tx: &mpsc::Sender<Vec<Result<Bytes, Status>>>,
+    tx: &mpsc::Sender<Responses>,
 ) {
     let mut queue: VecDeque<Record> = VecDeque::new();
     let mut missed = 0u64;
-    let mut lost_kernel = observer.store.stats().lost_kernel;
+    let mut lost_kernel = observer.store.lost_kernel();
     loop {
         tokio::select! {
             update = updates.recv() => {
@@ -235,10 +233,10 @@ async fn follow(
                 let directory = observer.directory.get();
                 let mut out = Vec::with_capacity(queue.len().min(SEND_BATCH) + 2);
                 let now = super::unix_now_ns();
-                let stats = observer.store.stats();
-                if stats.lost_kernel > lost_kernel {
-                    out.push(Ok(lost(LOST_IN_KERNEL, stats.lost_kernel - lost_kernel, &directory.node_name, now)));
-                    lost_kernel = stats.lost_kernel;
+                let kernel = observer.store.lost_kernel();
+                if kernel > lost_kernel {
+                    out.push(Ok(lost(LOST_IN_KERNEL, kernel - lost_kernel, &directory.node_name, now)));
+                    lost_kernel = kernel;
                 }
                 if missed > 0 {
                     observer.store.add_lost_followers(missed);
@@ -393,14 +391,23 @@ mod tests {
         (flows, missed)
     }
 
-    #[tokio::test]
-    async fn a_follower_ends_when_its_client_goes_even_with_no_flows() {
+    /// A store with a follower (no filters) whose client's channel holds one item.
+    fn spawn_follower() -> (Observer, mpsc::Receiver<Responses>, tokio::task::JoinHandle<()>) {
         let observer =
             Observer { store: FlowStore::new(16), directory: SharedDirectory::new(Directory::empty("node-a")) };
         let filters = Filters::compile(&[], &[]).expect("no filters");
         let mut updates = observer.store.subscribe();
         let (tx, rx) = mpsc::channel(1);
-        let follower = tokio::spawn(async move { follow(&observer, &filters, &mut updates, 0, &tx).await });
+        let follower = tokio::spawn({
+            let observer = observer.clone();
+            async move { follow(&observer, &filters, &mut updates, 0, &tx).await }
+        });
+        (observer, rx, follower)
+    }
+
+    #[tokio::test]
+    async fn a_follower_ends_when_its_client_goes_even_with_no_flows() {
+        let (_observer, rx, follower) = spawn_follower();
         drop(rx);
         tokio::time::timeout(Duration::from_secs(5), follower)
             .await
@@ -410,16 +417,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_follower_that_falls_behind_holds_a_bounded_queue_and_is_told_what_it_missed() {
-        let observer =
-            Observer { store: FlowStore::new(16), directory: SharedDirectory::new(Directory::empty("node-a")) };
-        let filters = Filters::compile(&[], &[]).expect("no filters");
-        let mut updates = observer.store.subscribe();
         // Nobody reads the client's channel until every flow is pushed.
-        let (tx, mut rx) = mpsc::channel(1);
-        let follower = tokio::spawn({
-            let observer = observer.clone();
-            async move { follow(&observer, &filters, &mut updates, 0, &tx).await }
-        });
+        let (observer, mut rx, follower) = spawn_follower();
         let total = FOLLOW_BACKLOG + 100 * 1024;
         for _ in 0..total / 1024 {
             observer.store.push(vec![Record::default(); 1024]);

@@ -14,7 +14,7 @@ use super::Record;
 
 /// How many batches a follower's task may fall behind before it loses flows (it is told how
 /// many). Followers move new flows to their own bounded queues as soon as they come, so this
-/// only absorbs scheduling delays; with batches of at most `events::MAX_BATCH` flows it holds
+/// only absorbs scheduling delays; with the reader's batches of at most 1,024 flows it holds
 /// at most about 27 MB.
 const FOLLOW_BACKLOG_BATCHES: usize = 256;
 
@@ -103,6 +103,12 @@ impl FlowStore {
         self.inner.lost_kernel.store(lost, Ordering::Relaxed);
     }
 
+    /// Events the kernel could not put in the ring buffer, as the reader last read them
+    /// (without the ring's lock, which `stats` takes).
+    pub fn lost_kernel(&self) -> u64 {
+        self.inner.lost_kernel.load(Ordering::Relaxed)
+    }
+
     pub fn add_lost_followers(&self, lost: u64) {
         self.inner.lost_followers.fetch_add(lost, Ordering::Relaxed);
     }
@@ -113,7 +119,7 @@ impl FlowStore {
             num_flows,
             max_flows: self.inner.capacity as u64,
             seen_flows: self.inner.seen.load(Ordering::Relaxed),
-            lost_kernel: self.inner.lost_kernel.load(Ordering::Relaxed),
+            lost_kernel: self.lost_kernel(),
             lost_followers: self.inner.lost_followers.load(Ordering::Relaxed),
             uptime_ns: super::unix_now_ns().saturating_sub(self.inner.started_ns),
         }

@@ -24,6 +24,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use clap::Parser;
+use mesh_agent::flows::observer;
 use mesh_common::{hubble::observer::GetFlowsRequest, maps, programs};
 
 mod reader;
@@ -55,8 +56,6 @@ struct Args {
     decode_whole_every: u64,
 }
 
-/// `flow.LostEventSource` of the kernel's ring buffer.
-const LOST_IN_KERNEL: i32 = 1;
 /// The generator runs in slices of this long.
 const SLICE: Duration = Duration::from_millis(1);
 
@@ -76,7 +75,7 @@ fn main() -> anyhow::Result<()> {
     let decoded = expected.decoded.clone();
     let decode_every = args.decode_whole_every;
     let reader = runtime.spawn(async move {
-        let channel = mesh_agent::flows::observer::unix_channel(socket, Duration::from_secs(10)).await?;
+        let channel = observer::unix_channel(socket, Duration::from_secs(10)).await?;
         let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 20);
         grpc.ready().await?;
         let request = tonic::Request::new(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() });
@@ -90,7 +89,7 @@ fn main() -> anyhow::Result<()> {
                     r.fetch_add(1, Ordering::Relaxed);
                 }
                 // Kernel losses are read from the counter itself; count the follower's.
-                reader::Response::Lost { source, count } if source != LOST_IN_KERNEL => {
+                reader::Response::Lost { source, count } if source != observer::LOST_IN_KERNEL => {
                     l.fetch_add(count, Ordering::Relaxed);
                 }
                 _ => {}
