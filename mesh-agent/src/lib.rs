@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod desired;
 pub mod flows;
 pub mod map_fill;
+pub mod map_write;
 pub mod metrics;
 pub mod netns;
 pub mod operator_stream;

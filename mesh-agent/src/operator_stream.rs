@@ -177,8 +177,15 @@ async fn stream_once(
     received: &mut Received,
     apply: &mut impl FnMut(&ResourceSet, &UpdateInfo) -> Result<(), String>,
 ) -> Result<(), StreamError> {
+    use mesh_common::model::{STREAM_CONNECT_TIMEOUT, STREAM_KEEPALIVE_INTERVAL, STREAM_KEEPALIVE_TIMEOUT};
     let connect_error = |source| StreamError::Connect { endpoint: endpoint.to_owned(), source };
-    let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).map_err(connect_error)?;
+    let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(connect_error)?
+        .connect_timeout(STREAM_CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(STREAM_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(STREAM_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(STREAM_KEEPALIVE_INTERVAL));
     if let Some(tls) = tls {
         if let Some((ca_file, token_file)) = &tls.bootstrap
             && !tls.dir.join(mesh_common::model::TLS_CERT_FILE).exists()

@@ -10,6 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie};
@@ -25,6 +26,7 @@ use mesh_common::{
 
 use crate::{
     config::{ENV_IDENTITIES_MAX, ENV_POLICY_MAX},
+    map_write::converged,
     policy::{Action, Cidr, Direction, EndpointPolicy, Peer, PolicyRef, PortSpec, RuleRef, Way},
     service_lb::Capacities,
 };
@@ -52,47 +54,131 @@ impl std::fmt::Display for Attribution {
     }
 }
 
+/// How long a rule id no policy uses any more stays explained: established flows keep the
+/// rule that admitted them (and its verdict counters) this long after the rule went away.
+pub const RETIRED_RULE_GRACE: Duration = Duration::from_secs(600);
+
 /// Numbers that must stay stable while the agent runs: rule ids (flows remember them) and
-/// CIDR identities (entries are keyed by them).
+/// CIDR identities (entries are keyed by them). Both are freed when nothing uses them: a CIDR
+/// identity as soon as no map entry holds it (and its number is given again), a rule id after
+/// [`RETIRED_RULE_GRACE`] (never given again while the agent runs: conntrack entries and
+/// verdict counters may still name it; 2^32 ids outlast any agent).
 #[derive(Debug, Default)]
 pub struct Numbering {
     rules: HashMap<Attribution, u32>,
-    by_id: Vec<Attribution>,
+    by_id: HashMap<u32, Attribution>,
+    last_rule: u32,
+    /// Rule ids no applied policy uses, since when.
+    retired: HashMap<u32, Instant>,
     cidrs: BTreeMap<Cidr, u32>,
     next_cidr: u32,
+    /// CIDR identities given back, reused smallest first.
+    free_cidrs: BTreeSet<u32>,
 }
 
 impl Numbering {
     /// The id of `what`; ids start at 1 (0: no rule).
     pub fn rule(&mut self, what: Attribution) -> u32 {
         if let Some(id) = self.rules.get(&what) {
+            self.retired.remove(id);
             return *id;
         }
-        self.by_id.push(what.clone());
-        let id = u32::try_from(self.by_id.len()).expect("fewer than 2^32 rules");
+        self.last_rule = self.last_rule.checked_add(1).expect("fewer than 2^32 rules in one agent's life");
+        let id = self.last_rule;
+        self.by_id.insert(id, what.clone());
         self.rules.insert(what, id);
         id
     }
 
     /// What rule id `id` stands for.
     pub fn attribution(&self, id: u32) -> Option<&Attribution> {
-        self.by_id.get(usize::try_from(id).ok()?.checked_sub(1)?)
+        self.by_id.get(&id)
     }
 
-    /// Every rule id with what it stands for.
+    /// Every rule id with what it stands for, in id order.
     pub fn attributions(&self) -> impl Iterator<Item = (u32, &Attribution)> {
-        (1u32..).zip(&self.by_id)
+        let mut all: Vec<(u32, &Attribution)> = self.by_id.iter().map(|(id, what)| (*id, what)).collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all.into_iter()
+    }
+
+    /// How many rule ids and CIDR identities are held (retired rules included).
+    pub fn held(&self) -> (usize, usize) {
+        (self.by_id.len(), self.cidrs.len())
+    }
+
+    /// Takes over the CIDR identities a previous agent left in the maps, so a CIDR keeps its
+    /// number and no number stands for two CIDRs while the maps change.
+    fn adopt_cidrs(&mut self, held: &KernelPolicy) {
+        for (&(kind, cidr), &id) in &held.identities {
+            if kind == IP_CIDR && id >= FIRST_CIDR_IDENTITY {
+                self.cidrs.insert(cidr, id);
+                self.next_cidr = self.next_cidr.max(id - FIRST_CIDR_IDENTITY + 1);
+            }
+        }
+        let taken: BTreeSet<u32> = self.cidrs.values().copied().collect();
+        self.free_cidrs =
+            (FIRST_CIDR_IDENTITY..FIRST_CIDR_IDENTITY + self.next_cidr).filter(|id| !taken.contains(id)).collect();
     }
 
     fn cidr(&mut self, cidr: Cidr) -> u32 {
         if let Some(id) = self.cidrs.get(&cidr) {
             return *id;
         }
-        let id = FIRST_CIDR_IDENTITY + self.next_cidr;
-        self.next_cidr += 1;
+        let id = self.free_cidrs.pop_first().unwrap_or_else(|| {
+            self.next_cidr += 1;
+            FIRST_CIDR_IDENTITY + self.next_cidr - 1
+        });
         self.cidrs.insert(cidr, id);
         id
     }
+
+    /// After `held` is what the maps hold: CIDR identities not in it are given back, rule ids
+    /// not in it are retired, and those retired for longer than `grace` are forgotten
+    /// (returned, so their counters can go too).
+    fn collect(&mut self, held: &KernelPolicy, now: Instant, grace: Duration) -> Vec<u32> {
+        let cidrs_held: BTreeSet<Cidr> =
+            held.identities.keys().filter(|(kind, _)| *kind == IP_CIDR).map(|(_, cidr)| *cidr).collect();
+        let free = &mut self.free_cidrs;
+        self.cidrs.retain(|cidr, id| {
+            let keep = cidrs_held.contains(cidr);
+            if !keep {
+                free.insert(*id);
+            }
+            keep
+        });
+        let used = rules_used(held);
+        for id in self.by_id.keys() {
+            if !used.contains(id) {
+                self.retired.entry(*id).or_insert(now);
+            }
+        }
+        self.retired.retain(|id, _| !used.contains(id));
+        let forgotten: Vec<u32> =
+            self.retired.iter().filter(|(_, since)| now.duration_since(**since) >= grace).map(|(id, _)| *id).collect();
+        for id in &forgotten {
+            self.retired.remove(id);
+            if let Some(what) = self.by_id.remove(id) {
+                self.rules.remove(&what);
+            }
+        }
+        forgotten
+    }
+}
+
+/// The rule ids `policy` refers to.
+fn rules_used(policy: &KernelPolicy) -> BTreeSet<u32> {
+    let mut used = BTreeSet::new();
+    for entry in policy.entries.values() {
+        used.extend([entry.enforced.rule, entry.with_audit.rule]);
+    }
+    for endpoint in policy.endpoints.values() {
+        for direction in [endpoint.ingress, endpoint.egress] {
+            used.extend([direction.isolating_rule, direction.audit_isolating_rule]);
+        }
+    }
+    used.remove(&0);
+    used
 }
 
 /// A local pod with its policy and host-side interface.
@@ -399,7 +485,10 @@ pub struct PolicyTable {
     verdicts: PerCpuHashMap<MapData, VerdictKey, VerdictCount>,
     /// The verdict counters last reported.
     reported: HashMap<VerdictKey, VerdictCount>,
+    /// What the maps hold (every write that succeeded).
     current: KernelPolicy,
+    /// Something changed since the revision was last bumped.
+    revision_pending: bool,
     numbering: Numbering,
     capacities: Capacities,
 }
@@ -441,6 +530,8 @@ impl PolicyTable {
         for (key, value) in policy.iter().filter_map(Result::ok) {
             current.entries.insert((key.prefix_len(), key.data()), value);
         }
+        let mut numbering = Numbering::default();
+        numbering.adopt_cidrs(&current);
         let mut table = Self {
             identities,
             endpoints,
@@ -449,7 +540,8 @@ impl PolicyTable {
             verdicts,
             reported: HashMap::new(),
             current,
-            numbering: Numbering::default(),
+            revision_pending: false,
+            numbering,
             capacities,
         };
         // Counts from before this agent are not news.
@@ -501,7 +593,10 @@ impl PolicyTable {
     }
 
     /// Makes the maps hold the kernel form of `endpoints`' policy. Checked whole before
-    /// anything is written: if it does not fit, nothing changes.
+    /// anything is written: if it does not fit, nothing changes. A write that fails leaves
+    /// the copy of the maps true to what they hold (every write that succeeded is in it, a
+    /// key found already gone counts as removed), so the next apply writes what is left and
+    /// converges.
     pub fn apply(
         &mut self,
         endpoints: &[LocalEndpoint<'_>],
@@ -509,45 +604,85 @@ impl PolicyTable {
     ) -> Result<PolicyStats, PolicyTableError> {
         let desired = kernel_form(endpoints, workloads, &mut self.numbering);
         self.check_fits(&desired)?;
+        let stats = self.write(&desired)?;
+        self.current.entries_by_policy = desired.entries_by_policy;
+        for id in self.numbering.collect(&self.current, Instant::now(), RETIRED_RULE_GRACE) {
+            // The counters of a forgotten rule would never be explained again.
+            let gone: Vec<VerdictKey> =
+                self.verdicts.keys().filter_map(Result::ok).filter(|key| key.rule == id).collect();
+            for key in gone {
+                self.reported.remove(&key);
+                converged(self.verdicts.remove(&key)).map_err(write(maps::VERDICTS))?;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Writes the difference between the maps and `desired`, keeping `current` true to the
+    /// maps after every write.
+    fn write(&mut self, desired: &KernelPolicy) -> Result<PolicyStats, PolicyTableError> {
         let mut stats = PolicyStats::default();
         // New and changed first (identities, rules, then the flags that make pods use them),
         // then what is gone, then the revision that makes remembered verdicts stale.
+        let current = &mut self.current;
         for (&(kind, cidr), &id) in &desired.identities {
-            if self.current.identities.get(&(kind, cidr)) != Some(&id) {
+            if current.identities.get(&(kind, cidr)) != Some(&id) {
+                self.revision_pending = true;
                 self.identities.insert(&ip_key(kind, cidr), &id, 0).map_err(write(maps::IDENTITIES))?;
+                current.identities.insert((kind, cidr), id);
                 stats.identities += 1;
             }
         }
         for (&(bits, key), entry) in &desired.entries {
-            if self.current.entries.get(&(bits, key)) != Some(entry) {
+            if current.entries.get(&(bits, key)) != Some(entry) {
+                self.revision_pending = true;
                 self.policy.insert(&Key::new(bits, key), entry, 0).map_err(write(maps::POLICY))?;
+                current.entries.insert((bits, key), *entry);
                 stats.entries += 1;
             }
         }
         for (&ifindex, value) in &desired.endpoints {
-            if self.current.endpoints.get(&ifindex) != Some(value) {
+            if current.endpoints.get(&ifindex) != Some(value) {
+                self.revision_pending = true;
                 self.endpoints.insert(&ifindex, value, 0).map_err(write(maps::ENDPOINTS))?;
+                current.endpoints.insert(ifindex, *value);
                 stats.endpoints += 1;
             }
         }
-        for ifindex in self.current.endpoints.keys().filter(|k| !desired.endpoints.contains_key(k)) {
-            self.endpoints.remove(ifindex).map_err(write(maps::ENDPOINTS))?;
+        let gone: Vec<u32> = current.endpoints.keys().filter(|k| !desired.endpoints.contains_key(k)).copied().collect();
+        for ifindex in gone {
+            self.revision_pending = true;
+            converged(self.endpoints.remove(&ifindex)).map_err(write(maps::ENDPOINTS))?;
+            current.endpoints.remove(&ifindex);
             stats.removed += 1;
         }
-        for &(bits, key) in self.current.entries.keys().filter(|k| !desired.entries.contains_key(k)) {
-            self.policy.remove(&Key::new(bits, key)).map_err(write(maps::POLICY))?;
+        let gone: Vec<PolicyPrefix> =
+            current.entries.keys().filter(|k| !desired.entries.contains_key(k)).copied().collect();
+        for (bits, key) in gone {
+            self.revision_pending = true;
+            converged(self.policy.remove(&Key::new(bits, key))).map_err(write(maps::POLICY))?;
+            current.entries.remove(&(bits, key));
             stats.removed += 1;
         }
-        for &(kind, cidr) in self.current.identities.keys().filter(|k| !desired.identities.contains_key(k)) {
-            self.identities.remove(&ip_key(kind, cidr)).map_err(write(maps::IDENTITIES))?;
+        let gone: Vec<IdentityPrefix> =
+            current.identities.keys().filter(|k| !desired.identities.contains_key(k)).copied().collect();
+        for (kind, cidr) in gone {
+            self.revision_pending = true;
+            converged(self.identities.remove(&ip_key(kind, cidr))).map_err(write(maps::IDENTITIES))?;
+            current.identities.remove(&(kind, cidr));
             stats.removed += 1;
         }
-        if stats != PolicyStats::default() {
+        if self.revision_pending {
             let revision = self.revision.get(&0, 0).unwrap_or(0).wrapping_add(1);
             self.revision.set(0, &revision, 0).map_err(write(maps::POLICY_REVISION))?;
+            self.revision_pending = false;
         }
-        self.current = desired;
         Ok(stats)
+    }
+
+    /// The rule ids and CIDR identities held (retired rules included).
+    pub fn numbers_held(&self) -> (usize, usize) {
+        self.numbering.held()
     }
 
     /// Refuses `desired` if the maps cannot hold it together with what they hold now (new
@@ -678,5 +813,53 @@ pub(crate) mod tests {
         assert_eq!(numbering.attribution(a), Some(&rule));
         assert_eq!(numbering.attribution(0), None);
         assert_eq!(rule.to_string(), "NetworkPolicy x/p ingress rule 2");
+    }
+
+    #[test]
+    fn unused_numbers_are_freed_cidrs_at_once_rules_after_the_grace() {
+        let mut numbering = Numbering::default();
+        let cidr = |n: u32| Cidr { addr: (10 << 24) | (n << 8), len: 24 };
+        let a = numbering.cidr(cidr(1));
+        let b = numbering.cidr(cidr(2));
+        let policy = PolicyRef { kind: "NetworkPolicy", namespace: "x".into(), name: "p".into() };
+        let rule = numbering.rule(Attribution::Rule(RuleRef { policy, way: "ingress", index: 0 }));
+        // The maps hold only cidr(2), and an entry of the rule.
+        let mut held = KernelPolicy::default();
+        held.identities.insert((IP_CIDR, cidr(2)), b);
+        let decision = Decision { rule, priority: 0, action: ALLOW, _pad: 0 };
+        let key = PolicyKey { endpoint: 1, peer: b, direction: INGRESS, proto: proto::TCP, port: 0 };
+        held.entries.insert((96, key), PolicyEntry { enforced: decision, with_audit: decision });
+        let now = Instant::now();
+        assert!(numbering.collect(&held, now, RETIRED_RULE_GRACE).is_empty());
+        assert_eq!(numbering.held(), (1, 1));
+        // The freed number is given again; a held CIDR keeps its own.
+        assert_eq!(numbering.cidr(cidr(3)), a);
+        assert_eq!(numbering.cidr(cidr(2)), b);
+        // A rule nothing uses stays explained through the grace, then is forgotten, and its id
+        // is never given again.
+        let empty = KernelPolicy::default();
+        assert!(numbering.collect(&empty, now, RETIRED_RULE_GRACE).is_empty());
+        assert!(numbering.attribution(rule).is_some());
+        assert_eq!(numbering.collect(&empty, now + RETIRED_RULE_GRACE, RETIRED_RULE_GRACE), vec![rule]);
+        assert_eq!(numbering.attribution(rule), None);
+        assert_eq!(numbering.held(), (0, 0));
+        let policy = PolicyRef { kind: "NetworkPolicy", namespace: "x".into(), name: "p".into() };
+        assert!(numbering.rule(Attribution::Rule(RuleRef { policy, way: "ingress", index: 0 })) > rule);
+    }
+
+    #[test]
+    fn a_new_agent_keeps_the_cidr_numbers_it_finds_in_the_maps() {
+        let cidr = |n: u32| Cidr { addr: (10 << 24) | (n << 8), len: 24 };
+        let mut held = KernelPolicy::default();
+        held.identities.insert((IP_CIDR, cidr(1)), FIRST_CIDR_IDENTITY + 4);
+        held.identities.insert((IP_POD, Cidr { addr: 1, len: 32 }), 7);
+        let mut numbering = Numbering::default();
+        numbering.adopt_cidrs(&held);
+        assert_eq!(numbering.cidr(cidr(1)), FIRST_CIDR_IDENTITY + 4);
+        // Numbers below the highest one found are free; none is given twice.
+        let more: BTreeSet<u32> = (2..8).map(|n| numbering.cidr(cidr(n))).collect();
+        assert_eq!(more.len(), 6);
+        assert!(!more.contains(&(FIRST_CIDR_IDENTITY + 4)));
+        assert!(more.contains(&FIRST_CIDR_IDENTITY));
     }
 }

@@ -15,6 +15,8 @@ use mesh_common::{
     service_lb::{Backend, BackendKey, ServiceEntry, ServiceKey},
 };
 
+use crate::map_write::converged;
+
 /// A service with its backends resolved to addresses, ready for the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedService {
@@ -118,6 +120,8 @@ pub struct ServiceTable {
     known_addrs: HashSet<Backend>,
     next_revision: u32,
     programmed: std::collections::HashMap<ServiceKey, (ServiceEntry, Vec<Backend>)>,
+    /// Slots whose removal failed: removed again at the next apply.
+    unremoved_slots: Vec<BackendKey>,
     capacities: Capacities,
 }
 
@@ -154,7 +158,16 @@ impl ServiceTable {
         }
         let next_revision =
             programmed.values().map(|(entry, _)| entry.revision).max().map_or(1, |r| r.wrapping_add(1).max(1));
-        Ok(Self { services, backends, backend_addrs, known_addrs, next_revision, programmed, capacities })
+        Ok(Self {
+            services,
+            backends,
+            backend_addrs,
+            known_addrs,
+            next_revision,
+            programmed,
+            unremoved_slots: Vec::new(),
+            capacities,
+        })
     }
 
     /// How many service frontends the maps hold.
@@ -187,13 +200,24 @@ impl ServiceTable {
             }
         }
         let mut stats = ApplyStats::default();
+        // Removals that failed last time (each map writer converges when retried:
+        // `map_write`).
+        for key in std::mem::take(&mut self.unremoved_slots) {
+            self.remove_slot(key);
+        }
         // Services that went away first: their slots make room for the new ones.
         let wanted: HashSet<ServiceKey> = desired.iter().map(|s| s.key).collect();
         let stale: Vec<ServiceKey> = self.programmed.keys().filter(|key| !wanted.contains(key)).copied().collect();
         for key in stale {
-            // The entry goes first, so no connection can pick a slot that is being deleted.
+            // The entry goes first, so no connection can pick a slot that is being deleted. If
+            // it cannot go, the service stays programmed and is removed at the next apply.
+            if let Err(source) = converged(self.services.remove(&key)) {
+                let err = ServiceLbError::Write { service: frontend(&key), map: maps::SERVICES, source };
+                tracing::error!("{err}");
+                first_error.get_or_insert(err);
+                continue;
+            }
             let (entry, _) = self.programmed.remove(&key).expect("listed above");
-            let _ = self.services.remove(&key);
             self.delete_slots(entry);
             stats.removed += 1;
         }
@@ -210,8 +234,13 @@ impl ServiceTable {
         // Addresses no service holds any more leave the filter last.
         let in_use: HashSet<Backend> = self.programmed.values().flat_map(|(_, slots)| slots.iter().copied()).collect();
         for addr in self.known_addrs.difference(&in_use).copied().collect::<Vec<_>>() {
-            let _ = self.backend_addrs.remove(&addr);
-            self.known_addrs.remove(&addr);
+            match converged(self.backend_addrs.remove(&addr)) {
+                Ok(()) => drop(self.known_addrs.remove(&addr)),
+                // Kept as known: removed again at the next apply.
+                Err(err) => {
+                    tracing::warn!(addr = %backend_addr(&addr), "cannot remove from {}: {err}", maps::BACKEND_ADDRS)
+                }
+            }
         }
         first_error.map_or(Ok(stats), Err)
     }
@@ -310,7 +339,16 @@ impl ServiceTable {
 
     fn delete_slots(&mut self, entry: ServiceEntry) {
         for slot in 0..u32::from(entry.count) {
-            let _ = self.backends.remove(&BackendKey { revision: entry.revision, slot });
+            self.remove_slot(BackendKey { revision: entry.revision, slot });
+        }
+    }
+
+    /// Removes one slot; a failure is remembered and tried again at the next apply (no
+    /// service refers to the slot any more, so it only holds room).
+    fn remove_slot(&mut self, key: BackendKey) {
+        if let Err(err) = converged(self.backends.remove(&key)) {
+            tracing::warn!(revision = key.revision, slot = key.slot, "cannot remove from {}: {err}", maps::BACKENDS);
+            self.unremoved_slots.push(key);
         }
     }
 }

@@ -12,6 +12,16 @@ pub const TLS_CA_FILE: &str = "ca.crt";
 pub const TLS_CERT_FILE: &str = "tls.crt";
 pub const TLS_KEY_FILE: &str = "tls.key";
 
+/// The state stream's liveness, the same on both ends: each sends an HTTP/2 PING after this
+/// much silence (and over an idle connection) ...
+pub const STREAM_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// ... and drops the connection when the answer takes longer than this. A half-open
+/// connection (the peer's node gone, the peer frozen, a silent network) is noticed within
+/// the sum, instead of never.
+pub const STREAM_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// An agent's connection attempt (TCP and TLS) gives up after this long and tries again.
+pub const STREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// An ordered, hashable form of [`ResourceKey`].
 pub type Key = (i32, String, String);
 

@@ -246,7 +246,13 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<()> {
         };
         counters.render(version, resources)
     }));
-    let mut builder = tonic::transport::Server::builder();
+    use mesh_common::model::{STREAM_KEEPALIVE_INTERVAL, STREAM_KEEPALIVE_TIMEOUT};
+    // A frozen or vanished agent's stream is dropped (and counted as disconnected) instead of
+    // being held open forever.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(STREAM_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(STREAM_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(STREAM_KEEPALIVE_INTERVAL));
     let mut bootstrap = None;
     match tls {
         Some((dir, names, agent_account)) => {

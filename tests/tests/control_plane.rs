@@ -217,6 +217,63 @@ fn a_nacked_update_is_reported_and_retried_until_it_applies() {
     }
 }
 
+#[test]
+fn half_open_streams_are_noticed_on_both_ends() {
+    if !privileged("half_open_streams_are_noticed_on_both_ends") {
+        return;
+    }
+    use mesh_common::model::{STREAM_KEEPALIVE_INTERVAL, STREAM_KEEPALIVE_TIMEOUT};
+    // Noticed within interval + timeout; the rest is scheduling slack on a busy machine.
+    let notice = STREAM_KEEPALIVE_INTERVAL + STREAM_KEEPALIVE_TIMEOUT + Duration::from_secs(5);
+    let (lab, manifests) = demo::lab().expect("lab");
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics_arg = metrics.to_string();
+    let operator =
+        Operator::start_with(&lab, &manifests, listen, &["--metrics-listen", &metrics_arg]).expect("operator serves");
+    let agent = Agent::follow(&lab, &lab.nodes[0], &operator.endpoint(), &[]).expect("agent ready");
+    assert_eq!(metric(metrics, "mesh_operator_agents_connected"), 1.0);
+
+    // A frozen agent (its connection open, nothing answering) is dropped by the operator.
+    lab.signal(agent.pid, libc::SIGSTOP).expect("freeze the agent");
+    let frozen = Instant::now();
+    while metric(metrics, "mesh_operator_agents_connected") > 0.0 {
+        assert!(frozen.elapsed() < notice, "the operator still counts a frozen agent\n{}", operator.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.signal(agent.pid, libc::SIGCONT).expect("thaw the agent");
+    let thawed = Instant::now();
+    while metric(metrics, "mesh_operator_agents_connected") < 1.0 {
+        assert!(thawed.elapsed() < notice, "the agent did not come back\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A frozen operator: the agent notices by itself (no RST ever comes) ...
+    let broken = |log: &str| log.matches("the stream broke").count() + log.matches("cannot reach the operator").count();
+    let before = broken(&agent.log());
+    lab.signal(operator.pid, libc::SIGSTOP).expect("freeze the operator");
+    let frozen = Instant::now();
+    while broken(&agent.log()) == before {
+        assert!(frozen.elapsed() < notice, "the agent still follows a frozen operator\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... and follows the operator that replaces it at the same address, with the changes
+    // made meanwhile.
+    let _ = lab.stop(operator.pid, Duration::from_millis(100));
+    let file = manifests.join("demo.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("app: web\nspec:\n  nodeName: node-1", "app: retired\nspec:\n  nodeName: node-1", 1),
+    )
+    .unwrap();
+    let connected = agent.log().matches("connected to the operator").count();
+    let successor = Operator::start(&lab, &manifests, listen).expect("a new operator serves");
+    let logs = || format!("operator:\n{}\nagent:\n{}", successor.log(), agent.log());
+    eventually_answered_by(&lab, &["web-a"], "after the new operator's snapshot", logs);
+    assert!(agent.log().matches("connected to the operator").count() > connected, "{}", logs());
+}
+
 /// One sample of the operator's Prometheus endpoint (0 if absent).
 fn metric(addr: SocketAddr, series: &str) -> f64 {
     use std::io::{Read as _, Write as _};

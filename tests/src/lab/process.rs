@@ -111,6 +111,24 @@ impl Lab {
         })
     }
 
+    /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`, ...) to the tracked process `pid`.
+    pub fn signal(&self, pid: u32, signal: i32) -> Result<()> {
+        if !self.children.lock().expect("lab children lock").contains_key(&pid) {
+            return Err(LabError::Layout(format!("pid {pid} is not a process of this lab")));
+        }
+        let pid_t = i32::try_from(pid).map_err(|_| LabError::Layout(format!("pid {pid} out of range")))?;
+        // SAFETY: kill has no memory effects; the pid is a child this lab started and has not
+        // reaped, so it cannot have been reused.
+        if unsafe { libc::kill(pid_t, signal) } != 0 {
+            return Err(LabError::Io {
+                what: "signalling",
+                path: PathBuf::from(pid.to_string()),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM to the tracked process `pid`, waits up to `grace` for it to exit, then
     /// kills it. Returns how it exited.
     pub fn stop(&self, pid: u32, grace: Duration) -> Result<ExitStatus> {
