@@ -114,19 +114,17 @@ pub enum StateFileError {
 impl StateFile {
     /// Reads, parses and validates `file`.
     pub fn load(file: &Path) -> Result<Self, StateFileError> {
-        let text =
-            std::fs::read_to_string(file).map_err(|source| StateFileError::Read { file: file.to_owned(), source })?;
+        let text = mesh_common::yaml::read_file(file).map_err(|err| StateFileError::Invalid {
+            file: file.to_owned(),
+            field: "(file)".into(),
+            message: err.to_string(),
+        })?;
         Self::parse(&text).map_err(|(field, message)| StateFileError::Invalid { file: file.to_owned(), field, message })
     }
 
     /// Parses and validates `text`; an error is `(field, message)`.
     pub fn parse(text: &str) -> Result<Self, (String, String)> {
-        let deserializer = serde_yaml::Deserializer::from_str(text);
-        let state: Self = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let field = err.path().to_string();
-            let field = if field == "." { "(document)".to_owned() } else { field };
-            (field, err.into_inner().to_string())
-        })?;
+        let state: Self = mesh_common::yaml::document(text)?;
         state.validate()?;
         Ok(state)
     }

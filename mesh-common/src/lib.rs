@@ -12,6 +12,8 @@ pub mod model;
 pub mod pod_traffic;
 pub mod policy;
 pub mod service_lb;
+#[cfg(feature = "user")]
+pub mod yaml;
 
 /// IANA protocol numbers, as they appear in map keys.
 pub mod proto {

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     core::v1::{Node, ServiceAccount},
     networking::v1::NetworkPolicy,
 };
-use serde::{Deserialize as _, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 
 use crate::{
     cluster::{ClusterView, Object, ObjectKey},
@@ -143,7 +143,7 @@ impl LocalDir {
     }
 }
 
-fn fingerprint(document: &serde_yaml::Value) -> u64 {
+fn fingerprint(document: &serde_json::Value) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     document.hash(&mut hasher);
@@ -179,20 +179,20 @@ pub fn parse_file(path: &Path) -> (Vec<(ObjectKey, Object, u64)>, Vec<ManifestEr
         field: field.into(),
         message,
     };
-    let text = match std::fs::read_to_string(path) {
+    let text = match mesh_common::yaml::read_file(path) {
         Ok(text) => text,
-        Err(err) => return (Vec::new(), vec![error("(file)".into(), "(file)", format!("cannot read it: {err}"))]),
+        Err(err) => return (Vec::new(), vec![error("(file)".into(), "(file)", err.to_string())]),
     };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
-    for (n, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value = match serde_yaml::Value::deserialize(document) {
-            Ok(serde_yaml::Value::Null) => continue,
+    // A syntax error or a limit ends the documents: nothing after it can be trusted.
+    for (n, document) in mesh_common::yaml::documents::<serde_json::Value>(&text).into_iter().enumerate() {
+        let value = match document {
+            Ok(serde_json::Value::Null) => continue,
             Ok(value) => value,
             Err(err) => {
-                errors.push(error(format!("document {}", n + 1), "(syntax)", format!("not valid YAML: {err}")));
-                // A syntax error ends the stream: nothing after it can be trusted.
-                break;
+                errors.push(error(format!("document {}", n + 1), "(syntax)", err.to_string()));
+                continue;
             }
         };
         match object(&value) {
@@ -209,7 +209,7 @@ pub fn parse_file(path: &Path) -> (Vec<(ObjectKey, Object, u64)>, Vec<ManifestEr
 type ObjectResult = Result<Option<(ObjectKey, Object)>, (Option<String>, String, String)>;
 
 /// One document -> one object. `Ok(None)`: a valid object of a kind the model does not use.
-fn object(value: &serde_yaml::Value) -> ObjectResult {
+fn object(value: &serde_json::Value) -> ObjectResult {
     let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
     let api_version = text("apiVersion").ok_or((None, "apiVersion".to_owned(), "missing".to_owned()))?;
     let kind = text("kind").ok_or((None, "kind".to_owned(), "missing".to_owned()))?;
@@ -262,7 +262,7 @@ fn object(value: &serde_yaml::Value) -> ObjectResult {
 }
 
 /// Deserialises a typed object, naming the field on failure.
-fn typed_from<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, (String, String)> {
+fn typed_from<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value.clone()).map_err(|err| {
         let field = err.path().to_string();
         (if field == "." { "(object)".into() } else { field }, err.into_inner().to_string())

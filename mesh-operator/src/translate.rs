@@ -308,7 +308,7 @@ mod tests {
     use super::*;
 
     fn service_yaml(yaml: &str) -> Result<api::Service, Invalid> {
-        let svc: Service = serde_yaml::from_str(yaml).unwrap();
+        let svc: Service = mesh_common::yaml::document(yaml).unwrap();
         service("default", "web", &svc)
     }
 
@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn slices_keep_conditions_with_kubernetes_defaults() {
-        let slice: EndpointSlice = serde_yaml::from_str(
+        let slice: EndpointSlice = mesh_common::yaml::document(
             "addressType: IPv4
 metadata: {name: web-abc, labels: {kubernetes.io/service-name: web}}
 ports: [{name: http, port: 8080}]
@@ -368,7 +368,7 @@ endpoints:
         assert!(out.endpoints[0].ready && out.endpoints[0].serving && !out.endpoints[0].terminating);
         assert!(!out.endpoints[1].ready && out.endpoints[1].serving && out.endpoints[1].terminating);
         let unlabelled: EndpointSlice =
-            serde_yaml::from_str("addressType: IPv4\nmetadata: {name: x}\nendpoints: []").unwrap();
+            mesh_common::yaml::document("addressType: IPv4\nmetadata: {name: x}\nendpoints: []").unwrap();
         assert!(endpoint_slice("default", "x", &unlabelled).unwrap_err().field.contains(SERVICE_NAME_LABEL));
     }
 
@@ -628,7 +628,7 @@ mod policy_tests {
     use super::*;
 
     fn policy(yaml: &str) -> Result<api::NetworkPolicy, Invalid> {
-        let p: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(yaml).unwrap();
+        let p: k8s_openapi::api::networking::v1::NetworkPolicy = mesh_common::yaml::document(yaml).unwrap();
         network_policy("prod", "p", &p)
     }
 
@@ -697,7 +697,7 @@ mod policy_tests {
     }
 
     fn cluster_mesh_policy(yaml: &str) -> Result<api::MeshPolicy, Invalid> {
-        let p: crate::crd::ClusterMeshPolicy = serde_yaml::from_str(&format!(
+        let p: crate::crd::ClusterMeshPolicy = mesh_common::yaml::document(&format!(
             "{{apiVersion: mesh.dev/v1alpha1, kind: ClusterMeshPolicy, metadata: {{name: p}}, {yaml}}}"
         ))
         .unwrap();

@@ -244,3 +244,48 @@ spec:
     operator.reload(&[&file]);
     assert_eq!(priority(&operator), None);
 }
+
+#[test]
+fn hostile_manifests_are_refused_in_time_with_the_limit_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("demo.yaml"), DEMO).unwrap();
+    let depth = mesh_common::yaml::MAX_DEPTH;
+    let hostile = [
+        ("brackets.yaml", "[".repeat(100_000), format!("nested deeper than {depth} levels")),
+        (
+            "maps.yaml",
+            "a:\n".to_owned() + &(1..200).map(|i| format!("{}b:\n", "  ".repeat(i))).collect::<String>(),
+            format!("nested deeper than {depth} levels"),
+        ),
+        (
+            "laughs.yaml",
+            (1..40).fold(String::from("a0: &a0 [x, x]\n"), |text, i| {
+                text + &format!("a{i}: &a{i} [*a{p}, *a{p}]\n", p = i - 1)
+            }),
+            "over a limit".to_owned(),
+        ),
+    ];
+    for (file, text, _) in &hostile {
+        std::fs::write(dir.path().join(file), text).unwrap();
+    }
+    // The real command a user runs, in a debug build.
+    let started = std::time::Instant::now();
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_mesh-operator")).arg("check").arg(dir.path()).output().unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    assert!(elapsed < std::time::Duration::from_secs(5), "took {elapsed:?}");
+    for (file, _, message) in &hostile {
+        let line = stdout
+            .lines()
+            .chain(stderr.lines())
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("no error for {file}:\n{stdout}{stderr}"));
+        assert!(line.contains(message.as_str()), "{line}");
+    }
+    // The demo's objects are still read.
+    let (operator, _) = Operator::load(dir.path());
+    assert!(operator.get(Kind::Service, "demo", "web").is_some());
+}

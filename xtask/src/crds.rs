@@ -15,9 +15,17 @@ fn generated() -> anyhow::Result<BTreeMap<PathBuf, String>> {
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().context("a CRD without a name")?;
-            Ok((dir.join(format!("{name}.yaml")), format!("{HEADER}{}", serde_yaml::to_string(&crd)?)))
+            Ok((
+                dir.join(format!("{name}.yaml")),
+                format!("{HEADER}{}", serde_saphyr::to_string_with_options(&crd, options())?),
+            ))
         })
         .collect()
+}
+
+/// Long descriptions stay on one line, as `kubectl get crd -o yaml` shows them.
+fn options() -> serde_saphyr::SerializerOptions {
+    serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX }
 }
 
 pub fn run(check: bool) -> anyhow::Result<()> {

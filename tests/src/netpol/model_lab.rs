@@ -106,7 +106,8 @@ impl ModelLab {
     /// Adds or replaces the policies of `yaml` (one or more documents).
     pub fn apply(&mut self, yaml: &str) -> std::result::Result<(), String> {
         for doc in self.substitute(yaml).split("\n---").filter(|d| !d.trim().is_empty()) {
-            let value: serde_yaml::Value = serde_yaml::from_str(doc).map_err(|e| format!("{e}: {doc}"))?;
+            let value: serde_json::Value =
+                mesh_common::yaml::document(doc).map_err(|(field, e)| format!("{field}: {e}: {doc}"))?;
             let field = |path: &[&str]| {
                 let mut v = &value;
                 for p in path {
