@@ -567,6 +567,8 @@ impl PolicyTable {
                 (DENY, reason::POLICY_DENY) => "DROPPED (POLICY_DENY, 181)",
                 (DENY, reason::POLICY_DENIED) => "DROPPED (POLICY_DENIED, 133)",
                 (DENY, reason::UNSUPPORTED_L3_PROTOCOL) => "DROPPED (UNSUPPORTED_L3_PROTOCOL, 139)",
+                (DENY, reason::INVALID_PACKET_DROPPED) => "DROPPED (INVALID_PACKET_DROPPED, 134)",
+                (DENY, reason::FRAG_NOT_FOUND) => "DROPPED (FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND, 175)",
                 (DENY, _) => "DROPPED",
                 (AUDIT, _) => "AUDIT",
                 _ => "FORWARDED",

@@ -46,6 +46,11 @@ pub const EVENTS_LOST: &str = "mesh_ev_lost";
 /// [`crate::service_lb::ServiceAddr`], so TC names the service in a flow's events.
 pub const XLATE: &str = "mesh_xlate";
 
+/// The ports of fragmented datagrams (LRU): [`crate::policy::FragKey`] (addresses, IP id,
+/// protocol, direction) -> [`crate::policy::FragPorts`], written at the first fragment so the
+/// later ones (which carry no ports) belong to the same flow.
+pub const FRAGMENTS: &str = "mesh_frag";
+
 /// Default capacity of [`SERVICES`] (service address + port + protocol entries).
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 /// Default capacity of [`BACKENDS`] (backend slots over all services).
@@ -69,6 +74,10 @@ pub const DEFAULT_CONNTRACK_MAX: u32 = 262_144;
 /// Default capacity of [`VERDICTS`] (rule × verdict pairs).
 pub const DEFAULT_VERDICTS_MAX: u32 = 16_384;
 
+/// Default capacity of [`FRAGMENTS`] (datagrams being fragmented at once; least recently
+/// used go first, and a datagram whose entry went is dropped whole at a pod under policy).
+pub const DEFAULT_FRAGMENTS_MAX: u32 = 8_192;
+
 /// Default size of [`EVENTS`] in bytes (a power of two): 16 MiB, about 170,000 events, so
 /// the agent may fall 0.17 s behind a million events a second before any is lost.
 pub const DEFAULT_EVENTS_BYTES: u32 = 16 << 20;
@@ -76,7 +85,7 @@ pub const DEFAULT_EVENTS_BYTES: u32 = 16 << 20;
 pub const DEFAULT_XLATE_MAX: u32 = 65_536;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
@@ -87,6 +96,7 @@ pub const ALL: [&str; 15] = [
     ENDPOINTS,
     POLICY,
     CONNTRACK,
+    FRAGMENTS,
     POLICY_REVISION,
     VERDICTS,
     EVENTS,

@@ -188,10 +188,36 @@ pub struct CtEntry {
 pub mod reason {
     /// Isolated by a policy and allowed by none (default deny).
     pub const POLICY_DENIED: u8 = 133;
+    /// An IPv4 packet too short or malformed to judge, at a pod under policy that way.
+    pub const INVALID_PACKET_DROPPED: u8 = 134;
+    /// A later fragment of a datagram whose first fragment was not seen (or its entry was
+    /// evicted), at a pod under policy that way: its ports, and so its verdict, are unknown.
+    pub const FRAG_NOT_FOUND: u8 = 175;
     /// An IP version the policy cannot judge (IPv6 at an isolated pod).
     pub const UNSUPPORTED_L3_PROTOCOL: u8 = 139;
     /// Denied by an explicit deny rule.
     pub const POLICY_DENY: u8 = 181;
+}
+
+/// Key of [`crate::maps::FRAGMENTS`]: one fragmented datagram, as IPv4 tells its fragments
+/// apart (addresses, id, protocol), seen at one hook. Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub direction: u8,
+}
+
+/// Value of [`crate::maps::FRAGMENTS`]: the datagram's ports (network byte order), from its
+/// first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// Key of [`crate::maps::VERDICTS`]: what was decided, by which rule.
@@ -222,6 +248,8 @@ mod pod {
     unsafe impl aya::Pod for super::PolicyEntry {}
     unsafe impl aya::Pod for super::Decision {}
     unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::VerdictKey {}
     unsafe impl aya::Pod for super::VerdictCount {}
@@ -249,6 +277,8 @@ mod tests {
         assert_eq!(size_of::<PolicyEntry>(), 16);
         assert_eq!(offset_of!(PolicyEntry, with_audit), 8);
         assert_eq!(size_of::<CtKey>(), 16);
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(size_of::<FragPorts>(), 4);
         assert_eq!(offset_of!(CtKey, proto), 12);
         assert_eq!(offset_of!(CtKey, direction), 13);
         assert_eq!(size_of::<CtEntry>(), 64);

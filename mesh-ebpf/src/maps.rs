@@ -9,11 +9,11 @@ use mesh_common::{
     flows::TupleKey,
     maps::{
         DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
-        DEFAULT_IDENTITIES_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_POLICY_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX,
-        DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX,
+        DEFAULT_FRAGMENTS_MAX, DEFAULT_IDENTITIES_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_POLICY_MAX,
+        DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX,
     },
     pod_traffic::PodTraffic,
-    policy::{CtEntry, CtKey, Endpoint, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
+    policy::{CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
     service_lb::{AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry, ServiceKey},
 };
 
@@ -46,6 +46,9 @@ pub static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(DEFAULT_POL
 
 #[map(name = "mesh_ct")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(DEFAULT_CONNTRACK_MAX, 0);
+
+#[map(name = "mesh_frag")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(DEFAULT_FRAGMENTS_MAX, 0);
 
 #[map(name = "mesh_pol_rev")]
 pub static POLICY_REVISION: Array<u32> = Array::pinned(1, 0);

@@ -14,15 +14,16 @@ use aya_ebpf::{
 use mesh_common::{
     flows::{CT_ENDED, CT_FIN_FORWARD, CT_FIN_REPLY, FLOW_DROP, FLOW_END, FLOW_START, FlowEvent, TupleKey, tcp_flags},
     policy::{
-        ALLOW, ANY_PEER, AUDIT, CtEntry, CtKey, DENY, Decision, DirectionPolicy, EGRESS, HAS_RULES, INGRESS, IP_CIDR,
-        IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PolicyKey, VerdictCount, VerdictKey, better, reason,
+        ALLOW, ANY_PEER, AUDIT, CtEntry, CtKey, DENY, Decision, DirectionPolicy, EGRESS, FragKey, FragPorts, HAS_RULES,
+        INGRESS, IP_CIDR, IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PolicyKey, VerdictCount, VerdictKey,
+        better, reason,
     },
     proto,
 };
 
 use crate::{
     flows::{self, emit},
-    maps::{CONNTRACK, ENDPOINTS, IDENTITIES, POLICY, POLICY_REVISION, VERDICTS, XLATE},
+    maps::{CONNTRACK, ENDPOINTS, FRAGMENTS, IDENTITIES, POLICY, POLICY_REVISION, VERDICTS, XLATE},
 };
 
 const ETH_HLEN: usize = 14;
@@ -30,6 +31,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 /// IPv4 fragment offset bits of the flags/offset field.
 const IP_OFFSET: u16 = 0x1fff;
+/// IPv4 "more fragments" flag of the flags/offset field.
+const IP_MF: u16 = 0x2000;
 /// TCP flags byte.
 const TCP_FIN: u8 = tcp_flags::FIN;
 const TCP_SYN: u8 = tcp_flags::SYN;
@@ -61,9 +64,23 @@ pub fn enforce(ctx: &TcContext, direction: u8) -> i32 {
     match try_enforce(ctx, direction) {
         Ok(true) => TC_ACT_UNSPEC,
         Ok(false) => TC_ACT_SHOT,
-        // A packet too short to parse: the stack drops it anyway.
+        // Every packet is parsed within its bounds before this can happen; if a load failed
+        // anyway, the packet gets no opinion, as at a pod without policy.
         Err(_) => TC_ACT_UNSPEC,
     }
+}
+
+/// Whether the pod is under policy this way (isolated, audited, or with deny rules): then a
+/// packet that cannot be judged (malformed, or a fragment whose first one was not seen) is
+/// dropped with `reason`, attributed to what isolates the pod. At a pod that is not, it passes
+/// untracked: the stack decides, and no flow with made-up ports is recorded.
+#[inline(always)]
+fn unjudgeable(policy: &DirectionPolicy, direction: u8, reason: u8) -> bool {
+    if policy.flags & (ISOLATED | ISOLATED_AUDIT | HAS_RULES) == 0 {
+        return true;
+    }
+    count(policy.isolating_rule, DENY, reason, direction, false, true);
+    false
 }
 
 /// `Ok(true)`: the packet passes.
@@ -86,15 +103,46 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         }
         return Ok(true);
     }
-    let ip: Ipv4 = ctx.load(ETH_HLEN)?;
-    let l4 = ETH_HLEN + usize::from(ip.version_ihl & 0x0f) * 4;
-    let first_fragment = u16::from_be(ip.frag) & IP_OFFSET == 0;
+    let Ok(ip) = ctx.load::<Ipv4>(ETH_HLEN) else {
+        return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
+    };
+    let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
+    if ip.version_ihl >> 4 != 4 || header_len < 20 {
+        return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
+    }
+    let l4 = ETH_HLEN + header_len;
+    let frag = u16::from_be(ip.frag);
     let (mut sport, mut dport, mut tcp_flags) = (0u16, 0u16, 0u8);
-    if first_fragment && (ip.proto == proto::TCP || ip.proto == proto::UDP || ip.proto == proto::SCTP) {
-        let ports: [u16; 2] = ctx.load(l4)?;
-        (sport, dport) = (ports[0], ports[1]);
-        if ip.proto == proto::TCP {
-            tcp_flags = ctx.load(l4 + 13)?;
+    if ip.proto == proto::TCP || ip.proto == proto::UDP || ip.proto == proto::SCTP {
+        // Fragments, as IPv4 makes them: only the first carries the ports. Its ports are
+        // remembered under the datagram's id, and the later fragments take them, so the whole
+        // datagram is one flow with one verdict (Cilium's ipfrag does the same).
+        let fragment = FragKey { saddr: ip.saddr, daddr: ip.daddr, id: ip.id, proto: ip.proto, direction };
+        if frag & IP_OFFSET == 0 {
+            let Ok(ports) = ctx.load::<[u16; 2]>(l4) else {
+                return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
+            };
+            (sport, dport) = (ports[0], ports[1]);
+            if ip.proto == proto::TCP {
+                let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
+                    return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
+                };
+                tcp_flags = flags;
+            }
+            if frag & IP_MF != 0 {
+                // A full table evicts the oldest datagram; its later fragments are then
+                // unjudgeable.
+                let _ = FRAGMENTS.insert(&fragment, &FragPorts { sport, dport }, 0);
+            }
+        } else {
+            let Some(ports) = FRAGMENTS.get_ptr(&fragment) else {
+                return Ok(unjudgeable(&policy, direction, reason::FRAG_NOT_FOUND));
+            };
+            // SAFETY: a map value, valid while the program runs; copied out.
+            let ports = unsafe { *ports };
+            (sport, dport) = (ports.sport, ports.dport);
+            // The entry stays until the LRU evicts it or the id's next datagram replaces it:
+            // fragments may come out of order, and the last one is not always last.
         }
     }
     let key = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport, dport, proto: ip.proto, direction, _pad: 0 };

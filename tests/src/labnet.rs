@@ -123,8 +123,20 @@ pub fn connect_paced(
 
 /// Runs `labnet udp` with `placement`: `count` datagrams to `to`, each from a new socket.
 pub fn udp(lab: &Lab, placement: &Placement, to: SocketAddr, count: u32, per_request: Duration) -> Result<Summary> {
+    udp_sized(lab, placement, to, count, per_request, 4)
+}
+
+/// [`udp`] with datagrams of `size` bytes (over the MTU: sent as IP fragments).
+pub fn udp_sized(
+    lab: &Lab,
+    placement: &Placement,
+    to: SocketAddr,
+    count: u32,
+    per_request: Duration,
+    size: usize,
+) -> Result<Summary> {
     let mut command = lab.placed_command(placement, binary())?;
-    command.args(["udp", "--to", &to.to_string(), "--count", &count.to_string()]);
+    command.args(["udp", "--to", &to.to_string(), "--count", &count.to_string(), "--size", &size.to_string()]);
     command.args(["--timeout-ms", &per_request.as_millis().to_string()]);
     let bound = per_request * count.saturating_mul(2) + Duration::from_secs(5);
     run_json(lab, &mut command, bound, "labnet udp")

@@ -135,7 +135,9 @@ impl<'a> FlowView<'a> {
 pub fn drop_reason_name(reason: u32) -> &'static str {
     match reason {
         133 => "POLICY_DENIED",
+        134 => "INVALID_PACKET_DROPPED",
         139 => "UNSUPPORTED_L3_PROTOCOL",
+        175 => "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
         181 => "POLICY_DENY",
         0 => "DROP_REASON_UNKNOWN",
         _ => "OTHER",

@@ -78,6 +78,9 @@ enum Cmd {
         count: u32,
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Bytes of each datagram (more than the MTU: sent in IP fragments).
+        #[arg(long, default_value_t = 4)]
+        size: usize,
     },
     /// Keep one connection to TO open for HOLD_MS, then check it still works.
     Hold {
@@ -133,7 +136,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Connect { to, count, interval_ms, timeout_ms } => {
             print(&connect(to, count, Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms)))
         }
-        Cmd::Udp { to, count, timeout_ms } => print(&udp(to, count, Duration::from_millis(timeout_ms))),
+        Cmd::Udp { to, count, timeout_ms, size } => print(&udp(to, count, Duration::from_millis(timeout_ms), size)),
         Cmd::Hold { to, hold_ms, established_file } => {
             print(&hold(to, Duration::from_millis(hold_ms), established_file))
         }
@@ -170,7 +173,8 @@ fn serve(port: u16, reply: &str, read_request: bool, ready_file: Option<PathBuf>
     let line = format!("{reply}\n");
     let udp_reply = line.clone();
     std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
+        // Room for the largest datagram: one that arrives at all arrived whole.
+        let mut buf = vec![0u8; 65_536];
         while let Ok((_, from)) = udp.recv_from(&mut buf) {
             let _ = udp.send_to(udp_reply.as_bytes(), from);
         }
@@ -277,8 +281,11 @@ fn probe(targets: &[SocketAddr], tcp: bool, timeout: Duration) -> std::collectio
         .iter()
         .map(|&to| {
             std::thread::spawn(move || {
-                let reply =
-                    if tcp { one(to, timeout).map(|(reply, _)| reply) } else { udp_one(to, timeout).map(|(r, _)| r) };
+                let reply = if tcp {
+                    one(to, timeout).map(|(reply, _)| reply)
+                } else {
+                    udp_one(to, timeout, 4).map(|(r, _)| r)
+                };
                 (to.to_string(), reply.ok())
             })
         })
@@ -287,20 +294,22 @@ fn probe(targets: &[SocketAddr], tcp: bool, timeout: Duration) -> std::collectio
 }
 
 /// One datagram from a new socket, and its reply.
-fn udp_one(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+fn udp_one(to: SocketAddr, timeout: Duration, size: usize) -> std::io::Result<(String, SocketAddr)> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.set_read_timeout(Some(timeout))?;
-    socket.send_to(b"ask\n", to)?;
+    let mut datagram = b"ask\n".to_vec();
+    datagram.resize(size.max(datagram.len()), b'.');
+    socket.send_to(&datagram, to)?;
     let mut buf = [0u8; 2048];
     let (n, from) = socket.recv_from(&mut buf)?;
     Ok((String::from_utf8_lossy(&buf[..n]).trim_end().to_owned(), from))
 }
 
-fn udp(to: SocketAddr, count: u32, timeout: Duration) -> Summary {
+fn udp(to: SocketAddr, count: u32, timeout: Duration, size: usize) -> Summary {
     let started = Instant::now();
     let mut summary = Summary::default();
     for _ in 0..count {
-        match udp_one(to, timeout) {
+        match udp_one(to, timeout, size) {
             Ok((reply, from)) => summary.record(reply, from),
             Err(err) => summary.fail(&err),
         }

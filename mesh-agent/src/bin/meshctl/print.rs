@@ -218,7 +218,9 @@ fn identity(endpoint: Option<&flow::Endpoint>) -> String {
 pub fn drop_reason_text(code: u32) -> String {
     match code {
         133 => "Policy denied".to_owned(),
+        134 => "Invalid packet".to_owned(),
         139 => "Unsupported L3 protocol".to_owned(),
+        175 => "First logical datagram fragment not found".to_owned(),
         181 => "Policy denied by denylist".to_owned(),
         other => format!("{other}, 0"),
     }
