@@ -8,6 +8,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$here/rust-toolchain.toml")
 bpf_linker_version=0.13.0
+cargo_deny_version=0.20.2
 kubernetes_validate_version=1.34.1
 grpcio_tools_version=1.76.0
 llvm_version=22
@@ -80,7 +81,15 @@ else
   python3 -m pip install --quiet --disable-pip-version-check "grpcio-tools==${grpcio_tools_version}" "grpcio==${grpcio_tools_version}"
 fi
 
-# 6. bpffs, where the agent pins its maps and links.
+# 6. cargo-deny: the test command checks the dependencies' licenses, duplicates and sources.
+if command -v cargo-deny >/dev/null && cargo-deny --version 2>/dev/null | grep -q "$cargo_deny_version"; then
+  say "ok: cargo-deny ${cargo_deny_version}"
+else
+  say "installing cargo-deny ${cargo_deny_version} (cargo install, about 4 minutes)"
+  cargo +"$toolchain" install cargo-deny --version "$cargo_deny_version" --locked
+fi
+
+# 7. bpffs, where the agent pins its maps and links.
 if mount | grep -q ' /sys/fs/bpf type bpf'; then
   say "ok: bpffs at /sys/fs/bpf"
 else

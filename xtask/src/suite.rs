@@ -8,6 +8,9 @@ use crate::cargo;
 pub fn run() -> anyhow::Result<()> {
     let before: Vec<String> = lab::leftovers().into_iter().map(|l| l.id).collect();
     cargo::run(&["fmt", "--all", "--check"], &[])?;
+    // Dependencies: licenses, duplicate versions, sources (deny.toml). Offline: the machines
+    // reach no advisory database.
+    cargo::run(&["deny", "--offline", "check", "licenses", "bans", "sources"], &[])?;
     crate::crds::run(true)?;
     // The default members: everything but mesh-ebpf, which only builds for the BPF target.
     cargo::run(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;
