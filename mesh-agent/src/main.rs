@@ -24,7 +24,11 @@ use mesh_agent::{
     service_lb::ServiceTable,
     state_file::StateFile,
 };
-use mesh_common::{api::agent_status_server::AgentStatusServer, model::ResourceSet};
+use mesh_common::{
+    api::agent_status_server::AgentStatusServer,
+    drain::{DRAIN_TIMEOUT, Drain},
+    model::ResourceSet,
+};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -70,10 +74,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let directory = SharedDirectory::new(Directory::empty(&config.node_name));
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone());
     let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events));
-    if let Err(err) = served {
-        let _ = datapath.shutdown(false);
-        return Err(err);
-    }
+    let drain = match served {
+        Ok(drain) => drain,
+        Err(err) => {
+            let _ = datapath.shutdown(false);
+            return Err(err);
+        }
+    };
     let observe = |datapath: &Datapath, model: &ResourceSet, policy: &PolicyTable| {
         directory.set(Directory::build(&config.node_name, model, policy.attributions()));
         agent.set_programs(datapath.programs());
@@ -142,6 +149,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             return Err(err);
         }
     }
+    // Observer clients see their streams end (GOAWAY) instead of a reset; bounded.
+    let open = runtime.block_on(drain.run(DRAIN_TIMEOUT));
+    if !open.is_empty() {
+        tracing::info!(timeout = ?DRAIN_TIMEOUT, ?open, "drained: connections still open were closed");
+    }
     if let Some(ready) = &config.ready_file {
         let _ = std::fs::remove_file(ready);
     }
@@ -162,7 +174,8 @@ async fn serve(
     state: &AgentState,
     events: RingBuf<MapData>,
     lost_events: PerCpuArray<MapData, u64>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Drain> {
+    let mut drain = Drain::default();
     let reader = events::run(events, lost_events, store.clone());
     tokio::spawn(async move {
         let err = reader.await;
@@ -198,12 +211,15 @@ async fn serve(
         let listener = bind(address, config::ENV_OBSERVER_ADDRESS)?;
         tracing::info!(%address, "Observer API (Hubble) on tcp");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = router().serve_with_incoming(incoming);
-        tokio::spawn(async move {
-            if let Err(err) = server.await {
-                tracing::error!("Observer API (tcp) stopped: {err}");
-            }
-        });
+        let server = router().serve_with_incoming_shutdown(incoming, drain.signal());
+        drain.track(
+            "Observer API (tcp)",
+            tokio::spawn(async move {
+                if let Err(err) = server.await {
+                    tracing::error!("Observer API (tcp) stopped: {err}");
+                }
+            }),
+        );
     }
     if let Some(socket) = &config.observer_socket {
         if let Some(dir) = socket.parent() {
@@ -219,14 +235,17 @@ async fn serve(
         })?;
         tracing::info!(socket = %socket.display(), "Observer API (Hubble) on a unix socket");
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        let server = router().serve_with_incoming(incoming);
-        tokio::spawn(async move {
-            if let Err(err) = server.await {
-                tracing::error!("Observer API (unix) stopped: {err}");
-            }
-        });
+        let server = router().serve_with_incoming_shutdown(incoming, drain.signal());
+        drain.track(
+            "Observer API (unix)",
+            tokio::spawn(async move {
+                if let Err(err) = server.await {
+                    tracing::error!("Observer API (unix) stopped: {err}");
+                }
+            }),
+        );
     }
-    Ok(())
+    Ok(drain)
 }
 
 /// Makes the datapath hold `desired`; every problem is in the error, nothing stops early.

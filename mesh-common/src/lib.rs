@@ -5,6 +5,8 @@
 // The userspace half (`user`: the API) is std; the kernel half never is.
 #![cfg_attr(not(feature = "user"), no_std)]
 
+#[cfg(feature = "user")]
+pub mod drain;
 pub mod flows;
 pub mod maps;
 #[cfg(feature = "user")]

@@ -320,6 +320,18 @@ impl ClusterView {
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),
             }
         }
+        // New identity numbers are durable before any workload carrying one is published; if
+        // the table cannot be written, the workloads wait (and are tried again next time).
+        if let Err(err) = self.identities.flush() {
+            errors.push(ModelError { object: "identity table".into(), problem: err.to_string() });
+            changes.retain(|((kind, ns, name), resource)| {
+                let held = *kind == Kind::Workload as i32 && resource.is_some();
+                if held {
+                    self.dirty.insert(Dirty::Workload(ns.clone(), name.clone()));
+                }
+                !held
+            });
+        }
         (changes, errors)
     }
 

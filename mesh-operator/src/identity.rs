@@ -43,6 +43,8 @@ pub struct IdentityAllocator {
     table: Table,
     next: u32,
     path: Option<PathBuf>,
+    /// Numbers given since the table was last written.
+    unsaved: bool,
 }
 
 impl IdentityAllocator {
@@ -57,10 +59,11 @@ impl IdentityAllocator {
             _ => Table::default(),
         };
         let next = table.identities.values().max().map_or(FIRST_WORKLOAD_IDENTITY, |max| max + 1);
-        Ok(Self { table, next, path: path.map(Path::to_owned) })
+        Ok(Self { table, next, path: path.map(Path::to_owned), unsaved: false })
     }
 
-    /// The identity of a label set, allocating (and persisting) a new one if needed.
+    /// The identity of a label set, allocating a new one if needed. A new number is written
+    /// to the table file by [`Self::flush`], which must succeed before it is published.
     pub fn identity(&mut self, labels: &SecurityLabels) -> Result<u32, IdentityError> {
         let canonical = labels.canonical();
         if let Some(id) = self.table.identities.get(&canonical) {
@@ -69,8 +72,18 @@ impl IdentityAllocator {
         let id = self.next;
         self.next = self.next.checked_add(1).ok_or(IdentityError::Exhausted(u32::MAX))?;
         self.table.identities.insert(canonical, id);
-        self.persist()?;
+        self.unsaved = true;
         Ok(id)
+    }
+
+    /// Writes the numbers given since the last flush, durably (once per batch of changes, not
+    /// once per pod: a burst of new pods rewrote the whole table for each).
+    pub fn flush(&mut self) -> Result<(), IdentityError> {
+        if self.unsaved {
+            self.persist()?;
+            self.unsaved = false;
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -86,8 +99,14 @@ impl IdentityAllocator {
         let write = |source| IdentityError::Write { path: path.clone(), source };
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_string_pretty(&self.table).expect("the table serialises");
-        std::fs::write(&tmp, text).map_err(write)?;
-        std::fs::rename(&tmp, path).map_err(write)
+        // Written whole, synced, then renamed into place and the rename synced: after a crash
+        // the table is the old one or the new one, never empty or half-written.
+        let mut file = std::fs::File::create(&tmp).map_err(write)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(write)?;
+        file.sync_all().map_err(write)?;
+        std::fs::rename(&tmp, path).map_err(write)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(write)
     }
 }
 
@@ -146,8 +165,14 @@ mod tests {
         let path = dir.path().join("identities.json");
         let (web, db) = {
             let mut ids = IdentityAllocator::open(Some(&path)).unwrap();
-            (ids.identity(&labels("p", "web", "1")).unwrap(), ids.identity(&labels("p", "db", "1")).unwrap())
+            let given =
+                (ids.identity(&labels("p", "web", "1")).unwrap(), ids.identity(&labels("p", "db", "1")).unwrap());
+            // Written once per batch, at the flush, not once per new number.
+            assert!(!path.exists());
+            ids.flush().unwrap();
+            given
         };
+        assert!(!path.with_extension("tmp").exists(), "the temporary file was renamed into place");
         let mut ids = IdentityAllocator::open(Some(&path)).unwrap();
         // Asked in the other order, and a new one after them.
         assert_eq!(ids.identity(&labels("p", "db", "2")).unwrap(), db);
@@ -162,5 +187,34 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         let err = IdentityAllocator::open(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("fix or remove it"), "{err}");
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_written_holds_new_workloads_back() {
+        use crate::cluster::ClusterView;
+
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the table should be: every write fails.
+        let path = dir.path().join("identities.json");
+        std::fs::create_dir(path.with_extension("tmp")).unwrap();
+        let mut view = ClusterView::new(IdentityAllocator::open(Some(&path)).unwrap());
+        let pod: k8s_openapi::api::core::v1::Pod = mesh_common::yaml::document(
+            "metadata: {name: a, namespace: n, labels: {app: a}}\nspec: {nodeName: node-0, containers: []}\nstatus: {podIP: 10.0.0.1}\n",
+        )
+        .unwrap();
+        let key = crate::cluster::ObjectKey { kind: "Pod", namespace: "n".into(), name: "a".into() };
+        view.upsert(&key, crate::cluster::Object::Pod(Box::new(pod)));
+        let (changes, errors) = view.changes();
+        assert!(
+            changes.iter().all(|((kind, _, _), r)| *kind != mesh_common::api::Kind::Workload as i32 || r.is_none())
+        );
+        assert!(errors.iter().any(|e| e.object == "identity table"), "{errors:?}");
+        // Once it can be written, the workload is published.
+        std::fs::remove_dir(path.with_extension("tmp")).unwrap();
+        let (changes, errors) = view.changes();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(changes.iter().any(|((kind, _, name), r)| *kind == mesh_common::api::Kind::Workload as i32
+            && name == "a"
+            && r.is_some()));
     }
 }

@@ -10,6 +10,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mesh_common::api::state_stream_server::StateStreamServer;
+use mesh_common::drain::{DRAIN_TIMEOUT, Drain};
 use mesh_operator::{
     bootstrap::BootstrapServer,
     cluster::ClusterView,
@@ -177,13 +178,17 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
     // backing off; they are served only once the model is complete (an empty first snapshot
     // would make them drop their state).
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
-    apply(&mut view, &store, changes, &errors);
+    // Reading and parsing files and writing the identity table block: off the async workers.
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
+        apply(&mut view, &store, changes, &errors);
+        Ok(())
+    })?;
 
     // Local mode has no API server to report on: agent events are only logged.
     let metrics = (Arc::default(), bind_metrics(metrics_listen).await?);
     let source = manifests.display().to_string();
-    serve(Serving {
+    let drain = serve(Serving {
         listener,
         store: &store,
         tls: tls.as_ref(),
@@ -205,14 +210,17 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
                 }
                 paths.sort();
                 paths.dedup();
-                let (changes, errors) = dir.reload(&paths);
-                apply(&mut view, &store, changes, &errors);
+                tokio::task::block_in_place(|| {
+                    let (changes, errors) = dir.reload(&paths);
+                    apply(&mut view, &store, changes, &errors);
+                });
             }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     tracing::info!("shutting down");
+    drained(drain).await;
     Ok(())
 }
 
@@ -232,7 +240,7 @@ struct Serving<'a> {
     api: Option<kube::Client>,
 }
 
-fn serve(serving: Serving<'_>) -> anyhow::Result<()> {
+fn serve(serving: Serving<'_>) -> anyhow::Result<Drain> {
     let Serving { listener, store, tls, metrics, ready_file, source, events, api } = serving;
     let bound = listener.local_addr()?;
     let (counters, metrics_listener) = metrics;
@@ -268,11 +276,16 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<()> {
     let router = builder
         .add_service(StateStreamServer::new(server))
         .add_optional_service(bootstrap.map(mesh_common::api::node_bootstrap_server::NodeBootstrapServer::new));
-    tokio::spawn(async move {
-        if let Err(err) = router.serve_with_incoming(incoming).await {
-            tracing::error!("state stream server: {err}");
-        }
-    });
+    let mut drain = Drain::default();
+    let shutdown = drain.signal();
+    drain.track(
+        "state stream",
+        tokio::spawn(async move {
+            if let Err(err) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                tracing::error!("state stream server: {err}");
+            }
+        }),
+    );
     {
         let store = store.lock().expect("store lock");
         tracing::info!(%bound, epoch = store.epoch(), version = store.version(), resources = store.len(), source, "serving");
@@ -283,7 +296,18 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<()> {
         std::fs::write(&partial, bound.to_string()).with_context(|| format!("writing {}", partial.display()))?;
         std::fs::rename(&partial, ready).with_context(|| format!("writing {}", ready.display()))?;
     }
-    Ok(())
+    Ok(drain)
+}
+
+/// Drains the servers on SIGTERM: agents are told to go away and reconnect to the next
+/// operator; streams still open after [`DRAIN_TIMEOUT`] are closed.
+async fn drained(drain: Drain) {
+    let open = drain.run(DRAIN_TIMEOUT).await;
+    if open.is_empty() {
+        tracing::info!("drained: every connection finished");
+    } else {
+        tracing::info!(timeout = ?DRAIN_TIMEOUT, ?open, "drained: connections still open were closed");
+    }
 }
 
 async fn bind_metrics(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -325,6 +349,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     let mut metrics = Some((Arc::default(), bind_metrics(metrics_listen).await?));
     let mut listed = std::collections::BTreeSet::new();
     let mut listener = Some(listener);
+    let mut drain = None;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -337,12 +362,12 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
                 if let Some(kind) = batch.listed {
                     listed.insert(kind);
                 }
-                apply(&mut view, &store, batch.changes, &[]);
+                tokio::task::block_in_place(|| apply(&mut view, &store, batch.changes, &[]));
                 // Serve only once every kind was listed: a partial first snapshot would make
                 // agents drop state they should keep.
                 if listed.len() == mesh_operator::cluster_source::KINDS && let Some(listener) = listener.take() {
                     let metrics = metrics.take().expect("served once");
-                    serve(Serving {
+                    drain = Some(serve(Serving {
                         listener,
                         store: &store,
                         tls: tls.as_ref(),
@@ -351,7 +376,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
                         source: "the Kubernetes API",
                         events: events.take(),
                         api: Some(api.clone()),
-                    })?;
+                    })?);
                 }
             }
             _ = terminate.recv() => break,
@@ -359,6 +384,9 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    if let Some(drain) = drain {
+        drained(drain).await;
+    }
     Ok(())
 }
 

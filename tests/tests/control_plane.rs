@@ -84,7 +84,15 @@ fn the_datapath_survives_operator_and_agent_restarts() {
     eventually_answered_by(&lab, &demo::WEB, "at start", || operator.log());
 
     // The operator goes away: the agents keep their datapath.
+    let stopping = Instant::now();
     assert!(lab.stop(operator.pid, Duration::from_secs(10)).unwrap().success(), "{}", operator.log());
+    // SIGTERM drains: bounded, whatever the agents' streams do.
+    assert!(
+        stopping.elapsed() < mesh_common::drain::DRAIN_TIMEOUT + Duration::from_secs(3),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(operator.log().contains("drained"), "{}", operator.log());
     assert_eq!(answered(&lab, 20), demo::WEB.iter().map(|s| (*s).to_owned()).collect(), "without the operator");
 
     // While it is down the manifests change; the restarted operator (a new epoch) sends a

@@ -1,0 +1,67 @@
+//! Draining on SIGTERM, the same for operator and agent: servers stop accepting, requests in
+//! flight finish, streams are told to go away (HTTP/2 GOAWAY), and whatever is still open
+//! after a bounded time is closed, so a stop never hangs on a client that keeps a stream.
+
+use std::{future::Future, time::Duration};
+
+/// How long a stopping process lets its connections finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The signal every server of a process waits on, and the servers to wait for.
+#[derive(Debug)]
+pub struct Drain {
+    stop: tokio::sync::watch::Sender<bool>,
+    servers: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self { stop: tokio::sync::watch::channel(false).0, servers: Vec::new() }
+    }
+}
+
+impl Drain {
+    /// A future that resolves when the drain starts: give it to `serve_with_*_shutdown`.
+    pub fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.stop.subscribe();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Waits for `server` (a spawned task serving until [`Self::signal`]) when draining.
+    pub fn track(&mut self, name: &'static str, server: tokio::task::JoinHandle<()>) {
+        self.servers.push((name, server));
+    }
+
+    /// Starts the drain and waits for every server, for at most `timeout` in all; returns
+    /// the servers that had not finished (their connections are closed when the process
+    /// ends).
+    pub async fn run(self, timeout: Duration) -> Vec<&'static str> {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut open = Vec::new();
+        for (name, server) in self.servers {
+            if tokio::time::timeout_at(deadline, server).await.is_err() {
+                open.push(name);
+            }
+        }
+        open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn servers_stop_at_the_signal_and_a_stuck_one_is_given_up_on() {
+        let mut drain = Drain::default();
+        let signal = drain.signal();
+        drain.track("polite", tokio::spawn(signal));
+        drain.track("stuck", tokio::spawn(std::future::pending()));
+        let started = std::time::Instant::now();
+        assert_eq!(drain.run(Duration::from_millis(200)).await, vec!["stuck"]);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
