@@ -7,6 +7,7 @@ mod control_plane;
 mod flows;
 mod policy;
 mod service_lb;
+mod targets;
 
 use std::path::PathBuf;
 
@@ -16,6 +17,9 @@ use serde::Serialize;
 
 #[derive(Subcommand)]
 pub enum Bench {
+    /// Every benchmark below with its defaults, one after another, then every issue's target
+    /// as met or missed (also in `target/bench/targets.json`). Needs a quiet machine.
+    All,
     /// Local mode with many services: full sync time, change latency, memory.
     ControlPlane {
         /// Services (each with one port and one EndpointSlice).
@@ -61,7 +65,11 @@ pub enum Bench {
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
+    if let Bench::All = bench {
+        return all();
+    }
     let report = match bench {
+        Bench::All => unreachable!("handled above"),
         Bench::ControlPlane { services, endpoints, changes } => control_plane::run(services, endpoints, changes)?,
         Bench::ServiceLb { scales, seconds } => service_lb::run(&scales, seconds)?,
         Bench::Policy { scales, seconds } => policy::run(&scales, seconds)?,
@@ -70,6 +78,49 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     report.print();
     let path = report.write()?;
     println!("\nwritten to {}", path.display());
+    targets::print(&targets::judge(&report));
+    Ok(())
+}
+
+/// A benchmark with its defaults.
+type RunBench = fn() -> anyhow::Result<Report>;
+
+/// `bench all`: each benchmark with its defaults; a benchmark that fails is reported and its
+/// targets count as missed, the others still run.
+fn all() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let benches: [(&str, RunBench); 4] = [
+        ("control-plane", || control_plane::run(10_000, 10, 50)),
+        ("service-lb", || service_lb::run(&[1, 1000, 10_000], 2.0)),
+        ("policy", || policy::run(&[10, 1000, 10_000], 3.0)),
+        ("flows", || flows::run(&[100_000, 1_000_000, 1_200_000, 3_000_000], 3.0)),
+    ];
+    let mut judged = Vec::new();
+    for (name, bench) in benches {
+        println!("\n==> bench {name}");
+        match bench() {
+            Ok(report) => {
+                report.print();
+                report.write()?;
+                judged.extend(targets::judge(&report));
+            }
+            Err(err) => {
+                println!("bench {name} failed: {err:#}");
+                judged.push(targets::Judged {
+                    bench: name.into(),
+                    target: "runs".into(),
+                    measured: format!("failed: {err}"),
+                    met: false,
+                });
+            }
+        }
+    }
+    targets::print(&judged);
+    println!("all benchmarks took {:.0} s", started.elapsed().as_secs_f64());
+    let path = crate::cargo::workspace_root().join("target/bench/targets.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&judged)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    anyhow::ensure!(judged.iter().all(|j| j.met), "{} targets missed", judged.iter().filter(|j| !j.met).count());
     Ok(())
 }
 

@@ -1,0 +1,155 @@
+//! The target every issue set for its benchmark, judged on a report's rows: `cargo xtask
+//! bench all` prints each as met or missed, so a change that breaks an earlier target shows.
+
+use super::{Report, Row};
+
+/// One target, judged.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Judged {
+    pub bench: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+fn find<'a>(rows: &'a [Row], case: &str, scale: Option<u64>, metric: &str, baseline: Option<&str>) -> Option<&'a Row> {
+    rows.iter().find(|r| {
+        r.case == case
+            && scale.is_none_or(|s| r.scale == s)
+            && r.metric == metric
+            && baseline.is_none_or(|b| r.baseline.as_deref() == Some(b))
+    })
+}
+
+/// The targets of `report`'s benchmark. A row the target needs and the report lacks is a
+/// missed target, never a silent pass.
+pub fn judge(report: &Report) -> Vec<Judged> {
+    let rows = &report.rows;
+    let mut out = Vec::new();
+    let mut push = |target: String, measured: Option<(String, bool)>| {
+        let (measured, met) = measured.unwrap_or_else(|| ("not measured".into(), false));
+        out.push(Judged { bench: report.bench.clone(), target, measured, met });
+    };
+    match report.bench.as_str() {
+        "control-plane" => {
+            for (metric, limit, unit) in
+                [("full_sync_s", 2.0, "s"), ("change_p99_ms", 50.0, "ms"), ("agent_rss_mib", 64.0, "MiB")]
+            {
+                let row = find(rows, "mesh", None, metric, None);
+                push(
+                    format!("{metric} < {limit} {unit}"),
+                    row.map(|r| (format!("{:.2} {unit}", r.value), r.value < limit)),
+                );
+            }
+        }
+        "service-lb" => {
+            let mut scales: Vec<u64> = rows.iter().filter(|r| r.case == "clusterip").map(|r| r.scale).collect();
+            scales.dedup();
+            for scale in scales {
+                let row = find(rows, "clusterip", Some(scale), "conn_per_s", Some("direct"));
+                push(
+                    format!("clusterip conn/s >= 0.97x direct at {scale} services"),
+                    row.and_then(|r| r.ratio).map(|ratio| (format!("{ratio:.3}x"), ratio >= 0.97)),
+                );
+            }
+            let row = find(rows, "clusterip", Some(10_000), "conn_per_s", Some("iptables"));
+            push(
+                "clusterip conn/s >= 2x iptables at 10000 services".into(),
+                row.and_then(|r| r.ratio).map(|ratio| (format!("{ratio:.2}x"), ratio >= 2.0)),
+            );
+        }
+        "policy" => {
+            for suffix in ["", "/cross-node"] {
+                let none_p99 = find(rows, &format!("none{suffix}"), None, "rr_p99_us", None).map(|r| r.value);
+                for row in rows.iter().filter(|r| {
+                    (r.case == format!("programs{suffix}") || r.case == format!("rules{suffix}"))
+                        && r.metric == "throughput_gbps"
+                }) {
+                    let ratio = row.ratio.unwrap_or(0.0);
+                    push(
+                        format!("{} {} throughput >= 0.95x none", row.case, row.scale),
+                        Some((format!("{ratio:.3}x"), ratio >= 0.95)),
+                    );
+                }
+                for row in rows.iter().filter(|r| r.case == format!("rules{suffix}") && r.metric == "rr_p99_us") {
+                    push(
+                        format!("{} {} added p99 <= 5 us", row.case, row.scale),
+                        none_p99.map(|base| (format!("{:+.1} us", row.value - base), row.value - base <= 5.0)),
+                    );
+                }
+            }
+        }
+        "flows" => {
+            let scale = Some(1_000_000);
+            let delivered = find(rows, "observer", scale, "events_per_s", Some("offered"));
+            let lost: f64 = ["lost_counted", "lost_uncounted"]
+                .iter()
+                .filter_map(|m| find(rows, "observer", scale, m, None))
+                .map(|r| r.value)
+                .sum();
+            push(
+                "1M events/s offered: >= 0.99 delivered, none lost".into(),
+                delivered.and_then(|r| r.ratio).map(|ratio| {
+                    (
+                        format!("{:.0}/s ({ratio:.3}x), {lost} lost", delivered.map_or(0.0, |r| r.value)),
+                        ratio >= 0.99 && lost == 0.0,
+                    )
+                }),
+            );
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Prints `judged` as a table.
+pub fn print(judged: &[Judged]) {
+    println!("\n{:<14} {:<52} {:<30} result", "bench", "target", "measured");
+    for j in judged {
+        println!("{:<14} {:<52} {:<30} {}", j.bench, j.target, j.measured, if j.met { "met" } else { "MISSED" });
+    }
+    let missed = judged.iter().filter(|j| !j.met).count();
+    println!("{} targets, {} met, {missed} missed", judged.len(), judged.len() - missed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(case: &str, scale: u64, metric: &str, value: f64, baseline: Option<&str>, ratio: Option<f64>) -> Row {
+        Row {
+            case: case.into(),
+            scale,
+            metric: metric.into(),
+            value,
+            unit: String::new(),
+            baseline: baseline.map(Into::into),
+            ratio,
+        }
+    }
+
+    #[test]
+    fn targets_are_met_missed_or_missing() {
+        let report = Report {
+            bench: "control-plane".into(),
+            rows: vec![
+                row("mesh", 10_000, "full_sync_s", 1.5, Some("check"), Some(3.0)),
+                row("mesh", 10_000, "change_p99_ms", 80.0, None, None),
+            ],
+            notes: Vec::new(),
+        };
+        let judged = judge(&report);
+        assert_eq!(judged.iter().map(|j| j.met).collect::<Vec<_>>(), vec![true, false, false]);
+        assert_eq!(judged[2].measured, "not measured");
+        let flows = Report {
+            bench: "flows".into(),
+            rows: vec![
+                row("observer", 1_000_000, "events_per_s", 999_000.0, Some("offered"), Some(0.9995)),
+                row("observer", 1_000_000, "lost_counted", 0.0, None, None),
+                row("observer", 1_000_000, "lost_uncounted", 1.0, None, None),
+            ],
+            notes: Vec::new(),
+        };
+        assert!(!judge(&flows)[0].met, "one event lost misses");
+    }
+}
