@@ -105,8 +105,9 @@ impl fmt::Display for Protocol {
 /// `services[0].backends[1].pod`) and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StateFileError {
-    #[error("{file}: cannot read it: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
+    /// Unreadable, or over the size limit.
+    #[error("{file}: {source}")]
+    Read { file: PathBuf, source: mesh_common::yaml::YamlError },
     #[error("{file}: {field}: {message}")]
     Invalid { file: PathBuf, field: String, message: String },
 }
@@ -114,11 +115,8 @@ pub enum StateFileError {
 impl StateFile {
     /// Reads, parses and validates `file`.
     pub fn load(file: &Path) -> Result<Self, StateFileError> {
-        let text = mesh_common::yaml::read_file(file).map_err(|err| StateFileError::Invalid {
-            file: file.to_owned(),
-            field: "(file)".into(),
-            message: err.to_string(),
-        })?;
+        let text = mesh_common::yaml::read_file(file)
+            .map_err(|source| StateFileError::Read { file: file.to_owned(), source })?;
         Self::parse(&text).map_err(|(field, message)| StateFileError::Invalid { file: file.to_owned(), field, message })
     }
 
