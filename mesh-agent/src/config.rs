@@ -60,8 +60,10 @@ pub const ENV_METRICS_ADDRESS: &str = "MESH_METRICS_ADDRESS";
 /// Size of the flow event ring buffer in bytes: a power of two, at least 4096.
 pub const ENV_EVENTS_BYTES: &str = "MESH_EVENTS_BYTES";
 pub const DEFAULT_FLOW_BUFFER: usize = 16_383;
-/// Hubble's port.
-pub const DEFAULT_OBSERVER_ADDRESS: &str = "0.0.0.0:4244";
+/// Hubble's port, on the node's loopback only: the Observer API is plaintext and shows every
+/// flow of the node, so nothing beyond the node reaches it unless told to (`0.0.0.0:4244`);
+/// TLS with client certificates, as Hubble serves 4244 to a relay, comes with the relay.
+pub const DEFAULT_OBSERVER_ADDRESS: &str = "127.0.0.1:4244";
 pub const DEFAULT_OBSERVER_SOCKET: &str = "/var/run/mesh/observer.sock";
 /// Hubble's metrics port.
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9965";
@@ -346,6 +348,12 @@ mod tests {
         for bad in ["", "Node", "-a", "a-", "a..b", "a_b", &"x".repeat(254)] {
             assert!(!is_dns_subdomain(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_plaintext_observer_listens_on_loopback_unless_told_otherwise() {
+        let address: std::net::SocketAddr = DEFAULT_OBSERVER_ADDRESS.parse().unwrap();
+        assert!(address.ip().is_loopback(), "{address}");
     }
 
     #[test]
