@@ -97,13 +97,7 @@ fn the_datapath_survives_operator_and_agent_restarts() {
 
     // While it is down the manifests change; the restarted operator (a new epoch) sends a
     // snapshot and the agents, reconnecting by themselves, apply it.
-    let file = manifests.join("demo.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        text.replacen("app: web\nspec:\n  nodeName: node-1", "app: retired\nspec:\n  nodeName: node-1", 1),
-    )
-    .unwrap();
+    let (file, text) = retire_web_b(&manifests);
     let operator = Operator::start(&lab, &manifests, listen).expect("operator serves again");
     let logs = || format!("operator:\n{}\nnode-0:\n{}\nnode-1:\n{}", operator.log(), node0.log(), node1.log());
     eventually_answered_by(&lab, &["web-a"], "after the operator restart", logs);
@@ -268,18 +262,23 @@ fn half_open_streams_are_noticed_on_both_ends() {
     // ... and follows the operator that replaces it at the same address, with the changes
     // made meanwhile.
     let _ = lab.stop(operator.pid, Duration::from_millis(100));
-    let file = manifests.join("demo.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        text.replacen("app: web\nspec:\n  nodeName: node-1", "app: retired\nspec:\n  nodeName: node-1", 1),
-    )
-    .unwrap();
+    retire_web_b(&manifests);
     let connected = agent.log().matches("connected to the operator").count();
     let successor = Operator::start(&lab, &manifests, listen).expect("a new operator serves");
     let logs = || format!("operator:\n{}\nagent:\n{}", successor.log(), agent.log());
     eventually_answered_by(&lab, &["web-a"], "after the new operator's snapshot", logs);
     assert!(agent.log().matches("connected to the operator").count() > connected, "{}", logs());
+}
+
+/// Takes web-b out of the demo service (its label changes) in the manifests; returns the
+/// file and its text before, to put it back.
+fn retire_web_b(manifests: &std::path::Path) -> (std::path::PathBuf, String) {
+    let file = manifests.join("demo.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let retired = text.replacen("app: web\nspec:\n  nodeName: node-1", "app: retired\nspec:\n  nodeName: node-1", 1);
+    assert_ne!(retired, text, "demo.yaml no longer has web-b where this test expects it");
+    std::fs::write(&file, retired).unwrap();
+    (file, text)
 }
 
 /// One sample of the operator's Prometheus endpoint (0 if absent).
