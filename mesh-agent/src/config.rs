@@ -308,17 +308,7 @@ impl Config {
     }
 }
 
-/// A Kubernetes object name (RFC 1123 subdomain), as node names are.
-pub fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+pub use mesh_common::names::is_dns_subdomain;
 
 /// `dir`, or if it does not exist yet its nearest existing ancestor: where it will live.
 fn bpffs_ancestor(dir: &Path) -> Option<PathBuf> {

@@ -11,6 +11,7 @@ pub mod flows;
 pub mod maps;
 #[cfg(feature = "user")]
 pub mod model;
+pub mod names;
 pub mod pod_traffic;
 pub mod policy;
 pub mod service_lb;

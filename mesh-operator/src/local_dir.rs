@@ -12,6 +12,7 @@ use k8s_openapi::api::{
     core::v1::{Node, ServiceAccount},
     networking::v1::NetworkPolicy,
 };
+use mesh_common::names::{is_dns_label, is_dns_subdomain};
 use serde::de::DeserializeOwned;
 
 use crate::{
@@ -267,16 +268,4 @@ fn typed_from<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, (Stri
         let field = err.path().to_string();
         (if field == "." { "(object)".into() } else { field }, err.into_inner().to_string())
     })
-}
-
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-fn is_dns_subdomain(name: &str) -> bool {
-    name.len() <= 253 && name.split('.').all(is_dns_label)
 }
