@@ -103,7 +103,8 @@ impl Numbering {
     }
 
     /// How many rule ids and CIDR identities are held (retired rules included).
-    pub fn held(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
         (self.by_id.len(), self.cidrs.len())
     }
 
@@ -608,10 +609,13 @@ impl PolicyTable {
         self.check_fits(&desired)?;
         let stats = self.write(&desired)?;
         self.current.entries_by_policy = desired.entries_by_policy;
-        for id in self.numbering.collect(&self.current, Instant::now(), RETIRED_RULE_GRACE) {
-            // The counters of a forgotten rule would never be explained again.
+        let forgotten: BTreeSet<u32> =
+            self.numbering.collect(&self.current, Instant::now(), RETIRED_RULE_GRACE).into_iter().collect();
+        if !forgotten.is_empty() {
+            // The counters of a forgotten rule would never be explained again: one pass over
+            // the counters for all of them.
             let gone: Vec<VerdictKey> =
-                self.verdicts.keys().filter_map(Result::ok).filter(|key| key.rule == id).collect();
+                self.verdicts.keys().filter_map(Result::ok).filter(|key| forgotten.contains(&key.rule)).collect();
             for key in gone {
                 self.reported.remove(&key);
                 converged(self.verdicts.remove(&key)).map_err(write(maps::VERDICTS))?;
@@ -680,11 +684,6 @@ impl PolicyTable {
             self.revision_pending = false;
         }
         Ok(stats)
-    }
-
-    /// The rule ids and CIDR identities held (retired rules included).
-    pub fn numbers_held(&self) -> (usize, usize) {
-        self.numbering.held()
     }
 
     /// Refuses `desired` if the maps cannot hold it together with what they hold now (new

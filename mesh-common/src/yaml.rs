@@ -103,6 +103,16 @@ fn error(err: &serde_saphyr::Error) -> YamlError {
     YamlError { message, location }
 }
 
+/// Refuses a text over [`MAX_FILE_BYTES`].
+fn check_size(text: &str) -> Result<(), YamlError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(YamlError::plain(format!(
+            "larger than {MAX_FILE_BYTES} bytes (the limit): split it into several files"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads `path` as text, refusing (before reading it) a file over [`MAX_FILE_BYTES`].
 pub fn read_file(path: &std::path::Path) -> Result<String, YamlError> {
     use std::io::Read as _;
@@ -112,11 +122,7 @@ pub fn read_file(path: &std::path::Path) -> Result<String, YamlError> {
     file.take(MAX_FILE_BYTES as u64 + 1)
         .read_to_string(&mut text)
         .map_err(|err| YamlError::plain(format!("cannot read it: {err}")))?;
-    if text.len() > MAX_FILE_BYTES {
-        return Err(YamlError::plain(format!(
-            "larger than {MAX_FILE_BYTES} bytes (the limit): split it into several files"
-        )));
-    }
+    check_size(&text)?;
     Ok(text)
 }
 
@@ -124,10 +130,8 @@ pub fn read_file(path: &std::path::Path) -> Result<String, YamlError> {
 /// error or a limit ends the documents (nothing after it can be trusted), as do more than
 /// [`MAX_DOCUMENTS`] documents.
 pub fn documents<T: DeserializeOwned>(text: &str) -> Vec<Result<T, YamlError>> {
-    if text.len() > MAX_FILE_BYTES {
-        return vec![Err(YamlError::plain(format!(
-            "larger than {MAX_FILE_BYTES} bytes (the limit): split it into several files"
-        )))];
+    if let Err(err) = check_size(text) {
+        return vec![Err(err)];
     }
     let mut bytes = text.as_bytes();
     let mut out = Vec::new();
@@ -144,12 +148,7 @@ pub fn documents<T: DeserializeOwned>(text: &str) -> Vec<Result<T, YamlError>> {
 /// One document of `text` as a `T`; an error is `(field, message)`, the field a path such as
 /// `services[0].backends[1].pod` (or `(document)`).
 pub fn document<T: DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
-    if text.len() > MAX_FILE_BYTES {
-        return Err((
-            "(document)".into(),
-            format!("larger than {MAX_FILE_BYTES} bytes (the limit): split it into several files"),
-        ));
-    }
+    check_size(text).map_err(|err| ("(document)".to_owned(), err.to_string()))?;
     let mut field = None;
     serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         serde_path_to_error::deserialize(de).map_err(|err| {
