@@ -104,11 +104,14 @@ pub const RETRY_FAILED: Duration = Duration::from_secs(2);
 pub const MAX_UPDATE_BYTES: usize = 512 << 20;
 
 /// What an applied update was.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UpdateInfo {
     pub version: u64,
     pub full: bool,
     pub resources: usize,
+    /// The keys it changed in the model; `None` when anything may have (a retry of a state
+    /// that failed to apply).
+    pub changed: Option<Vec<mesh_common::model::Key>>,
 }
 
 /// Gives the memory a decoded snapshot used back to the system (glibc keeps it otherwise).
@@ -210,22 +213,29 @@ async fn stream_once(
         let info = tokio::select! {
             update = updates.message() => {
                 let Some(update) = update.map_err(StreamError::Broken)? else { break };
-                let info = UpdateInfo { version: update.version, full: update.full, resources: update.upserts.len() };
+                let (version, full, resources) = (update.version, update.full, update.upserts.len());
                 received.epoch.clone_from(&update.epoch);
                 received.version = update.version;
-                received.model.apply(update);
-                if info.full {
+                let changed = received.model.apply(update);
+                if full {
                     release_freed_memory();
                 }
-                info
+                UpdateInfo { version, full, resources, changed: Some(changed) }
             }
-            _ = tokio::time::sleep(RETRY_FAILED), if failed.is_some() => failed.take().expect("guarded"),
+            _ = tokio::time::sleep(RETRY_FAILED), if failed.is_some() => {
+                UpdateInfo { changed: None, ..failed.take().expect("guarded") }
+            }
         };
-        let reply = match apply(&received.model, &info) {
+        let applied = apply(&received.model, &info);
+        if info.full {
+            // And what compiling and writing all of it used for the moment.
+            release_freed_memory();
+        }
+        let reply = match applied {
             Ok(()) => Kind::Ack(mesh_common::api::Ack { version: info.version }),
             Err(error) => {
                 tracing::warn!(version = info.version, retry_in = ?RETRY_FAILED, "NACK: {error}");
-                failed = Some(info);
+                failed = Some(info.clone());
                 Kind::Nack(mesh_common::api::Nack { version: info.version, error, rejected: Vec::new() })
             }
         };

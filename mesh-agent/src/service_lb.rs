@@ -86,6 +86,14 @@ pub fn slots(backends: &[Weighted]) -> Vec<Backend> {
     backends.iter().flat_map(|b| std::iter::repeat_n(b.backend, (b.weight.max(1) / divisor) as usize)).collect()
 }
 
+/// The addresses of `slots`, each once (a weighted backend fills several slots).
+fn distinct(slots: &[Backend]) -> Vec<Backend> {
+    let mut addrs = slots.to_vec();
+    addrs.sort_unstable_by_key(|b| (b.addr, b.port));
+    addrs.dedup();
+    addrs
+}
+
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -115,13 +123,16 @@ pub enum ServiceLbError {
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     backends: HashMap<MapData, BackendKey, Backend>,
-    /// Every backend address in any service (the reverse lookups' filter), and its copy.
+    /// Every backend address in any service (the reverse lookups' filter), its copy, and how
+    /// many programmed frontends hold each address (an address leaves the filter at 0).
     backend_addrs: HashMap<MapData, Backend, u32>,
     known_addrs: HashSet<Backend>,
+    addr_refs: std::collections::HashMap<Backend, u32>,
     next_revision: u32,
     programmed: std::collections::HashMap<ServiceKey, (ServiceEntry, Vec<Backend>)>,
-    /// Slots whose removal failed: removed again at the next apply.
+    /// Slots and filter addresses whose removal failed: removed again at the next apply.
     unremoved_slots: Vec<BackendKey>,
+    unremoved_addrs: Vec<Backend>,
     capacities: Capacities,
 }
 
@@ -158,14 +169,22 @@ impl ServiceTable {
         }
         let next_revision =
             programmed.values().map(|(entry, _)| entry.revision).max().map_or(1, |r| r.wrapping_add(1).max(1));
+        let mut addr_refs = std::collections::HashMap::new();
+        for (_, slots) in programmed.values() {
+            for addr in distinct(slots) {
+                *addr_refs.entry(addr).or_insert(0) += 1;
+            }
+        }
         Ok(Self {
             services,
             backends,
             backend_addrs,
             known_addrs,
+            addr_refs,
             next_revision,
             programmed,
             unremoved_slots: Vec::new(),
+            unremoved_addrs: Vec::new(),
             capacities,
         })
     }
@@ -185,40 +204,71 @@ impl ServiceTable {
     pub fn apply(&mut self, desired: &[ResolvedService]) -> Result<ApplyStats, ServiceLbError> {
         let planned: Vec<(&ResolvedService, Vec<Backend>)> =
             desired.iter().map(|service| (service, slots(&service.backends))).collect();
-        self.check_fits(&planned)?;
-        // New backend addresses go into the filter before any connection can be sent to them.
-        let wanted_addrs: HashSet<Backend> = planned.iter().flat_map(|(_, slots)| slots.iter().copied()).collect();
-        let mut first_error = None;
-        for addr in wanted_addrs.difference(&self.known_addrs).copied().collect::<Vec<_>>() {
-            match self.backend_addrs.insert(&addr, &1, 0) {
-                Ok(()) => drop(self.known_addrs.insert(addr)),
-                Err(source) => {
-                    let err = ServiceLbError::Write { service: backend_addr(&addr), map: maps::BACKEND_ADDRS, source };
-                    tracing::error!("{err}");
-                    first_error.get_or_insert(err);
-                }
-            }
+        let wanted: HashSet<ServiceKey> = desired.iter().map(|s| s.key).collect();
+        let stale: Vec<ServiceKey> = self.programmed.keys().filter(|key| !wanted.contains(key)).copied().collect();
+        self.check_fits(&planned, &stale)?;
+        let result = self.write(&planned, &stale);
+        // Addresses that no frontend holds (left by an earlier agent) leave the filter too.
+        let unheld: Vec<Backend> =
+            self.known_addrs.iter().filter(|addr| !self.addr_refs.contains_key(*addr)).copied().collect();
+        for addr in unheld {
+            self.release_addr(addr);
         }
+        result
+    }
+
+    /// Changes only the frontends named: `upserts` are programmed (those already holding the
+    /// same backends are left alone), `removals` removed. The same guarantees as
+    /// [`ServiceTable::apply`]: a change that does not fit is refused whole, before anything
+    /// is written. What an EndpointSlice change costs does not grow with the number of
+    /// services.
+    pub fn update(
+        &mut self,
+        upserts: &[ResolvedService],
+        removals: &[ServiceKey],
+    ) -> Result<ApplyStats, ServiceLbError> {
+        let planned: Vec<(&ResolvedService, Vec<Backend>)> =
+            upserts.iter().map(|service| (service, slots(&service.backends))).collect();
+        let upserted: HashSet<ServiceKey> = upserts.iter().map(|s| s.key).collect();
+        let removals: Vec<ServiceKey> = removals
+            .iter()
+            .filter(|key| !upserted.contains(*key) && self.programmed.contains_key(*key))
+            .copied()
+            .collect();
+        self.check_fits(&planned, &removals)?;
+        self.write(&planned, &removals)
+    }
+
+    /// Removes `stale` and programs `planned`, in that order (stale slots make room).
+    fn write(
+        &mut self,
+        planned: &[(&ResolvedService, Vec<Backend>)],
+        stale: &[ServiceKey],
+    ) -> Result<ApplyStats, ServiceLbError> {
+        let mut first_error = None;
         let mut stats = ApplyStats::default();
         // Removals that failed last time (each map writer converges when retried:
         // `map_write`).
         for key in std::mem::take(&mut self.unremoved_slots) {
             self.remove_slot(key);
         }
-        // Services that went away first: their slots make room for the new ones.
-        let wanted: HashSet<ServiceKey> = desired.iter().map(|s| s.key).collect();
-        let stale: Vec<ServiceKey> = self.programmed.keys().filter(|key| !wanted.contains(key)).copied().collect();
+        for addr in std::mem::take(&mut self.unremoved_addrs) {
+            if !self.addr_refs.contains_key(&addr) {
+                self.release_addr(addr);
+            }
+        }
         for key in stale {
             // The entry goes first, so no connection can pick a slot that is being deleted. If
             // it cannot go, the service stays programmed and is removed at the next apply.
-            if let Err(source) = converged(self.services.remove(&key)) {
-                let err = ServiceLbError::Write { service: frontend(&key), map: maps::SERVICES, source };
+            if let Err(source) = converged(self.services.remove(key)) {
+                let err = ServiceLbError::Write { service: frontend(key), map: maps::SERVICES, source };
                 tracing::error!("{err}");
                 first_error.get_or_insert(err);
                 continue;
             }
-            let (entry, _) = self.programmed.remove(&key).expect("listed above");
+            let (entry, slots) = self.programmed.remove(key).expect("listed as programmed");
             self.delete_slots(entry);
+            self.drop_refs(&slots);
             stats.removed += 1;
         }
         for (service, slots) in planned {
@@ -231,24 +281,58 @@ impl ServiceTable {
                 }
             }
         }
-        // Addresses no service holds any more leave the filter last.
-        let in_use: HashSet<Backend> = self.programmed.values().flat_map(|(_, slots)| slots.iter().copied()).collect();
-        for addr in self.known_addrs.difference(&in_use).copied().collect::<Vec<_>>() {
-            match converged(self.backend_addrs.remove(&addr)) {
-                Ok(()) => drop(self.known_addrs.remove(&addr)),
-                // Kept as known: removed again at the next apply.
-                Err(err) => {
-                    tracing::warn!(addr = %backend_addr(&addr), "cannot remove from {}: {err}", maps::BACKEND_ADDRS)
-                }
+        first_error.map_or(Ok(stats), Err)
+    }
+
+    /// Puts the addresses of `slots` in the filter (before any connection can be sent to
+    /// them); on failure nothing of the service is written.
+    fn hold_addrs(&mut self, service: &str, slots: &[Backend]) -> Result<(), ServiceLbError> {
+        for addr in distinct(slots) {
+            if self.known_addrs.contains(&addr) {
+                continue;
+            }
+            self.backend_addrs.insert(&addr, &1, 0).map_err(|source| ServiceLbError::Write {
+                service: service.to_owned(),
+                map: maps::BACKEND_ADDRS,
+                source,
+            })?;
+            self.known_addrs.insert(addr);
+        }
+        Ok(())
+    }
+
+    /// One frontend fewer holds each address of `slots`; an address none holds leaves the
+    /// filter.
+    fn drop_refs(&mut self, slots: &[Backend]) {
+        for addr in distinct(slots) {
+            let Some(refs) = self.addr_refs.get_mut(&addr) else { continue };
+            *refs -= 1;
+            if *refs == 0 {
+                self.addr_refs.remove(&addr);
+                self.release_addr(addr);
             }
         }
-        first_error.map_or(Ok(stats), Err)
+    }
+
+    fn release_addr(&mut self, addr: Backend) {
+        match converged(self.backend_addrs.remove(&addr)) {
+            Ok(()) => drop(self.known_addrs.remove(&addr)),
+            // Removed again at the next apply.
+            Err(err) => {
+                tracing::warn!(addr = %backend_addr(&addr), "cannot remove from {}: {err}", maps::BACKEND_ADDRS);
+                self.unremoved_addrs.push(addr);
+            }
+        }
     }
 
     /// Refuses an update that would overflow a map at any point of applying it. Stale
     /// services are removed first; each changed service then holds its old and its new slots
     /// for a moment, so the peak is the larger of the two per service plus the largest new set.
-    fn check_fits(&self, planned: &[(&ResolvedService, Vec<Backend>)]) -> Result<(), ServiceLbError> {
+    fn check_fits(
+        &self,
+        planned: &[(&ResolvedService, Vec<Backend>)],
+        stale: &[ServiceKey],
+    ) -> Result<(), ServiceLbError> {
         for (service, slots) in planned {
             if slots.len() > mesh_common::service_lb::MAX_SLOTS {
                 return Err(ServiceLbError::TooManySlots {
@@ -258,7 +342,12 @@ impl ServiceTable {
                 });
             }
         }
-        let services = planned.len() as u64;
+        // What stays untouched, then what changes.
+        let touched: HashSet<ServiceKey> = planned.iter().map(|(s, _)| s.key).chain(stale.iter().copied()).collect();
+        let untouched = self.programmed.iter().filter(|(key, _)| !touched.contains(*key));
+        let (kept_services, kept_slots) =
+            untouched.fold((0u64, 0u64), |(n, slots), (_, (_, backends))| (n + 1, slots + backends.len() as u64));
+        let services = kept_services + planned.len() as u64;
         if services > u64::from(self.capacities.services) {
             return Err(ServiceLbError::Capacity {
                 map: maps::SERVICES,
@@ -267,7 +356,7 @@ impl ServiceTable {
                 key: crate::config::ENV_SERVICES_MAX,
             });
         }
-        let mut steady = 0u64;
+        let mut steady = kept_slots;
         let mut largest_new = 0u64;
         for (service, slots) in planned {
             let programmed = self.backends_of(&service.key);
@@ -295,17 +384,18 @@ impl ServiceTable {
         self.programmed.get(key).map(|(_, backends)| backends.as_slice())
     }
 
-    fn apply_one(&mut self, service: &ResolvedService, slots: Vec<Backend>) -> Result<bool, ServiceLbError> {
+    fn apply_one(&mut self, service: &ResolvedService, slots: &[Backend]) -> Result<bool, ServiceLbError> {
         let previous = self.programmed.get(&service.key).map(|(entry, _)| *entry);
         if previous.is_some_and(|p| p.affinity_timeout_s == service.affinity_timeout_s)
-            && self.backends_of(&service.key) == Some(slots.as_slice())
+            && self.backends_of(&service.key) == Some(slots)
         {
             return Ok(false);
         }
+        self.hold_addrs(&service.name, slots)?;
         let revision = self.allocate_revision();
         let count = u16::try_from(slots.len()).expect("checked: at most MAX_SLOTS slots");
         let entry = ServiceEntry { revision, count, flags: 0, affinity_timeout_s: service.affinity_timeout_s, _pad: 0 };
-        for (slot, backend) in (0u32..).zip(&slots) {
+        for (slot, backend) in (0u32..).zip(slots) {
             if let Err(source) = self.backends.insert(&BackendKey { revision, slot }, backend, 0) {
                 self.delete_slots(ServiceEntry { count: slot as u16, ..entry });
                 return Err(ServiceLbError::Write { service: service.name.clone(), map: maps::BACKENDS, source });
@@ -327,7 +417,12 @@ impl ServiceTable {
             revision,
             "service programmed"
         );
-        self.programmed.insert(service.key, (entry, slots));
+        for addr in distinct(slots) {
+            *self.addr_refs.entry(addr).or_insert(0) += 1;
+        }
+        if let Some((_, old)) = self.programmed.insert(service.key, (entry, slots.to_vec())) {
+            self.drop_refs(&old);
+        }
         Ok(true)
     }
 

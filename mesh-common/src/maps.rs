@@ -78,9 +78,12 @@ pub const DEFAULT_VERDICTS_MAX: u32 = 16_384;
 /// used go first, and a datagram whose entry went is dropped whole at a pod under policy).
 pub const DEFAULT_FRAGMENTS_MAX: u32 = 8_192;
 
-/// Default size of [`EVENTS`] in bytes (a power of two): 16 MiB, about 170,000 events, so
-/// the agent may fall 0.17 s behind a million events a second before any is lost.
-pub const DEFAULT_EVENTS_BYTES: u32 = 16 << 20;
+/// Default size of [`EVENTS`] in bytes (a power of two): 4 MiB, about 42,000 events, so the
+/// agent may fall 40 ms behind a million events a second before any is lost (and every loss
+/// is counted). The kernel maps a ring buffer's pages twice into the reader (so a record
+/// never wraps), so it costs the agent twice its size in RSS: 8 MiB here, 32 MiB at the
+/// 16 MiB this was before the control-plane benchmark counted it.
+pub const DEFAULT_EVENTS_BYTES: u32 = 4 << 20;
 /// Default capacity of [`XLATE`] (translated TCP connections; least recently used go first).
 pub const DEFAULT_XLATE_MAX: u32 = 65_536;
 

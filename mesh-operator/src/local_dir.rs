@@ -102,8 +102,7 @@ impl LocalDir {
         }
         let mut errors = Vec::new();
         let mut changes = Vec::new();
-        for file in touched {
-            let (objects, file_errors) = if file.is_file() { parse_file(&file) } else { (Vec::new(), Vec::new()) };
+        for (file, (objects, file_errors)) in parse_files(touched.into_iter().collect()) {
             let before = self.files.remove(&file).unwrap_or_default();
             let mut kept = BTreeMap::new();
             for (key, object, fingerprint) in objects {
@@ -125,9 +124,11 @@ impl LocalDir {
             }
             // An object whose new version is refused keeps its previous one: an invalid edit
             // never takes a policy (or anything else) away.
+            // A file that cannot be read or parsed at all keeps every object it had.
             let refused: BTreeSet<String> = file_errors.iter().map(|e| e.object.clone()).collect();
+            let whole_file = refused.contains("(file)");
             for (key, fingerprint) in &before {
-                if !kept.contains_key(key) && refused.contains(&key.to_string()) {
+                if !kept.contains_key(key) && (whole_file || refused.contains(&key.to_string())) {
                     kept.insert(key.clone(), *fingerprint);
                 }
             }
@@ -170,6 +171,31 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), std::io::Erro
     Ok(())
 }
 
+type Parsed = (Vec<(ObjectKey, Object, u64)>, Vec<ManifestError>);
+
+/// Parses `files` (a gone one has no objects) on every core, in order. Parsing is CPU-bound
+/// (serde-saphyr reads about 4 MB/s): a directory of 10,000 services takes about 3 s on one core.
+fn parse_files(files: Vec<PathBuf>) -> Vec<(PathBuf, Parsed)> {
+    let parse = |file: &PathBuf| if file.is_file() { parse_file(file) } else { (Vec::new(), Vec::new()) };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from).min(files.len());
+    if threads <= 1 {
+        return files
+            .into_iter()
+            .map(|file| {
+                let parsed = parse(&file);
+                (file, parsed)
+            })
+            .collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    let parsed: Vec<Parsed> = std::thread::scope(|scope| {
+        let workers: Vec<_> =
+            files.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>())).collect();
+        workers.into_iter().flat_map(|worker| worker.join().expect("parsing a manifest panicked")).collect()
+    });
+    files.into_iter().zip(parsed).collect()
+}
+
 /// The objects of one file (each with a fingerprint of its document), and one error per
 /// object (or document) that is not valid.
 pub fn parse_file(path: &Path) -> (Vec<(ObjectKey, Object, u64)>, Vec<ManifestError>) {
@@ -184,18 +210,14 @@ pub fn parse_file(path: &Path) -> (Vec<(ObjectKey, Object, u64)>, Vec<ManifestEr
         Ok(text) => text,
         Err(err) => return (Vec::new(), vec![error("(file)".into(), "(file)", err.to_string())]),
     };
+    // A syntax error or a limit refuses the whole file: nothing in it can be trusted.
+    let documents = match mesh_common::yaml::documents::<serde_json::Value>(&text) {
+        Ok(documents) => documents,
+        Err(err) => return (Vec::new(), vec![error("(file)".into(), "(syntax)", err.to_string())]),
+    };
     let mut objects = Vec::new();
     let mut errors = Vec::new();
-    // A syntax error or a limit ends the documents: nothing after it can be trusted.
-    for (n, document) in mesh_common::yaml::documents::<serde_json::Value>(&text).into_iter().enumerate() {
-        let value = match document {
-            Ok(serde_json::Value::Null) => continue,
-            Ok(value) => value,
-            Err(err) => {
-                errors.push(error(format!("document {}", n + 1), "(syntax)", err.to_string()));
-                continue;
-            }
-        };
+    for (n, value) in documents.into_iter().enumerate() {
         match object(&value) {
             Ok(Some((key, object))) => objects.push((key, object, fingerprint(&value))),
             Ok(None) => {}

@@ -143,7 +143,7 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
         ("bad.yaml", "ConfigMap (apiVersion v1)", "kind"),
         ("bad.yaml", "Pod/demo/bad-ip", "status.podIP"),
         ("bad.yaml", "NetworkPolicy/demo/bad-selector", "spec.podSelector.matchExpressions[0].operator"),
-        ("broken.yaml", "document 1", "(syntax)"),
+        ("broken.yaml", "(file)", "(syntax)"),
     ];
     for (file, object, field) in expect {
         assert!(

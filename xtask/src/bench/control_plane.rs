@@ -91,6 +91,12 @@ pub fn run(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<Report
     let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
     let (p50, p99) = (percentile(0.5), percentile(0.99));
     let (agent_rss, operator_rss) = (rss_mib(agent.pid)?, rss_mib(operator_pid)?);
+    // Both logs stay for a look at where the time went (the agent times each update).
+    let logs = cargo::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::write(logs.join("control-plane-agent.log"), agent.log())?;
+    std::fs::copy(&operator_log, logs.join("control-plane-operator.log"))?;
+    let _ = std::fs::copy(format!("/proc/{}/smaps", agent.pid), logs.join("control-plane-agent.smaps"));
     drop(operator_log);
     drop(lab);
 
