@@ -1,8 +1,11 @@
 //! Loading the kernel programs, attaching them, and leaving (or keeping) them on exit.
 //!
-//! Maps are pinned by name in the node's bpffs directory. With keep-datapath the links are
-//! pinned too, under `links/`, so the programs stay attached after the agent exits; the next
-//! agent attaches its own and then removes those pins, so the datapath never has a gap.
+//! Maps are pinned by name in the node's bpffs directory, and every link is pinned under
+//! `links/` as soon as it is attached (named with this agent's generation), so the programs
+//! stay attached however the agent ends: a crashed or SIGKILLed agent leaves the datapath
+//! running on the last state it wrote, as Cilium's does. The next agent attaches its own
+//! links and then removes the pins of the one before, so the datapath never has a gap. An
+//! agent stopped without keep-datapath removes its pins (which detaches everything).
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +18,10 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
-        cgroup_sock_addr::CgroupSockAddrLinkId, links::FdLink, sock_ops::SockOpsLinkId, tc::SchedClassifierLinkId,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
+        links::{FdLink, PinnedLink},
+        sock_ops::SockOpsLinkId,
+        tc::SchedClassifierLinkId,
     },
 };
 use mesh_common::{maps, programs};
@@ -74,12 +80,12 @@ enum LinkId {
     Tc(SchedClassifierLinkId),
 }
 
-/// One attachment the agent made.
+/// One attachment the agent made, pinned.
 struct Attachment {
     program: &'static str,
     /// What it is attached to, for logs and pin names: `cgroup` or an interface name.
     target: String,
-    id: LinkId,
+    link: PinnedLink,
 }
 
 /// A pod whose interface carries the TC programs.
@@ -103,6 +109,9 @@ pub struct Datapath {
     pods: BTreeMap<String, (AttachedPod, Vec<Attachment>)>,
     /// Links a previous agent left pinned; removed once this agent's own are attached.
     previous_links: Vec<PathBuf>,
+    /// This agent's links directory and the suffix of its pins.
+    links_dir: PathBuf,
+    generation: String,
 }
 
 impl Datapath {
@@ -110,9 +119,15 @@ impl Datapath {
     /// capacities are the configured ones.
     pub fn load(bpffs: &Path, capacities: Capacities) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(bpffs).map_err(|source| DatapathError::PinDir { path: bpffs.to_owned(), source })?;
-        let previous_links = std::fs::read_dir(bpffs.join(LINKS_DIR))
+        let links_dir = bpffs.join(LINKS_DIR);
+        let previous_links = std::fs::read_dir(&links_dir)
             .map(|dir| dir.filter_map(Result::ok).map(|entry| entry.path()).collect())
             .unwrap_or_default();
+        std::fs::create_dir_all(&links_dir)
+            .map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        // bpffs refuses names with a '.'.
+        let generation = format!("{}_{}", since_epoch.as_millis(), std::process::id());
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(bpffs);
         for (map, wanted) in capacities.by_map() {
@@ -135,6 +150,8 @@ impl Datapath {
             capacities,
             pods: BTreeMap::new(),
             previous_links,
+            links_dir,
+            generation,
         })
     }
 
@@ -150,7 +167,8 @@ impl Datapath {
                 .attach(file.as_fd(), CgroupAttachMode::default())
                 .map_err(|source| DatapathError::Attach { name, target: cgroup.display().to_string(), source })?;
             tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
-            self.attachments.push(Attachment { program: name, target: "cgroup".into(), id: LinkId::Cgroup(id) });
+            let attachment = self.pin(name, "cgroup", LinkId::Cgroup(id))?;
+            self.attachments.push(attachment);
         }
         let name = programs::SOCKOPS;
         let program: &mut SockOps = program(&mut self.ebpf, name)?;
@@ -161,7 +179,8 @@ impl Datapath {
             source,
         })?;
         tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
-        self.attachments.push(Attachment { program: name, target: "cgroup".into(), id: LinkId::SockOps(id) });
+        let attachment = self.pin(name, "cgroup", LinkId::SockOps(id))?;
+        self.attachments.push(attachment);
         self.cgroup = Some(cgroup.to_owned());
         Ok(())
     }
@@ -211,7 +230,7 @@ impl Datapath {
         for name in gone {
             let (attached, links) = self.pods.remove(&name).expect("listed above");
             for attachment in links {
-                if let Err(err) = detach(&mut self.ebpf, attachment) {
+                if let Err(err) = detach(attachment) {
                     errors.push(err);
                 }
             }
@@ -234,35 +253,34 @@ impl Datapath {
                 return errors;
             }
         }
-        let ebpf = &mut self.ebpf;
-        let attached = netns::run_in(netns, || {
-            new.iter()
-                .map(|pod| {
-                    let iface = pod_iface::find(&pod.name, pod.ip)?;
-                    let mut links = Vec::new();
-                    for (name, hook) in
-                        [(programs::FROM_POD, TcAttachType::Ingress), (programs::TO_POD, TcAttachType::Egress)]
-                    {
-                        let program: &mut SchedClassifier = program(ebpf, name)?;
-                        let attached = program.attach(iface.ifindex, hook).map_err(|source| DatapathError::Attach {
-                            name,
-                            target: iface.name.clone(),
-                            source,
-                        });
-                        match attached {
-                            Ok(id) => {
-                                links.push(Attachment { program: name, target: iface.name.clone(), id: LinkId::Tc(id) })
-                            }
-                            Err(err) => {
-                                links.into_iter().for_each(|link| drop(detach(ebpf, link)));
-                                return Err(err);
+        let (ebpf, links_dir, generation) = (&mut self.ebpf, &self.links_dir, &self.generation);
+        let attached =
+            netns::run_in(netns, || {
+                new.iter()
+                    .map(|pod| {
+                        let iface = pod_iface::find(&pod.name, pod.ip)?;
+                        let mut links = Vec::new();
+                        for (name, hook) in
+                            [(programs::FROM_POD, TcAttachType::Ingress), (programs::TO_POD, TcAttachType::Egress)]
+                        {
+                            let program: &mut SchedClassifier = program(ebpf, name)?;
+                            let attached = program
+                                .attach(iface.ifindex, hook)
+                                .map_err(|source| DatapathError::Attach { name, target: iface.name.clone(), source });
+                            let pinned = attached
+                                .and_then(|id| pin(ebpf, links_dir, generation, name, &iface.name, LinkId::Tc(id)));
+                            match pinned {
+                                Ok(attachment) => links.push(attachment),
+                                Err(err) => {
+                                    links.into_iter().for_each(|link| drop(detach(link)));
+                                    return Err(err);
+                                }
                             }
                         }
-                    }
-                    Ok((AttachedPod { pod: pod.name.clone(), ip: pod.ip, iface }, links))
-                })
-                .collect::<Vec<Result<_, DatapathError>>>()
-        });
+                        Ok((AttachedPod { pod: pod.name.clone(), ip: pod.ip, iface }, links))
+                    })
+                    .collect::<Vec<Result<_, DatapathError>>>()
+            });
         match attached {
             Err(err) => errors.push(err.into()),
             Ok(results) => {
@@ -309,25 +327,27 @@ impl Datapath {
         }
     }
 
-    /// Ends the agent's hold on the datapath. With `keep`, links are pinned and maps stay; the
-    /// programs go on running. Without, everything is detached and the pins are removed.
+    /// Pins a link this agent just attached.
+    fn pin(&mut self, program: &'static str, target: &str, id: LinkId) -> Result<Attachment, DatapathError> {
+        pin(&mut self.ebpf, &self.links_dir, &self.generation, program, target, id)
+    }
+
+    /// Ends the agent's hold on the datapath. With `keep`, the links stay pinned and the maps
+    /// stay: the programs go on running. Without, everything is detached and the pins are
+    /// removed.
     pub fn shutdown(mut self, keep: bool) -> Result<(), DatapathError> {
+        let pod_links = std::mem::take(&mut self.pods).into_values().flat_map(|(_, links)| links);
+        let all: Vec<Attachment> = std::mem::take(&mut self.attachments).into_iter().chain(pod_links).collect();
         if keep {
-            let links_dir = self.bpffs.join(LINKS_DIR);
-            std::fs::create_dir_all(&links_dir)
-                .map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
-            let pod_links = std::mem::take(&mut self.pods).into_values().flat_map(|(_, links)| links);
-            let all: Vec<Attachment> = std::mem::take(&mut self.attachments).into_iter().chain(pod_links).collect();
-            for attachment in all {
-                let path = links_dir.join(format!("{}-{}", attachment.program, attachment.target));
-                let link = take_link(&mut self.ebpf, attachment)
-                    .map_err(|reason| DatapathError::PinLink { path: path.clone(), reason })?;
-                let _ = std::fs::remove_file(&path);
-                link.pin(&path)
-                    .map_err(|err| DatapathError::PinLink { path: path.clone(), reason: err.to_string() })?;
-            }
+            drop(all);
             tracing::info!(bpffs = %self.bpffs.display(), "datapath kept: links and maps stay pinned");
             return Ok(());
+        }
+        let mut first_error = None;
+        for attachment in all {
+            if let Err(err) = detach(attachment) {
+                first_error.get_or_insert(err);
+            }
         }
         let bpffs = self.bpffs.clone();
         drop(self);
@@ -337,8 +357,25 @@ impl Datapath {
         let _ = std::fs::remove_dir_all(bpffs.join(LINKS_DIR));
         let _ = std::fs::remove_dir(&bpffs);
         tracing::info!(bpffs = %bpffs.display(), "datapath detached, pins removed");
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Takes the link `id` of `program` from the object and pins it under `links_dir`: from now
+/// on it outlives the agent until its pin is removed.
+fn pin(
+    ebpf: &mut Ebpf,
+    links_dir: &Path,
+    generation: &str,
+    program: &'static str,
+    target: &str,
+    id: LinkId,
+) -> Result<Attachment, DatapathError> {
+    let path = links_dir.join(format!("{program}-{}-{generation}", target.replace('.', "_")));
+    let link = take_link(ebpf, program, id).map_err(|reason| DatapathError::PinLink { path: path.clone(), reason })?;
+    let _ = std::fs::remove_file(&path);
+    let link = link.pin(&path).map_err(|err| DatapathError::PinLink { path: path.clone(), reason: err.to_string() })?;
+    Ok(Attachment { program, target: target.to_owned(), link })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
@@ -349,20 +386,18 @@ where
     program.try_into().map_err(|source| DatapathError::Program { name, source })
 }
 
-fn detach(ebpf: &mut Ebpf, attachment: Attachment) -> Result<(), DatapathError> {
-    let name = attachment.program;
-    let result = match attachment.id {
-        LinkId::Cgroup(id) => program::<CgroupSockAddr>(ebpf, name)?.detach(id),
-        LinkId::SockOps(id) => program::<SockOps>(ebpf, name)?.detach(id),
-        LinkId::Tc(id) => program::<SchedClassifier>(ebpf, name)?.detach(id),
-    };
-    result.map_err(|source| DatapathError::Attach { name, target: attachment.target, source })
+/// Removes the pin of `attachment`; closing its last descriptor detaches the program.
+fn detach(attachment: Attachment) -> Result<(), DatapathError> {
+    let Attachment { program, target, link } = attachment;
+    link.unpin().map(drop).map_err(|err| DatapathError::PinLink {
+        path: PathBuf::from(format!("{program} on {target}")),
+        reason: format!("cannot remove the pin: {err}"),
+    })
 }
 
-fn take_link(ebpf: &mut Ebpf, attachment: Attachment) -> Result<FdLink, String> {
-    let name = attachment.program;
+fn take_link(ebpf: &mut Ebpf, name: &'static str, id: LinkId) -> Result<FdLink, String> {
     let err = |e: &dyn std::fmt::Display| format!("{name}: {e}");
-    match attachment.id {
+    match id {
         LinkId::Cgroup(id) => {
             let program: &mut CgroupSockAddr = program(ebpf, name).map_err(|e| err(&e))?;
             let link = program.take_link(id).map_err(|e| err(&e))?;

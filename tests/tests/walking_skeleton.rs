@@ -86,6 +86,33 @@ fn a_kept_datapath_outlives_the_agent_and_is_taken_over() {
 }
 
 #[test]
+fn a_killed_agent_leaves_the_datapath_running_and_the_next_one_takes_over() {
+    if !privileged("a_killed_agent_leaves_the_datapath_running_and_the_next_one_takes_over") {
+        return;
+    }
+    let lab = scenario::web_lab().expect("lab");
+    let client = Placement::pod(lab.pod(CLIENT));
+    let node = &lab.nodes[0];
+    let state = scenario::web_state(&lab);
+
+    // Without --keep-datapath: a crash is not a choice the agent made.
+    let first = Agent::start(&lab, node, &state, &[]).expect("agent ready");
+    lab.signal(first.pid, libc::SIGKILL).expect("SIGKILL");
+    lab.stop(first.pid, Duration::from_secs(10)).expect("reaped");
+    let summary = connect(&lab, &client, 20, PER_CONNECTION);
+    assert_eq!(summary.ok, 20, "the datapath must outlive a killed agent: {summary:?}\n{}", first.log());
+
+    let second = Agent::start(&lab, node, &state, &[]).expect("second agent ready");
+    assert!(second.log().contains("took over"), "the second agent did not take over:\n{}", second.log());
+    let summary = connect(&lab, &client, 20, PER_CONNECTION);
+    assert_eq!(summary.ok, 20, "{summary:?}");
+    assert!(lab.stop(second.pid, Duration::from_secs(10)).expect("agent stops").success(), "{}", second.log());
+    let after = connect(&lab, &client, 1, SHORT);
+    assert_eq!((after.ok, after.failed), (0, 1), "the killed agent's links must be gone too: {after:?}");
+    assert!(!node.bpffs.exists(), "pins left behind");
+}
+
+#[test]
 fn a_pod_the_node_cannot_route_stops_the_agent_with_the_pod_named() {
     if !privileged("a_pod_the_node_cannot_route_stops_the_agent_with_the_pod_named") {
         return;
