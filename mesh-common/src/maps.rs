@@ -40,8 +40,12 @@ pub const VERDICTS: &str = "mesh_verdicts";
 
 /// Flow events (ring buffer of [`crate::flows::FlowEvent`] records; its size is in bytes).
 pub const EVENTS: &str = "mesh_events";
-/// Events that did not fit in [`EVENTS`] (per-CPU array of one `u64`): counted, never silent.
+/// The events' counters (per-CPU array of `u64`): at [`EVENTS_LOST_SLOT`] the events that
+/// did not fit in [`EVENTS`] (counted, never silent), at [`EVENTS_SENT_SLOT`] those that did,
+/// so that every event is either read by the agent or counted as lost, and a check can tell.
 pub const EVENTS_LOST: &str = "mesh_ev_lost";
+pub const EVENTS_LOST_SLOT: u32 = 0;
+pub const EVENTS_SENT_SLOT: u32 = 1;
 /// Translated TCP connections (LRU): [`crate::flows::TupleKey`] ->
 /// [`crate::service_lb::ServiceAddr`], so TC names the service in a flow's events.
 pub const XLATE: &str = "mesh_xlate";

@@ -8,20 +8,21 @@ use aya_ebpf::{
 };
 use mesh_common::{
     flows::{FLOW_START, FlowEvent},
+    maps::{EVENTS_LOST_SLOT, EVENTS_SENT_SLOT},
     policy::{ALLOW, EGRESS},
     proto,
 };
 
 use crate::maps::{EVENTS, EVENTS_LOST};
 
-/// Sends `event`; when the ring buffer is full, counts it as lost instead.
+/// Sends `event` and counts it as sent; when the ring buffer is full, counts it as lost
+/// instead.
 #[inline(always)]
 pub fn emit(event: &FlowEvent) {
-    if EVENTS.output(event, 0).is_err()
-        && let Some(lost) = EVENTS_LOST.get_ptr_mut(0)
-    {
+    let slot = if EVENTS.output(event, 0).is_ok() { EVENTS_SENT_SLOT } else { EVENTS_LOST_SLOT };
+    if let Some(count) = EVENTS_LOST.get_ptr_mut(slot) {
         // SAFETY: a per-CPU value: only this CPU writes it while this program runs.
-        unsafe { *lost += 1 };
+        unsafe { *count += 1 };
     }
 }
 

@@ -60,7 +60,7 @@ pub static VERDICTS: PerCpuHashMap<VerdictKey, VerdictCount> = PerCpuHashMap::pi
 pub static EVENTS: RingBuf = RingBuf::pinned(DEFAULT_EVENTS_BYTES, 0);
 
 #[map(name = "mesh_ev_lost")]
-pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
 
 #[map(name = "mesh_xlate")]
 pub static XLATE: LruHashMap<TupleKey, ServiceAddr> = LruHashMap::pinned(DEFAULT_XLATE_MAX, 0);

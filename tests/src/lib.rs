@@ -13,6 +13,7 @@ pub mod netpol;
 pub mod operator;
 pub mod privileges;
 pub mod scenario;
+pub mod traffic;
 
 use std::path::PathBuf;
 

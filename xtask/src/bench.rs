@@ -147,7 +147,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn print(&self) {
+    pub fn print(&self) {
         println!(
             "\n{:<14} {:>7} {:<18} {:>12} {:<5} {:<14} {:>8}",
             "case", "scale", "metric", "value", "unit", "baseline", "ratio"
@@ -170,7 +170,7 @@ impl Report {
         }
     }
 
-    fn write(&self) -> anyhow::Result<PathBuf> {
+    pub fn write(&self) -> anyhow::Result<PathBuf> {
         let dir = crate::cargo::workspace_root().join("target/bench");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}.json", self.bench));

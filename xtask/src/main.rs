@@ -6,6 +6,7 @@ mod cargo;
 mod crds;
 mod demo;
 mod lab;
+mod soak;
 mod suite;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,21 @@ enum Task {
         #[command(subcommand)]
         bench: bench::Bench,
     },
+    /// The mesh under steady traffic and a chaos schedule (agents and operator killed,
+    /// frozen, down; endpoint and policy churn; invalid manifests): fails on any failed
+    /// connection to a live endpoint, any answered denied probe, any uncounted flow event or
+    /// anything left behind. Writes target/bench/soak.json.
+    Soak {
+        /// How long (CI runs 60).
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Short connections and UDP requests a second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Run the debug build (CI's) instead of the release build.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Local labs: bring one up, list them, remove leftovers of crashed runs.
     Lab {
         #[command(subcommand)]
@@ -47,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo => demo::run(),
         Task::GenCrds { check } => crds::run(check),
         Task::Bench { bench } => bench::run(bench),
+        Task::Soak { seconds, rate, debug } => soak::run(seconds, rate, !debug),
         Task::Lab { action } => lab::run(action),
     };
     match result {

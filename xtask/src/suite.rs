@@ -33,6 +33,8 @@ pub fn run() -> anyhow::Result<()> {
     cargo::run(&["build", "--bins"], &[])?;
     // A privileged test that cannot run fails instead of skipping.
     cargo::run(&["test"], &[(ENV_REQUIRE_PRIVILEGED, "1")])?;
+    // A minute of the soak: traffic through every data path under the chaos schedule.
+    crate::soak::run(60, 1000, false)?;
 
     let left: Vec<lab::Leftover> = lab::leftovers().into_iter().filter(|l| !before.contains(&l.id)).collect();
     if !left.is_empty() {

@@ -23,7 +23,7 @@ pub enum EventsError {
 
 /// The kernel's count of events that did not fit in the ring buffer, summed over CPUs.
 pub fn lost(counter: &PerCpuArray<MapData, u64>) -> u64 {
-    counter.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    counter.get(&mesh_common::maps::EVENTS_LOST_SLOT, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
 }
 
 /// Decodes one ring buffer record.

@@ -21,6 +21,9 @@
 //! - `labnet probe --to A[,B...] --protocol tcp|udp [--timeout-ms 1000]`: one connection (or
 //!   datagram) to every address at once; prints a JSON object of address -> reply (null when
 //!   none came).
+//! - `labnet soak --tcp A[,B] --udp C --rate 1000 --duration-ms N --hold 4 --log F`: the
+//!   soak's traffic (`mesh_tests::traffic`): short attempts at a steady rate and long-lived
+//!   connections, every failure (or, with `--log-all`, every attempt) logged with its time.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -113,6 +116,26 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// The soak's traffic: short TCP connections and UDP requests at RATE a second, and HOLD
+    /// long-lived connections, for DURATION_MS; attempts go to LOG, a JSON report to stdout.
+    Soak {
+        #[arg(long, value_delimiter = ',')]
+        tcp: Vec<SocketAddr>,
+        #[arg(long, value_delimiter = ',')]
+        udp: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        hold: u32,
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        log_all: bool,
+    },
     /// Short connections to random addresses of TO for DURATION_MS; print a JSON load report.
     Load {
         #[arg(long, value_delimiter = ',', required = true)]
@@ -145,6 +168,18 @@ fn main() -> std::process::ExitCode {
         }
         Cmd::Probe { to, protocol, timeout_ms } => {
             print(&probe(&to, protocol == "tcp", Duration::from_millis(timeout_ms)))
+        }
+        Cmd::Soak { tcp, udp, rate, duration_ms, timeout_ms, hold, log, log_all } => {
+            let plan = mesh_tests::traffic::SoakPlan {
+                tcp,
+                udp,
+                rate,
+                duration: Duration::from_millis(duration_ms),
+                timeout: Duration::from_millis(timeout_ms),
+                hold,
+                log_all,
+            };
+            mesh_tests::traffic::soak(&plan, &log).and_then(|r| print(&r))
         }
         Cmd::Load { to, duration_ms, max, cpu } => {
             pin(cpu).and_then(|()| load(&to, Duration::from_millis(duration_ms), max)).and_then(|r| print(&r))

@@ -1,0 +1,663 @@
+//! `cargo xtask soak`: the mesh under steady traffic while a chaos schedule kills, freezes and
+//! churns it. A two-node lab in local mode:
+//!
+//! - node-0: `client`, `web-a`, `churn-a`; node-1: `web-b`, `intruder`, `churn-b`, `guarded`.
+//! - Services (TCP and UDP port 80 -> 8080): `web` (web-a, web-b), `churn` (the churn pods
+//!   present), `guarded` (TCP). A NetworkPolicy lets only `client` into web and churn pods;
+//!   `guarded`'s policy flips between allowing `client` and denying everyone.
+//! - Traffic (`labnet soak`): `client` makes `--rate` short connections and UDP requests a
+//!   second to web and churn, and holds long-lived connections to both; `intruder` probes web
+//!   (every answer is a policy violation); `client` probes guarded (an answer while it is
+//!   denied is a violation, a failure while it is allowed is a failed connection).
+//! - Chaos, every cycle: each agent SIGKILLed and restarted, the operator SIGKILLed and
+//!   restarted, a burst of invalid manifests, the operator frozen (SIGSTOP) and then down
+//!   (60 s in runs of 5 minutes or more, 10 s in shorter ones); all along, a churn pod added or
+//!   removed every second and guarded's policy flipped every 5 s (only while nothing is down,
+//!   so that the flip can reach the datapath).
+//!
+//! Checked: no client attempt to a live endpoint fails (each failure printed with the chaos
+//! events around it), no denied probe is answered, agent and operator RSS (sampled every
+//! second: after warm-up, peak, end), every flow event of the final window either read by an
+//! agent or counted as lost, and nothing left behind. Writes `target/bench/soak.json`.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use mesh_tests::{
+    agent::Agent,
+    lab::{Lab, Placement},
+    operator::{Operator, free_port},
+    traffic::{Attempt, SoakReport, now_ms, read_log},
+};
+
+use crate::{
+    bench::{Report, Row},
+    cargo,
+};
+
+const NODES: [&[&str]; 2] = [&["client", "web-a", "churn-a"], &["web-b", "intruder", "churn-b", "guarded"]];
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const CHURN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const PORT: u16 = 80;
+const TARGET_PORT: u16 = 8080;
+/// Probes a second from the intruder and to guarded.
+const PROBE_RATE: u32 = 20;
+/// A probe's timeout (a denied one waits for it).
+const PROBE_TIMEOUT_MS: u64 = 300;
+/// After a policy flip, probes are not judged for this long (the flip travels file ->
+/// operator -> agents -> maps).
+const FLIP_GRACE_MS: u64 = 2_000;
+/// The final window in which every flow event is accounted for: no chaos but churn.
+const TAIL: Duration = Duration::from_secs(10);
+/// RSS is taken as "after warm-up" at this point.
+const WARM_UP: Duration = Duration::from_secs(10);
+/// Chaos events around a failure that are printed with it.
+const CONTEXT_MS: u64 = 3_000;
+
+pub fn run(seconds: u64, rate: u32, release: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(seconds >= 40, "--seconds: at least 40 (one chaos cycle needs 30 s and the final window 10 s)");
+    anyhow::ensure!((1..=5_000).contains(&rate), "--rate: 1 to 5000 attempts a second");
+    let started = Instant::now();
+    if release {
+        cargo::run(&["build", "--release", "--bins"], &[])?;
+        // SAFETY: single-threaded here; the lab helpers read it to find the binaries.
+        unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    } else {
+        cargo::run(&["build", "--bins"], &[])?;
+        // SAFETY: as above.
+        unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/debug")) };
+    }
+    let before: Vec<String> = mesh_tests::lab::leftovers().into_iter().map(|l| l.id).collect();
+    let outcome = soak(seconds, rate);
+    let leftovers = mesh_tests::lab::leftovers().into_iter().filter(|l| !before.contains(&l.id)).collect::<Vec<_>>();
+    let (mut report, judged) = outcome?;
+    report.rows.push(row("soak", "leftovers", leftovers.len() as f64, "count"));
+    report
+        .notes
+        .push(format!("soak of {seconds} s at {rate} attempts/s took {:.0} s", started.elapsed().as_secs_f64()));
+    report.print();
+    let path = report.write()?;
+    println!("\nwritten to {}", path.display());
+    let mut problems = judged;
+    if !leftovers.is_empty() {
+        problems.push(format!("left behind: {leftovers:?}"));
+    }
+    // Memory growth is judged on long runs only: a minute is mostly restarts.
+    if seconds >= 300 {
+        for r in report.rows.iter().filter(|r| r.metric == "rss_end_mib") {
+            let start = report.rows.iter().find(|s| s.case == r.case && s.metric == "rss_start_mib").map(|s| s.value);
+            if let Some(start) = start
+                && r.value > start * 1.1
+            {
+                problems.push(format!("{}: RSS grew from {start:.1} MiB to {:.1} MiB", r.case, r.value));
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!("==> soak passed");
+        Ok(())
+    } else {
+        bail!("soak failed:\n  {}", problems.join("\n  "))
+    }
+}
+
+fn row(case: &str, metric: &str, value: f64, unit: &str) -> Row {
+    Row { case: case.into(), scale: 0, metric: metric.into(), value, unit: unit.into(), baseline: None, ratio: None }
+}
+
+/// Runs the lab, the traffic and the chaos; returns the report and what failed.
+fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
+    let lab = Lab::new(&NODES).context("bringing up the lab")?;
+    for pod in ["web-a", "web-b", "churn-a", "churn-b", "guarded"] {
+        mesh_tests::labnet::serve(&lab, lab.pod(pod), TARGET_PORT, pod)?;
+    }
+    let manifests = lab.dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    write_atomic(&manifests, "base.yaml", &base_manifests(&lab))?;
+    write_atomic(&manifests, "churn.yaml", &churn_manifests(&lab, &["churn-a", "churn-b"]))?;
+    write_atomic(&manifests, "guarded.yaml", &guarded_policy(true))?;
+
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let endpoint = format!("http://{listen}");
+    let operator = Operator::start(&lab, &manifests, listen)?;
+    let mut agents = Vec::new();
+    for node in &lab.nodes {
+        agents.push(Agent::follow(&lab, node, &endpoint, &[]).with_context(|| format!("the agent of {}", node.name))?);
+    }
+    let mut chaos = Chaos {
+        lab: &lab,
+        manifests: manifests.clone(),
+        listen,
+        endpoint,
+        operator: Some(operator.pid),
+        agents,
+        events: Vec::new(),
+        flips: vec![(now_ms(), true)],
+        churn_step: 0,
+        quiet_until: Instant::now(),
+        pids: Arc::new(Mutex::new(BTreeMap::new())),
+    };
+    chaos.publish_pids();
+
+    // RSS of every daemon, every second, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (pids, stop) = (chaos.pids.clone(), stop.clone());
+        std::thread::spawn(move || sample_rss(&pids, &stop))
+    };
+
+    let main_span = Duration::from_secs(seconds) - TAIL;
+    let schedule = schedule(main_span);
+    println!("==> soak: {seconds} s, {rate} attempts/s; chaos: {}", describe(&schedule));
+    let logs = lab.dir.join("soak");
+    std::fs::create_dir_all(&logs)?;
+    // The chaos segment.
+    let first = traffic(&lab, &logs, "chaos", rate, main_span, || chaos.run(main_span, &schedule))?;
+    // Quiet: the held connections of the first segment close; then count every event.
+    std::thread::sleep(Duration::from_secs(2));
+    let counted_before = count_events(&lab, &chaos)?;
+    let second = traffic(&lab, &logs, "tail", rate, TAIL, || chaos.run(TAIL, &[]))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let counted_after = count_events(&lab, &chaos)?;
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("the RSS sampler panicked");
+
+    let mut problems = Vec::new();
+    let mut rows = Vec::new();
+    // Failures of the client to live endpoints, with the events around each.
+    let mut failures: Vec<&Attempt> =
+        first.client_log.iter().chain(&second.client_log).filter(|a| !a.error.is_empty()).collect();
+    let (violations, guarded_failures) = judge_probes(&chaos.flips, &first, &second);
+    failures.extend(guarded_failures.iter());
+    for failure in failures.iter().take(20) {
+        println!("FAILED {failure:?}");
+        for (at, what) in chaos.events.iter().filter(|(at, _)| at.abs_diff(failure.at_ms) <= CONTEXT_MS) {
+            println!("    {:+} ms: {what}", *at as i64 - failure.at_ms as i64);
+        }
+    }
+    for violation in violations.iter().take(20) {
+        println!("VIOLATION {violation:?}");
+        for (at, what) in chaos.events.iter().filter(|(at, _)| at.abs_diff(violation.at_ms) <= CONTEXT_MS) {
+            println!("    {:+} ms: {what}", *at as i64 - violation.at_ms as i64);
+        }
+    }
+    let connections = first.client.attempts + second.client.attempts;
+    let held = first.client.held_exchanges + second.client.held_exchanges;
+    let failed = failures.len() as u64;
+    rows.push(row("soak", "connections", connections as f64, "count"));
+    rows.push(row("soak", "held_exchanges", held as f64, "count"));
+    rows.push(row("soak", "failed", failed as f64, "count"));
+    rows.push(row(
+        "soak",
+        "denied_probes",
+        (first.intruder.attempts + second.intruder.attempts + first.guarded.attempts + second.guarded.attempts) as f64,
+        "count",
+    ));
+    rows.push(row("soak", "policy_violations", violations.len() as f64, "count"));
+    if failed > 0 {
+        problems.push(format!("{failed} failed connections to live endpoints"));
+    }
+    if !violations.is_empty() {
+        problems.push(format!("{} denied probes were answered", violations.len()));
+    }
+    // Every flow event of the final window: read by an agent, or counted as lost.
+    let mut uncounted = 0i64;
+    let mut lost = 0u64;
+    for (node, before) in &counted_before {
+        let after = &counted_after[node];
+        let sent = after.sent - before.sent;
+        let read = after.seen - before.seen;
+        let node_lost = after.lost - before.lost;
+        lost += node_lost;
+        uncounted += sent as i64 - read as i64 - node_lost as i64;
+        println!("{node}: final window: {sent} events sent, {read} read, {node_lost} counted lost");
+    }
+    rows.push(row("soak", "lost_counted", lost as f64, "count"));
+    rows.push(row("soak", "lost_uncounted", uncounted.unsigned_abs() as f64, "count"));
+    if uncounted != 0 {
+        problems.push(format!("{uncounted} flow events neither read nor counted as lost"));
+    }
+    for (process, series) in &samples {
+        let after_warm_up: Vec<f64> = series.iter().filter(|(t, _)| *t >= WARM_UP).map(|(_, v)| *v).collect();
+        let start = after_warm_up.first().copied().unwrap_or(0.0);
+        let peak = series.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+        let end = series.last().map_or(0.0, |(_, v)| *v);
+        rows.push(row(process, "rss_start_mib", start, "MiB"));
+        rows.push(row(process, "rss_peak_mib", peak, "MiB"));
+        rows.push(row(process, "rss_end_mib", end, "MiB"));
+    }
+    let notes = vec![format!(
+        "chaos events: {}; client errors: {:?}",
+        chaos.events.len(),
+        first.client.errors.keys().chain(second.client.errors.keys()).collect::<Vec<_>>()
+    )];
+    drop(chaos);
+    drop(lab);
+    Ok((Report { bench: "soak".into(), rows, notes }, problems))
+}
+
+/// What one traffic segment saw.
+struct Segment {
+    client: SoakReport,
+    client_log: Vec<Attempt>,
+    intruder: SoakReport,
+    intruder_log: Vec<Attempt>,
+    guarded: SoakReport,
+    guarded_log: Vec<Attempt>,
+}
+
+/// Runs the three traffic generators for `span` while `during` runs on this thread.
+fn traffic(
+    lab: &Lab,
+    logs: &Path,
+    name: &str,
+    rate: u32,
+    span: Duration,
+    during: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Segment> {
+    let service = |ip: Ipv4Addr| SocketAddr::from((ip, PORT)).to_string();
+    let (both, web, guarded) = (format!("{},{}", service(WEB), service(CHURN)), service(WEB), service(GUARDED));
+    let generators = [
+        ("client", "client", vec!["--tcp", &both, "--udp", &both, "--hold", "4"], rate, 1000, false),
+        ("intruder", "intruder", vec!["--tcp", &web, "--udp", &web], PROBE_RATE, PROBE_TIMEOUT_MS, true),
+        ("guarded", "client", vec!["--tcp", &guarded], PROBE_RATE, PROBE_TIMEOUT_MS, true),
+    ];
+    let outputs = std::thread::scope(|scope| -> anyhow::Result<Vec<(SoakReport, Vec<Attempt>)>> {
+        let handles: Vec<_> = generators
+            .iter()
+            .map(|(label, pod, args, rate, timeout_ms, log_all)| {
+                let log = logs.join(format!("{name}-{label}.jsonl"));
+                scope.spawn(move || -> anyhow::Result<(SoakReport, Vec<Attempt>)> {
+                    let mut command =
+                        lab.placed_command(&Placement::pod(lab.pod(pod)), mesh_tests::labnet::binary())?;
+                    command.arg("soak").args(args);
+                    command.args(["--rate", &rate.to_string(), "--duration-ms", &span.as_millis().to_string()]);
+                    command.args(["--timeout-ms", &timeout_ms.to_string()]).arg("--log").arg(&log);
+                    if *log_all {
+                        command.arg("--log-all");
+                    }
+                    let output = lab.run(&mut command, span + Duration::from_secs(30))?;
+                    anyhow::ensure!(
+                        output.status.success(),
+                        "labnet soak ({label}) failed: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                    let report: SoakReport = serde_json::from_slice(&output.stdout).with_context(|| {
+                        format!("labnet soak ({label}) printed {:?}", String::from_utf8_lossy(&output.stdout))
+                    })?;
+                    Ok((report, read_log(&log)?))
+                })
+            })
+            .collect();
+        let chaos = during();
+        let outputs: Vec<_> = handles.into_iter().map(|h| h.join().expect("a traffic thread panicked")).collect();
+        chaos?;
+        outputs.into_iter().collect()
+    })?;
+    let mut outputs = outputs.into_iter();
+    let mut next = || outputs.next().expect("three generators");
+    let (client, client_log) = next();
+    let (intruder, intruder_log) = next();
+    let (guarded, guarded_log) = next();
+    Ok(Segment { client, client_log, intruder, intruder_log, guarded, guarded_log })
+}
+
+/// Denied probes answered (violations), and probes of guarded refused while it was allowed
+/// (failures), each judged against the policy in force: the last flip at least
+/// [`FLIP_GRACE_MS`] before the probe.
+fn judge_probes(flips: &[(u64, bool)], segments: &Segment, tail: &Segment) -> (Vec<Attempt>, Vec<Attempt>) {
+    let mut violations: Vec<Attempt> =
+        segments.intruder_log.iter().chain(&tail.intruder_log).filter(|a| a.error.is_empty()).cloned().collect();
+    let mut failures = Vec::new();
+    for attempt in segments.guarded_log.iter().chain(&tail.guarded_log) {
+        let Some(index) = flips.iter().rposition(|(at, _)| *at <= attempt.at_ms) else { continue };
+        let (at, open) = flips[index];
+        let settled = attempt.at_ms >= at + FLIP_GRACE_MS;
+        // The next flip may already be on its way.
+        let before_next = flips.get(index + 1).is_none_or(|(next, _)| attempt.at_ms < *next);
+        if !settled || !before_next {
+            continue;
+        }
+        match (open, attempt.error.is_empty()) {
+            (false, true) => violations.push(attempt.clone()),
+            (true, false) => failures.push(attempt.clone()),
+            _ => {}
+        }
+    }
+    (violations, failures)
+}
+
+/// One chaos event, at an offset into a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    KillAgent(usize),
+    KillOperator,
+    InvalidBurst,
+    InvalidBurstEnd,
+    FreezeOperator,
+    /// The frozen operator is killed and stays down for the given time.
+    OperatorDown(Duration),
+}
+
+/// The events of `span`: cycles of the events below, as many as fit.
+fn schedule(span: Duration) -> Vec<(Duration, Event)> {
+    let down = if span >= Duration::from_secs(290) { Duration::from_secs(60) } else { Duration::from_secs(10) };
+    let cycle = [
+        (4, Event::KillAgent(0)),
+        (9, Event::KillAgent(1)),
+        (14, Event::KillOperator),
+        (19, Event::InvalidBurst),
+        (22, Event::InvalidBurstEnd),
+        (24, Event::FreezeOperator),
+        (29, Event::OperatorDown(down)),
+    ];
+    let length = Duration::from_secs(34) + down;
+    let mut events = Vec::new();
+    let mut start = Duration::ZERO;
+    while start + length <= span || events.is_empty() {
+        events.extend(cycle.iter().map(|(at, event)| (start + Duration::from_secs(*at), *event)));
+        start += length;
+    }
+    events
+}
+
+fn describe(schedule: &[(Duration, Event)]) -> String {
+    schedule.iter().map(|(at, e)| format!("{:.0}s {e:?}", at.as_secs_f64())).collect::<Vec<_>>().join(", ")
+}
+
+/// The running daemons and what was done to them.
+struct Chaos<'a> {
+    lab: &'a Lab,
+    manifests: PathBuf,
+    listen: SocketAddr,
+    endpoint: String,
+    operator: Option<u32>,
+    agents: Vec<Agent>,
+    /// (unix ms, what) of every chaos action.
+    events: Vec<(u64, String)>,
+    /// (unix ms, allowed) of every write of guarded's policy.
+    flips: Vec<(u64, bool)>,
+    churn_step: u64,
+    /// No policy flip before this (something was down).
+    quiet_until: Instant,
+    /// The daemons' pids by name, for the RSS sampler.
+    pids: Arc<Mutex<BTreeMap<String, u32>>>,
+}
+
+impl Chaos<'_> {
+    fn note(&mut self, what: String) {
+        println!("    chaos: {what}");
+        self.events.push((now_ms(), what));
+    }
+
+    fn publish_pids(&self) {
+        let mut pids = self.pids.lock().expect("pids lock");
+        pids.clear();
+        if let Some(pid) = self.operator {
+            pids.insert("operator".into(), pid);
+        }
+        for agent in &self.agents {
+            pids.insert(format!("agent {}", agent.node), agent.pid);
+        }
+    }
+
+    /// Runs `schedule` (offsets from now) for `span`, with churn every second and a policy
+    /// flip every 5 s while everything is up.
+    fn run(&mut self, span: Duration, schedule: &[(Duration, Event)]) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut pending = schedule.iter().peekable();
+        let mut next_churn = Duration::from_secs(1);
+        let mut next_flip = Duration::from_secs(5);
+        while started.elapsed() < span {
+            let now = started.elapsed();
+            if let Some((at, event)) = pending.peek().copied()
+                && now >= *at
+            {
+                pending.next();
+                self.act(*event)?;
+                continue;
+            }
+            if now >= next_churn {
+                next_churn += Duration::from_secs(1);
+                self.churn()?;
+            }
+            let event_soon = pending.peek().is_some_and(|(at, _)| *at < now + Duration::from_secs(3));
+            if now >= next_flip && !event_soon && Instant::now() >= self.quiet_until && self.operator.is_some() {
+                next_flip = now + Duration::from_secs(5);
+                let open = !self.flips.last().is_some_and(|(_, open)| *open);
+                write_atomic(&self.manifests, "guarded.yaml", &guarded_policy(open))?;
+                self.flips.push((now_ms(), open));
+                self.note(format!("guarded's policy flipped to {}", if open { "allow client" } else { "deny all" }));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, event: Event) -> anyhow::Result<()> {
+        match event {
+            Event::KillAgent(index) => {
+                let node = self.lab.nodes[index].clone();
+                let old = self.agents[index].pid;
+                self.lab.signal(old, libc::SIGKILL)?;
+                self.lab.stop(old, Duration::from_secs(5))?;
+                self.note(format!("agent {} SIGKILLed", node.name));
+                let agent = Agent::follow(self.lab, &node, &self.endpoint, &[])
+                    .with_context(|| format!("restarting the agent of {}", node.name))?;
+                self.agents[index] = agent;
+                self.note(format!("agent {} restarted and ready", node.name));
+            }
+            Event::KillOperator => {
+                let pid = self.operator.take().context("the operator runs")?;
+                self.lab.signal(pid, libc::SIGKILL)?;
+                self.lab.stop(pid, Duration::from_secs(5))?;
+                self.note("operator SIGKILLed".into());
+                self.start_operator()?;
+            }
+            Event::InvalidBurst => {
+                for (i, text) in invalid_manifests().iter().enumerate() {
+                    write_atomic(&self.manifests, &format!("invalid-{i:02}.yaml"), text)?;
+                }
+                self.note(format!("{} invalid manifests written", invalid_manifests().len()));
+            }
+            Event::InvalidBurstEnd => {
+                for i in 0..invalid_manifests().len() {
+                    let _ = std::fs::remove_file(self.manifests.join(format!("invalid-{i:02}.yaml")));
+                }
+                self.note("invalid manifests removed".into());
+            }
+            Event::FreezeOperator => {
+                let pid = self.operator.context("the operator runs")?;
+                self.lab.signal(pid, libc::SIGSTOP)?;
+                self.note("operator frozen (SIGSTOP)".into());
+            }
+            Event::OperatorDown(down) => {
+                let pid = self.operator.take().context("the operator runs")?;
+                self.lab.signal(pid, libc::SIGKILL)?;
+                self.lab.stop(pid, Duration::from_secs(5))?;
+                self.publish_pids();
+                self.note(format!("frozen operator SIGKILLed; down for {} s", down.as_secs()));
+                let until = Instant::now() + down;
+                while Instant::now() < until {
+                    // Churn goes on while the operator is down: it finds it when it is back.
+                    self.churn()?;
+                    std::thread::sleep(Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())));
+                }
+                self.start_operator()?;
+            }
+        }
+        self.quiet_until = Instant::now() + Duration::from_secs(3);
+        self.publish_pids();
+        Ok(())
+    }
+
+    fn start_operator(&mut self) -> anyhow::Result<()> {
+        let operator = Operator::start(self.lab, &self.manifests, self.listen).context("restarting the operator")?;
+        self.operator = Some(operator.pid);
+        self.note("operator restarted and serving".into());
+        Ok(())
+    }
+
+    /// One step of endpoint churn: both churn pods, then one, then both, then the other.
+    fn churn(&mut self) -> anyhow::Result<()> {
+        let present: &[&str] = match self.churn_step % 4 {
+            0 => &["churn-b"],
+            2 => &["churn-a"],
+            _ => &["churn-a", "churn-b"],
+        };
+        self.churn_step += 1;
+        write_atomic(&self.manifests, "churn.yaml", &churn_manifests(self.lab, present))?;
+        self.events.push((now_ms(), format!("churn: {present:?}")));
+        Ok(())
+    }
+}
+
+impl Drop for Chaos<'_> {
+    fn drop(&mut self) {
+        for agent in &self.agents {
+            let _ = self.lab.stop(agent.pid, Duration::from_secs(10));
+        }
+        if let Some(pid) = self.operator {
+            let _ = self.lab.signal(pid, libc::SIGCONT);
+            let _ = self.lab.stop(pid, Duration::from_secs(10));
+        }
+    }
+}
+
+/// A node's event counters: sent and lost (the kernel's), read (its agent's).
+struct Counted {
+    sent: u64,
+    lost: u64,
+    seen: u64,
+}
+
+fn count_events(lab: &Lab, chaos: &Chaos<'_>) -> anyhow::Result<BTreeMap<String, Counted>> {
+    use aya::maps::{MapData, PerCpuArray};
+    let mut counted = BTreeMap::new();
+    for agent in &chaos.agents {
+        let node = lab.node(&agent.node);
+        let counters: PerCpuArray<MapData, u64> =
+            mesh_tests::scenario::pinned_map(&node.bpffs.join(mesh_common::maps::EVENTS_LOST))?;
+        let sum = |slot: u32| counters.get(&slot, 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0);
+        let status = mesh_tests::meshctl::run(&agent.observer_socket(lab), &["status", "-o", "json"]);
+        anyhow::ensure!(status.success, "meshctl status ({}): {}", agent.node, status.stderr);
+        let value: serde_json::Value = serde_json::from_str(&status.stdout)?;
+        let seen = value["seen_flows"].as_str().and_then(|s| s.parse().ok()).context("seen_flows")?;
+        counted.insert(
+            agent.node.clone(),
+            Counted {
+                sent: sum(mesh_common::maps::EVENTS_SENT_SLOT),
+                lost: sum(mesh_common::maps::EVENTS_LOST_SLOT),
+                seen,
+            },
+        );
+    }
+    Ok(counted)
+}
+
+/// Samples each daemon's RSS every second until `stop`: (seconds since start, MiB) by name.
+fn sample_rss(pids: &Mutex<BTreeMap<String, u32>>, stop: &AtomicBool) -> BTreeMap<String, Vec<(Duration, f64)>> {
+    let started = Instant::now();
+    let mut samples: BTreeMap<String, Vec<(Duration, f64)>> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let current = pids.lock().expect("pids lock").clone();
+        for (name, pid) in current {
+            if let Some(mib) = rss_mib(pid) {
+                samples.entry(name).or_default().push((started.elapsed(), mib));
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    samples
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Writes `dir/name` whole, in one rename: the operator never reads half a file.
+fn write_atomic(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let temp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
+    std::fs::rename(&temp, dir.join(name)).with_context(|| format!("renaming {}", temp.display()))?;
+    Ok(())
+}
+
+fn pod(lab: &Lab, name: &str, app: &str) -> String {
+    let node = lab.nodes.iter().find(|n| n.pods.iter().any(|p| p.name == name)).expect("a lab pod");
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: soak, labels: {{app: {app}}}}}\nspec:\n  nodeName: {}\n  containers: [{{name: c, image: labnet, ports: [{{name: serve, containerPort: {TARGET_PORT}}}]}}]\nstatus: {{podIP: {}}}\n---\n",
+        node.name,
+        lab.pod(name).ip
+    )
+}
+
+fn service(name: &str, ip: Ipv4Addr, udp: bool) -> String {
+    let mut ports = format!("  - {{name: tcp, port: {PORT}, targetPort: {TARGET_PORT}, protocol: TCP}}\n");
+    if udp {
+        ports.push_str(&format!("  - {{name: udp, port: {PORT}, targetPort: {TARGET_PORT}, protocol: UDP}}\n"));
+    }
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: soak}}\nspec:\n  clusterIP: {ip}\n  selector: {{app: {name}}}\n  ports:\n{ports}---\n"
+    )
+}
+
+/// The namespace, the stable pods, the services and the policy of web and churn pods.
+fn base_manifests(lab: &Lab) -> String {
+    let mut text = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: soak}\n---\n");
+    for (name, app) in
+        [("client", "client"), ("intruder", "intruder"), ("web-a", "web"), ("web-b", "web"), ("guarded", "guarded")]
+    {
+        text.push_str(&pod(lab, name, app));
+    }
+    text.push_str(&service("web", WEB, true));
+    text.push_str(&service("churn", CHURN, true));
+    text.push_str(&service("guarded", GUARDED, false));
+    text.push_str(&format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-only, namespace: soak}}\nspec:\n  podSelector:\n    matchExpressions: [{{key: app, operator: In, values: [web, churn]}}]\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n    ports: [{{port: {TARGET_PORT}, protocol: TCP}}, {{port: {TARGET_PORT}, protocol: UDP}}]\n"
+    ));
+    text
+}
+
+fn churn_manifests(lab: &Lab, present: &[&str]) -> String {
+    present.iter().map(|name| pod(lab, name, "churn")).collect()
+}
+
+fn guarded_policy(open: bool) -> String {
+    let ingress = if open { "\n  - from: [{podSelector: {matchLabels: {app: client}}}]" } else { " []" };
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: guarded, namespace: soak}}\nspec:\n  podSelector: {{matchLabels: {{app: guarded}}}}\n  policyTypes: [Ingress]\n  ingress:{ingress}\n"
+    )
+}
+
+/// Manifests the operator must refuse without losing anything: broken syntax, hostile
+/// nesting, invalid fields, and a second definition of a live pod at another address.
+fn invalid_manifests() -> Vec<String> {
+    let mut files = vec![
+        "a: [b\n".to_owned(),
+        "[".repeat(100_000),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: soak}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 70000}]}\n".to_owned(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-a, namespace: soak, labels: {app: web}}\nspec: {nodeName: node-0}\nstatus: {podIP: 10.244.9.9}\n".to_owned(),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: client-only, namespace: soak}\nspec: {podSelector: {matchExpressions: [{key: app, operator: Bogus}]}}\n".to_owned(),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n".to_owned(),
+        "a: &a [*a]\n".to_owned(),
+        "\u{0}\u{1}binary".to_owned(),
+    ];
+    for i in 0..12 {
+        files.push(format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: Bad_{i}, namespace: soak}}\n"));
+    }
+    files
+}
