@@ -17,3 +17,4 @@ pub mod policy;
 pub mod policy_table;
 pub mod service_lb;
 pub mod state_file;
+pub mod untrusted;

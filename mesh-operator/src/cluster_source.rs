@@ -3,7 +3,13 @@
 //! MeshPolicy and ClusterMeshPolicy); their events become the same object changes local mode
 //! makes from files, so
 //! both go through one translation. A watch that breaks is resumed by the watcher (re-listing
-//! when it must); after a re-list, objects that disappeared meanwhile are removed.
+//! when it must); after a re-list, objects that disappeared meanwhile are removed. Objects are
+//! kept without `managedFields` and the last-applied annotation (as kube's examples strip
+//! them): the model never reads them and they are often the larger part of an object.
+//!
+//! The re-list diff (`KindState`) stays here rather than in a kube `reflector`: a reflector's
+//! store swaps in a re-list whole and says nothing about what left, and the model is fed
+//! changes, not snapshots; `KindState` keeps only the keys applied.
 
 use std::{collections::BTreeSet, fmt::Debug};
 
@@ -170,7 +176,8 @@ impl<K: Watched> KindState<K> {
 
     /// An object as it is now: applied if the model can take it; else the previous version
     /// stays.
-    fn apply(&mut self, object: K, batch: &mut Batch) {
+    fn apply(&mut self, mut object: K, batch: &mut Batch) {
+        strip(&mut object);
         let key = key_of(&object);
         let object = object.into_object();
         if let Err(invalid) = ClusterView::check(&key, &object) {
@@ -182,6 +189,50 @@ impl<K: Watched> KindState<K> {
     }
 }
 
+/// What the model never reads and the API server adds to every object.
+fn strip<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 fn key_of<K: Watched>(object: &K) -> ObjectKey {
     ObjectKey { kind: K::KIND, namespace: object.namespace().unwrap_or_default(), name: object.name_any() }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+    use super::*;
+
+    #[test]
+    fn objects_are_kept_without_managed_fields_or_the_last_applied_annotation() {
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("web-a".into()),
+                namespace: Some("demo".into()),
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some("kubectl".into()),
+                    ..Default::default()
+                }]),
+                annotations: Some(
+                    [(LAST_APPLIED.to_owned(), "{...}".to_owned()), ("team".to_owned(), "web".to_owned())].into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut state = KindState::<Pod>::default();
+        let batch = state.on(watcher::Event::Apply(pod));
+        let [ObjectChange::Upsert(_, Object::Pod(kept))] = batch.changes.as_slice() else {
+            panic!("one upsert expected: {batch:?}")
+        };
+        assert!(kept.metadata.managed_fields.is_none());
+        let annotations = kept.metadata.annotations.as_ref().expect("the other annotations stay");
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["team"]);
+    }
 }

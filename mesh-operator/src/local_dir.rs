@@ -171,7 +171,8 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), std::io::Erro
     Ok(())
 }
 
-type Parsed = (Vec<(ObjectKey, Object, u64)>, Vec<ManifestError>);
+/// A file's objects (each with a fingerprint of its document) and its errors.
+pub type Parsed = (Vec<(ObjectKey, Object, u64)>, Vec<ManifestError>);
 
 /// Parses `files` (a gone one has no objects) on every core, in order. Parsing is CPU-bound
 /// (serde-saphyr reads about 4 MB/s): a directory of 10,000 services takes about 3 s on one core.
@@ -198,20 +199,28 @@ fn parse_files(files: Vec<PathBuf>) -> Vec<(PathBuf, Parsed)> {
 
 /// The objects of one file (each with a fingerprint of its document), and one error per
 /// object (or document) that is not valid.
-pub fn parse_file(path: &Path) -> (Vec<(ObjectKey, Object, u64)>, Vec<ManifestError>) {
+pub fn parse_file(path: &Path) -> Parsed {
     let file = path.display().to_string();
+    match mesh_common::yaml::read_file(path) {
+        Ok(text) => parse_text(&file, &text),
+        Err(err) => {
+            let error =
+                ManifestError { file, object: "(file)".into(), field: "(file)".into(), message: err.to_string() };
+            (Vec::new(), vec![error])
+        }
+    }
+}
+
+/// The objects of one file's `text` (named `file` in errors).
+pub fn parse_text(file: &str, text: &str) -> Parsed {
     let error = |object: String, field: &str, message: String| ManifestError {
-        file: file.clone(),
+        file: file.to_owned(),
         object,
         field: field.into(),
         message,
     };
-    let text = match mesh_common::yaml::read_file(path) {
-        Ok(text) => text,
-        Err(err) => return (Vec::new(), vec![error("(file)".into(), "(file)", err.to_string())]),
-    };
     // A syntax error or a limit refuses the whole file: nothing in it can be trusted.
-    let documents = match mesh_common::yaml::documents::<serde_json::Value>(&text) {
+    let documents = match mesh_common::yaml::documents::<serde_json::Value>(text) {
         Ok(documents) => documents,
         Err(err) => return (Vec::new(), vec![error("(file)".into(), "(syntax)", err.to_string())]),
     };
@@ -290,4 +299,21 @@ fn typed_from<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, (Stri
         let field = err.path().to_string();
         (if field == "." { "(object)".into() } else { field }, err.into_inner().to_string())
     })
+}
+
+/// Local mode for one manifest text the operator does not control, from bytes to the model
+/// agents receive: parsed, validated, put in a cluster view with in-memory identities and
+/// translated. What the fuzz targets (`fuzz/`) and the property tests drive. Returns the
+/// model's resources, and every error (each naming its field).
+pub fn model_of_text(text: &str) -> (Vec<mesh_common::api::Resource>, Vec<String>) {
+    let (objects, errors) = parse_text("input.yaml", text);
+    let mut messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let identities = crate::identity::IdentityAllocator::open(None).expect("an in-memory table opens");
+    let mut view = ClusterView::new(identities);
+    for (key, object, _) in objects {
+        view.upsert(&key, object);
+    }
+    let (changes, model_errors) = view.changes();
+    messages.extend(model_errors.iter().map(ToString::to_string));
+    (changes.into_iter().filter_map(|(_, resource)| resource).collect(), messages)
 }

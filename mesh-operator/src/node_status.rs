@@ -38,8 +38,12 @@ impl AgentEvent {
 
 /// Writes the events to the nodes' `MeshNode` status until the sender goes away.
 pub async fn report(client: Client, mut events: mpsc::UnboundedReceiver<AgentEvent>) {
-    let api: Api<MeshNode> = Api::all(client);
+    let api: Api<MeshNode> = Api::all(client.clone());
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
     let mut statuses: BTreeMap<String, MeshNodeStatus> = BTreeMap::new();
+    // Each MeshNode is owned by its Node (so a removed node takes it along): the Node's uid,
+    // looked up once.
+    let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
     while let Some(first) = events.recv().await {
         let mut changed = std::collections::BTreeSet::new();
         let mut next = Some(first);
@@ -49,7 +53,17 @@ pub async fn report(client: Client, mut events: mpsc::UnboundedReceiver<AgentEve
             next = events.try_recv().ok();
         }
         for node in changed {
-            if let Err(err) = write(&api, &node, &statuses[&node]).await {
+            if !owners.contains_key(&node) {
+                match nodes.get_opt(&node).await {
+                    Ok(found) => drop(owners.insert(node.clone(), found.and_then(|n| n.metadata.uid))),
+                    Err(err) => tracing::warn!(
+                        node,
+                        "cannot read the Node (the MeshNode is written without its owner for now): {err}"
+                    ),
+                }
+            }
+            let owner = owners.get(&node).cloned().flatten();
+            if let Err(err) = write(&api, &node, owner.as_deref(), &statuses[&node]).await {
                 tracing::warn!(node, "cannot write MeshNode status: {err}");
             }
         }
@@ -57,9 +71,20 @@ pub async fn report(client: Client, mut events: mpsc::UnboundedReceiver<AgentEve
     }
 }
 
-async fn write(api: &Api<MeshNode>, node: &str, status: &MeshNodeStatus) -> Result<(), kube::Error> {
+async fn write(
+    api: &Api<MeshNode>,
+    node: &str,
+    owner_uid: Option<&str>,
+    status: &MeshNodeStatus,
+) -> Result<(), kube::Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let object = serde_json::json!({"apiVersion": "mesh.dev/v1alpha1", "kind": "MeshNode", "metadata": {"name": node}, "spec": {}});
+    let mut metadata = serde_json::json!({"name": node});
+    if let Some(uid) = owner_uid {
+        metadata["ownerReferences"] =
+            serde_json::json!([{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid}]);
+    }
+    let object =
+        serde_json::json!({"apiVersion": "mesh.dev/v1alpha1", "kind": "MeshNode", "metadata": metadata, "spec": {}});
     api.patch(node, &params, &Patch::Apply(object)).await?;
     let status = serde_json::json!({"apiVersion": "mesh.dev/v1alpha1", "kind": "MeshNode", "status": status});
     api.patch_status(node, &params, &Patch::Apply(status)).await?;

@@ -205,6 +205,12 @@ async fn agent_events_reach_the_meshnode_status_by_server_side_apply() {
     tokio::spawn(report(kube::Client::new(service, "default"), reports));
 
     let mut handle = Box::pin(handle);
+    // First the Node, whose uid makes it the MeshNode's owner.
+    let (request, send) =
+        tokio::time::timeout(Duration::from_secs(5), handle.next_request()).await.expect("a request").expect("alive");
+    assert_eq!((request.method(), request.uri().path()), (&http::Method::GET, "/api/v1/nodes/node-0"));
+    let kube_node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-0", "uid": "uid-of-node-0"}});
+    send.send_response(Response::new(Body::from(serde_json::to_vec(&kube_node).unwrap())));
     let node =
         json!({"apiVersion": "mesh.dev/v1alpha1", "kind": "MeshNode", "metadata": {"name": "node-0"}, "spec": {}});
     let mut bodies = Vec::new();
@@ -221,6 +227,12 @@ async fn agent_events_reach_the_meshnode_status_by_server_side_apply() {
         bodies.push(String::from_utf8(request.into_body().collect_bytes().await.unwrap().to_vec()).unwrap());
         send.send_response(Response::new(Body::from(serde_json::to_vec(&node).unwrap())));
     }
+    let object: Value = serde_json::from_str(&bodies[0]).unwrap();
+    let owners = object["metadata"]["ownerReferences"].as_array().expect("an owner");
+    assert_eq!(
+        (&owners[0]["kind"], &owners[0]["name"], &owners[0]["uid"]),
+        (&json!("Node"), &json!("node-0"), &json!("uid-of-node-0"))
+    );
     // The three events were coalesced into one status: connected, not synced (the NACK), v3.
     let status: Value = serde_json::from_str(&bodies[1]).unwrap();
     let conditions = status["status"]["conditions"].as_array().unwrap();

@@ -5,6 +5,7 @@ mod bench;
 mod cargo;
 mod crds;
 mod demo;
+mod fuzz;
 mod lab;
 mod soak;
 mod suite;
@@ -50,6 +51,15 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
+    /// Every fuzz target (fuzz/) under libFuzzer for RUNS executions each, corpora seeded
+    /// from deploy/; installs cargo-fuzz if missing. Writes target/bench/fuzz.json.
+    Fuzz {
+        #[arg(long, default_value_t = 1_000_000)]
+        runs: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Local labs: bring one up, list them, remove leftovers of crashed runs.
     Lab {
         #[command(subcommand)]
@@ -64,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Task::GenCrds { check } => crds::run(check),
         Task::Bench { bench } => bench::run(bench),
         Task::Soak { seconds, rate, debug } => soak::run(seconds, rate, !debug),
+        Task::Fuzz { runs, target } => fuzz::run(runs, target.as_deref()),
         Task::Lab { action } => lab::run(action),
     };
     match result {

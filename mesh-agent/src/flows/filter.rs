@@ -30,6 +30,14 @@ pub enum FilterError {
     NodeName(String),
     #[error("filter field {0} is not supported by this agent (it has no such data); remove it from the request")]
     Unsupported(&'static str),
+    /// A request's filter field that holds an invalid value.
+    #[error("filter field {field}: {source}")]
+    Field { field: &'static str, source: Box<FilterError> },
+}
+
+/// Names the request field an error came from.
+fn at(field: &'static str) -> impl Fn(FilterError) -> FilterError {
+    move |source| FilterError::Field { field, source: Box::new(source) }
 }
 
 /// `[namespace/]pod-name-prefix`, as Hubble matches pods and services.
@@ -288,24 +296,29 @@ impl Filter {
                 .fold(0u16, |bits, (i, set)| if *set { bits | (1 << i) } else { bits })
         };
         Ok(Self {
-            source_ip: ips(&f.source_ip)?,
-            destination_ip: ips(&f.destination_ip)?,
-            source_pod: names(&f.source_pod)?,
-            destination_pod: names(&f.destination_pod)?,
-            source_label: selectors(&f.source_label)?,
-            destination_label: selectors(&f.destination_label)?,
-            source_service: names(&f.source_service)?,
-            destination_service: names(&f.destination_service)?,
+            source_ip: ips(&f.source_ip).map_err(at("source_ip"))?,
+            destination_ip: ips(&f.destination_ip).map_err(at("destination_ip"))?,
+            source_pod: names(&f.source_pod).map_err(at("source_pod"))?,
+            destination_pod: names(&f.destination_pod).map_err(at("destination_pod"))?,
+            source_label: selectors(&f.source_label).map_err(at("source_label"))?,
+            destination_label: selectors(&f.destination_label).map_err(at("destination_label"))?,
+            source_service: names(&f.source_service).map_err(at("source_service"))?,
+            destination_service: names(&f.destination_service).map_err(at("destination_service"))?,
             source_identity: f.source_identity.clone(),
             destination_identity: f.destination_identity.clone(),
             traffic_direction: f.traffic_direction.clone(),
             verdict: f.verdict.clone(),
             drop_reason_desc: f.drop_reason_desc.clone(),
-            protocol: f.protocol.iter().map(|p| parse_protocol(p)).collect::<Result<_, _>>()?,
-            source_port: ports(&f.source_port)?,
-            destination_port: ports(&f.destination_port)?,
+            protocol: f.protocol.iter().map(|p| parse_protocol(p)).collect::<Result<_, _>>().map_err(at("protocol"))?,
+            source_port: ports(&f.source_port).map_err(at("source_port"))?,
+            destination_port: ports(&f.destination_port).map_err(at("destination_port"))?,
             tcp_flags: f.tcp_flags.iter().map(flag_bits).collect(),
-            node_name: f.node_name.iter().map(|n| parse_node_name(n)).collect::<Result<_, _>>()?,
+            node_name: f
+                .node_name
+                .iter()
+                .map(|n| parse_node_name(n))
+                .collect::<Result<_, _>>()
+                .map_err(at("node_name"))?,
             reply: f.reply.clone(),
             event_type: f.event_type.iter().map(|t| (t.r#type, t.match_sub_type.then_some(t.sub_type))).collect(),
         })

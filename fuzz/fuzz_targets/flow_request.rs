@@ -1,0 +1,11 @@
+//! Observer `GetFlows` requests (any gRPC client can send one), their filters judged against
+//! flow events: the input's last 176 bytes, when it has more, are two events.
+#![no_main]
+
+const EVENT: usize = 88;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let (request, events) = if data.len() > 2 * EVENT { data.split_at(data.len() - 2 * EVENT) } else { (data, &[][..]) };
+    let events: Vec<&[u8]> = events.chunks(EVENT).collect();
+    let _ = mesh_agent::untrusted::flow_request(request, &events);
+});

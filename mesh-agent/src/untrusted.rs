@@ -1,0 +1,77 @@
+//! Every input the agent does not control, each taken the way the agent takes it, as one
+//! function: the fuzz targets (`fuzz/`, `cargo xtask fuzz`) and the property tests
+//! (`tests/untrusted_input.rs`, in the test command) drive these. Each returns what the agent
+//! would do with the input: applied, or refused with an error naming the field. None may
+//! panic, hang or allocate without bound, whatever the bytes.
+
+use mesh_common::{api::StateUpdate, flows::FlowEvent, hubble::observer::GetFlowsRequest, model::ResourceSet};
+use prost::Message as _;
+
+use crate::{
+    desired::Compiler,
+    flows::{Record, directory::Directory, filter::Filters, view::FlowView},
+    policy,
+    policy_table::{self, LocalEndpoint, Numbering},
+    state_file::StateFile,
+};
+
+/// The node the inputs are judged for.
+pub const NODE: &str = "node-0";
+
+/// What an agent following the operator holds between updates.
+#[derive(Default)]
+pub struct Follower {
+    pub model: ResourceSet,
+    compiler: Compiler,
+    numbering: Numbering,
+}
+
+impl Follower {
+    /// One state stream message, as the agent decodes and applies it: the model, the compiled
+    /// services, the policy of this node's pods in kernel form, the flow directory. Maps are
+    /// not written (that is the kernel's side); everything computed for them is.
+    pub fn apply(&mut self, bytes: &[u8]) -> Result<usize, String> {
+        let update = StateUpdate::decode(bytes).map_err(|err| format!("not a StateUpdate: {err}"))?;
+        let changed = self.model.apply(update);
+        self.compiler.update(&self.model, NODE, Some(&changed));
+        let compiled = policy::compile(&self.model, NODE);
+        let local: Vec<LocalEndpoint<'_>> =
+            compiled.iter().enumerate().map(|(i, policy)| LocalEndpoint { ifindex: i as u32 + 1, policy }).collect();
+        let workloads = policy::workloads(&self.model);
+        let kernel = policy_table::kernel_form(&local, &workloads, &mut self.numbering);
+        let directory = Directory::build(NODE, &self.model, self.numbering.attributions());
+        drop(directory);
+        Ok(kernel.entries.len() + self.compiler.len())
+    }
+}
+
+/// An Observer `GetFlows` request (any gRPC client may send one): its filters compiled as the
+/// Observer does, then judged against `events` (each [`FlowEvent`]'s bytes, as the ring
+/// buffer gives them) named by an empty directory. Returns how many matched.
+pub fn flow_request(request: &[u8], events: &[&[u8]]) -> Result<usize, String> {
+    let request = GetFlowsRequest::decode(request).map_err(|err| format!("not a GetFlowsRequest: {err}"))?;
+    let filters = Filters::compile(&request.whitelist, &request.blacklist).map_err(|err| err.to_string())?;
+    let directory = Directory::empty(NODE);
+    let records: Vec<Record> = events
+        .iter()
+        .filter_map(|bytes| crate::flows::events::decode(bytes))
+        .map(|event: FlowEvent| Record { event, unix_ns: 0, seq: 1 })
+        .collect();
+    Ok(records.iter().filter(|r| filters.matches(&FlowView::new(r, &directory))).count())
+}
+
+/// The static state file, as `--state-file` reads it, compiled for [`NODE`].
+pub fn state_file(text: &str) -> Result<usize, String> {
+    let state = StateFile::parse(text).map_err(|(field, message)| format!("{field}: {message}"))?;
+    let model = state.resources(NODE);
+    Ok(crate::desired::compile(&model, NODE).services.len() + policy::compile(&model, NODE).len())
+}
+
+/// The agent's command line (flags; environment variables are read as the agent reads them).
+pub fn config(args: &[String]) -> Result<(), String> {
+    use clap::Parser as _;
+    let args =
+        crate::config::Args::try_parse_from(std::iter::once("mesh-agent".to_owned()).chain(args.iter().cloned()))
+            .map_err(|err| err.to_string())?;
+    crate::config::Config::from_args(args).map(drop).map_err(|err| err.to_string())
+}

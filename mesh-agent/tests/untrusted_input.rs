@@ -1,0 +1,411 @@
+//! Property tests of every input the mesh does not control, on stable and in the test
+//! command: the same entry points as the fuzz targets (`fuzz/`, `cargo xtask fuzz`), fed with
+//! inputs mutated from the project's own examples by a seeded generator (set
+//! `MESH_PROPTEST_SEED` to replay a run; the seed of a failure is in its message). Properties:
+//! no panic, bounded time, and every refusal names its field.
+
+use std::time::{Duration, Instant};
+
+use mesh_agent::untrusted::{self, Follower};
+use mesh_common::{
+    api::{Resource, StateUpdate},
+    hubble::{
+        flow::{EventTypeFilter, FlowFilter, TcpFlags},
+        observer::GetFlowsRequest,
+    },
+};
+use prost::Message as _;
+
+/// Inputs per property and run.
+const CASES: usize = 1_500;
+/// The longest any one input may take (debug build).
+const SLOWEST: Duration = Duration::from_secs(2);
+
+/// xorshift64*: small, seeded, reproducible.
+struct Gen(u64);
+
+impl Gen {
+    fn new(salt: u64) -> Self {
+        let seed = std::env::var("MESH_PROPTEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_cafe);
+        Self((seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        &from[self.below(from.len())]
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    /// `seed` changed by 1 to 8 edits: bytes flipped, tokens inserted, ranges deleted,
+    /// duplicated or cut off.
+    fn mutate(&mut self, seed: &[u8], tokens: &[&[u8]]) -> Vec<u8> {
+        let mut out = seed.to_vec();
+        for _ in 0..1 + self.below(8) {
+            let at = self.below(out.len() + 1);
+            match self.below(6) {
+                0 if !out.is_empty() => {
+                    let i = at.min(out.len() - 1);
+                    out[i] ^= 1 << self.below(8);
+                }
+                1 => {
+                    let token = self.pick(tokens).to_vec();
+                    let times = if self.chance(10) { 1 + self.below(2_000) } else { 1 };
+                    for _ in 0..times {
+                        out.splice(at..at, token.iter().copied());
+                    }
+                }
+                2 => {
+                    let end = (at + self.below(64)).min(out.len());
+                    out.drain(at..end);
+                }
+                3 => {
+                    let end = (at + self.below(256)).min(out.len());
+                    let copy = out[at..end].to_vec();
+                    out.splice(at..at, copy);
+                }
+                4 => out.truncate(at),
+                _ => {
+                    let byte = self.next() as u8;
+                    out.insert(at, byte);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn timed<T>(what: &str, input: &[u8], run: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = run();
+    assert!(
+        started.elapsed() < SLOWEST,
+        "{what} took {:?} on {:?}",
+        started.elapsed(),
+        String::from_utf8_lossy(&input[..input.len().min(300)])
+    );
+    out
+}
+
+fn examples() -> Vec<Vec<u8>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut seeds = Vec::new();
+    for dir in ["deploy/examples", "deploy/static"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("the examples") {
+            seeds.push(std::fs::read(entry.expect("an entry").path()).expect("readable"));
+        }
+    }
+    seeds.push(MORE_KINDS.as_bytes().to_vec());
+    seeds
+}
+
+/// Kinds the examples lack: an EndpointSlice, a Node, a ServiceAccount, a ClusterMeshPolicy.
+const MORE_KINDS: &str = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.0.3], nodeName: node-0, targetRef: {kind: Pod, name: web-a}, conditions: {ready: true}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-0}
+spec: {podCIDRs: [10.244.0.0/24]}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web, namespace: demo}
+---
+apiVersion: mesh.dev/v1alpha1
+kind: ClusterMeshPolicy
+metadata: {name: audit-all}
+spec:
+  mode: Audit
+  podSelector: {}
+  ingress:
+  - action: Deny
+    from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
+    ports: [{port: 80, endPort: 90, protocol: TCP}]
+";
+
+const YAML_TOKENS: &[&[u8]] = &[
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"- ",
+    b": ",
+    b"\n",
+    b"  ",
+    b"---\n",
+    b"&a ",
+    b"*a",
+    b"!!binary ",
+    b"? ",
+    b"|\n",
+    b">-\n",
+    b"\"",
+    b"'",
+    b"#",
+    b"0x1F",
+    b"-1",
+    b"99999999999999999999",
+    b"1e400",
+    b"~",
+    b"null",
+    b"true",
+    b"yes",
+    b"\xff",
+    b"\t",
+    b"%YAML 1.1\n",
+    b"<<: *a\n",
+    b"podIP: 10.244.0.999",
+    b"port: 70000",
+    b"name: Bad_Name",
+    b"kind: Pod\n",
+    b"apiVersion: v1\n",
+    b"metadata: {}\n",
+    b"selector: {matchExpressions: [{key: a, operator: In}]}",
+];
+
+/// Manifests of every kind the operator reads, through local mode into the model.
+#[test]
+fn hostile_manifests_are_refused_with_the_field_named_and_never_panic() {
+    let seeds = examples();
+    let mut generator = Gen::new(1);
+    for case in 0..CASES {
+        let seed = generator.below(seeds.len());
+        let input = generator.mutate(&seeds[seed], YAML_TOKENS);
+        let text = String::from_utf8_lossy(&input);
+        let (_, errors) = timed("manifests", &input, || mesh_operator::local_dir::model_of_text(&text));
+        for error in errors {
+            // `file: object: field: message`, or the model's `object: problem`.
+            let parts: Vec<&str> = error.splitn(4, ": ").collect();
+            assert!(parts.len() >= 2 && parts.iter().all(|p| !p.trim().is_empty()), "case {case}: {error:?}");
+        }
+    }
+}
+
+/// The model of the examples, as the operator streams it.
+fn example_update() -> StateUpdate {
+    let upserts: Vec<Resource> = examples()
+        .iter()
+        .flat_map(|seed| mesh_operator::local_dir::model_of_text(&String::from_utf8_lossy(seed)).0)
+        .collect();
+    StateUpdate { epoch: "e".into(), version: 1, full: true, upserts, removals: Vec::new() }
+}
+
+/// State stream messages as an agent decodes and applies them, one after another.
+#[test]
+fn hostile_state_updates_never_panic() {
+    let seed = example_update().encode_to_vec();
+    let mut generator = Gen::new(2);
+    let mut follower = Follower::default();
+    follower.apply(&seed).expect("the examples apply");
+    let tokens: &[&[u8]] =
+        &[b"\x0a\x00", b"\x22\xff\xff\xff\x0f", b"\x12\x04", b"\x18\x01", b"\x08\x80\x80\x80\x80\x10"];
+    for case in 0..CASES {
+        let input = generator.mutate(&seed, tokens);
+        if case % 50 == 0 {
+            follower = Follower::default();
+        }
+        let _ = timed("state update", &input, || follower.apply(&input));
+    }
+}
+
+const FILTER_VALUES: &[&str] = &[
+    "10.0.0.1",
+    "10.0.0.0/8",
+    "10.0.0.0/33",
+    "::1",
+    "",
+    "*",
+    "demo/",
+    "demo/web",
+    "/",
+    "a/b/c",
+    "app=web",
+    "app in (a,b)",
+    "!app",
+    "app notin ()",
+    "((",
+    "80",
+    "65536",
+    "-1",
+    "tcp",
+    "udp",
+    "icmp",
+    "gre",
+    "node-*",
+    "*-0",
+    "\u{0}",
+    "é",
+];
+
+fn strings(generator: &mut Gen) -> Vec<String> {
+    (0..generator.below(3)).map(|_| (*generator.pick(FILTER_VALUES)).to_owned()).collect()
+}
+
+fn filter(generator: &mut Gen) -> FlowFilter {
+    FlowFilter {
+        source_ip: strings(generator),
+        destination_ip: strings(generator),
+        source_pod: strings(generator),
+        destination_pod: strings(generator),
+        source_label: strings(generator),
+        destination_label: strings(generator),
+        source_service: strings(generator),
+        destination_service: strings(generator),
+        protocol: strings(generator),
+        source_port: strings(generator),
+        destination_port: strings(generator),
+        node_name: strings(generator),
+        verdict: (0..generator.below(3)).map(|_| generator.below(8) as i32 - 1).collect(),
+        reply: (0..generator.below(2)).map(|_| generator.chance(50)).collect(),
+        tcp_flags: (0..generator.below(2))
+            .map(|_| TcpFlags { syn: generator.chance(50), ..Default::default() })
+            .collect(),
+        event_type: (0..generator.below(2))
+            .map(|_| EventTypeFilter {
+                r#type: generator.below(200) as i32,
+                match_sub_type: generator.chance(50),
+                sub_type: generator.below(10) as i32,
+            })
+            .collect(),
+        source_fqdn: if generator.chance(5) { vec!["x".into()] } else { Vec::new() },
+        ip_version: if generator.chance(5) { vec![2] } else { Vec::new() },
+        ..Default::default()
+    }
+}
+
+/// Observer requests (any gRPC client may send them) and flow events judged by them.
+#[test]
+fn hostile_flow_filters_are_refused_naming_the_field_and_never_panic() {
+    let mut generator = Gen::new(3);
+    let fields = [
+        "source_ip",
+        "destination_ip",
+        "source_pod",
+        "destination_pod",
+        "source_label",
+        "destination_label",
+        "source_service",
+        "destination_service",
+        "protocol",
+        "source_port",
+        "destination_port",
+        "node_name",
+        "source_fqdn",
+        "ip_version",
+    ];
+    for case in 0..CASES {
+        let request = GetFlowsRequest {
+            whitelist: (0..generator.below(3)).map(|_| filter(&mut generator)).collect(),
+            blacklist: (0..generator.below(2)).map(|_| filter(&mut generator)).collect(),
+            ..Default::default()
+        };
+        let mut bytes = request.encode_to_vec();
+        if generator.chance(20) {
+            bytes = generator.mutate(&bytes, &[b"\x0a", b"\xff", b"\x12\x00"]);
+        }
+        let events: Vec<Vec<u8>> =
+            (0..4).map(|_| (0..88 + generator.below(3)).map(|_| generator.next() as u8).collect()).collect();
+        let events: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
+        match timed("flow request", &bytes, || untrusted::flow_request(&bytes, &events)) {
+            Ok(_) => {}
+            Err(err) if err.starts_with("not a GetFlowsRequest") => {}
+            Err(err) => assert!(fields.iter().any(|f| err.contains(f)), "case {case}: {err}"),
+        }
+    }
+}
+
+/// The agent's static state file.
+#[test]
+fn hostile_state_files_are_refused_naming_the_field_and_never_panic() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/static/web-state.yaml");
+    let seed = std::fs::read(root).expect("the static example");
+    assert!(untrusted::state_file(&String::from_utf8_lossy(&seed)).is_ok(), "the example is valid");
+    let mut generator = Gen::new(4);
+    for case in 0..CASES {
+        let input = generator.mutate(&seed, YAML_TOKENS);
+        let text = String::from_utf8_lossy(&input);
+        if let Err(err) = timed("state file", &input, || untrusted::state_file(&text)) {
+            let (field, message) = err.split_once(": ").unwrap_or(("", ""));
+            assert!(!field.is_empty() && !message.is_empty(), "case {case}: {err:?}");
+        }
+    }
+}
+
+/// The agent's command line.
+#[test]
+fn hostile_agent_configuration_is_refused_naming_the_key_and_never_panics() {
+    let flags = [
+        "--node-name",
+        "--cgroup",
+        "--bpffs",
+        "--netns",
+        "--operator",
+        "--state-file",
+        "--services-max",
+        "--backends-max",
+        "--events-bytes",
+        "--flow-buffer",
+        "--observer-address",
+        "--observer-socket",
+        "--metrics-address",
+        "--tls-dir",
+        "--keep-datapath",
+        "--conntrack-max",
+    ];
+    let values = [
+        "node-0",
+        "Node_0",
+        "",
+        "/",
+        "/sys/fs/cgroup",
+        "/nonexistent",
+        "0",
+        "1",
+        "4096",
+        "4097",
+        "4294967296",
+        "-5",
+        "http://127.0.0.1:1",
+        "ftp://x",
+        "off",
+        "127.0.0.1:0",
+        "[::1]:0",
+        "999.0.0.1:1",
+        "a".repeat(300).leak(),
+    ];
+    let mut generator = Gen::new(5);
+    for case in 0..CASES / 3 {
+        let mut args = Vec::new();
+        for _ in 0..generator.below(8) {
+            args.push((*generator.pick(&flags)).to_owned());
+            if generator.chance(85) {
+                args.push((*generator.pick(&values)).to_owned());
+            }
+        }
+        let input = args.join(" ");
+        if let Err(err) = timed("config", input.as_bytes(), || untrusted::config(&args)) {
+            let named =
+                err.contains("MESH_") || err.contains("--") || err.contains("argument") || err.contains("Usage");
+            assert!(named, "case {case} ({input}): {err}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `cargo xtask fuzz`: every fuzz target of `fuzz/` under libFuzzer (`cargo fuzz`, installed
+//! if missing), each for `--runs` executions, with corpora seeded from the project's own
+//! inputs (deploy/examples, deploy/static, the examples' model as a state update). Prints
+//! executions and findings per target and writes `target/bench/fuzz.json`; fails on a finding
+//! (its input is left under `fuzz/artifacts/<target>/`).
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use prost::Message as _;
+
+use crate::{
+    bench::{Report, Row},
+    cargo,
+};
+
+/// The targets, each with what it reads.
+pub const TARGETS: [(&str, &str); 5] = [
+    ("manifests", "manifests of every kind local mode reads, YAML and JSON, multi-document"),
+    ("state_update", "state stream messages, decoded and applied as an agent does"),
+    ("flow_request", "Observer GetFlows requests and their filters"),
+    ("state_file", "the agent's static state file"),
+    ("agent_config", "the agent's command line"),
+];
+
+pub fn run(runs: u64, only: Option<&str>) -> anyhow::Result<()> {
+    let root = cargo::workspace_root();
+    ensure_cargo_fuzz()?;
+    let fuzz_dir = root.join("fuzz");
+    // The same dependency versions as the workspace.
+    std::fs::copy(root.join("Cargo.lock"), fuzz_dir.join("Cargo.lock")).context("copying Cargo.lock into fuzz/")?;
+    seed(&root)?;
+    let mut rows = Vec::new();
+    let mut findings = Vec::new();
+    for (target, what) in TARGETS.iter().filter(|(t, _)| only.is_none_or(|o| o == *t)) {
+        println!("==> fuzz {target}: {what}");
+        let output = std::process::Command::new("cargo")
+            .current_dir(&fuzz_dir)
+            // cargo-fuzz passes nightly flags (-Z); the pinned stable toolchain takes them so.
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", target, "--sanitizer", "none", "--release", "--"])
+            .arg(format!("-runs={runs}"))
+            .args(["-timeout=10", "-rss_limit_mb=2048", "-max_len=262144", "-print_final_stats=1"])
+            .output()
+            .context("running cargo fuzz")?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        std::fs::write(root.join(format!("target/bench/fuzz-{target}.log")), log.as_bytes())?;
+        let executions = log
+            .lines()
+            .rev()
+            .filter_map(|line| line.strip_prefix("stat::number_of_executed_units:"))
+            .find_map(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let crashed = !output.status.success();
+        println!(
+            "    {executions} executions, {}",
+            if crashed { "a finding (see fuzz/artifacts)" } else { "no finding" }
+        );
+        if crashed {
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            println!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            findings.push((*target).to_owned());
+        }
+        let row = |metric: &str, value: f64| Row {
+            case: (*target).into(),
+            scale: runs,
+            metric: metric.into(),
+            value,
+            unit: "count".into(),
+            baseline: None,
+            ratio: None,
+        };
+        rows.push(row("executions", executions as f64));
+        rows.push(row("findings", f64::from(u8::from(crashed))));
+    }
+    let report = Report { bench: "fuzz".into(), rows, notes: Vec::new() };
+    report.print();
+    report.write()?;
+    if !findings.is_empty() {
+        bail!("fuzzing found inputs that break {findings:?}: their inputs are in fuzz/artifacts/");
+    }
+    Ok(())
+}
+
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let found =
+        std::process::Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        println!("==> installing cargo-fuzz (cargo install cargo-fuzz --locked)");
+        cargo::run(&["install", "cargo-fuzz", "--locked", "--version", "0.13.1"], &[])?;
+    }
+    Ok(())
+}
+
+/// Seeds each target's corpus from the project's own inputs.
+fn seed(root: &Path) -> anyhow::Result<()> {
+    let corpus = |target: &str| -> anyhow::Result<std::path::PathBuf> {
+        let dir = root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    };
+    let mut manifests = Vec::new();
+    for dir in ["deploy/examples", "deploy/crds", "deploy/kubernetes"] {
+        for entry in std::fs::read_dir(root.join(dir)).with_context(|| format!("reading {dir}"))? {
+            let path = entry?.path();
+            manifests
+                .push((path.file_name().unwrap_or_default().to_string_lossy().into_owned(), std::fs::read(&path)?));
+        }
+    }
+    for (name, text) in &manifests {
+        std::fs::write(corpus("manifests")?.join(name), text)?;
+    }
+    let state = std::fs::read(root.join("deploy/static/web-state.yaml"))?;
+    std::fs::write(corpus("state_file")?.join("web-state.yaml"), &state)?;
+    // The examples' model, as the operator streams it.
+    let upserts: Vec<mesh_common::api::Resource> = manifests
+        .iter()
+        .filter(|(name, _)| name.ends_with(".yaml"))
+        .flat_map(|(_, text)| mesh_operator::local_dir::model_of_text(&String::from_utf8_lossy(text)).0)
+        .collect();
+    let update =
+        mesh_common::api::StateUpdate { epoch: "e".into(), version: 1, full: true, upserts, removals: Vec::new() };
+    std::fs::write(corpus("state_update")?.join("examples"), update.encode_to_vec())?;
+    let request = mesh_common::hubble::observer::GetFlowsRequest {
+        whitelist: vec![mesh_common::hubble::flow::FlowFilter {
+            source_pod: vec!["demo/client".into()],
+            destination_ip: vec!["10.96.0.0/12".into()],
+            destination_port: vec!["80".into()],
+            source_label: vec!["app in (web,client)".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    std::fs::write(corpus("flow_request")?.join("example"), request.encode_to_vec())?;
+    let args = ["--node-name", "node-0", "--cgroup", "/sys/fs/cgroup", "--operator", "http://127.0.0.1:15150"];
+    std::fs::write(corpus("agent_config")?.join("example"), args.join("\0"))?;
+    Ok(())
+}
