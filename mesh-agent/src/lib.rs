@@ -15,6 +15,7 @@ pub mod operator_stream;
 pub mod pod_iface;
 pub mod policy;
 pub mod policy_table;
+pub mod probe;
 pub mod service_lb;
 pub mod state_file;
 pub mod untrusted;

@@ -51,6 +51,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     // The state file first: its errors name the file and the field, and need no privileges.
     let state = args.state_file.as_deref().map(StateFile::load).transpose()?;
     let config = Config::from_args(args)?;
+    // Capabilities and kernel features, before anything is loaded: all that is missing, named.
+    mesh_agent::probe::check()?;
     // Two workers: flow events and their clients run beside reconciliation.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 

@@ -24,36 +24,8 @@ use mesh_common::{
     model::ResourceSet,
 };
 
-/// An IPv4 prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Cidr {
-    /// Host byte order, host bits zero.
-    pub addr: u32,
-    pub len: u8,
-}
-
-impl Cidr {
-    /// Parses `a.b.c.d/n`; `None` for anything else (IPv6 blocks cannot match IPv4 traffic).
-    pub fn parse(text: &str) -> Option<Self> {
-        let (address, len) = text.split_once('/')?;
-        let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-        let addr = u32::from(address.parse::<Ipv4Addr>().ok()?);
-        Some(Self { addr: addr & mask(len), len })
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.len) == self.addr
-    }
-
-    /// Its first address.
-    pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.addr)
-    }
-}
-
-fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
-}
+/// An IPv4 prefix: the one definition (`mesh_common::cidr`), host bits cleared.
+pub use mesh_common::cidr::Ipv4Net as Cidr;
 
 /// Where an allowed peer may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,7 +221,7 @@ fn peer_matches(peer: &Peer, info: &PeerInfo<'_>) -> bool {
     match peer {
         Peer::Any => true,
         Peer::Identities(ids) => info.identity.is_some_and(|id| ids.contains(&id)),
-        Peer::Block { cidr, except } => cidr.contains(info.ip) && !except.iter().any(|e| e.contains(info.ip)),
+        Peer::Block { cidr, except } => cidr.contains(&info.ip) && !except.iter().any(|e| e.contains(&info.ip)),
     }
 }
 
@@ -402,8 +374,11 @@ fn ports(ports: &[api::PolicyPort]) -> Option<Vec<PortSpec>> {
 /// without a namespace selector means `policy_namespace` (every namespace when `None`).
 fn resolve_peer(peer: &api::PolicyPeer, policy_namespace: Option<&str>, workloads: &[&api::Workload]) -> Peer {
     if let Some(block) = &peer.ip_block {
-        return match Cidr::parse(&block.cidr) {
-            Some(cidr) => Peer::Block { cidr, except: block.except.iter().filter_map(|e| Cidr::parse(e)).collect() },
+        return match mesh_common::cidr::parse_v4(&block.cidr) {
+            Some(cidr) => Peer::Block {
+                cidr,
+                except: block.except.iter().filter_map(|e| mesh_common::cidr::parse_v4(e)).collect(),
+            },
             // An IPv6 block: no IPv4 address is in it.
             None => Peer::Identities(BTreeSet::new()),
         };
@@ -839,15 +814,5 @@ mod tests {
         assert!(selects(&req(SelectorOperator::DoesNotExist, &[]), |_| None));
         assert!(selects(&req(SelectorOperator::NotIn, &["web"]), |_| None));
         assert!(selects(&LabelSelector::default(), |_| None), "an empty selector selects everything");
-    }
-
-    #[test]
-    fn cidrs_parse_and_contain() {
-        let c = Cidr::parse("10.244.1.7/24").unwrap();
-        assert_eq!(c, Cidr { addr: u32::from(Ipv4Addr::new(10, 244, 1, 0)), len: 24 });
-        assert!(c.contains(Ipv4Addr::new(10, 244, 1, 200)) && !c.contains(Ipv4Addr::new(10, 244, 2, 1)));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(Ipv4Addr::new(1, 2, 3, 4)));
-        assert_eq!(Cidr::parse("fd00::/8"), None);
-        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
     }
 }

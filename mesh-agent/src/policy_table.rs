@@ -15,7 +15,7 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie};
 use mesh_common::{
-    api, maps,
+    api, cidr, maps,
     policy::{
         ALLOW, ANY_PEER, ANY_PROTO_BITS, AUDIT, DENY, Decision, DirectionPolicy, EGRESS, Endpoint, HAS_RULES, INGRESS,
         IP_CIDR, IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PROTO_BITS, PolicyEntry, PolicyKey,
@@ -225,7 +225,7 @@ pub fn kernel_form(
     let mut out = KernelPolicy::default();
     for w in workloads {
         for ip in w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
-            out.identities.insert((IP_POD, Cidr { addr: u32::from(ip), len: 32 }), w.identity);
+            out.identities.insert((IP_POD, cidr::host(ip)), w.identity);
         }
     }
     // Every CIDR and except of every block: an address's most specific one says which blocks
@@ -351,11 +351,14 @@ fn peer_identities(peer: &Peer, cidrs: &BTreeSet<Cidr>, numbering: &Numbering) -
         Peer::Block { cidr, except } => {
             // The CIDRs inside the block (in address order, starting at the block's) and outside
             // every except.
-            let end = u64::from(cidr.addr) + (1u64 << (32 - u32::from(cidr.len)));
+            let end = u64::from(cidr::first(cidr)) + (1u64 << (32 - u32::from(cidr.prefix_len())));
             cidrs
                 .range(*cidr..)
-                .take_while(|c| u64::from(c.addr) < end)
-                .filter(|c| c.len >= cidr.len && !except.iter().any(|e| e.len <= c.len && e.contains(c.first())))
+                .take_while(|c| u64::from(cidr::first(c)) < end)
+                .filter(|c| {
+                    c.prefix_len() >= cidr.prefix_len()
+                        && !except.iter().any(|e| e.prefix_len() <= c.prefix_len() && e.contains(&c.network()))
+                })
                 .filter_map(|c| numbering.cidrs.get(c).copied())
                 .collect()
         }
@@ -371,7 +374,7 @@ fn pod_in_peer(peer: &Peer, w: &api::Workload) -> bool {
             .ips
             .iter()
             .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
-            .any(|ip| cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))),
+            .any(|ip| cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))),
     }
 }
 
@@ -503,7 +506,7 @@ fn write(map: &'static str) -> impl FnOnce(MapError) -> PolicyTableError {
 }
 
 fn ip_key(kind: u32, cidr: Cidr) -> Key<IpKey> {
-    Key::new(IP_KEY_BITS + u32::from(cidr.len), IpKey { kind: kind.to_be(), addr: cidr.addr.to_be() })
+    Key::new(IP_KEY_BITS + u32::from(cidr.prefix_len()), IpKey { kind: kind.to_be(), addr: cidr::first(&cidr).to_be() })
 }
 
 impl PolicyTable {
@@ -522,7 +525,7 @@ impl PolicyTable {
         let mut current = KernelPolicy::default();
         for (key, value) in identities.iter().filter_map(Result::ok) {
             let data = key.data();
-            let cidr = Cidr { addr: u32::from_be(data.addr), len: (key.prefix_len() - IP_KEY_BITS) as u8 };
+            let cidr = cidr::v4(u32::from_be(data.addr), (key.prefix_len() - IP_KEY_BITS) as u8);
             current.identities.insert((u32::from_be(data.kind), cidr), value);
         }
         for (key, value) in endpoints.iter().filter_map(Result::ok) {
@@ -743,10 +746,10 @@ pub(crate) mod tests {
         let mut enforced = Decision::default();
         let mut with_audit = Decision::default();
         if policy.flags & HAS_RULES != 0 {
-            let pod = kernel.identities.get(&(IP_POD, Cidr { addr: u32::from(peer), len: 32 })).copied();
+            let pod = kernel.identities.get(&(IP_POD, cidr::host(peer))).copied();
             let cidr = (0..=32u8)
                 .rev()
-                .find_map(|len| kernel.identities.get(&(IP_CIDR, Cidr::parse(&format!("{peer}/{len}")).unwrap())))
+                .find_map(|len| kernel.identities.get(&(IP_CIDR, cidr::v4(u32::from(peer), len))))
                 .copied();
             for id in [pod, cidr, Some(ANY_PEER)].into_iter().flatten() {
                 let found = (ANY_PROTO_BITS..=PROTO_BITS + 16).rev().find_map(|bits| {
@@ -819,7 +822,7 @@ pub(crate) mod tests {
     #[test]
     fn unused_numbers_are_freed_cidrs_at_once_rules_after_the_grace() {
         let mut numbering = Numbering::default();
-        let cidr = |n: u32| Cidr { addr: (10 << 24) | (n << 8), len: 24 };
+        let cidr = |n: u32| cidr::v4((10 << 24) | (n << 8), 24);
         let a = numbering.cidr(cidr(1));
         let b = numbering.cidr(cidr(2));
         let policy = PolicyRef { kind: "NetworkPolicy", namespace: "x".into(), name: "p".into() };
@@ -850,10 +853,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_new_agent_keeps_the_cidr_numbers_it_finds_in_the_maps() {
-        let cidr = |n: u32| Cidr { addr: (10 << 24) | (n << 8), len: 24 };
+        let cidr = |n: u32| cidr::v4((10 << 24) | (n << 8), 24);
         let mut held = KernelPolicy::default();
         held.identities.insert((IP_CIDR, cidr(1)), FIRST_CIDR_IDENTITY + 4);
-        held.identities.insert((IP_POD, Cidr { addr: 1, len: 32 }), 7);
+        held.identities.insert((IP_POD, cidr::v4(1, 32)), 7);
         let mut numbering = Numbering::default();
         numbering.adopt_cidrs(&held);
         assert_eq!(numbering.cidr(cidr(1)), FIRST_CIDR_IDENTITY + 4);

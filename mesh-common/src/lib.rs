@@ -6,6 +6,8 @@
 #![cfg_attr(not(feature = "user"), no_std)]
 
 #[cfg(feature = "user")]
+pub mod cidr;
+#[cfg(feature = "user")]
 pub mod drain;
 pub mod flows;
 pub mod maps;

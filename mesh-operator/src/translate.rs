@@ -11,7 +11,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use mesh_common::api;
+use mesh_common::{api, cidr};
 
 /// The label that ties an EndpointSlice to its service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -397,7 +397,7 @@ pub fn node(name: &str, node: &k8s_openapi::api::core::v1::Node) -> Result<api::
         spec.and_then(|s| s.pod_cidrs.clone()).or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]));
     let pod_cidrs = pod_cidrs.unwrap_or_default();
     for (i, cidr) in pod_cidrs.iter().enumerate() {
-        parse_cidr(cidr).map_err(|message| invalid(format!("spec.podCIDRs[{i}]"), message))?;
+        cidr::parse(cidr).map_err(|message| invalid(format!("spec.podCIDRs[{i}]"), message))?;
     }
     Ok(api::Node { name: name.into(), addresses: addresses.into_iter().map(|(_, a)| a).collect(), pod_cidrs })
 }
@@ -507,10 +507,10 @@ fn policy_rule(
                 if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
                     return Err(invalid(here, "ipBlock cannot be combined with podSelector or namespaceSelector"));
                 }
-                let cidr = parse_cidr(&block.cidr).map_err(|m| invalid(format!("{here}.ipBlock.cidr"), m))?;
+                let cidr = cidr::parse(&block.cidr).map_err(|m| invalid(format!("{here}.ipBlock.cidr"), m))?;
                 for (k, except) in block.except.iter().flatten().enumerate() {
-                    let inner = parse_cidr(except).map_err(|m| invalid(format!("{here}.ipBlock.except[{k}]"), m))?;
-                    if !cidr_contains(cidr, inner) {
+                    let inner = cidr::parse(except).map_err(|m| invalid(format!("{here}.ipBlock.except[{k}]"), m))?;
+                    if !cidr.contains(&inner) {
                         return Err(invalid(
                             format!("{here}.ipBlock.except[{k}]"),
                             format!("{except} is not within {}", block.cidr),
@@ -603,24 +603,6 @@ fn selector(
         out.match_expressions.push(api::LabelRequirement { key: e.key.clone(), operator: operator as i32, values });
     }
     Ok(out)
-}
-
-/// An IPv4 or IPv6 CIDR: (address bits, prefix length, is IPv6).
-fn parse_cidr(cidr: &str) -> Result<(u128, u8, bool), String> {
-    let bad = || format!("{cidr:?} is not a CIDR such as 10.0.0.0/8");
-    let (address, prefix) = cidr.split_once('/').ok_or_else(bad)?;
-    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-    match address.parse::<std::net::IpAddr>().map_err(|_| bad())? {
-        std::net::IpAddr::V4(v4) if prefix <= 32 => Ok((u128::from(u32::from(v4)) << 96, prefix, false)),
-        std::net::IpAddr::V6(v6) if prefix <= 128 => Ok((u128::from(v6), prefix, true)),
-        _ => Err(format!("{cidr:?}: prefix length /{prefix} is too long")),
-    }
-}
-
-fn cidr_contains(outer: (u128, u8, bool), inner: (u128, u8, bool)) -> bool {
-    // IPv4 addresses sit in the top 32 bits, so a prefix length counts from the top either way.
-    let mask = |prefix: u8| if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
-    outer.2 == inner.2 && inner.1 >= outer.1 && (inner.0 & mask(outer.1)) == (outer.0 & mask(outer.1))
 }
 
 #[cfg(test)]

@@ -127,3 +127,34 @@ fn a_pod_the_node_cannot_route_stops_the_agent_with_the_pod_named() {
     let summary = connect(&lab, &Placement::pod(lab.pod(CLIENT)), 1, SHORT);
     assert_eq!((summary.ok, summary.failed), (0, 1), "a failed start left the VIP rewritten: {summary:?}");
 }
+
+#[test]
+fn an_agent_without_its_capabilities_names_what_is_missing_and_loads_nothing() {
+    if !privileged("an_agent_without_its_capabilities_names_what_is_missing_and_loads_nothing") {
+        return;
+    }
+    let lab = scenario::web_lab().expect("lab");
+    let node = &lab.nodes[0];
+    let state = lab.dir.join("state.yaml");
+    std::fs::write(&state, scenario::web_state(&lab)).expect("state file");
+    // Root, but with the capabilities the DaemonSet grants taken away (and SYS_ADMIN, which
+    // would stand in for two of them).
+    let output = std::process::Command::new("setpriv")
+        .arg("--bounding-set=-bpf,-perfmon,-net_admin,-sys_admin")
+        .arg(mesh_tests::agent_binary())
+        .args(["--node-name", &node.name, "--cgroup"])
+        .arg(&node.cgroup)
+        .arg("--bpffs")
+        .arg(&node.bpffs)
+        .arg("--state-file")
+        .arg(&state)
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for missing in ["capability CAP_BPF", "capability CAP_PERFMON", "capability CAP_NET_ADMIN"] {
+        assert!(stderr.contains(missing), "{missing} is not named: {stderr}");
+    }
+    assert!(stderr.contains("securityContext"), "no advice: {stderr}");
+    assert!(!node.bpffs.exists(), "something was loaded: {}", node.bpffs.display());
+}

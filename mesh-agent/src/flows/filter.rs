@@ -3,9 +3,7 @@
 //! its values does); a flow passes when it matches any allow filter (or there are none) and
 //! no deny filter. The parsers here are also `meshctl`'s, so it can name a malformed flag.
 
-use std::net::Ipv4Addr;
-
-use mesh_common::{hubble::flow::FlowFilter, proto};
+use mesh_common::{cidr::Ipv4Net, hubble::flow::FlowFilter, proto};
 
 use super::{
     directory::EndpointInfo,
@@ -69,28 +67,9 @@ impl NamePattern {
     }
 }
 
-/// An address or a prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: u32,
-    pub bits: u8,
-}
-
-pub fn parse_ip(value: &str) -> Result<IpNet, FilterError> {
-    let err = || FilterError::Ip(value.to_owned());
-    let (addr, bits) = match value.split_once('/') {
-        Some((addr, bits)) => (addr, bits.parse::<u8>().ok().filter(|b| *b <= 32).ok_or_else(err)?),
-        None => (value, 32),
-    };
-    let addr: Ipv4Addr = addr.parse().map_err(|_| err())?;
-    Ok(IpNet { addr: u32::from(addr), bits })
-}
-
-impl IpNet {
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.bits == 0 { 0 } else { u32::MAX << (32 - u32::from(self.bits)) };
-        u32::from(ip) & mask == self.addr & mask
-    }
+/// An address or a prefix (`mesh_common::cidr`, the one definition).
+pub fn parse_ip(value: &str) -> Result<Ipv4Net, FilterError> {
+    mesh_common::cidr::parse_v4_or_host(value).ok_or_else(|| FilterError::Ip(value.to_owned()))
 }
 
 pub fn parse_port(value: &str) -> Result<u16, FilterError> {
@@ -238,8 +217,8 @@ fn glob(pattern: &str, text: &str) -> bool {
 /// One compiled `FlowFilter`.
 #[derive(Debug, Default)]
 pub struct Filter {
-    source_ip: Vec<IpNet>,
-    destination_ip: Vec<IpNet>,
+    source_ip: Vec<Ipv4Net>,
+    destination_ip: Vec<Ipv4Net>,
     source_pod: Vec<NamePattern>,
     destination_pod: Vec<NamePattern>,
     source_label: Vec<Vec<Requirement>>,
@@ -330,8 +309,8 @@ impl Filter {
         }
         let e = &v.record.event;
         let pod = |p: &NamePattern, ep: Option<&EndpointInfo>| ep.is_some_and(|ep| p.matches(&ep.namespace, &ep.pod));
-        any(&self.source_ip, |n| n.contains(v.source_ip))
-            && any(&self.destination_ip, |n| n.contains(v.destination_ip))
+        any(&self.source_ip, |n| n.contains(&v.source_ip))
+            && any(&self.destination_ip, |n| n.contains(&v.destination_ip))
             && any(&self.source_pod, |p| pod(p, v.source))
             && any(&self.destination_pod, |p| pod(p, v.destination))
             && any(&self.source_label, |s| selector_matches(s, v.source))
@@ -386,6 +365,8 @@ impl Filters {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
@@ -400,11 +381,11 @@ mod tests {
     #[test]
     fn ips_and_prefixes() {
         let net = parse_ip("10.244.1.0/24").unwrap();
-        assert!(net.contains("10.244.1.7".parse().unwrap()));
-        assert!(!net.contains("10.244.2.7".parse().unwrap()));
+        assert!(net.contains(&"10.244.1.7".parse::<Ipv4Addr>().unwrap()));
+        assert!(!net.contains(&"10.244.2.7".parse::<Ipv4Addr>().unwrap()));
         assert!(parse_ip("10.244.1.0/33").is_err());
         assert!(parse_ip("10.244.1.300").is_err());
-        assert!(parse_ip("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(parse_ip("0.0.0.0/0").unwrap().contains(&"1.2.3.4".parse::<Ipv4Addr>().unwrap()));
     }
 
     #[test]
