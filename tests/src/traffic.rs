@@ -85,7 +85,8 @@ pub fn soak(plan: &SoakPlan, log: &Path) -> std::io::Result<SoakReport> {
                     }
                     let (tcp, to) = targets[n as usize % targets.len()];
                     let at_ms = now_ms();
-                    let result = if tcp { tcp_once(to, plan.timeout) } else { udp_once(to, plan.timeout) };
+                    let result = if tcp { tcp_once(to, plan.timeout) } else { udp_once(to, plan.timeout, 4) };
+                    let result = result.map(|(reply, _)| reply);
                     let attempt = outcome(at_ms, if tcp { "tcp" } else { "udp" }, to, result);
                     record(log, report, &attempt, plan.log_all, false);
                     n += u64::from(WORKERS);
@@ -189,26 +190,31 @@ fn outcome(at_ms: u64, kind: &str, to: SocketAddr, result: std::io::Result<Strin
     Attempt { at_ms, kind: kind.into(), to: to.to_string(), error, reply }
 }
 
-/// Connect, read the reply line, close.
-pub fn tcp_once(to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+/// Connect, read the reply line, close: the reply and the peer as the client saw it
+/// (`getpeername`).
+pub fn tcp_once(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
     let stream = TcpStream::connect_timeout(&to, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
+    let peer = stream.peer_addr()?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply)?;
     if reply.is_empty() {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a reply"));
     }
-    Ok(reply.trim_end().to_owned())
+    Ok((reply.trim_end().to_owned(), peer))
 }
 
-/// One datagram from a new socket, one reply.
-pub fn udp_once(to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+/// One datagram of `size` bytes (at least the request) from a new socket, one reply: the
+/// reply and its source address.
+pub fn udp_once(to: SocketAddr, timeout: Duration, size: usize) -> std::io::Result<(String, SocketAddr)> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.set_read_timeout(Some(timeout))?;
-    socket.send_to(b"ask\n", to)?;
+    let mut datagram = b"ask\n".to_vec();
+    datagram.resize(size.max(datagram.len()), b'.');
+    socket.send_to(&datagram, to)?;
     let mut buf = [0u8; 2048];
-    let (n, _) = socket.recv_from(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned())
+    let (n, from) = socket.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).trim_end().to_owned(), from))
 }
 
 /// Milliseconds since the Unix epoch.

@@ -64,15 +64,36 @@ fn a_kept_datapath_outlives_the_agent_and_is_taken_over() {
     if !privileged("a_kept_datapath_outlives_the_agent_and_is_taken_over") {
         return;
     }
+    datapath_outlives_its_agent(&["--keep-datapath"], |lab, first| {
+        assert!(lab.stop(first.pid, Duration::from_secs(10)).expect("agent stops").success(), "{}", first.log());
+    });
+}
+
+#[test]
+fn a_killed_agent_leaves_the_datapath_running_and_the_next_one_takes_over() {
+    if !privileged("a_killed_agent_leaves_the_datapath_running_and_the_next_one_takes_over") {
+        return;
+    }
+    // Without --keep-datapath: a crash is not a choice the agent made.
+    datapath_outlives_its_agent(&[], |lab, first| {
+        lab.signal(first.pid, libc::SIGKILL).expect("SIGKILL");
+        lab.stop(first.pid, Duration::from_secs(10)).expect("reaped");
+    });
+}
+
+/// A first agent (started with `first_args`) ends by `end`; its datapath must keep answering
+/// with no agent; a second agent takes over; once that one stops without keep-datapath,
+/// nothing of either is left.
+fn datapath_outlives_its_agent(first_args: &[&str], end: impl FnOnce(&Lab, &Agent)) {
     let lab = scenario::web_lab().expect("lab");
     let client = Placement::pod(lab.pod(CLIENT));
     let node = &lab.nodes[0];
     let state = scenario::web_state(&lab);
 
-    let first = Agent::start(&lab, node, &state, &["--keep-datapath"]).expect("agent ready");
-    assert!(lab.stop(first.pid, Duration::from_secs(10)).expect("agent stops").success(), "{}", first.log());
+    let first = Agent::start(&lab, node, &state, first_args).expect("agent ready");
+    end(&lab, &first);
     let summary = connect(&lab, &client, 20, PER_CONNECTION);
-    assert_eq!(summary.ok, 20, "the kept datapath must keep answering with no agent: {summary:?}\n{}", first.log());
+    assert_eq!(summary.ok, 20, "the datapath must keep answering with no agent: {summary:?}\n{}", first.log());
 
     let second = Agent::start(&lab, node, &state, &[]).expect("second agent ready");
     assert!(second.log().contains("took over"), "the second agent did not take over:\n{}", second.log());
@@ -82,33 +103,6 @@ fn a_kept_datapath_outlives_the_agent_and_is_taken_over() {
     assert!(lab.stop(second.pid, Duration::from_secs(10)).expect("agent stops").success(), "{}", second.log());
     let after = connect(&lab, &client, 1, SHORT);
     assert_eq!((after.ok, after.failed), (0, 1), "the first agent's links must be gone too: {after:?}");
-    assert!(!node.bpffs.exists(), "pins left behind");
-}
-
-#[test]
-fn a_killed_agent_leaves_the_datapath_running_and_the_next_one_takes_over() {
-    if !privileged("a_killed_agent_leaves_the_datapath_running_and_the_next_one_takes_over") {
-        return;
-    }
-    let lab = scenario::web_lab().expect("lab");
-    let client = Placement::pod(lab.pod(CLIENT));
-    let node = &lab.nodes[0];
-    let state = scenario::web_state(&lab);
-
-    // Without --keep-datapath: a crash is not a choice the agent made.
-    let first = Agent::start(&lab, node, &state, &[]).expect("agent ready");
-    lab.signal(first.pid, libc::SIGKILL).expect("SIGKILL");
-    lab.stop(first.pid, Duration::from_secs(10)).expect("reaped");
-    let summary = connect(&lab, &client, 20, PER_CONNECTION);
-    assert_eq!(summary.ok, 20, "the datapath must outlive a killed agent: {summary:?}\n{}", first.log());
-
-    let second = Agent::start(&lab, node, &state, &[]).expect("second agent ready");
-    assert!(second.log().contains("took over"), "the second agent did not take over:\n{}", second.log());
-    let summary = connect(&lab, &client, 20, PER_CONNECTION);
-    assert_eq!(summary.ok, 20, "{summary:?}");
-    assert!(lab.stop(second.pid, Duration::from_secs(10)).expect("agent stops").success(), "{}", second.log());
-    let after = connect(&lab, &client, 1, SHORT);
-    assert_eq!((after.ok, after.failed), (0, 1), "the killed agent's links must be gone too: {after:?}");
     assert!(!node.bpffs.exists(), "pins left behind");
 }
 

@@ -10,10 +10,10 @@
 //!   (every answer is a policy violation); `client` probes guarded (an answer while it is
 //!   denied is a violation, a failure while it is allowed is a failed connection).
 //! - Chaos, every cycle: each agent SIGKILLed and restarted, the operator SIGKILLed and
-//!   restarted, a burst of invalid manifests, the operator frozen (SIGSTOP) and then down
-//!   (60 s in runs of 5 minutes or more, 10 s in shorter ones); all along, a churn pod added or
-//!   removed every second and guarded's policy flipped every 5 s (only while nothing is down,
-//!   so that the flip can reach the datapath).
+//!   restarted, a burst of invalid manifests, 12 s of policy churn, the operator frozen
+//!   (SIGSTOP) and then down (60 s in runs of 5 minutes or more, 10 s in shorter ones); all
+//!   along, a churn pod added or removed every second, and guarded's policy flipped every 2 s
+//!   while nothing is down or due within 2.5 s (so that the flip reaches the datapath).
 //!
 //! Checked: no client attempt to a live endpoint fails (each failure printed with the chaos
 //! events around it), no denied probe is answered, agent and operator RSS (sampled every
@@ -55,8 +55,11 @@ const PROBE_RATE: u32 = 20;
 /// A probe's timeout (a denied one waits for it).
 const PROBE_TIMEOUT_MS: u64 = 300;
 /// After a policy flip, probes are not judged for this long (the flip travels file ->
-/// operator -> agents -> maps).
+/// operator -> agents -> maps); no flip comes this close to a chaos event either way.
 const FLIP_GRACE_MS: u64 = 2_000;
+const FLIP_GRACE: Duration = Duration::from_millis(FLIP_GRACE_MS + 500);
+/// How often guarded's policy flips while nothing is down.
+const FLIP_EVERY: Duration = Duration::from_secs(2);
 /// The final window in which every flow event is accounted for: no chaos but churn.
 const TAIL: Duration = Duration::from_secs(10);
 /// RSS is taken as "after warm-up" at this point.
@@ -352,16 +355,17 @@ enum Event {
 /// The events of `span`: cycles of the events below, as many as fit.
 fn schedule(span: Duration) -> Vec<(Duration, Event)> {
     let down = if span >= Duration::from_secs(290) { Duration::from_secs(60) } else { Duration::from_secs(10) };
+    // 22 s to 34 s: nothing but churn, so guarded's policy flips every 2 s.
     let cycle = [
         (4, Event::KillAgent(0)),
         (9, Event::KillAgent(1)),
         (14, Event::KillOperator),
         (19, Event::InvalidBurst),
         (22, Event::InvalidBurstEnd),
-        (24, Event::FreezeOperator),
-        (29, Event::OperatorDown(down)),
+        (34, Event::FreezeOperator),
+        (39, Event::OperatorDown(down)),
     ];
-    let length = Duration::from_secs(34) + down;
+    let length = Duration::from_secs(44) + down;
     let mut events = Vec::new();
     let mut start = Duration::ZERO;
     while start + length <= span || events.is_empty() {
@@ -412,12 +416,12 @@ impl Chaos<'_> {
     }
 
     /// Runs `schedule` (offsets from now) for `span`, with churn every second and a policy
-    /// flip every 5 s while everything is up.
+    /// flip every [`FLIP_EVERY`] while everything is up (and nothing is due for a while).
     fn run(&mut self, span: Duration, schedule: &[(Duration, Event)]) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut pending = schedule.iter().peekable();
         let mut next_churn = Duration::from_secs(1);
-        let mut next_flip = Duration::from_secs(5);
+        let mut next_flip = FLIP_EVERY;
         while started.elapsed() < span {
             let now = started.elapsed();
             if let Some((at, event)) = pending.peek().copied()
@@ -431,9 +435,9 @@ impl Chaos<'_> {
                 next_churn += Duration::from_secs(1);
                 self.churn()?;
             }
-            let event_soon = pending.peek().is_some_and(|(at, _)| *at < now + Duration::from_secs(3));
+            let event_soon = pending.peek().is_some_and(|(at, _)| *at < now + FLIP_GRACE);
             if now >= next_flip && !event_soon && Instant::now() >= self.quiet_until && self.operator.is_some() {
-                next_flip = now + Duration::from_secs(5);
+                next_flip = now + FLIP_EVERY;
                 let open = !self.flips.last().is_some_and(|(_, open)| *open);
                 write_atomic(&self.manifests, "guarded.yaml", &guarded_policy(open))?;
                 self.flips.push((now_ms(), open));
@@ -496,7 +500,7 @@ impl Chaos<'_> {
                 self.start_operator()?;
             }
         }
-        self.quiet_until = Instant::now() + Duration::from_secs(3);
+        self.quiet_until = Instant::now() + FLIP_GRACE;
         self.publish_pids();
         Ok(())
     }

@@ -33,7 +33,10 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use mesh_tests::labnet::{LoadReport, Summary};
+use mesh_tests::{
+    labnet::{LoadReport, Summary},
+    traffic::{tcp_once as one, udp_once as udp_one},
+};
 
 #[derive(Parser)]
 #[command(about = "The lab's traffic tool: a reply server and its clients")]
@@ -265,19 +268,6 @@ fn connect(to: SocketAddr, count: u32, interval: Duration, timeout: Duration) ->
     summary
 }
 
-/// One connection: connect, read the first line, close. The reply and `getpeername`.
-fn one(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
-    let stream = TcpStream::connect_timeout(&to, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    let peer = stream.peer_addr()?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply)?;
-    if reply.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a reply"));
-    }
-    Ok((reply.trim_end().to_owned(), peer))
-}
-
 fn rr(to: SocketAddr, duration: Duration) -> std::io::Result<mesh_tests::labnet::RrReport> {
     let mut stream = TcpStream::connect(to)?;
     stream.set_nodelay(true)?;
@@ -329,17 +319,6 @@ fn probe(targets: &[SocketAddr], tcp: bool, timeout: Duration) -> std::collectio
 }
 
 /// One datagram from a new socket, and its reply.
-fn udp_one(to: SocketAddr, timeout: Duration, size: usize) -> std::io::Result<(String, SocketAddr)> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
-    socket.set_read_timeout(Some(timeout))?;
-    let mut datagram = b"ask\n".to_vec();
-    datagram.resize(size.max(datagram.len()), b'.');
-    socket.send_to(&datagram, to)?;
-    let mut buf = [0u8; 2048];
-    let (n, from) = socket.recv_from(&mut buf)?;
-    Ok((String::from_utf8_lossy(&buf[..n]).trim_end().to_owned(), from))
-}
-
 fn udp(to: SocketAddr, count: u32, timeout: Duration, size: usize) -> Summary {
     let started = Instant::now();
     let mut summary = Summary::default();
