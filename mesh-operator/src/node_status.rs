@@ -42,8 +42,8 @@ pub async fn report(client: Client, mut events: mpsc::UnboundedReceiver<AgentEve
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
     let mut statuses: BTreeMap<String, MeshNodeStatus> = BTreeMap::new();
     // Each MeshNode is owned by its Node (so a removed node takes it along): the Node's uid,
-    // looked up once.
-    let mut owners: BTreeMap<String, Option<String>> = BTreeMap::new();
+    // looked up until found.
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
     while let Some(first) = events.recv().await {
         let mut changed = std::collections::BTreeSet::new();
         let mut next = Some(first);
@@ -55,15 +55,18 @@ pub async fn report(client: Client, mut events: mpsc::UnboundedReceiver<AgentEve
         for node in changed {
             if !owners.contains_key(&node) {
                 match nodes.get_opt(&node).await {
-                    Ok(found) => drop(owners.insert(node.clone(), found.and_then(|n| n.metadata.uid))),
+                    Ok(found) => {
+                        if let Some(uid) = found.and_then(|n| n.metadata.uid) {
+                            owners.insert(node.clone(), uid);
+                        }
+                    }
                     Err(err) => tracing::warn!(
                         node,
                         "cannot read the Node (the MeshNode is written without its owner for now): {err}"
                     ),
                 }
             }
-            let owner = owners.get(&node).cloned().flatten();
-            if let Err(err) = write(&api, &node, owner.as_deref(), &statuses[&node]).await {
+            if let Err(err) = write(&api, &node, owners.get(&node).map(String::as_str), &statuses[&node]).await {
                 tracing::warn!(node, "cannot write MeshNode status: {err}");
             }
         }
