@@ -100,7 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             &mut table,
             &mut policy.borrow_mut(),
             &config,
-            model_and(&model, &compiler, compiled, true),
+            Update { model: &model, compiler: &compiler, services: compiled, policy_changed: true },
         );
         observe(&datapath, &model, &policy.borrow());
         if let Err(err) = result {
@@ -146,7 +146,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     &mut table,
                     &mut policy.borrow_mut(),
                     &config,
-                    model_and(model, &compiler, services, policy_changed),
+                    Update { model, compiler: &compiler, services, policy_changed },
                 );
                 healthy = result.is_ok();
                 let reconciled = started.elapsed();
@@ -295,15 +295,6 @@ struct Update<'a> {
     services: Compiled,
     /// Pods or policies changed (or anything may have): compile the policy again.
     policy_changed: bool,
-}
-
-fn model_and<'a>(
-    model: &'a ResourceSet,
-    compiler: &'a Compiler,
-    services: Compiled,
-    policy_changed: bool,
-) -> Update<'a> {
-    Update { model, compiler, services, policy_changed }
 }
 
 /// Makes the datapath hold the compiled model; every problem is in the error, nothing stops

@@ -130,6 +130,8 @@ pub struct ServiceTable {
     addr_refs: std::collections::HashMap<Backend, u32>,
     next_revision: u32,
     programmed: std::collections::HashMap<ServiceKey, (ServiceEntry, Vec<Backend>)>,
+    /// Slots of every programmed frontend together (what `check_fits` starts from).
+    programmed_slots: u64,
     /// Slots and filter addresses whose removal failed: removed again at the next apply.
     unremoved_slots: Vec<BackendKey>,
     unremoved_addrs: Vec<Backend>,
@@ -175,6 +177,7 @@ impl ServiceTable {
                 *addr_refs.entry(addr).or_insert(0) += 1;
             }
         }
+        let programmed_slots = programmed.values().map(|(_, slots)| slots.len() as u64).sum();
         Ok(Self {
             services,
             backends,
@@ -183,6 +186,7 @@ impl ServiceTable {
             addr_refs,
             next_revision,
             programmed,
+            programmed_slots,
             unremoved_slots: Vec::new(),
             unremoved_addrs: Vec::new(),
             capacities,
@@ -267,6 +271,7 @@ impl ServiceTable {
                 continue;
             }
             let (entry, slots) = self.programmed.remove(key).expect("listed as programmed");
+            self.programmed_slots -= slots.len() as u64;
             self.delete_slots(entry);
             self.drop_refs(&slots);
             stats.removed += 1;
@@ -342,12 +347,15 @@ impl ServiceTable {
                 });
             }
         }
-        // What stays untouched, then what changes.
+        // What stays untouched (what is held, less what changes), then what changes: this
+        // costs what the change touches, not what the maps hold.
         let touched: HashSet<ServiceKey> = planned.iter().map(|(s, _)| s.key).chain(stale.iter().copied()).collect();
-        let untouched = self.programmed.iter().filter(|(key, _)| !touched.contains(*key));
-        let (kept_services, kept_slots) =
-            untouched.fold((0u64, 0u64), |(n, slots), (_, (_, backends))| (n + 1, slots + backends.len() as u64));
-        let services = kept_services + planned.len() as u64;
+        let (touched_services, touched_slots) = touched
+            .iter()
+            .filter_map(|key| self.backends_of(key))
+            .fold((0u64, 0u64), |(n, slots), backends| (n + 1, slots + backends.len() as u64));
+        let kept_slots = self.programmed_slots - touched_slots;
+        let services = self.programmed.len() as u64 - touched_services + planned.len() as u64;
         if services > u64::from(self.capacities.services) {
             return Err(ServiceLbError::Capacity {
                 map: maps::SERVICES,
@@ -420,7 +428,9 @@ impl ServiceTable {
         for addr in distinct(slots) {
             *self.addr_refs.entry(addr).or_insert(0) += 1;
         }
+        self.programmed_slots += slots.len() as u64;
         if let Some((_, old)) = self.programmed.insert(service.key, (entry, slots.to_vec())) {
+            self.programmed_slots -= old.len() as u64;
             self.drop_refs(&old);
         }
         Ok(true)

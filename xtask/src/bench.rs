@@ -3,7 +3,7 @@
 //! in one shape: `{"bench": name, "rows": [{case, scale, metric, value, unit, baseline,
 //! ratio}]}`.
 
-mod control_plane;
+pub(crate) mod control_plane;
 mod flows;
 mod policy;
 mod service_lb;

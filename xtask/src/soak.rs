@@ -576,20 +576,13 @@ fn sample_rss(pids: &Mutex<BTreeMap<String, u32>>, stop: &AtomicBool) -> BTreeMa
     while !stop.load(Ordering::Relaxed) {
         let current = pids.lock().expect("pids lock").clone();
         for (name, pid) in current {
-            if let Some(mib) = rss_mib(pid) {
+            if let Ok(mib) = crate::bench::control_plane::rss_mib(pid) {
                 samples.entry(name).or_default().push((started.elapsed(), mib));
             }
         }
         std::thread::sleep(Duration::from_secs(1));
     }
     samples
-}
-
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 /// Writes `dir/name` whole, in one rename: the operator never reads half a file.

@@ -201,7 +201,8 @@ impl Maps {
     }
 }
 
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+/// A process's resident memory in MiB (also the soak's sampler).
+pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
         .lines()
