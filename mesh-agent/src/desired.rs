@@ -58,8 +58,9 @@ pub struct Compiler {
     pods: Vec<state_file::Pod>,
     weights: Weights,
     node_addresses: Vec<Ipv4Addr>,
-    /// The EndpointSlices of each service, and the service each slice was for.
-    slices_of: HashMap<Named, BTreeSet<String>>,
+    /// The EndpointSlices of each service (sorted; a `Vec`, not a set: a service has one or a
+    /// few, and a `BTreeSet` of one name costs 280 bytes), and the service each slice was for.
+    slices_of: HashMap<Named, Vec<String>>,
     slice_owner: HashMap<Named, String>,
     /// Each service's frontends, in model order.
     frontends: BTreeMap<Named, Vec<ResolvedService>>,
@@ -120,7 +121,10 @@ impl Compiler {
                         if let Some(owner) = self.slice_owner.remove(&slice) {
                             let service = (namespace.clone(), owner);
                             if let Some(slices) = self.slices_of.get_mut(&service) {
-                                slices.remove(name);
+                                slices.retain(|s| s != name);
+                                if slices.is_empty() {
+                                    self.slices_of.remove(&service);
+                                }
                             }
                             dirty.insert(service);
                         }
@@ -128,7 +132,7 @@ impl Compiler {
                             model.resources.get(&(*kind, namespace.clone(), name.clone())).and_then(|r| r.kind.as_ref())
                         {
                             let service = (namespace.clone(), s.service.clone());
-                            self.slices_of.entry(service.clone()).or_default().insert(name.clone());
+                            add_slice(self.slices_of.entry(service.clone()).or_default(), name);
                             self.slice_owner.insert(slice, s.service.clone());
                             dirty.insert(service);
                         }
@@ -140,10 +144,7 @@ impl Compiler {
                 self.slice_owner.clear();
                 for resource in model.of_kind(Kind::EndpointSlice) {
                     if let Some(resource::Kind::EndpointSlice(s)) = &resource.kind {
-                        self.slices_of
-                            .entry((s.namespace.clone(), s.service.clone()))
-                            .or_default()
-                            .insert(s.name.clone());
+                        add_slice(self.slices_of.entry((s.namespace.clone(), s.service.clone())).or_default(), &s.name);
                         self.slice_owner.insert((s.namespace.clone(), s.name.clone()), s.service.clone());
                     }
                 }
@@ -190,10 +191,19 @@ impl Compiler {
                 upserts.extend(fresh.iter().cloned());
             }
             if !fresh.is_empty() {
+                let mut fresh = fresh;
+                fresh.shrink_to_fit();
                 self.frontends.insert(service, fresh);
             }
         }
         if everything { Compiled::Everything } else { Compiled::Delta { upserts, removals } }
+    }
+}
+
+/// Adds `name` to a service's sorted slice names, once.
+fn add_slice(slices: &mut Vec<String>, name: &str) {
+    if let Err(at) = slices.binary_search_by(|s| s.as_str().cmp(name)) {
+        slices.insert(at, name.to_owned());
     }
 }
 
@@ -372,14 +382,14 @@ mod tests {
                     endpoint("10.244.1.4", "node-1", "c", false),
                 ],
             }),
-            R::Workload(api::Workload {
+            R::Workload(Box::new(api::Workload {
                 namespace: "ns".into(),
                 name: "b".into(),
                 node: "node-1".into(),
                 ips: vec!["10.244.1.3".into()],
                 weight: 5,
                 ..Default::default()
-            }),
+            })),
             R::Node(api::Node { name: "node-0".into(), addresses: vec!["172.18.0.2".into()], pod_cidrs: vec![] }),
             R::Node(api::Node { name: "node-1".into(), addresses: vec!["172.18.0.3".into()], pod_cidrs: vec![] }),
         ])

@@ -22,6 +22,8 @@ pub enum StreamError {
     Refused(tonic::Status),
     #[error("the stream broke: {0}")]
     Broken(tonic::Status),
+    #[error("the operator sent a broken update: {0}")]
+    Parts(#[from] mesh_common::model::PartError),
     #[error("the operator closed the stream")]
     Closed,
     #[error("cannot read the TLS bundle {path}: {source}")]
@@ -199,8 +201,10 @@ async fn stream_once(
         channel = channel.tls_config(tls_config(&tls.dir)?).map_err(connect_error)?;
     }
     let client = StateStreamClient::new(channel.connect().await.map_err(connect_error)?);
-    // A snapshot of a large cluster is one message: allow it (tonic's default is 4 MiB).
+    // The operator sends large updates in parts of about 1 MiB (`UPDATE_PART_BYTES`); an
+    // operator that does not may still send a whole snapshot as one message.
     let mut client = client.max_decoding_message_size(MAX_UPDATE_BYTES);
+    let mut parts = mesh_common::model::PartAssembler::default();
     let (outbound, messages) = mpsc::channel(16);
     let hello = Hello { node: node.to_owned(), epoch: received.epoch.clone(), version: received.version };
     outbound.send(AgentMessage { kind: Some(Kind::Hello(hello)) }).await.map_err(|_| StreamError::Closed)?;
@@ -212,7 +216,9 @@ async fn stream_once(
     loop {
         let info = tokio::select! {
             update = updates.message() => {
-                let Some(update) = update.map_err(StreamError::Broken)? else { break };
+                let Some(part) = update.map_err(StreamError::Broken)? else { break };
+                let size = prost::Message::encoded_len(&part);
+                let Some(update) = parts.push(part, size, MAX_UPDATE_BYTES)? else { continue };
                 let (version, full, resources) = (update.version, update.full, update.upserts.len());
                 received.epoch.clone_from(&update.epoch);
                 received.version = update.version;

@@ -257,7 +257,7 @@ pub fn workloads(model: &ResourceSet) -> Vec<&api::Workload> {
     model
         .of_kind(Kind::Workload)
         .filter_map(|r| match &r.kind {
-            Some(resource::Kind::Workload(w)) => Some(w),
+            Some(resource::Kind::Workload(w)) => Some(&**w),
             _ => None,
         })
         .collect()
@@ -269,14 +269,14 @@ pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
     let policies: Vec<&api::NetworkPolicy> = model
         .of_kind(Kind::NetworkPolicy)
         .filter_map(|r| match &r.kind {
-            Some(resource::Kind::NetworkPolicy(p)) => Some(p),
+            Some(resource::Kind::NetworkPolicy(p)) => Some(&**p),
             _ => None,
         })
         .collect();
     let mesh_policies: Vec<&api::MeshPolicy> = model
         .of_kind(Kind::MeshPolicy)
         .filter_map(|r| match &r.kind {
-            Some(resource::Kind::MeshPolicy(p)) => Some(p),
+            Some(resource::Kind::MeshPolicy(p)) => Some(&**p),
             _ => None,
         })
         .collect();
@@ -469,11 +469,11 @@ mod tests {
         };
         for ns in 0..3 {
             for pod in 0..3 {
-                insert(resource::Kind::Workload(workload(ns, pod)));
+                insert(resource::Kind::Workload(Box::new(workload(ns, pod))));
             }
         }
         for policy in policies {
-            insert(resource::Kind::NetworkPolicy(policy));
+            insert(resource::Kind::NetworkPolicy(Box::new(policy)));
         }
         set
     }
@@ -527,7 +527,7 @@ mod tests {
     ) -> String {
         let mut set = model(policies);
         for policy in mesh {
-            let resource = api::Resource { kind: Some(resource::Kind::MeshPolicy(policy)) };
+            let resource = api::Resource { kind: Some(resource::Kind::MeshPolicy(Box::new(policy))) };
             set.resources.insert(resource.key().expect("named").ordered(), resource);
         }
         let compiled = compile(&set, "node-0");

@@ -194,13 +194,13 @@ impl StateFile {
             set.resources.insert(key, resource);
         };
         for pod in &self.pods {
-            insert(wrap(R::Workload(api::Workload {
+            insert(wrap(R::Workload(Box::new(api::Workload {
                 namespace: NAMESPACE.into(),
                 name: pod.name.clone(),
                 node: node.into(),
                 ips: vec![pod.ip.to_string()],
                 ..Default::default()
-            })));
+            }))));
         }
         for service in &self.services {
             let protocol = match service.protocol {

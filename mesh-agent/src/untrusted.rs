@@ -4,12 +4,18 @@
 //! would do with the input: applied, or refused with an error naming the field. None may
 //! panic, hang or allocate without bound, whatever the bytes.
 
-use mesh_common::{api::StateUpdate, flows::FlowEvent, hubble::observer::GetFlowsRequest, model::ResourceSet};
+use mesh_common::{
+    api::StateUpdate,
+    flows::FlowEvent,
+    hubble::observer::GetFlowsRequest,
+    model::{PartAssembler, ResourceSet},
+};
 use prost::Message as _;
 
 use crate::{
     desired::Compiler,
     flows::{Record, directory::Directory, filter::Filters, view::FlowView},
+    operator_stream::MAX_UPDATE_BYTES,
     policy,
     policy_table::{self, LocalEndpoint, Numbering},
     state_file::StateFile,
@@ -24,14 +30,18 @@ pub struct Follower {
     pub model: ResourceSet,
     compiler: Compiler,
     numbering: Numbering,
+    parts: PartAssembler,
 }
 
 impl Follower {
-    /// One state stream message, as the agent decodes and applies it: the model, the compiled
+    /// One state stream message, as the agent decodes and applies it (a part of an update
+    /// only once its last part is in; until then `Ok(0)`): the model, the compiled
     /// services, the policy of this node's pods in kernel form, the flow directory. Maps are
     /// not written (that is the kernel's side); everything computed for them is.
     pub fn apply(&mut self, bytes: &[u8]) -> Result<usize, String> {
-        let update = StateUpdate::decode(bytes).map_err(|err| format!("not a StateUpdate: {err}"))?;
+        let part = StateUpdate::decode(bytes).map_err(|err| format!("not a StateUpdate: {err}"))?;
+        let whole = self.parts.push(part, bytes.len(), MAX_UPDATE_BYTES).map_err(|err| err.to_string())?;
+        let Some(update) = whole else { return Ok(0) };
         let changed = self.model.apply(update);
         self.compiler.update(&self.model, NODE, Some(&changed));
         let compiled = policy::compile(&self.model, NODE);

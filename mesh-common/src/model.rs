@@ -65,6 +65,94 @@ impl std::fmt::Display for ResourceKey {
     }
 }
 
+/// The size an update is cut at: its parts are about this large (a resource is never cut),
+/// so neither end holds a buffer for a whole snapshot of a large cluster.
+pub const UPDATE_PART_BYTES: usize = 1 << 20;
+
+/// `update` as the messages that carry it: one, or parts of about [`UPDATE_PART_BYTES`]
+/// each with `more` set on all but the last (the removals ride in the last).
+pub fn update_parts(update: &StateUpdate) -> Vec<StateUpdate> {
+    use prost::Message as _;
+    let part = |upserts: Vec<Resource>, removals: Vec<ResourceKey>, more: bool| StateUpdate {
+        epoch: update.epoch.clone(),
+        version: update.version,
+        full: update.full,
+        upserts,
+        removals,
+        more,
+    };
+    let mut parts = Vec::new();
+    let (mut upserts, mut bytes) = (Vec::new(), 0);
+    for resource in &update.upserts {
+        // The field's key and length prefix too.
+        let size = 1 + prost::length_delimiter_len(resource.encoded_len()) + resource.encoded_len();
+        if !upserts.is_empty() && bytes + size > UPDATE_PART_BYTES {
+            parts.push(part(std::mem::take(&mut upserts), Vec::new(), true));
+            bytes = 0;
+        }
+        upserts.push(resource.clone());
+        bytes += size;
+    }
+    parts.push(part(upserts, update.removals.clone(), false));
+    parts
+}
+
+/// A part that does not continue the update it follows.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PartError {
+    #[error("a part of update {expected} came with {field} {found}: the operator must send an update's parts in a row")]
+    Mismatch { field: &'static str, expected: String, found: String },
+    #[error(
+        "the parts of update {version} add up to more than {limit} bytes; raise the agent's limit or split the model"
+    )]
+    TooLarge { version: u64, limit: usize },
+}
+
+/// Puts an update's parts back together ([`update_parts`]).
+#[derive(Debug, Default)]
+pub struct PartAssembler {
+    pending: Option<StateUpdate>,
+    bytes: usize,
+}
+
+impl PartAssembler {
+    /// Takes the next message (`bytes`: its encoded size); returns the whole update once its
+    /// last part is in. A part that does not match the ones before it, or parts over `limit`
+    /// bytes in all, are refused and drop what was gathered.
+    pub fn push(&mut self, part: StateUpdate, bytes: usize, limit: usize) -> Result<Option<StateUpdate>, PartError> {
+        let Some(mut pending) = self.pending.take() else {
+            if part.more {
+                self.bytes = bytes;
+                self.pending = Some(part);
+                return Ok(None);
+            }
+            return Ok(Some(part));
+        };
+        let mismatch = |field, expected: String, found: String| Err(PartError::Mismatch { field, expected, found });
+        if part.epoch != pending.epoch {
+            return mismatch("epoch", pending.epoch, part.epoch);
+        }
+        if part.version != pending.version {
+            return mismatch("version", pending.version.to_string(), part.version.to_string());
+        }
+        if part.full != pending.full {
+            return mismatch("full", pending.full.to_string(), part.full.to_string());
+        }
+        self.bytes += bytes;
+        if self.bytes > limit {
+            return Err(PartError::TooLarge { version: pending.version, limit });
+        }
+        pending.upserts.extend(part.upserts);
+        pending.removals.extend(part.removals);
+        if part.more {
+            self.pending = Some(pending);
+            return Ok(None);
+        }
+        pending.more = false;
+        Ok(Some(pending))
+    }
+}
+
 /// The resources an agent (or a test) holds, by key.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ResourceSet {
@@ -72,25 +160,35 @@ pub struct ResourceSet {
 }
 
 impl ResourceSet {
-    /// Applies `update` (taking its resources, not copying them: a snapshot can be large);
-    /// returns the keys it changed (upserted or removed).
+    /// Applies `update`; returns the keys it changed (upserted or removed).
+    ///
+    /// What is kept is a copy, not the decoded resources themselves: prost grows repeated
+    /// fields by doubling, so a decoded slice of 10 endpoints holds room for 16, each with
+    /// room for 4 addresses (22 MB of an agent's 60 MB heap at 10,000 services of 10
+    /// endpoints, measured with heaptrack). A clone is exactly as large as its contents, and
+    /// making every copy before the decoded update is freed leaves that update's memory free
+    /// in one piece, which the allocator can return (freed piecemeal, it stays as holes
+    /// between what is kept).
     pub fn apply(&mut self, update: StateUpdate) -> Vec<Key> {
+        let StateUpdate { full, removals, upserts: decoded, .. } = update;
+        let upserts: Vec<Resource> = decoded.iter().filter(|r| r.key().is_some()).cloned().collect();
+        drop(decoded);
         let mut changed = Vec::new();
-        if update.full {
+        if full {
             let fresh: BTreeMap<Key, Resource> =
-                update.upserts.into_iter().filter_map(|r| Some((r.key()?.ordered(), r))).collect();
+                upserts.into_iter().filter_map(|r| Some((r.key()?.ordered(), r))).collect();
             changed.extend(self.resources.keys().filter(|k| !fresh.contains_key(*k)).cloned());
             changed.extend(fresh.iter().filter(|(k, r)| self.resources.get(*k) != Some(r)).map(|(k, _)| k.clone()));
             self.resources = fresh;
             return changed;
         }
-        for key in &update.removals {
+        for key in &removals {
             let key = key.ordered();
             if self.resources.remove(&key).is_some() {
                 changed.push(key);
             }
         }
-        for resource in update.upserts {
+        for resource in upserts {
             let Some(key) = resource.key() else { continue };
             let key = key.ordered();
             if self.resources.get(&key) != Some(&resource) {
@@ -129,12 +227,50 @@ mod tests {
 
     fn workload(name: &str) -> Resource {
         Resource {
-            kind: Some(resource::Kind::Workload(Workload {
+            kind: Some(resource::Kind::Workload(Box::new(Workload {
                 namespace: "default".into(),
                 name: name.into(),
                 ..Default::default()
-            })),
+            }))),
         }
+    }
+
+    #[test]
+    fn a_large_update_goes_in_parts_and_comes_back_whole() {
+        use prost::Message as _;
+        let update = StateUpdate {
+            epoch: "e".into(),
+            version: 7,
+            full: true,
+            upserts: (0..30_000)
+                .map(|n| service(&format!("svc-{n}"), &format!("10.96.{}.{}", n / 256, n % 256)))
+                .collect(),
+            removals: vec![ResourceKey::new(Kind::Service, "default", "gone")],
+            more: false,
+        };
+        let parts = update_parts(&update);
+        assert!(parts.len() > 1, "{} parts", parts.len());
+        let sizes: Vec<usize> = parts.iter().map(|p| p.encoded_len()).collect();
+        assert!(sizes.iter().all(|&s| s <= UPDATE_PART_BYTES + 1024), "{sizes:?}");
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.more && p.removals.is_empty()));
+        let mut assembler = PartAssembler::default();
+        let mut whole = None;
+        for (n, part) in parts.into_iter().enumerate() {
+            let size = sizes[n];
+            whole = assembler.push(part, size, usize::MAX).expect("parts in a row");
+            assert_eq!(whole.is_some(), n == sizes.len() - 1);
+        }
+        assert_eq!(whole, Some(update.clone()));
+
+        // A small one is one message; a part from another version is refused, as is too much.
+        assert_eq!(update_parts(&StateUpdate { upserts: vec![], ..update.clone() }).len(), 1);
+        let mut assembler = PartAssembler::default();
+        let first = StateUpdate { more: true, ..update.clone() };
+        assert_eq!(assembler.push(first.clone(), 10, 100), Ok(None));
+        let err = assembler.push(StateUpdate { version: 8, ..first.clone() }, 10, 100).unwrap_err();
+        assert!(err.to_string().contains("version 8"), "{err}");
+        assert_eq!(assembler.push(first.clone(), 60, 100), Ok(None));
+        assert_eq!(assembler.push(first, 60, 100), Err(PartError::TooLarge { version: 7, limit: 100 }));
     }
 
     #[test]

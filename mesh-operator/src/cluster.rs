@@ -277,7 +277,7 @@ impl ClusterView {
                 }
                 Dirty::Workload(ns, name) => {
                     let resource = match self.workload(&ns, &name) {
-                        Ok(workload) => workload.map(|w| wrap(resource::Kind::Workload(w))),
+                        Ok(workload) => workload.map(|w| wrap(resource::Kind::Workload(Box::new(w)))),
                         Err(problem) => {
                             errors.push(ModelError { object: format!("Pod/{ns}/{name}"), problem });
                             None
@@ -292,7 +292,7 @@ impl ClusterView {
                     });
                     changes.push((
                         key(Kind::NetworkPolicy, &ns, &name),
-                        resource.map(|p| wrap(resource::Kind::NetworkPolicy(p))),
+                        resource.map(|p| wrap(resource::Kind::NetworkPolicy(Box::new(p)))),
                     ));
                 }
                 Dirty::Node(name) => {
@@ -314,7 +314,7 @@ impl ClusterView {
                     });
                     changes.push((
                         key(Kind::MeshPolicy, &ns, &name),
-                        resource.map(|p| wrap(resource::Kind::MeshPolicy(p))),
+                        resource.map(|p| wrap(resource::Kind::MeshPolicy(Box::new(p)))),
                     ));
                 }
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),

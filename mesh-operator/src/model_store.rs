@@ -85,8 +85,14 @@ impl ModelStore {
             return None;
         }
         self.version += 1;
-        let update =
-            Arc::new(StateUpdate { epoch: self.epoch.clone(), version: self.version, full: false, upserts, removals });
+        let update = Arc::new(StateUpdate {
+            epoch: self.epoch.clone(),
+            version: self.version,
+            full: false,
+            upserts,
+            removals,
+            more: false,
+        });
         if self.log.len() == LOG_CAPACITY {
             self.log.pop_front();
         }
@@ -104,6 +110,7 @@ impl ModelStore {
             full: true,
             upserts: self.resources.values().cloned().collect(),
             removals: Vec::new(),
+            more: false,
         }
     }
 

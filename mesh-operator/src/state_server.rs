@@ -5,7 +5,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use mesh_common::api::{AgentMessage, StateUpdate, agent_message, state_stream_server::StateStream};
+use mesh_common::{
+    api::{AgentMessage, StateUpdate, agent_message, state_stream_server::StateStream},
+    model::update_parts,
+};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -80,21 +83,25 @@ impl StateStream for StateServer {
         tokio::spawn(async move {
             let mut live = subscription.live;
             for update in subscription.initial {
-                if sender.send(Ok((*update).clone())).await.is_err() {
-                    return;
+                for part in update_parts(&update) {
+                    if sender.send(Ok(part)).await.is_err() {
+                        return;
+                    }
                 }
             }
-            loop {
+            'stream: loop {
                 tokio::select! {
                     update = live.recv() => {
-                        let update = match update {
-                            Ok(update) => (*update).clone(),
+                        let parts = match update {
+                            Ok(update) => update_parts(&update),
                             // Too far behind: start it over from a snapshot.
-                            Err(RecvError::Lagged(_)) => store.lock().expect("store lock").snapshot(),
+                            Err(RecvError::Lagged(_)) => update_parts(&store.lock().expect("store lock").snapshot()),
                             Err(RecvError::Closed) => break,
                         };
-                        if sender.send(Ok(update)).await.is_err() {
-                            break;
+                        for part in parts {
+                            if sender.send(Ok(part)).await.is_err() {
+                                break 'stream;
+                            }
                         }
                     }
                     message = inbound.message() => match message {

@@ -9,7 +9,10 @@ pub fn run() -> anyhow::Result<()> {
     let before: Vec<String> = lab::leftovers().into_iter().map(|l| l.id).collect();
     cargo::run(&["fmt", "--all", "--check"], &[])?;
     // Dependencies: licenses, duplicate versions, sources (deny.toml). Offline: the machines
-    // reach no advisory database.
+    // reach no advisory database. cargo-deny reads the metadata of every platform's
+    // dependencies, which a build on this one never downloads: fetch them first (a fresh
+    // machine failed here without it).
+    cargo::run(&["fetch", "--locked"], &[])?;
     cargo::run(&["deny", "--offline", "check", "licenses", "bans", "sources"], &[])?;
     crate::crds::run(true)?;
     // The default members: everything but mesh-ebpf, which only builds for the BPF target.
