@@ -234,10 +234,16 @@ async fn serve(
     if let Some(address) = config.metrics_address {
         let listener = bind(address, config::ENV_METRICS_ADDRESS)?;
         tracing::info!(%address, "metrics at /metrics");
-        tokio::spawn(async move {
-            let err = metrics.serve(listener).await;
-            tracing::error!("metrics listener stopped: {err}");
-        });
+        let render: mesh_common::metrics_http::Render = std::sync::Arc::new(move || metrics.render());
+        let stop = drain.signal();
+        drain.track(
+            "metrics",
+            tokio::spawn(async move {
+                if let Err(err) = mesh_common::metrics_http::serve(listener, render, stop).await {
+                    tracing::error!("metrics listener stopped: {err}");
+                }
+            }),
+        );
     }
     let observer = Observer { store: store.clone(), directory: directory.clone() };
     let health = observer::health_service().await;

@@ -1,5 +1,5 @@
-//! Prometheus metrics on the agent (`GET /metrics`), named after Hubble's and Istio's where
-//! they have one:
+//! Prometheus metrics on the agent (`GET /metrics`, OpenMetrics text from a
+//! `prometheus-client` registry), named after Hubble's and Istio's where they have one:
 //!
 //! - `hubble_flows_processed_total{type,subtype,verdict,protocol}`: flow events read.
 //! - `hubble_drop_total{reason,traffic_direction}`: packets dropped, from the kernel's
@@ -13,16 +13,13 @@
 //! - `hubble_lost_events_total{source}`: `perf_event_ring_buffer` (the kernel's ring buffer
 //!   was full) and `hubble_ring_buffer` (a follower read too slowly).
 //! - `mesh_bpf_map_entries`, `mesh_bpf_map_capacity`, `mesh_bpf_map_pressure` (0-1, as
-//!   `cilium_bpf_map_pressure`) per `map_name`.
+//!   `cilium_bpf_map_pressure`) per `map_name`; `mesh_flows_kept`, `mesh_flows_seen_total`.
 //!
-//! Event-derived counters count the events the agent received; what the kernel could not
-//! deliver is in `hubble_lost_events_total`.
+//! Event-derived counters are the registry's own metrics; what the kernel and the flow store
+//! count is read at each scrape (a [`Collector`]). Event-derived counters count the events the
+//! agent received; what the kernel could not deliver is in `hubble_lost_events_total`.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use aya::maps::{Map, MapData, PerCpuHashMap};
 use mesh_common::{
@@ -31,54 +28,63 @@ use mesh_common::{
     policy::{AUDIT, DENY, INGRESS, VerdictCount, VerdictKey},
     proto,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    sync::broadcast::error::RecvError,
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
+    registry::Registry,
 };
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     agent_status::AgentState,
     flows::{directory::SharedDirectory, view::FlowView},
 };
 
-/// Labels of the Istio TCP metrics.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct TcpLabels {
-    reporter: &'static str,
-    source_workload: String,
-    source_workload_namespace: String,
-    destination_workload: String,
-    destination_workload_namespace: String,
-    destination_service: String,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct TcpCounts {
-    opened: u64,
-    closed: u64,
-    received_bytes: u64,
-    sent_bytes: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    /// (type, subtype, verdict, protocol)
-    flows: BTreeMap<(&'static str, &'static str, &'static str, &'static str), u64>,
-    tcp: BTreeMap<TcpLabels, TcpCounts>,
-    retransmits: u64,
-}
+/// A series' labels, in the order they are written.
+type Labels = Vec<(&'static str, String)>;
 
 /// The agent's metrics. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct Metrics {
-    counters: Arc<Mutex<Counters>>,
+    registry: Arc<Registry>,
     state: AgentState,
     directory: SharedDirectory,
+    flows: Family<Labels, Counter>,
+    /// Opened, closed, received bytes, sent bytes.
+    tcp: [Family<Labels, Counter>; 4],
+    retransmits: Counter,
 }
 
 impl Metrics {
     pub fn new(state: AgentState, directory: SharedDirectory) -> Self {
-        Self { counters: Arc::default(), state, directory }
+        let mut registry = Registry::default();
+        let flows = Family::<Labels, Counter>::default();
+        registry.register("hubble_flows_processed", "Flow events processed", flows.clone());
+        let tcp: [Family<Labels, Counter>; 4] = Default::default();
+        for ((name, help), family) in [
+            ("istio_tcp_connections_opened", "TCP connections opened"),
+            ("istio_tcp_connections_closed", "TCP connections closed"),
+            ("istio_tcp_received_bytes", "Bytes of the requests (client to server) of closed TCP connections"),
+            ("istio_tcp_sent_bytes", "Bytes of the responses (server to client) of closed TCP connections"),
+        ]
+        .into_iter()
+        .zip(&tcp)
+        {
+            registry.register(name, help, family.clone());
+        }
+        let retransmits = Counter::default();
+        registry.register(
+            "mesh_tcp_retransmits",
+            "TCP segments retransmitted by closed connections",
+            retransmits.clone(),
+        );
+        registry.register_collector(Box::new(Scraped { state: state.clone(), directory: directory.clone() }));
+        Self { registry: Arc::new(registry), state, directory, flows, tcp, retransmits }
     }
 
     /// Counts every flow the store receives. Never returns.
@@ -91,14 +97,18 @@ impl Metrics {
                 Err(RecvError::Closed) => return,
             };
             let directory = self.directory.get();
-            let mut counters = self.counters.lock().expect("never poisoned");
             for record in batch.iter() {
                 let view = FlowView::new(record, &directory);
                 let e = &record.event;
-                let key = (flow_type(&view), subtype(&view), verdict_name(view.verdict), protocol_name(e.proto));
-                *counters.flows.entry(key).or_default() += 1;
+                let labels = vec![
+                    ("type", flow_type(&view).to_owned()),
+                    ("subtype", subtype(&view).to_owned()),
+                    ("verdict", verdict_name(view.verdict).to_owned()),
+                    ("protocol", protocol_name(e.proto).to_owned()),
+                ];
+                self.flows.get_or_create(&labels).inc();
                 if e.kind == CLOSED {
-                    counters.retransmits += u64::from(e.retrans);
+                    self.retransmits.inc_by(u64::from(e.retrans));
                 }
                 if e.proto != proto::TCP || !(e.kind == FLOW_START || e.kind == FLOW_END) || e.action == DENY {
                     continue;
@@ -111,82 +121,65 @@ impl Metrics {
                 };
                 let (source_workload, source_workload_namespace) = workload(view.source);
                 let (destination_workload, destination_workload_namespace) = workload(view.destination);
-                let labels = TcpLabels {
-                    reporter: if e.direction == INGRESS { "destination" } else { "source" },
-                    source_workload,
-                    source_workload_namespace,
-                    destination_workload,
-                    destination_workload_namespace,
-                    destination_service: view
-                        .destination_service
-                        .map_or("unknown".to_owned(), |s| format!("{}.{}", s.name, s.namespace)),
-                };
-                let counts = counters.tcp.entry(labels).or_default();
+                let labels = vec![
+                    ("reporter", if e.direction == INGRESS { "destination" } else { "source" }.to_owned()),
+                    ("source_workload", source_workload),
+                    ("source_workload_namespace", source_workload_namespace),
+                    ("destination_workload", destination_workload),
+                    ("destination_workload_namespace", destination_workload_namespace),
+                    (
+                        "destination_service",
+                        view.destination_service
+                            .map_or("unknown".to_owned(), |s| format!("{}.{}", s.name, s.namespace)),
+                    ),
+                    ("request_protocol", "tcp".to_owned()),
+                ];
+                let [opened, closed, received, sent] = &self.tcp;
                 if e.kind == FLOW_START {
-                    counts.opened += 1;
+                    opened.get_or_create(&labels).inc();
                 } else {
-                    counts.closed += 1;
-                    counts.received_bytes += e.bytes;
-                    counts.sent_bytes += e.reply_bytes;
+                    closed.get_or_create(&labels).inc();
+                    received.get_or_create(&labels).inc_by(e.bytes);
+                    sent.get_or_create(&labels).inc_by(e.reply_bytes);
                 }
             }
         }
     }
 
-    /// The text exposition (Prometheus 0.0.4). Reads maps: run it off the runtime.
+    /// The OpenMetrics text. Reads maps: run it off the runtime.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        // Writing to a String cannot fail; a collector's error would end the text early.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What the kernel and the flow store count, read at each scrape.
+struct Scraped {
+    state: AgentState,
+    directory: SharedDirectory,
+}
+
+impl fmt::Debug for Scraped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scraped").field("bpffs", &self.state.bpffs).finish_non_exhaustive()
+    }
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let stats = self.state.store.stats();
         let directory = self.directory.get();
-        {
-            let counters = self.counters.lock().expect("never poisoned");
-            family(&mut out, "hubble_flows_processed_total", "counter", "Flow events processed");
-            for ((kind, subtype, verdict, protocol), n) in &counters.flows {
-                let _ = writeln!(
-                    out,
-                    "hubble_flows_processed_total{{type=\"{kind}\",subtype=\"{subtype}\",verdict=\"{verdict}\",protocol=\"{protocol}\"}} {n}"
-                );
-            }
-            for (name, help, pick) in [
-                ("istio_tcp_connections_opened_total", "TCP connections opened", 0),
-                ("istio_tcp_connections_closed_total", "TCP connections closed", 1),
-                (
-                    "istio_tcp_received_bytes_total",
-                    "Bytes of the requests (client to server) of closed TCP connections",
-                    2,
-                ),
-                (
-                    "istio_tcp_sent_bytes_total",
-                    "Bytes of the responses (server to client) of closed TCP connections",
-                    3,
-                ),
-            ] {
-                family(&mut out, name, "counter", help);
-                for (l, c) in &counters.tcp {
-                    let value = [c.opened, c.closed, c.received_bytes, c.sent_bytes][pick];
-                    let _ = writeln!(
-                        out,
-                        "{name}{{reporter=\"{}\",source_workload=\"{}\",source_workload_namespace=\"{}\",destination_workload=\"{}\",destination_workload_namespace=\"{}\",destination_service=\"{}\",request_protocol=\"tcp\"}} {value}",
-                        l.reporter,
-                        escape(&l.source_workload),
-                        escape(&l.source_workload_namespace),
-                        escape(&l.destination_workload),
-                        escape(&l.destination_workload_namespace),
-                        escape(&l.destination_service),
-                    );
-                }
-            }
-            family(
-                &mut out,
-                "mesh_tcp_retransmits_total",
-                "counter",
-                "TCP segments retransmitted by closed connections",
-            );
-            let _ = writeln!(out, "mesh_tcp_retransmits_total {}", counters.retransmits);
-        }
-        family(&mut out, "hubble_lost_events_total", "counter", "Flow events lost, by where");
-        let _ = writeln!(out, "hubble_lost_events_total{{source=\"perf_event_ring_buffer\"}} {}", stats.lost_kernel);
-        let _ = writeln!(out, "hubble_lost_events_total{{source=\"hubble_ring_buffer\"}} {}", stats.lost_followers);
+        series(
+            &mut encoder,
+            "hubble_lost_events",
+            "Flow events lost, by where.",
+            [
+                (vec![("source", "perf_event_ring_buffer".to_owned())], ConstCounter::new(stats.lost_kernel)),
+                (vec![("source", "hubble_ring_buffer".to_owned())], ConstCounter::new(stats.lost_followers)),
+            ],
+        )?;
         // Policy verdicts and drops, from the kernel's counters.
         let mut drops: BTreeMap<(String, &str), u64> = BTreeMap::new();
         let mut verdicts: BTreeMap<(&str, &str, String), u64> = BTreeMap::new();
@@ -213,77 +206,80 @@ impl Metrics {
                 *verdicts.entry((direction, action, policy)).or_default() += total.flows;
             }
         }
-        family(&mut out, "hubble_drop_total", "counter", "Packets dropped, by reason");
-        for ((reason, direction), n) in &drops {
-            let _ = writeln!(out, "hubble_drop_total{{reason=\"{reason}\",traffic_direction=\"{direction}\"}} {n}");
-        }
-        family(&mut out, "hubble_policy_verdicts_total", "counter", "Flows judged by policy, by verdict and rule");
-        for ((direction, action, policy), n) in &verdicts {
-            let _ = writeln!(
-                out,
-                "hubble_policy_verdicts_total{{direction=\"{direction}\",action=\"{action}\",policy=\"{}\"}} {n}",
-                escape(policy)
-            );
-        }
+        series(
+            &mut encoder,
+            "hubble_drop",
+            "Packets dropped, by reason.",
+            drops.into_iter().map(|((reason, direction), n)| {
+                (vec![("reason", reason), ("traffic_direction", direction.to_owned())], ConstCounter::new(n))
+            }),
+        )?;
+        series(
+            &mut encoder,
+            "hubble_policy_verdicts",
+            "Flows judged by policy, by verdict and rule.",
+            verdicts.into_iter().map(|((direction, action, policy), n)| {
+                let labels =
+                    vec![("direction", direction.to_owned()), ("action", action.to_owned()), ("policy", policy)];
+                (labels, ConstCounter::new(n))
+            }),
+        )?;
         let fills = crate::map_fill::all(&self.state.bpffs);
-        family(&mut out, "mesh_bpf_map_entries", "gauge", "Entries in a BPF map");
-        for fill in fills.iter().filter(|f| f.entries.is_some()) {
-            let _ = writeln!(out, "mesh_bpf_map_entries{{map_name=\"{}\"}} {}", fill.name, fill.entries.unwrap_or(0));
-        }
-        family(
-            &mut out,
+        let map_name = |name: &str| vec![("map_name", name.to_owned())];
+        series(
+            &mut encoder,
+            "mesh_bpf_map_entries",
+            "Entries in a BPF map.",
+            fills.iter().filter_map(|f| Some((map_name(f.name), ConstGauge::new(i64::try_from(f.entries?).ok()?)))),
+        )?;
+        series(
+            &mut encoder,
             "mesh_bpf_map_capacity",
-            "gauge",
-            "Capacity of a BPF map (entries; bytes for the ring buffer)",
-        );
-        for fill in &fills {
-            let _ = writeln!(out, "mesh_bpf_map_capacity{{map_name=\"{}\"}} {}", fill.name, fill.capacity);
-        }
-        family(&mut out, "mesh_bpf_map_pressure", "gauge", "Fill ratio of a BPF map (0 to 1)");
-        for fill in fills.iter().filter(|f| f.entries.is_some() && f.capacity > 0) {
-            let ratio = fill.entries.unwrap_or(0) as f64 / fill.capacity as f64;
-            let _ = writeln!(out, "mesh_bpf_map_pressure{{map_name=\"{}\"}} {ratio}", fill.name);
-        }
-        family(&mut out, "mesh_flows_kept", "gauge", "Flows kept for GetFlows");
-        let _ = writeln!(out, "mesh_flows_kept {}", stats.num_flows);
-        family(&mut out, "mesh_flows_seen_total", "counter", "Flows seen since the agent started");
-        let _ = writeln!(out, "mesh_flows_seen_total {}", stats.seen_flows);
-        out
+            "Capacity of a BPF map (entries; bytes for the ring buffer).",
+            fills.iter().filter_map(|f| Some((map_name(f.name), ConstGauge::new(i64::try_from(f.capacity).ok()?)))),
+        )?;
+        series(
+            &mut encoder,
+            "mesh_bpf_map_pressure",
+            "Fill ratio of a BPF map (0 to 1).",
+            fills
+                .iter()
+                .filter(|f| f.capacity > 0)
+                .filter_map(|f| Some((map_name(f.name), ConstGauge::new(f.entries? as f64 / f.capacity as f64)))),
+        )?;
+        series(
+            &mut encoder,
+            "mesh_flows_kept",
+            "Flows kept for GetFlows.",
+            [(Vec::new(), ConstGauge::new(i64::try_from(stats.num_flows).unwrap_or(i64::MAX)))],
+        )?;
+        series(
+            &mut encoder,
+            "mesh_flows_seen",
+            "Flows seen since the agent started.",
+            [(Vec::new(), ConstCounter::new(stats.seen_flows))],
+        )
     }
+}
 
-    /// Serves `GET /metrics` on `listener` until an accept error. Never returns otherwise.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Error {
-        loop {
-            let (mut stream, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => return err,
-            };
-            let metrics = self.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::with_capacity(1024);
-                let mut chunk = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let (status, body) = if request.starts_with(b"GET /metrics ") || request.starts_with(b"GET /metrics?") {
-                    let body = tokio::task::spawn_blocking(move || metrics.render()).await.unwrap_or_default();
-                    ("200 OK", body)
-                } else {
-                    ("404 Not Found", "metrics are at GET /metrics\n".to_owned())
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(body.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
+/// One metric family read at scrape time: its series, each with its labels.
+fn series<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, M)>,
+) -> fmt::Result {
+    let mut series = series.into_iter().peekable();
+    let Some((_, first)) = series.peek() else { return Ok(()) };
+    let mut metric = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    for (labels, value) in series {
+        if labels.is_empty() {
+            // A series without labels is the family's only one.
+            return value.encode(metric);
         }
+        value.encode(metric.encode_family(&labels)?)?;
     }
+    Ok(())
 }
 
 fn pinned_verdicts(
@@ -291,14 +287,6 @@ fn pinned_verdicts(
 ) -> Result<PerCpuHashMap<MapData, VerdictKey, VerdictCount>, Box<dyn std::error::Error>> {
     let data = MapData::from_pin(path)?;
     Ok(PerCpuHashMap::try_from(Map::from_map_data(data)?)?)
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn flow_type(view: &FlowView<'_>) -> &'static str {
@@ -336,5 +324,36 @@ fn protocol_name(proto: u8) -> &'static str {
         proto::SCTP => "SCTP",
         proto::ICMP => "ICMPv4",
         _ => "Unknown L4",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::{directory::Directory, store::FlowStore};
+
+    #[test]
+    fn the_exposition_is_openmetrics_with_every_family_and_no_maps_yet() {
+        let store = FlowStore::new(16);
+        let state = AgentState::new("node-0", std::path::PathBuf::from("/nonexistent/bpffs"), store);
+        let metrics = Metrics::new(state, SharedDirectory::new(Directory::empty("node-0")));
+        metrics.flows.get_or_create(&vec![("type", "Trace".to_owned()), ("verdict", "FORWARDED".to_owned())]).inc();
+        metrics.retransmits.inc_by(3);
+        let text = metrics.render();
+        for line in [
+            "# TYPE hubble_flows_processed counter",
+            "hubble_flows_processed_total{type=\"Trace\",verdict=\"FORWARDED\"} 1",
+            "mesh_tcp_retransmits_total 3",
+            "hubble_lost_events_total{source=\"perf_event_ring_buffer\"} 0",
+            "hubble_lost_events_total{source=\"hubble_ring_buffer\"} 0",
+            "mesh_flows_kept 0",
+            "mesh_flows_seen_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // A family without series is left out (no TCP flows yet); nothing pinned: no map series.
+        assert!(!text.contains("istio_tcp_connections_opened"), "{text}");
+        assert!(!text.contains("mesh_bpf_map_entries{"), "{text}");
     }
 }

@@ -12,6 +12,8 @@ pub mod drain;
 pub mod flows;
 pub mod maps;
 #[cfg(feature = "user")]
+pub mod metrics_http;
+#[cfg(feature = "user")]
 pub mod model;
 pub mod names;
 pub mod pod_traffic;

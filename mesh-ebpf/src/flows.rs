@@ -1,5 +1,7 @@
 //! Flow events into the ring buffer, with every event that does not fit counted.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::TC_ACT_OK,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
@@ -12,6 +14,7 @@ use mesh_common::{
     policy::{ALLOW, EGRESS},
     proto,
 };
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 use crate::maps::{EVENTS, EVENTS_LOST};
 
@@ -43,9 +46,11 @@ fn mesh_event_gen(ctx: TcContext) -> i32 {
 }
 
 fn try_event_gen(ctx: &TcContext) -> Result<(), i64> {
-    let addrs: [u32; 2] = ctx.load(14 + 12)?;
-    let ip_proto: u8 = ctx.load(14 + 9)?;
-    let dport: u16 = ctx.load(14 + 20 + 2)?;
+    let ip = EthHdr::LEN;
+    let addrs: [u32; 2] = ctx.load(ip + offset_of!(Ipv4Hdr, src_addr))?;
+    let ip_proto: u8 = ctx.load(ip + offset_of!(Ipv4Hdr, proto))?;
+    // TCP and UDP both start with the two ports.
+    let dport: u16 = ctx.load(ip + Ipv4Hdr::LEN + offset_of!(UdpHdr, dst))?;
     // SAFETY: a plain helper call with no arguments.
     let sport = (unsafe { bpf_get_prandom_u32() } as u16) | 0x8000;
     emit(&FlowEvent {

@@ -5,6 +5,8 @@
 //! taken at the flow's first packet. Only a new flow looks up the peer's identities (pod and
 //! CIDR) and the rules for them and for any peer, whatever the number of rules.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -20,15 +22,23 @@ use mesh_common::{
     },
     proto,
 };
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+    tcp::TcpHdr,
+};
 
 use crate::{
     flows::{self, emit},
     maps::{CONNTRACK, ENDPOINTS, FRAGMENTS, IDENTITIES, POLICY, POLICY_REVISION, VERDICTS, XLATE},
 };
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_HLEN: usize = EthHdr::LEN;
+/// `__sk_buff.protocol` of IPv4 and IPv6 (network order, as `EtherType` holds them).
+const ETH_P_IP: u32 = EtherType::Ipv4 as u16 as u32;
+const ETH_P_IPV6: u32 = EtherType::Ipv6 as u16 as u32;
+/// The flags byte of a TCP header: the second byte of the data offset/flags word.
+const TCP_FLAGS_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1) + 1;
 /// IPv4 fragment offset bits of the flags/offset field.
 const IP_OFFSET: u16 = 0x1fff;
 /// IPv4 "more fragments" flag of the flags/offset field.
@@ -43,7 +53,10 @@ const DROP_REPORT_NS: u64 = 1_000_000_000;
 /// Full-length LPM prefix of a policy key.
 const POLICY_BITS: u32 = 96;
 
-/// The IPv4 header up to the addresses.
+/// The IPv4 header up to the addresses: `network_types::ip::Ipv4Hdr`'s layout (checked below)
+/// with plain integers. `Ipv4Hdr` holds the protocol as an enum of the 148 assigned numbers,
+/// so loading a packet with any other protocol number into it would be undefined behaviour;
+/// here every bit pattern is a valid value.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Ipv4 {
@@ -58,6 +71,15 @@ struct Ipv4 {
     saddr: u32,
     daddr: u32,
 }
+
+const _: () = {
+    assert!(size_of::<Ipv4>() == Ipv4Hdr::LEN);
+    assert!(offset_of!(Ipv4, id) == offset_of!(Ipv4Hdr, id));
+    assert!(offset_of!(Ipv4, frag) == offset_of!(Ipv4Hdr, frags));
+    assert!(offset_of!(Ipv4, proto) == offset_of!(Ipv4Hdr, proto));
+    assert!(offset_of!(Ipv4, saddr) == offset_of!(Ipv4Hdr, src_addr));
+    assert!(offset_of!(Ipv4, daddr) == offset_of!(Ipv4Hdr, dst_addr));
+};
 
 /// What happens to the packet: pass (no opinion) or drop.
 pub fn enforce(ctx: &TcContext, direction: u8) -> i32 {
@@ -96,8 +118,8 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         Some(endpoint) => unsafe { if direction == INGRESS { (*endpoint).ingress } else { (*endpoint).egress } },
         None => DirectionPolicy::default(),
     };
-    if protocol != u32::from(ETH_P_IP.to_be()) {
-        if protocol == u32::from(ETH_P_IPV6.to_be()) && policy.flags & ISOLATED != 0 {
+    if protocol != ETH_P_IP {
+        if protocol == ETH_P_IPV6 && policy.flags & ISOLATED != 0 {
             count(policy.isolating_rule, DENY, reason::UNSUPPORTED_L3_PROTOCOL, direction, true, true);
             return Ok(false);
         }
@@ -124,7 +146,7 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
             };
             (sport, dport) = (ports[0], ports[1]);
             if ip.proto == proto::TCP {
-                let Ok(flags) = ctx.load::<u8>(l4 + 13) else {
+                let Ok(flags) = ctx.load::<u8>(l4 + TCP_FLAGS_OFFSET) else {
                     return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
                 };
                 tcp_flags = flags;

@@ -247,13 +247,24 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<Drain> {
     let server =
         StateServer { store: store.clone(), require_node_cert: tls.is_some(), events, metrics: counters.clone() };
     let model = store.clone();
-    tokio::spawn(mesh_operator::metrics::serve(metrics_listener, move || {
+    let metrics_counters = counters.clone();
+    let render: mesh_common::metrics_http::Render = Arc::new(move || {
         let (version, resources) = {
             let store = model.lock().expect("store lock");
             (store.version(), store.len())
         };
-        counters.render(version, resources)
-    }));
+        metrics_counters.render(version, resources)
+    });
+    let mut drain = Drain::default();
+    let stop = drain.signal();
+    drain.track(
+        "metrics",
+        tokio::spawn(async move {
+            if let Err(err) = mesh_common::metrics_http::serve(metrics_listener, render, stop).await {
+                tracing::error!("metrics listener stopped: {err}");
+            }
+        }),
+    );
     use mesh_common::model::{STREAM_KEEPALIVE_INTERVAL, STREAM_KEEPALIVE_TIMEOUT};
     // A frozen or vanished agent's stream is dropped (and counted as disconnected) instead of
     // being held open forever.
@@ -276,7 +287,6 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<Drain> {
     let router = builder
         .add_service(StateStreamServer::new(server))
         .add_optional_service(bootstrap.map(mesh_common::api::node_bootstrap_server::NodeBootstrapServer::new));
-    let mut drain = Drain::default();
     let shutdown = drain.signal();
     drain.track(
         "state stream",

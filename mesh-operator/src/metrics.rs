@@ -1,94 +1,67 @@
-//! Prometheus metrics of the operator, served as text on `/metrics`: the model's version and
-//! size, the agents connected, and every agent's ACKs and NACKs.
+//! Prometheus metrics of the operator (`GET /metrics`, OpenMetrics text from a
+//! `prometheus-client` registry): the model's version and size, the agents connected, and
+//! every agent's ACKs and NACKs.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    sync::{
-        Mutex,
-        atomic::{AtomicI64, Ordering},
-    },
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
 };
-
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The default address of the metrics endpoint.
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:15151";
 
-#[derive(Default)]
+/// A node's series: `node="<name>"`.
+type NodeLabels = [(&'static str, String); 1];
+
 pub struct Metrics {
-    connected: AtomicI64,
-    /// node -> (ACKs, NACKs)
-    replies: Mutex<BTreeMap<String, (u64, u64)>>,
+    registry: Registry,
+    version: Gauge<u64, AtomicU64>,
+    resources: Gauge,
+    connected: Gauge,
+    acks: Family<NodeLabels, Counter>,
+    nacks: Family<NodeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let version = Gauge::<u64, AtomicU64>::default();
+        registry.register("mesh_operator_model_version", "Version of the model the operator serves.", version.clone());
+        let resources = Gauge::default();
+        registry.register("mesh_operator_model_resources", "Resources in the model.", resources.clone());
+        let connected = Gauge::default();
+        registry.register("mesh_operator_agents_connected", "Agent streams open.", connected.clone());
+        let acks = Family::<NodeLabels, Counter>::default();
+        registry.register("mesh_operator_agent_acks", "Updates agents acknowledged.", acks.clone());
+        let nacks = Family::<NodeLabels, Counter>::default();
+        registry.register("mesh_operator_agent_nacks", "Updates agents rejected (NACK).", nacks.clone());
+        Self { registry, version, resources, connected, acks, nacks }
+    }
 }
 
 impl Metrics {
     pub fn connected(&self, up: bool) {
-        self.connected.fetch_add(if up { 1 } else { -1 }, Ordering::Relaxed);
+        self.connected.inc_by(if up { 1 } else { -1 });
     }
 
+    /// Counts an agent's reply; both of a node's series exist once it has replied at all.
     pub fn reply(&self, node: &str, ack: bool) {
-        let mut replies = self.replies.lock().expect("metrics lock");
-        let counts = replies.entry(node.to_owned()).or_default();
-        if ack {
-            counts.0 += 1;
-        } else {
-            counts.1 += 1;
-        }
+        let labels = [("node", node.to_owned())];
+        let (counted, other) = if ack { (&self.acks, &self.nacks) } else { (&self.nacks, &self.acks) };
+        counted.get_or_create(&labels).inc();
+        drop(other.get_or_create(&labels));
     }
 
     /// The exposition text, with the model's `version` and `resources`.
     pub fn render(&self, version: u64, resources: usize) -> String {
+        self.version.set(version);
+        self.resources.set(i64::try_from(resources).unwrap_or(i64::MAX));
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-        };
-        gauge(
-            &mut out,
-            "mesh_operator_model_version",
-            "Version of the model the operator serves.",
-            version.to_string(),
-        );
-        gauge(&mut out, "mesh_operator_model_resources", "Resources in the model.", resources.to_string());
-        gauge(
-            &mut out,
-            "mesh_operator_agents_connected",
-            "Agent streams open.",
-            self.connected.load(Ordering::Relaxed).to_string(),
-        );
-        let replies = self.replies.lock().expect("metrics lock");
-        for (name, help, pick) in [
-            ("mesh_operator_agent_acks_total", "Updates agents acknowledged.", 0),
-            ("mesh_operator_agent_nacks_total", "Updates agents rejected (NACK).", 1),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (node, counts) in replies.iter() {
-                let value = if pick == 0 { counts.0 } else { counts.1 };
-                let _ = writeln!(out, "{name}{{node=\"{}\"}} {value}", node.replace('\\', "\\\\").replace('"', "\\\""));
-            }
-        }
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-/// Serves `GET /metrics` on `listener` forever; `render` makes the body.
-pub async fn serve(listener: tokio::net::TcpListener, render: impl Fn() -> String + Send + Sync + 'static) {
-    let render = std::sync::Arc::new(render);
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let Ok(n) = stream.read(&mut request).await else { return };
-            let found = request[..n].starts_with(b"GET /metrics ") || request[..n].starts_with(b"GET /metrics?");
-            let (status, body) =
-                if found { ("200 OK", render()) } else { ("404 Not Found", "see /metrics\n".to_owned()) };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
     }
 }
 
@@ -111,7 +84,8 @@ mod tests {
             "mesh_operator_agent_acks_total{node=\"node-0\"} 1",
             "mesh_operator_agent_nacks_total{node=\"node-0\"} 1",
             "mesh_operator_agent_nacks_total{node=\"node-1\"} 0",
-            "# TYPE mesh_operator_agent_nacks_total counter",
+            "# TYPE mesh_operator_agent_nacks counter",
+            "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
         }

@@ -285,7 +285,7 @@ fn retire_web_b(manifests: &std::path::Path) -> (std::path::PathBuf, String) {
 fn metric(addr: SocketAddr, series: &str) -> f64 {
     use std::io::{Read as _, Write as _};
     let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\n\r\n").unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");

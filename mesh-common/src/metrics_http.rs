@@ -1,0 +1,65 @@
+//! The `/metrics` endpoint the agent and the operator serve: HTTP/1.1 over hyper (keep-alive,
+//! a deadline for the request head, a graceful end on drain), the body the OpenMetrics text
+//! of a `prometheus-client` registry that the caller renders (off the runtime: the agent's
+//! reads BPF maps).
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+/// The content type of `prometheus_client::encoding::text`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// A client has this long to send its request head (a silent connection is closed).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Renders the exposition; called on a blocking thread for every scrape.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` (anything else: 404, a method other than GET or HEAD: 405) on
+/// `listener` until `stop` resolves; returns an accept error otherwise.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    render: Render,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut stop => return Ok(()),
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(request, render.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn respond(request: Request<Incoming>, render: Render) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(value) = header::HeaderValue::from_str(content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        Ok(response)
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "metrics are at GET /metrics\n".into());
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET /metrics\n".into());
+    }
+    match tokio::task::spawn_blocking(move || render()).await {
+        Ok(body) => reply(StatusCode::OK, CONTENT_TYPE, body),
+        Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "rendering the metrics failed\n".into()),
+    }
+}
