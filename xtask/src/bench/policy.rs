@@ -8,7 +8,9 @@
 //!   /32s elsewhere, one allowing the client), for N = 10, 1,000 and 10,000.
 //!
 //! Cross-node rows carry the suffix `/cross-node` and their own baseline. `none` runs at the
-//! start, between `programs` and `rules`, and at the end; its median is the baseline.
+//! start and twice at the end; its median is the baseline. Every other case is the median of
+//! [`RUNS`] runs: single runs on a shared 2-core machine scattered by ±15% (a `none` run
+//! alone ranged 17.4-20.0 Gbit/s within one bench), far more than the programs cost.
 
 use std::{
     fmt::Write as _,
@@ -31,6 +33,8 @@ const RR_PORT: u16 = 8080;
 const IPERF_PORT: u16 = 5201;
 const CLIENT_CPU: usize = 0;
 const SERVER_CPU: usize = 1;
+/// Runs per mesh case; the median of each metric is reported.
+const RUNS: usize = 3;
 /// The two paths: server pod name and the case suffix.
 const PATHS: [(&str, &str); 2] = [("server-local", ""), ("server-remote", "/cross-node")];
 
@@ -78,6 +82,11 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         }
         Ok(out)
     };
+    // The median, per path and metric, of RUNS runs.
+    let measure_median = |label: &str| -> anyhow::Result<[Sample; 2]> {
+        let runs: Vec<[Sample; 2]> = (0..RUNS).map(|_| measure(label)).collect::<anyhow::Result<_>>()?;
+        Ok([0, 1].map(|i| median_sample(runs.iter().map(|r| r[i]))))
+    };
     // Warm up.
     measure("warm-up")?;
     let mut none = vec![measure("none")?];
@@ -88,7 +97,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let objects = pods(&lab);
     let mesh = Mesh::start(&lab, &objects, &["--policy-max", "200000", "--identities-max", "200000"])?;
     let before = tc_runs();
-    let programs = measure("programs")?;
+    let programs = measure_median("programs")?;
     program_cost.push(("programs".to_owned(), ns_per_run(before, tc_runs())));
     let mut rules = Vec::new();
     for &n in scales {
@@ -97,7 +106,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         wait_for_entries(&lab, n as usize)?;
         println!("    {n} rules applied in {:.2} s", t.elapsed().as_secs_f64());
         let before = tc_runs();
-        rules.push((n, measure(&format!("rules {n}"))?));
+        rules.push((n, measure_median(&format!("rules {n}"))?));
         program_cost.push((format!("rules {n}"), ns_per_run(before, tc_runs())));
     }
     drop(mesh);
@@ -107,12 +116,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let mut rows = Vec::new();
     for (i, (_, suffix)) in PATHS.iter().enumerate() {
         let baseline_case = format!("none{suffix}");
-        let median = |f: fn(&Sample) -> f64| {
-            let mut v: Vec<f64> = none.iter().map(|s| f(&s[i])).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let base = Sample { gbps: median(|s| s.gbps), p50_us: median(|s| s.p50_us), p99_us: median(|s| s.p99_us) };
+        let base = median_sample(none.iter().map(|s| s[i]));
         let mut push = |case: String, scale: u64, sample: Sample| {
             let baseline = (case != baseline_case).then(|| baseline_case.clone());
             for (metric, value, unit, base_value) in [
@@ -138,7 +142,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         }
     }
     let mut notes = vec![format!(
-        "{seconds} s per run; none = median of {} runs; client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
+        "{seconds} s per run; none = median of {} runs, every other case of {RUNS}; client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
         none.len(),
         started.elapsed().as_secs_f64()
     )];
@@ -160,6 +164,17 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         notes.push(line);
     }
     Ok(Report { bench: "policy".into(), rows, notes })
+}
+
+/// Each metric's median over `samples`.
+fn median_sample(samples: impl Iterator<Item = Sample>) -> Sample {
+    let samples: Vec<Sample> = samples.collect();
+    let median = |f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Sample { gbps: median(|s| s.gbps), p50_us: median(|s| s.p50_us), p99_us: median(|s| s.p99_us) }
 }
 
 /// Total run time and runs of every loaded pod TC program (`mesh_from_pod`, `mesh_to_pod`).
