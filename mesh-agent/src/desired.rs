@@ -159,7 +159,7 @@ impl Compiler {
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         for service in dirty {
-            let fresh = match model
+            let mut fresh = match model
                 .resources
                 .get(&(Kind::Service as i32, service.0.clone(), service.1.clone()))
                 .and_then(|r| r.kind.as_ref())
@@ -191,7 +191,6 @@ impl Compiler {
                 upserts.extend(fresh.iter().cloned());
             }
             if !fresh.is_empty() {
-                let mut fresh = fresh;
                 fresh.shrink_to_fit();
                 self.frontends.insert(service, fresh);
             }

@@ -234,16 +234,7 @@ async fn serve(
     if let Some(address) = config.metrics_address {
         let listener = bind(address, config::ENV_METRICS_ADDRESS)?;
         tracing::info!(%address, "metrics at /metrics");
-        let render: mesh_common::metrics_http::Render = std::sync::Arc::new(move || metrics.render());
-        let stop = drain.signal();
-        drain.track(
-            "metrics",
-            tokio::spawn(async move {
-                if let Err(err) = mesh_common::metrics_http::serve(listener, render, stop).await {
-                    tracing::error!("metrics listener stopped: {err}");
-                }
-            }),
-        );
+        mesh_common::metrics_http::spawn(&mut drain, listener, std::sync::Arc::new(move || metrics.render()));
     }
     let observer = Observer { store: store.clone(), directory: directory.clone() };
     let health = observer::health_service().await;

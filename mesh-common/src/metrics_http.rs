@@ -18,6 +18,20 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Renders the exposition; called on a blocking thread for every scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Serves `listener` ([`serve`]) on its own task, tracked by `drain` (it stops accepting on
+/// SIGTERM); an accept error is logged.
+pub fn spawn(drain: &mut crate::drain::Drain, listener: tokio::net::TcpListener, render: Render) {
+    let stop = drain.signal();
+    drain.track(
+        "metrics",
+        tokio::spawn(async move {
+            if let Err(err) = serve(listener, render, stop).await {
+                tracing::error!("metrics listener stopped: {err}");
+            }
+        }),
+    );
+}
+
 /// Serves `GET /metrics` (anything else: 404, a method other than GET or HEAD: 405) on
 /// `listener` until `stop` resolves; returns an accept error otherwise.
 pub async fn serve(

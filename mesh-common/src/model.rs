@@ -171,12 +171,12 @@ impl ResourceSet {
     /// between what is kept).
     pub fn apply(&mut self, update: StateUpdate) -> Vec<Key> {
         let StateUpdate { full, removals, upserts: decoded, .. } = update;
-        let upserts: Vec<Resource> = decoded.iter().filter(|r| r.key().is_some()).cloned().collect();
+        let upserts: Vec<(Key, Resource)> =
+            decoded.iter().filter_map(|r| Some((r.key()?.ordered(), r.clone()))).collect();
         drop(decoded);
         let mut changed = Vec::new();
         if full {
-            let fresh: BTreeMap<Key, Resource> =
-                upserts.into_iter().filter_map(|r| Some((r.key()?.ordered(), r))).collect();
+            let fresh: BTreeMap<Key, Resource> = upserts.into_iter().collect();
             changed.extend(self.resources.keys().filter(|k| !fresh.contains_key(*k)).cloned());
             changed.extend(fresh.iter().filter(|(k, r)| self.resources.get(*k) != Some(r)).map(|(k, _)| k.clone()));
             self.resources = fresh;
@@ -188,9 +188,7 @@ impl ResourceSet {
                 changed.push(key);
             }
         }
-        for resource in upserts {
-            let Some(key) = resource.key() else { continue };
-            let key = key.ordered();
+        for (key, resource) in upserts {
             if self.resources.get(&key) != Some(&resource) {
                 self.resources.insert(key.clone(), resource);
                 changed.push(key);

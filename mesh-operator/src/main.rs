@@ -256,15 +256,7 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<Drain> {
         metrics_counters.render(version, resources)
     });
     let mut drain = Drain::default();
-    let stop = drain.signal();
-    drain.track(
-        "metrics",
-        tokio::spawn(async move {
-            if let Err(err) = mesh_common::metrics_http::serve(metrics_listener, render, stop).await {
-                tracing::error!("metrics listener stopped: {err}");
-            }
-        }),
-    );
+    mesh_common::metrics_http::spawn(&mut drain, metrics_listener, render);
     use mesh_common::model::{STREAM_KEEPALIVE_INTERVAL, STREAM_KEEPALIVE_TIMEOUT};
     // A frozen or vanished agent's stream is dropped (and counted as disconnected) instead of
     // being held open forever.
