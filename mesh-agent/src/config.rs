@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use mesh_common::flows::aggregation;
 
 use crate::service_lb::Capacities;
 
@@ -59,6 +60,10 @@ pub const ENV_OBSERVER_SOCKET: &str = "MESH_OBSERVER_SOCKET";
 pub const ENV_METRICS_ADDRESS: &str = "MESH_METRICS_ADDRESS";
 /// Size of the flow event ring buffer in bytes: a power of two, at least 4096.
 pub const ENV_EVENTS_BYTES: &str = "MESH_EVENTS_BYTES";
+/// How much of each TCP connection the socket programs report: `none`, `low`, `medium` or
+/// `maximum`, as Hubble's monitor aggregation [default: medium]
+/// (`mesh_common::flows::aggregation`).
+pub const ENV_FLOW_AGGREGATION: &str = "MESH_FLOW_AGGREGATION";
 pub const DEFAULT_FLOW_BUFFER: usize = 16_383;
 /// Hubble's port, on the node's loopback only: the Observer API is plaintext and shows every
 /// flow of the node, so nothing beyond the node reaches it unless told to (`0.0.0.0:4244`);
@@ -143,6 +148,10 @@ pub struct Args {
     /// How many recent flows to keep for GetFlows [default: 16383].
     #[arg(long, env = ENV_FLOW_BUFFER)]
     pub flow_buffer: Option<usize>,
+    /// How much of each TCP connection the socket programs report: none (every event), low
+    /// (translations and closes), medium (translations) or maximum (nothing) [default: medium].
+    #[arg(long, env = ENV_FLOW_AGGREGATION)]
+    pub flow_aggregation: Option<String>,
     /// TCP address of the Observer API (in the node's network namespace), or "off".
     #[arg(long, env = ENV_OBSERVER_ADDRESS, default_value = DEFAULT_OBSERVER_ADDRESS)]
     pub observer_address: String,
@@ -167,6 +176,8 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     pub capacities: Capacities,
     pub flow_buffer: usize,
+    /// A level of `mesh_common::flows::aggregation`.
+    pub flow_aggregation: u8,
     pub observer_address: Option<std::net::SocketAddr>,
     pub observer_socket: Option<PathBuf>,
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -198,6 +209,8 @@ pub enum ConfigError {
     EventsBytes { key: &'static str, value: u32 },
     #[error("{key}: {value} is out of range: keep 1 to {MAX_FLOW_BUFFER} flows")]
     FlowBuffer { key: &'static str, value: usize },
+    #[error("{key}: {value:?} is not an aggregation level: use none, low, medium or maximum")]
+    FlowAggregation { key: &'static str, value: String },
     #[error("{key}: {value:?} is not an address and port (such as 0.0.0.0:4244) nor \"off\"")]
     Address { key: &'static str, value: String },
 }
@@ -279,6 +292,14 @@ impl Config {
         if !(1..=MAX_FLOW_BUFFER).contains(&flow_buffer) {
             return Err(ConfigError::FlowBuffer { key: ENV_FLOW_BUFFER, value: flow_buffer });
         }
+        let flow_aggregation = match args.flow_aggregation.as_deref() {
+            None => aggregation::DEFAULT,
+            Some(value) => {
+                aggregation::NAMES.iter().find(|(name, _)| *name == value).map(|(_, level)| *level).ok_or_else(
+                    || ConfigError::FlowAggregation { key: ENV_FLOW_AGGREGATION, value: value.to_owned() },
+                )?
+            }
+        };
         let address = |key: &'static str, value: &str| -> Result<Option<std::net::SocketAddr>, ConfigError> {
             if value == OFF {
                 return Ok(None);
@@ -291,6 +312,7 @@ impl Config {
         Ok(Self {
             capacities,
             flow_buffer,
+            flow_aggregation,
             observer_address,
             observer_socket,
             metrics_address,
@@ -370,6 +392,7 @@ mod tests {
             conntrack_max: None,
             events_bytes: None,
             flow_buffer: None,
+            flow_aggregation: None,
             observer_address: DEFAULT_OBSERVER_ADDRESS.into(),
             observer_socket: DEFAULT_OBSERVER_SOCKET.into(),
             metrics_address: DEFAULT_METRICS_ADDRESS.into(),
@@ -392,6 +415,8 @@ mod tests {
         assert!(err.starts_with(ENV_EVENTS_BYTES), "{err}");
         let err = parse(&["--flow-buffer", "0"]).unwrap_err();
         assert!(err.starts_with(ENV_FLOW_BUFFER), "{err}");
+        let err = parse(&["--flow-aggregation", "high"]).unwrap_err();
+        assert!(err.starts_with(ENV_FLOW_AGGREGATION) && err.contains("none, low, medium or maximum"), "{err}");
         let err = parse(&["--observer-address", "nowhere"]).unwrap_err();
         assert!(err.starts_with(ENV_OBSERVER_ADDRESS), "{err}");
         let err = parse(&["--metrics-address", "1.2.3.4"]).unwrap_err();

@@ -112,12 +112,15 @@ pub struct Datapath {
     /// This agent's links directory and the suffix of its pins.
     links_dir: PathBuf,
     generation: String,
+    /// A level of `mesh_common::flows::aggregation`: at `MAXIMUM`, `sockops` stays detached.
+    flow_aggregation: u8,
 }
 
 impl Datapath {
     /// Loads the object, reusing the maps pinned in `bpffs` (created if missing) when their
-    /// capacities are the configured ones.
-    pub fn load(bpffs: &Path, capacities: Capacities) -> Result<Self, DatapathError> {
+    /// capacities are the configured ones, with the socket programs reporting at
+    /// `flow_aggregation` (a level of `mesh_common::flows::aggregation`).
+    pub fn load(bpffs: &Path, capacities: Capacities, flow_aggregation: u8) -> Result<Self, DatapathError> {
         std::fs::create_dir_all(bpffs).map_err(|source| DatapathError::PinDir { path: bpffs.to_owned(), source })?;
         let links_dir = bpffs.join(LINKS_DIR);
         let previous_links = std::fs::read_dir(&links_dir)
@@ -140,6 +143,7 @@ impl Datapath {
             }
             loader.map_max_entries(map, wanted);
         }
+        loader.override_global(mesh_common::flows::aggregation::GLOBAL, &flow_aggregation, true);
         let ebpf = loader.load(OBJECT)?;
         tracing::info!(bpffs = %bpffs.display(), maps = ?maps::ALL, ?capacities, "programs loaded, maps pinned");
         Ok(Self {
@@ -152,11 +156,13 @@ impl Datapath {
             previous_links,
             links_dir,
             generation,
+            flow_aggregation,
         })
     }
 
     /// Attaches the socket hooks (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`) to the
-    /// cgroup v2 directory `cgroup`.
+    /// cgroup v2 directory `cgroup`, and `sockops` unless the flow aggregation level is
+    /// `maximum`.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
         let file =
             std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
@@ -170,6 +176,11 @@ impl Datapath {
             let attachment = self.pin(name, "cgroup", LinkId::Cgroup(id))?;
             self.attachments.push(attachment);
         }
+        self.cgroup = Some(cgroup.to_owned());
+        if self.flow_aggregation == mesh_common::flows::aggregation::MAXIMUM {
+            tracing::info!(program = programs::SOCKOPS, "not attached: flow aggregation is maximum (no socket events)");
+            return Ok(());
+        }
         let name = programs::SOCKOPS;
         let program: &mut SockOps = program(&mut self.ebpf, name)?;
         program.load().map_err(|source| DatapathError::Program { name, source })?;
@@ -181,7 +192,6 @@ impl Datapath {
         tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
         let attachment = self.pin(name, "cgroup", LinkId::SockOps(id))?;
         self.attachments.push(attachment);
-        self.cgroup = Some(cgroup.to_owned());
         Ok(())
     }
 

@@ -56,7 +56,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Two workers: flow events and their clients run beside reconciliation.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
-    let mut datapath = Datapath::load(&config.bpffs, config.capacities)?;
+    let mut datapath = Datapath::load(&config.bpffs, config.capacities, config.flow_aggregation)?;
     let started = datapath
         .attach_cgroup(&config.cgroup)
         .map_err(anyhow::Error::from)

@@ -15,6 +15,33 @@ pub const ESTABLISHED: u8 = 5;
 /// A TCP connection closed (sockops), with RTT, retransmits and byte counts.
 pub const CLOSED: u8 = 6;
 
+/// How much of each TCP connection's life the socket programs report, as Cilium's monitor
+/// aggregation levels do for Hubble. The agent sets the level when it loads the programs
+/// (the global [`aggregation::GLOBAL`]); TC events (flow starts, drops, ends) are never
+/// aggregated: every drop stays explained.
+pub mod aggregation {
+    /// Every event: the translation at `connect()`, each end's establishment and close.
+    pub const NONE: u8 = 0;
+    /// No establishment events: the translation, and each end's close with its RTT,
+    /// retransmits, byte counts and service.
+    pub const LOW: u8 = 1;
+    /// The translation only: `sockops` does not follow a connection's state (each state
+    /// change would run it again).
+    pub const MEDIUM: u8 = 2;
+    /// No socket events: `sockops` is not attached. TC still reports every flow start, drop
+    /// and end at pods with programs, but does not name the service of a flow whose service
+    /// address was replaced at `connect()`.
+    pub const MAXIMUM: u8 = 3;
+    /// The level the agent uses unless told otherwise. `sockops` runs about nine times for a
+    /// short connection even when it reports nothing, and that alone took ClusterIP from
+    /// 0.975x to 0.92x a direct connection in `cargo xtask bench service-lb`.
+    pub const DEFAULT: u8 = MAXIMUM;
+    /// Each level's name, as the agent's configuration takes it.
+    pub const NAMES: [(&str, u8); 4] = [("none", NONE), ("low", LOW), ("medium", MEDIUM), ("maximum", MAXIMUM)];
+    /// The programs' global that holds the level (read-only once loaded).
+    pub const GLOBAL: &str = "FLOW_AGGREGATION";
+}
+
 /// [`crate::policy::CtEntry::flags`]: the flow's source sent a FIN.
 pub const CT_FIN_FORWARD: u8 = 1;
 /// The flow's destination sent a FIN.

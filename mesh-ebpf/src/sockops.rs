@@ -3,7 +3,8 @@
 //! At `connect()` (once the kernel picked the source port) a translated connection's 4-tuple
 //! is written to [`XLATE`], so TC names the service in the flow's events, and a translation
 //! event is sent. Established and closed connections are reported with their smoothed RTT,
-//! retransmits and byte counts.
+//! retransmits and byte counts. How many of these events a connection gets is the level of
+//! [`FLOW_AGGREGATION`] (`mesh_common::flows::aggregation`).
 
 use aya_ebpf::{
     bindings::{
@@ -15,7 +16,7 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use mesh_common::{
-    flows::{CLOSED, ESTABLISHED, FlowEvent, TRANSLATED, TupleKey},
+    flows::{CLOSED, ESTABLISHED, FlowEvent, TRANSLATED, TupleKey, aggregation},
     proto,
     service_lb::ReverseKey,
 };
@@ -30,6 +31,18 @@ const AF_INET: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 /// The kernel keeps the smoothed RTT times 8.
 const SRTT_SHIFT: u32 = 3;
+
+/// The aggregation level, set by the agent when it loads the programs (which does not attach
+/// this program at `MAXIMUM`); the verifier sees a constant, so the branches of the other
+/// levels cost nothing.
+#[unsafe(no_mangle)]
+static FLOW_AGGREGATION: u8 = aggregation::DEFAULT;
+
+#[inline(always)]
+fn level() -> u8 {
+    // SAFETY: a plain read of a global; volatile so the compiler does not fold the default.
+    unsafe { core::ptr::read_volatile(&FLOW_AGGREGATION) }
+}
 
 #[sock_ops]
 fn mesh_sockops(ctx: SockOpsContext) -> u32 {
@@ -50,6 +63,11 @@ fn try_sockops(ctx: &SockOpsContext) {
     {
         return;
     }
+    // Of the state changes only the close is reported: the rest return before any helper.
+    if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) != TCP_CLOSE {
+        return;
+    }
+    let level = level();
     // SAFETY: the kernel hands a valid `bpf_sock_ops` to every sockops program.
     let ops = unsafe { &*ctx.ops };
     // `local_port` is in host order; `remote_port` holds the network-order port in its upper
@@ -62,10 +80,34 @@ fn try_sockops(ctx: &SockOpsContext) {
         proto: proto::TCP,
         _pad: [0; 3],
     };
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        // Established, either way: ask for the state changes, to see the close (each one
+        // runs this program again).
+        if level <= aggregation::LOW {
+            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+        }
+        if level != aggregation::NONE {
+            return;
+        }
+    }
+    // SAFETY: a helper call on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let service = if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        let asked = ReverseKey { socket_cookie: cookie, addr: tuple.daddr, port: tuple.dport, _pad: 0 };
+        // SAFETY: the value is copied out at once.
+        let Some(service) = (unsafe { REVERSE.get(&asked) }).copied() else { return };
+        // A full LRU map evicts its least recently used entry; an error only loses the
+        // service name in the flow's TC events.
+        let _ = XLATE.insert(&tuple, &service, 0);
+        Some(service)
+    } else {
+        // The service the connection was translated from, if it was (client ends only).
+        // SAFETY: the value is copied out at once.
+        (unsafe { XLATE.get(&tuple) }).copied()
+    };
     let mut event = FlowEvent {
         time_ns: now(),
-        // SAFETY: a helper call on the program's own context.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.ops.cast()) },
+        cookie,
         saddr: tuple.saddr,
         daddr: tuple.daddr,
         sport: tuple.sport,
@@ -73,21 +115,13 @@ fn try_sockops(ctx: &SockOpsContext) {
         proto: proto::TCP,
         ..FlowEvent::default()
     };
-    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        let asked = ReverseKey { socket_cookie: event.cookie, addr: tuple.daddr, port: tuple.dport, _pad: 0 };
-        // SAFETY: the value is copied out at once.
-        let Some(service) = (unsafe { REVERSE.get(&asked) }).copied() else { return };
-        // A full LRU map evicts its least recently used entry; an error only loses the
-        // service name in the flow's TC events.
-        let _ = XLATE.insert(&tuple, &service, 0);
-        event.kind = TRANSLATED;
+    if let Some(service) = service {
         event.svc_addr = service.addr;
         event.svc_port = service.port;
-        emit(&event);
+    }
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        event.kind = TRANSLATED;
     } else if op == BPF_SOCK_OPS_STATE_CB {
-        if ctx.arg(1) != TCP_CLOSE {
-            return;
-        }
         let _ = XLATE.remove(&tuple);
         event.kind = CLOSED;
         event.srtt_us = ops.srtt_us >> SRTT_SHIFT;
@@ -96,17 +130,9 @@ fn try_sockops(ctx: &SockOpsContext) {
         event.bytes = ops.bytes_acked;
         event.reply_packets = u64::from(ops.data_segs_in);
         event.reply_bytes = ops.bytes_received;
-        emit(&event);
     } else {
-        // Established, either way: ask for the state changes, to see the close.
-        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-        // SAFETY: the value is copied out at once.
-        if let Some(service) = (unsafe { XLATE.get(&tuple) }).copied() {
-            event.svc_addr = service.addr;
-            event.svc_port = service.port;
-        }
         event.kind = ESTABLISHED;
         event.srtt_us = ops.srtt_us >> SRTT_SHIFT;
-        emit(&event);
     }
+    emit(&event);
 }

@@ -44,7 +44,10 @@ fn demo_mesh() -> Mesh {
     let agents = lab
         .nodes
         .iter()
-        .map(|node| Agent::follow(&lab, node, &operator.endpoint(), &[]).expect("agent ready"))
+        // Every socket event, so that each kind of flow can be checked.
+        .map(|node| {
+            Agent::follow(&lab, node, &operator.endpoint(), &["--flow-aggregation", "none"]).expect("agent ready")
+        })
         .collect();
     Mesh { lab, agents, _operator: operator }
 }
@@ -288,6 +291,70 @@ fn flows_show_pods_verdicts_reasons_services_and_filter_like_hubble() {
     assert_eq!(get(py_drop, "flow.is_reply"), &Value::Bool(false), "{py_drop}");
     assert_eq!(text(py_drop, "flow.protocol"), "TCP", "{py_drop}");
     assert_eq!(get(py_drop, "flow.destination_port"), &Value::from(demo::WEB_PORT), "{py_drop}");
+}
+
+/// Each aggregation level, on node 0's agent, for two connections of the client through the
+/// service: which socket events the client's end reports, and whether TC's flow start at the
+/// client names the service. TC's flow starts and ends come at every level.
+#[test]
+fn aggregation_levels_decide_which_socket_events_a_connection_reports() {
+    if !privileged("aggregation_levels_decide_which_socket_events_a_connection_reports") {
+        return;
+    }
+    let (lab, manifests) = demo::lab().expect("lab");
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let operator = Operator::start(&lab, &manifests, listen).expect("operator");
+    let client = Placement::pod(lab.pod(demo::CLIENT));
+    let connections = 2;
+    // (level, TRANSLATED, ESTABLISHED, CLOSED per connection at the client's end, TC names
+    // the service); None is the default.
+    let levels: [(Option<&str>, usize, usize, usize, bool); 5] = [
+        (Some("none"), 1, 1, 1, true),
+        (Some("low"), 1, 0, 1, true),
+        (Some("medium"), 1, 0, 0, true),
+        (Some("maximum"), 0, 0, 0, false),
+        (None, 0, 0, 0, false),
+    ];
+    for (level, translated, established, closed, named) in levels {
+        let args: Vec<&str> = level.map(|l| vec!["--flow-aggregation", l]).unwrap_or_default();
+        let agent = Agent::follow(&lab, &lab.nodes[0], &operator.endpoint(), &args).expect("agent ready");
+        let socket = agent.observer_socket(&lab);
+        let answered = labnet::connect(&lab, &client, scenario::service_addr(), connections, Duration::from_secs(2))
+            .expect("client runs");
+        assert_eq!(answered.ok, connections, "{level:?}: the client must be answered: {answered:?}");
+        let n = connections as usize;
+        // TC events at the client's own interface only (a web pod on node 0 has its own).
+        let event = |f: &Value, name: &str| {
+            text(f, "extensions.event") == name
+                && (!name.starts_with("FLOW_") || text(f, "traffic_direction") == "EGRESS")
+        };
+        // TC reports each flow's end at every level; the socket events came before it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let flows = loop {
+            let flows = meshctl::flows(&socket, &["--from-pod", "demo/client"]);
+            let ended = flows.iter().filter(|f| event(f, "FLOW_END")).count() >= n;
+            let closed_all = flows.iter().filter(|f| event(f, "CLOSED")).count() >= closed * n;
+            if (ended && closed_all) || Instant::now() > deadline {
+                break flows;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let count = |name: &str| flows.iter().filter(|f| event(f, name)).count();
+        assert_eq!(
+            (count("TRANSLATED"), count("ESTABLISHED"), count("CLOSED"), count("FLOW_START"), count("FLOW_END")),
+            (translated * n, established * n, closed * n, n, n),
+            "{level:?}: events of the client's connections: {flows:#?}"
+        );
+        for close in flows.iter().filter(|f| event(f, "CLOSED")) {
+            assert_eq!(text(close, "destination_service.name"), "web", "{level:?}: {close:#}");
+            assert!(text(close, "extensions.reply_bytes").parse::<u64>().unwrap_or(0) > 0, "{level:?}: {close:#}");
+        }
+        for start in flows.iter().filter(|f| event(f, "FLOW_START")) {
+            let service = text(start, "destination_service.name");
+            assert_eq!(service == "web", named, "{level:?}: {start:#}");
+        }
+        assert!(lab.stop(agent.pid, Duration::from_secs(30)).expect("agent stops").success(), "{}", agent.log());
+    }
 }
 
 #[test]

@@ -49,6 +49,9 @@ const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const CHURN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const PORT: u16 = 80;
+/// Every socket event (flow aggregation `none`): the most the flow pipeline carries, so
+/// "every flow event delivered or counted lost" is checked at its heaviest.
+const AGENT_ARGS: &[&str] = &["--flow-aggregation", "none"];
 const TARGET_PORT: u16 = 8080;
 /// Probes a second from the intruder and to guarded.
 const PROBE_RATE: u32 = 20;
@@ -135,7 +138,9 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     let operator = Operator::start(&lab, &manifests, listen)?;
     let mut agents = Vec::new();
     for node in &lab.nodes {
-        agents.push(Agent::follow(&lab, node, &endpoint, &[]).with_context(|| format!("the agent of {}", node.name))?);
+        agents.push(
+            Agent::follow(&lab, node, &endpoint, AGENT_ARGS).with_context(|| format!("the agent of {}", node.name))?,
+        );
     }
     let mut chaos = Chaos {
         lab: &lab,
@@ -456,7 +461,7 @@ impl Chaos<'_> {
                 self.lab.signal(old, libc::SIGKILL)?;
                 self.lab.stop(old, Duration::from_secs(5))?;
                 self.note(format!("agent {} SIGKILLed", node.name));
-                let agent = Agent::follow(self.lab, &node, &self.endpoint, &[])
+                let agent = Agent::follow(self.lab, &node, &self.endpoint, AGENT_ARGS)
                     .with_context(|| format!("restarting the agent of {}", node.name))?;
                 self.agents[index] = agent;
                 self.note(format!("agent {} restarted and ready", node.name));

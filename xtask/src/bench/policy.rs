@@ -7,10 +7,12 @@
 //! - `rules`: a NetworkPolicy selecting the servers with N ingress rules (N-1 allowing ipBlock
 //!   /32s elsewhere, one allowing the client), for N = 10, 1,000 and 10,000.
 //!
-//! Cross-node rows carry the suffix `/cross-node` and their own baseline. `none` runs at the
-//! start and twice at the end; its median is the baseline. Every other case is the median of
-//! [`RUNS`] runs: single runs on a shared 2-core machine scattered by ±15% (a `none` run
-//! alone ranged 17.4-20.0 Gbit/s within one bench), far more than the programs cost.
+//! Cross-node rows carry the suffix `/cross-node` and their own baseline. Every mesh case runs
+//! [`RUNS`] times, each run between two `none` runs (the mesh started for the run and stopped
+//! after it), and its ratio is the median over its runs of the run against the mean of its two
+//! neighbours: single runs on a shared 2-core machine scattered by ±15% (a `none` run alone
+//! ranged 17.4-20.0 Gbit/s within one bench), far more than the programs cost, and a baseline
+//! taken only at the start and the end measured that drift.
 
 use std::{
     fmt::Write as _,
@@ -82,88 +84,157 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         }
         Ok(out)
     };
-    // The median, per path and metric, of RUNS runs.
-    let measure_median = |label: &str| -> anyhow::Result<[Sample; 2]> {
-        let runs: Vec<[Sample; 2]> = (0..RUNS).map(|_| measure(label)).collect::<anyhow::Result<_>>()?;
-        Ok([0, 1].map(|i| median_sample(runs.iter().map(|r| r[i]))))
-    };
     // Warm up.
     measure("warm-up")?;
+    // Each mesh run sits between two `none` runs: the mesh (operator, agents, programs) is
+    // started for the run and stopped after it, so every run has its own baseline from the
+    // seconds around it. This machine drifts by more than the programs cost within a
+    // minute; a baseline taken only at the start and the end measured the drift.
     let mut none = vec![measure("none")?];
 
     // The kernel's own account of the TC programs' time per packet, while this fd is open.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
-    let mut program_cost = Vec::new();
     let objects = pods(&lab);
-    let mesh = Mesh::start(&lab, &objects, &["--policy-max", "200000", "--identities-max", "200000"])?;
-    let before = tc_runs();
-    let programs = measure_median("programs")?;
-    program_cost.push(("programs".to_owned(), ns_per_run(before, tc_runs())));
-    let mut rules = Vec::new();
-    for &n in scales {
-        let t = Instant::now();
-        mesh.write(&format!("{objects}{}", policy(n)))?;
-        wait_for_entries(&lab, n as usize)?;
-        println!("    {n} rules applied in {:.2} s", t.elapsed().as_secs_f64());
-        let before = tc_runs();
-        rules.push((n, measure_median(&format!("rules {n}"))?));
-        program_cost.push((format!("rules {n}"), ns_per_run(before, tc_runs())));
+    let agent_args = ["--policy-max", "200000", "--identities-max", "200000"];
+    let cases: Vec<(String, Option<u32>)> = std::iter::once(("programs".to_owned(), None))
+        .chain(scales.iter().map(|&n| (format!("rules {n}"), Some(n))))
+        .collect();
+    let mut results = Vec::new();
+    for (label, rules) in &cases {
+        let text = match rules {
+            Some(n) => format!("{objects}{}", policy(*n)),
+            None => objects.clone(),
+        };
+        let mut runs = Vec::new();
+        let mut ns_per_packet = Vec::new();
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let mesh = Mesh::start(&lab, &text, &agent_args)?;
+            if let Some(n) = rules {
+                wait_for_entries(&lab, *n as usize)?;
+            }
+            println!("    {label}: mesh up, policy applied in {:.2} s", t.elapsed().as_secs_f64());
+            let before = tc_runs();
+            let sample = measure(label)?;
+            ns_per_packet.push(ns_per_run(before, tc_runs()));
+            drop(mesh);
+            let previous = *none.last().expect("a none run came first");
+            let after = measure("none")?;
+            none.push(after);
+            runs.push(Paired { sample, before: previous, after });
+        }
+        ns_per_packet.sort_by(f64::total_cmp);
+        results.push((label.clone(), *rules, runs, ns_per_packet[ns_per_packet.len() / 2]));
     }
-    drop(mesh);
-    none.push(measure("none")?);
-    none.push(measure("none")?);
 
     let mut rows = Vec::new();
     for (i, (_, suffix)) in PATHS.iter().enumerate() {
         let baseline_case = format!("none{suffix}");
         let base = median_sample(none.iter().map(|s| s[i]));
-        let mut push = |case: String, scale: u64, sample: Sample| {
-            let baseline = (case != baseline_case).then(|| baseline_case.clone());
-            for (metric, value, unit, base_value) in [
-                ("throughput_gbps", sample.gbps, "Gbit/s", base.gbps),
-                ("rr_p50_us", sample.p50_us, "us", base.p50_us),
-                ("rr_p99_us", sample.p99_us, "us", base.p99_us),
-            ] {
-                rows.push(Row {
-                    case: case.clone(),
-                    scale,
-                    metric: metric.into(),
-                    value,
-                    unit: unit.into(),
-                    baseline: baseline.clone(),
-                    ratio: baseline.as_ref().map(|_| value / base_value),
-                });
-            }
-        };
-        push(baseline_case.clone(), 0, base);
-        push(format!("programs{suffix}"), 0, programs[i]);
-        for (n, sample) in &rules {
-            push(format!("rules{suffix}"), u64::from(*n), sample[i]);
+        for (metric, value, unit) in [
+            ("throughput_gbps", base.gbps, "Gbit/s"),
+            ("rr_p50_us", base.p50_us, "us"),
+            ("rr_p99_us", base.p99_us, "us"),
+        ] {
+            rows.push(Row {
+                case: baseline_case.clone(),
+                scale: 0,
+                metric: metric.into(),
+                value,
+                unit: unit.into(),
+                baseline: None,
+                ratio: None,
+            });
+        }
+        for (_, rules, runs, _) in &results {
+            let case = format!("{}{suffix}", if rules.is_some() { "rules" } else { "programs" });
+            let scale = u64::from(rules.unwrap_or(0));
+            let sample = median_sample(runs.iter().map(|r| r.sample[i]));
+            let row = |metric: &str, value: f64, unit: &str, ratio: Option<f64>| Row {
+                case: case.clone(),
+                scale,
+                metric: metric.into(),
+                value,
+                unit: unit.into(),
+                baseline: Some(baseline_case.clone()),
+                ratio,
+            };
+            // Ratios and differences are taken per run, against that run's two `none`
+            // neighbours, then the median over runs.
+            rows.push(row(
+                "throughput_gbps",
+                sample.gbps,
+                "Gbit/s",
+                Some(median(runs.iter().map(|r| r.sample[i].gbps / r.base(i).gbps))),
+            ));
+            rows.push(row(
+                "rr_p50_us",
+                sample.p50_us,
+                "us",
+                Some(median(runs.iter().map(|r| r.sample[i].p50_us / r.base(i).p50_us))),
+            ));
+            rows.push(row(
+                "rr_p99_us",
+                sample.p99_us,
+                "us",
+                Some(median(runs.iter().map(|r| r.sample[i].p99_us / r.base(i).p99_us))),
+            ));
+            rows.push(row(
+                "rr_p99_added_us",
+                median(runs.iter().map(|r| r.sample[i].p99_us - r.base(i).p99_us)),
+                "us",
+                None,
+            ));
         }
     }
     let mut notes = vec![format!(
-        "{seconds} s per run; none = median of {} runs, every other case of {RUNS}; client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
+        "{seconds} s per run; every mesh run between two none runs ({} none runs in all); a case's ratio (and added p99) is the median over its {RUNS} runs of run / mean(its two none runs); client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
         none.len(),
         started.elapsed().as_secs_f64()
     )];
     notes.push(format!(
-        "TC program time per packet (kernel BPF statistics, both directions, all pods): {}",
-        program_cost.iter().map(|(case, ns)| format!("{case} {ns:.0} ns")).collect::<Vec<_>>().join("; ")
+        "TC program time per packet (kernel BPF statistics, both directions, all pods; median of runs): {}",
+        results.iter().map(|(case, _, _, ns)| format!("{case} {ns:.0} ns")).collect::<Vec<_>>().join("; ")
     ));
     for (_, suffix) in PATHS {
         let value = |case: &str, scale: u64, metric: &str| {
             rows.iter().find(|r| r.case == case && r.scale == scale && r.metric == metric).map(|r| r.value)
         };
-        let base = value(&format!("none{suffix}"), 0, "rr_p99_us").unwrap_or(0.0);
-        let mut line = format!("added p99 latency{suffix}:");
+        let mut line = format!("added p99 latency{suffix} (median over runs of run - mean of its none runs):");
         for &n in scales {
-            if let Some(p99) = value(&format!("rules{suffix}"), u64::from(n), "rr_p99_us") {
-                let _ = write!(line, " {n} rules {:+.1} us;", p99 - base);
+            if let Some(added) = value(&format!("rules{suffix}"), u64::from(n), "rr_p99_added_us") {
+                let _ = write!(line, " {n} rules {added:+.1} us;");
             }
         }
         notes.push(line);
     }
     Ok(Report { bench: "policy".into(), rows, notes })
+}
+
+/// A mesh run and the `none` runs just before and after it.
+struct Paired {
+    sample: [Sample; 2],
+    before: [Sample; 2],
+    after: [Sample; 2],
+}
+
+impl Paired {
+    /// The run's baseline on path `i`: the mean of its two `none` neighbours.
+    fn base(&self, i: usize) -> Sample {
+        let (a, b) = (self.before[i], self.after[i]);
+        Sample {
+            gbps: (a.gbps + b.gbps) / 2.0,
+            p50_us: (a.p50_us + b.p50_us) / 2.0,
+            p99_us: (a.p99_us + b.p99_us) / 2.0,
+        }
+    }
+}
+
+/// The median of `values` (the upper one of an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Each metric's median over `samples`.

@@ -82,6 +82,9 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     };
     // Warm up (page cache, ARP, the servers' first accepts).
     load(&backends)?;
+    // The kernel counts each program's runs and run time while this lives: what the socket
+    // hooks and sockops cost a connection, printed per clusterip run.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics")?;
 
     let mut rows = Vec::new();
     for &scale in scales {
@@ -105,7 +108,10 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
             let agent = Agent::follow(&lab, &lab.nodes[0], &operator.endpoint(), &[])?;
             wait_for_services(&lab.nodes[0].bpffs, scale, &agent)?;
             println!("    agent programmed {scale} services in {:.2} s", t.elapsed().as_secs_f64());
-            clusterip.push(load(&vip)?);
+            let before = Cost::read(agent.pid);
+            let report = load(&vip)?;
+            Cost::read(agent.pid).since(&before).print(report.connections);
+            clusterip.push(report);
             anyhow::ensure!(lab.stop(agent.pid, Duration::from_secs(30))?.success(), "agent stop\n{}", agent.log());
             direct.push(load(&backends)?);
         }
@@ -189,6 +195,65 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         "iptables: kube-proxy's iptables rules through iptables-nft (the default backend of kube-proxy's image and of Debian); iptables-legacy: the same rules through the legacy backend; nftables: kube-proxy's nftables mode; all in the node's network namespace".into(),
     );
     Ok(Report { bench: "service-lb".into(), rows, notes })
+}
+
+/// What the mesh spent on the connections of one run: the kernel's count of each of its
+/// programs' run time, and the agent's CPU time (reading flow events, mostly).
+struct Cost {
+    programs: Vec<(&'static str, Duration, u64)>,
+    agent_cpu: Duration,
+}
+
+impl Cost {
+    fn read(agent: u32) -> Self {
+        let names =
+            [mesh_common::programs::CONNECT4, mesh_common::programs::GETPEERNAME4, mesh_common::programs::SOCKOPS];
+        let mut programs: Vec<(&'static str, Duration, u64)> = names.iter().map(|&n| (n, Duration::ZERO, 0)).collect();
+        for program in aya::programs::loaded_programs().filter_map(Result::ok) {
+            if let Some(slot) = programs.iter_mut().find(|(n, ..)| program.name_as_str() == Some(n)) {
+                slot.1 += program.run_time();
+                slot.2 += program.run_count();
+            }
+        }
+        Self { programs, agent_cpu: process_cpu(agent).unwrap_or_default() }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        let programs = self
+            .programs
+            .iter()
+            .zip(&before.programs)
+            .map(|(&(n, t, c), &(_, t0, c0))| (n, t.saturating_sub(t0), c.saturating_sub(c0)))
+            .collect();
+        Self { programs, agent_cpu: self.agent_cpu.saturating_sub(before.agent_cpu) }
+    }
+
+    fn print(&self, connections: u64) {
+        let per_conn = |d: Duration| d.as_nanos() as f64 / connections.max(1) as f64;
+        let mut line = String::from("      per connection:");
+        for (name, time, runs) in &self.programs {
+            let _ = write!(
+                line,
+                " {name} {:.0} ns ({:.1} runs);",
+                per_conn(*time),
+                *runs as f64 / connections.max(1) as f64
+            );
+        }
+        let _ = write!(line, " agent {:.0} ns", per_conn(self.agent_cpu));
+        println!("{line}");
+    }
+}
+
+/// User plus system CPU time of process `pid` so far.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
 /// The rows of one case: its three metrics, as ratios to `direct` (and for `clusterip` also
