@@ -7,15 +7,19 @@
 //! An update that would not fit the maps is refused whole, before anything is written: the
 //! previous services stay in force and the error says which capacity to raise.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, OwnedFd},
+};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, IterableMap, Map, MapData, MapError};
 use mesh_common::{
     maps,
     service_lb::{Backend, BackendKey, ServiceEntry, ServiceKey},
 };
 
-use crate::map_write::converged;
+use crate::map_write::{converged, insert_batch};
 
 /// A service with its backends resolved to addresses, ready for the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +108,8 @@ pub enum ServiceLbError {
     MissingMap { map: &'static str },
     #[error("map {map} has an unexpected type or layout: {source}")]
     MapType { map: &'static str, source: MapError },
+    #[error("cannot duplicate the descriptor of map {map}: {source}; raise the agent's open files limit")]
+    Fd { map: &'static str, source: std::io::Error },
     #[error(
         "service {service}: writing map {map} failed: {source}; if the map is full, raise its capacity. The service keeps its previous backends"
     )]
@@ -126,6 +132,9 @@ pub struct ServiceTable {
     /// Every backend address in any service (the reverse lookups' filter), its copy, and how
     /// many programmed frontends hold each address (an address leaves the filter at 0).
     backend_addrs: HashMap<MapData, Backend, u32>,
+    /// Descriptors of `backends` and `backend_addrs` for batch writes (`map_write`).
+    backends_fd: OwnedFd,
+    backend_addrs_fd: OwnedFd,
     known_addrs: HashSet<Backend>,
     addr_refs: std::collections::HashMap<Backend, u32>,
     next_revision: u32,
@@ -137,6 +146,9 @@ pub struct ServiceTable {
     unremoved_addrs: Vec<Backend>,
     capacities: Capacities,
 }
+
+/// Up to this many services in one apply, each one programmed is logged at info level.
+const LOG_EACH_MAX: usize = 100;
 
 /// What [`ServiceTable::apply`] changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +172,11 @@ impl ServiceTable {
             HashMap::try_from(backends).map_err(|source| ServiceLbError::MapType { map: maps::BACKENDS, source })?;
         let backend_addrs: HashMap<MapData, Backend, u32> = HashMap::try_from(backend_addrs)
             .map_err(|source| ServiceLbError::MapType { map: maps::BACKEND_ADDRS, source })?;
+        let duplicate = |map: &MapData, name: &'static str| {
+            map.fd().as_fd().try_clone_to_owned().map_err(|source| ServiceLbError::Fd { map: name, source })
+        };
+        let backends_fd = duplicate(IterableMap::map(&backends), maps::BACKENDS)?;
+        let backend_addrs_fd = duplicate(IterableMap::map(&backend_addrs), maps::BACKEND_ADDRS)?;
         let known_addrs = backend_addrs.keys().filter_map(Result::ok).collect();
         let mut programmed = std::collections::HashMap::new();
         for (key, entry) in services.iter().filter_map(Result::ok) {
@@ -182,6 +199,8 @@ impl ServiceTable {
             services,
             backends,
             backend_addrs,
+            backends_fd,
+            backend_addrs_fd,
             known_addrs,
             addr_refs,
             next_revision,
@@ -276,8 +295,11 @@ impl ServiceTable {
             self.drop_refs(&slots);
             stats.removed += 1;
         }
+        // Each service's line at info for a small change; a full sync of thousands logs one
+        // summary (each line at debug): 10,000 lines took a tenth of a full sync's time.
+        let each = planned.len() <= LOG_EACH_MAX;
         for (service, slots) in planned {
-            match self.apply_one(service, slots) {
+            match self.apply_one(service, slots, each) {
                 Ok(true) => stats.updated += 1,
                 Ok(false) => stats.unchanged += 1,
                 Err(err) => {
@@ -286,24 +308,30 @@ impl ServiceTable {
                 }
             }
         }
+        if !each && stats.updated > 0 {
+            tracing::info!(
+                programmed = stats.updated,
+                unchanged = stats.unchanged,
+                removed = stats.removed,
+                "services programmed (each one at debug level)"
+            );
+        }
         first_error.map_or(Ok(stats), Err)
     }
 
     /// Puts the addresses of `slots` in the filter (before any connection can be sent to
     /// them); on failure nothing of the service is written.
     fn hold_addrs(&mut self, service: &str, slots: &[Backend]) -> Result<(), ServiceLbError> {
-        for addr in distinct(slots) {
-            if self.known_addrs.contains(&addr) {
-                continue;
-            }
-            self.backend_addrs.insert(&addr, &1, 0).map_err(|source| ServiceLbError::Write {
-                service: service.to_owned(),
-                map: maps::BACKEND_ADDRS,
-                source,
-            })?;
-            self.known_addrs.insert(addr);
-        }
-        Ok(())
+        let new: Vec<Backend> = distinct(slots).into_iter().filter(|addr| !self.known_addrs.contains(addr)).collect();
+        let present = vec![1u32; new.len()];
+        let result = insert_batch(self.backend_addrs_fd.as_fd(), &new, &present);
+        let written = result.as_ref().map_or_else(|(written, _)| *written, |()| new.len());
+        self.known_addrs.extend(&new[..written]);
+        result.map_err(|(_, source)| ServiceLbError::Write {
+            service: service.to_owned(),
+            map: maps::BACKEND_ADDRS,
+            source,
+        })
     }
 
     /// One frontend fewer holds each address of `slots`; an address none holds leaves the
@@ -392,7 +420,7 @@ impl ServiceTable {
         self.programmed.get(key).map(|(_, backends)| backends.as_slice())
     }
 
-    fn apply_one(&mut self, service: &ResolvedService, slots: &[Backend]) -> Result<bool, ServiceLbError> {
+    fn apply_one(&mut self, service: &ResolvedService, slots: &[Backend], log: bool) -> Result<bool, ServiceLbError> {
         let previous = self.programmed.get(&service.key).map(|(entry, _)| *entry);
         if previous.is_some_and(|p| p.affinity_timeout_s == service.affinity_timeout_s)
             && self.backends_of(&service.key) == Some(slots)
@@ -403,11 +431,10 @@ impl ServiceTable {
         let revision = self.allocate_revision();
         let count = u16::try_from(slots.len()).expect("checked: at most MAX_SLOTS slots");
         let entry = ServiceEntry { revision, count, flags: 0, affinity_timeout_s: service.affinity_timeout_s, _pad: 0 };
-        for (slot, backend) in (0u32..).zip(slots) {
-            if let Err(source) = self.backends.insert(&BackendKey { revision, slot }, backend, 0) {
-                self.delete_slots(ServiceEntry { count: slot as u16, ..entry });
-                return Err(ServiceLbError::Write { service: service.name.clone(), map: maps::BACKENDS, source });
-            }
+        let keys: Vec<BackendKey> = (0u32..).take(slots.len()).map(|slot| BackendKey { revision, slot }).collect();
+        if let Err((written, source)) = insert_batch(self.backends_fd.as_fd(), &keys, slots) {
+            self.delete_slots(ServiceEntry { count: written as u16, ..entry });
+            return Err(ServiceLbError::Write { service: service.name.clone(), map: maps::BACKENDS, source });
         }
         if let Err(source) = self.services.insert(&service.key, &entry, 0) {
             self.delete_slots(entry);
@@ -416,15 +443,30 @@ impl ServiceTable {
         if let Some(previous) = previous {
             self.delete_slots(previous);
         }
-        tracing::info!(
-            service = %service.name,
-            frontend = %frontend(&service.key),
-            backends = %service.backends.iter().map(|b| format!("{}*{}", backend_addr(&b.backend), b.weight)).collect::<Vec<_>>().join(","),
-            slots = count,
-            affinity_s = service.affinity_timeout_s,
-            revision,
-            "service programmed"
-        );
+        let programmed = || {
+            service.backends.iter().map(|b| format!("{}*{}", backend_addr(&b.backend), b.weight)).collect::<Vec<_>>()
+        };
+        if log {
+            tracing::info!(
+                service = %service.name,
+                frontend = %frontend(&service.key),
+                backends = %programmed().join(","),
+                slots = count,
+                affinity_s = service.affinity_timeout_s,
+                revision,
+                "service programmed"
+            );
+        } else {
+            tracing::debug!(
+                service = %service.name,
+                frontend = %frontend(&service.key),
+                backends = %programmed().join(","),
+                slots = count,
+                affinity_s = service.affinity_timeout_s,
+                revision,
+                "service programmed"
+            );
+        }
         for addr in distinct(slots) {
             *self.addr_refs.entry(addr).or_insert(0) += 1;
         }

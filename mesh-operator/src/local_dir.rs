@@ -293,9 +293,10 @@ fn object(value: &serde_json::Value) -> ObjectResult {
     Ok(Some((key, object)))
 }
 
-/// Deserialises a typed object, naming the field on failure.
+/// Deserialises a typed object, naming the field on failure. Straight from the borrowed
+/// document: a copy of it per object was a tenth of `mesh-operator check`'s time.
 fn typed_from<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(value.clone()).map_err(|err| {
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let field = err.path().to_string();
         (if field == "." { "(object)".into() } else { field }, err.into_inner().to_string())
     })

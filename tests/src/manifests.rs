@@ -110,6 +110,30 @@ impl Mesh {
         Ok(mesh)
     }
 
+    /// Stops the agents (SIGTERM: each detaches its programs) and then the operator, and
+    /// fails unless each exited cleanly. Dropping a `Mesh` leaves them running (the lab ends
+    /// them when it goes).
+    pub fn stop(self, lab: &Lab) -> Result<()> {
+        let grace = Duration::from_secs(30);
+        for agent in &self.agents {
+            let status = lab.stop(agent.pid, grace)?;
+            if !status.success() {
+                return Err(LabError::Command {
+                    command: format!("mesh-agent of {}", agent.node),
+                    message: format!("exited with {status} when stopped; its log:\n{}", agent.log()),
+                });
+            }
+        }
+        let status = lab.stop(self.operator.pid, grace)?;
+        if !status.success() {
+            return Err(LabError::Command {
+                command: "mesh-operator".into(),
+                message: format!("exited with {status} when stopped; its log:\n{}", self.operator.log()),
+            });
+        }
+        Ok(())
+    }
+
     /// Replaces the manifests (atomically: the operator never reads half a file).
     pub fn write(&self, text: &str) -> Result<()> {
         write_atomically(&self.manifests, text)

@@ -117,7 +117,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
             let before = tc_runs();
             let sample = measure(label)?;
             ns_per_packet.push(ns_per_run(before, tc_runs()));
-            drop(mesh);
+            mesh.stop(&lab)?;
             let previous = *none.last().expect("a none run came first");
             let after = measure("none")?;
             none.push(after);
