@@ -61,7 +61,7 @@ pub const ENV_METRICS_ADDRESS: &str = "MESH_METRICS_ADDRESS";
 /// Size of the flow event ring buffer in bytes: a power of two, at least 4096.
 pub const ENV_EVENTS_BYTES: &str = "MESH_EVENTS_BYTES";
 /// How much of each TCP connection the socket programs report: `none`, `low`, `medium` or
-/// `maximum`, as Hubble's monitor aggregation [default: medium]
+/// `maximum`, as Hubble's monitor aggregation [default: maximum]
 /// (`mesh_common::flows::aggregation`).
 pub const ENV_FLOW_AGGREGATION: &str = "MESH_FLOW_AGGREGATION";
 pub const DEFAULT_FLOW_BUFFER: usize = 16_383;
@@ -149,7 +149,7 @@ pub struct Args {
     #[arg(long, env = ENV_FLOW_BUFFER)]
     pub flow_buffer: Option<usize>,
     /// How much of each TCP connection the socket programs report: none (every event), low
-    /// (translations and closes), medium (translations) or maximum (nothing) [default: medium].
+    /// (translations and closes), medium (translations) or maximum (nothing) [default: maximum].
     #[arg(long, env = ENV_FLOW_AGGREGATION)]
     pub flow_aggregation: Option<String>,
     /// TCP address of the Observer API (in the node's network namespace), or "off".

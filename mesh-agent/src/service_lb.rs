@@ -443,29 +443,24 @@ impl ServiceTable {
         if let Some(previous) = previous {
             self.delete_slots(previous);
         }
-        let programmed = || {
-            service.backends.iter().map(|b| format!("{}*{}", backend_addr(&b.backend), b.weight)).collect::<Vec<_>>()
-        };
+        // The same event at either level (a tracing level is fixed per call site).
+        macro_rules! programmed {
+            ($level:ident) => {
+                tracing::$level!(
+                    service = %service.name,
+                    frontend = %frontend(&service.key),
+                    backends = %service.backends.iter().map(|b| format!("{}*{}", backend_addr(&b.backend), b.weight)).collect::<Vec<_>>().join(","),
+                    slots = count,
+                    affinity_s = service.affinity_timeout_s,
+                    revision,
+                    "service programmed"
+                )
+            };
+        }
         if log {
-            tracing::info!(
-                service = %service.name,
-                frontend = %frontend(&service.key),
-                backends = %programmed().join(","),
-                slots = count,
-                affinity_s = service.affinity_timeout_s,
-                revision,
-                "service programmed"
-            );
+            programmed!(info);
         } else {
-            tracing::debug!(
-                service = %service.name,
-                frontend = %frontend(&service.key),
-                backends = %programmed().join(","),
-                slots = count,
-                affinity_s = service.affinity_timeout_s,
-                revision,
-                "service programmed"
-            );
+            programmed!(debug);
         }
         for addr in distinct(slots) {
             *self.addr_refs.entry(addr).or_insert(0) += 1;

@@ -38,9 +38,7 @@ impl Mesh {
 /// The demo lab with its operator and both agents, and the demo's traffic: the client's
 /// connections to the service, and the intruder's, denied.
 fn demo_mesh() -> Mesh {
-    let (lab, manifests) = demo::lab().expect("lab");
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let operator = Operator::start(&lab, &manifests, listen).expect("operator");
+    let (lab, operator) = demo_operator();
     let agents = lab
         .nodes
         .iter()
@@ -50,6 +48,14 @@ fn demo_mesh() -> Mesh {
         })
         .collect();
     Mesh { lab, agents, _operator: operator }
+}
+
+/// The demo lab and its operator (local mode), no agent yet.
+fn demo_operator() -> (Lab, Operator) {
+    let (lab, manifests) = demo::lab().expect("lab");
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let operator = Operator::start(&lab, &manifests, listen).expect("operator");
+    (lab, operator)
 }
 
 fn get<'a>(flow: &'a Value, path: &str) -> &'a Value {
@@ -301,9 +307,7 @@ fn aggregation_levels_decide_which_socket_events_a_connection_reports() {
     if !privileged("aggregation_levels_decide_which_socket_events_a_connection_reports") {
         return;
     }
-    let (lab, manifests) = demo::lab().expect("lab");
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let operator = Operator::start(&lab, &manifests, listen).expect("operator");
+    let (lab, operator) = demo_operator();
     let client = Placement::pod(lab.pod(demo::CLIENT));
     let connections = 2;
     // (level, TRANSLATED, ESTABLISHED, CLOSED per connection at the client's end, TC names

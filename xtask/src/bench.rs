@@ -9,7 +9,7 @@ mod policy;
 mod service_lb;
 mod targets;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -178,4 +178,13 @@ impl Report {
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// Total run time and runs of every loaded program named `name`, from the kernel's BPF
+/// statistics (counted while an `aya::sys::enable_stats` descriptor is open).
+fn program_runs(name: &str) -> (Duration, u64) {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(name))
+        .fold((Duration::ZERO, 0), |(time, runs), p| (time + p.run_time(), runs + p.run_count()))
 }

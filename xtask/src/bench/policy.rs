@@ -250,11 +250,10 @@ fn median_sample(samples: impl Iterator<Item = Sample>) -> Sample {
 
 /// Total run time and runs of every loaded pod TC program (`mesh_from_pod`, `mesh_to_pod`).
 fn tc_runs() -> (Duration, u64) {
-    let names = [mesh_common::programs::FROM_POD, mesh_common::programs::TO_POD];
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str().is_some_and(|n| names.contains(&n)))
-        .fold((Duration::ZERO, 0), |(time, runs), p| (time + p.run_time(), runs + p.run_count()))
+    [mesh_common::programs::FROM_POD, mesh_common::programs::TO_POD]
+        .map(super::program_runs)
+        .into_iter()
+        .fold((Duration::ZERO, 0), |(time, runs), (t, r)| (time + t, runs + r))
 }
 
 /// Nanoseconds per run between two [`tc_runs`] readings.

@@ -208,13 +208,13 @@ impl Cost {
     fn read(agent: u32) -> Self {
         let names =
             [mesh_common::programs::CONNECT4, mesh_common::programs::GETPEERNAME4, mesh_common::programs::SOCKOPS];
-        let mut programs: Vec<(&'static str, Duration, u64)> = names.iter().map(|&n| (n, Duration::ZERO, 0)).collect();
-        for program in aya::programs::loaded_programs().filter_map(Result::ok) {
-            if let Some(slot) = programs.iter_mut().find(|(n, ..)| program.name_as_str() == Some(n)) {
-                slot.1 += program.run_time();
-                slot.2 += program.run_count();
-            }
-        }
+        let programs = names
+            .iter()
+            .map(|&name| {
+                let (time, runs) = super::program_runs(name);
+                (name, time, runs)
+            })
+            .collect();
         Self { programs, agent_cpu: process_cpu(agent).unwrap_or_default() }
     }
 
