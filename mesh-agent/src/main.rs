@@ -27,7 +27,7 @@ use mesh_agent::{
 use mesh_common::{
     api::Kind,
     api::agent_status_server::AgentStatusServer,
-    drain::{DRAIN_TIMEOUT, Drain},
+    drain::{DRAIN_TIMEOUT, Drain, Shutdown},
     model::ResourceSet,
 };
 
@@ -55,6 +55,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     mesh_agent::probe::check()?;
     // Two workers: flow events and their clients run beside reconciliation.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Before anything is loaded: a SIGTERM from here on is a clean stop, never a half-start.
+    let mut shutdown = {
+        let _runtime = runtime.enter();
+        Shutdown::listen().context("listening for SIGTERM and SIGINT")?
+    };
 
     let mut datapath = Datapath::load(&config.bpffs, config.capacities, config.flow_aggregation)?;
     let started = datapath
@@ -111,7 +116,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         agent.set_ready(true);
         runtime.block_on(async {
             tokio::select! {
-                () = shutdown_signal() => {}
+                () = shutdown_signal(&mut shutdown) => {}
                 () = report_verdicts(&policy) => {}
             }
         });
@@ -177,7 +182,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
                 result
             },
-            shutdown_signal(),
+            shutdown_signal(&mut shutdown),
         );
         runtime.block_on(async {
             tokio::select! {
@@ -377,15 +382,8 @@ fn tune_malloc() {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot listen for signals; stop the agent with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+/// Resolves on SIGTERM or SIGINT (received since the agent started).
+async fn shutdown_signal(shutdown: &mut Shutdown) {
+    let signal = shutdown.recv().await;
+    tracing::info!("{signal}: shutting down");
 }

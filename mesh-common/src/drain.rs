@@ -50,6 +50,32 @@ impl Drain {
     }
 }
 
+/// SIGTERM and SIGINT, listened for from the moment this is made: a stop that arrives while
+/// the process is still starting (loading programs, reading manifests, writing its ready
+/// file) is kept and answered with a clean shutdown, instead of the signal's default action
+/// killing the process halfway. Make it first, before anything worth cleaning up exists.
+#[derive(Debug)]
+pub struct Shutdown {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Installs the handlers; needs a Tokio runtime (`Runtime::enter` or inside one).
+    pub fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { terminate: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT since [`Self::listen`], and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +89,15 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(drain.run(Duration::from_millis(200)).await, vec!["stuck"]);
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_signal_that_arrives_before_anyone_waits_is_kept() {
+        let mut shutdown = Shutdown::listen().expect("handlers");
+        // Sent before recv is first polled: without the handler installed up front, this
+        // would end the test process.
+        assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGINT) }, 0);
+        let name = tokio::time::timeout(Duration::from_secs(5), shutdown.recv()).await.expect("kept");
+        assert_eq!(name, "SIGINT");
     }
 }

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mesh_common::api::state_stream_server::StateStreamServer;
-use mesh_common::drain::{DRAIN_TIMEOUT, Drain};
+use mesh_common::drain::{DRAIN_TIMEOUT, Drain, Shutdown};
 use mesh_operator::{
     bootstrap::BootstrapServer,
     cluster::ClusterView,
@@ -153,6 +153,8 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
 }
 
 async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
+    // First: a SIGTERM while starting is a clean stop, not the signal's default action.
+    let mut shutdown = Shutdown::listen().context("listening for SIGTERM and SIGINT")?;
     let tls = serve_args.tls();
     let (identity_file, ready_file) = (serve_args.identity_file.as_path(), serve_args.ready_file.as_deref());
     let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
@@ -199,7 +201,6 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
         api: None,
     })?;
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             Some(mut paths) = changed.recv() => {
@@ -215,11 +216,12 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
                     apply(&mut view, &store, changes, &errors);
                 });
             }
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            signal = shutdown.recv() => {
+                tracing::info!("{signal}: shutting down");
+                break;
+            }
         }
     }
-    tracing::info!("shutting down");
     drained(drain).await;
     Ok(())
 }
@@ -328,6 +330,8 @@ fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
 
 /// Cluster mode: the API server (in-cluster config, or the kubeconfig) is the source.
 async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
+    // First: a SIGTERM while starting is a clean stop, not the signal's default action.
+    let mut shutdown = Shutdown::listen().context("listening for SIGTERM and SIGINT")?;
     let tls = serve_args.tls();
     let (identity_file, ready_file) = (serve_args.identity_file.as_path(), serve_args.ready_file.as_deref());
     let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
@@ -352,7 +356,6 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     let mut listed = std::collections::BTreeSet::new();
     let mut listener = Some(listener);
     let mut drain = None;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             batch = batches.next() => {
@@ -381,11 +384,12 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
                     })?);
                 }
             }
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            signal = shutdown.recv() => {
+                tracing::info!("{signal}: shutting down");
+                break;
+            }
         }
     }
-    tracing::info!("shutting down");
     if let Some(drain) = drain {
         drained(drain).await;
     }

@@ -21,6 +21,13 @@ impl Agent {
     /// Starts the agent of `node` with the state file `state` (YAML) and waits until it is
     /// ready. `extra_args` are added to its command line (`--keep-datapath`).
     pub fn start(lab: &Lab, node: &Node, state: &str, extra_args: &[&str]) -> Result<Self> {
+        let agent = Self::spawn_with_state(lab, node, state, extra_args)?;
+        agent.wait_ready(lab)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent of `node` with the state file `state` without waiting for it.
+    pub fn spawn_with_state(lab: &Lab, node: &Node, state: &str, extra_args: &[&str]) -> Result<Self> {
         let state_file = (0..)
             .map(|i| lab.dir.join(format!("state-{}-{i}.yaml", node.name)))
             .find(|path| !path.exists())
@@ -31,7 +38,7 @@ impl Agent {
             source,
         })?;
         let state_arg = state_file.display().to_string();
-        Self::launch(lab, node, &[&["--state-file", &state_arg], extra_args].concat())
+        Self::spawn(lab, node, &[&["--state-file", &state_arg], extra_args].concat())
     }
 
     /// Starts the agent of `node` following the operator at `endpoint` (`http://…`) and
@@ -48,13 +55,15 @@ impl Agent {
 
     fn launch(lab: &Lab, node: &Node, args: &[&str]) -> Result<Self> {
         let agent = Self::spawn(lab, node, args)?;
-        if let Err(err) = lab.wait_for_file(&agent.ready_file, agent.pid, READY_TIMEOUT) {
-            return Err(LabError::Command {
-                command: format!("mesh-agent of {}", node.name),
-                message: format!("{err}; its log:\n{}", agent.log()),
-            });
-        }
+        agent.wait_ready(lab)?;
         Ok(agent)
+    }
+
+    fn wait_ready(&self, lab: &Lab) -> Result<()> {
+        lab.wait_for_file(&self.ready_file, self.pid, READY_TIMEOUT).map_err(|err| LabError::Command {
+            command: format!("mesh-agent of {}", self.node),
+            message: format!("{err}; its log:\n{}", self.log()),
+        })
     }
 
     fn spawn(lab: &Lab, node: &Node, args: &[&str]) -> Result<Self> {

@@ -60,6 +60,29 @@ fn connections_to_the_virtual_ip_reach_both_backends() {
 }
 
 #[test]
+fn a_sigterm_while_the_agent_starts_is_a_clean_stop() {
+    if !privileged("a_sigterm_while_the_agent_starts_is_a_clean_stop") {
+        return;
+    }
+    let lab = scenario::web_lab().expect("lab");
+    let node = &lab.nodes[0];
+    let agent = Agent::spawn_with_state(&lab, node, &scenario::web_state(&lab), &[]).expect("agent runs");
+    // Its programs are loaded and pinned, its pods not yet attached: a stop now (a rollout,
+    // a node drain) must neither kill it halfway nor leave pins behind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent.log().contains("programs loaded") {
+        assert!(std::time::Instant::now() < deadline, "the agent never loaded its programs:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = lab.stop(agent.pid, Duration::from_secs(10)).expect("agent stops");
+    assert!(status.success(), "a SIGTERM while starting ended the agent with {status}:\n{}", agent.log());
+    assert!(agent.log().contains("SIGTERM: shutting down"), "{}", agent.log());
+    assert!(!node.bpffs.exists(), "pins left behind in {}", node.bpffs.display());
+    let after = connect(&lab, &Placement::pod(lab.pod(CLIENT)), 1, SHORT);
+    assert_eq!((after.ok, after.failed), (0, 1), "the VIP still answered after the agent stopped: {after:?}");
+}
+
+#[test]
 fn a_kept_datapath_outlives_the_agent_and_is_taken_over() {
     if !privileged("a_kept_datapath_outlives_the_agent_and_is_taken_over") {
         return;
