@@ -188,3 +188,15 @@ fn program_runs(name: &str) -> (Duration, u64) {
         .filter(|p| p.name_as_str() == Some(name))
         .fold((Duration::ZERO, 0), |(time, runs), p| (time + p.run_time(), runs + p.run_count()))
 }
+
+/// User plus system CPU time of process `pid` so far.
+pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}

@@ -41,6 +41,8 @@ pub fn run(scales: &[u64], seconds: f64) -> anyhow::Result<Report> {
         runs.push(("observer_whole_decode", WHOLE_DECODE_SCALE, 1));
     }
     for (case, scale, decode_every) in runs {
+        // Where the two cores went: the agent's CPU, and mesh-flowgen's (generator and reader).
+        let (agent_cpu, flowgen_cpu, t) = (super::process_cpu(agent.pid), children_cpu(), Instant::now());
         let output = std::process::Command::new(mesh_tests::built_binary("mesh-flowgen"))
             .arg("--bpffs")
             .arg(&node.bpffs)
@@ -57,6 +59,10 @@ pub fn run(scales: &[u64], seconds: f64) -> anyhow::Result<Report> {
             String::from_utf8_lossy(&output.stderr),
             agent.log()
         );
+        let wall = t.elapsed().as_secs_f64();
+        let share = |used: Duration| used.as_secs_f64() / wall * 100.0;
+        let agent_share = share(super::process_cpu(agent.pid).unwrap_or_default() - agent_cpu.unwrap_or_default());
+        let flowgen_share = share(children_cpu().saturating_sub(flowgen_cpu));
         let result: serde_json::Value = serde_json::from_slice(&output.stdout).context("mesh-flowgen's JSON")?;
         let number = |key: &str| result.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
         let (offered, generated_s, received) = (number("offered"), number("generated_s"), number("received"));
@@ -95,6 +101,9 @@ pub fn run(scales: &[u64], seconds: f64) -> anyhow::Result<Report> {
             number("lost_in_kernel"),
             number("lost_in_stream")
         ));
+        notes.push(format!(
+            "{case} at {scale}: over its {wall:.1} s the agent used {agent_share:.0}% of a CPU, mesh-flowgen (generator and reader) {flowgen_share:.0}%"
+        ));
         std::thread::sleep(Duration::from_millis(500));
     }
     let _ = lab.stop(agent.pid, Duration::from_secs(10));
@@ -111,4 +120,16 @@ fn peak_rss(pid: u32) -> anyhow::Result<f64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .context("no VmHWM in the agent's status")?;
     Ok(kib * 1024.0)
+}
+
+/// User plus system CPU time of this process's children that have ended (and were waited for).
+fn children_cpu() -> Duration {
+    // SAFETY: `getrusage` fills the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }

@@ -115,8 +115,19 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
             }
             println!("    {label}: mesh up, policy applied in {:.2} s", t.elapsed().as_secs_f64());
             let before = tc_runs();
+            let (cpu_before, t) = (mesh_cpu(&mesh), Instant::now());
             let sample = measure(label)?;
-            ns_per_packet.push(ns_per_run(before, tc_runs()));
+            let after = tc_runs();
+            ns_per_packet.push(ns_per_run(before, after));
+            // What else the mesh cost while it was measured: its processes' CPU (agents and
+            // operator), and how many packets the TC programs saw.
+            let elapsed = t.elapsed().as_secs_f64();
+            println!(
+                "    {label}: {:.0} TC runs/s at {:.0} ns; agents and operator used {:.2}% of a CPU",
+                after.1.saturating_sub(before.1) as f64 / elapsed,
+                ns_per_run(before, after),
+                mesh_cpu(&mesh).saturating_sub(cpu_before).as_secs_f64() / elapsed * 100.0
+            );
             mesh.stop(&lab)?;
             let previous = *none.last().expect("a none run came first");
             let after = measure("none")?;
@@ -254,6 +265,11 @@ fn tc_runs() -> (Duration, u64) {
         .map(super::program_runs)
         .into_iter()
         .fold((Duration::ZERO, 0), |(time, runs), (t, r)| (time + t, runs + r))
+}
+
+/// CPU time the mesh's processes (every agent and the operator) have used so far.
+fn mesh_cpu(mesh: &Mesh) -> Duration {
+    mesh.agents.iter().map(|a| a.pid).chain([mesh.operator.pid]).filter_map(super::process_cpu).sum()
 }
 
 /// Nanoseconds per run between two [`tc_runs`] readings.

@@ -215,7 +215,7 @@ impl Cost {
                 (name, time, runs)
             })
             .collect();
-        Self { programs, agent_cpu: process_cpu(agent).unwrap_or_default() }
+        Self { programs, agent_cpu: super::process_cpu(agent).unwrap_or_default() }
     }
 
     fn since(&self, before: &Self) -> Self {
@@ -242,18 +242,6 @@ impl Cost {
         let _ = write!(line, " agent {:.0} ns", per_conn(self.agent_cpu));
         println!("{line}");
     }
-}
-
-/// User plus system CPU time of process `pid` so far.
-fn process_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
 /// The rows of one case: its three metrics, as ratios to `direct` (and for `clusterip` also
