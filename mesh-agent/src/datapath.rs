@@ -319,7 +319,9 @@ impl Datapath {
         let backends = self.ebpf.take_map(maps::BACKENDS).ok_or(ServiceLbError::MissingMap { map: maps::BACKENDS })?;
         let addrs =
             self.ebpf.take_map(maps::BACKEND_ADDRS).ok_or(ServiceLbError::MissingMap { map: maps::BACKEND_ADDRS })?;
-        Ok(ServiceTable::new(services, backends, addrs, self.capacities)?)
+        let filter =
+            self.ebpf.take_map(maps::BACKEND_FILTER).ok_or(ServiceLbError::MissingMap { map: maps::BACKEND_FILTER })?;
+        Ok(ServiceTable::new(services, backends, addrs, filter, self.capacities)?)
     }
 
     /// The policy maps, taken out of the object for the caller to program.

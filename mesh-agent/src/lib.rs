@@ -3,6 +3,7 @@
 //! desired state.
 
 pub mod agent_status;
+pub mod backend_filter;
 pub mod config;
 pub mod datapath;
 pub mod desired;

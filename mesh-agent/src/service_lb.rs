@@ -19,7 +19,10 @@ use mesh_common::{
     service_lb::{Backend, BackendKey, ServiceEntry, ServiceKey},
 };
 
-use crate::map_write::{converged, insert_batch};
+use crate::{
+    backend_filter::BackendFilter,
+    map_write::{converged, insert_batch},
+};
 
 /// A service with its backends resolved to addresses, ready for the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +139,10 @@ pub struct ServiceTable {
     backends_fd: OwnedFd,
     backend_addrs_fd: OwnedFd,
     known_addrs: HashSet<Backend>,
+    /// The bits in front of `backend_addrs` (a superset of `known_addrs`), and whether an
+    /// address left since they were last made exact.
+    filter: BackendFilter,
+    filter_stale: bool,
     addr_refs: std::collections::HashMap<Backend, u32>,
     next_revision: u32,
     programmed: std::collections::HashMap<ServiceKey, (ServiceEntry, Vec<Backend>)>,
@@ -164,6 +171,7 @@ impl ServiceTable {
         services: Map,
         backends: Map,
         backend_addrs: Map,
+        backend_filter: Map,
         capacities: Capacities,
     ) -> Result<Self, ServiceLbError> {
         let services: HashMap<MapData, ServiceKey, ServiceEntry> =
@@ -177,7 +185,15 @@ impl ServiceTable {
         };
         let backends_fd = duplicate(IterableMap::map(&backends), maps::BACKENDS)?;
         let backend_addrs_fd = duplicate(IterableMap::map(&backend_addrs), maps::BACKEND_ADDRS)?;
-        let known_addrs = backend_addrs.keys().filter_map(Result::ok).collect();
+        let known_addrs: HashSet<Backend> = backend_addrs.keys().filter_map(Result::ok).collect();
+        // Made exact for what the set holds before anything reads it through the new programs.
+        let filter_error = |source| ServiceLbError::Write {
+            service: "(the backend filter)".into(),
+            map: maps::BACKEND_FILTER,
+            source,
+        };
+        let mut filter = BackendFilter::new(backend_filter).map_err(filter_error)?;
+        filter.rebuild(&known_addrs).map_err(filter_error)?;
         let mut programmed = std::collections::HashMap::new();
         for (key, entry) in services.iter().filter_map(Result::ok) {
             let slots: Option<Vec<Backend>> = (0..u32::from(entry.count))
@@ -202,6 +218,8 @@ impl ServiceTable {
             backends_fd,
             backend_addrs_fd,
             known_addrs,
+            filter,
+            filter_stale: false,
             addr_refs,
             next_revision,
             programmed,
@@ -237,6 +255,7 @@ impl ServiceTable {
         for addr in unheld {
             self.release_addr(addr);
         }
+        self.settle_filter();
         result
     }
 
@@ -259,7 +278,21 @@ impl ServiceTable {
             .copied()
             .collect();
         self.check_fits(&planned, &removals)?;
-        self.write(&planned, &removals)
+        let result = self.write(&planned, &removals);
+        self.settle_filter();
+        result
+    }
+
+    /// Clears the filter bits of addresses that left the set (a failure leaves a superset,
+    /// which only costs lookups, and is tried again at the next change).
+    fn settle_filter(&mut self) {
+        if !self.filter_stale {
+            return;
+        }
+        match self.filter.rebuild(&self.known_addrs) {
+            Ok(()) => self.filter_stale = false,
+            Err(err) => tracing::warn!("cannot update {}: {err}", maps::BACKEND_FILTER),
+        }
     }
 
     /// Removes `stale` and programs `planned`, in that order (stale slots make room).
@@ -323,6 +356,12 @@ impl ServiceTable {
     /// them); on failure nothing of the service is written.
     fn hold_addrs(&mut self, service: &str, slots: &[Backend]) -> Result<(), ServiceLbError> {
         let new: Vec<Backend> = distinct(slots).into_iter().filter(|addr| !self.known_addrs.contains(addr)).collect();
+        // Their bits first: the filter never lacks an address of the set.
+        self.filter.add(&new).map_err(|source| ServiceLbError::Write {
+            service: service.to_owned(),
+            map: maps::BACKEND_FILTER,
+            source,
+        })?;
         let present = vec![1u32; new.len()];
         let result = insert_batch(self.backend_addrs_fd.as_fd(), &new, &present);
         let written = result.as_ref().map_or_else(|(written, _)| *written, |()| new.len());
@@ -349,7 +388,10 @@ impl ServiceTable {
 
     fn release_addr(&mut self, addr: Backend) {
         match converged(self.backend_addrs.remove(&addr)) {
-            Ok(()) => drop(self.known_addrs.remove(&addr)),
+            Ok(()) => {
+                self.known_addrs.remove(&addr);
+                self.filter_stale = true;
+            }
             // Removed again at the next apply.
             Err(err) => {
                 tracing::warn!(addr = %backend_addr(&addr), "cannot remove from {}: {err}", maps::BACKEND_ADDRS);

@@ -15,9 +15,15 @@ pub const AFFINITY: &str = "mesh_affinity";
 /// cookie and backend) -> [`crate::service_lb::ServiceAddr`].
 pub const REVERSE: &str = "mesh_rev_sk";
 /// Every backend address of any service: [`crate::service_lb::Backend`] -> `u32` (unused).
-/// `getpeername4` and `recvmsg4` look up the reverse map only for peers in it, so sockets that
-/// were never translated (accepted ones) cost one lookup in a small map.
+/// `getpeername4` and `recvmsg4` look up the reverse map only for peers in it (and look here
+/// only for peers whose bit is set in [`BACKEND_FILTER`]).
 pub const BACKEND_ADDRS: &str = "mesh_be_addrs";
+/// A filter in front of [`BACKEND_ADDRS`] (array of [`crate::service_lb::BACKEND_FILTER_WORDS`]
+/// `u64` words): the bit [`crate::service_lb::Backend::filter_bit`] of every backend in it is
+/// set, so a peer whose bit is clear (most accepted sockets' clients) costs one read in 32 KiB
+/// that stays in cache, not a lookup in a map of megabytes. A superset: a bit may be set for
+/// an address that is gone, never clear for one that is there.
+pub const BACKEND_FILTER: &str = "mesh_be_filter";
 /// Per-CPU traffic counters of each pod interface: ifindex (`u32`) ->
 /// [`crate::pod_traffic::PodTraffic`].
 pub const POD_TRAFFIC: &str = "mesh_pod_stats";
@@ -92,10 +98,11 @@ pub const DEFAULT_EVENTS_BYTES: u32 = 4 << 20;
 pub const DEFAULT_XLATE_MAX: u32 = 65_536;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
+    BACKEND_FILTER,
     AFFINITY,
     REVERSE,
     POD_TRAFFIC,

@@ -142,7 +142,23 @@ impl Backend {
     pub const fn new(octets: [u8; 4], port: u16) -> Self {
         Self { addr: u32::from_ne_bytes(octets), port: port.to_be(), _pad: 0 }
     }
+
+    /// This backend's bit in [`crate::maps::BACKEND_FILTER`]: the top bits of a Fibonacci hash
+    /// of address and port (as stored, network order), the same in the kernel and the agent.
+    #[inline(always)]
+    pub const fn filter_bit(&self) -> u32 {
+        let key = ((self.addr as u64) << 16) | self.port as u64;
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BACKEND_FILTER_BITS_LOG2)) as u32
+    }
 }
+
+/// log2 of the bits in [`crate::maps::BACKEND_FILTER`].
+pub const BACKEND_FILTER_BITS_LOG2: u32 = 18;
+/// Bits in [`crate::maps::BACKEND_FILTER`]: 32 KiB, which stays in the CPU's cache (at 100,000
+/// backends a third of the bits are set).
+pub const BACKEND_FILTER_BITS: u32 = 1 << BACKEND_FILTER_BITS_LOG2;
+/// Its `u64` words (the array map's entries).
+pub const BACKEND_FILTER_WORDS: u32 = BACKEND_FILTER_BITS / 64;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -162,6 +178,31 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn filter_bits_are_in_range_and_spread() {
+        // A pod network's worth of backends on one port: few share a bit.
+        let mut seen = [false; BACKEND_FILTER_BITS as usize];
+        let mut shared = 0;
+        for i in 0..4096u32 {
+            let backend = Backend::new([10, 244, (i >> 8) as u8, i as u8], 8080);
+            let bit = backend.filter_bit();
+            assert!(bit < BACKEND_FILTER_BITS);
+            if core::mem::replace(&mut seen[bit as usize], true) {
+                shared += 1;
+            }
+        }
+        // 4,096 of 262,144 bits: about 32 collisions expected at random.
+        assert!(shared < 250, "{shared} of 4096 backends share a bit");
+        // One address, many ports (a client's ephemeral ports are not all one bit).
+        let mut seen = [false; BACKEND_FILTER_BITS as usize];
+        let distinct = (32_768..33_792u16)
+            .filter(|&port| {
+                !core::mem::replace(&mut seen[Backend::new([10, 244, 0, 7], port).filter_bit() as usize], true)
+            })
+            .count();
+        assert!(distinct > 1000, "{distinct} distinct bits for 1024 ports");
+    }
 
     #[test]
     fn layouts_match_the_kernel_side() {

@@ -14,7 +14,10 @@ use mesh_common::{
     },
     pod_traffic::PodTraffic,
     policy::{CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
-    service_lb::{AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry, ServiceKey},
+    service_lb::{
+        AffinityKey, AffinityValue, BACKEND_FILTER_WORDS, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry,
+        ServiceKey,
+    },
 };
 
 #[map(name = "mesh_svc")]
@@ -25,6 +28,9 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(DEFAULT_BACK
 
 #[map(name = "mesh_be_addrs")]
 pub static BACKEND_ADDRS: HashMap<Backend, u32> = HashMap::pinned(DEFAULT_BACKENDS_MAX, 0);
+
+#[map(name = "mesh_be_filter")]
+pub static BACKEND_FILTER: Array<u64> = Array::pinned(BACKEND_FILTER_WORDS, 0);
 
 #[map(name = "mesh_affinity")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(DEFAULT_AFFINITY_MAX, 0);

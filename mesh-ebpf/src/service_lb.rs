@@ -17,7 +17,7 @@ use mesh_common::{
     },
 };
 
-use crate::maps::{AFFINITY, BACKEND_ADDRS, BACKENDS, REVERSE, SERVICES};
+use crate::maps::{AFFINITY, BACKEND_ADDRS, BACKEND_FILTER, BACKENDS, REVERSE, SERVICES};
 
 /// `sock_addr` verdict: let the syscall go on (with the address as the program left it).
 const ALLOW: i32 = 1;
@@ -182,8 +182,14 @@ fn is_member(service: &ServiceEntry, known: &AffinityValue) -> bool {
 fn restore_service_address(ctx: &SockAddrContext) {
     // SAFETY: the kernel hands a valid `bpf_sock_addr` to every `sock_addr` program.
     let sa = unsafe { &mut *ctx.sock_addr };
-    // Most peers (an accepted socket's client, say) are no backend: one small lookup, done.
+    // Most peers (an accepted socket's client, say) are no backend: their bit in the filter,
+    // 32 KiB that stays in cache, is clear; done. A set bit is checked in the backend set.
     let peer = Backend { addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
+    let bit = peer.filter_bit();
+    match BACKEND_FILTER.get(bit / 64) {
+        Some(word) if *word & (1u64 << (bit % 64)) != 0 => {}
+        _ => return,
+    }
     // SAFETY: only the presence is read.
     if unsafe { BACKEND_ADDRS.get(&peer) }.is_none() {
         return;
