@@ -35,8 +35,7 @@ impl BackendFilter {
         // addresses).
         let mut changed: Vec<(u32, u64)> = Vec::new();
         for addr in addrs {
-            let bit = addr.filter_bit();
-            let (index, mask) = (bit / 64, 1u64 << (bit % 64));
+            let (index, mask) = addr.filter_slot();
             match changed.iter_mut().find(|(i, _)| *i == index) {
                 Some((_, word)) => *word |= mask,
                 None if self.written[index as usize] & mask == 0 => {
@@ -85,14 +84,14 @@ pub fn words_of<'a>(addrs: impl IntoIterator<Item = &'a Backend>) -> Vec<u64> {
 }
 
 fn set(words: &mut [u64], addr: &Backend) {
-    let bit = addr.filter_bit();
-    words[(bit / 64) as usize] |= 1 << (bit % 64);
+    let (index, mask) = addr.filter_slot();
+    words[index as usize] |= mask;
 }
 
 /// Whether `addr`'s bit is set in `words` (what the kernel checks).
 pub fn holds(words: &[u64], addr: &Backend) -> bool {
-    let bit = addr.filter_bit();
-    words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+    let (index, mask) = addr.filter_slot();
+    words[index as usize] & mask != 0
 }
 
 #[cfg(test)]

@@ -108,9 +108,8 @@ impl Metrics {
         let directory = self.directory.get();
         // (type, subtype, verdict, protocol) -> flows; few distinct series: a short list.
         let mut flows: Vec<([&'static str; 4], u64)> = Vec::new();
-        // TCP series by (reporter, source, destination, service), the last three by address
-        // in the directory (alive for the batch): opened, closed, received and sent bytes.
-        let mut tcp = TcpTally::new();
+        // TCP series: opened, closed, received and sent bytes.
+        let mut tcp: std::collections::HashMap<TcpSeries<'_>, [u64; 4]> = std::collections::HashMap::new();
         let mut retransmits = 0u64;
         for record in batch {
             let view = FlowView::new(record, &directory);
@@ -132,13 +131,7 @@ impl Metrics {
                 destination: view.destination,
                 service: view.destination_service,
             };
-            let key = (
-                series.destination_reporter,
-                view.source.map_or(0, |p| std::ptr::from_ref(p) as usize),
-                view.destination.map_or(0, |p| std::ptr::from_ref(p) as usize),
-                view.destination_service.map_or(0, |p| std::ptr::from_ref(p) as usize),
-            );
-            let counts = &mut tcp.entry(key).or_insert((series, [0; 4])).1;
+            let counts = tcp.entry(series).or_insert([0; 4]);
             if e.kind == FLOW_START {
                 counts[0] += 1;
             } else {
@@ -158,7 +151,7 @@ impl Metrics {
         if retransmits > 0 {
             self.retransmits.inc_by(retransmits);
         }
-        for (series, counts) in tcp.into_values() {
+        for (series, counts) in tcp {
             let labels = series.labels();
             for (family, n) in self.tcp.iter().zip(counts) {
                 if n > 0 {
@@ -284,11 +277,10 @@ impl Collector for Scraped {
     }
 }
 
-/// A batch's TCP series, keyed by reporter and the addresses of their directory entries, with
-/// their opened and closed connections and received and sent bytes.
-type TcpTally<'a> = std::collections::HashMap<(bool, usize, usize, usize), (TcpSeries<'a>, [u64; 4])>;
-
-/// The workloads and service of an Istio TCP series, as a flow names them.
+/// The workloads and service of an Istio TCP series, as a flow names them. One series per
+/// directory entry: equal when the reporter is and the entries are the same ones (by address,
+/// in the directory that lives for the batch), so tallying a batch compares no strings.
+#[derive(Clone, Copy)]
 struct TcpSeries<'a> {
     /// Reported at the server's interface (`reporter="destination"`), else at the client's.
     destination_reporter: bool,
@@ -298,6 +290,14 @@ struct TcpSeries<'a> {
 }
 
 impl TcpSeries<'_> {
+    /// What tells series apart: the reporter and the entries' addresses.
+    fn identity(&self) -> (bool, *const (), *const (), *const ()) {
+        fn address<T>(entry: Option<&T>) -> *const () {
+            entry.map_or(std::ptr::null(), |e| std::ptr::from_ref(e).cast())
+        }
+        (self.destination_reporter, address(self.source), address(self.destination), address(self.service))
+    }
+
     fn labels(&self) -> Labels {
         let workload = |ep: Option<&crate::flows::directory::EndpointInfo>| {
             ep.map_or(("unknown".to_owned(), "unknown".to_owned()), |ep| {
@@ -319,6 +319,20 @@ impl TcpSeries<'_> {
             ),
             ("request_protocol", "tcp".to_owned()),
         ]
+    }
+}
+
+impl PartialEq for TcpSeries<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for TcpSeries<'_> {}
+
+impl std::hash::Hash for TcpSeries<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
     }
 }
 

@@ -150,6 +150,14 @@ impl Backend {
         let key = ((self.addr as u64) << 16) | self.port as u64;
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BACKEND_FILTER_BITS_LOG2)) as u32
     }
+
+    /// Where [`Backend::filter_bit`] lies in the filter: its word (the array index) and the
+    /// bit's mask in that word.
+    #[inline(always)]
+    pub const fn filter_slot(&self) -> (u32, u64) {
+        let bit = self.filter_bit();
+        (bit / 64, 1 << (bit % 64))
+    }
 }
 
 /// log2 of the bits in [`crate::maps::BACKEND_FILTER`].

@@ -185,9 +185,9 @@ fn restore_service_address(ctx: &SockAddrContext) {
     // Most peers (an accepted socket's client, say) are no backend: their bit in the filter,
     // 32 KiB that stays in cache, is clear; done. A set bit is checked in the backend set.
     let peer = Backend { addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
-    let bit = peer.filter_bit();
-    match BACKEND_FILTER.get(bit / 64) {
-        Some(word) if *word & (1u64 << (bit % 64)) != 0 => {}
+    let (index, mask) = peer.filter_slot();
+    match BACKEND_FILTER.get(index) {
+        Some(word) if *word & mask != 0 => {}
         _ => return,
     }
     // SAFETY: only the presence is read.

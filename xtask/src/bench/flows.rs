@@ -61,7 +61,8 @@ pub fn run(scales: &[u64], seconds: f64) -> anyhow::Result<Report> {
         );
         let wall = t.elapsed().as_secs_f64();
         let share = |used: Duration| used.as_secs_f64() / wall * 100.0;
-        let agent_share = share(super::process_cpu(agent.pid).unwrap_or_default() - agent_cpu.unwrap_or_default());
+        let agent_share =
+            share(super::process_cpu(agent.pid).unwrap_or_default().saturating_sub(agent_cpu.unwrap_or_default()));
         let flowgen_share = share(children_cpu().saturating_sub(flowgen_cpu));
         let result: serde_json::Value = serde_json::from_slice(&output.stdout).context("mesh-flowgen's JSON")?;
         let number = |key: &str| result.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
