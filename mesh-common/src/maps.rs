@@ -11,18 +11,25 @@ pub const BACKENDS: &str = "mesh_backend";
 /// Remembered backends (LRU): [`crate::service_lb::AffinityKey`] ->
 /// [`crate::service_lb::AffinityValue`].
 pub const AFFINITY: &str = "mesh_affinity";
-/// What each translated socket asked for (LRU): [`crate::service_lb::ReverseKey`] (socket
-/// cookie and backend) -> [`crate::service_lb::ServiceAddr`].
+/// What each unconnected UDP socket asked for, per backend it sent to (LRU):
+/// [`crate::service_lb::ReverseKey`] (socket cookie and backend) ->
+/// [`crate::service_lb::ServiceAddr`]. Connected sockets are in [`SOCKET_SERVICES`].
 pub const REVERSE: &str = "mesh_rev_sk";
+/// What each connected socket was translated from, by socket cookie (an array of
+/// [`crate::service_lb::SOCKET_SLOTS`] [`crate::service_lb::SocketService`] slots, the slot
+/// of a cookie its low bits): written by `connect4` without a search for a free entry or a
+/// lock, read by `getpeername4`, `recvmsg4` and `sockops`.
+pub const SOCKET_SERVICES: &str = "mesh_sk_svc";
 /// Every backend address of any service: [`crate::service_lb::Backend`] -> `u32` (unused).
 /// `getpeername4` and `recvmsg4` look up the reverse map only for peers in it (and look here
-/// only for peers whose bit is set in [`BACKEND_FILTER`]).
+/// only for peers whose bits are set in [`BACKEND_FILTER`]).
 pub const BACKEND_ADDRS: &str = "mesh_be_addrs";
 /// A filter in front of [`BACKEND_ADDRS`] (array of [`crate::service_lb::BACKEND_FILTER_WORDS`]
-/// `u64` words): the bit [`crate::service_lb::Backend::filter_bit`] of every backend in it is
-/// set, so a peer whose bit is clear (most accepted sockets' clients) costs one read in 32 KiB
-/// that stays in cache, not a lookup in a map of megabytes. A superset: a bit may be set for
-/// an address that is gone, never clear for one that is there.
+/// `u64` words, 40 KiB): the bits [`crate::service_lb::Backend::filter_slots`] (its port, its
+/// address and port hashed) of every backend in it are set, so a peer with either bit clear
+/// (most accepted sockets' clients: their ports are no backend's) costs a read that stays in
+/// cache, not a lookup in a map of megabytes. A superset: a bit may be set for an address that
+/// is gone, never clear for one that is there.
 pub const BACKEND_FILTER: &str = "mesh_be_filter";
 /// Per-CPU traffic counters of each pod interface: ifindex (`u32`) ->
 /// [`crate::pod_traffic::PodTraffic`].
@@ -67,8 +74,8 @@ pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 pub const DEFAULT_BACKENDS_MAX: u32 = 131_072;
 /// Default capacity of [`AFFINITY`] (client-service pairs; least recently used go first).
 pub const DEFAULT_AFFINITY_MAX: u32 = 65_536;
-/// Default capacity of [`REVERSE`] (translated sockets, and backends of unconnected UDP
-/// sockets; least recently used go first).
+/// Default capacity of [`REVERSE`] (backends of unconnected UDP sockets; least recently used
+/// go first).
 pub const DEFAULT_REVERSE_MAX: u32 = 262_144;
 /// Default capacity of [`POD_TRAFFIC`] (pod interfaces on one node).
 pub const DEFAULT_POD_TRAFFIC_MAX: u32 = 1_024;
@@ -98,13 +105,14 @@ pub const DEFAULT_EVENTS_BYTES: u32 = 4 << 20;
 pub const DEFAULT_XLATE_MAX: u32 = 65_536;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
     BACKEND_FILTER,
     AFFINITY,
     REVERSE,
+    SOCKET_SERVICES,
     POD_TRAFFIC,
     IDENTITIES,
     ENDPOINTS,

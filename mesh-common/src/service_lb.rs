@@ -110,6 +110,30 @@ pub struct ServiceAddr {
     pub _pad: u16,
 }
 
+/// A slot of [`crate::maps::SOCKET_SERVICES`]: the socket that holds it (by cookie), the
+/// backend `connect4` gave it and the service address it asked for. A socket's entry is
+/// read only while the cookie is its own and its peer is still `backend`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketService {
+    /// 0 while the slot is being rewritten (no socket has cookie 0).
+    pub socket_cookie: u64,
+    pub backend: Backend,
+    pub service: ServiceAddr,
+}
+
+/// Slots of [`crate::maps::SOCKET_SERVICES`], a power of two: the slot of a socket is the low
+/// bits of its cookie. Cookies are handed out in order, so a socket keeps its slot until this
+/// many more sockets have been given cookies (about as long as the least recently used of
+/// as many entries would survive in an LRU map). 6 MiB.
+pub const SOCKET_SLOTS: u32 = 1 << 18;
+
+/// The slot of `socket_cookie` in [`crate::maps::SOCKET_SERVICES`].
+#[inline(always)]
+pub const fn socket_slot(socket_cookie: u64) -> u32 {
+    (socket_cookie & (SOCKET_SLOTS as u64 - 1)) as u32
+}
+
 /// Key of [`crate::maps::BACKENDS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -143,30 +167,36 @@ impl Backend {
         Self { addr: u32::from_ne_bytes(octets), port: port.to_be(), _pad: 0 }
     }
 
-    /// This backend's bit in [`crate::maps::BACKEND_FILTER`]: the top bits of a Fibonacci hash
-    /// of address and port (as stored, network order), the same in the kernel and the agent.
+    /// This backend's bit in the address part of [`crate::maps::BACKEND_FILTER`]: the top
+    /// bits of a Fibonacci hash of address and port (as stored, network order), the same in
+    /// the kernel and the agent.
     #[inline(always)]
     pub const fn filter_bit(&self) -> u32 {
         let key = ((self.addr as u64) << 16) | self.port as u64;
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BACKEND_FILTER_BITS_LOG2)) as u32
     }
 
-    /// Where [`Backend::filter_bit`] lies in the filter: its word (the array index) and the
-    /// bit's mask in that word.
+    /// Where this backend lies in the filter, as (word, mask in that word): first its port's
+    /// bit (the port as stored), then [`Backend::filter_bit`]. A peer is a candidate only if
+    /// both are set. A client's ephemeral port is seldom any backend's port, so most accepted
+    /// sockets stop at the first word, 8 KiB of ports that stay in cache however many
+    /// services there are; at 100,000 backends a third of the address bits are set.
     #[inline(always)]
-    pub const fn filter_slot(&self) -> (u32, u64) {
+    pub const fn filter_slots(&self) -> [(u32, u64); 2] {
+        let port = self.port as u32;
         let bit = self.filter_bit();
-        (bit / 64, 1 << (bit % 64))
+        [(port / 64, 1 << (port % 64)), (BACKEND_PORT_WORDS + bit / 64, 1 << (bit % 64))]
     }
 }
 
-/// log2 of the bits in [`crate::maps::BACKEND_FILTER`].
+/// log2 of the address bits in [`crate::maps::BACKEND_FILTER`].
 pub const BACKEND_FILTER_BITS_LOG2: u32 = 18;
-/// Bits in [`crate::maps::BACKEND_FILTER`]: 32 KiB, which stays in the CPU's cache (at 100,000
-/// backends a third of the bits are set).
+/// Address bits in [`crate::maps::BACKEND_FILTER`]: 32 KiB.
 pub const BACKEND_FILTER_BITS: u32 = 1 << BACKEND_FILTER_BITS_LOG2;
-/// Its `u64` words (the array map's entries).
-pub const BACKEND_FILTER_WORDS: u32 = BACKEND_FILTER_BITS / 64;
+/// The port part of [`crate::maps::BACKEND_FILTER`]: one bit per port, its first `u64` words.
+pub const BACKEND_PORT_WORDS: u32 = 65_536 / 64;
+/// The filter's `u64` words (the array map's entries): ports, then addresses.
+pub const BACKEND_FILTER_WORDS: u32 = BACKEND_PORT_WORDS + BACKEND_FILTER_BITS / 64;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -180,6 +210,7 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::ReverseKey {}
     unsafe impl aya::Pod for super::ServiceAddr {}
+    unsafe impl aya::Pod for super::SocketService {}
 }
 
 #[cfg(test)]
@@ -213,7 +244,36 @@ mod tests {
     }
 
     #[test]
+    fn consecutive_cookies_take_distinct_slots_until_the_table_wraps() {
+        let first = 1_u64 << 40 | 12_345;
+        let mut seen = [false; SOCKET_SLOTS as usize];
+        for cookie in first..first + u64::from(SOCKET_SLOTS) {
+            let slot = socket_slot(cookie);
+            assert!(slot < SOCKET_SLOTS);
+            assert!(!core::mem::replace(&mut seen[slot as usize], true), "cookie {cookie} shares slot {slot}");
+        }
+        assert_eq!(socket_slot(first), socket_slot(first + u64::from(SOCKET_SLOTS)));
+    }
+
+    #[test]
+    fn a_backend_has_its_port_bit_then_its_address_bit() {
+        for (octets, port) in [([10, 244, 0, 7], 8080), ([0, 0, 0, 0], 0), ([255, 255, 255, 255], 65_535)] {
+            let backend = Backend::new(octets, port);
+            let [(port_word, port_mask), (addr_word, addr_mask)] = backend.filter_slots();
+            let stored = u32::from(port.to_be());
+            assert_eq!((port_word, port_mask), (stored / 64, 1 << (stored % 64)));
+            assert!(port_word < BACKEND_PORT_WORDS);
+            let bit = backend.filter_bit();
+            assert_eq!((addr_word, addr_mask), (BACKEND_PORT_WORDS + bit / 64, 1 << (bit % 64)));
+            assert!((BACKEND_PORT_WORDS..BACKEND_FILTER_WORDS).contains(&addr_word));
+        }
+    }
+
+    #[test]
     fn layouts_match_the_kernel_side() {
+        assert_eq!(size_of::<SocketService>(), 24);
+        assert_eq!(offset_of!(SocketService, backend), 8);
+        assert_eq!(offset_of!(SocketService, service), 16);
         assert_eq!(size_of::<ServiceKey>(), 8);
         assert_eq!(offset_of!(ServiceKey, addr), 0);
         assert_eq!(offset_of!(ServiceKey, port), 4);

@@ -13,11 +13,11 @@ use mesh_common::{
     proto,
     service_lb::{
         AFFINITY_SCAN_SLOTS, AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry,
-        ServiceKey, UDP_STICKY_S, affinity_scope,
+        ServiceKey, UDP_STICKY_S, affinity_scope, socket_slot,
     },
 };
 
-use crate::maps::{AFFINITY, BACKEND_ADDRS, BACKEND_FILTER, BACKENDS, REVERSE, SERVICES};
+use crate::maps::{AFFINITY, BACKEND_ADDRS, BACKEND_FILTER, BACKENDS, REVERSE, SERVICES, SOCKET_SERVICES};
 
 /// `sock_addr` verdict: let the syscall go on (with the address as the program left it).
 const ALLOW: i32 = 1;
@@ -60,13 +60,13 @@ fn mesh_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg4)]
 fn mesh_recvmsg4(ctx: SockAddrContext) -> i32 {
     // recvmsg4 cannot fail the call: the verdict is always allow.
-    restore_service_address(&ctx);
+    restore_service_address(&ctx, Restore::Datagram);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 fn mesh_peername4(ctx: SockAddrContext) -> i32 {
-    restore_service_address(&ctx);
+    restore_service_address(&ctx, Restore::PeerName);
     ALLOW
 }
 
@@ -74,6 +74,15 @@ fn mesh_peername4(ctx: SockAddrContext) -> i32 {
 enum Hook {
     Connect,
     Sendmsg,
+}
+
+/// Which address a restoring hook sees.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Restore {
+    /// `getpeername()`: a connected socket's peer.
+    PeerName,
+    /// `recvmsg()`: a datagram's source, on a connected or an unconnected socket.
+    Datagram,
 }
 
 fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
@@ -96,7 +105,7 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return Ok(Verdict::Reject);
     }
-    // SAFETY: a helper call on the program's own context (the reverse map needs it anyway).
+    // SAFETY: a helper call on the program's own context (the reverse entry needs it anyway).
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let backend = if service.affinity_timeout_s != 0 {
         // SAFETY: a helper call on the program's own context.
@@ -110,16 +119,57 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
     let service_addr = ServiceAddr { addr: key.addr, port: key.port, _pad: 0 };
+    if hook == Hook::Connect {
+        // A connected socket has one peer: its cookie's slot holds it.
+        remember_socket(socket_cookie, backend, service_addr);
+        return Ok(Verdict::Allow);
+    }
+    // An unconnected UDP socket sends to many backends: an entry per backend, written when it
+    // changes.
     let reverse = ReverseKey { socket_cookie, addr: backend.addr, port: backend.port, _pad: 0 };
-    // A connect is a new socket (or a UDP socket re-connected): always written. An unconnected
-    // UDP socket sends many datagrams: written when it changes.
     // SAFETY: the value is copied out at once.
-    if hook == Hook::Connect || (unsafe { REVERSE.get(&reverse) }).copied() != Some(service_addr) {
+    if (unsafe { REVERSE.get(&reverse) }).copied() != Some(service_addr) {
         // A full LRU map evicts its least recently used entry; an error only loses the
         // reverse lookup (the application would see the backend's address).
         let _ = REVERSE.insert(&reverse, &service_addr, 0);
     }
     Ok(Verdict::Allow)
+}
+
+/// Writes a connected socket's translation into its cookie's slot. The cookie is cleared
+/// first and written last, so a reader that finds its cookie before and after reading the
+/// rest (`socket_service`) has read one writer's entry.
+#[inline(always)]
+fn remember_socket(socket_cookie: u64, backend: Backend, service: ServiceAddr) {
+    let Some(slot) = SOCKET_SERVICES.get_ptr_mut(socket_slot(socket_cookie)) else { return };
+    // SAFETY: a pointer into the array's value, valid for this program's run; volatile keeps
+    // the order of the writes.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*slot).socket_cookie, 0);
+        core::ptr::write_volatile(&raw mut (*slot).backend, backend);
+        core::ptr::write_volatile(&raw mut (*slot).service, service);
+        core::ptr::write_volatile(&raw mut (*slot).socket_cookie, socket_cookie);
+    }
+}
+
+/// The service address socket `socket_cookie` asked for, if `connect4` translated it to
+/// `peer` and its slot has not been taken by a newer socket since.
+#[inline(always)]
+pub(crate) fn socket_service(socket_cookie: u64, peer: Backend) -> Option<ServiceAddr> {
+    let slot = SOCKET_SERVICES.get_ptr(socket_slot(socket_cookie))?;
+    // SAFETY: a pointer into the array's value, valid for this program's run; volatile keeps
+    // the order of the reads (the cookie before and after the rest).
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*slot).socket_cookie) != socket_cookie {
+            return None;
+        }
+        let backend = core::ptr::read_volatile(&raw const (*slot).backend);
+        let service = core::ptr::read_volatile(&raw const (*slot).service);
+        if core::ptr::read_volatile(&raw const (*slot).socket_cookie) != socket_cookie || backend != peer {
+            return None;
+        }
+        Some(service)
+    }
 }
 
 /// A uniformly random slot of the service's current revision.
@@ -179,16 +229,17 @@ fn is_member(service: &ServiceEntry, known: &AffinityValue) -> bool {
 
 /// The peer address the application sees (a connected socket's peer, a datagram's source)
 /// becomes the service address it asked for, when this socket was translated to that backend.
-fn restore_service_address(ctx: &SockAddrContext) {
+fn restore_service_address(ctx: &SockAddrContext, hook: Restore) {
     // SAFETY: the kernel hands a valid `bpf_sock_addr` to every `sock_addr` program.
     let sa = unsafe { &mut *ctx.sock_addr };
-    // Most peers (an accepted socket's client, say) are no backend: their bit in the filter,
-    // 32 KiB that stays in cache, is clear; done. A set bit is checked in the backend set.
+    // Most peers (an accepted socket's client, say) are no backend: their port's bit or their
+    // address's bit in the filter is clear; done. Both set: checked in the backend set.
     let peer = Backend { addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
-    let (index, mask) = peer.filter_slot();
-    match BACKEND_FILTER.get(index) {
-        Some(word) if *word & mask != 0 => {}
-        _ => return,
+    for (index, mask) in peer.filter_slots() {
+        match BACKEND_FILTER.get(index) {
+            Some(word) if *word & mask != 0 => {}
+            _ => return,
+        }
     }
     // SAFETY: only the presence is read.
     if unsafe { BACKEND_ADDRS.get(&peer) }.is_none() {
@@ -196,9 +247,17 @@ fn restore_service_address(ctx: &SockAddrContext) {
     }
     // SAFETY: a helper call on the program's own context.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = ReverseKey { socket_cookie, addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
-    // SAFETY: the value is copied out at once.
-    if let Some(service) = (unsafe { REVERSE.get(&key) }).copied() {
+    // A connected socket (any getpeername, a connected UDP socket's datagrams) is in its
+    // cookie's slot; an unconnected UDP socket has an entry per backend it sent to.
+    let service = socket_service(socket_cookie, peer).or_else(|| {
+        if hook == Restore::PeerName {
+            return None;
+        }
+        let key = ReverseKey { socket_cookie, addr: peer.addr, port: peer.port, _pad: 0 };
+        // SAFETY: the value is copied out at once.
+        (unsafe { REVERSE.get(&key) }).copied()
+    });
+    if let Some(service) = service {
         sa.user_ip4 = service.addr;
         sa.user_port = u32::from(service.port);
     }

@@ -18,12 +18,13 @@ use aya_ebpf::{
 use mesh_common::{
     flows::{CLOSED, ESTABLISHED, FlowEvent, TRANSLATED, TupleKey, aggregation},
     proto,
-    service_lb::ReverseKey,
+    service_lb::Backend,
 };
 
 use crate::{
     flows::{emit, now},
-    maps::{REVERSE, XLATE},
+    maps::XLATE,
+    service_lb::socket_service,
 };
 
 const AF_INET: u32 = 2;
@@ -93,9 +94,8 @@ fn try_sockops(ctx: &SockOpsContext) {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let service = if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        let asked = ReverseKey { socket_cookie: cookie, addr: tuple.daddr, port: tuple.dport, _pad: 0 };
-        // SAFETY: the value is copied out at once.
-        let Some(service) = (unsafe { REVERSE.get(&asked) }).copied() else { return };
+        let backend = Backend { addr: tuple.daddr, port: tuple.dport, _pad: 0 };
+        let Some(service) = socket_service(cookie, backend) else { return };
         // A full LRU map evicts its least recently used entry; an error only loses the
         // service name in the flow's TC events.
         let _ = XLATE.insert(&tuple, &service, 0);
