@@ -130,7 +130,7 @@ pub struct Args {
     /// Capacity of the affinity map [default: 65536].
     #[arg(long, env = ENV_AFFINITY_MAX)]
     pub affinity_max: Option<u32>,
-    /// Capacity of the reverse-translation map [default: 262144].
+    /// Capacity of the reverse-translation map (unconnected UDP sockets) [default: 65536].
     #[arg(long, env = ENV_REVERSE_MAX)]
     pub reverse_max: Option<u32>,
     /// Capacity of the policy rule map [default: 65536].

@@ -75,8 +75,12 @@ pub const DEFAULT_BACKENDS_MAX: u32 = 131_072;
 /// Default capacity of [`AFFINITY`] (client-service pairs; least recently used go first).
 pub const DEFAULT_AFFINITY_MAX: u32 = 65_536;
 /// Default capacity of [`REVERSE`] (backends of unconnected UDP sockets; least recently used
-/// go first).
-pub const DEFAULT_REVERSE_MAX: u32 = 262_144;
+/// go first). Connected sockets use [`SOCKET_SERVICES`] instead, so this holds only the
+/// (socket, backend) pairs of datagram clients that send without `connect()` (DNS
+/// resolvers, mostly): 65,536, not the 262,144 it had when every connection had an entry; an
+/// LRU map is preallocated whole, and 15 MiB less of it is measurable here (see
+/// `mesh-ebpf/src/maps.rs`).
+pub const DEFAULT_REVERSE_MAX: u32 = 65_536;
 /// Default capacity of [`POD_TRAFFIC`] (pod interfaces on one node).
 pub const DEFAULT_POD_TRAFFIC_MAX: u32 = 1_024;
 

@@ -13,7 +13,8 @@
 //! neighbours: single runs on a shared 2-core machine scattered by ±15% (a `none` run alone
 //! ranged 17.4-20.0 Gbit/s within one bench), far more than the programs cost, and a baseline
 //! taken only at the start and the end measured that drift. The TC programs' time per packet
-//! is counted by the kernel in a short run of its own after each case's last run.
+//! is counted by the kernel in a short run of its own after each case's last run. With
+//! `MESH_BENCH_PERF=DIR` each iperf run is also profiled system-wide into `DIR` ([`profile`]).
 
 use std::{
     fmt::Write as _,
@@ -78,7 +79,11 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         let mut out = [Sample { gbps: 0.0, p50_us: 0.0, p99_us: 0.0 }; 2];
         for (i, (server, _)) in PATHS.iter().enumerate() {
             let ip = lab.pod(server).ip;
+            let profile = profile(&format!("{label}-{server}"), duration)?;
             let gbps = iperf(&lab, &client, ip, duration)?;
+            if let Some(mut perf) = profile {
+                perf.wait()?;
+            }
             let rr: RrReport = labnet::rr(&lab, &client, SocketAddr::from((ip, RR_PORT)), duration, Some(CLIENT_CPU))?;
             println!(
                 "    {label:<16} {server:<14} {gbps:>7.2} Gbit/s   rr p50 {:>6.1} us  p99 {:>6.1} us  ({} round trips)",
@@ -116,13 +121,15 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
                 wait_for_entries(&lab, *n as usize)?;
             }
             println!("    {label}: mesh up, policy applied in {:.2} s", t.elapsed().as_secs_f64());
-            let (cpu_before, t) = (mesh_cpu(&mesh), Instant::now());
+            let (cpu_before, wakeups_before, t) = (mesh_cpu(&mesh), mesh_wakeups(&mesh), Instant::now());
             let sample = measure(label)?;
             // What else the mesh cost while it was measured: its processes' CPU (agents and
-            // operator).
+            // operator) and how often their threads woke up.
+            let elapsed = t.elapsed().as_secs_f64();
             println!(
-                "    {label}: agents and operator used {:.2}% of a CPU",
-                mesh_cpu(&mesh).saturating_sub(cpu_before).as_secs_f64() / t.elapsed().as_secs_f64() * 100.0
+                "    {label}: agents and operator used {:.2}% of a CPU, {:.0} context switches/s",
+                mesh_cpu(&mesh).saturating_sub(cpu_before).as_secs_f64() / elapsed * 100.0,
+                mesh_wakeups(&mesh).saturating_sub(wakeups_before) as f64 / elapsed
             );
             if run + 1 == RUNS {
                 ns_per_packet.push(tc_cost(&lab, &client, label)?);
@@ -271,6 +278,11 @@ fn mesh_cpu(mesh: &Mesh) -> Duration {
     mesh.agents.iter().map(|a| a.pid).chain([mesh.operator.pid]).filter_map(super::process_cpu).sum()
 }
 
+/// Context switches of the mesh's processes so far (see [`super::process_wakeups`]).
+fn mesh_wakeups(mesh: &Mesh) -> u64 {
+    mesh.agents.iter().map(|a| a.pid).chain([mesh.operator.pid]).map(super::process_wakeups).sum()
+}
+
 /// Nanoseconds per run between two [`tc_runs`] readings.
 /// The TC programs' packet rate and time per packet over one second of iperf to the local
 /// server, counted by the kernel in a run of its own: counting reads the clock twice around
@@ -292,6 +304,26 @@ fn tc_cost(lab: &Lab, client: &Placement, label: &str) -> anyhow::Result<f64> {
 fn ns_per_run(before: (Duration, u64), after: (Duration, u64)) -> f64 {
     let runs = after.1.saturating_sub(before.1).max(1);
     after.0.saturating_sub(before.0).as_nanos() as f64 / runs as f64
+}
+
+/// With `MESH_BENCH_PERF=DIR`: a system-wide CPU profile (`perf record -a -g`) over the
+/// next `duration`, written to `DIR/<name>-<n>.data`, to compare where the CPU goes with
+/// and without the mesh (`perf report -i FILE --no-children --sort sym`).
+fn profile(name: &str, duration: Duration) -> anyhow::Result<Option<std::process::Child>> {
+    let Some(dir) = std::env::var_os("MESH_BENCH_PERF") else { return Ok(None) };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir)?;
+    let stem = name.replace([' ', '/'], "_");
+    let file = (0..).map(|n| dir.join(format!("{stem}-{n}.data"))).find(|f| !f.exists()).expect("a free name");
+    let child = std::process::Command::new("perf")
+        .args(["record", "-a", "-g", "-q", "-o"])
+        .arg(&file)
+        .args(["--", "sleep", &format!("{}", duration.as_secs_f64())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("MESH_BENCH_PERF is set but perf cannot be started: install Debian's linux-perf, or unset it")?;
+    Ok(Some(child))
 }
 
 /// iperf3 from `client` to `ip` for `duration`: received Gbit/s.
