@@ -1,6 +1,6 @@
 //! With the `user` feature, compiles the control-plane API (`proto/mesh/v1/state.proto`), the
-//! agent's API (`agent.proto`) and Hubble's Observer API (`flow.proto`, `observer.proto`) with
-//! tonic. The kernel side (no `user`) needs none of it, nor `protoc`.
+//! agent's API (`agent.proto`), Hubble's Observer API (`flow.proto`, `observer.proto`) and
+//! Istio's certificate API (`istio/ca.proto`) with tonic. The kernel side (no `user`) needs none of it, nor `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo::rerun-if-changed=proto");
@@ -12,7 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".mesh.v1.Resource.kind.network_policy")
         .boxed(".mesh.v1.Resource.kind.mesh_policy")
         .compile_protos(
-            &["proto/mesh/v1/state.proto", "proto/mesh/v1/agent.proto", "proto/flow.proto", "proto/observer.proto"],
+            &[
+                "proto/mesh/v1/state.proto",
+                "proto/mesh/v1/agent.proto",
+                "proto/flow.proto",
+                "proto/observer.proto",
+                "proto/istio/ca.proto",
+            ],
             // Debian's libprotobuf-dev holds the well-known types (google/protobuf/*.proto).
             &["proto", "/usr/include"],
         )?;

@@ -10,6 +10,8 @@ pub mod cidr;
 #[cfg(feature = "user")]
 pub mod drain;
 pub mod flows;
+#[cfg(feature = "user")]
+pub mod identity;
 pub mod maps;
 #[cfg(feature = "user")]
 pub mod metrics_http;
@@ -60,6 +62,14 @@ pub mod programs {
 pub mod api {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("mesh.v1");
+}
+
+/// Istio's certificate API (`proto/istio/ca.proto`): `istio.v1.auth.IstioCertificateService`,
+/// which the operator's workload CA serves.
+#[cfg(feature = "user")]
+pub mod istio_ca {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("istio.v1.auth");
 }
 
 /// Hubble's Observer API (`proto/flow.proto`, `proto/observer.proto`): the same packages,

@@ -3,6 +3,7 @@
 //! to every agent with versions, ACK/NACK and resume.
 
 pub mod bootstrap;
+pub mod ca_server;
 pub mod cluster;
 pub mod cluster_source;
 pub mod crd;
@@ -14,3 +15,4 @@ pub mod node_status;
 pub mod pki;
 pub mod state_server;
 pub mod translate;
+pub mod workload_ca;

@@ -11,14 +11,17 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mesh_common::api::state_stream_server::StateStreamServer;
 use mesh_common::drain::{DRAIN_TIMEOUT, Drain, Shutdown};
+use mesh_common::identity::TrustDomain;
 use mesh_operator::{
     bootstrap::BootstrapServer,
+    ca_server::CaServer,
     cluster::ClusterView,
     identity::IdentityAllocator,
     local_dir::{LocalDir, ManifestError},
     model_store::ModelStore,
     pki::Pki,
     state_server::StateServer,
+    workload_ca::WorkloadCa,
 };
 use notify::Watcher as _;
 
@@ -62,12 +65,34 @@ struct ServeArgs {
     /// The agents' ServiceAccount, whose tokens may bootstrap node certificates (cluster mode).
     #[arg(long, env = "MESH_AGENT_SERVICE_ACCOUNT", default_value = "system:serviceaccount:mesh-system:mesh-agent")]
     agent_service_account: String,
+    /// The trust domain of workload identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh_common::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: TrustDomain,
+    /// The longest lifetime of a workload certificate, in seconds (at least 60); a request
+    /// for longer, or for none, gets this.
+    #[arg(long, env = "MESH_WORKLOAD_CERT_TTL", default_value_t = mesh_operator::workload_ca::DEFAULT_TTL.as_secs())]
+    workload_cert_ttl: u64,
+}
+
+/// The TLS side of serving: the stream's CA and the workload CA, both in the PKI directory.
+struct Tls {
+    dir: PathBuf,
+    server_names: Vec<String>,
+    agent_account: String,
+    trust_domain: TrustDomain,
+    workload_cert_ttl: Duration,
 }
 
 impl ServeArgs {
-    /// With a PKI directory: it, the server names, and the agents' ServiceAccount.
-    fn tls(&self) -> Option<(PathBuf, Vec<String>, String)> {
-        self.pki_dir.clone().map(|dir| (dir, self.server_names.clone(), self.agent_service_account.clone()))
+    /// With a PKI directory: what serving with TLS (and the workload CA) needs.
+    fn tls(&self) -> Option<Tls> {
+        self.pki_dir.clone().map(|dir| Tls {
+            dir,
+            server_names: self.server_names.clone(),
+            agent_account: self.agent_service_account.clone(),
+            trust_domain: self.trust_domain.clone(),
+            workload_cert_ttl: Duration::from_secs(self.workload_cert_ttl),
+        })
     }
 }
 
@@ -232,7 +257,7 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
 struct Serving<'a> {
     listener: tokio::net::TcpListener,
     store: &'a Arc<Mutex<ModelStore>>,
-    tls: Option<&'a (PathBuf, Vec<String>, String)>,
+    tls: Option<&'a Tls>,
     metrics: (Arc<mesh_operator::metrics::Metrics>, tokio::net::TcpListener),
     ready_file: Option<&'a Path>,
     source: &'a str,
@@ -266,21 +291,30 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<Drain> {
         .http2_keepalive_interval(Some(STREAM_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(STREAM_KEEPALIVE_TIMEOUT))
         .tcp_keepalive(Some(STREAM_KEEPALIVE_INTERVAL));
-    let mut bootstrap = None;
+    let (mut bootstrap, mut workload_ca) = (None, None);
     match tls {
-        Some((dir, names, agent_account)) => {
-            let pki = Pki::open(dir)?;
-            let bundle = pki.server(names)?;
+        Some(tls) => {
+            let pki = Pki::open(&tls.dir)?;
+            let bundle = pki.server(&tls.server_names)?;
             builder = builder.tls_config(bundle.server_tls()).context("configuring TLS")?;
-            bootstrap = Some(BootstrapServer { pki: Arc::new(pki), client: api, agent_account: agent_account.clone() });
-            tracing::info!(pki = %dir.display(), ?names, "the stream is mutual TLS: agents need their node's bundle");
+            bootstrap =
+                Some(BootstrapServer { pki: Arc::new(pki), client: api, agent_account: tls.agent_account.clone() });
+            let ca = WorkloadCa::open(&tls.dir, tls.trust_domain.clone(), tls.workload_cert_ttl)?;
+            workload_ca = Some(CaServer { ca: Arc::new(ca), store: store.clone(), metrics: counters.clone() });
+            tracing::info!(pki = %tls.dir.display(), names = ?tls.server_names, trust_domain = %tls.trust_domain, "the stream is mutual TLS: agents need their node's bundle; the workload CA serves istio.v1.auth.IstioCertificateService");
         }
-        None => tracing::warn!("the stream is plaintext: give --pki-dir for mutual TLS between operator and agents"),
+        None => tracing::warn!(
+            "the stream is plaintext and there is no workload CA: give --pki-dir for mutual TLS between operator and agents"
+        ),
     }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let router = builder
         .add_service(StateStreamServer::new(server))
-        .add_optional_service(bootstrap.map(mesh_common::api::node_bootstrap_server::NodeBootstrapServer::new));
+        .add_optional_service(bootstrap.map(mesh_common::api::node_bootstrap_server::NodeBootstrapServer::new))
+        .add_optional_service(
+            workload_ca
+                .map(mesh_common::istio_ca::istio_certificate_service_server::IstioCertificateServiceServer::new),
+        );
     let shutdown = drain.signal();
     drain.track(
         "state stream",
@@ -341,7 +375,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
     let api = client.clone();
-    if let Some((dir, _, _)) = &tls {
+    if let Some(Tls { dir, .. }) = &tls {
         let pki = Pki::open(dir)?;
         mesh_operator::bootstrap::publish_ca(client.clone(), &serve_args.namespace, pki.ca_pem())
             .await

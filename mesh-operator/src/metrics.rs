@@ -14,6 +14,8 @@ pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:15151";
 
 /// A node's series: `node="<name>"`.
 type NodeLabels = [(&'static str, String); 1];
+/// A refusal's series: `reason="<why>"`.
+type ReasonLabels = [(&'static str, &'static str); 1];
 
 pub struct Metrics {
     registry: Registry,
@@ -22,6 +24,8 @@ pub struct Metrics {
     connected: Gauge,
     acks: Family<NodeLabels, Counter>,
     nacks: Family<NodeLabels, Counter>,
+    certificates_issued: Counter,
+    certificates_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -37,7 +41,19 @@ impl Default for Metrics {
         registry.register("mesh_operator_agent_acks", "Updates agents acknowledged.", acks.clone());
         let nacks = Family::<NodeLabels, Counter>::default();
         registry.register("mesh_operator_agent_nacks", "Updates agents rejected (NACK).", nacks.clone());
-        Self { registry, version, resources, connected, acks, nacks }
+        let certificates_issued = Counter::default();
+        registry.register(
+            "mesh_ca_certificates_issued",
+            "Workload certificates the CA signed.",
+            certificates_issued.clone(),
+        );
+        let certificates_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "mesh_ca_requests_refused",
+            "Certificate requests the CA refused, by reason.",
+            certificates_refused.clone(),
+        );
+        Self { registry, version, resources, connected, acks, nacks, certificates_issued, certificates_refused }
     }
 }
 
@@ -52,6 +68,16 @@ impl Metrics {
         let (counted, other) = if ack { (&self.acks, &self.nacks) } else { (&self.nacks, &self.acks) };
         counted.get_or_create(&labels).inc();
         drop(other.get_or_create(&labels));
+    }
+
+    /// Counts a certificate the CA signed.
+    pub fn certificate_issued(&self) {
+        self.certificates_issued.inc();
+    }
+
+    /// Counts a certificate request the CA refused, for `reason`.
+    pub fn certificate_refused(&self, reason: &'static str) {
+        self.certificates_refused.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// The exposition text, with the model's `version` and `resources`.
@@ -76,6 +102,8 @@ mod tests {
         metrics.reply("node-0", true);
         metrics.reply("node-0", false);
         metrics.reply("node-1", true);
+        metrics.certificate_issued();
+        metrics.certificate_refused("not_on_node");
         let text = metrics.render(7, 42);
         for line in [
             "mesh_operator_model_version 7",
@@ -84,6 +112,8 @@ mod tests {
             "mesh_operator_agent_acks_total{node=\"node-0\"} 1",
             "mesh_operator_agent_nacks_total{node=\"node-0\"} 1",
             "mesh_operator_agent_nacks_total{node=\"node-1\"} 0",
+            "mesh_ca_certificates_issued_total 1",
+            "mesh_ca_requests_refused_total{reason=\"not_on_node\"} 1",
             "# TYPE mesh_operator_agent_nacks counter",
             "# EOF",
         ] {

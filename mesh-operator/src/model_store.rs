@@ -56,6 +56,16 @@ impl ModelStore {
         self.resources.get(key)
     }
 
+    /// Whether node `node` runs a workload of `namespace` with service account
+    /// `service_account`: what entitles its agent to that identity's certificate.
+    pub fn node_runs(&self, node: &str, namespace: &str, service_account: &str) -> bool {
+        use mesh_common::api::resource::Kind;
+        self.resources.values().any(|resource| {
+            matches!(&resource.kind, Some(Kind::Workload(w))
+                if w.node == node && w.namespace == namespace && w.service_account == service_account)
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.resources.len()
     }

@@ -163,11 +163,11 @@ fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
     dn
 }
 
-fn write(path: &Path, text: &str) -> Result<(), PkiError> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), PkiError> {
     std::fs::write(path, text).map_err(|source| PkiError::Io { path: path.to_owned(), source })
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
     use std::io::Write as _;
     let io = |source| PkiError::Io { path: path.to_owned(), source };
     let _ = std::fs::remove_file(path);
