@@ -11,7 +11,7 @@ use std::{
 
 use mesh_common::api::{AgentStatusRequest, AgentStatusResponse, AttachedProgram, MapFill, agent_status_server};
 
-use crate::{flows::store::FlowStore, map_fill};
+use crate::{flows::store::FlowStore, identity::Certificates, map_fill};
 
 /// The agent's state as its status reports it. Cheap to clone (shared).
 #[derive(Clone)]
@@ -19,13 +19,21 @@ pub struct AgentState {
     pub node_name: String,
     pub bpffs: PathBuf,
     pub store: FlowStore,
+    pub certificates: Certificates,
     ready: Arc<AtomicBool>,
     programs: Arc<Mutex<Vec<AttachedProgram>>>,
 }
 
 impl AgentState {
-    pub fn new(node_name: &str, bpffs: PathBuf, store: FlowStore) -> Self {
-        Self { node_name: node_name.to_owned(), bpffs, store, ready: Arc::default(), programs: Arc::default() }
+    pub fn new(node_name: &str, bpffs: PathBuf, store: FlowStore, certificates: Certificates) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            bpffs,
+            store,
+            certificates,
+            ready: Arc::default(),
+            programs: Arc::default(),
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -64,6 +72,8 @@ impl AgentState {
             seen_flows: stats.seen_flows,
             num_flows: stats.num_flows,
             max_flows: stats.max_flows,
+            certificates_enabled: self.certificates.enabled(),
+            certificates: self.certificates.status(),
         }
     }
 }

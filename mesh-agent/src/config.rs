@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use mesh_common::flows::aggregation;
+use mesh_common::{
+    flows::aggregation,
+    identity::{ENV_TRUST_DOMAIN, TrustDomain},
+};
 
 use crate::service_lb::Capacities;
 
@@ -161,6 +164,10 @@ pub struct Args {
     /// TCP address of the Prometheus metrics (in the node's network namespace), or "off".
     #[arg(long, env = ENV_METRICS_ADDRESS, default_value = DEFAULT_METRICS_ADDRESS)]
     pub metrics_address: String,
+    /// The mesh's trust domain: workload identities are spiffe://<this>/ns/<ns>/sa/<sa>; the
+    /// operator's must be the same.
+    #[arg(long, env = ENV_TRUST_DOMAIN, default_value = mesh_common::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
 }
 
 /// The validated configuration.
@@ -181,6 +188,7 @@ pub struct Config {
     pub observer_address: Option<std::net::SocketAddr>,
     pub observer_socket: Option<PathBuf>,
     pub metrics_address: Option<std::net::SocketAddr>,
+    pub trust_domain: TrustDomain,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +221,8 @@ pub enum ConfigError {
     FlowAggregation { key: &'static str, value: String },
     #[error("{key}: {value:?} is not an address and port (such as 0.0.0.0:4244) nor \"off\"")]
     Address { key: &'static str, value: String },
+    #[error("{key}: {source}")]
+    TrustDomain { key: &'static str, source: mesh_common::identity::IdentityError },
 }
 
 /// The largest flow event ring buffer: 1 GiB.
@@ -309,7 +319,10 @@ impl Config {
         let observer_address = address(ENV_OBSERVER_ADDRESS, &args.observer_address)?;
         let metrics_address = address(ENV_METRICS_ADDRESS, &args.metrics_address)?;
         let observer_socket = (args.observer_socket != OFF).then(|| PathBuf::from(&args.observer_socket));
+        let trust_domain =
+            args.trust_domain.parse().map_err(|source| ConfigError::TrustDomain { key: ENV_TRUST_DOMAIN, source })?;
         Ok(Self {
+            trust_domain,
             capacities,
             flow_buffer,
             flow_aggregation,
@@ -396,6 +409,7 @@ mod tests {
             observer_address: DEFAULT_OBSERVER_ADDRESS.into(),
             observer_socket: DEFAULT_OBSERVER_SOCKET.into(),
             metrics_address: DEFAULT_METRICS_ADDRESS.into(),
+            trust_domain: mesh_common::identity::DEFAULT_TRUST_DOMAIN.into(),
         };
         let err = Config::from_args(args).unwrap_err().to_string();
         assert!(err.starts_with(ENV_CGROUP), "{err}");
@@ -421,5 +435,7 @@ mod tests {
         assert!(err.starts_with(ENV_OBSERVER_ADDRESS), "{err}");
         let err = parse(&["--metrics-address", "1.2.3.4"]).unwrap_err();
         assert!(err.starts_with(ENV_METRICS_ADDRESS), "{err}");
+        let err = parse(&["--trust-domain", "Cluster.Local"]).unwrap_err();
+        assert!(err.starts_with(ENV_TRUST_DOMAIN) && err.contains("lowercase"), "{err}");
     }
 }

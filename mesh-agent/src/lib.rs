@@ -8,6 +8,7 @@ pub mod config;
 pub mod datapath;
 pub mod desired;
 pub mod flows;
+pub mod identity;
 pub mod map_fill;
 pub mod map_write;
 pub mod metrics;

@@ -16,6 +16,7 @@ use mesh_agent::{
         observer::{self, Observer, ObserverService},
         store::FlowStore,
     },
+    identity::{self, Certificates, ca_client::CaClient},
     metrics::Metrics,
     netns,
     operator_stream::{self, Received},
@@ -81,7 +82,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     // in the metrics.
     let store = FlowStore::new(config.flow_buffer);
     let directory = SharedDirectory::new(Directory::empty(&config.node_name));
-    let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone());
+    // Workload certificates come from the operator's CA, served only over mutual TLS.
+    let certificates = Certificates::new(config.trust_domain.clone(), config.tls.is_some());
+    let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone(), certificates.clone());
     let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events));
     let drain = match served {
         Ok(drain) => drain,
@@ -122,6 +125,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         });
     } else {
         let endpoint = config.operator.clone().expect("validated: a state file or an operator");
+        if let Some(tls) = &config.tls {
+            let ca = CaClient { endpoint: endpoint.clone(), tls: tls.clone() };
+            runtime.spawn(identity::renewal::run(certificates.clone(), ca));
+        }
         let mut received = Received::default();
         let mut is_ready = false;
         let mut ready_error = None;
@@ -154,6 +161,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                     Update { model, compiler: &compiler, services, policy_changed },
                 );
                 healthy = result.is_ok();
+                if policy_changed && certificates.enabled() {
+                    for problem in certificates.want_for(model, &config.node_name) {
+                        tracing::warn!("no workload identity: {problem}");
+                    }
+                }
                 let reconciled = started.elapsed();
                 if names_changed {
                     observe(&datapath, model, &policy.borrow());

@@ -14,6 +14,9 @@
 //!   was full) and `hubble_ring_buffer` (a follower read too slowly).
 //! - `mesh_bpf_map_entries`, `mesh_bpf_map_capacity`, `mesh_bpf_map_pressure` (0-1, as
 //!   `cilium_bpf_map_pressure`) per `map_name`; `mesh_flows_kept`, `mesh_flows_seen_total`.
+//! - `mesh_workload_certificate_expiry_timestamp_seconds{identity}`: when each local
+//!   identity's certificate expires (alert on it coming close: renewal is at half-life);
+//!   `mesh_workload_certificate_requests_total{result}`: `issued` or `failed`.
 //!
 //! Event-derived counters are the registry's own metrics; what the kernel and the flow store
 //! count is read at each scrape (a [`Collector`]). Event-derived counters count the events the
@@ -268,6 +271,27 @@ impl Collector for Scraped {
             "Flows kept for GetFlows.",
             [(Vec::new(), ConstGauge::new(i64::try_from(stats.num_flows).unwrap_or(i64::MAX)))],
         )?;
+        let certificates = &self.state.certificates;
+        series(
+            &mut encoder,
+            "mesh_workload_certificate_expiry_timestamp_seconds",
+            "When a local workload identity's certificate expires (unix seconds).",
+            certificates.snapshot().into_iter().filter_map(|(identity, slot)| {
+                Some((vec![("identity", identity.to_string())], ConstGauge::new(slot.issued?.not_after)))
+            }),
+        )?;
+        if certificates.enabled() {
+            let (issued, failed) = certificates.request_counts();
+            series(
+                &mut encoder,
+                "mesh_workload_certificate_requests",
+                "Workload certificate requests to the CA, by result.",
+                [
+                    (vec![("result", "issued".to_owned())], ConstCounter::new(issued)),
+                    (vec![("result", "failed".to_owned())], ConstCounter::new(failed)),
+                ],
+            )?;
+        }
         series(
             &mut encoder,
             "mesh_flows_seen",
@@ -406,10 +430,14 @@ mod tests {
     use super::*;
     use crate::flows::{directory::Directory, store::FlowStore};
 
+    fn certificates() -> crate::identity::Certificates {
+        crate::identity::Certificates::new(mesh_common::identity::TrustDomain::default(), false)
+    }
+
     #[test]
     fn the_exposition_is_openmetrics_with_every_family_and_no_maps_yet() {
         let store = FlowStore::new(16);
-        let state = AgentState::new("node-0", std::path::PathBuf::from("/nonexistent/bpffs"), store);
+        let state = AgentState::new("node-0", std::path::PathBuf::from("/nonexistent/bpffs"), store, certificates());
         let metrics = Metrics::new(state, SharedDirectory::new(Directory::empty("node-0")));
         metrics.flows.get_or_create(&vec![("type", "Trace".to_owned()), ("verdict", "FORWARDED".to_owned())]).inc();
         metrics.retransmits.inc_by(3);
@@ -435,7 +463,7 @@ mod tests {
     fn a_batch_is_counted_per_series_once_whatever_its_order() {
         use mesh_common::flows::FlowEvent;
         let store = FlowStore::new(16);
-        let state = AgentState::new("node-0", std::path::PathBuf::from("/nonexistent/bpffs"), store);
+        let state = AgentState::new("node-0", std::path::PathBuf::from("/nonexistent/bpffs"), store, certificates());
         let metrics = Metrics::new(state, SharedDirectory::new(Directory::empty("node-0")));
         let event = |kind: u8, proto: u8, bytes: u64, retrans: u32| crate::flows::Record {
             event: FlowEvent { kind, proto, bytes, reply_bytes: 2 * bytes, retrans, ..FlowEvent::default() },

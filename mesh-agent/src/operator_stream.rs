@@ -87,7 +87,7 @@ pub async fn bootstrap(
 }
 
 /// The client side of mutual TLS, from this node's bundle.
-fn tls_config(dir: &std::path::Path) -> Result<tonic::transport::ClientTlsConfig, StreamError> {
+pub fn tls_config(dir: &std::path::Path) -> Result<tonic::transport::ClientTlsConfig, StreamError> {
     use mesh_common::model::{OPERATOR_TLS_NAME, TLS_CA_FILE, TLS_CERT_FILE, TLS_KEY_FILE};
     let read = |file: &str| {
         let path = dir.join(file);

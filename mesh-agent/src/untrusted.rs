@@ -77,6 +77,25 @@ pub fn state_file(text: &str) -> Result<usize, String> {
     Ok(crate::desired::compile(&model, NODE).services.len() + policy::compile(&model, NODE).len())
 }
 
+/// The identity [`certificate_answer`] checks an answer against.
+pub const ANSWER_IDENTITY: (&str, &str) = ("demo", "web");
+
+/// The workload CA's answer to a certificate request, as the agent takes it: decoded, then
+/// checked to be a chain for `public_key` (the key the agent made) naming exactly
+/// [`ANSWER_IDENTITY`]. The CA is the operator, reached over mutual TLS, but its answer is
+/// checked all the same. Returns the leaf's serial.
+pub fn certificate_answer(bytes: &[u8], public_key: &[u8]) -> Result<String, String> {
+    use mesh_common::{
+        identity::{SpiffeId, TrustDomain},
+        istio_ca::IstioCertificateResponse,
+    };
+    let answer =
+        IstioCertificateResponse::decode(bytes).map_err(|err| format!("not an IstioCertificateResponse: {err}"))?;
+    let identity =
+        SpiffeId::new(TrustDomain::default(), ANSWER_IDENTITY.0, ANSWER_IDENTITY.1).expect("a valid identity");
+    crate::identity::ca_client::check_chain(&answer.cert_chain, &identity, public_key).map(|(serial, _, _)| serial)
+}
+
 /// The agent's command line (flags; environment variables are read as the agent reads them).
 pub fn config(args: &[String]) -> Result<(), String> {
     use clap::Parser as _;

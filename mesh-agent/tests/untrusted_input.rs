@@ -409,3 +409,72 @@ fn hostile_agent_configuration_is_refused_naming_the_key_and_never_panics() {
         }
     }
 }
+
+/// `der` as the PEM block `label`.
+fn pem_of(label: &str, der: Vec<u8>) -> String {
+    pem::encode(&pem::Pem::new(label, der))
+}
+
+/// The workload CA's answer to a certificate request, as the agent checks it: the protobuf
+/// mutated, and the leaf's DER mutated inside a well-formed answer.
+#[test]
+fn hostile_certificate_answers_never_panic_and_only_the_right_chain_is_taken() {
+    use mesh_common::{
+        identity::{SpiffeId, TrustDomain, csr_for},
+        istio_ca::IstioCertificateResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mesh_operator::workload_ca::WorkloadCa::open(dir.path(), TrustDomain::default(), Duration::from_secs(600))
+        .unwrap();
+    let (namespace, account) = untrusted::ANSWER_IDENTITY;
+    let (key, csr) = csr_for(&SpiffeId::new(TrustDomain::default(), namespace, account).unwrap()).unwrap();
+    let (chain, _) = ca.sign(ca.read_csr(&csr).unwrap(), Duration::from_secs(600)).unwrap();
+    let public_key = key.public_key_raw().to_vec();
+    let seed = IstioCertificateResponse { cert_chain: chain.clone() }.encode_to_vec();
+    untrusted::certificate_answer(&seed, &public_key).expect("the CA's own answer is taken");
+    let leaf_der = pem::parse(&chain[0]).unwrap().into_contents();
+    let mut generator = Gen::new(6);
+    let mut taken = 0;
+    for case in 0..CASES {
+        let input = if case % 2 == 0 {
+            generator.mutate(&seed, &[b"\x0a\x00", b"\x0a\x05-----", b"\x0a\x80\x01"])
+        } else {
+            let der = generator.mutate(&leaf_der, &[b"\x30\x82", b"\x06\x03\x55\x1d\x11", b"\xff"]);
+            IstioCertificateResponse { cert_chain: vec![pem_of("CERTIFICATE", der), chain[1].clone()] }.encode_to_vec()
+        };
+        match timed("certificate answer", &input, || untrusted::certificate_answer(&input, &public_key)) {
+            // A mutation that kept the key and the identity (a bit of the signature, say): the
+            // channel to the CA is what authenticates the answer.
+            Ok(_) => taken += 1,
+            Err(err) => assert!(!err.is_empty(), "case {case}"),
+        }
+    }
+    assert!(taken < CASES / 2, "{taken} of {CASES} mutated answers were taken");
+}
+
+/// CSRs, as the operator's workload CA reads them from any caller: the text mutated, and the
+/// DER mutated inside well-formed PEM.
+#[test]
+fn hostile_csrs_are_refused_and_never_panic() {
+    use mesh_common::identity::{SpiffeId, TrustDomain, csr_for};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mesh_operator::workload_ca::WorkloadCa::open(dir.path(), TrustDomain::default(), Duration::from_secs(600))
+        .unwrap();
+    let (_, csr) = csr_for(&SpiffeId::new(TrustDomain::default(), "demo", "web").unwrap()).unwrap();
+    ca.read_csr(&csr).expect("a CSR as agents make them is read");
+    let der = pem::parse(&csr).unwrap().into_contents();
+    let mut generator = Gen::new(7);
+    for case in 0..CASES {
+        let input = if case % 2 == 0 {
+            generator.mutate(csr.as_bytes(), &[b"-----BEGIN CERTIFICATE REQUEST-----\n", b"AAAA", b"\n"])
+        } else {
+            let der = generator.mutate(&der, &[b"\x30\x82", b"\x06\x03\x55\x1d\x11", b"\x86\x10spiffe://", b"\xff"]);
+            pem_of("CERTIFICATE REQUEST", der).into_bytes()
+        };
+        let text = String::from_utf8_lossy(&input);
+        if let Ok(read) = timed("csr", &input, || ca.read_csr(&text)) {
+            // Whatever got through names one identity of the trust domain and nothing else.
+            assert_eq!(read.identity.trust_domain(), &TrustDomain::default(), "case {case}");
+        }
+    }
+}

@@ -9,6 +9,8 @@ use crate::names::{is_dns_label, is_dns_subdomain};
 
 /// The trust domain when none is configured, as in Istio.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// Where the operator and the agents read the trust domain from (they must agree).
+pub const ENV_TRUST_DOMAIN: &str = "MESH_TRUST_DOMAIN";
 /// The URI scheme of a SPIFFE ID.
 const SCHEME: &str = "spiffe://";
 /// The SPIFFE specification's bound on a trust domain name.
@@ -114,6 +116,17 @@ impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{SCHEME}{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
     }
+}
+
+/// A new private key and a certificate signing request for `identity`, as the agent makes
+/// them for each workload of its node: ECDSA P-256, the identity as the request's only subject
+/// alternative name, no subject. The key stays with the caller; only the CSR leaves the node.
+pub fn csr_for(identity: &SpiffeId) -> Result<(rcgen::KeyPair, String), rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_string().try_into()?)];
+    let csr = params.serialize_request(&key)?;
+    Ok((key, csr.pem()?))
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ struct ServeArgs {
     #[arg(long, env = "MESH_AGENT_SERVICE_ACCOUNT", default_value = "system:serviceaccount:mesh-system:mesh-agent")]
     agent_service_account: String,
     /// The trust domain of workload identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
-    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh_common::identity::DEFAULT_TRUST_DOMAIN)]
+    #[arg(long, env = mesh_common::identity::ENV_TRUST_DOMAIN, default_value = mesh_common::identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: TrustDomain,
     /// The longest lifetime of a workload certificate, in seconds (at least 60); a request
     /// for longer, or for none, gets this.

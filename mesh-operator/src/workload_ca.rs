@@ -152,18 +152,10 @@ fn describe(names: &[SanType]) -> String {
         .join(", ")
 }
 
-/// A key and CSR for `identity`, as an agent makes them (ECDSA P-256, the identity as the
-/// only subject alternative name).
-pub fn csr_for(identity: &SpiffeId) -> Result<(KeyPair, String), rcgen::Error> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
-    let csr = params.serialize_request(&key)?;
-    Ok((key, csr.pem()?))
-}
-
 #[cfg(test)]
 mod tests {
+    use mesh_common::identity::csr_for;
+
     use super::*;
 
     fn ca(dir: &Path) -> WorkloadCa {

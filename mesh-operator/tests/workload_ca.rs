@@ -8,7 +8,7 @@ use std::{
 
 use mesh_common::{
     api::{Kind, Resource, Workload, resource},
-    identity::{SpiffeId, TrustDomain},
+    identity::{SpiffeId, TrustDomain, csr_for},
     istio_ca::{
         IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
         istio_certificate_service_server::IstioCertificateServiceServer,
@@ -20,7 +20,7 @@ use mesh_operator::{
     metrics::Metrics,
     model_store::ModelStore,
     pki::{Bundle, Pki},
-    workload_ca::{WorkloadCa, csr_for},
+    workload_ca::WorkloadCa,
 };
 use tonic::{
     Code,

@@ -15,12 +15,14 @@ use crate::{
 };
 
 /// The targets, each with what it reads.
-pub const TARGETS: [(&str, &str); 5] = [
+pub const TARGETS: [(&str, &str); 7] = [
     ("manifests", "manifests of every kind local mode reads, YAML and JSON, multi-document"),
     ("state_update", "state stream messages, decoded and applied as an agent does"),
     ("flow_request", "Observer GetFlows requests and their filters"),
     ("state_file", "the agent's static state file"),
     ("agent_config", "the agent's command line"),
+    ("csr", "certificate signing requests, as the workload CA reads them"),
+    ("certificate_answer", "the workload CA's answers, as an agent checks them"),
 ];
 
 pub fn run(runs: u64, only: Option<&str>) -> anyhow::Result<()> {
@@ -138,6 +140,26 @@ fn seed(root: &Path) -> anyhow::Result<()> {
         ..Default::default()
     };
     std::fs::write(corpus("flow_request")?.join("example"), request.encode_to_vec())?;
+    // A CSR as agents make them and the CA's answer to it; each as text and as DER (the
+    // targets' first byte says which).
+    use mesh_common::identity::{SpiffeId, TrustDomain, csr_for};
+    let ca_dir = root.join("target/fuzz-seed-ca");
+    let _ = std::fs::remove_dir_all(&ca_dir);
+    let ca = mesh_operator::workload_ca::WorkloadCa::open(
+        &ca_dir,
+        TrustDomain::default(),
+        std::time::Duration::from_secs(3600),
+    )?;
+    // The identity the agent's check expects (`mesh_agent::untrusted::ANSWER_IDENTITY`).
+    let (_, csr) = csr_for(&SpiffeId::new(TrustDomain::default(), "demo", "web")?)?;
+    let (chain, _) = ca.sign(ca.read_csr(&csr)?, std::time::Duration::from_secs(3600))?;
+    std::fs::remove_dir_all(&ca_dir)?;
+    let der = |text: &str| -> anyhow::Result<Vec<u8>> { Ok(pem::parse(text)?.into_contents()) };
+    std::fs::write(corpus("csr")?.join("pem"), [b"\0".as_slice(), csr.as_bytes()].concat())?;
+    std::fs::write(corpus("csr")?.join("der"), [b"\x01".as_slice(), &der(&csr)?].concat())?;
+    let answer = mesh_common::istio_ca::IstioCertificateResponse { cert_chain: chain.clone() }.encode_to_vec();
+    std::fs::write(corpus("certificate_answer")?.join("answer"), [b"\0".as_slice(), &answer].concat())?;
+    std::fs::write(corpus("certificate_answer")?.join("leaf"), [b"\x01".as_slice(), &der(&chain[0])?].concat())?;
     let args = ["--node-name", "node-0", "--cgroup", "/sys/fs/cgroup", "--operator", "http://127.0.0.1:15150"];
     std::fs::write(corpus("agent_config")?.join("example"), args.join("\0"))?;
     Ok(())

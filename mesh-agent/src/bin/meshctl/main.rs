@@ -283,6 +283,43 @@ async fn observe(cli: &Cli, args: &ObserveArgs) -> Result<(), String> {
     printer.finish(&mut stdout.lock()).map_err(|e| e.to_string())
 }
 
+/// The workload certificates part of `meshctl status`: one line per local identity.
+fn print_certificates(agent: &mesh_common::api::AgentStatusResponse) {
+    if !agent.certificates_enabled {
+        println!(
+            "Workload certificates: off (the agent has no mutual TLS to the operator, whose CA serves only there)"
+        );
+        return;
+    }
+    println!("Workload certificates ({}):", agent.certificates.len());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let within = |at: i64| {
+        let s = at - now;
+        match s {
+            ..=0 => "now".to_owned(),
+            1..60 => format!("in {s}s"),
+            60..3600 => format!("in {}m{:02}s", s / 60, s % 60),
+            _ => format!("in {}h{:02}m", s / 3600, s % 3600 / 60),
+        }
+    };
+    println!("  {:<52} {:<16} {:<12} {:<12} SERIAL", "IDENTITY", "STATE", "EXPIRES", "NEXT REQUEST");
+    for c in &agent.certificates {
+        let expires = if c.not_after_unix > 0 { within(c.not_after_unix) } else { "-".to_owned() };
+        println!(
+            "  {:<52} {:<16} {expires:<12} {:<12} {}",
+            c.identity,
+            c.state,
+            within(c.next_request_unix),
+            if c.serial.is_empty() { "-" } else { &c.serial }
+        );
+        if !c.last_error.is_empty() {
+            println!("    last error ({} failed in a row): {}", c.failures, c.last_error);
+        }
+    }
+}
+
 async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
     let channel = connect(cli).await?;
     let deadline = std::time::Duration::from_secs(cli.timeout);
@@ -317,6 +354,18 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
             "lost_events_followers": agent.lost_events_followers.to_string(),
             "programs": agent.programs.iter().map(|p| serde_json::json!({"name": p.name, "attach_point": p.attach_point, "pod": p.pod})).collect::<Vec<_>>(),
             "maps": agent.maps.iter().map(|m| serde_json::json!({"name": m.name, "entries": m.entries, "capacity": m.capacity})).collect::<Vec<_>>(),
+            "certificates_enabled": agent.certificates_enabled,
+            "certificates": agent.certificates.iter().map(|c| serde_json::json!({
+                "identity": c.identity,
+                "state": c.state,
+                "serial": c.serial,
+                "not_before_unix": c.not_before_unix,
+                "not_after_unix": c.not_after_unix,
+                "next_request_unix": c.next_request_unix,
+                "failures": c.failures,
+                "last_error": c.last_error,
+                "chain_length": c.chain_length,
+            })).collect::<Vec<_>>(),
         });
         println!("{value}");
         return Ok(());
@@ -359,5 +408,6 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
         };
         println!("  {:<16} {entries:>10} {:>10} {fill:>7}", m.name, m.capacity);
     }
+    print_certificates(&agent);
     Ok(())
 }
