@@ -9,6 +9,7 @@ pub mod lab;
 pub mod labnet;
 pub mod manifests;
 pub mod meshctl;
+pub mod metrics;
 pub mod netpol;
 pub mod operator;
 pub mod privileges;

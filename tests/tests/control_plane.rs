@@ -283,11 +283,5 @@ fn retire_web_b(manifests: &std::path::Path) -> (std::path::PathBuf, String) {
 
 /// One sample of the operator's Prometheus endpoint (0 if absent).
 fn metric(addr: SocketAddr, series: &str) -> f64 {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+    mesh_tests::metrics::operator(addr).lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
 }

@@ -247,13 +247,7 @@ fn flows_show_pods_verdicts_reasons_services_and_filter_like_hubble() {
     }
 
     // Prometheus metrics on the node's port 9965.
-    let drop_ns = lab.nodes[drop_node].netns_path.clone();
-    let metrics = Command::new("nsenter")
-        .arg(format!("--net={}", drop_ns.display()))
-        .args(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:9965/metrics"])
-        .output()
-        .expect("curl runs");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = mesh_tests::metrics::agent(&lab.nodes[drop_node].netns_path);
     let value = |prefix: &str| -> f64 {
         metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
     };

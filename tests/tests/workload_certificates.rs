@@ -6,14 +6,13 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use mesh_tests::{
     agent::{Agent, observer_socket},
     lab::Lab,
-    meshctl,
+    meshctl, metrics,
     operator::{Operator, free_port},
     privileges::privileged,
     scenario::demo,
@@ -62,12 +61,7 @@ fn valid(certificates: &BTreeMap<String, serde_json::Value>, identities: &[&str]
 }
 
 fn operator_metric(addr: SocketAddr, series: &str) -> f64 {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+    metrics::operator(addr).lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
 }
 
 #[test]
@@ -79,8 +73,8 @@ fn each_agent_holds_certificates_for_its_pods_identities_and_renews_them_at_half
     let pki = lab.dir.join("pki");
     let bundles: Vec<_> = lab.nodes.iter().map(|n| Operator::issue(&lab, &pki, &n.name).expect("bundle")).collect();
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let (pki_arg, metrics_arg) = (pki.display().to_string(), metrics.to_string());
+    let operator_metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let (pki_arg, metrics_arg) = (pki.display().to_string(), operator_metrics.to_string());
     // The shortest lifetime the CA gives: renewal comes after about 30 s.
     let args = ["--pki-dir", &pki_arg, "--metrics-listen", &metrics_arg, "--workload-cert-ttl", "60"];
     let operator = Operator::start_with(&lab, &manifests, listen, &args).expect("operator serves");
@@ -104,7 +98,7 @@ fn each_agent_holds_certificates_for_its_pods_identities_and_renews_them_at_half
     assert!((55..=61).contains(&(not_after - now)), "a 60 s certificate: {web}");
     assert!((25..=31).contains(&(next - now)), "renewal at half-life: {web}");
     assert_eq!(web["chain_length"], 2, "leaf and root: {web}");
-    assert_eq!(operator_metric(metrics, "mesh_ca_requests_refused_total"), 0.0, "{}", operator.log());
+    assert_eq!(operator_metric(operator_metrics, "mesh_ca_requests_refused_total"), 0.0, "{}", operator.log());
     let text = meshctl::run(&observer_socket(&lab, "node-0"), &["status"]).stdout;
     assert!(text.contains("Workload certificates (2):"), "{text}");
     assert!(text.lines().any(|l| l.trim_start().starts_with(&spiffe("client")) && l.contains(" valid ")), "{text}");
@@ -116,15 +110,10 @@ fn each_agent_holds_certificates_for_its_pods_identities_and_renews_them_at_half
         c[&spiffe("web")]["serial"] != first_serial.as_str()
     });
     assert!(renewed[&spiffe("web")]["not_after_unix"].as_i64().unwrap() > not_after, "{renewed:#?}");
-    assert!(operator_metric(metrics, "mesh_ca_certificates_issued_total") >= 5.0, "{}", operator.log());
+    assert!(operator_metric(operator_metrics, "mesh_ca_certificates_issued_total") >= 5.0, "{}", operator.log());
 
     // The agent's metrics tell when each certificate expires.
-    let agent_metrics = Command::new("nsenter")
-        .arg(format!("--net={}", lab.nodes[0].netns_path.display()))
-        .args(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:9965/metrics"])
-        .output()
-        .expect("curl runs");
-    let agent_metrics = String::from_utf8_lossy(&agent_metrics.stdout);
+    let agent_metrics = metrics::agent(&lab.nodes[0].netns_path);
     let expiry = format!("mesh_workload_certificate_expiry_timestamp_seconds{{identity=\"{}\"}} ", spiffe("web"));
     assert!(agent_metrics.lines().any(|l| l.starts_with(&expiry)), "{agent_metrics}");
     assert!(agent_metrics.contains("mesh_workload_certificate_requests_total{result=\"failed\"} 0"), "{agent_metrics}");
