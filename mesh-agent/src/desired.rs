@@ -128,9 +128,7 @@ impl Compiler {
                             }
                             dirty.insert(service);
                         }
-                        if let Some(resource::Kind::EndpointSlice(s)) =
-                            model.resources.get(&(*kind, namespace.clone(), name.clone())).and_then(|r| r.kind.as_ref())
-                        {
+                        if let Some(s) = model.endpoint_slice(namespace, name) {
                             let service = (namespace.clone(), s.service.clone());
                             add_slice(self.slices_of.entry(service.clone()).or_default(), name);
                             self.slice_owner.insert(slice, s.service.clone());
@@ -142,11 +140,9 @@ impl Compiler {
             _ => {
                 self.slices_of.clear();
                 self.slice_owner.clear();
-                for resource in model.of_kind(Kind::EndpointSlice) {
-                    if let Some(resource::Kind::EndpointSlice(s)) = &resource.kind {
-                        add_slice(self.slices_of.entry((s.namespace.clone(), s.service.clone())).or_default(), &s.name);
-                        self.slice_owner.insert((s.namespace.clone(), s.name.clone()), s.service.clone());
-                    }
+                for s in model.endpoint_slices() {
+                    add_slice(self.slices_of.entry((s.namespace.clone(), s.service.clone())).or_default(), &s.name);
+                    self.slice_owner.insert((s.namespace, s.name), s.service);
                 }
                 dirty.extend(self.frontends.keys().cloned());
                 for resource in model.of_kind(Kind::Service) {
@@ -160,26 +156,16 @@ impl Compiler {
         let mut removals = Vec::new();
         for service in dirty {
             let mut fresh = match model
-                .resources
                 .get(&(Kind::Service as i32, service.0.clone(), service.1.clone()))
                 .and_then(|r| r.kind.as_ref())
             {
                 Some(resource::Kind::Service(svc)) => {
-                    let slices: Vec<&api::EndpointSlice> = self
+                    let slices: Vec<api::EndpointSlice> = self
                         .slices_of
                         .get(&service)
                         .into_iter()
                         .flatten()
-                        .filter_map(|slice| {
-                            match model
-                                .resources
-                                .get(&(Kind::EndpointSlice as i32, service.0.clone(), slice.clone()))
-                                .and_then(|r| r.kind.as_ref())
-                            {
-                                Some(resource::Kind::EndpointSlice(s)) => Some(s),
-                                _ => None,
-                            }
-                        })
+                        .filter_map(|slice| model.endpoint_slice(&service.0, slice))
                         .collect();
                     frontends(svc, &slices, &self.weights, &self.node_addresses, node)
                 }
@@ -240,7 +226,7 @@ fn node_addresses(model: &ResourceSet) -> Vec<Ipv4Addr> {
 /// One service's frontends with their backends.
 fn frontends(
     svc: &api::Service,
-    slices: &[&api::EndpointSlice],
+    slices: &[api::EndpointSlice],
     weights: &Weights,
     node_addresses: &[Ipv4Addr],
     node: &str,
@@ -283,7 +269,7 @@ fn frontends(
 }
 
 fn backends(
-    slices: &[&api::EndpointSlice],
+    slices: &[api::EndpointSlice],
     namespace: &str,
     weights: &Weights,
     port: &api::ServicePort,
@@ -332,7 +318,7 @@ mod tests {
         let mut set = ResourceSet::default();
         for kind in resources {
             let resource = api::Resource { kind: Some(kind) };
-            set.resources.insert(resource.key().expect("named").ordered(), resource);
+            set.insert(resource);
         }
         set
     }

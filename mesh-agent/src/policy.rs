@@ -465,7 +465,7 @@ mod tests {
         let mut set = ResourceSet::default();
         let mut insert = |kind| {
             let resource = api::Resource { kind: Some(kind) };
-            set.resources.insert(resource.key().expect("named").ordered(), resource);
+            set.insert(resource);
         };
         for ns in 0..3 {
             for pod in 0..3 {
@@ -528,7 +528,7 @@ mod tests {
         let mut set = model(policies);
         for policy in mesh {
             let resource = api::Resource { kind: Some(resource::Kind::MeshPolicy(Box::new(policy))) };
-            set.resources.insert(resource.key().expect("named").ordered(), resource);
+            set.insert(resource);
         }
         let compiled = compile(&set, "node-0");
         let oracle = oracle_matrix(&compiled, protocol, port);

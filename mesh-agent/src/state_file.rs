@@ -189,10 +189,7 @@ impl StateFile {
         const NAMESPACE: &str = "default";
         let wrap = |kind| api::Resource { kind: Some(kind) };
         let mut set = mesh_common::model::ResourceSet::default();
-        let mut insert = |resource: api::Resource| {
-            let key = resource.key().expect("a named resource").ordered();
-            set.resources.insert(key, resource);
-        };
+        let mut insert = |resource: api::Resource| set.insert(resource);
         for pod in &self.pods {
             insert(wrap(R::Workload(Box::new(api::Workload {
                 namespace: NAMESPACE.into(),

@@ -216,7 +216,7 @@ mod tests {
                 ..Default::default()
             };
             let resource = api::Resource { kind: Some(resource::Kind::Workload(Box::new(workload))) };
-            set.resources.insert(resource.key().expect("named").ordered(), resource);
+            set.insert(resource);
         }
         set
     }
