@@ -20,6 +20,8 @@ pub struct AgentState {
     pub bpffs: PathBuf,
     pub store: FlowStore,
     pub certificates: Certificates,
+    /// What the tunnel's receiving side counted.
+    pub tunnel: Arc<crate::tunnel::hbone::InboundStats>,
     ready: Arc<AtomicBool>,
     programs: Arc<Mutex<Vec<AttachedProgram>>>,
 }
@@ -31,6 +33,7 @@ impl AgentState {
             bpffs,
             store,
             certificates,
+            tunnel: Arc::default(),
             ready: Arc::default(),
             programs: Arc::default(),
         }

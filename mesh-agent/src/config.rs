@@ -61,6 +61,9 @@ pub const ENV_OBSERVER_SOCKET: &str = "MESH_OBSERVER_SOCKET";
 /// TCP address of the Prometheus metrics (`/metrics`), inside the node's network namespace;
 /// `off` to serve none.
 pub const ENV_METRICS_ADDRESS: &str = "MESH_METRICS_ADDRESS";
+/// TCP address the agent accepts mutual-TLS tunnels (HBONE) on, inside the node's network
+/// namespace; `off` to accept none. Served only with workload certificates (`--tls-dir`).
+pub const ENV_TUNNEL_ADDRESS: &str = "MESH_TUNNEL_ADDRESS";
 /// Size of the flow event ring buffer in bytes: a power of two, at least 4096.
 pub const ENV_EVENTS_BYTES: &str = "MESH_EVENTS_BYTES";
 /// How much of each TCP connection the socket programs report: `none`, `low`, `medium` or
@@ -75,6 +78,8 @@ pub const DEFAULT_OBSERVER_ADDRESS: &str = "127.0.0.1:4244";
 pub const DEFAULT_OBSERVER_SOCKET: &str = "/var/run/mesh/observer.sock";
 /// Hubble's metrics port.
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9965";
+/// Istio's HBONE port, on every address of the node: peer agents reach it over the network.
+pub const DEFAULT_TUNNEL_ADDRESS: &str = "0.0.0.0:15008";
 /// The most flows the agent may be asked to keep.
 pub const MAX_FLOW_BUFFER: usize = 1 << 22;
 /// What turns a listener off.
@@ -164,6 +169,9 @@ pub struct Args {
     /// TCP address of the Prometheus metrics (in the node's network namespace), or "off".
     #[arg(long, env = ENV_METRICS_ADDRESS, default_value = DEFAULT_METRICS_ADDRESS)]
     pub metrics_address: String,
+    /// TCP address of the mutual-TLS tunnel (HBONE; in the node's network namespace), or "off".
+    #[arg(long, env = ENV_TUNNEL_ADDRESS, default_value = DEFAULT_TUNNEL_ADDRESS)]
+    pub tunnel_address: String,
     /// The mesh's trust domain: workload identities are spiffe://<this>/ns/<ns>/sa/<sa>; the
     /// operator's must be the same.
     #[arg(long, env = ENV_TRUST_DOMAIN, default_value = mesh_common::identity::DEFAULT_TRUST_DOMAIN)]
@@ -188,6 +196,7 @@ pub struct Config {
     pub observer_address: Option<std::net::SocketAddr>,
     pub observer_socket: Option<PathBuf>,
     pub metrics_address: Option<std::net::SocketAddr>,
+    pub tunnel_address: Option<std::net::SocketAddr>,
     pub trust_domain: TrustDomain,
 }
 
@@ -318,6 +327,7 @@ impl Config {
         };
         let observer_address = address(ENV_OBSERVER_ADDRESS, &args.observer_address)?;
         let metrics_address = address(ENV_METRICS_ADDRESS, &args.metrics_address)?;
+        let tunnel_address = address(ENV_TUNNEL_ADDRESS, &args.tunnel_address)?;
         let observer_socket = (args.observer_socket != OFF).then(|| PathBuf::from(&args.observer_socket));
         let trust_domain =
             args.trust_domain.parse().map_err(|source| ConfigError::TrustDomain { key: ENV_TRUST_DOMAIN, source })?;
@@ -329,6 +339,7 @@ impl Config {
             observer_address,
             observer_socket,
             metrics_address,
+            tunnel_address,
             node_name: args.node_name,
             cgroup: args.cgroup,
             bpffs,
@@ -409,6 +420,7 @@ mod tests {
             observer_address: DEFAULT_OBSERVER_ADDRESS.into(),
             observer_socket: DEFAULT_OBSERVER_SOCKET.into(),
             metrics_address: DEFAULT_METRICS_ADDRESS.into(),
+            tunnel_address: DEFAULT_TUNNEL_ADDRESS.into(),
             trust_domain: mesh_common::identity::DEFAULT_TRUST_DOMAIN.into(),
         };
         let err = Config::from_args(args).unwrap_err().to_string();

@@ -20,4 +20,5 @@ pub mod policy_table;
 pub mod probe;
 pub mod service_lb;
 pub mod state_file;
+pub mod tunnel;
 pub mod untrusted;

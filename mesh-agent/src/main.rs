@@ -24,6 +24,7 @@ use mesh_agent::{
     policy_table::{LocalEndpoint, PolicyTable},
     service_lb::ServiceTable,
     state_file::StateFile,
+    tunnel,
 };
 use mesh_common::{
     api::Kind,
@@ -85,7 +86,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Workload certificates come from the operator's CA, served only over mutual TLS.
     let certificates = Certificates::new(config.trust_domain.clone(), config.tls.is_some());
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone(), certificates.clone());
-    let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events));
+    let destinations = tunnel::Destinations::default();
+    let served = runtime.block_on(serve(&config, &store, &directory, &agent, &destinations, events, lost_events));
     let drain = match served {
         Ok(drain) => drain,
         Err(err) => {
@@ -165,6 +167,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     for problem in certificates.want_for(model, &config.node_name) {
                         tracing::warn!("no workload identity: {problem}");
                     }
+                    destinations.set_from(model, &config.node_name, &config.trust_domain);
                 }
                 let reconciled = started.elapsed();
                 if names_changed {
@@ -229,6 +232,7 @@ async fn serve(
     store: &FlowStore,
     directory: &SharedDirectory,
     state: &AgentState,
+    destinations: &tunnel::Destinations,
     events: RingBuf<MapData>,
     lost_events: PerCpuArray<MapData, u64>,
 ) -> anyhow::Result<Drain> {
@@ -252,6 +256,26 @@ async fn serve(
         let listener = bind(address, config::ENV_METRICS_ADDRESS)?;
         tracing::info!(%address, "metrics at /metrics");
         mesh_common::metrics_http::spawn(&mut drain, listener, std::sync::Arc::new(move || metrics.render()));
+    }
+    // Tunnels need workload certificates, which come only over mutual TLS to the operator.
+    if let Some(address) = config.tunnel_address.filter(|_| state.certificates.enabled()) {
+        let listener = bind(address, config::ENV_TUNNEL_ADDRESS)?;
+        tracing::info!(%address, "accepting mutual-TLS tunnels (HBONE)");
+        let inbound = tunnel::hbone::Inbound {
+            certificates: state.certificates.clone(),
+            destinations: destinations.clone(),
+            stats: state.tunnel.clone(),
+            sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
+        };
+        let stop = drain.signal();
+        drain.track(
+            "tunnel",
+            tokio::spawn(async move {
+                if let Err(err) = tunnel::hbone::serve(listener, inbound, stop).await {
+                    tracing::error!("the tunnel listener stopped: {err}");
+                }
+            }),
+        );
     }
     let observer = Observer { store: store.clone(), directory: directory.clone() };
     let health = observer::health_service().await;

@@ -17,6 +17,10 @@
 //! - `mesh_workload_certificate_expiry_timestamp_seconds{identity}`: when each local
 //!   identity's certificate expires (alert on it coming close: renewal is at half-life);
 //!   `mesh_workload_certificate_requests_total{result}`: `issued` or `failed`.
+//! - `mesh_tunnel_inbound_handshakes_total{result}` (`ok`, `failed`),
+//!   `mesh_tunnel_inbound_streams_total{result}` (`opened`, `refused`) and
+//!   `mesh_tunnel_inbound_bytes_total{direction}` (`to_pod`, `from_pod`, counted when a
+//!   tunnelled connection ends): the receiving side of the mutual-TLS tunnel.
 //!
 //! Event-derived counters are the registry's own metrics; what the kernel and the flow store
 //! count is read at each scrape (a [`Collector`]). Event-derived counters count the events the
@@ -289,6 +293,37 @@ impl Collector for Scraped {
                 [
                     (vec![("result", "issued".to_owned())], ConstCounter::new(issued)),
                     (vec![("result", "failed".to_owned())], ConstCounter::new(failed)),
+                ],
+            )?;
+            let tunnel = &self.state.tunnel;
+            let count = |counter: &std::sync::atomic::AtomicU64| {
+                ConstCounter::new(counter.load(std::sync::atomic::Ordering::Relaxed))
+            };
+            series(
+                &mut encoder,
+                "mesh_tunnel_inbound_handshakes",
+                "TLS handshakes of tunnels from peer agents, by result.",
+                [
+                    (vec![("result", "ok".to_owned())], count(&tunnel.handshakes)),
+                    (vec![("result", "failed".to_owned())], count(&tunnel.handshake_failures)),
+                ],
+            )?;
+            series(
+                &mut encoder,
+                "mesh_tunnel_inbound_streams",
+                "Tunnelled connections (CONNECT streams) to local pods, by result.",
+                [
+                    (vec![("result", "opened".to_owned())], count(&tunnel.streams)),
+                    (vec![("result", "refused".to_owned())], count(&tunnel.refused)),
+                ],
+            )?;
+            series(
+                &mut encoder,
+                "mesh_tunnel_inbound_bytes",
+                "Bytes of tunnelled connections to local pods that ended, by direction.",
+                [
+                    (vec![("direction", "to_pod".to_owned())], count(&tunnel.bytes_in)),
+                    (vec![("direction", "from_pod".to_owned())], count(&tunnel.bytes_out)),
                 ],
             )?;
         }

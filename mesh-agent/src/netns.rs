@@ -39,3 +39,48 @@ pub fn run_in<T: Send>(netns: Option<&Path>, work: impl FnOnce() -> T + Send) ->
             .map_err(|_| NetnsError::Panicked { path: path.to_owned() })?
     })
 }
+
+/// Makes TCP sockets inside the node's network namespace for async tasks (a socket belongs to
+/// the namespace of the thread that made it; the runtime's threads stay in the agent's).
+/// One long-lived thread does it, not a thread per socket.
+#[derive(Debug, Clone)]
+pub struct Sockets {
+    requests: Option<std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<tokio::net::TcpSocket>>>>,
+}
+
+impl Sockets {
+    /// Sockets in `netns`, or in the agent's own namespace when `None`.
+    pub fn new(netns: Option<&Path>) -> Result<Self, NetnsError> {
+        let Some(path) = netns else { return Ok(Self { requests: None }) };
+        let file = File::open(path).map_err(|source| NetnsError::Open { path: path.to_owned(), source })?;
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (tx, rx) =
+            std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<std::io::Result<tokio::net::TcpSocket>>>();
+        std::thread::Builder::new()
+            .name("netns-sockets".into())
+            .spawn(move || {
+                // SAFETY: `file` is an open namespace file; setns affects this thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let _ = entered_tx.send(Err(std::io::Error::last_os_error()));
+                    return;
+                }
+                let _ = entered_tx.send(Ok(()));
+                // Ends when every `Sockets` is dropped.
+                while let Ok(reply) = rx.recv() {
+                    let _ = reply.send(tokio::net::TcpSocket::new_v4());
+                }
+            })
+            .map_err(|source| NetnsError::Enter { path: path.to_owned(), source })?;
+        let entered = entered_rx.recv().unwrap_or_else(|_| Err(std::io::Error::other("the thread ended")));
+        entered.map_err(|source| NetnsError::Enter { path: path.to_owned(), source })?;
+        Ok(Self { requests: Some(tx) })
+    }
+
+    /// A new IPv4 TCP socket in the namespace.
+    pub async fn tcp_v4(&self) -> std::io::Result<tokio::net::TcpSocket> {
+        let Some(requests) = &self.requests else { return tokio::net::TcpSocket::new_v4() };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        requests.send(reply).map_err(|_| std::io::Error::other("the namespace's socket thread ended"))?;
+        answer.await.map_err(|_| std::io::Error::other("the namespace's socket thread ended"))?
+    }
+}

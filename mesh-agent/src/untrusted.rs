@@ -96,6 +96,31 @@ pub fn certificate_answer(bytes: &[u8], public_key: &[u8]) -> Result<String, Str
     crate::identity::ca_client::check_chain(&answer.cert_chain, &identity, public_key).map(|(serial, _, _)| serial)
 }
 
+/// The one pod of the node [`tunnel_request`] judges for: demo/web at this address.
+pub const TUNNEL_POD: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 0, 2);
+
+/// A tunnel's CONNECT, as the receiving agent judges it after the TLS handshake:
+/// `peer_certificate` is the client's leaf (DER; its chain was checked during the handshake,
+/// its identity is read here), `server_name` the name the client asked for, `uri` the
+/// CONNECT's target. Judged for a node whose one pod is [`TUNNEL_POD`], of identity
+/// [`ANSWER_IDENTITY`]. Returns the address the agent would connect to.
+pub fn tunnel_request(peer_certificate: &[u8], server_name: &str, uri: &str) -> Result<std::net::SocketAddr, String> {
+    use mesh_common::identity::{SpiffeId, TrustDomain};
+    let peer = crate::tunnel::tls::identity_in(&peer_certificate.to_vec().into())?;
+    let uri: http::Uri = uri.parse().map_err(|err| format!("the CONNECT's target: {err}"))?;
+    let identity = SpiffeId::new(TrustDomain::default(), ANSWER_IDENTITY.0, ANSWER_IDENTITY.1).expect("valid");
+    let destinations = crate::tunnel::Destinations::of([(TUNNEL_POD, identity)]);
+    crate::tunnel::hbone::judge(
+        &http::Method::CONNECT,
+        &uri,
+        server_name,
+        &peer,
+        &destinations,
+        &TrustDomain::default(),
+    )
+    .map_err(|(status, reason)| format!("{status}: {reason}"))
+}
+
 /// The agent's command line (flags; environment variables are read as the agent reads them).
 pub fn config(args: &[String]) -> Result<(), String> {
     use clap::Parser as _;

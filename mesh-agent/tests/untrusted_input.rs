@@ -478,3 +478,45 @@ fn hostile_csrs_are_refused_and_never_panic() {
         }
     }
 }
+
+/// A tunnel's CONNECT as the receiving agent judges it: the client's leaf, the server name it
+/// asked for and the CONNECT's target, each mutated. Whatever is taken goes to the node's pod
+/// and was asked for under that pod's server name.
+#[test]
+fn hostile_tunnel_requests_are_refused_and_never_panic() {
+    use mesh_common::identity::{SpiffeId, TrustDomain, csr_for};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mesh_operator::workload_ca::WorkloadCa::open(dir.path(), TrustDomain::default(), Duration::from_secs(600))
+        .unwrap();
+    let (_, csr) = csr_for(&SpiffeId::new(TrustDomain::default(), "demo", "client").unwrap()).unwrap();
+    let (chain, _) = ca.sign(ca.read_csr(&csr).unwrap(), Duration::from_secs(600)).unwrap();
+    let leaf = pem::parse(&chain[0]).unwrap().into_contents();
+    let (namespace, account) = untrusted::ANSWER_IDENTITY;
+    let destination = SpiffeId::new(TrustDomain::default(), namespace, account).unwrap();
+    let name = mesh_agent::tunnel::tls::server_name(&destination).unwrap().to_str().into_owned();
+    let target = format!("{}:8080", untrusted::TUNNEL_POD);
+    let taken = untrusted::tunnel_request(&leaf, &name, &target).expect("a well-formed CONNECT is taken");
+    assert_eq!(taken.to_string(), target);
+    let mut generator = Gen::new(8);
+    let mut refused = 0;
+    for case in 0..CASES {
+        let (mut der, mut server_name, mut uri) = (leaf.clone(), name.clone(), target.clone());
+        match case % 3 {
+            0 => der = generator.mutate(&leaf, &[b"\x30\x82", b"\x86\x10spiffe://", b"\xff"]),
+            1 => server_name = String::from_utf8_lossy(&generator.mutate(name.as_bytes(), &[b".", b"web"])).into(),
+            _ => uri = String::from_utf8_lossy(&generator.mutate(target.as_bytes(), &[b":", b"[::1]", b"/"])).into(),
+        }
+        let input = [der.as_slice(), server_name.as_bytes(), uri.as_bytes()].concat();
+        match timed("tunnel request", &input, || untrusted::tunnel_request(&der, &server_name, &uri)) {
+            Ok(address) => {
+                assert_eq!(address.ip(), untrusted::TUNNEL_POD, "case {case}");
+                assert_eq!(server_name, name, "case {case}: taken under another server name");
+            }
+            Err(err) => {
+                assert!(!err.is_empty(), "case {case}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > CASES / 3, "only {refused} of {CASES} mutated requests were refused");
+}

@@ -121,6 +121,18 @@ impl Certificates {
         slots.get(identity)?.issued.clone().filter(|issued| issued.not_after > unix_now())
     }
 
+    /// The workload CA's roots this agent trusts: the root (last) of every chain it holds,
+    /// once each, as PEM. During a root rotation chains from both roots are held, so both
+    /// are trusted until the last certificate of the old one is renewed.
+    pub fn roots(&self) -> Vec<String> {
+        let slots = self.inner.slots.lock().expect("never poisoned");
+        let mut roots: Vec<String> =
+            slots.values().filter_map(|slot| slot.issued.as_ref()?.chain_pem.last().cloned()).collect();
+        roots.sort();
+        roots.dedup();
+        roots
+    }
+
     /// Every identity and its state, in order.
     pub fn snapshot(&self) -> Vec<(SpiffeId, Slot)> {
         let slots = self.inner.slots.lock().expect("never poisoned");

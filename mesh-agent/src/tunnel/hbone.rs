@@ -1,0 +1,319 @@
+//! HBONE: a TCP connection carried as one HTTP/2 CONNECT stream (`:authority` = the
+//! destination pod's address and port, the client's address in `Forwarded`) over mutual TLS
+//! 1.3 to port [`super::HBONE_PORT`] of the destination node's agent. `serve` is the
+//! receiving side, `connect` the sending one. HTTP/2 is `hyper`'s (CONNECT streams become
+//! upgraded byte streams); TLS is `rustls`.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_common::identity::SpiffeId;
+use tokio::net::TcpListener;
+
+use super::{Destinations, tls};
+use crate::identity::{Certificates, Issued};
+
+/// A TCP connect (to a peer agent, or to the destination pod) gives up after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A TLS handshake or a CONNECT's answer gives up after this long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Both ends PING an HTTP/2 connection after this much silence ...
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ... and close it when the answer takes longer than this.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The `Forwarded` header: who the tunnelled connection is from (RFC 7239, as ztunnel sends it).
+pub const FORWARDED: &str = "forwarded";
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("cannot reach the agent at {peer}: {source}; is its node up and its agent serving the tunnel port?")]
+    Connect { peer: SocketAddr, source: std::io::Error },
+    #[error("no TLS with the agent at {peer}: {source}")]
+    Handshake { peer: SocketAddr, source: std::io::Error },
+    #[error("HTTP/2 with the agent at {peer} failed: {source}")]
+    Http { peer: SocketAddr, source: hyper::Error },
+    #[error("the agent at {peer} refused the tunnel to {target}: {status}{reason}")]
+    Refused { peer: SocketAddr, target: SocketAddr, status: StatusCode, reason: String },
+    #[error("the agent at {peer} did not answer within {timeout:?} ({during})")]
+    Timeout { peer: SocketAddr, during: &'static str, timeout: Duration },
+    #[error("no identity for the tunnel: {0}")]
+    Identity(String),
+}
+
+/// What the receiving side counted since the agent started.
+#[derive(Debug, Default)]
+pub struct InboundStats {
+    pub handshakes: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub streams: AtomicU64,
+    pub refused: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// The receiving side's state. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Inbound {
+    pub certificates: Certificates,
+    pub destinations: Destinations,
+    pub stats: Arc<InboundStats>,
+    /// Where connections to pods are made: the node's network namespace.
+    pub sockets: crate::netns::Sockets,
+}
+
+/// Accepts tunnels on `listener` until `stop` resolves; then asks every open HTTP/2
+/// connection to finish (GOAWAY: open streams continue, new ones go elsewhere).
+pub async fn serve(
+    listener: TcpListener,
+    inbound: Inbound,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let config = tls::server_config(inbound.certificates.clone()).map_err(std::io::Error::other)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut stop => {
+                let _ = stopping.send(true);
+                return Ok(());
+            }
+        };
+        let (acceptor, inbound, mut stopping) = (acceptor.clone(), inbound.clone(), stopping.subscribe());
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    inbound.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%client, "tunnel handshake failed: {err}");
+                    return;
+                }
+                Err(_) => {
+                    inbound.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%client, "tunnel handshake timed out");
+                    return;
+                }
+            };
+            inbound.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+            let session = tls.get_ref().1;
+            let peer = session.peer_certificates().and_then(|c| c.first()).map(tls::identity_in);
+            let (Some(Ok(peer)), Some(name)) = (peer, session.server_name().map(str::to_owned)) else {
+                tracing::info!(%client, "tunnel without a peer identity or a server name; closed");
+                return;
+            };
+            let served = SessionInfo { peer, server_name: name, client };
+            let service = hyper::service::service_fn(move |request| {
+                let (inbound, served) = (inbound.clone(), served.clone());
+                async move { Ok::<_, std::convert::Infallible>(accept_stream(request, &inbound, &served).await) }
+            });
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(%client, "tunnel connection ended: {err}");
+                    }
+                }
+                () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+#[derive(Clone)]
+struct SessionInfo {
+    peer: SpiffeId,
+    server_name: String,
+    client: SocketAddr,
+}
+
+fn answer(status: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(reason) {
+        response.headers_mut().insert(REASON, value);
+    }
+    response
+}
+
+/// Why a CONNECT was refused, in the answer (for the sending agent's log and flows).
+pub const REASON: &str = "x-mesh-reason";
+
+/// What a CONNECT on a connection opened for `server_name` by `peer` asks for, checked: the
+/// address of a pod of this node whose identity is the one the connection was opened for,
+/// asked for by a peer of this trust domain; or the status and reason of the refusal.
+pub fn judge(
+    method: &Method,
+    uri: &http::Uri,
+    server_name: &str,
+    peer: &SpiffeId,
+    destinations: &Destinations,
+    trust_domain: &mesh_common::identity::TrustDomain,
+) -> Result<SocketAddr, (StatusCode, String)> {
+    if method != Method::CONNECT {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not CONNECT")));
+    }
+    let Some(target) = uri.authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) else {
+        return Err((StatusCode::BAD_REQUEST, format!("the authority of {uri} is not an address and port")));
+    };
+    let IpAddr::V4(ip) = target.ip() else {
+        return Err((StatusCode::BAD_REQUEST, format!("{target} is not IPv4")));
+    };
+    let Some(destination) = destinations.identity(ip) else {
+        return Err((StatusCode::NOT_FOUND, format!("{ip} is no pod of this node")));
+    };
+    if tls::server_name(&destination).ok().is_none_or(|name| name.to_str() != server_name) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("{target} is {destination}, not the identity this connection was opened for ({server_name})"),
+        ));
+    }
+    if peer.trust_domain() != trust_domain {
+        return Err((StatusCode::FORBIDDEN, format!("{peer} is not of this trust domain")));
+    }
+    Ok(target)
+}
+
+/// One CONNECT: checks it, connects to the pod, and joins the two once the stream is upgraded.
+async fn accept_stream(
+    mut request: Request<hyper::body::Incoming>,
+    inbound: &Inbound,
+    session: &SessionInfo,
+) -> Response<Empty<Bytes>> {
+    let refuse = |status, reason: String| {
+        inbound.stats.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(client = %session.client, peer = %session.peer, %status, "tunnel refused: {reason}");
+        answer(status, &reason)
+    };
+    let target = match judge(
+        request.method(),
+        request.uri(),
+        &session.server_name,
+        &session.peer,
+        &inbound.destinations,
+        inbound.certificates.trust_domain(),
+    ) {
+        Ok(target) => target,
+        Err((status, reason)) => return refuse(status, reason),
+    };
+    let connect = async {
+        let socket = inbound.sockets.tcp_v4().await?;
+        socket.set_nodelay(true)?;
+        socket.connect(target).await
+    };
+    let pod = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(pod)) => pod,
+        Ok(Err(err)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("connecting to {target}: {err}")),
+        Err(_) => {
+            return refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("connecting to {target}: no answer in {CONNECT_TIMEOUT:?}"),
+            );
+        }
+    };
+    inbound.stats.streams.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(client = %session.client, peer = %session.peer, %target, "tunnel open");
+    let upgrade = hyper::upgrade::on(&mut request);
+    let stats = inbound.stats.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut pod = pod;
+        if let Ok((to_pod, from_pod)) = tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut pod).await {
+            stats.bytes_in.fetch_add(to_pod, Ordering::Relaxed);
+            stats.bytes_out.fetch_add(from_pod, Ordering::Relaxed);
+        }
+    });
+    answer(StatusCode::OK, "")
+}
+
+/// A tunnelled connection: read and write it as the TCP connection it carries.
+pub type Stream = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The sending side of one tunnelled connection: the client pod's certificate, the roots its
+/// peer's chain must lead to, and the client pod's address (sent in `Forwarded`).
+pub struct Source<'a> {
+    pub issued: &'a Issued,
+    pub roots: &'a [String],
+    pub address: Ipv4Addr,
+}
+
+/// Opens a tunnel from `source` to `target` (a pod with identity `destination`) through the
+/// agent at `peer`, with a socket from `sockets` (the node's network namespace).
+pub async fn connect(
+    sockets: &crate::netns::Sockets,
+    source: Source<'_>,
+    peer: SocketAddr,
+    target: SocketAddr,
+    destination: &SpiffeId,
+) -> Result<Stream, TunnelError> {
+    let config = tls::client_config(source.issued, destination.clone(), source.roots).map_err(TunnelError::Identity)?;
+    let name = tls::server_name(destination).map_err(TunnelError::Identity)?;
+    let timeout = |during, timeout| TunnelError::Timeout { peer, during, timeout };
+    let connect = async {
+        let socket = sockets.tcp_v4().await?;
+        socket.set_nodelay(true)?;
+        socket.connect(peer).await
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| timeout("connecting", CONNECT_TIMEOUT))?
+        .map_err(|source| TunnelError::Connect { peer, source })?;
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await
+        .map_err(|_| timeout("the TLS handshake", HANDSHAKE_TIMEOUT))?
+        .map_err(|source| TunnelError::Handshake { peer, source })?;
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|source| TunnelError::Http { peer, source })?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(%peer, "tunnel connection ended: {err}");
+        }
+    });
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string())
+        .header(FORWARDED, format!("for={}", source.address))
+        .body(Empty::<Bytes>::new())
+        .expect("a CONNECT to an address is a valid request");
+    let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, sender.send_request(request))
+        .await
+        .map_err(|_| timeout("the CONNECT's answer", HANDSHAKE_TIMEOUT))?
+        .map_err(|source| TunnelError::Http { peer, source })?;
+    if response.status() != StatusCode::OK {
+        let reason = response.headers().get(REASON).and_then(|v| v.to_str().ok()).map(|r| format!(": {r}"));
+        return Err(TunnelError::Refused {
+            peer,
+            target,
+            status: response.status(),
+            reason: reason.unwrap_or_default(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(response).await.map_err(|source| TunnelError::Http { peer, source })?;
+    Ok(TokioIo::new(upgraded))
+}

@@ -1,0 +1,185 @@
+//! The mutual-TLS tunnel (HBONE) between two lab nodes' agents, driven by the agent's own
+//! sending side (`mesh_agent::tunnel::hbone::connect`) from inside node-0's network namespace
+//! with a certificate node-0's agent could hold: a connection reaches a pod on node-1 through
+//! node-1's agent; a CONNECT to a pod of another identity or of another node is refused with
+//! its reason; a client or server chain from another CA fails the handshake; the receiving
+//! agent counts all of it in its metrics.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use mesh_agent::{
+    identity::{Issued, ca_client::CaClient},
+    operator_stream::Tls,
+    tunnel::{
+        HBONE_PORT,
+        hbone::{self, Source, TunnelError},
+    },
+};
+use mesh_common::identity::{SpiffeId, TrustDomain};
+use mesh_tests::{
+    agent::{Agent, observer_socket},
+    labnet, meshctl, metrics,
+    operator::{Operator, free_port},
+    privileges::privileged,
+    scenario::demo,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const ECHO_PORT: u16 = 9000;
+const REPLY: &str = "through-the-tunnel";
+/// What the client sends (and the server echoes).
+const MARKER: &str = "plaintext-marker-0123456789\n";
+
+fn spiffe(sa: &str) -> SpiffeId {
+    SpiffeId::new(TrustDomain::default(), "demo", sa).expect("valid")
+}
+
+/// Waits (bounded) until `node`'s agent holds a valid certificate for every one of `identities`.
+fn wait_for_certificates(lab: &mesh_tests::lab::Lab, node: &str, identities: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = meshctl::run(&observer_socket(lab, node), &["status", "-o", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+        let valid: Vec<String> = status["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["state"] == "valid")
+            .filter_map(|c| c["identity"].as_str().map(str::to_owned))
+            .collect();
+        if identities.iter().all(|sa| valid.contains(&spiffe(sa).to_string())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{node}: no valid certificates for {identities:?}: {}", run.stdout);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A certificate for `identity` from the CA, asked for with the bundle in `dir`.
+fn issue(endpoint: &str, dir: &Path, identity: &SpiffeId) -> Result<Issued, String> {
+    let ca = CaClient { endpoint: endpoint.to_owned(), tls: Tls { dir: dir.to_owned(), bootstrap: None } };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let channel = ca.channel().map_err(|e| e.to_string())?;
+        ca.issue(channel, identity).await.map_err(|e| e.to_string())
+    })
+}
+
+/// Opens a tunnel from inside `netns` and returns what the pod answered, or why it failed.
+fn through_tunnel(
+    netns: &Path,
+    source: &Issued,
+    roots: &[String],
+    from: Ipv4Addr,
+    peer: SocketAddr,
+    target: SocketAddr,
+    destination: &SpiffeId,
+) -> Result<String, TunnelError> {
+    mesh_agent::netns::run_in(Some(netns), || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let source = Source { issued: source, roots, address: from };
+            // Already in the namespace: the agent's own sockets are this thread's.
+            let sockets = mesh_agent::netns::Sockets::new(None).expect("no namespace to enter");
+            let mut stream = hbone::connect(&sockets, source, peer, target, destination).await?;
+            // labnet answers its line, then echoes until the client closes its side.
+            stream.write_all(MARKER.as_bytes()).await.expect("writes through the tunnel");
+            stream.shutdown().await.expect("closes its side through the tunnel");
+            let mut reply = Vec::new();
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+                .await
+                .expect("the pod answers and closes within 10 s")
+                .expect("reads through the tunnel");
+            Ok(String::from_utf8_lossy(&reply).into_owned())
+        })
+    })
+    .expect("node-0's namespace")
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[test]
+fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_says_why() {
+    if !privileged("a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_says_why") {
+        return;
+    }
+    let (lab, manifests) = demo::lab().expect("lab");
+    let pki = lab.dir.join("pki");
+    let bundles: Vec<_> = lab.nodes.iter().map(|n| Operator::issue(&lab, &pki, &n.name).expect("bundle")).collect();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let pki_arg = pki.display().to_string();
+    let operator = Operator::start_with(&lab, &manifests, listen, &["--pki-dir", &pki_arg]).expect("operator serves");
+    let _agents: Vec<Agent> = lab
+        .nodes
+        .iter()
+        .zip(&bundles)
+        .map(|(node, bundle)| {
+            let bundle = bundle.display().to_string();
+            Agent::follow(&lab, node, &operator.tls_endpoint(), &["--tls-dir", &bundle]).expect("agent ready over TLS")
+        })
+        .collect();
+    // intruder is on node-1 and no policy isolates it: its server answers whoever connects.
+    let intruder = lab.pod(demo::INTRUDER);
+    labnet::serve(&lab, intruder, ECHO_PORT, REPLY).expect("a server in intruder");
+    wait_for_certificates(&lab, "node-1", &["intruder", "web"]);
+
+    // What node-0's agent holds for its client pod: a certificate from the CA.
+    let client = issue(&operator.tls_endpoint(), &bundles[0], &spiffe("client")).expect("client's certificate");
+    let roots = vec![client.chain_pem.last().expect("a root").clone()];
+    let (node0, node1) = (&lab.nodes[0], &lab.nodes[1]);
+    let peer = SocketAddr::from((node1.ip, HBONE_PORT));
+    let from = lab.pod(demo::CLIENT).ip;
+    let tunnel = |source: &Issued, roots: &[String], target: SocketAddr, destination: &SpiffeId| {
+        through_tunnel(&node0.netns_path, source, roots, from, peer, target, destination)
+    };
+
+    let reply = tunnel(&client, &roots, (intruder.ip, ECHO_PORT).into(), &spiffe("intruder"))
+        .expect("the pod's answer through the tunnel");
+    assert_eq!(reply, format!("{REPLY}\n{MARKER}"));
+
+    // Asked for web's identity (which node-1 holds) but sent to intruder: refused, with why.
+    let err = tunnel(&client, &roots, (intruder.ip, ECHO_PORT).into(), &spiffe("web")).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, TunnelError::Refused { status, .. } if status == 403), "{text}");
+    assert!(text.contains("not the identity this connection was opened for"), "{text}");
+
+    // web-a is a pod of node-0, not of node-1.
+    let web_a = lab.pod("web-a");
+    let err = tunnel(&client, &roots, (web_a.ip, demo::WEB_PORT).into(), &spiffe("web")).unwrap_err();
+    assert!(err.to_string().contains("is no pod of this node"), "{err}");
+
+    // A client chain from another CA fails the handshake on node-1's side ...
+    let rogue_pki = lab.dir.join("rogue-pki");
+    let rogue_bundle = Operator::issue(&lab, &rogue_pki, "rogue").expect("another CA's bundle");
+    let read = |file: &str| std::fs::read_to_string(rogue_bundle.join(file)).expect("bundle file");
+    let rogue = Issued {
+        key_pem: read("tls.key"),
+        chain_pem: vec![read("tls.crt"), read("ca.crt")],
+        serial: String::new(),
+        not_before: 0,
+        not_after: i64::MAX,
+    };
+    let err = tunnel(&rogue, &roots, (intruder.ip, ECHO_PORT).into(), &spiffe("intruder")).unwrap_err();
+    assert!(matches!(err, TunnelError::Handshake { .. } | TunnelError::Http { .. }), "{err}");
+    // ... and a client that trusts another root refuses node-1's chain.
+    let err = tunnel(&client, &[read("ca.crt")], (intruder.ip, ECHO_PORT).into(), &spiffe("intruder")).unwrap_err();
+    assert!(matches!(err, TunnelError::Handshake { .. }), "{err}");
+    assert!(err.to_string().to_lowercase().contains("issuer"), "{err}");
+
+    // node-1's agent counted it all.
+    let text = metrics::agent(&node1.netns_path);
+    assert_eq!(metric(&text, "mesh_tunnel_inbound_streams_total{result=\"opened\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "mesh_tunnel_inbound_streams_total{result=\"refused\"}"), 2.0, "{text}");
+    assert!(metric(&text, "mesh_tunnel_inbound_handshakes_total{result=\"failed\"}") >= 1.0, "{text}");
+    assert!(metric(&text, "mesh_tunnel_inbound_bytes_total{direction=\"to_pod\"}") >= MARKER.len() as f64, "{text}");
+    assert!(
+        metric(&text, "mesh_tunnel_inbound_bytes_total{direction=\"from_pod\"}") >= (REPLY.len() + MARKER.len()) as f64,
+        "{text}"
+    );
+}
