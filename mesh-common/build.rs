@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".mesh.v1.Resource.kind.workload")
         .boxed(".mesh.v1.Resource.kind.network_policy")
         .boxed(".mesh.v1.Resource.kind.mesh_policy")
+        .boxed(".mesh.v1.Resource.kind.peer_authentication")
         .compile_protos(
             &[
                 "proto/mesh/v1/state.proto",

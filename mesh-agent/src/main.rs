@@ -167,6 +167,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                     for problem in certificates.want_for(model, &config.node_name) {
                         tracing::warn!("no workload identity: {problem}");
                     }
+                }
+                if certificates.enabled() && touched(&[Kind::Workload, Kind::PeerAuthentication]) {
                     destinations.set_from(model, &config.node_name, &config.trust_domain);
                 }
                 let reconciled = started.elapsed();

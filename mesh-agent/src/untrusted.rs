@@ -103,13 +103,18 @@ pub const TUNNEL_POD: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 0, 2
 /// `peer_certificate` is the client's leaf (DER; its chain was checked during the handshake,
 /// its identity is read here), `server_name` the name the client asked for, `uri` the
 /// CONNECT's target. Judged for a node whose one pod is [`TUNNEL_POD`], of identity
-/// [`ANSWER_IDENTITY`]. Returns the address the agent would connect to.
+/// [`ANSWER_IDENTITY`], STRICT but on port 9 (DISABLE). Returns the address the agent would connect to.
 pub fn tunnel_request(peer_certificate: &[u8], server_name: &str, uri: &str) -> Result<std::net::SocketAddr, String> {
     use mesh_common::identity::{SpiffeId, TrustDomain};
     let peer = crate::tunnel::tls::identity_in(&peer_certificate.to_vec().into())?;
     let uri: http::Uri = uri.parse().map_err(|err| format!("the CONNECT's target: {err}"))?;
     let identity = SpiffeId::new(TrustDomain::default(), ANSWER_IDENTITY.0, ANSWER_IDENTITY.1).expect("valid");
-    let destinations = crate::tunnel::Destinations::of([(TUNNEL_POD, identity)]);
+    // Port 9 of the pod is DISABLE.
+    let mtls = crate::tunnel::peer_auth::WorkloadMtls {
+        mode: crate::tunnel::peer_auth::Mode::Strict,
+        ports: [(9, crate::tunnel::peer_auth::Mode::Disable)].into(),
+    };
+    let destinations = crate::tunnel::Destinations::of([(TUNNEL_POD, crate::tunnel::Destination { identity, mtls })]);
     crate::tunnel::hbone::judge(
         &http::Method::CONNECT,
         &uri,

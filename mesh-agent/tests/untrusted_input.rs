@@ -111,7 +111,8 @@ fn examples() -> Vec<Vec<u8>> {
     seeds
 }
 
-/// Kinds the examples lack: an EndpointSlice, a Node, a ServiceAccount, a ClusterMeshPolicy.
+/// Kinds the examples lack: an EndpointSlice, a Node, a ServiceAccount, a ClusterMeshPolicy,
+/// a PeerAuthentication.
 const MORE_KINDS: &str = "apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
@@ -140,6 +141,14 @@ spec:
   - action: Deny
     from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}]
     ports: [{port: 80, endPort: 90, protocol: TCP}]
+---
+apiVersion: mesh.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {matchLabels: {app: web}}
+  mtls: {mode: STRICT}
+  portLevelMtls: {'9090': {mode: PERMISSIVE}}
 ";
 
 const YAML_TOKENS: &[&[u8]] = &[
@@ -180,6 +189,8 @@ const YAML_TOKENS: &[&[u8]] = &[
     b"apiVersion: v1\n",
     b"metadata: {}\n",
     b"selector: {matchExpressions: [{key: a, operator: In}]}",
+    b"mode: DISABLE",
+    b"portLevelMtls: {'0': {mode: STRICT}}",
 ];
 
 /// Manifests of every kind the operator reads, through local mode into the model.

@@ -35,6 +35,7 @@ impl Resource {
             resource::Kind::NetworkPolicy(p) => (Kind::NetworkPolicy, &p.namespace, &p.name),
             resource::Kind::Node(n) => (Kind::Node, &String::new(), &n.name),
             resource::Kind::MeshPolicy(p) => (Kind::MeshPolicy, &p.namespace, &p.name),
+            resource::Kind::PeerAuthentication(p) => (Kind::PeerAuthentication, &p.namespace, &p.name),
         };
         Some(ResourceKey { kind: kind as i32, namespace: namespace.clone(), name: name.clone() })
     }
@@ -59,6 +60,7 @@ impl std::fmt::Display for ResourceKey {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Node => "Node",
             Kind::MeshPolicy => "MeshPolicy",
+            Kind::PeerAuthentication => "PeerAuthentication",
             Kind::Unspecified => "Unspecified",
         });
         write!(f, "{kind} {}/{}", self.namespace, self.name)

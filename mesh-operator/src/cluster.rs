@@ -15,7 +15,7 @@ use mesh_common::{
 };
 
 use crate::{
-    crd::{ClusterMeshPolicy, ClusterMeshPolicySpec, MeshPolicy, MeshPolicySpec},
+    crd::{ClusterMeshPolicy, ClusterMeshPolicySpec, MeshPolicy, MeshPolicySpec, PeerAuthentication},
     identity::{IdentityAllocator, SecurityLabels},
     translate::{self, Invalid},
 };
@@ -32,6 +32,7 @@ pub enum Object {
     Node(Box<Node>),
     MeshPolicy(Box<MeshPolicy>),
     ClusterMeshPolicy(Box<ClusterMeshPolicy>),
+    PeerAuthentication(Box<PeerAuthentication>),
 }
 
 /// A MeshPolicy or a ClusterMeshPolicy, as the view keeps it.
@@ -95,6 +96,7 @@ enum Dirty {
     Node(String),
     /// A MeshPolicy (namespace) or ClusterMeshPolicy (namespace empty).
     MeshPolicy(String, String),
+    PeerAuthentication(String, String),
     /// The endpoints derived from pods for a selector service that has no EndpointSlice.
     Derived(String, String),
 }
@@ -111,6 +113,9 @@ pub struct ClusterView {
     nodes: BTreeMap<String, Node>,
     /// MeshPolicies by (namespace, name), ClusterMeshPolicies by ("", name).
     mesh_policies: BTreeMap<NsName, MeshPolicyObject>,
+    peer_authentications: BTreeMap<NsName, PeerAuthentication>,
+    /// The namespace whose selector-less PeerAuthentication is mesh-wide.
+    root_namespace: String,
     /// (namespace, service) -> names of its EndpointSlices.
     slices_of: BTreeMap<NsName, BTreeSet<String>>,
     /// (namespace, service) -> names of the slices derived for it last time.
@@ -137,11 +142,19 @@ impl ClusterView {
             policies: BTreeMap::new(),
             nodes: BTreeMap::new(),
             mesh_policies: BTreeMap::new(),
+            peer_authentications: BTreeMap::new(),
+            root_namespace: crate::crd::DEFAULT_ROOT_NAMESPACE.to_owned(),
             slices_of: BTreeMap::new(),
             derived_of: BTreeMap::new(),
             identities,
             dirty: BTreeSet::new(),
         }
+    }
+
+    /// Sets the namespace whose selector-less PeerAuthentication is mesh-wide (the operator's).
+    pub fn with_root_namespace(mut self, namespace: &str) -> Self {
+        namespace.clone_into(&mut self.root_namespace);
+        self
     }
 
     /// Checks `object` the way the model will use it, without taking it.
@@ -155,6 +168,10 @@ impl ClusterView {
             Object::Node(node) => translate::node(&key.name, node).map(drop),
             Object::MeshPolicy(p) => translate::mesh_policy(&key.namespace, &key.name, &p.spec.parts()).map(drop),
             Object::ClusterMeshPolicy(p) => translate::mesh_policy("", &key.name, &p.spec.parts()).map(drop),
+            Object::PeerAuthentication(p) => {
+                translate::peer_authentication(&key.namespace, &key.name, &p.spec, crate::crd::DEFAULT_ROOT_NAMESPACE)
+                    .map(drop)
+            }
         }
     }
 
@@ -199,6 +216,10 @@ impl ClusterView {
             Object::ClusterMeshPolicy(p) => {
                 self.mesh_policies.insert((String::new(), key.name.clone()), MeshPolicyObject::Cluster(p));
                 self.dirty.insert(Dirty::MeshPolicy(String::new(), key.name.clone()));
+            }
+            Object::PeerAuthentication(p) => {
+                self.peer_authentications.insert(nn.clone(), *p);
+                self.dirty.insert(Dirty::PeerAuthentication(nn.0, nn.1));
             }
         }
     }
@@ -247,6 +268,9 @@ impl ClusterView {
             }
             "MeshPolicy" | "ClusterMeshPolicy" if self.mesh_policies.remove(&nn).is_some() => {
                 self.dirty.insert(Dirty::MeshPolicy(nn.0, nn.1));
+            }
+            "PeerAuthentication" if self.peer_authentications.remove(&nn).is_some() => {
+                self.dirty.insert(Dirty::PeerAuthentication(nn.0, nn.1));
             }
             _ => {}
         }
@@ -315,6 +339,16 @@ impl ClusterView {
                     changes.push((
                         key(Kind::MeshPolicy, &ns, &name),
                         resource.map(|p| wrap(resource::Kind::MeshPolicy(Box::new(p)))),
+                    ));
+                }
+                Dirty::PeerAuthentication(ns, name) => {
+                    let resource = self.peer_authentications.get(&(ns.clone(), name.clone())).and_then(|p| {
+                        let translated = translate::peer_authentication(&ns, &name, &p.spec, &self.root_namespace);
+                        checked(&mut errors, format!("PeerAuthentication/{ns}/{name}"), translated)
+                    });
+                    changes.push((
+                        key(Kind::PeerAuthentication, &ns, &name),
+                        resource.map(|p| wrap(resource::Kind::PeerAuthentication(Box::new(p)))),
                     ));
                 }
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),

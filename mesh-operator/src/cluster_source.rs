@@ -27,12 +27,12 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     cluster::{ClusterView, Object, ObjectKey},
-    crd::{ClusterMeshPolicy, MeshPolicy},
+    crd::{ClusterMeshPolicy, MeshPolicy, PeerAuthentication},
     local_dir::ObjectChange,
 };
 
 /// How many kinds are watched.
-pub const KINDS: usize = 8;
+pub const KINDS: usize = 9;
 
 /// What one watcher event means for the model.
 #[derive(Debug)]
@@ -85,6 +85,13 @@ impl Watched for MeshPolicy {
     }
 }
 
+impl Watched for PeerAuthentication {
+    const KIND: &'static str = "PeerAuthentication";
+    fn into_object(self) -> Object {
+        Object::PeerAuthentication(Box::new(self))
+    }
+}
+
 impl Watched for ClusterMeshPolicy {
     const KIND: &'static str = "ClusterMeshPolicy";
     fn into_object(self) -> Object {
@@ -116,6 +123,7 @@ pub fn watch(client: Client) -> impl Stream<Item = Batch> + Send {
         watch_kind::<NetworkPolicy>(client.clone()).boxed(),
         watch_kind::<MeshPolicy>(client.clone()).boxed(),
         watch_kind::<ClusterMeshPolicy>(client.clone()).boxed(),
+        watch_kind::<PeerAuthentication>(client.clone()).boxed(),
         watch_kind::<Node>(client).boxed(),
     ])
 }

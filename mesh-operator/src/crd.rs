@@ -148,6 +148,58 @@ pub struct MeshRule {
     pub ports: Vec<NetworkPolicyPort>,
 }
 
+/// Whether connections to the selected workloads must be mutual TLS, with the semantics of
+/// Istio's PeerAuthentication: in the mesh's root namespace (the operator's, `mesh-system` by
+/// default) without a selector it is the mesh-wide default; elsewhere without a selector, its
+/// namespace's; with a selector, the matching pods' (and only then per port). The most
+/// specific scope that sets a mode decides; `UNSET` inherits; the top default is PERMISSIVE.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "PeerAuthentication",
+    derive = "PartialEq",
+    plural = "peerauthentications",
+    shortname = "pa",
+    namespaced,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mtls.mode"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    /// The pods of the namespace it applies to; absent: the whole namespace (or mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// The mode for every port of the selected pods (but those of `portLevelMtls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<PeerMtls>,
+    /// Per container port (a number, as a string key): its mode. Only with a selector.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub port_level_mtls: std::collections::BTreeMap<String, PeerMtls>,
+}
+
+/// One mutual-TLS setting.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PeerMtls {
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+/// Istio's modes, spelled as Istio spells them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum MtlsMode {
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+/// The namespace whose selector-less PeerAuthentication is the mesh-wide default (Istio's
+/// root namespace): the operator's own, by default.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "mesh-system";
+
 /// The priority of a MeshPolicy that gives none.
 pub const DEFAULT_PRIORITY: u32 = 500;
 /// The largest priority a MeshPolicy may have.
@@ -156,5 +208,5 @@ pub const MAX_PRIORITY: u32 = 1000;
 /// Every CRD of the project, in the order `deploy/crds/` lists them.
 pub fn all() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt as _;
-    vec![MeshNode::crd(), MeshPolicy::crd(), ClusterMeshPolicy::crd()]
+    vec![MeshNode::crd(), MeshPolicy::crd(), ClusterMeshPolicy::crd(), PeerAuthentication::crd()]
 }

@@ -17,11 +17,11 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     cluster::{ClusterView, Object, ObjectKey},
-    crd::{ClusterMeshPolicy, MeshPolicy},
+    crd::{ClusterMeshPolicy, MeshPolicy, PeerAuthentication},
 };
 
 /// What the operator reads, as `apiVersion kind`.
-pub const KINDS: [(&str, &str); 9] = [
+pub const KINDS: [(&str, &str); 10] = [
     ("v1", "Namespace"),
     ("v1", "Pod"),
     ("v1", "Service"),
@@ -31,6 +31,7 @@ pub const KINDS: [(&str, &str); 9] = [
     ("v1", "ServiceAccount"),
     ("mesh.dev/v1alpha1", "MeshPolicy"),
     ("mesh.dev/v1alpha1", "ClusterMeshPolicy"),
+    ("mesh.dev/v1alpha1", "PeerAuthentication"),
 ];
 
 /// One problem with one object (or, when it cannot be split into objects, one file).
@@ -285,6 +286,9 @@ fn object(value: &serde_json::Value) -> ObjectResult {
         "MeshPolicy" => Object::MeshPolicy(Box::new(typed_from::<MeshPolicy>(value).map_err(wrong)?)),
         "ClusterMeshPolicy" => {
             Object::ClusterMeshPolicy(Box::new(typed_from::<ClusterMeshPolicy>(value).map_err(wrong)?))
+        }
+        "PeerAuthentication" => {
+            Object::PeerAuthentication(Box::new(typed_from::<PeerAuthentication>(value).map_err(wrong)?))
         }
         // Checked, then set aside: nothing in the model comes from a ServiceAccount object.
         _ => return typed_from::<ServiceAccount>(value).map(|_| None).map_err(wrong),

@@ -59,8 +59,9 @@ struct ServeArgs {
     /// Address of the Prometheus metrics endpoint (`/metrics`).
     #[arg(long, env = "MESH_METRICS_LISTEN", default_value = mesh_operator::metrics::DEFAULT_METRICS_LISTEN)]
     metrics_listen: SocketAddr,
-    /// The namespace the operator runs in, where it publishes its CA (cluster mode).
-    #[arg(long, env = "MESH_NAMESPACE", default_value = "mesh-system")]
+    /// The namespace the operator runs in, where it publishes its CA (cluster mode); a
+    /// PeerAuthentication without a selector here is the mesh-wide default.
+    #[arg(long, env = "MESH_NAMESPACE", default_value = mesh_operator::crd::DEFAULT_ROOT_NAMESPACE)]
     namespace: String,
     /// The agents' ServiceAccount, whose tokens may bootstrap node certificates (cluster mode).
     #[arg(long, env = "MESH_AGENT_SERVICE_ACCOUNT", default_value = "system:serviceaccount:mesh-system:mesh-agent")]
@@ -183,7 +184,7 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
     let tls = serve_args.tls();
     let (identity_file, ready_file) = (serve_args.identity_file.as_path(), serve_args.ready_file.as_deref());
     let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
-    let mut view = open_view(identity_file)?;
+    let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
     let mut dir = LocalDir::new(manifests);
     let epoch = new_epoch();
     let store = Arc::new(Mutex::new(ModelStore::new(epoch.clone())));
@@ -370,7 +371,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     let (identity_file, ready_file) = (serve_args.identity_file.as_path(), serve_args.ready_file.as_deref());
     let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
     use futures::StreamExt as _;
-    let mut view = open_view(identity_file)?;
+    let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
     let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;

@@ -446,6 +446,44 @@ pub fn network_policy(
     Ok(out)
 }
 
+/// A PeerAuthentication, checked: ports are numbers 1-65535, set only with a selector (as
+/// Istio requires). `mesh_wide`: it is in the mesh's root namespace and has no selector.
+pub fn peer_authentication(
+    namespace: &str,
+    name: &str,
+    spec: &crate::crd::PeerAuthenticationSpec,
+    root_namespace: &str,
+) -> Result<api::PeerAuthentication, Invalid> {
+    use crate::crd::MtlsMode;
+    let mode = |mode: MtlsMode| match mode {
+        MtlsMode::Unset => api::MtlsMode::Unset,
+        MtlsMode::Disable => api::MtlsMode::Disable,
+        MtlsMode::Permissive => api::MtlsMode::Permissive,
+        MtlsMode::Strict => api::MtlsMode::Strict,
+    } as i32;
+    if !spec.port_level_mtls.is_empty() && spec.selector.is_none() {
+        return Err(invalid(
+            "spec.portLevelMtls",
+            "per-port modes need a selector: add spec.selector naming the pods whose ports these are",
+        ));
+    }
+    let mut port_modes = std::collections::HashMap::new();
+    for (port, setting) in &spec.port_level_mtls {
+        let number = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            invalid(format!("spec.portLevelMtls.{port}"), "not a port number: use a container port, 1-65535")
+        })?;
+        port_modes.insert(u32::from(number), mode(setting.mode));
+    }
+    Ok(api::PeerAuthentication {
+        namespace: namespace.into(),
+        name: name.into(),
+        mesh_wide: namespace == root_namespace && spec.selector.is_none(),
+        selector: spec.selector.as_ref().map(|s| selector("spec.selector", Some(s))).transpose()?,
+        mode: spec.mtls.as_ref().map_or(api::MtlsMode::Unset as i32, |m| mode(m.mode)),
+        port_modes,
+    })
+}
+
 /// The parts of a MeshPolicy or ClusterMeshPolicy the model takes.
 pub struct MeshPolicyParts<'a> {
     pub namespace_selector: Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
@@ -730,5 +768,45 @@ mod policy_tests {
         for (yaml, field) in cases {
             assert_eq!(cluster_mesh_policy(yaml).unwrap_err().field, field, "{yaml}");
         }
+    }
+
+    fn peer(namespace: &str, yaml: &str) -> Result<api::PeerAuthentication, Invalid> {
+        let p: crate::crd::PeerAuthentication = mesh_common::yaml::document(&format!(
+            "{{apiVersion: mesh.dev/v1alpha1, kind: PeerAuthentication, metadata: {{name: p, namespace: {namespace}}}, {yaml}}}"
+        ))
+        .unwrap();
+        peer_authentication(namespace, "p", &p.spec, crate::crd::DEFAULT_ROOT_NAMESPACE)
+    }
+
+    #[test]
+    fn a_peer_authentication_is_mesh_wide_only_in_the_root_namespace_without_a_selector() {
+        let root = peer("mesh-system", "spec: {mtls: {mode: STRICT}}").unwrap();
+        assert!(root.mesh_wide && root.selector.is_none());
+        assert_eq!(root.mode, api::MtlsMode::Strict as i32);
+        let namespace = peer("demo", "spec: {mtls: {mode: PERMISSIVE}}").unwrap();
+        assert!(!namespace.mesh_wide);
+        let selected = peer(
+            "mesh-system",
+            "spec: {selector: {matchLabels: {app: web}}, portLevelMtls: {'8080': {mode: DISABLE}}}",
+        )
+        .unwrap();
+        assert!(!selected.mesh_wide, "a selector makes it a workload policy, even in the root namespace");
+        assert_eq!(selected.mode, api::MtlsMode::Unset as i32);
+        assert_eq!(selected.port_modes[&8080], api::MtlsMode::Disable as i32);
+    }
+
+    #[test]
+    fn bad_peer_authentications_are_refused_with_the_field() {
+        let err = peer("demo", "spec: {portLevelMtls: {'8080': {mode: STRICT}}}").unwrap_err();
+        assert_eq!(err.field, "spec.portLevelMtls");
+        assert!(err.message.contains("spec.selector"), "{err:?}");
+        let err = peer("demo", "spec: {selector: {}, portLevelMtls: {http: {mode: STRICT}}}").unwrap_err();
+        assert_eq!(err.field, "spec.portLevelMtls.http");
+        let err = peer("demo", "spec: {selector: {}, portLevelMtls: {'0': {mode: STRICT}}}").unwrap_err();
+        assert_eq!(err.field, "spec.portLevelMtls.0");
+        let typo = mesh_common::yaml::document::<crate::crd::PeerAuthentication>(
+            "{apiVersion: mesh.dev/v1alpha1, kind: PeerAuthentication, metadata: {name: p}, spec: {mtls: {mode: STRIKT}}}",
+        );
+        assert!(typo.is_err(), "an unknown mode is refused when read");
     }
 }

@@ -77,6 +77,11 @@ async fn api_server(
                     "spec": {"priority": 10, "ingress": [{"action": "Deny", "peers": [{"podSelector": {"matchLabels": {"app": "other"}}}]}]}
                 })]),
                 "/apis/mesh.dev/v1alpha1/clustermeshpolicies" => list("ClusterMeshPolicy", "mesh.dev/v1alpha1", vec![]),
+                "/apis/mesh.dev/v1alpha1/peerauthentications" => list("PeerAuthentication", "mesh.dev/v1alpha1", vec![json!({
+                    "apiVersion": "mesh.dev/v1alpha1", "kind": "PeerAuthentication",
+                    "metadata": {"name": "default", "namespace": "mesh-system"},
+                    "spec": {"mtls": {"mode": "STRICT"}}
+                })]),
                 other => panic!("unexpected list {other}"),
             });
             continue;
@@ -175,6 +180,12 @@ async fn watches_list_then_follow_and_resume_after_a_break() {
         panic!("the MeshPolicy is not in the model")
     };
     assert_eq!((mesh.priority, mesh.ingress[0].action), (10, mesh_common::api::RuleAction::Deny as i32));
+    let Some(resource::Kind::PeerAuthentication(peer)) =
+        &store.get(&(Kind::PeerAuthentication as i32, "mesh-system".into(), "default".into())).unwrap().kind
+    else {
+        panic!("the PeerAuthentication is not in the model")
+    };
+    assert!(peer.mesh_wide && peer.mode == mesh_common::api::MtlsMode::Strict as i32, "{peer:?}");
     let Some(resource::Kind::Node(node)) =
         &store.get(&(Kind::Node as i32, String::new(), "node-0".into())).unwrap().kind
     else {

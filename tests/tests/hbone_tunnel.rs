@@ -172,10 +172,27 @@ fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_sa
     assert!(matches!(err, TunnelError::Handshake { .. }), "{err}");
     assert!(err.to_string().to_lowercase().contains("issuer"), "{err}");
 
+    // A PeerAuthentication that makes intruder's port plaintext only: never tunnelled.
+    let mut opened = 1;
+    let disable = "apiVersion: mesh.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: intruder-plain, namespace: demo}\nspec:\n  selector: {matchLabels: {app: intruder}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    '9000': {mode: DISABLE}\n";
+    std::fs::write(manifests.join("peer-authentication.yaml"), disable).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let err = loop {
+        match tunnel(&client, &roots, (intruder.ip, ECHO_PORT).into(), &spiffe("intruder")) {
+            Err(err) => break err,
+            Ok(_) => {
+                opened += 1;
+                assert!(Instant::now() < deadline, "the DISABLE port is still tunnelled after 15 s");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(err.to_string().contains("DISABLE"), "{err}");
+
     // node-1's agent counted it all.
     let text = metrics::agent(&node1.netns_path);
-    assert_eq!(metric(&text, "mesh_tunnel_inbound_streams_total{result=\"opened\"}"), 1.0, "{text}");
-    assert_eq!(metric(&text, "mesh_tunnel_inbound_streams_total{result=\"refused\"}"), 2.0, "{text}");
+    assert_eq!(metric(&text, "mesh_tunnel_inbound_streams_total{result=\"opened\"}") as u32, opened, "{text}");
+    assert_eq!(metric(&text, "mesh_tunnel_inbound_streams_total{result=\"refused\"}"), 3.0, "{text}");
     assert!(metric(&text, "mesh_tunnel_inbound_handshakes_total{result=\"failed\"}") >= 1.0, "{text}");
     assert!(metric(&text, "mesh_tunnel_inbound_bytes_total{direction=\"to_pod\"}") >= MARKER.len() as f64, "{text}");
     assert!(

@@ -110,6 +110,9 @@ fn seed(root: &Path) -> anyhow::Result<()> {
                 .push((path.file_name().unwrap_or_default().to_string_lossy().into_owned(), std::fs::read(&path)?));
         }
     }
+    // Kinds no file of deploy/ has an object of.
+    let peer = "apiVersion: mesh.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: web, namespace: demo}\nspec:\n  selector: {matchLabels: {app: web}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {'9090': {mode: PERMISSIVE}}\n";
+    manifests.push(("peer-authentication.yaml".to_owned(), peer.as_bytes().to_vec()));
     for (name, text) in &manifests {
         std::fs::write(corpus("manifests")?.join(name), text)?;
     }

@@ -161,7 +161,8 @@ pub const REASON: &str = "x-mesh-reason";
 
 /// What a CONNECT on a connection opened for `server_name` by `peer` asks for, checked: the
 /// address of a pod of this node whose identity is the one the connection was opened for,
-/// asked for by a peer of this trust domain; or the status and reason of the refusal.
+/// asked for by a peer of this trust domain, on a port whose mode is not DISABLE; or the
+/// status and reason of the refusal.
 pub fn judge(
     method: &Method,
     uri: &http::Uri,
@@ -179,9 +180,10 @@ pub fn judge(
     let IpAddr::V4(ip) = target.ip() else {
         return Err((StatusCode::BAD_REQUEST, format!("{target} is not IPv4")));
     };
-    let Some(destination) = destinations.identity(ip) else {
+    let Some(pod) = destinations.get(ip) else {
         return Err((StatusCode::NOT_FOUND, format!("{ip} is no pod of this node")));
     };
+    let destination = pod.identity;
     if tls::server_name(&destination).ok().is_none_or(|name| name.to_str() != server_name) {
         return Err((
             StatusCode::FORBIDDEN,
@@ -190,6 +192,12 @@ pub fn judge(
     }
     if peer.trust_domain() != trust_domain {
         return Err((StatusCode::FORBIDDEN, format!("{peer} is not of this trust domain")));
+    }
+    if pod.mtls.for_port(target.port()) == super::peer_auth::Mode::Disable {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("{target}: its PeerAuthentication mode is DISABLE (plaintext only), so it is never tunnelled"),
+        ));
     }
     Ok(target)
 }

@@ -4,9 +4,11 @@
 //!
 //! The receiving agent accepts a CONNECT only to a pod of its own node whose identity is the
 //! one it proved to the client, from a client of its trust domain, and then connects to the
-//! pod. [`Destinations`] is what it knows of its node's pods.
+//! pod (not to a port whose PeerAuthentication mode is DISABLE: plaintext only, never
+//! tunnelled; `peer_auth`). [`Destinations`] is what it knows of its node's pods.
 
 pub mod hbone;
+pub mod peer_auth;
 pub mod tls;
 
 use std::{
@@ -24,10 +26,18 @@ use mesh_common::{
 /// The port agents accept tunnels on (Istio's HBONE port).
 pub const HBONE_PORT: u16 = 15008;
 
-/// The pods of this node by address, each with its identity. Cheap to clone (shared).
+/// A pod of this node, as the tunnel's receiving side sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub identity: SpiffeId,
+    /// Its mutual-TLS modes (PeerAuthentication).
+    pub mtls: peer_auth::WorkloadMtls,
+}
+
+/// The pods of this node by address. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct Destinations {
-    pods: Arc<RwLock<HashMap<Ipv4Addr, SpiffeId>>>,
+    pods: Arc<RwLock<HashMap<Ipv4Addr, Destination>>>,
 }
 
 impl Destinations {
@@ -41,20 +51,21 @@ impl Destinations {
                 continue;
             }
             let Ok(identity) = SpiffeId::new(trust_domain.clone(), &w.namespace, &w.service_account) else { continue };
+            let destination = Destination { identity, mtls: peer_auth::resolve(model, w) };
             for ip in w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
-                pods.insert(ip, identity.clone());
+                pods.insert(ip, destination.clone());
             }
         }
         *self.pods.write().expect("never poisoned") = pods;
     }
 
     /// Exactly these pods.
-    pub fn of(pods: impl IntoIterator<Item = (Ipv4Addr, SpiffeId)>) -> Self {
+    pub fn of(pods: impl IntoIterator<Item = (Ipv4Addr, Destination)>) -> Self {
         Self { pods: Arc::new(RwLock::new(pods.into_iter().collect())) }
     }
 
-    /// The identity of the pod at `ip` on this node.
-    pub fn identity(&self, ip: Ipv4Addr) -> Option<SpiffeId> {
+    /// The pod at `ip` on this node.
+    pub fn get(&self, ip: Ipv4Addr) -> Option<Destination> {
         self.pods.read().expect("never poisoned").get(&ip).cloned()
     }
 }
