@@ -6,7 +6,7 @@
 //! agent counts all of it in its metrics.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -74,7 +74,7 @@ fn through_tunnel(
     netns: &Path,
     source: &Issued,
     roots: &[String],
-    from: Ipv4Addr,
+    from: SocketAddr,
     peer: SocketAddr,
     target: SocketAddr,
     destination: &SpiffeId,
@@ -134,7 +134,7 @@ fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_sa
     let roots = vec![client.chain_pem.last().expect("a root").clone()];
     let (node0, node1) = (&lab.nodes[0], &lab.nodes[1]);
     let peer = SocketAddr::from((node1.ip, HBONE_PORT));
-    let from = lab.pod(demo::CLIENT).ip;
+    let from = SocketAddr::from((lab.pod(demo::CLIENT).ip, 40_000));
     let tunnel = |source: &Issued, roots: &[String], target: SocketAddr, destination: &SpiffeId| {
         through_tunnel(&node0.netns_path, source, roots, from, peer, target, destination)
     };
@@ -146,7 +146,7 @@ fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_sa
     // Asked for web's identity (which node-1 holds) but sent to intruder: refused, with why.
     let err = tunnel(&client, &roots, (intruder.ip, ECHO_PORT).into(), &spiffe("web")).unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, TunnelError::Refused { status, .. } if status == 403), "{text}");
+    assert!(matches!(err, TunnelError::Refused { status, .. } if status == 400), "{text}");
     assert!(text.contains("not the identity this connection was opened for"), "{text}");
 
     // web-a is a pod of node-0, not of node-1.

@@ -5,7 +5,7 @@
 //! upgraded byte streams); TLS is `rustls`.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -29,8 +29,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Both ends PING an HTTP/2 connection after this much silence ...
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// ... and close it when the answer takes longer than this.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// ... and close it when the answer takes longer than this (ztunnel's 10 s and 20 s).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 flow-control windows and frame size, ztunnel's: a stream may have 4 MiB in flight,
+/// a connection 16 MiB.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Concurrent CONNECT streams a peer may open on one connection (ztunnel's server limit).
+pub const MAX_STREAMS: u32 = 200;
 /// The `Forwarded` header: who the tunnelled connection is from (RFC 7239, as ztunnel sends it).
 pub const FORWARDED: &str = "forwarded";
 
@@ -121,6 +128,10 @@ pub async fn serve(
             });
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME)
+                .max_concurrent_streams(MAX_STREAMS)
                 .keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service);
@@ -172,7 +183,7 @@ pub fn judge(
     trust_domain: &mesh_common::identity::TrustDomain,
 ) -> Result<SocketAddr, (StatusCode, String)> {
     if method != Method::CONNECT {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not CONNECT")));
+        return Err((StatusCode::BAD_REQUEST, format!("{method} is not CONNECT")));
     }
     let Some(target) = uri.authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) else {
         return Err((StatusCode::BAD_REQUEST, format!("the authority of {uri} is not an address and port")));
@@ -181,21 +192,21 @@ pub fn judge(
         return Err((StatusCode::BAD_REQUEST, format!("{target} is not IPv4")));
     };
     let Some(pod) = destinations.get(ip) else {
-        return Err((StatusCode::NOT_FOUND, format!("{ip} is no pod of this node")));
+        return Err((StatusCode::BAD_REQUEST, format!("{ip} is no pod of this node")));
     };
     let destination = pod.identity;
     if tls::server_name(&destination).ok().is_none_or(|name| name.to_str() != server_name) {
         return Err((
-            StatusCode::FORBIDDEN,
+            StatusCode::BAD_REQUEST,
             format!("{target} is {destination}, not the identity this connection was opened for ({server_name})"),
         ));
     }
     if peer.trust_domain() != trust_domain {
-        return Err((StatusCode::FORBIDDEN, format!("{peer} is not of this trust domain")));
+        return Err((StatusCode::UNAUTHORIZED, format!("{peer} is not of this trust domain")));
     }
     if pod.mtls.for_port(target.port()) == super::peer_auth::Mode::Disable {
         return Err((
-            StatusCode::FORBIDDEN,
+            StatusCode::UNAUTHORIZED,
             format!("{target}: its PeerAuthentication mode is DISABLE (plaintext only), so it is never tunnelled"),
         ));
     }
@@ -234,7 +245,7 @@ async fn accept_stream(
         Ok(Err(err)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, format!("connecting to {target}: {err}")),
         Err(_) => {
             return refuse(
-                StatusCode::GATEWAY_TIMEOUT,
+                StatusCode::SERVICE_UNAVAILABLE,
                 format!("connecting to {target}: no answer in {CONNECT_TIMEOUT:?}"),
             );
         }
@@ -254,15 +265,21 @@ async fn accept_stream(
     answer(StatusCode::OK, "")
 }
 
+/// The `Forwarded` value naming the client, as ztunnel writes it: `for="<ip>:<port>"`
+/// (RFC 7239 quotes an address with a port; IPv6 in brackets).
+pub fn forwarded_for(client: SocketAddr) -> String {
+    format!("for=\"{client}\"")
+}
+
 /// A tunnelled connection: read and write it as the TCP connection it carries.
 pub type Stream = TokioIo<hyper::upgrade::Upgraded>;
 
 /// The sending side of one tunnelled connection: the client pod's certificate, the roots its
-/// peer's chain must lead to, and the client pod's address (sent in `Forwarded`).
+/// peer's chain must lead to, and the client's address and port (sent in `Forwarded`).
 pub struct Source<'a> {
     pub issued: &'a Issued,
     pub roots: &'a [String],
-    pub address: Ipv4Addr,
+    pub address: SocketAddr,
 }
 
 /// Opens a tunnel from `source` to `target` (a pod with identity `destination`) through the
@@ -292,6 +309,9 @@ pub async fn connect(
         .map_err(|source| TunnelError::Handshake { peer, source })?;
     let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
@@ -306,7 +326,7 @@ pub async fn connect(
     let request = Request::builder()
         .method(Method::CONNECT)
         .uri(target.to_string())
-        .header(FORWARDED, format!("for={}", source.address))
+        .header(FORWARDED, forwarded_for(source.address))
         .body(Empty::<Bytes>::new())
         .expect("a CONNECT to an address is a valid request");
     let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, sender.send_request(request))
