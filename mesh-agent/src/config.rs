@@ -64,6 +64,10 @@ pub const ENV_METRICS_ADDRESS: &str = "MESH_METRICS_ADDRESS";
 /// TCP address the agent accepts mutual-TLS tunnels (HBONE) on, inside the node's network
 /// namespace; `off` to accept none. Served only with workload certificates (`--tls-dir`).
 pub const ENV_TUNNEL_ADDRESS: &str = "MESH_TUNNEL_ADDRESS";
+/// Seconds a stopping agent lets tunnelled connections finish (0-3600) after it stopped
+/// accepting new ones; keep the pod's terminationGracePeriodSeconds above it.
+pub const ENV_TUNNEL_DRAIN_SECONDS: &str = "MESH_TUNNEL_DRAIN_SECONDS";
+pub const DEFAULT_TUNNEL_DRAIN_SECONDS: u64 = 20;
 /// Size of the flow event ring buffer in bytes: a power of two, at least 4096.
 pub const ENV_EVENTS_BYTES: &str = "MESH_EVENTS_BYTES";
 /// How much of each TCP connection the socket programs report: `none`, `low`, `medium` or
@@ -80,6 +84,8 @@ pub const DEFAULT_OBSERVER_SOCKET: &str = "/var/run/mesh/observer.sock";
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9965";
 /// Istio's HBONE port, on every address of the node: peer agents reach it over the network.
 pub const DEFAULT_TUNNEL_ADDRESS: &str = "0.0.0.0:15008";
+/// The longest tunnel drain.
+pub const MAX_TUNNEL_DRAIN_SECONDS: u64 = 3600;
 /// The most flows the agent may be asked to keep.
 pub const MAX_FLOW_BUFFER: usize = 1 << 22;
 /// What turns a listener off.
@@ -172,6 +178,9 @@ pub struct Args {
     /// TCP address of the mutual-TLS tunnel (HBONE; in the node's network namespace), or "off".
     #[arg(long, env = ENV_TUNNEL_ADDRESS, default_value = DEFAULT_TUNNEL_ADDRESS)]
     pub tunnel_address: String,
+    /// Seconds a stopping agent lets tunnelled connections finish.
+    #[arg(long, env = ENV_TUNNEL_DRAIN_SECONDS, default_value_t = DEFAULT_TUNNEL_DRAIN_SECONDS)]
+    pub tunnel_drain_seconds: u64,
     /// The mesh's trust domain: workload identities are spiffe://<this>/ns/<ns>/sa/<sa>; the
     /// operator's must be the same.
     #[arg(long, env = ENV_TRUST_DOMAIN, default_value = mesh_common::identity::DEFAULT_TRUST_DOMAIN)]
@@ -197,6 +206,7 @@ pub struct Config {
     pub observer_socket: Option<PathBuf>,
     pub metrics_address: Option<std::net::SocketAddr>,
     pub tunnel_address: Option<std::net::SocketAddr>,
+    pub tunnel_drain: std::time::Duration,
     pub trust_domain: TrustDomain,
 }
 
@@ -232,6 +242,8 @@ pub enum ConfigError {
     Address { key: &'static str, value: String },
     #[error("{key}: {source}")]
     TrustDomain { key: &'static str, source: mesh_common::identity::IdentityError },
+    #[error("{key}: {value} s is too long a drain: give at most {MAX_TUNNEL_DRAIN_SECONDS} s")]
+    TunnelDrain { key: &'static str, value: u64 },
 }
 
 /// The largest flow event ring buffer: 1 GiB.
@@ -328,6 +340,10 @@ impl Config {
         let observer_address = address(ENV_OBSERVER_ADDRESS, &args.observer_address)?;
         let metrics_address = address(ENV_METRICS_ADDRESS, &args.metrics_address)?;
         let tunnel_address = address(ENV_TUNNEL_ADDRESS, &args.tunnel_address)?;
+        if args.tunnel_drain_seconds > MAX_TUNNEL_DRAIN_SECONDS {
+            return Err(ConfigError::TunnelDrain { key: ENV_TUNNEL_DRAIN_SECONDS, value: args.tunnel_drain_seconds });
+        }
+        let tunnel_drain = std::time::Duration::from_secs(args.tunnel_drain_seconds);
         let observer_socket = (args.observer_socket != OFF).then(|| PathBuf::from(&args.observer_socket));
         let trust_domain =
             args.trust_domain.parse().map_err(|source| ConfigError::TrustDomain { key: ENV_TRUST_DOMAIN, source })?;
@@ -340,6 +356,7 @@ impl Config {
             observer_socket,
             metrics_address,
             tunnel_address,
+            tunnel_drain,
             node_name: args.node_name,
             cgroup: args.cgroup,
             bpffs,
@@ -421,6 +438,7 @@ mod tests {
             observer_socket: DEFAULT_OBSERVER_SOCKET.into(),
             metrics_address: DEFAULT_METRICS_ADDRESS.into(),
             tunnel_address: DEFAULT_TUNNEL_ADDRESS.into(),
+            tunnel_drain_seconds: DEFAULT_TUNNEL_DRAIN_SECONDS,
             trust_domain: mesh_common::identity::DEFAULT_TRUST_DOMAIN.into(),
         };
         let err = Config::from_args(args).unwrap_err().to_string();

@@ -261,7 +261,18 @@ async fn serve(
     }
     // Tunnels need workload certificates, which come only over mutual TLS to the operator.
     if let Some(address) = config.tunnel_address.filter(|_| state.certificates.enabled()) {
-        let listener = bind(address, config::ENV_TUNNEL_ADDRESS)?;
+        // SO_REUSEPORT: a new agent binds the port while this one drains its tunnels.
+        let socket = netns::run_in(config.netns.as_deref(), || {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(address)?;
+            Ok::<_, std::io::Error>(socket)
+        })?
+        .with_context(|| {
+            format!("{}: cannot listen on {address}; give another address or \"off\"", config::ENV_TUNNEL_ADDRESS)
+        })?;
+        let listener = socket.listen(1024)?;
         tracing::info!(%address, "accepting mutual-TLS tunnels (HBONE)");
         let inbound = tunnel::hbone::Inbound {
             certificates: state.certificates.clone(),
@@ -270,13 +281,14 @@ async fn serve(
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
         };
         let stop = drain.signal();
-        drain.track(
+        drain.track_for(
             "tunnel",
             tokio::spawn(async move {
                 if let Err(err) = tunnel::hbone::serve(listener, inbound, stop).await {
                     tracing::error!("the tunnel listener stopped: {err}");
                 }
             }),
+            config.tunnel_drain,
         );
     }
     let observer = Observer { store: store.clone(), directory: directory.clone() };

@@ -11,7 +11,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Drain {
     stop: tokio::sync::watch::Sender<bool>,
-    servers: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    /// Each with its own grace period, if it has one (else the drain's timeout).
+    servers: Vec<(&'static str, tokio::task::JoinHandle<()>, Option<Duration>)>,
 }
 
 impl Default for Drain {
@@ -31,18 +32,25 @@ impl Drain {
 
     /// Waits for `server` (a spawned task serving until [`Self::signal`]) when draining.
     pub fn track(&mut self, name: &'static str, server: tokio::task::JoinHandle<()>) {
-        self.servers.push((name, server));
+        self.servers.push((name, server, None));
     }
 
-    /// Starts the drain and waits for every server, for at most `timeout` in all; returns
-    /// the servers that had not finished (their connections are closed when the process
-    /// ends).
+    /// The same, for a server whose connections get `grace` to finish instead of the drain's
+    /// timeout (tunnels carrying applications' connections).
+    pub fn track_for(&mut self, name: &'static str, server: tokio::task::JoinHandle<()>, grace: Duration) {
+        self.servers.push((name, server, Some(grace)));
+    }
+
+    /// Starts the drain and waits for every server, for at most `timeout` (or the server's own
+    /// grace period) from now; returns the servers that had not finished (their connections
+    /// are closed when the process ends).
     pub async fn run(self, timeout: Duration) -> Vec<&'static str> {
         let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
         let mut open = Vec::new();
-        for (name, server) in self.servers {
-            if tokio::time::timeout_at(deadline, server).await.is_err() {
+        // Every deadline counts from the start, so waiting in turn waits no longer.
+        for (name, server, grace) in self.servers {
+            if tokio::time::timeout_at(started + grace.unwrap_or(timeout), server).await.is_err() {
                 open.push(name);
             }
         }

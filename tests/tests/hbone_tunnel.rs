@@ -104,34 +104,51 @@ fn metric(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
 }
 
-#[test]
-fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_says_why() {
-    if !privileged("a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_says_why") {
-        return;
-    }
+/// A two-node demo lab with the operator's CA, both agents over mutual TLS (node-1's with
+/// `node1_args` too), a server in intruder (node-1; no policy isolates it), and the certificate
+/// node-0's agent would hold for its client pod.
+struct Setup {
+    lab: mesh_tests::lab::Lab,
+    manifests: std::path::PathBuf,
+    operator: Operator,
+    agents: Vec<Agent>,
+    client: Issued,
+    roots: Vec<String>,
+}
+
+fn setup(node1_args: &[&str]) -> Setup {
     let (lab, manifests) = demo::lab().expect("lab");
     let pki = lab.dir.join("pki");
     let bundles: Vec<_> = lab.nodes.iter().map(|n| Operator::issue(&lab, &pki, &n.name).expect("bundle")).collect();
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let pki_arg = pki.display().to_string();
     let operator = Operator::start_with(&lab, &manifests, listen, &["--pki-dir", &pki_arg]).expect("operator serves");
-    let _agents: Vec<Agent> = lab
+    let agents: Vec<Agent> = lab
         .nodes
         .iter()
         .zip(&bundles)
-        .map(|(node, bundle)| {
+        .enumerate()
+        .map(|(n, (node, bundle))| {
             let bundle = bundle.display().to_string();
-            Agent::follow(&lab, node, &operator.tls_endpoint(), &["--tls-dir", &bundle]).expect("agent ready over TLS")
+            let extra = if n == 1 { node1_args } else { &[] };
+            let args = [&["--tls-dir", bundle.as_str()], extra].concat();
+            Agent::follow(&lab, node, &operator.tls_endpoint(), &args).expect("agent ready over TLS")
         })
         .collect();
-    // intruder is on node-1 and no policy isolates it: its server answers whoever connects.
-    let intruder = lab.pod(demo::INTRUDER);
-    labnet::serve(&lab, intruder, ECHO_PORT, REPLY).expect("a server in intruder");
+    labnet::serve(&lab, lab.pod(demo::INTRUDER), ECHO_PORT, REPLY).expect("a server in intruder");
     wait_for_certificates(&lab, "node-1", &["intruder", "web"]);
-
-    // What node-0's agent holds for its client pod: a certificate from the CA.
     let client = issue(&operator.tls_endpoint(), &bundles[0], &spiffe("client")).expect("client's certificate");
     let roots = vec![client.chain_pem.last().expect("a root").clone()];
+    Setup { lab, manifests, operator, agents, client, roots }
+}
+
+#[test]
+fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_says_why() {
+    if !privileged("a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_says_why") {
+        return;
+    }
+    let Setup { lab, manifests, operator: _operator, agents: _agents, client, roots } = setup(&[]);
+    let intruder = lab.pod(demo::INTRUDER);
     let (node0, node1) = (&lab.nodes[0], &lab.nodes[1]);
     let peer = SocketAddr::from((node1.ip, HBONE_PORT));
     let from = SocketAddr::from((lab.pod(demo::CLIENT).ip, 40_000));
@@ -199,4 +216,95 @@ fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_sa
         metric(&text, "mesh_tunnel_inbound_bytes_total{direction=\"from_pod\"}") >= (REPLY.len() + MARKER.len()) as f64,
         "{text}"
     );
+}
+
+/// What the main thread tells the thread holding a tunnelled connection.
+enum Step {
+    Echo,
+    Close,
+}
+
+#[test]
+fn a_stopping_agent_refuses_new_tunnels_and_drains_the_open_ones() {
+    if !privileged("a_stopping_agent_refuses_new_tunnels_and_drains_the_open_ones") {
+        return;
+    }
+    let Setup { lab, operator: _operator, agents, client, roots, .. } = setup(&["--tunnel-drain-seconds", "30"]);
+    let intruder = lab.pod(demo::INTRUDER);
+    let (node0, node1) = (&lab.nodes[0], &lab.nodes[1]);
+    let peer = SocketAddr::from((node1.ip, HBONE_PORT));
+    let from = SocketAddr::from((lab.pod(demo::CLIENT).ip, 40_001));
+    let target = SocketAddr::from((intruder.ip, ECHO_PORT));
+
+    // A connection held open through node-1's agent, driven step by step from here.
+    let (steps, step_rx) = std::sync::mpsc::channel::<Step>();
+    let (said, heard) = std::sync::mpsc::channel::<String>();
+    let netns = node0.netns_path.clone();
+    let (source, held_roots) = (client.clone(), roots.clone());
+    let holder = std::thread::spawn(move || {
+        mesh_agent::netns::run_in(Some(&netns), move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async {
+                let sockets = mesh_agent::netns::Sockets::new(None).expect("no namespace to enter");
+                let source = Source { issued: &source, roots: &held_roots, address: from };
+                let mut stream =
+                    hbone::connect(&sockets, source, peer, target, &spiffe("intruder")).await.expect("a tunnel");
+                let read_some = async |stream: &mut hbone::Stream| {
+                    let mut buf = vec![0u8; 256];
+                    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+                    String::from_utf8_lossy(&buf[..n.map_or(0, |n| n.unwrap_or(0))]).into_owned()
+                };
+                said.send(read_some(&mut stream).await).unwrap();
+                while let Ok(step) = step_rx.recv() {
+                    match step {
+                        Step::Echo => {
+                            let wrote = stream.write_all(MARKER.as_bytes()).await;
+                            let echo = if wrote.is_ok() { read_some(&mut stream).await } else { String::new() };
+                            said.send(echo).unwrap();
+                        }
+                        Step::Close => {
+                            let _ = stream.shutdown().await;
+                            let mut rest = Vec::new();
+                            let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .expect("node-0's namespace");
+    });
+    let first = heard.recv_timeout(Duration::from_secs(15)).expect("the held connection opens");
+    assert_eq!(first, format!("{REPLY}\n"));
+
+    // SIGTERM: node-1's agent stops taking tunnels ...
+    let agent = &agents[1];
+    lab.signal(agent.pid, libc::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match through_tunnel(&node0.netns_path, &client, &roots, from, peer, target, &spiffe("intruder")) {
+            Err(err) => break err,
+            Ok(_) => assert!(Instant::now() < deadline, "a stopping agent still takes new tunnels after 10 s"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(matches!(refused, TunnelError::Connect { .. }), "{refused}");
+    // ... while the open one still carries bytes both ways, and the agent waits for it.
+    steps.send(Step::Echo).unwrap();
+    assert_eq!(heard.recv_timeout(Duration::from_secs(15)).expect("an echo"), MARKER, "{}", agent.log());
+    assert!(lab.try_wait(agent.pid).expect("a lab process").is_none(), "the agent left before its tunnel ended");
+
+    // Once it ends, the agent exits cleanly, well before its 30 s grace period.
+    steps.send(Step::Close).unwrap();
+    holder.join().expect("the holder thread");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = lab.try_wait(agent.pid).expect("a lab process") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit once its last tunnel ended:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "agent exit: {status}\n{}", agent.log());
+    assert!(agent.log().contains("draining tunnels"), "{}", agent.log());
 }

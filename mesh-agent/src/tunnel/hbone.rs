@@ -80,7 +80,8 @@ pub struct Inbound {
 }
 
 /// Accepts tunnels on `listener` until `stop` resolves; then asks every open HTTP/2
-/// connection to finish (GOAWAY: open streams continue, new ones go elsewhere).
+/// connection to finish (GOAWAY: open streams continue, new ones go elsewhere) and returns
+/// when the last one has ended (the caller bounds the wait: the drain's grace period).
 pub async fn serve(
     listener: TcpListener,
     inbound: Inbound,
@@ -89,17 +90,24 @@ pub async fn serve(
     let config = tls::server_config(inbound.certificates.clone()).map_err(std::io::Error::other)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let (stopping, _) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => accepted?,
             () = &mut stop => {
+                drop(listener);
                 let _ = stopping.send(true);
+                if !connections.is_empty() {
+                    tracing::info!(open = connections.len(), "draining tunnels");
+                }
+                while connections.join_next().await.is_some() {}
                 return Ok(());
             }
         };
         let (acceptor, inbound, mut stopping) = (acceptor.clone(), inbound.clone(), stopping.subscribe());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = stream.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
