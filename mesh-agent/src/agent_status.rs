@@ -9,7 +9,9 @@ use std::{
     },
 };
 
-use mesh_common::api::{AgentStatusRequest, AgentStatusResponse, AttachedProgram, MapFill, agent_status_server};
+use mesh_common::api::{
+    AgentStatusRequest, AgentStatusResponse, AttachedProgram, MapFill, PodMtls, TunnelStatus, agent_status_server,
+};
 
 use crate::{flows::store::FlowStore, identity::Certificates, map_fill};
 
@@ -22,6 +24,10 @@ pub struct AgentState {
     pub certificates: Certificates,
     /// What the tunnel's receiving side counted.
     pub tunnel: Arc<crate::tunnel::hbone::InboundStats>,
+    /// This node's pods as the tunnel sees them.
+    pub destinations: crate::tunnel::Destinations,
+    /// Where the tunnel is served, once it is.
+    tunnel_address: Arc<Mutex<Option<std::net::SocketAddr>>>,
     ready: Arc<AtomicBool>,
     programs: Arc<Mutex<Vec<AttachedProgram>>>,
 }
@@ -34,9 +40,16 @@ impl AgentState {
             store,
             certificates,
             tunnel: Arc::default(),
+            destinations: crate::tunnel::Destinations::default(),
+            tunnel_address: Arc::default(),
             ready: Arc::default(),
             programs: Arc::default(),
         }
+    }
+
+    /// Records that the tunnel is served at `address`.
+    pub fn set_tunnel_address(&self, address: std::net::SocketAddr) {
+        *self.tunnel_address.lock().expect("never poisoned") = Some(address);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -77,6 +90,34 @@ impl AgentState {
             max_flows: stats.max_flows,
             certificates_enabled: self.certificates.enabled(),
             certificates: self.certificates.status(),
+            tunnel: Some(self.tunnel_status()),
+            pods_mtls: self
+                .destinations
+                .pods()
+                .into_iter()
+                .map(|pod| PodMtls {
+                    pod: pod.pod,
+                    identity: pod.identity.to_string(),
+                    mode: pod.mtls.mode.as_str().to_owned(),
+                    port_modes: pod.mtls.ports.iter().map(|(port, mode)| format!("{port}={}", mode.as_str())).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn tunnel_status(&self) -> TunnelStatus {
+        let address = *self.tunnel_address.lock().expect("never poisoned");
+        let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let t = &self.tunnel;
+        TunnelStatus {
+            enabled: address.is_some(),
+            address: address.map(|a| a.to_string()).unwrap_or_default(),
+            handshakes: count(&t.handshakes),
+            handshake_failures: count(&t.handshake_failures),
+            streams_opened: count(&t.streams),
+            streams_refused: count(&t.refused),
+            bytes_to_pods: count(&t.bytes_in),
+            bytes_from_pods: count(&t.bytes_out),
         }
     }
 }

@@ -86,8 +86,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Workload certificates come from the operator's CA, served only over mutual TLS.
     let certificates = Certificates::new(config.trust_domain.clone(), config.tls.is_some());
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone(), certificates.clone());
-    let destinations = tunnel::Destinations::default();
-    let served = runtime.block_on(serve(&config, &store, &directory, &agent, &destinations, events, lost_events));
+    let destinations = agent.destinations.clone();
+    let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events));
     let drain = match served {
         Ok(drain) => drain,
         Err(err) => {
@@ -234,7 +234,6 @@ async fn serve(
     store: &FlowStore,
     directory: &SharedDirectory,
     state: &AgentState,
-    destinations: &tunnel::Destinations,
     events: RingBuf<MapData>,
     lost_events: PerCpuArray<MapData, u64>,
 ) -> anyhow::Result<Drain> {
@@ -276,10 +275,11 @@ async fn serve(
         tracing::info!(%address, "accepting mutual-TLS tunnels (HBONE)");
         let inbound = tunnel::hbone::Inbound {
             certificates: state.certificates.clone(),
-            destinations: destinations.clone(),
+            destinations: state.destinations.clone(),
             stats: state.tunnel.clone(),
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
         };
+        state.set_tunnel_address(address);
         let stop = drain.signal();
         drain.track_for(
             "tunnel",

@@ -93,7 +93,7 @@ pub fn certificate_answer(bytes: &[u8], public_key: &[u8]) -> Result<String, Str
         IstioCertificateResponse::decode(bytes).map_err(|err| format!("not an IstioCertificateResponse: {err}"))?;
     let identity =
         SpiffeId::new(TrustDomain::default(), ANSWER_IDENTITY.0, ANSWER_IDENTITY.1).expect("a valid identity");
-    crate::identity::ca_client::check_chain(&answer.cert_chain, &identity, public_key).map(|(serial, _, _)| serial)
+    crate::identity::ca_client::check_chain(&answer.cert_chain, &identity, public_key).map(|checked| checked.serial)
 }
 
 /// The one pod of the node [`tunnel_request`] judges for: demo/web at this address.
@@ -114,7 +114,10 @@ pub fn tunnel_request(peer_certificate: &[u8], server_name: &str, uri: &str) -> 
         mode: crate::tunnel::peer_auth::Mode::Strict,
         ports: [(9, crate::tunnel::peer_auth::Mode::Disable)].into(),
     };
-    let destinations = crate::tunnel::Destinations::of([(TUNNEL_POD, crate::tunnel::Destination { identity, mtls })]);
+    let destinations = crate::tunnel::Destinations::of([(
+        TUNNEL_POD,
+        crate::tunnel::Destination { pod: "demo/web".into(), identity, mtls },
+    )]);
     crate::tunnel::hbone::judge(
         &http::Method::CONNECT,
         &uri,

@@ -179,6 +179,7 @@ fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_sa
         key_pem: read("tls.key"),
         chain_pem: vec![read("tls.crt"), read("ca.crt")],
         serial: String::new(),
+        issuer: String::new(),
         not_before: 0,
         not_after: i64::MAX,
     };
@@ -205,6 +206,12 @@ fn a_connection_crosses_nodes_through_the_mutual_tls_tunnel_and_every_refusal_sa
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(err.to_string().contains("DISABLE"), "{err}");
+    // meshctl shows it, with the tunnel's counts and who issued the certificates.
+    let text = meshctl::run(&observer_socket(&lab, "node-1"), &["status"]).stdout;
+    let intruder_line = text.lines().find(|l| l.trim_start().starts_with("demo/intruder")).unwrap_or_default();
+    assert!(intruder_line.contains(" STRICT ") && intruder_line.contains("9000=DISABLE"), "{text}");
+    assert!(text.contains(&format!("Tunnel (HBONE) on 0.0.0.0:{HBONE_PORT}:")), "{text}");
+    assert!(text.contains("issued by "), "{text}");
 
     // node-1's agent counted it all.
     let text = metrics::agent(&node1.netns_path);

@@ -89,7 +89,9 @@ impl CaClient {
         tokio::task::spawn_blocking(move || {
             let chain_pem = answer.cert_chain;
             match check_chain(&chain_pem, &identity, &public_key) {
-                Ok((serial, not_before, not_after)) => Ok(Issued { key_pem, chain_pem, serial, not_before, not_after }),
+                Ok(Checked { serial, issuer, not_before, not_after }) => {
+                    Ok(Issued { key_pem, chain_pem, serial, issuer, not_before, not_after })
+                }
                 Err(reason) => Err(CertError::Answer { identity, reason }),
             }
         })
@@ -98,10 +100,20 @@ impl CaClient {
     }
 }
 
+/// What [`check_chain`] read from a leaf it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Hex.
+    pub serial: String,
+    pub issuer: String,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
 /// Checks that `chain` (PEM, leaf first) names exactly `identity` for the key whose public
-/// half is `public_key`, and is valid now. Returns the leaf's serial (hex) and validity (unix
-/// seconds).
-pub fn check_chain(chain: &[String], identity: &SpiffeId, public_key: &[u8]) -> Result<(String, i64, i64), String> {
+/// half is `public_key`, and is valid now.
+pub fn check_chain(chain: &[String], identity: &SpiffeId, public_key: &[u8]) -> Result<Checked, String> {
     use x509_parser::{extensions::GeneralName, pem::parse_x509_pem};
     let leaf_pem = chain.first().ok_or("the chain is empty")?;
     if chain.len() < 2 {
@@ -134,7 +146,12 @@ pub fn check_chain(chain: &[String], identity: &SpiffeId, public_key: &[u8]) -> 
     if not_after <= super::unix_now() {
         return Err("the leaf has expired already".into());
     }
-    Ok((leaf.raw_serial_as_string().replace(':', ""), not_before, not_after))
+    Ok(Checked {
+        serial: leaf.raw_serial_as_string().replace(':', ""),
+        issuer: leaf.issuer().to_string(),
+        not_before,
+        not_after,
+    })
 }
 
 #[cfg(test)]
@@ -161,7 +178,8 @@ mod tests {
         let ca = WorkloadCa::open(dir.path(), TrustDomain::default(), Duration::from_secs(3600)).unwrap();
         let web = id("demo", "web");
         let (chain, key) = signed(&ca, &web, Duration::from_secs(600));
-        let (serial, not_before, not_after) = check_chain(&chain, &web, &key).unwrap();
+        let Checked { serial, issuer, not_before, not_after } = check_chain(&chain, &web, &key).unwrap();
+        assert!(issuer.contains("CN="), "the workload CA's subject: {issuer}");
         assert!(!serial.is_empty() && serial.chars().all(|c| c.is_ascii_hexdigit()), "{serial}");
         let now = crate::identity::unix_now();
         assert!(not_before <= now && (not_after - now - 600).abs() <= 5, "{not_before} {not_after} {now}");

@@ -35,6 +35,8 @@ pub struct Issued {
     pub chain_pem: Vec<String>,
     /// The leaf's serial number in hex.
     pub serial: String,
+    /// The leaf's issuer (the workload CA's subject).
+    pub issuer: String,
     pub not_before: i64,
     pub not_after: i64,
 }
@@ -167,6 +169,7 @@ impl Certificates {
                     failures: slot.failures,
                     last_error: slot.last_error.unwrap_or_default(),
                     chain_length: issued.map_or(0, |i| i.chain_pem.len() as u32),
+                    issuer: issued.map(|i| i.issuer.clone()).unwrap_or_default(),
                 }
             })
             .collect()

@@ -29,6 +29,8 @@ pub const HBONE_PORT: u16 = 15008;
 /// A pod of this node, as the tunnel's receiving side sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
+    /// `namespace/name`.
+    pub pod: String,
     pub identity: SpiffeId,
     /// Its mutual-TLS modes (PeerAuthentication).
     pub mtls: peer_auth::WorkloadMtls,
@@ -51,7 +53,8 @@ impl Destinations {
                 continue;
             }
             let Ok(identity) = SpiffeId::new(trust_domain.clone(), &w.namespace, &w.service_account) else { continue };
-            let destination = Destination { identity, mtls: peer_auth::resolve(model, w) };
+            let pod = format!("{}/{}", w.namespace, w.name);
+            let destination = Destination { pod, identity, mtls: peer_auth::resolve(model, w) };
             for ip in w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
                 pods.insert(ip, destination.clone());
             }
@@ -62,6 +65,15 @@ impl Destinations {
     /// Exactly these pods.
     pub fn of(pods: impl IntoIterator<Item = (Ipv4Addr, Destination)>) -> Self {
         Self { pods: Arc::new(RwLock::new(pods.into_iter().collect())) }
+    }
+
+    /// Every pod, once (a pod with several addresses is listed once), by name.
+    pub fn pods(&self) -> Vec<Destination> {
+        let pods = self.pods.read().expect("never poisoned");
+        let mut all: Vec<Destination> = pods.values().cloned().collect();
+        all.sort_by(|a, b| a.pod.cmp(&b.pod));
+        all.dedup_by(|a, b| a.pod == b.pod);
+        all
     }
 
     /// The pod at `ip` on this node.

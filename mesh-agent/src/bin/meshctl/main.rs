@@ -314,9 +314,36 @@ fn print_certificates(agent: &mesh_common::api::AgentStatusResponse) {
             within(c.next_request_unix),
             if c.serial.is_empty() { "-" } else { &c.serial }
         );
+        if !c.issuer.is_empty() {
+            println!("    issued by {}", c.issuer);
+        }
         if !c.last_error.is_empty() {
             println!("    last error ({} failed in a row): {}", c.failures, c.last_error);
         }
+    }
+}
+
+/// The tunnel's receiving side and the local pods' mutual-TLS modes.
+fn print_tunnel(agent: &mesh_common::api::AgentStatusResponse) {
+    let Some(tunnel) = agent.tunnel.as_ref().filter(|t| t.enabled) else {
+        println!("Tunnel (HBONE): off (it needs workload certificates, and a tunnel address other than \"off\")");
+        return;
+    };
+    println!(
+        "Tunnel (HBONE) on {}: {} handshakes ({} failed), {} connections ({} refused), {} bytes to pods, {} from pods",
+        tunnel.address,
+        tunnel.handshakes,
+        tunnel.handshake_failures,
+        tunnel.streams_opened,
+        tunnel.streams_refused,
+        tunnel.bytes_to_pods,
+        tunnel.bytes_from_pods
+    );
+    println!("Pods' mutual TLS ({}):", agent.pods_mtls.len());
+    println!("  {:<32} {:<52} {:<11} PORTS", "POD", "IDENTITY", "MODE");
+    for pod in &agent.pods_mtls {
+        let ports = if pod.port_modes.is_empty() { "-".to_owned() } else { pod.port_modes.join(" ") };
+        println!("  {:<32} {:<52} {:<11} {ports}", pod.pod, pod.identity, pod.mode);
     }
 }
 
@@ -365,6 +392,23 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
                 "failures": c.failures,
                 "last_error": c.last_error,
                 "chain_length": c.chain_length,
+                "issuer": c.issuer,
+            })).collect::<Vec<_>>(),
+            "tunnel": agent.tunnel.as_ref().map(|t| serde_json::json!({
+                "enabled": t.enabled,
+                "address": t.address,
+                "handshakes": t.handshakes,
+                "handshake_failures": t.handshake_failures,
+                "streams_opened": t.streams_opened,
+                "streams_refused": t.streams_refused,
+                "bytes_to_pods": t.bytes_to_pods,
+                "bytes_from_pods": t.bytes_from_pods,
+            })),
+            "pods_mtls": agent.pods_mtls.iter().map(|p| serde_json::json!({
+                "pod": p.pod,
+                "identity": p.identity,
+                "mode": p.mode,
+                "port_modes": p.port_modes,
             })).collect::<Vec<_>>(),
         });
         println!("{value}");
@@ -409,5 +453,6 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
         println!("  {:<16} {entries:>10} {:>10} {fill:>7}", m.name, m.capacity);
     }
     print_certificates(&agent);
+    print_tunnel(&agent);
     Ok(())
 }
