@@ -35,6 +35,17 @@ impl Operator {
         Ok(Self { pid, addr, log_file })
     }
 
+    /// The operator with its CA (`--pki-dir <lab>/pki`) and `extra_args`, on a free loopback
+    /// port, with a TLS bundle issued for every node of the lab (in node order).
+    pub fn start_with_pki(lab: &Lab, manifests: &std::path::Path, extra_args: &[&str]) -> Result<(Self, Vec<PathBuf>)> {
+        let pki = lab.dir.join("pki");
+        let bundles = lab.nodes.iter().map(|n| Self::issue(lab, &pki, &n.name)).collect::<Result<Vec<_>>>()?;
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let pki_arg = pki.display().to_string();
+        let operator = Self::start_with(lab, manifests, listen, &[&["--pki-dir", &pki_arg], extra_args].concat())?;
+        Ok((operator, bundles))
+    }
+
     /// Starts the operator without waiting for it: its pid, ready file and log.
     pub fn spawn(lab: &Lab, manifests: &std::path::Path, listen: SocketAddr) -> Result<(u32, PathBuf, PathBuf)> {
         Self::spawn_with(lab, manifests, listen, &[])

@@ -131,11 +131,7 @@ fn the_stream_is_mutual_tls_and_each_agent_proves_its_node() {
         return;
     }
     let (lab, manifests) = demo::lab().expect("lab");
-    let pki = lab.dir.join("pki");
-    let bundles: Vec<_> = lab.nodes.iter().map(|n| Operator::issue(&lab, &pki, &n.name).expect("bundle")).collect();
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let pki_arg = pki.display().to_string();
-    let operator = Operator::start_with(&lab, &manifests, listen, &["--pki-dir", &pki_arg]).expect("operator serves");
+    let (operator, bundles) = Operator::start_with_pki(&lab, &manifests, &[]).expect("operator serves");
 
     // Refused: node-1's agent with node-0's certificate, then one that speaks plaintext (one
     // at a time: two agents of one node would share its pins).

@@ -70,14 +70,11 @@ fn each_agent_holds_certificates_for_its_pods_identities_and_renews_them_at_half
         return;
     }
     let (lab, manifests) = demo::lab().expect("lab");
-    let pki = lab.dir.join("pki");
-    let bundles: Vec<_> = lab.nodes.iter().map(|n| Operator::issue(&lab, &pki, &n.name).expect("bundle")).collect();
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let operator_metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let (pki_arg, metrics_arg) = (pki.display().to_string(), operator_metrics.to_string());
+    let metrics_arg = operator_metrics.to_string();
     // The shortest lifetime the CA gives: renewal comes after about 30 s.
-    let args = ["--pki-dir", &pki_arg, "--metrics-listen", &metrics_arg, "--workload-cert-ttl", "60"];
-    let operator = Operator::start_with(&lab, &manifests, listen, &args).expect("operator serves");
+    let args = ["--metrics-listen", &metrics_arg, "--workload-cert-ttl", "60"];
+    let (operator, bundles) = Operator::start_with_pki(&lab, &manifests, &args).expect("operator serves");
     let _agents: Vec<Agent> = lab
         .nodes
         .iter()
