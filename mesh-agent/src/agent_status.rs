@@ -24,10 +24,14 @@ pub struct AgentState {
     pub certificates: Certificates,
     /// What the tunnel's receiving side counted.
     pub tunnel: Arc<crate::tunnel::hbone::InboundStats>,
+    /// What the tunnel's sending side counted.
+    pub outbound: Arc<crate::tunnel::outbound::OutboundStats>,
     /// This node's pods as the tunnel sees them.
     pub destinations: crate::tunnel::Destinations,
     /// Where the tunnel is served, once it is.
     tunnel_address: Arc<Mutex<Option<std::net::SocketAddr>>>,
+    /// The outbound listener takes redirected connections.
+    outbound_listening: Arc<AtomicBool>,
     ready: Arc<AtomicBool>,
     programs: Arc<Mutex<Vec<AttachedProgram>>>,
 }
@@ -40,8 +44,10 @@ impl AgentState {
             store,
             certificates,
             tunnel: Arc::default(),
+            outbound: Arc::default(),
             destinations: crate::tunnel::Destinations::default(),
             tunnel_address: Arc::default(),
+            outbound_listening: Arc::default(),
             ready: Arc::default(),
             programs: Arc::default(),
         }
@@ -50,6 +56,15 @@ impl AgentState {
     /// Records that the tunnel is served at `address`.
     pub fn set_tunnel_address(&self, address: std::net::SocketAddr) {
         *self.tunnel_address.lock().expect("never poisoned") = Some(address);
+    }
+
+    /// Records that the outbound listener takes redirected connections.
+    pub fn set_outbound_listening(&self) {
+        self.outbound_listening.store(true, Ordering::Relaxed);
+    }
+
+    pub fn outbound_listening(&self) -> bool {
+        self.outbound_listening.load(Ordering::Relaxed)
     }
 
     pub fn set_ready(&self, ready: bool) {

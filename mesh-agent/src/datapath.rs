@@ -161,9 +161,9 @@ impl Datapath {
     }
 
     /// Attaches the socket hooks (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`) to the
-    /// cgroup v2 directory `cgroup`, and `sockops` unless the flow aggregation level is
-    /// `maximum`.
-    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+    /// cgroup v2 directory `cgroup`, and `sockops` if the tunnel is on (it tells the agent
+    /// where redirected connections go) or the flow aggregation level is below `maximum`.
+    pub fn attach_cgroup(&mut self, cgroup: &Path, tunnel: bool) -> Result<(), DatapathError> {
         let file =
             std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_owned(), source })?;
         for name in programs::SOCKET_HOOKS {
@@ -177,7 +177,7 @@ impl Datapath {
             self.attachments.push(attachment);
         }
         self.cgroup = Some(cgroup.to_owned());
-        if self.flow_aggregation == mesh_common::flows::aggregation::MAXIMUM {
+        if self.flow_aggregation == mesh_common::flows::aggregation::MAXIMUM && !tunnel {
             tracing::info!(program = programs::SOCKOPS, "not attached: flow aggregation is maximum (no socket events)");
             return Ok(());
         }
@@ -218,6 +218,17 @@ impl Datapath {
         let lost = PerCpuArray::try_from(lost)
             .map_err(|source| DatapathError::MapType { map: maps::EVENTS_LOST, reason: source.to_string() })?;
         Ok((events, lost))
+    }
+
+    /// The tunnel's maps, taken out of the object: the destination table and listener (to
+    /// write) and the redirected connections' origins (to read).
+    pub fn tunnel_redirect(
+        &mut self,
+    ) -> Result<
+        (crate::tunnel::redirect::Redirect, crate::tunnel::redirect::Origins),
+        crate::tunnel::redirect::RedirectError,
+    > {
+        crate::tunnel::redirect::Redirect::new(&mut self.ebpf, &self.bpffs)
     }
 
     /// The node's bpffs directory, where every map is pinned.

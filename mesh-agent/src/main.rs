@@ -64,11 +64,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let mut datapath = Datapath::load(&config.bpffs, config.capacities, config.flow_aggregation)?;
-    let started = datapath
-        .attach_cgroup(&config.cgroup)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| Ok((datapath.service_table()?, datapath.policy_table()?, datapath.flow_events()?)));
-    let (mut table, policy, (events, lost_events)) = match started {
+    // The tunnel carries connections only with workload certificates, which come only over
+    // mutual TLS to the operator.
+    let tunnel_on = config.tunnel_address.is_some() && config.tls.is_some();
+    let started = datapath.attach_cgroup(&config.cgroup, tunnel_on).map_err(anyhow::Error::from).and_then(|()| {
+        Ok((datapath.service_table()?, datapath.policy_table()?, datapath.flow_events()?, datapath.tunnel_redirect()?))
+    });
+    let (mut table, policy, (events, lost_events), (mut redirect, origins)) = match started {
         Ok(tables) => tables,
         Err(err) => {
             let _ = datapath.shutdown(false);
@@ -87,7 +89,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let certificates = Certificates::new(config.trust_domain.clone(), config.tls.is_some());
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone(), certificates.clone());
     let destinations = agent.destinations.clone();
-    let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events));
+    let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events, origins));
     let drain = match served {
         Ok(drain) => drain,
         Err(err) => {
@@ -162,15 +164,19 @@ fn run(args: Args) -> anyhow::Result<()> {
                     &config,
                     Update { model, compiler: &compiler, services, policy_changed },
                 );
-                healthy = result.is_ok();
                 if policy_changed && certificates.enabled() {
                     for problem in certificates.want_for(model, &config.node_name) {
                         tracing::warn!("no workload identity: {problem}");
                     }
                 }
-                if certificates.enabled() && touched(&[Kind::Workload, Kind::PeerAuthentication]) {
+                let mut result = result;
+                if certificates.enabled() && touched(&[Kind::Workload, Kind::PeerAuthentication, Kind::Node]) {
                     destinations.set_from(model, &config.node_name, &config.trust_domain);
+                    if let Err(err) = redirect_to_tunnel(&mut redirect, &destinations, agent.outbound_listening()) {
+                        result = Err(result.err().map_or(err.to_string(), |e| format!("{e}; {err}")));
+                    }
                 }
+                healthy = result.is_ok();
                 let reconciled = started.elapsed();
                 if names_changed {
                     observe(&datapath, model, &policy.borrow());
@@ -236,6 +242,7 @@ async fn serve(
     state: &AgentState,
     events: RingBuf<MapData>,
     lost_events: PerCpuArray<MapData, u64>,
+    origins: tunnel::redirect::Origins,
 ) -> anyhow::Result<Drain> {
     let mut drain = Drain::default();
     let reader = events::run(events, lost_events, store.clone());
@@ -280,6 +287,41 @@ async fn serve(
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
         };
         state.set_tunnel_address(address);
+        // The outbound listener: where `connect4` sends the connections that need the tunnel.
+        let outbound_address = std::net::SocketAddr::new(address.ip(), tunnel::OUTBOUND_PORT);
+        let socket = netns::run_in(config.netns.as_deref(), || {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(outbound_address)?;
+            Ok::<_, std::io::Error>(socket)
+        })?
+        .with_context(|| {
+            format!(
+                "{}: cannot listen on {outbound_address} (the outbound port of the tunnel address); give another address or \"off\"",
+                config::ENV_TUNNEL_ADDRESS
+            )
+        })?;
+        let outbound_listener = socket.listen(1024)?;
+        let outbound = tunnel::outbound::Outbound {
+            certificates: state.certificates.clone(),
+            destinations: state.destinations.clone(),
+            origins: std::sync::Arc::new(origins),
+            stats: state.outbound.clone(),
+            sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
+        };
+        tracing::info!(address = %outbound_address, "redirected connections to tunnel (outbound)");
+        state.set_outbound_listening();
+        let stop = drain.signal();
+        drain.track_for(
+            "tunnel (outbound)",
+            tokio::spawn(async move {
+                if let Err(err) = tunnel::outbound::serve(outbound_listener, outbound, stop).await {
+                    tracing::error!("the outbound tunnel listener stopped: {err}");
+                }
+            }),
+            config.tunnel_drain,
+        );
         let stop = drain.signal();
         drain.track_for(
             "tunnel",
@@ -393,6 +435,30 @@ fn reconcile(
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}
+
+/// Makes `connect4` send the connections to remote STRICT pods (and ports) to this agent's
+/// outbound listener on the node's address, once the listener is up and the model gives the
+/// node an address (until then nothing is redirected).
+fn redirect_to_tunnel(
+    redirect: &mut tunnel::redirect::Redirect,
+    destinations: &tunnel::Destinations,
+    listening: bool,
+) -> Result<(), tunnel::redirect::RedirectError> {
+    let (wanted, unreachable) = tunnel::redirect::desired(destinations);
+    if !unreachable.is_empty() {
+        tracing::warn!(?unreachable, "STRICT pods on nodes without an address in the model: not tunnelled");
+    }
+    let listener = destinations
+        .node_address()
+        .filter(|_| listening)
+        .map(|ip| std::net::SocketAddrV4::new(ip, tunnel::OUTBOUND_PORT));
+    if listening && listener.is_none() && !wanted.is_empty() {
+        tracing::warn!("this node has no address in the model: nothing is redirected to the tunnel");
+    }
+    redirect.apply(&wanted, listener)?;
+    tracing::debug!(destinations = redirect.len(), ?listener, "tunnel redirect applied");
+    Ok(())
 }
 
 /// The datapath holds the desired state: release a previous agent's links, say so.

@@ -21,6 +21,10 @@
 //!   `mesh_tunnel_inbound_streams_total{result}` (`opened`, `refused`) and
 //!   `mesh_tunnel_inbound_bytes_total{direction}` (`to_pod`, `from_pod`, counted when a
 //!   tunnelled connection ends): the receiving side of the mutual-TLS tunnel.
+//! - `mesh_tunnel_outbound_connections_total{result}` (`tunnelled`, or the reason a
+//!   redirected connection was reset: `no_destination`, `unknown_client`, `no_certificate`,
+//!   `unknown_destination`, `tunnel`) and `mesh_tunnel_outbound_bytes_total{direction}`
+//!   (`from_pod`, `to_pod`): the sending side, the connections `connect4` redirected.
 //!
 //! Event-derived counters are the registry's own metrics; what the kernel and the flow store
 //! count is read at each scrape (a [`Collector`]). Event-derived counters count the events the
@@ -324,6 +328,26 @@ impl Collector for Scraped {
                 [
                     (vec![("direction", "to_pod".to_owned())], count(&tunnel.bytes_in)),
                     (vec![("direction", "from_pod".to_owned())], count(&tunnel.bytes_out)),
+                ],
+            )?;
+            let outbound = &self.state.outbound;
+            let results = std::iter::once((vec![("result", "tunnelled".to_owned())], count(&outbound.tunnelled)))
+                .chain(crate::tunnel::outbound::Failure::ALL.map(|failure| {
+                    (vec![("result", failure.as_str().to_owned())], ConstCounter::new(outbound.failed(failure)))
+                }));
+            series(
+                &mut encoder,
+                "mesh_tunnel_outbound_connections",
+                "Connections of local pods redirected to the tunnel, by result (tunnelled, or why they were reset).",
+                results,
+            )?;
+            series(
+                &mut encoder,
+                "mesh_tunnel_outbound_bytes",
+                "Bytes of local pods' connections carried through tunnels that ended, by direction.",
+                [
+                    (vec![("direction", "from_pod".to_owned())], count(&outbound.bytes_out)),
+                    (vec![("direction", "to_pod".to_owned())], count(&outbound.bytes_in)),
                 ],
             )?;
         }

@@ -21,6 +21,7 @@ pub mod names;
 pub mod pod_traffic;
 pub mod policy;
 pub mod service_lb;
+pub mod tunnel;
 #[cfg(feature = "user")]
 pub mod yaml;
 

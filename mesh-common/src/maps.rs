@@ -68,6 +68,15 @@ pub const XLATE: &str = "mesh_xlate";
 /// later ones (which carry no ports) belong to the same flow.
 pub const FRAGMENTS: &str = "mesh_frag";
 
+/// Remote pods (and ports) reached only through the tunnel: [`crate::tunnel::TunnelDestKey`]
+/// -> [`crate::tunnel::TUNNEL`] or [`crate::tunnel::DIRECT`]. Written by the agent.
+pub const TUNNEL_DESTS: &str = "mesh_tun_dst";
+/// One [`crate::tunnel::OutboundListener`]: where `connect4` sends tunnelled connections.
+pub const TUNNEL_CONFIG: &str = "mesh_tun_cfg";
+/// Redirected connections not yet accepted by the agent (LRU): [`crate::tunnel::OriginKey`]
+/// -> [`crate::tunnel::Origin`].
+pub const TUNNEL_ORIGINS: &str = "mesh_tun_orig";
+
 /// Default capacity of [`SERVICES`] (service address + port + protocol entries).
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 /// Default capacity of [`BACKENDS`] (backend slots over all services).
@@ -107,9 +116,14 @@ pub const DEFAULT_FRAGMENTS_MAX: u32 = 8_192;
 pub const DEFAULT_EVENTS_BYTES: u32 = 4 << 20;
 /// Default capacity of [`XLATE`] (translated TCP connections; least recently used go first).
 pub const DEFAULT_XLATE_MAX: u32 = 65_536;
+/// Default capacity of [`TUNNEL_DESTS`]: remote pods' addresses and ports, allocated per entry.
+pub const DEFAULT_TUNNEL_DESTS_MAX: u32 = 65_536;
+/// Capacity of [`TUNNEL_ORIGINS`]: connections between `connect()` and the agent's accept
+/// (an entry lives for a round trip on the node), least recently used first.
+pub const TUNNEL_ORIGINS_MAX: u32 = 16_384;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 21] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
@@ -128,6 +142,9 @@ pub const ALL: [&str; 18] = [
     EVENTS,
     EVENTS_LOST,
     XLATE,
+    TUNNEL_DESTS,
+    TUNNEL_CONFIG,
+    TUNNEL_ORIGINS,
 ];
 
 #[cfg(test)]

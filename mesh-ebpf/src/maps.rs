@@ -11,7 +11,8 @@ use mesh_common::{
     maps::{
         DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
         DEFAULT_FRAGMENTS_MAX, DEFAULT_IDENTITIES_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_POLICY_MAX,
-        DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX,
+        DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_TUNNEL_DESTS_MAX, DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX,
+        TUNNEL_ORIGINS_MAX,
     },
     pod_traffic::PodTraffic,
     policy::{CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
@@ -19,6 +20,7 @@ use mesh_common::{
         AffinityKey, AffinityValue, BACKEND_FILTER_WORDS, Backend, BackendKey, ReverseKey, SOCKET_SLOTS, ServiceAddr,
         ServiceEntry, ServiceKey, SocketService,
     },
+    tunnel::{Origin, OriginKey, OutboundListener, TunnelDestKey},
 };
 
 /// The maps only the agent writes hold what the model holds, not their capacity: allocated
@@ -86,3 +88,12 @@ pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
 
 #[map(name = "mesh_xlate")]
 pub static XLATE: LruHashMap<TupleKey, ServiceAddr> = LruHashMap::pinned(DEFAULT_XLATE_MAX, 0);
+
+#[map(name = "mesh_tun_dst")]
+pub static TUNNEL_DESTS: HashMap<TunnelDestKey, u32> = HashMap::pinned(DEFAULT_TUNNEL_DESTS_MAX, AGENT_WRITTEN);
+
+#[map(name = "mesh_tun_cfg")]
+pub static TUNNEL_CONFIG: Array<OutboundListener> = Array::pinned(1, 0);
+
+#[map(name = "mesh_tun_orig")]
+pub static TUNNEL_ORIGINS: LruHashMap<OriginKey, Origin> = LruHashMap::pinned(TUNNEL_ORIGINS_MAX, 0);

@@ -21,6 +21,7 @@ use mesh_common::{
         better, reason,
     },
     proto,
+    tunnel::OriginKey,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -30,7 +31,8 @@ use network_types::{
 
 use crate::{
     flows::{self, emit},
-    maps::{CONNTRACK, ENDPOINTS, FRAGMENTS, IDENTITIES, POLICY, POLICY_REVISION, VERDICTS, XLATE},
+    maps::{CONNTRACK, ENDPOINTS, FRAGMENTS, IDENTITIES, POLICY, POLICY_REVISION, TUNNEL_ORIGINS, VERDICTS, XLATE},
+    service_lb::outbound_listener,
 };
 
 const ETH_HLEN: usize = EthHdr::LEN;
@@ -242,8 +244,8 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
             }
         }
     }
-    let peer = if direction == INGRESS { ip.saddr } else { ip.daddr };
-    let verdict = judge(ifindex, &policy, direction, peer, ip.proto, dport);
+    let (peer, port) = if direction == INGRESS { (ip.saddr, dport) } else { original_destination(&ip, sport, dport) };
+    let verdict = judge(ifindex, &policy, direction, peer, ip.proto, port);
     count(verdict.rule, verdict.action, verdict.reason, direction, true, verdict.action == DENY);
     if let Some(ptr) = known {
         // Judged again after a policy change (or reused): the entry is updated in place and
@@ -290,6 +292,25 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
     // packet is judged again.
     let _ = CONNTRACK.insert(&key, &entry, 0);
     Ok(verdict.action != DENY)
+}
+
+/// Where a pod's outgoing packet is going, for its egress policy: its destination, but for a
+/// connection `connect4` sent to the agent's outbound listener (the tunnel), the pod it was
+/// going to. The entry stays until newer connections evict it, so a flow judged again after
+/// a policy change is judged by the same destination.
+#[inline(always)]
+fn original_destination(ip: &Ipv4, sport: u16, dport: u16) -> (u32, u16) {
+    if ip.proto == proto::TCP
+        && let Some(listener) = outbound_listener()
+        && ip.daddr == listener.addr
+        && dport == listener.port
+        && let Some(origin) = TUNNEL_ORIGINS.get_ptr(&OriginKey { addr: ip.saddr, port: sport, _pad: 0 })
+    {
+        // SAFETY: a map value, valid while the program runs; copied out.
+        let backend = unsafe { (*origin).backend };
+        return (backend.addr, backend.port);
+    }
+    (ip.daddr, dport)
 }
 
 /// Notes a TCP FIN or RST of a passing flow, in the direction `fin` (of the flow), and

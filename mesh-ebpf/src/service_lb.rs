@@ -1,7 +1,9 @@
 //! Service load balancing at the socket: a service address is replaced by one of its backends
 //! when the application calls `connect()` (`connect4`) or sends an unconnected UDP datagram
 //! (`sendmsg4`), so no packet of it is ever NATed. `recvmsg4` and `getpeername4` put the
-//! service address back where the application looks at it.
+//! service address back where the application looks at it. A TCP connection whose backend
+//! (or pod) accepts only mutual TLS is sent to the agent's outbound listener instead
+//! (`mesh_common::tunnel`).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -15,9 +17,12 @@ use mesh_common::{
         AFFINITY_SCAN_SLOTS, AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry,
         ServiceKey, UDP_STICKY_S, affinity_scope, socket_slot,
     },
+    tunnel::{OutboundListener, TUNNEL, TunnelDestKey},
 };
 
-use crate::maps::{AFFINITY, BACKEND_ADDRS, BACKEND_FILTER, BACKENDS, REVERSE, SERVICES, SOCKET_SERVICES};
+use crate::maps::{
+    AFFINITY, BACKEND_ADDRS, BACKEND_FILTER, BACKENDS, REVERSE, SERVICES, SOCKET_SERVICES, TUNNEL_CONFIG, TUNNEL_DESTS,
+};
 
 /// `sock_addr` verdict: let the syscall go on (with the address as the program left it).
 const ALLOW: i32 = 1;
@@ -97,6 +102,19 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
     let key = ServiceKey { addr: sa.user_ip4, port: sa.user_port as u16, proto: protocol, _pad: 0 };
     // SAFETY: entries are only replaced whole by the agent; we copy the value out at once.
     let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
+        if hook == Hook::Connect && protocol == proto::TCP {
+            // A pod's own address may need the tunnel too.
+            let pod = Backend { addr: key.addr, port: key.port, _pad: 0 };
+            if let Some(listener) = outbound_listener()
+                && tunnelled(&pod)
+            {
+                sa.user_ip4 = listener.addr;
+                sa.user_port = u32::from(listener.port);
+                // SAFETY: a helper call on the program's own context.
+                let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+                remember_socket(socket_cookie, pod, ServiceAddr { addr: key.addr, port: key.port, _pad: 0 });
+            }
+        }
         return Ok(Verdict::Allow);
     };
     if service.count == 0 {
@@ -120,6 +138,15 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
     sa.user_port = u32::from(backend.port);
     let service_addr = ServiceAddr { addr: key.addr, port: key.port, _pad: 0 };
     if hook == Hook::Connect {
+        // A TCP connection to a backend that accepts only mutual TLS goes to the agent's
+        // outbound listener instead; the slot keeps the backend, for `sockops` to tell the agent.
+        if protocol == proto::TCP
+            && let Some(listener) = outbound_listener()
+            && tunnelled(&backend)
+        {
+            sa.user_ip4 = listener.addr;
+            sa.user_port = u32::from(listener.port);
+        }
         // A connected socket has one peer: its cookie's slot holds it.
         remember_socket(socket_cookie, backend, service_addr);
         return Ok(Verdict::Allow);
@@ -156,6 +183,14 @@ fn remember_socket(socket_cookie: u64, backend: Backend, service: ServiceAddr) {
 /// `peer` and its slot has not been taken by a newer socket since.
 #[inline(always)]
 pub(crate) fn socket_service(socket_cookie: u64, peer: Backend) -> Option<ServiceAddr> {
+    let (backend, service) = socket_entry(socket_cookie)?;
+    if backend != peer { None } else { Some(service) }
+}
+
+/// The backend `connect4` chose for socket `socket_cookie` and the address it asked for, if
+/// its slot has not been taken by a newer socket since.
+#[inline(always)]
+pub(crate) fn socket_entry(socket_cookie: u64) -> Option<(Backend, ServiceAddr)> {
     let slot = SOCKET_SERVICES.get_ptr(socket_slot(socket_cookie))?;
     // SAFETY: a pointer into the array's value, valid for this program's run; volatile keeps
     // the order of the reads (the cookie before and after the rest).
@@ -165,10 +200,29 @@ pub(crate) fn socket_service(socket_cookie: u64, peer: Backend) -> Option<Servic
         }
         let backend = core::ptr::read_volatile(&raw const (*slot).backend);
         let service = core::ptr::read_volatile(&raw const (*slot).service);
-        if core::ptr::read_volatile(&raw const (*slot).socket_cookie) != socket_cookie || backend != peer {
+        if core::ptr::read_volatile(&raw const (*slot).socket_cookie) != socket_cookie {
             return None;
         }
-        Some(service)
+        Some((backend, service))
+    }
+}
+
+/// The agent's outbound listener, while the tunnel is on.
+#[inline(always)]
+pub(crate) fn outbound_listener() -> Option<OutboundListener> {
+    let listener = *TUNNEL_CONFIG.get(0)?;
+    if listener.port == 0 { None } else { Some(listener) }
+}
+
+/// Whether TCP connections to `backend` must go through the tunnel: its own port's entry, or
+/// else its pod's.
+#[inline(always)]
+fn tunnelled(backend: &Backend) -> bool {
+    let key = TunnelDestKey { addr: backend.addr, port: backend.port, _pad: 0 };
+    // SAFETY: values are plain integers, copied out at once.
+    match unsafe { TUNNEL_DESTS.get(&key) } {
+        Some(mode) => *mode == TUNNEL,
+        None => unsafe { TUNNEL_DESTS.get(&TunnelDestKey { port: 0, ..key }) }.is_some_and(|mode| *mode == TUNNEL),
     }
 }
 
@@ -235,6 +289,21 @@ fn restore_service_address(ctx: &SockAddrContext, hook: Restore) {
     // Most peers (an accepted socket's client, say) are no backend: their port's bit or their
     // address's bit in the filter is clear; done. Both set: checked in the backend set.
     let peer = Backend { addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
+    if let Some(listener) = outbound_listener()
+        && peer.addr == listener.addr
+        && peer.port == listener.port
+    {
+        // A tunnelled connection: its slot holds what the application asked for.
+        if hook == Restore::PeerName {
+            // SAFETY: a helper call on the program's own context.
+            let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            if let Some((_, service)) = socket_entry(socket_cookie) {
+                sa.user_ip4 = service.addr;
+                sa.user_port = u32::from(service.port);
+            }
+        }
+        return;
+    }
     for (index, mask) in peer.filter_slots() {
         match BACKEND_FILTER.get(index) {
             Some(word) if *word & mask != 0 => {}

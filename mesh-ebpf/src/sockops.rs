@@ -4,7 +4,9 @@
 //! is written to [`XLATE`], so TC names the service in the flow's events, and a translation
 //! event is sent. Established and closed connections are reported with their smoothed RTT,
 //! retransmits and byte counts. How many of these events a connection gets is the level of
-//! [`FLOW_AGGREGATION`] (`mesh_common::flows::aggregation`).
+//! [`FLOW_AGGREGATION`] (`mesh_common::flows::aggregation`). A connection `connect4` sent
+//! to the agent's outbound listener gets its original destination written under its client
+//! address and port (`mesh_common::tunnel`): the agent reads it when it accepts.
 
 use aya_ebpf::{
     bindings::{
@@ -19,12 +21,13 @@ use mesh_common::{
     flows::{CLOSED, ESTABLISHED, FlowEvent, TRANSLATED, TupleKey, aggregation},
     proto,
     service_lb::Backend,
+    tunnel::{Origin, OriginKey},
 };
 
 use crate::{
     flows::{emit, now},
-    maps::XLATE,
-    service_lb::socket_service,
+    maps::{TUNNEL_ORIGINS, XLATE},
+    service_lb::{outbound_listener, socket_entry, socket_service},
 };
 
 const AF_INET: u32 = 2;
@@ -33,8 +36,8 @@ const TCP_CLOSE: u32 = 7;
 /// The kernel keeps the smoothed RTT times 8.
 const SRTT_SHIFT: u32 = 3;
 
-/// The aggregation level, set by the agent when it loads the programs (which does not attach
-/// this program at `MAXIMUM`); the verifier sees a constant, so the branches of the other
+/// The aggregation level, set by the agent when it loads the programs (which attaches this
+/// program at `MAXIMUM` only for the tunnel, and then it sends no events); the verifier sees a constant, so the branches of the other
 /// levels cost nothing.
 #[unsafe(no_mangle)]
 static FLOW_AGGREGATION: u8 = aggregation::DEFAULT;
@@ -94,8 +97,27 @@ fn try_sockops(ctx: &SockOpsContext) {
     // SAFETY: a helper call on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     let service = if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        let backend = Backend { addr: tuple.daddr, port: tuple.dport, _pad: 0 };
-        let Some(service) = socket_service(cookie, backend) else { return };
+        let peer = Backend { addr: tuple.daddr, port: tuple.dport, _pad: 0 };
+        let service = if let Some(listener) = outbound_listener()
+            && peer.addr == listener.addr
+            && peer.port == listener.port
+        {
+            // Redirected to the agent: where it was going, under the client's address and
+            // port, for the agent's accept (and TC's egress policy). A full LRU map evicts its
+            // oldest entry; an error leaves the agent unable to place the connection, and it
+            // refuses it.
+            let Some((backend, service)) = socket_entry(cookie) else { return };
+            let origin = OriginKey { addr: tuple.saddr, port: tuple.sport, _pad: 0 };
+            let _ = TUNNEL_ORIGINS.insert(&origin, &Origin { backend, service }, 0);
+            service
+        } else {
+            let Some(service) = socket_service(cookie, peer) else { return };
+            service
+        };
+        if level == aggregation::MAXIMUM {
+            // Attached only for the tunnel: no events.
+            return;
+        }
         // A full LRU map evicts its least recently used entry; an error only loses the
         // service name in the flow's TC events.
         let _ = XLATE.insert(&tuple, &service, 0);

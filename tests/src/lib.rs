@@ -5,6 +5,7 @@
 //! cgroup v2 subtree per node. See [`lab`] and ARCHITECTURE.md.
 
 pub mod agent;
+pub mod capture;
 pub mod lab;
 pub mod labnet;
 pub mod manifests;

@@ -36,3 +36,29 @@ pub fn flows(socket: &Path, args: &[&str]) -> Vec<serde_json::Value> {
         .filter_map(|response| response.get("flow").cloned())
         .collect()
 }
+
+/// Waits (bounded, 20 s) until the agent of `node` holds a valid certificate for every one of
+/// `identities` (SPIFFE IDs), as `meshctl status` shows them. Panics with the status if not.
+pub fn wait_for_certificates(lab: &crate::lab::Lab, node: &str, identities: &[String]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let run = run(&crate::agent::observer_socket(lab, node), &["status", "-o", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+        let valid: Vec<&str> = status["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["state"] == "valid")
+            .filter_map(|c| c["identity"].as_str())
+            .collect();
+        if identities.iter().all(|identity| valid.contains(&identity.as_str())) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{node}: no valid certificates for {identities:?}: {}",
+            run.stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

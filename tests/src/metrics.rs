@@ -23,3 +23,9 @@ pub fn agent(netns: &Path) -> String {
         .expect("curl runs");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// The value of the series `series` (name and labels, exactly as exposed) in `text`; 0 when
+/// absent (a counter not yet counted).
+pub fn value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}

@@ -40,23 +40,8 @@ fn spiffe(sa: &str) -> SpiffeId {
 
 /// Waits (bounded) until `node`'s agent holds a valid certificate for every one of `identities`.
 fn wait_for_certificates(lab: &mesh_tests::lab::Lab, node: &str, identities: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let run = meshctl::run(&observer_socket(lab, node), &["status", "-o", "json"]);
-        let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
-        let valid: Vec<String> = status["certificates"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["state"] == "valid")
-            .filter_map(|c| c["identity"].as_str().map(str::to_owned))
-            .collect();
-        if identities.iter().all(|sa| valid.contains(&spiffe(sa).to_string())) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{node}: no valid certificates for {identities:?}: {}", run.stdout);
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let identities: Vec<String> = identities.iter().map(|sa| spiffe(sa).to_string()).collect();
+    meshctl::wait_for_certificates(lab, node, &identities);
 }
 
 /// A certificate for `identity` from the CA, asked for with the bundle in `dir`.
@@ -100,9 +85,7 @@ fn through_tunnel(
     .expect("node-0's namespace")
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
-}
+use mesh_tests::metrics::value as metric;
 
 /// A two-node demo lab with the operator's CA, both agents over mutual TLS (node-1's with
 /// `node1_args` too), a server in intruder (node-1; no policy isolates it), and the certificate

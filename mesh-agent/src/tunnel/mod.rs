@@ -5,10 +5,16 @@
 //! The receiving agent accepts a CONNECT only to a pod of its own node whose identity is the
 //! one it proved to the client, from a client of its trust domain, and then connects to the
 //! pod (not to a port whose PeerAuthentication mode is DISABLE: plaintext only, never
-//! tunnelled; `peer_auth`). [`Destinations`] is what it knows of its node's pods.
+//! tunnelled; `peer_auth`). [`Destinations`] is what it knows of the pods.
+//!
+//! The sending side: `connect4` sends a TCP connection to a remote pod whose port is STRICT
+//! to this agent's outbound listener (`redirect` keeps the kernel's table of them), which
+//! finds where it was going and carries it through a tunnel (`outbound`).
 
 pub mod hbone;
+pub mod outbound;
 pub mod peer_auth;
+pub mod redirect;
 pub mod tls;
 
 use std::{
@@ -25,6 +31,9 @@ use mesh_common::{
 
 /// The port agents accept tunnels on (Istio's HBONE port).
 pub const HBONE_PORT: u16 = 15008;
+/// The port of the agent's outbound listener, on the node's address: where `connect4` sends
+/// the connections that need the tunnel (Istio's outbound capture port).
+pub const OUTBOUND_PORT: u16 = 15001;
 
 /// A pod of this node, as the tunnel's receiving side sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,41 +45,79 @@ pub struct Destination {
     pub mtls: peer_auth::WorkloadMtls,
 }
 
-/// The pods of this node by address. Cheap to clone (shared).
+/// A pod of another node, as the tunnel's sending side sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// `namespace/name`.
+    pub pod: String,
+    pub identity: SpiffeId,
+    pub mtls: peer_auth::WorkloadMtls,
+    /// Its node's address (the node's first IPv4 address in the model), where its agent
+    /// serves the tunnel; none when the model gives its node no address.
+    pub node_address: Option<Ipv4Addr>,
+}
+
+/// What the tunnel knows of the pods: this node's by address (the receiving side, and the
+/// sending side's client identities), the other nodes' (the sending side's destinations),
+/// and this node's own address (where `connect4` sends tunnelled connections). Cheap to
+/// clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct Destinations {
-    pods: Arc<RwLock<HashMap<Ipv4Addr, Destination>>>,
+    known: Arc<RwLock<Known>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    pods: HashMap<Ipv4Addr, Destination>,
+    peers: HashMap<Ipv4Addr, Peer>,
+    node_address: Option<Ipv4Addr>,
 }
 
 impl Destinations {
-    /// Sets them from the pods of `node` in `model` (a pod whose names make no identity is left
-    /// out: nothing can be tunnelled to it).
+    /// Sets them from the pods of `model`, this node being `node` (a pod whose names make no
+    /// identity is left out: nothing can be tunnelled to or from it).
     pub fn set_from(&self, model: &ResourceSet, node: &str, trust_domain: &TrustDomain) {
-        let mut pods = HashMap::new();
-        for resource in model.of_kind(api::Kind::Workload) {
-            let Some(resource::Kind::Workload(w)) = &resource.kind else { continue };
-            if w.node != node {
-                continue;
-            }
-            let Ok(identity) = SpiffeId::new(trust_domain.clone(), &w.namespace, &w.service_account) else { continue };
-            let pod = format!("{}/{}", w.namespace, w.name);
-            let destination = Destination { pod, identity, mtls: peer_auth::resolve(model, w) };
-            for ip in w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
-                pods.insert(ip, destination.clone());
+        let mut nodes = HashMap::new();
+        for resource in model.of_kind(api::Kind::Node) {
+            let Some(resource::Kind::Node(n)) = &resource.kind else { continue };
+            if let Some(address) = n.addresses.iter().find_map(|a| a.parse::<Ipv4Addr>().ok()) {
+                nodes.insert(n.name.as_str(), address);
             }
         }
-        *self.pods.write().expect("never poisoned") = pods;
+        let mut known = Known { node_address: nodes.get(node).copied(), ..Known::default() };
+        for resource in model.of_kind(api::Kind::Workload) {
+            let Some(resource::Kind::Workload(w)) = &resource.kind else { continue };
+            let Ok(identity) = SpiffeId::new(trust_domain.clone(), &w.namespace, &w.service_account) else { continue };
+            let pod = format!("{}/{}", w.namespace, w.name);
+            let mtls = peer_auth::resolve(model, w);
+            let ips = w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok());
+            if w.node == node {
+                let destination = Destination { pod, identity, mtls };
+                known.pods.extend(ips.map(|ip| (ip, destination.clone())));
+            } else {
+                let peer = Peer { pod, identity, mtls, node_address: nodes.get(w.node.as_str()).copied() };
+                known.peers.extend(ips.map(|ip| (ip, peer.clone())));
+            }
+        }
+        *self.known.write().expect("never poisoned") = known;
     }
 
-    /// Exactly these pods.
+    /// Exactly these pods of this node.
     pub fn of(pods: impl IntoIterator<Item = (Ipv4Addr, Destination)>) -> Self {
-        Self { pods: Arc::new(RwLock::new(pods.into_iter().collect())) }
+        let known = Known { pods: pods.into_iter().collect(), ..Known::default() };
+        Self { known: Arc::new(RwLock::new(known)) }
     }
 
-    /// Every pod, once (a pod with several addresses is listed once), by name.
+    /// Exactly these pods of the other nodes.
+    pub fn with_peers(peers: impl IntoIterator<Item = (Ipv4Addr, Peer)>) -> Self {
+        let known = Known { peers: peers.into_iter().collect(), ..Known::default() };
+        Self { known: Arc::new(RwLock::new(known)) }
+    }
+
+    /// Every pod of this node, once (a pod with several addresses is listed once), by name.
     pub fn pods(&self) -> Vec<Destination> {
-        let pods = self.pods.read().expect("never poisoned");
-        let mut all: Vec<Destination> = pods.values().cloned().collect();
+        let known = self.known.read().expect("never poisoned");
+        let mut all: Vec<Destination> = known.pods.values().cloned().collect();
         all.sort_by(|a, b| a.pod.cmp(&b.pod));
         all.dedup_by(|a, b| a.pod == b.pod);
         all
@@ -78,6 +125,24 @@ impl Destinations {
 
     /// The pod at `ip` on this node.
     pub fn get(&self, ip: Ipv4Addr) -> Option<Destination> {
-        self.pods.read().expect("never poisoned").get(&ip).cloned()
+        self.known.read().expect("never poisoned").pods.get(&ip).cloned()
+    }
+
+    /// The pod at `ip` on another node.
+    pub fn peer(&self, ip: Ipv4Addr) -> Option<Peer> {
+        self.known.read().expect("never poisoned").peers.get(&ip).cloned()
+    }
+
+    /// Every pod of the other nodes, by address.
+    pub fn peers(&self) -> Vec<(Ipv4Addr, Peer)> {
+        let known = self.known.read().expect("never poisoned");
+        let mut all: Vec<_> = known.peers.iter().map(|(ip, peer)| (*ip, peer.clone())).collect();
+        all.sort_by_key(|(ip, _)| *ip);
+        all
+    }
+
+    /// This node's address, if the model gives one.
+    pub fn node_address(&self) -> Option<Ipv4Addr> {
+        self.known.read().expect("never poisoned").node_address
     }
 }

@@ -1,0 +1,177 @@
+//! The sending side: the agent's outbound listener, where `connect4` sends the connections
+//! of this node's pods that must go through the tunnel. For each one it finds where the
+//! connection was going (`redirect::Origins`, written by `sockops`), the client pod's identity
+//! and certificate, the destination pod's identity and node, and carries the connection over
+//! one HBONE stream (`hbone::connect`) to that node's agent.
+//!
+//! A connection that cannot be carried is reset at once (the client sees a refused
+//! connection, not a hang) and counted by reason.
+
+use std::{
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Destinations, HBONE_PORT, hbone, redirect::Origins};
+use crate::identity::Certificates;
+
+/// Why a redirected connection was not carried; each one is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// `sockops` left no destination for it (evicted, or a client that connected to the
+    /// listener itself).
+    NoDestination,
+    /// The client is no pod of this node with an identity.
+    UnknownClient,
+    /// The client's workload certificate is not held (yet).
+    NoCertificate,
+    /// The destination is no pod of another node with an identity and a node address.
+    UnknownDestination,
+    /// The peer agent could not be reached, or refused the tunnel.
+    Tunnel,
+}
+
+impl Failure {
+    pub const ALL: [Self; 5] =
+        [Self::NoDestination, Self::UnknownClient, Self::NoCertificate, Self::UnknownDestination, Self::Tunnel];
+
+    /// Its name in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoDestination => "no_destination",
+            Self::UnknownClient => "unknown_client",
+            Self::NoCertificate => "no_certificate",
+            Self::UnknownDestination => "unknown_destination",
+            Self::Tunnel => "tunnel",
+        }
+    }
+}
+
+/// What the sending side counted since the agent started.
+#[derive(Debug, Default)]
+pub struct OutboundStats {
+    /// Connections accepted from pods.
+    pub connections: AtomicU64,
+    /// Connections carried through a tunnel.
+    pub tunnelled: AtomicU64,
+    /// Connections reset, by [`Failure`] (in the order of [`Failure::ALL`]).
+    pub failures: [AtomicU64; Failure::ALL.len()],
+    /// Bytes from the pods into tunnels, and back.
+    pub bytes_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+}
+
+impl OutboundStats {
+    pub fn failed(&self, failure: Failure) -> u64 {
+        self.failures[failure as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// The sending side's state. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Outbound {
+    pub certificates: Certificates,
+    pub destinations: Destinations,
+    pub origins: Arc<Origins>,
+    pub stats: Arc<OutboundStats>,
+    /// Where tunnels are opened from: the node's network namespace.
+    pub sockets: crate::netns::Sockets,
+}
+
+/// Accepts redirected connections on `listener` until `stop` resolves; then waits for the
+/// carried ones to end (the caller bounds the wait: the drain's grace period).
+pub async fn serve(
+    listener: TcpListener,
+    outbound: Outbound,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut stop => {
+                drop(listener);
+                while connections.join_next().await.is_some() {}
+                return Ok(());
+            }
+        };
+        outbound.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let outbound = outbound.clone();
+        connections.spawn(async move {
+            if let Err((failure, reason)) = carry(stream, client, &outbound).await {
+                outbound.stats.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%client, reason = failure.as_str(), "connection not tunnelled: {reason}");
+            }
+        });
+    }
+}
+
+/// Carries one connection; on failure it has been reset.
+async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outbound) -> Result<(), (Failure, String)> {
+    let refuse = |stream: &TcpStream| {
+        // A reset, not an orderly close: the client must not take it for an empty answer.
+        let _ = stream.set_zero_linger();
+    };
+    let fail = |failure, reason: String| (failure, reason);
+    let result = async {
+        let SocketAddr::V4(client_v4) = client else {
+            return Err(fail(Failure::UnknownClient, format!("{client} is not IPv4")));
+        };
+        let original = outbound
+            .origins
+            .get(client_v4)
+            .ok_or_else(|| fail(Failure::NoDestination, "the kernel left no original destination".into()))?;
+        let source = outbound
+            .destinations
+            .get(*client_v4.ip())
+            .ok_or_else(|| fail(Failure::UnknownClient, format!("{} is no pod of this node", client.ip())))?;
+        let issued = outbound
+            .certificates
+            .get(&source.identity)
+            .ok_or_else(|| fail(Failure::NoCertificate, format!("no certificate for {} yet", source.identity)))?;
+        let IpAddr::V4(pod_ip) = original.pod.ip() else {
+            return Err(fail(Failure::UnknownDestination, format!("{} is not IPv4", original.pod)));
+        };
+        let destination = outbound
+            .destinations
+            .peer(pod_ip)
+            .ok_or_else(|| fail(Failure::UnknownDestination, format!("{} is no pod of another node", original.pod)))?;
+        let node = destination.node_address.ok_or_else(|| {
+            fail(Failure::UnknownDestination, format!("the node of {} has no address", destination.pod))
+        })?;
+        let roots = outbound.certificates.roots();
+        let source = hbone::Source { issued: &issued, roots: &roots, address: client };
+        let peer = SocketAddr::V4(SocketAddrV4::new(node, HBONE_PORT));
+        let tunnel = hbone::connect(&outbound.sockets, source, peer, original.pod, &destination.identity)
+            .await
+            .map_err(|err| {
+                fail(
+                    Failure::Tunnel,
+                    format!("to {} ({}) asked as {}: {err}", original.pod, destination.pod, original.asked),
+                )
+            })?;
+        Ok(tunnel)
+    }
+    .await;
+    let mut tunnel = match result {
+        Ok(tunnel) => tunnel,
+        Err(err) => {
+            refuse(&client_stream);
+            return Err(err);
+        }
+    };
+    outbound.stats.tunnelled.fetch_add(1, Ordering::Relaxed);
+    let _ = client_stream.set_nodelay(true);
+    if let Ok((out, back)) = tokio::io::copy_bidirectional(&mut client_stream, &mut tunnel).await {
+        outbound.stats.bytes_out.fetch_add(out, Ordering::Relaxed);
+        outbound.stats.bytes_in.fetch_add(back, Ordering::Relaxed);
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! The kernel decides per connection: a TCP connection from a pod to a STRICT pod of another
+//! node (through a ClusterIP or to the pod's own address) is sent by `connect4` to the local
+//! agent's outbound listener and carried through the mutual-TLS tunnel, while the client
+//! still sees the address it asked for; a connection to a PERMISSIVE or DISABLE destination
+//! never reaches the agent. A capture on node-0's link shows only TLS to port 15008 and never
+//! the server's plaintext. When the peer agent is gone, a client's connection is refused at
+//! once, and the reason is counted.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use mesh_agent::tunnel::HBONE_PORT;
+use mesh_common::identity::{SpiffeId, TrustDomain};
+use mesh_tests::{
+    agent::Agent,
+    capture::{Capture, contains},
+    lab::Placement,
+    labnet, manifests, meshctl, metrics,
+    operator::Operator,
+    privileges::privileged,
+    scenario::demo,
+};
+
+/// What intruder's STRICT port answers: must never be seen on the wire.
+const MARKER: &str = "plaintext-marker-7c41e9";
+const STRICT_PORT: u16 = 9000;
+/// A port of intruder that its PeerAuthentication makes plaintext only.
+const DISABLED_PORT: u16 = 9001;
+const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const ECHO_PORT: u16 = 90;
+
+const MANIFESTS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: intruder}
+  ports:
+    - {name: echo, port: 90, targetPort: 9000}
+---
+apiVersion: mesh.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: intruder-strict, namespace: demo}
+spec:
+  selector: {matchLabels: {app: intruder}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    '9001': {mode: DISABLE}
+";
+
+fn spiffe(sa: &str) -> String {
+    SpiffeId::new(TrustDomain::default(), "demo", sa).expect("valid").to_string()
+}
+
+fn outbound(text: &str, result: &str) -> f64 {
+    metrics::value(text, &format!("mesh_tunnel_outbound_connections_total{{result=\"{result}\"}}"))
+}
+
+#[test]
+fn the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other() {
+    if !privileged("the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other") {
+        return;
+    }
+    let (lab, manifest_dir) = demo::lab().expect("lab");
+    std::fs::write(manifest_dir.join("nodes.yaml"), manifests::nodes(&lab)).unwrap();
+    std::fs::write(manifest_dir.join("echo.yaml"), MANIFESTS).unwrap();
+    let (operator, bundles) = Operator::start_with_pki(&lab, &manifest_dir, &[]).expect("operator serves");
+    let agents: Vec<Agent> = lab
+        .nodes
+        .iter()
+        .zip(&bundles)
+        .map(|(node, bundle)| {
+            let bundle = bundle.display().to_string();
+            Agent::follow(&lab, node, &operator.tls_endpoint(), &["--tls-dir", bundle.as_str()])
+                .expect("agent ready over TLS")
+        })
+        .collect();
+    let intruder = lab.pod(demo::INTRUDER);
+    labnet::serve(&lab, intruder, STRICT_PORT, MARKER).expect("intruder serves its STRICT port");
+    labnet::serve(&lab, intruder, DISABLED_PORT, "plain").expect("intruder serves its DISABLE port");
+    meshctl::wait_for_certificates(&lab, "node-0", &[spiffe("client")]);
+    meshctl::wait_for_certificates(&lab, "node-1", &[spiffe("intruder")]);
+    let client = Placement::pod(lab.pod(demo::CLIENT));
+    let (node0, node1) = (&lab.nodes[0], &lab.nodes[1]);
+
+    let capture = Capture::start(&node0.netns_path, "eth0").expect("a capture on node-0's link");
+    // Through the service and to the pod's own address: tunnelled, and the client sees the
+    // address it asked for.
+    let echo = SocketAddr::from((ECHO_VIP, ECHO_PORT));
+    let pod = SocketAddr::from((intruder.ip, STRICT_PORT));
+    for (to, what) in [(echo, "the echo service"), (pod, "intruder's STRICT port")] {
+        let summary = labnet::connect(&lab, &client, to, 5, Duration::from_secs(5)).expect("client runs");
+        let logs = || agents.iter().map(Agent::log).collect::<Vec<_>>().join("\n---\n");
+        assert_eq!(summary.ok, 5, "{what}: {summary:?}\n{}", logs());
+        assert_eq!(summary.replies.get(MARKER), Some(&5), "{what}: {summary:?}");
+        assert_eq!(summary.peers.get(&to.to_string()), Some(&5), "{what}: getpeername: {summary:?}");
+    }
+    let segments = capture.stop();
+
+    let leaked: Vec<_> = segments.iter().filter(|s| contains(&s.payload, MARKER.as_bytes())).collect();
+    assert!(leaked.is_empty(), "the server's plaintext crossed the link: {leaked:?}");
+    // TLS 1.3 application data records (type 23, legacy version 3.3) both ways on 15008.
+    let tls_records = |to_peer: bool| {
+        segments
+            .iter()
+            .filter(|s| if to_peer { s.dport == HBONE_PORT } else { s.sport == HBONE_PORT })
+            .filter(|s| s.payload.starts_with(&[23, 3, 3]))
+            .count()
+    };
+    assert!(tls_records(true) > 0 && tls_records(false) > 0, "no TLS application data on {HBONE_PORT}");
+    let to_pod_port = segments.iter().filter(|s| s.dport == STRICT_PORT || s.sport == STRICT_PORT).count();
+    assert_eq!(to_pod_port, 0, "segments of the pod's port itself crossed the link");
+
+    let text = metrics::agent(&node0.netns_path);
+    assert_eq!(outbound(&text, "tunnelled"), 10.0, "{text}");
+    assert!(
+        metrics::value(&text, "mesh_tunnel_outbound_bytes_total{direction=\"to_pod\"}") >= (10 * MARKER.len()) as f64,
+        "{text}"
+    );
+    let text = metrics::agent(&node1.netns_path);
+    assert_eq!(metrics::value(&text, "mesh_tunnel_inbound_streams_total{result=\"opened\"}"), 10.0, "{text}");
+
+    // A DISABLE port and a PERMISSIVE service (web): straight to the pod, never the agent.
+    let plain = labnet::connect(&lab, &client, (intruder.ip, DISABLED_PORT).into(), 3, Duration::from_secs(5))
+        .expect("client runs");
+    assert_eq!(plain.replies.get("plain"), Some(&3), "{plain:?}");
+    let web = labnet::connect(&lab, &client, (demo_vip(), 80).into(), 3, Duration::from_secs(5)).expect("client runs");
+    assert_eq!(web.ok, 3, "{web:?}");
+    let text = metrics::agent(&node0.netns_path);
+    assert_eq!(outbound(&text, "tunnelled"), 10.0, "a connection that needs no tunnel reached the agent: {text}");
+
+    // node-1's agent gone: a tunnelled connection is refused at once, not left hanging.
+    lab.signal(agents[1].pid, libc::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab.try_wait(agents[1].pid).expect("a lab process").is_none() {
+        assert!(Instant::now() < deadline, "node-1's agent did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    let refused = labnet::connect(&lab, &client, echo, 1, Duration::from_secs(10)).expect("client runs");
+    assert_eq!(refused.failed, 1, "{refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "refused only after {:?}", started.elapsed());
+    let text = metrics::agent(&node0.netns_path);
+    assert_eq!(outbound(&text, "tunnel"), 1.0, "{text}");
+}
+
+fn demo_vip() -> Ipv4Addr {
+    Ipv4Addr::new(10, 96, 0, 10)
+}
