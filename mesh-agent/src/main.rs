@@ -172,7 +172,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let mut result = result;
                 if certificates.enabled() && touched(&[Kind::Workload, Kind::PeerAuthentication, Kind::Node]) {
                     destinations.set_from(model, &config.node_name, &config.trust_domain);
-                    if let Err(err) = redirect_to_tunnel(&mut redirect, &destinations, agent.outbound_listening()) {
+                    let interfaces: Vec<u32> = datapath.attached_pods().map(|pod| pod.iface.ifindex).collect();
+                    if let Err(err) =
+                        redirect_to_tunnel(&mut redirect, &destinations, interfaces, agent.outbound_listening())
+                    {
                         result = Err(result.err().map_or(err.to_string(), |e| format!("{e}; {err}")));
                     }
                 }
@@ -286,6 +289,9 @@ async fn serve(
             stats: state.tunnel.clone(),
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
         };
+        // Replies to the inbound side's transparent connections come back to it.
+        netns::run_in(config.netns.as_deref(), tunnel::reply_route::install)?
+            .context("installing the tunnel's reply route (a rule for its mark and a local route)")?;
         state.set_tunnel_address(address);
         // The outbound listener: where `connect4` sends the connections that need the tunnel.
         let outbound_address = std::net::SocketAddr::new(address.ip(), tunnel::OUTBOUND_PORT);
@@ -443,21 +449,22 @@ fn reconcile(
 fn redirect_to_tunnel(
     redirect: &mut tunnel::redirect::Redirect,
     destinations: &tunnel::Destinations,
+    interfaces: impl IntoIterator<Item = u32>,
     listening: bool,
 ) -> Result<(), tunnel::redirect::RedirectError> {
-    let (wanted, unreachable) = tunnel::redirect::desired(destinations);
-    if !unreachable.is_empty() {
-        tracing::warn!(?unreachable, "STRICT pods on nodes without an address in the model: not tunnelled");
+    let wanted = tunnel::redirect::desired(destinations);
+    if !wanted.unreachable.is_empty() {
+        tracing::warn!(unreachable = ?wanted.unreachable, "STRICT pods on nodes without an address in the model: not tunnelled");
     }
     let listener = destinations
         .node_address()
         .filter(|_| listening)
         .map(|ip| std::net::SocketAddrV4::new(ip, tunnel::OUTBOUND_PORT));
-    if listening && listener.is_none() && !wanted.is_empty() {
+    if listening && listener.is_none() && !wanted.outbound.is_empty() {
         tracing::warn!("this node has no address in the model: nothing is redirected to the tunnel");
     }
-    redirect.apply(&wanted, listener)?;
-    tracing::debug!(destinations = redirect.len(), ?listener, "tunnel redirect applied");
+    redirect.apply(&wanted, interfaces, listener)?;
+    tracing::debug!(tables = ?redirect.len(), ?listener, "tunnel redirect applied");
     Ok(())
 }
 

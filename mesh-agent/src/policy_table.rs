@@ -19,13 +19,14 @@ use mesh_common::{
     policy::{
         ALLOW, ANY_PEER, ANY_PROTO_BITS, AUDIT, DENY, Decision, DirectionPolicy, EGRESS, Endpoint, HAS_RULES, INGRESS,
         IP_CIDR, IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PROTO_BITS, PolicyEntry, PolicyKey,
-        VerdictCount, VerdictKey, reason,
+        VerdictCount, VerdictKey,
     },
     proto,
 };
 
 use crate::{
     config::{ENV_IDENTITIES_MAX, ENV_POLICY_MAX},
+    flows::view::drop_reason_name,
     map_write::converged,
     policy::{Action, Cidr, Direction, EndpointPolicy, Peer, PolicyRef, PortSpec, RuleRef, Way},
     service_lb::Capacities,
@@ -567,15 +568,10 @@ impl PolicyTable {
             if flows == 0 && dropped == 0 {
                 continue;
             }
-            let verdict = match (key.action, key.reason) {
-                (DENY, reason::POLICY_DENY) => "DROPPED (POLICY_DENY, 181)",
-                (DENY, reason::POLICY_DENIED) => "DROPPED (POLICY_DENIED, 133)",
-                (DENY, reason::UNSUPPORTED_L3_PROTOCOL) => "DROPPED (UNSUPPORTED_L3_PROTOCOL, 139)",
-                (DENY, reason::INVALID_PACKET_DROPPED) => "DROPPED (INVALID_PACKET_DROPPED, 134)",
-                (DENY, reason::FRAG_NOT_FOUND) => "DROPPED (FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND, 175)",
-                (DENY, _) => "DROPPED",
-                (AUDIT, _) => "AUDIT",
-                _ => "FORWARDED",
+            let verdict = match key.action {
+                DENY => format!("DROPPED ({}, {})", drop_reason_name(u32::from(key.reason)), key.reason),
+                AUDIT => "AUDIT".to_owned(),
+                _ => "FORWARDED".to_owned(),
             };
             let why = match self.numbering.attribution(key.rule) {
                 Some(what) => what.to_string(),

@@ -98,35 +98,53 @@ pub fn certificate_answer(bytes: &[u8], public_key: &[u8]) -> Result<String, Str
 
 /// The one pod of the node [`tunnel_request`] judges for: demo/web at this address.
 pub const TUNNEL_POD: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 0, 2);
+/// The one pod of another node [`tunnel_request`] knows: demo/client at this address.
+pub const TUNNEL_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 1, 7);
 
 /// A tunnel's CONNECT, as the receiving agent judges it after the TLS handshake:
 /// `peer_certificate` is the client's leaf (DER; its chain was checked during the handshake,
 /// its identity is read here), `server_name` the name the client asked for, `uri` the
-/// CONNECT's target. Judged for a node whose one pod is [`TUNNEL_POD`], of identity
-/// [`ANSWER_IDENTITY`], STRICT but on port 9 (DISABLE). Returns the address the agent would connect to.
-pub fn tunnel_request(peer_certificate: &[u8], server_name: &str, uri: &str) -> Result<std::net::SocketAddr, String> {
+/// CONNECT's target, `forwarded` its `Forwarded` header. Judged for a node whose one pod is
+/// [`TUNNEL_POD`], of identity [`ANSWER_IDENTITY`], STRICT but on port 9 (DISABLE), in a
+/// cluster whose one other pod is [`TUNNEL_CLIENT`] (demo/client). Returns the address the
+/// agent would connect to, and the client address it would connect from.
+pub fn tunnel_request(
+    peer_certificate: &[u8],
+    server_name: &str,
+    uri: &str,
+    forwarded: &str,
+) -> Result<(std::net::SocketAddr, std::net::Ipv4Addr), String> {
     use mesh_common::identity::{SpiffeId, TrustDomain};
+
+    use crate::tunnel::{
+        Destination, Destinations, Peer, hbone,
+        peer_auth::{Mode, WorkloadMtls},
+    };
     let peer = crate::tunnel::tls::identity_in(&peer_certificate.to_vec().into())?;
     let uri: http::Uri = uri.parse().map_err(|err| format!("the CONNECT's target: {err}"))?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        hbone::FORWARDED,
+        http::HeaderValue::from_str(forwarded).map_err(|err| format!("the Forwarded header: {err}"))?,
+    );
     let identity = SpiffeId::new(TrustDomain::default(), ANSWER_IDENTITY.0, ANSWER_IDENTITY.1).expect("valid");
     // Port 9 of the pod is DISABLE.
-    let mtls = crate::tunnel::peer_auth::WorkloadMtls {
-        mode: crate::tunnel::peer_auth::Mode::Strict,
-        ports: [(9, crate::tunnel::peer_auth::Mode::Disable)].into(),
+    let mtls = WorkloadMtls { mode: Mode::Strict, ports: [(9, Mode::Disable)].into() };
+    let client = Peer {
+        pod: "demo/client".into(),
+        identity: SpiffeId::new(TrustDomain::default(), "demo", "client").expect("valid"),
+        mtls: WorkloadMtls { mode: Mode::Permissive, ports: Default::default() },
+        node_address: Some(std::net::Ipv4Addr::new(172, 18, 0, 3)),
     };
-    let destinations = crate::tunnel::Destinations::of([(
-        TUNNEL_POD,
-        crate::tunnel::Destination { pod: "demo/web".into(), identity, mtls },
-    )]);
-    crate::tunnel::hbone::judge(
-        &http::Method::CONNECT,
-        &uri,
-        server_name,
-        &peer,
-        &destinations,
-        &TrustDomain::default(),
-    )
-    .map_err(|(status, reason)| format!("{status}: {reason}"))
+    let destinations = Destinations::of(
+        [(TUNNEL_POD, Destination { pod: "demo/web".into(), identity, mtls })],
+        [(TUNNEL_CLIENT, client)],
+    );
+    let refused = |(status, reason): (http::StatusCode, String)| format!("{status}: {reason}");
+    let target = hbone::judge(&http::Method::CONNECT, &uri, server_name, &peer, &destinations, &TrustDomain::default())
+        .map_err(refused)?;
+    let from = hbone::forwarded_client(&headers, &peer, &destinations).map_err(refused)?;
+    Ok((target, from))
 }
 
 /// The agent's command line (flags; environment variables are read as the agent reads them).

@@ -491,8 +491,9 @@ fn hostile_csrs_are_refused_and_never_panic() {
 }
 
 /// A tunnel's CONNECT as the receiving agent judges it: the client's leaf, the server name it
-/// asked for and the CONNECT's target, each mutated. Whatever is taken goes to the node's pod
-/// and was asked for under that pod's server name.
+/// asked for, the CONNECT's target and its `Forwarded` client, each mutated. Whatever is taken
+/// goes to the node's pod, was asked for under that pod's server name, and comes from the one
+/// pod of the client's identity.
 #[test]
 fn hostile_tunnel_requests_are_refused_and_never_panic() {
     use mesh_common::identity::{SpiffeId, TrustDomain, csr_for};
@@ -506,21 +507,32 @@ fn hostile_tunnel_requests_are_refused_and_never_panic() {
     let destination = SpiffeId::new(TrustDomain::default(), namespace, account).unwrap();
     let name = mesh_agent::tunnel::tls::server_name(&destination).unwrap().to_str().into_owned();
     let target = format!("{}:8080", untrusted::TUNNEL_POD);
-    let taken = untrusted::tunnel_request(&leaf, &name, &target).expect("a well-formed CONNECT is taken");
-    assert_eq!(taken.to_string(), target);
+    let forwarded = format!("for=\"{}:40000\"", untrusted::TUNNEL_CLIENT);
+    let taken = untrusted::tunnel_request(&leaf, &name, &target, &forwarded).expect("a well-formed CONNECT is taken");
+    assert_eq!((taken.0.to_string(), taken.1), (target.clone(), untrusted::TUNNEL_CLIENT));
+    // Another pod's address, or none: refused.
+    for other in ["for=\"10.244.1.8:1\"", "", "by=10.244.1.7"] {
+        assert!(untrusted::tunnel_request(&leaf, &name, &target, other).is_err(), "{other:?} taken");
+    }
     let mut generator = Gen::new(8);
     let mut refused = 0;
     for case in 0..CASES {
-        let (mut der, mut server_name, mut uri) = (leaf.clone(), name.clone(), target.clone());
-        match case % 3 {
+        let (mut der, mut server_name, mut uri, mut from) =
+            (leaf.clone(), name.clone(), target.clone(), forwarded.clone());
+        match case % 4 {
             0 => der = generator.mutate(&leaf, &[b"\x30\x82", b"\x86\x10spiffe://", b"\xff"]),
             1 => server_name = String::from_utf8_lossy(&generator.mutate(name.as_bytes(), &[b".", b"web"])).into(),
-            _ => uri = String::from_utf8_lossy(&generator.mutate(target.as_bytes(), &[b":", b"[::1]", b"/"])).into(),
+            2 => uri = String::from_utf8_lossy(&generator.mutate(target.as_bytes(), &[b":", b"[::1]", b"/"])).into(),
+            _ => {
+                from = String::from_utf8_lossy(&generator.mutate(forwarded.as_bytes(), &[b";", b",", b"\"", b"for="]))
+                    .into()
+            }
         }
-        let input = [der.as_slice(), server_name.as_bytes(), uri.as_bytes()].concat();
-        match timed("tunnel request", &input, || untrusted::tunnel_request(&der, &server_name, &uri)) {
-            Ok(address) => {
+        let input = [der.as_slice(), server_name.as_bytes(), uri.as_bytes(), from.as_bytes()].concat();
+        match timed("tunnel request", &input, || untrusted::tunnel_request(&der, &server_name, &uri, &from)) {
+            Ok((address, client)) => {
                 assert_eq!(address.ip(), untrusted::TUNNEL_POD, "case {case}");
+                assert_eq!(client, untrusted::TUNNEL_CLIENT, "case {case}");
                 assert_eq!(server_name, name, "case {case}: taken under another server name");
             }
             Err(err) => {

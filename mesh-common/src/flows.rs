@@ -48,6 +48,9 @@ pub const CT_FIN_FORWARD: u8 = 1;
 pub const CT_FIN_REPLY: u8 = 2;
 /// The end of the flow was reported.
 pub const CT_ENDED: u8 = 4;
+/// [`crate::policy::CtEntry::flags`]: the flow was opened by the agent's tunnel (inbound side):
+/// its replies are marked so that they reach the agent.
+pub const CT_TUNNELLED: u8 = 8;
 
 /// TCP header flags, as in the header's 14th byte.
 pub mod tcp_flags {

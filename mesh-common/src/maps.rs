@@ -76,6 +76,13 @@ pub const TUNNEL_CONFIG: &str = "mesh_tun_cfg";
 /// Redirected connections not yet accepted by the agent (LRU): [`crate::tunnel::OriginKey`]
 /// -> [`crate::tunnel::Origin`].
 pub const TUNNEL_ORIGINS: &str = "mesh_tun_orig";
+/// This node's pods (and ports) that accept only mutual TLS:
+/// [`crate::tunnel::TunnelDestKey`] -> [`crate::tunnel::TUNNEL`] (STRICT) or
+/// [`crate::tunnel::DIRECT`] (a port of another mode). Written by the agent.
+pub const MTLS_INBOUND: &str = "mesh_mtls_in";
+/// The host-side interfaces of this node's pods (ifindex -> 1), so TC tells a pod's packet from
+/// one off the wire. Written by the agent.
+pub const POD_INTERFACES: &str = "mesh_pod_ifs";
 
 /// Default capacity of [`SERVICES`] (service address + port + protocol entries).
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
@@ -121,9 +128,11 @@ pub const DEFAULT_TUNNEL_DESTS_MAX: u32 = 65_536;
 /// Capacity of [`TUNNEL_ORIGINS`]: connections between `connect()` and the agent's accept
 /// (an entry lives for a round trip on the node), least recently used first.
 pub const TUNNEL_ORIGINS_MAX: u32 = 16_384;
+/// Capacity of [`MTLS_INBOUND`] and [`POD_INTERFACES`]: this node's pods (and their ports).
+pub const DEFAULT_LOCAL_PODS_MAX: u32 = 4_096;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 23] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
@@ -145,6 +154,8 @@ pub const ALL: [&str; 21] = [
     TUNNEL_DESTS,
     TUNNEL_CONFIG,
     TUNNEL_ORIGINS,
+    MTLS_INBOUND,
+    POD_INTERFACES,
 ];
 
 #[cfg(test)]

@@ -197,6 +197,10 @@ pub mod reason {
     pub const UNSUPPORTED_L3_PROTOCOL: u8 = 139;
     /// Denied by an explicit deny rule.
     pub const POLICY_DENY: u8 = 181;
+    /// Plaintext to a pod port whose PeerAuthentication mode is STRICT: the connection came
+    /// neither through the mutual-TLS tunnel nor from a pod of the same node (Hubble's
+    /// `AUTH_REQUIRED`).
+    pub const AUTH_REQUIRED: u8 = 189;
 }
 
 /// Key of [`crate::maps::FRAGMENTS`]: one fragmented datagram, as IPv4 tells its fragments

@@ -11,8 +11,28 @@
 //! is known) copies it to [`crate::maps::TUNNEL_ORIGINS`] under the client's address and
 //! port, where the agent finds it when it accepts the connection. `getpeername()` still
 //! answers the address the application asked for.
+//!
+//! The receiving side: the agent connects to the pod from the client pod's own address (a
+//! transparent socket marked [`TUNNEL_MARK`]), so TC judges and reports the real client. TC
+//! tags the flow in conntrack, and marks the pod's replies so that the node's policy routing
+//! (a rule for [`TUNNEL_REPLY_MARK`], a local route in table [`TUNNEL_TABLE`]) delivers them to that socket
+//! instead of forwarding them to the client's node. A new TCP flow to a STRICT pod port
+//! ([`crate::maps::MTLS_INBOUND`]) that came neither from the agent nor from a pod of this node
+//! ([`crate::maps::POD_INTERFACES`]) is dropped with [`crate::policy::reason::AUTH_REQUIRED`].
 
 use crate::service_lb::{Backend, ServiceAddr};
+
+/// The mark of the agent's connections to local pods (its socket's `SO_MARK`).
+pub const TUNNEL_MARK: u32 = 0x0d50_0000;
+/// The mark TC gives the pods' replies to those connections: the only one the policy rule
+/// routes locally (the agent's own packets, marked [`TUNNEL_MARK`], must leave for the pod).
+pub const TUNNEL_REPLY_MARK: u32 = 0x0d51_0000;
+/// The bits of the mark the mesh owns.
+pub const TUNNEL_MARK_MASK: u32 = 0xffff_0000;
+/// The routing table holding the local route for marked replies.
+pub const TUNNEL_TABLE: u32 = 2008;
+/// The priority of the rule sending marked packets to [`TUNNEL_TABLE`] (before `main`).
+pub const TUNNEL_RULE_PRIORITY: u32 = 1008;
 
 /// Key of [`crate::maps::TUNNEL_DESTS`]. Network byte order.
 #[repr(C)]

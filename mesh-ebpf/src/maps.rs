@@ -10,9 +10,9 @@ use mesh_common::{
     flows::TupleKey,
     maps::{
         DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
-        DEFAULT_FRAGMENTS_MAX, DEFAULT_IDENTITIES_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_POLICY_MAX,
-        DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_TUNNEL_DESTS_MAX, DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX,
-        TUNNEL_ORIGINS_MAX,
+        DEFAULT_FRAGMENTS_MAX, DEFAULT_IDENTITIES_MAX, DEFAULT_LOCAL_PODS_MAX, DEFAULT_POD_TRAFFIC_MAX,
+        DEFAULT_POLICY_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_TUNNEL_DESTS_MAX, DEFAULT_VERDICTS_MAX,
+        DEFAULT_XLATE_MAX, TUNNEL_ORIGINS_MAX,
     },
     pod_traffic::PodTraffic,
     policy::{CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
@@ -97,3 +97,9 @@ pub static TUNNEL_CONFIG: Array<OutboundListener> = Array::pinned(1, 0);
 
 #[map(name = "mesh_tun_orig")]
 pub static TUNNEL_ORIGINS: LruHashMap<OriginKey, Origin> = LruHashMap::pinned(TUNNEL_ORIGINS_MAX, 0);
+
+#[map(name = "mesh_mtls_in")]
+pub static MTLS_INBOUND: HashMap<TunnelDestKey, u32> = HashMap::pinned(DEFAULT_LOCAL_PODS_MAX, AGENT_WRITTEN);
+
+#[map(name = "mesh_pod_ifs")]
+pub static POD_INTERFACES: HashMap<u32, u32> = HashMap::pinned(DEFAULT_LOCAL_PODS_MAX, AGENT_WRITTEN);

@@ -14,14 +14,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mesh_common::{
-    flows::{CT_ENDED, CT_FIN_FORWARD, CT_FIN_REPLY, FLOW_DROP, FLOW_END, FLOW_START, FlowEvent, TupleKey, tcp_flags},
+    flows::{
+        CT_ENDED, CT_FIN_FORWARD, CT_FIN_REPLY, CT_TUNNELLED, FLOW_DROP, FLOW_END, FLOW_START, FlowEvent, TupleKey,
+        tcp_flags,
+    },
     policy::{
         ALLOW, ANY_PEER, AUDIT, CtEntry, CtKey, DENY, Decision, DirectionPolicy, EGRESS, FragKey, FragPorts, HAS_RULES,
         INGRESS, IP_CIDR, IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PolicyKey, VerdictCount, VerdictKey,
         better, reason,
     },
     proto,
-    tunnel::OriginKey,
+    tunnel::{OriginKey, TUNNEL, TUNNEL_MARK, TUNNEL_MARK_MASK, TUNNEL_REPLY_MARK, TunnelDestKey},
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -31,7 +34,10 @@ use network_types::{
 
 use crate::{
     flows::{self, emit},
-    maps::{CONNTRACK, ENDPOINTS, FRAGMENTS, IDENTITIES, POLICY, POLICY_REVISION, TUNNEL_ORIGINS, VERDICTS, XLATE},
+    maps::{
+        CONNTRACK, ENDPOINTS, FRAGMENTS, IDENTITIES, MTLS_INBOUND, POD_INTERFACES, POLICY, POLICY_REVISION,
+        TUNNEL_ORIGINS, VERDICTS, XLATE,
+    },
     service_lb::outbound_listener,
 };
 
@@ -126,9 +132,9 @@ fn read<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, i64> {
 /// `Ok(true)`: the packet passes.
 fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
     // SAFETY: a TC program's context is the kernel's `__sk_buff`.
-    let (ifindex, protocol, len) = unsafe {
+    let (ifindex, protocol, len, mark, ingress_ifindex) = unsafe {
         let skb = &*ctx.as_ptr().cast::<__sk_buff>();
-        (skb.ifindex, skb.protocol, u64::from(skb.len))
+        (skb.ifindex, skb.protocol, u64::from(skb.len), skb.mark, skb.ingress_ifindex)
     };
     // A pod without policy is tracked all the same: its flows are reported.
     let policy = match ENDPOINTS.get_ptr(&ifindex) {
@@ -240,12 +246,27 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
                 entry.reply_bytes += len;
                 entry.tcp_flags |= tcp_flags;
                 track_end(entry, &reply, ifindex, tcp_flags, CT_FIN_REPLY);
+                if entry.flags & CT_TUNNELLED != 0 {
+                    // A reply to the agent's tunnel: its policy route delivers it to the agent.
+                    ctx.set_mark((mark & !TUNNEL_MARK_MASK) | TUNNEL_REPLY_MARK);
+                }
                 return Ok(true);
             }
         }
     }
     let (peer, port) = if direction == INGRESS { (ip.saddr, dport) } else { original_destination(&ip, sport, dport) };
-    let verdict = judge(ifindex, &policy, direction, peer, ip.proto, port);
+    // The agent's inbound side connects from the client's address, with its socket's mark.
+    let tunnelled = direction == INGRESS && mark & TUNNEL_MARK_MASK == TUNNEL_MARK;
+    let verdict = if direction == INGRESS
+        && ip.proto == proto::TCP
+        && !tunnelled
+        && requires_mtls(ip.daddr, dport)
+        && !from_local_pod(ingress_ifindex)
+    {
+        Verdict { rule: 0, action: DENY, reason: reason::AUTH_REQUIRED }
+    } else {
+        judge(ifindex, &policy, direction, peer, ip.proto, port)
+    };
     count(verdict.rule, verdict.action, verdict.reason, direction, true, verdict.action == DENY);
     if let Some(ptr) = known {
         // Judged again after a policy change (or reused): the entry is updated in place and
@@ -253,6 +274,9 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         // SAFETY: as above.
         let entry = unsafe { &mut *ptr };
         let was_denied = entry.action == DENY;
+        if tunnelled {
+            entry.flags |= CT_TUNNELLED;
+        }
         entry.rule = verdict.rule;
         entry.revision = revision();
         entry.action = verdict.action;
@@ -272,6 +296,7 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         packets: 1,
         bytes: len,
         tcp_flags,
+        flags: if tunnelled { CT_TUNNELLED } else { 0 },
         ..CtEntry::default()
     };
     if ip.proto == proto::TCP
@@ -311,6 +336,25 @@ fn original_destination(ip: &Ipv4, sport: u16, dport: u16) -> (u32, u16) {
         return (backend.addr, backend.port);
     }
     (ip.daddr, dport)
+}
+
+/// Whether a TCP connection to this node's pod at `addr`, port `port` must come through the
+/// tunnel: the port's own entry, else the pod's (STRICT).
+#[inline(always)]
+fn requires_mtls(addr: u32, port: u16) -> bool {
+    let key = TunnelDestKey { addr, port, _pad: 0 };
+    // SAFETY: values are plain integers, copied out at once.
+    match unsafe { MTLS_INBOUND.get(&key) } {
+        Some(mode) => *mode == TUNNEL,
+        None => unsafe { MTLS_INBOUND.get(&TunnelDestKey { port: 0, ..key }) }.is_some_and(|mode| *mode == TUNNEL),
+    }
+}
+
+/// Whether the packet entered the node from one of its pods (0: made on the node itself).
+#[inline(always)]
+fn from_local_pod(ingress_ifindex: u32) -> bool {
+    // SAFETY: only the presence is read.
+    ingress_ifindex != 0 && unsafe { POD_INTERFACES.get(&ingress_ifindex) }.is_some()
 }
 
 /// Notes a TCP FIN or RST of a passing flow, in the direction `fin` (of the flow), and

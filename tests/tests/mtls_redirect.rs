@@ -3,8 +3,11 @@
 //! agent's outbound listener and carried through the mutual-TLS tunnel, while the client
 //! still sees the address it asked for; a connection to a PERMISSIVE or DISABLE destination
 //! never reaches the agent. A capture on node-0's link shows only TLS to port 15008 and never
-//! the server's plaintext. When the peer agent is gone, a client's connection is refused at
-//! once, and the reason is counted.
+//! the server's plaintext. The receiving agent connects to the pod from the client pod's own
+//! address, so the server sees the real client. A plaintext connection to the STRICT port that
+//! did not come through the tunnel (from another node's host, or from the pod's node itself) is
+//! dropped at TC with AUTH_REQUIRED, while a pod of the same node still connects directly. When
+//! the peer agent is gone, a client's connection is refused at once, and the reason is counted.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -16,7 +19,7 @@ use mesh_common::identity::{SpiffeId, TrustDomain};
 use mesh_tests::{
     agent::Agent,
     capture::{Capture, contains},
-    lab::Placement,
+    lab::{POD_GATEWAY, Placement},
     labnet, manifests, meshctl, metrics,
     operator::Operator,
     privileges::privileged,
@@ -78,11 +81,14 @@ fn the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other()
         })
         .collect();
     let intruder = lab.pod(demo::INTRUDER);
-    labnet::serve(&lab, intruder, STRICT_PORT, MARKER).expect("intruder serves its STRICT port");
+    labnet::serve(&lab, intruder, STRICT_PORT, &format!("{MARKER} {{peer}}")).expect("intruder serves its STRICT port");
     labnet::serve(&lab, intruder, DISABLED_PORT, "plain").expect("intruder serves its DISABLE port");
     meshctl::wait_for_certificates(&lab, "node-0", &[spiffe("client")]);
     meshctl::wait_for_certificates(&lab, "node-1", &[spiffe("intruder")]);
-    let client = Placement::pod(lab.pod(demo::CLIENT));
+    let client_pod = lab.pod(demo::CLIENT);
+    let client = Placement::pod(client_pod);
+    // What the STRICT port answers the client: its marker and the client as the server saw it.
+    let seen_from_client = format!("{MARKER} {}", client_pod.ip);
     let (node0, node1) = (&lab.nodes[0], &lab.nodes[1]);
 
     let capture = Capture::start(&node0.netns_path, "eth0").expect("a capture on node-0's link");
@@ -94,7 +100,7 @@ fn the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other()
         let summary = labnet::connect(&lab, &client, to, 5, Duration::from_secs(5)).expect("client runs");
         let logs = || agents.iter().map(Agent::log).collect::<Vec<_>>().join("\n---\n");
         assert_eq!(summary.ok, 5, "{what}: {summary:?}\n{}", logs());
-        assert_eq!(summary.replies.get(MARKER), Some(&5), "{what}: {summary:?}");
+        assert_eq!(summary.replies.get(&seen_from_client), Some(&5), "{what}: the server saw: {summary:?}");
         assert_eq!(summary.peers.get(&to.to_string()), Some(&5), "{what}: getpeername: {summary:?}");
     }
     let segments = capture.stop();
@@ -130,6 +136,34 @@ fn the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other()
     assert_eq!(web.ok, 3, "{web:?}");
     let text = metrics::agent(&node0.netns_path);
     assert_eq!(outbound(&text, "tunnelled"), 10.0, "a connection that needs no tunnel reached the agent: {text}");
+
+    // Plaintext to the STRICT port that skipped the tunnel: from node-0's host (not a pod, so
+    // no redirect) across the link, and from node-1's own host; dropped at TC, and reported.
+    let host =
+        |node: &mesh_tests::lab::Node| Placement { netns: Some(node.netns_path.clone()), cgroup: lab.system_cgroup() };
+    for node in [node0, node1] {
+        let denied = labnet::connect(&lab, &host(node), pod, 2, Duration::from_millis(1500)).expect("client runs");
+        assert_eq!(denied.failed, 2, "plaintext from {}'s host reached the STRICT port: {denied:?}", node.name);
+        let allowed =
+            labnet::connect(&lab, &host(node), (intruder.ip, DISABLED_PORT).into(), 1, Duration::from_secs(5))
+                .expect("client runs");
+        assert_eq!(allowed.replies.get("plain"), Some(&1), "{}'s host to the DISABLE port: {allowed:?}", node.name);
+    }
+    // A pod of intruder's own node connects directly (not tunnelled, allowed at TC).
+    let neighbour = Placement::pod(lab.pod("web-b"));
+    let local = labnet::connect(&lab, &neighbour, pod, 2, Duration::from_secs(5)).expect("client runs");
+    let seen_from_neighbour = format!("{MARKER} {}", lab.pod("web-b").ip);
+    assert_eq!(local.replies.get(&seen_from_neighbour), Some(&2), "{local:?}");
+    let dropped = meshctl::flows(&agents[1].observer_socket(&lab), &["--drop-reason-desc", "AUTH_REQUIRED"]);
+    let to_strict = |f: &&serde_json::Value| f["l4"]["TCP"]["destination_port"] == u64::from(STRICT_PORT);
+    let sources: std::collections::BTreeSet<_> =
+        dropped.iter().filter(to_strict).filter_map(|f| f["IP"]["source"].as_str()).collect();
+    // node-0's host over the link; node-1's host from the pod's gateway address (its veth).
+    let expected: std::collections::BTreeSet<_> = [node0.ip.to_string(), POD_GATEWAY.to_string()].into_iter().collect();
+    assert!(
+        expected.iter().all(|ip| sources.contains(ip.as_str())),
+        "AUTH_REQUIRED drops from {sources:?}, expected from {expected:?}: {dropped:#?}"
+    );
 
     // node-1's agent gone: a tunnelled connection is refused at once, not left hanging.
     lab.signal(agents[1].pid, libc::SIGTERM).expect("SIGTERM");

@@ -23,7 +23,10 @@ pub const TARGETS: [(&str, &str); 8] = [
     ("agent_config", "the agent's command line"),
     ("csr", "certificate signing requests, as the workload CA reads them"),
     ("certificate_answer", "the workload CA's answers, as an agent checks them"),
-    ("tunnel_request", "tunnel CONNECTs (client leaf, server name, target), as the receiving agent judges them"),
+    (
+        "tunnel_request",
+        "tunnel CONNECTs (client leaf, server name, target, Forwarded), as the receiving agent judges them",
+    ),
 ];
 
 pub fn run(runs: u64, only: Option<&str>) -> anyhow::Result<()> {
@@ -166,9 +169,10 @@ fn seed(root: &Path) -> anyhow::Result<()> {
     std::fs::write(corpus("certificate_answer")?.join("leaf"), [b"\x01".as_slice(), &der(&chain[0])?].concat())?;
     // A CONNECT to the pod `mesh_agent::untrusted::tunnel_request` judges for, under its
     // identity's server name (`mesh_agent::tunnel::tls::server_name`).
-    let (name, target) = ("demo.web.hbone.mesh.internal", "10.244.0.2:8080");
-    let lengths = [name.len() as u8, target.len() as u8];
-    let request = [lengths.as_slice(), name.as_bytes(), target.as_bytes(), &der(&chain[0])?].concat();
+    let (name, target, forwarded) = ("demo.web.hbone.mesh.internal", "10.244.0.2:8080", "for=\"10.244.1.7:40000\"");
+    let lengths = [name.len() as u8, target.len() as u8, forwarded.len() as u8];
+    let request =
+        [lengths.as_slice(), name.as_bytes(), target.as_bytes(), forwarded.as_bytes(), &der(&chain[0])?].concat();
     std::fs::write(corpus("tunnel_request")?.join("connect"), request)?;
     let args = ["--node-name", "node-0", "--cgroup", "/sys/fs/cgroup", "--operator", "http://127.0.0.1:15150"];
     std::fs::write(corpus("agent_config")?.join("example"), args.join("\0"))?;

@@ -139,6 +139,7 @@ pub fn drop_reason_name(reason: u32) -> &'static str {
         139 => "UNSUPPORTED_L3_PROTOCOL",
         175 => "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
         181 => "POLICY_DENY",
+        189 => "AUTH_REQUIRED",
         0 => "DROP_REASON_UNKNOWN",
         _ => "OTHER",
     }

@@ -243,9 +243,15 @@ async fn accept_stream(
         Ok(target) => target,
         Err((status, reason)) => return refuse(status, reason),
     };
+    let from = match forwarded_client(request.headers(), &session.peer, &inbound.destinations) {
+        Ok(from) => from,
+        Err((status, reason)) => return refuse(status, reason),
+    };
+    // From the client's own address: the pod's TC policy, conntrack and flows see the client.
     let connect = async {
         let socket = inbound.sockets.tcp_v4().await?;
         socket.set_nodelay(true)?;
+        transparent(&socket, from)?;
         socket.connect(target).await
     };
     let pod = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
@@ -271,6 +277,54 @@ async fn accept_stream(
         }
     });
     answer(StatusCode::OK, "")
+}
+
+/// The client a CONNECT is for (its `Forwarded: for=`), checked: a pod of another node whose
+/// identity is the peer's own (a peer may not speak for another identity's address).
+pub fn forwarded_client(
+    headers: &http::HeaderMap,
+    peer: &SpiffeId,
+    destinations: &Destinations,
+) -> Result<std::net::Ipv4Addr, (StatusCode, String)> {
+    let value = headers.get(FORWARDED).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let Some(client) = forwarded_address(value) else {
+        return Err((StatusCode::BAD_REQUEST, format!("no client address in Forwarded ({value:?})")));
+    };
+    let IpAddr::V4(ip) = client.ip() else {
+        return Err((StatusCode::BAD_REQUEST, format!("the client {client} is not IPv4")));
+    };
+    match destinations.peer(ip) {
+        Some(pod) if pod.identity == *peer => Ok(ip),
+        Some(pod) => Err((StatusCode::UNAUTHORIZED, format!("the client {ip} is {}, not {peer}", pod.identity))),
+        None => Err((StatusCode::UNAUTHORIZED, format!("the client {ip} is no pod of another node"))),
+    }
+}
+
+/// The address in a `Forwarded` value's first `for=` (quoted or not, with or without a port).
+pub fn forwarded_address(value: &str) -> Option<SocketAddr> {
+    let element = value.split(',').next()?;
+    let for_ = element.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        key.eq_ignore_ascii_case("for").then_some(value.trim().trim_matches('"'))
+    })?;
+    for_.parse::<SocketAddr>().ok().or_else(|| Some(SocketAddr::new(for_.parse().ok()?, 0)))
+}
+
+/// Makes `socket` send from `client` (any port) with the tunnel's mark: a transparent
+/// socket, whose replies the node's reply route delivers here (`reply_route`).
+fn transparent(socket: &tokio::net::TcpSocket, client: std::net::Ipv4Addr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let fd = socket.as_raw_fd();
+    let set = |level, option, value: u32| {
+        // SAFETY: a valid option value of its size on an open socket.
+        let ret = unsafe {
+            libc::setsockopt(fd, level, option, (&raw const value).cast(), size_of::<u32>() as libc::socklen_t)
+        };
+        if ret == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    };
+    set(libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
+    set(libc::SOL_SOCKET, libc::SO_MARK, mesh_common::tunnel::TUNNEL_MARK)?;
+    socket.bind(SocketAddr::from((client, 0)))
 }
 
 /// The `Forwarded` value naming the client, as ztunnel writes it: `for="<ip>:<port>"`

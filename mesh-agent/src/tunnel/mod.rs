@@ -15,6 +15,7 @@ pub mod hbone;
 pub mod outbound;
 pub mod peer_auth;
 pub mod redirect;
+pub mod reply_route;
 pub mod tls;
 
 use std::{
@@ -102,15 +103,12 @@ impl Destinations {
         *self.known.write().expect("never poisoned") = known;
     }
 
-    /// Exactly these pods of this node.
-    pub fn of(pods: impl IntoIterator<Item = (Ipv4Addr, Destination)>) -> Self {
-        let known = Known { pods: pods.into_iter().collect(), ..Known::default() };
-        Self { known: Arc::new(RwLock::new(known)) }
-    }
-
-    /// Exactly these pods of the other nodes.
-    pub fn with_peers(peers: impl IntoIterator<Item = (Ipv4Addr, Peer)>) -> Self {
-        let known = Known { peers: peers.into_iter().collect(), ..Known::default() };
+    /// Exactly these pods: of this node, and of the other nodes.
+    pub fn of(
+        pods: impl IntoIterator<Item = (Ipv4Addr, Destination)>,
+        peers: impl IntoIterator<Item = (Ipv4Addr, Peer)>,
+    ) -> Self {
+        let known = Known { pods: pods.into_iter().collect(), peers: peers.into_iter().collect(), ..Known::default() };
         Self { known: Arc::new(RwLock::new(known)) }
     }
 
@@ -126,6 +124,14 @@ impl Destinations {
     /// The pod at `ip` on this node.
     pub fn get(&self, ip: Ipv4Addr) -> Option<Destination> {
         self.known.read().expect("never poisoned").pods.get(&ip).cloned()
+    }
+
+    /// Every pod of this node, by address.
+    pub fn local(&self) -> Vec<(Ipv4Addr, Destination)> {
+        let known = self.known.read().expect("never poisoned");
+        let mut all: Vec<_> = known.pods.iter().map(|(ip, pod)| (*ip, pod.clone())).collect();
+        all.sort_by_key(|(ip, _)| *ip);
+        all
     }
 
     /// The pod at `ip` on another node.

@@ -15,7 +15,10 @@ use mesh_common::{
     tunnel::{DIRECT, Origin, OriginKey, OutboundListener, TUNNEL, TunnelDestKey},
 };
 
-use super::{Destinations, peer_auth::Mode};
+use super::{
+    Destinations,
+    peer_auth::{Mode, WorkloadMtls},
+};
 use crate::map_write::converged;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,108 +35,150 @@ pub enum RedirectError {
     Write { map: &'static str, source: MapError },
 }
 
-/// The entries of [`maps::TUNNEL_DESTS`] for the pods of the other nodes: a STRICT pod's
-/// address with port 0, its ports of another mode as [`DIRECT`], a STRICT port of a pod of
-/// another mode as [`TUNNEL`]. A pod whose node has no address cannot be tunnelled to: left
-/// out (and named in the second list).
-pub fn desired(destinations: &Destinations) -> (BTreeMap<TunnelDestKey, u32>, Vec<String>) {
-    let mut entries = BTreeMap::new();
-    let mut unreachable = Vec::new();
+/// What the kernel must hold for the tunnel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// [`maps::TUNNEL_DESTS`]: the other nodes' pods.
+    pub outbound: BTreeMap<TunnelDestKey, u32>,
+    /// [`maps::MTLS_INBOUND`]: this node's pods.
+    pub inbound: BTreeMap<TunnelDestKey, u32>,
+    /// STRICT pods of nodes without an address: nothing can be tunnelled to them.
+    pub unreachable: Vec<String>,
+}
+
+/// The entries of a STRICT pod (or of a pod with STRICT ports) at `ip`: its address with port
+/// 0 for a STRICT pod, its ports of another mode as [`DIRECT`]; for a pod of another mode,
+/// its STRICT ports as [`TUNNEL`]. None for a pod with no STRICT port.
+fn entries(ip: std::net::Ipv4Addr, mtls: &WorkloadMtls, out: &mut BTreeMap<TunnelDestKey, u32>) {
+    let addr = u32::from_ne_bytes(ip.octets());
+    let key = |port: u16| TunnelDestKey { addr, port: port.to_be(), _pad: 0 };
+    let strict = mtls.mode == Mode::Strict;
+    if strict {
+        out.insert(key(0), TUNNEL);
+    }
+    for (port, mode) in mtls.ports.iter().filter(|(port, _)| **port != 0) {
+        match (strict, *mode == Mode::Strict) {
+            (true, false) => out.insert(key(*port), DIRECT),
+            (false, true) => out.insert(key(*port), TUNNEL),
+            _ => None,
+        };
+    }
+}
+
+/// What the kernel must hold for the pods `destinations` knows.
+pub fn desired(destinations: &Destinations) -> Wanted {
+    let mut wanted = Wanted::default();
     for (ip, peer) in destinations.peers() {
-        let strict = peer.mtls.mode == Mode::Strict || peer.mtls.ports.values().any(|m| *m == Mode::Strict);
-        if !strict {
+        let mut pod = BTreeMap::new();
+        entries(ip, &peer.mtls, &mut pod);
+        if pod.is_empty() {
             continue;
         }
         if peer.node_address.is_none() {
-            unreachable.push(peer.pod.clone());
+            wanted.unreachable.push(peer.pod.clone());
             continue;
         }
-        let addr = u32::from_ne_bytes(ip.octets());
-        let key = |port: u16| TunnelDestKey { addr, port: port.to_be(), _pad: 0 };
-        if peer.mtls.mode == Mode::Strict {
-            entries.insert(key(0), TUNNEL);
-        }
-        for (port, mode) in &peer.mtls.ports {
-            if *port == 0 {
-                continue;
-            }
-            match (peer.mtls.mode == Mode::Strict, *mode == Mode::Strict) {
-                (true, false) => entries.insert(key(*port), DIRECT),
-                (false, true) => entries.insert(key(*port), TUNNEL),
-                _ => None,
-            };
-        }
+        wanted.outbound.append(&mut pod);
     }
-    unreachable.sort();
-    unreachable.dedup();
-    (entries, unreachable)
+    for (ip, pod) in destinations.local() {
+        entries(ip, &pod.mtls, &mut wanted.inbound);
+    }
+    wanted.unreachable.sort();
+    wanted.unreachable.dedup();
+    wanted
 }
 
 /// The tunnel's maps, owned, with a copy of what the destination table holds.
 pub struct Redirect {
-    dests: HashMap<MapData, TunnelDestKey, u32>,
+    outbound: Table<TunnelDestKey, u32>,
+    inbound: Table<TunnelDestKey, u32>,
+    interfaces: Table<u32, u32>,
     config: Array<MapData, OutboundListener>,
-    capacity: u32,
-    current: BTreeMap<TunnelDestKey, u32>,
     listener: Option<OutboundListener>,
 }
 
+/// A hash map the agent alone writes, with a copy of what it holds.
+struct Table<K, V> {
+    name: &'static str,
+    map: HashMap<MapData, K, V>,
+    capacity: u32,
+    current: BTreeMap<K, V>,
+}
+
+impl<K: aya::Pod + Ord, V: aya::Pod + PartialEq> Table<K, V> {
+    fn new(ebpf: &mut aya::Ebpf, name: &'static str, capacity: u32) -> Result<Self, RedirectError> {
+        let map = ebpf.take_map(name).ok_or(RedirectError::MissingMap { map: name })?;
+        let map: HashMap<MapData, K, V> =
+            HashMap::try_from(map).map_err(|source| RedirectError::MapType { map: name, source })?;
+        // What a previous agent left is the starting copy: differences from it are written.
+        let current = map.iter().filter_map(Result::ok).collect();
+        Ok(Self { name, map, capacity, current })
+    }
+
+    fn check(&self, wanted: &BTreeMap<K, V>) -> Result<(), RedirectError> {
+        if wanted.len() > self.capacity as usize {
+            return Err(RedirectError::Capacity { map: self.name, needed: wanted.len(), capacity: self.capacity });
+        }
+        Ok(())
+    }
+
+    /// Removals first, so a full table makes room; each write is copied at once, so a retry
+    /// writes only what is still missing.
+    fn apply(&mut self, wanted: &BTreeMap<K, V>) -> Result<(), RedirectError> {
+        let write = |source| RedirectError::Write { map: self.name, source };
+        let stale: Vec<K> = self.current.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for key in stale {
+            converged(self.map.remove(&key)).map_err(write)?;
+            self.current.remove(&key);
+        }
+        for (key, value) in wanted {
+            if self.current.get(key) != Some(value) {
+                self.map.insert(key, value, 0).map_err(write)?;
+                self.current.insert(*key, *value);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Redirect {
-    /// Takes the destination table and the listener out of `ebpf` (held for the agent's
-    /// life: the programs loaded later use their descriptors), and opens the origins from
-    /// their pin in `bpffs` (a descriptor of its own, which the outbound side may drop).
+    /// Takes the tables and the listener out of `ebpf` (held for the agent's life: the
+    /// programs loaded later use their descriptors), and opens the origins from their pin in
+    /// `bpffs` (a descriptor of its own, which the outbound side may drop).
     pub fn new(ebpf: &mut aya::Ebpf, bpffs: &std::path::Path) -> Result<(Self, Origins), RedirectError> {
-        let mut take = |map: &'static str| ebpf.take_map(map).ok_or(RedirectError::MissingMap { map });
-        let (dests, config) = (take(maps::TUNNEL_DESTS)?, take(maps::TUNNEL_CONFIG)?);
         let map_type = |map: &'static str| move |source| RedirectError::MapType { map, source };
+        // The object's capacities (not configurable yet).
+        let outbound = Table::new(ebpf, maps::TUNNEL_DESTS, maps::DEFAULT_TUNNEL_DESTS_MAX)?;
+        let inbound = Table::new(ebpf, maps::MTLS_INBOUND, maps::DEFAULT_LOCAL_PODS_MAX)?;
+        let interfaces = Table::new(ebpf, maps::POD_INTERFACES, maps::DEFAULT_LOCAL_PODS_MAX)?;
+        let config =
+            ebpf.take_map(maps::TUNNEL_CONFIG).ok_or(RedirectError::MissingMap { map: maps::TUNNEL_CONFIG })?;
+        let config = Array::try_from(config).map_err(map_type(maps::TUNNEL_CONFIG))?;
         let origins = MapData::from_pin(bpffs.join(maps::TUNNEL_ORIGINS))
             .and_then(aya::maps::Map::from_map_data)
             .map_err(map_type(maps::TUNNEL_ORIGINS))?;
-        let dests: HashMap<MapData, TunnelDestKey, u32> =
-            HashMap::try_from(dests).map_err(map_type(maps::TUNNEL_DESTS))?;
-        // The object's capacity (not configurable yet).
-        let capacity = maps::DEFAULT_TUNNEL_DESTS_MAX;
-        // What a previous agent left is the starting copy: differences from it are written.
-        let current = dests.iter().filter_map(Result::ok).collect();
-        let redirect = Self {
-            dests,
-            config: Array::try_from(config).map_err(map_type(maps::TUNNEL_CONFIG))?,
-            capacity,
-            current,
-            listener: None,
-        };
         let origins = Origins { map: HashMap::try_from(origins).map_err(map_type(maps::TUNNEL_ORIGINS))? };
-        Ok((redirect, origins))
+        Ok((Self { outbound, inbound, interfaces, config, listener: None }, origins))
     }
 
-    /// Makes the destination table hold `wanted`, and `connect4` send to `listener` (none:
-    /// nothing is redirected). Too many entries change nothing.
+    /// Makes the tables hold `wanted` and the pods' interfaces `interfaces` (ifindexes), and
+    /// `connect4` send to `listener` (none: nothing is redirected). Too many entries for a
+    /// table change nothing.
     pub fn apply(
         &mut self,
-        wanted: &BTreeMap<TunnelDestKey, u32>,
+        wanted: &Wanted,
+        interfaces: impl IntoIterator<Item = u32>,
         listener: Option<SocketAddrV4>,
     ) -> Result<(), RedirectError> {
-        let write = |source| RedirectError::Write { map: maps::TUNNEL_DESTS, source };
-        if wanted.len() > self.capacity as usize {
-            return Err(RedirectError::Capacity {
-                map: maps::TUNNEL_DESTS,
-                needed: wanted.len(),
-                capacity: self.capacity,
-            });
-        }
-        // Removals first, so a full table makes room; each written key is copied at once, so
-        // a retry writes only what is still missing.
-        let stale: Vec<TunnelDestKey> = self.current.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
-        for key in stale {
-            converged(self.dests.remove(&key)).map_err(write)?;
-            self.current.remove(&key);
-        }
-        for (key, mode) in wanted {
-            if self.current.get(key) != Some(mode) {
-                self.dests.insert(key, mode, 0).map_err(write)?;
-                self.current.insert(*key, *mode);
-            }
-        }
+        let interfaces: BTreeMap<u32, u32> = interfaces.into_iter().map(|ifindex| (ifindex, 1)).collect();
+        self.outbound.check(&wanted.outbound)?;
+        self.inbound.check(&wanted.inbound)?;
+        self.interfaces.check(&interfaces)?;
+        // The interfaces before the STRICT ports: a pod of this node is never refused as
+        // plaintext from elsewhere.
+        self.interfaces.apply(&interfaces)?;
+        self.inbound.apply(&wanted.inbound)?;
+        self.outbound.apply(&wanted.outbound)?;
         let listener = listener.map(|address| OutboundListener {
             addr: u32::from_ne_bytes(address.ip().octets()),
             port: address.port().to_be(),
@@ -148,13 +193,9 @@ impl Redirect {
         Ok(())
     }
 
-    /// How many destinations are tunnelled.
-    pub fn len(&self) -> usize {
-        self.current.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.current.is_empty()
+    /// How many remote destinations are tunnelled, and local ones are STRICT.
+    pub fn len(&self) -> (usize, usize) {
+        (self.outbound.current.len(), self.inbound.current.len())
     }
 }
 
@@ -200,12 +241,13 @@ mod tests {
     }
 
     fn entries(peer: Peer) -> (Vec<(u16, u32)>, Vec<String>) {
-        let destinations = Destinations::with_peers([(Ipv4Addr::new(10, 244, 1, 5), peer)]);
-        let (entries, unreachable) = desired(&destinations);
-        for key in entries.keys() {
+        let destinations = Destinations::of([], [(Ipv4Addr::new(10, 244, 1, 5), peer)]);
+        let wanted = desired(&destinations);
+        assert!(wanted.inbound.is_empty());
+        for key in wanted.outbound.keys() {
             assert_eq!(key.addr.to_ne_bytes(), [10, 244, 1, 5]);
         }
-        (entries.iter().map(|(k, v)| (u16::from_be(k.port), *v)).collect(), unreachable)
+        (wanted.outbound.iter().map(|(k, v)| (u16::from_be(k.port), *v)).collect(), wanted.unreachable)
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `labnet`: the lab's traffic tool, run inside pods by the tests, the demo and the benchmarks.
 //!
 //! - `labnet serve --port 8080 --reply backend-a [--read-request] [--ready-file F]`: on TCP,
-//!   answers every connection with the reply and a newline (after reading one request line
+//!   answers every connection with the reply (`{peer}` in it replaced by the client's address
+//!   as the server sees it) and a newline (after reading one request line
 //!   with `--read-request`), then echoes what it receives until the peer closes; on UDP (same
 //!   port), answers every datagram with the reply.
 //! - `labnet connect --to 10.96.0.10:80 --count 100 [--interval-ms N] [--timeout-ms 2000]`:
@@ -232,6 +233,9 @@ fn serve(port: u16, reply: &str, read_request: bool, ready_file: Option<PathBuf>
     Ok(())
 }
 
+/// The part of a `serve` reply replaced by the client's address.
+const PEER: &str = "{peer}";
+
 fn answer(mut stream: TcpStream, line: &str, read_request: bool) {
     let _ = stream.set_nodelay(true);
     if read_request {
@@ -240,6 +244,10 @@ fn answer(mut stream: TcpStream, line: &str, read_request: bool) {
             return;
         }
     }
+    let line = match stream.peer_addr() {
+        Ok(peer) if line.contains(PEER) => std::borrow::Cow::Owned(line.replace(PEER, &peer.ip().to_string())),
+        _ => std::borrow::Cow::Borrowed(line),
+    };
     if stream.write_all(line.as_bytes()).is_err() {
         return;
     }
