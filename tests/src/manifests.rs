@@ -94,13 +94,7 @@ impl Mesh {
     /// Writes `text` as the cluster's manifests, starts the operator and an agent per node
     /// (with `agent_args`), and waits until each agent has applied the first update.
     pub fn start(lab: &Lab, text: &str, agent_args: &[&str]) -> Result<Self> {
-        let manifests = lab.dir.join("manifests");
-        std::fs::create_dir_all(&manifests).map_err(|source| LabError::Io {
-            what: "creating",
-            path: manifests.clone(),
-            source,
-        })?;
-        write_atomically(&manifests, text)?;
+        let manifests = Self::prepare(lab, text)?;
         let listen = SocketAddr::from(([127, 0, 0, 1], crate::operator::free_port()));
         let operator = Operator::start(lab, &manifests, listen)?;
         let mut mesh = Self { manifests, operator, agents: Vec::new() };
@@ -108,6 +102,32 @@ impl Mesh {
             mesh.agents.push(Agent::follow(lab, node, &mesh.operator.endpoint(), agent_args)?);
         }
         Ok(mesh)
+    }
+
+    /// As [`Mesh::start`], with the operator's CA and every agent on mutual TLS with its node
+    /// bundle: the agents get workload certificates and run the tunnel.
+    pub fn start_with_pki(lab: &Lab, text: &str, agent_args: &[&str]) -> Result<Self> {
+        let manifests = Self::prepare(lab, text)?;
+        let (operator, bundles) = Operator::start_with_pki(lab, &manifests, &[])?;
+        let mut mesh = Self { manifests, operator, agents: Vec::new() };
+        for (node, bundle) in lab.nodes.iter().zip(&bundles) {
+            let bundle = bundle.display().to_string();
+            let args = [agent_args, &["--tls-dir", bundle.as_str()]].concat();
+            mesh.agents.push(Agent::follow(lab, node, &mesh.operator.tls_endpoint(), &args)?);
+        }
+        Ok(mesh)
+    }
+
+    /// The manifests directory with `text` as its one file.
+    fn prepare(lab: &Lab, text: &str) -> Result<PathBuf> {
+        let manifests = lab.dir.join("manifests");
+        std::fs::create_dir_all(&manifests).map_err(|source| LabError::Io {
+            what: "creating",
+            path: manifests.clone(),
+            source,
+        })?;
+        write_atomically(&manifests, text)?;
+        Ok(manifests)
     }
 
     /// Stops the agents (SIGTERM: each detaches its programs) and then the operator, and

@@ -5,6 +5,7 @@
 
 pub(crate) mod control_plane;
 mod flows;
+mod mtls;
 mod policy;
 mod service_lb;
 mod targets;
@@ -62,6 +63,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// What mutual TLS costs (the HBONE tunnel across nodes) and what the mesh costs when it
+    /// is not required: throughput, latency, connection rate, the agents' CPU and memory.
+    Mtls {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
@@ -74,6 +82,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::ServiceLb { scales, seconds } => service_lb::run(&scales, seconds)?,
         Bench::Policy { scales, seconds } => policy::run(&scales, seconds)?,
         Bench::Flows { scales, seconds } => flows::run(&scales, seconds)?,
+        Bench::Mtls { seconds } => mtls::run(seconds)?,
     };
     report.print();
     let path = report.write()?;
@@ -89,11 +98,12 @@ type RunBench = fn() -> anyhow::Result<Report>;
 /// targets count as missed, the others still run.
 fn all() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let benches: [(&str, RunBench); 4] = [
+    let benches: [(&str, RunBench); 5] = [
         ("control-plane", || control_plane::run(10_000, 10, 50)),
         ("service-lb", || service_lb::run(&[1, 1000, 10_000], 2.0)),
         ("policy", || policy::run(&[10, 1000, 10_000], 3.0)),
         ("flows", || flows::run(&[100_000, 1_000_000, 1_200_000, 3_000_000], 3.0)),
+        ("mtls", || mtls::run(3.0)),
     ];
     let mut judged = Vec::new();
     for (name, bench) in benches {

@@ -34,9 +34,9 @@ use crate::cargo;
 
 const NS: &str = "bench";
 const RR_PORT: u16 = 8080;
-const IPERF_PORT: u16 = 5201;
-const CLIENT_CPU: usize = 0;
-const SERVER_CPU: usize = 1;
+pub(super) const IPERF_PORT: u16 = 5201;
+pub(super) const CLIENT_CPU: usize = 0;
+pub(super) const SERVER_CPU: usize = 1;
 /// Runs per mesh case; the median of each metric is reported. Five, not three: a p99 over a
 /// few seconds on this shared machine moves by 5-10 us from run to run (10 rules "added"
 /// +7.8 us where 10,000 added +0.9 us, in one run of three each), and the median of five
@@ -328,16 +328,29 @@ fn profile(name: &str, duration: Duration) -> anyhow::Result<Option<std::process
 
 /// iperf3 from `client` to `ip` for `duration`: received Gbit/s.
 fn iperf(lab: &Lab, client: &Placement, ip: std::net::Ipv4Addr, duration: Duration) -> anyhow::Result<f64> {
+    iperf_streams(lab, client, ip, duration, 1).map(|(gbps, _)| gbps)
+}
+
+/// iperf3 from `client` to `ip` (a server on [`IPERF_PORT`]) with `streams` parallel
+/// streams for `duration`: received Gbit/s and bytes.
+pub(super) fn iperf_streams(
+    lab: &Lab,
+    client: &Placement,
+    ip: std::net::Ipv4Addr,
+    duration: Duration,
+    streams: u32,
+) -> anyhow::Result<(f64, u64)> {
     let mut command = lab.placed_command(client, "iperf3")?;
     command.args(["-c", &ip.to_string(), "-p", &IPERF_PORT.to_string(), "-J", "-A", &CLIENT_CPU.to_string()]);
-    command.args(["-t", &format!("{}", duration.as_secs_f64())]);
+    command.args(["-t", &format!("{}", duration.as_secs_f64()), "-P", &streams.to_string()]);
     let output = lab.run(&mut command, duration * 3 + Duration::from_secs(15))?;
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&output.stderr)))?;
-    let Some(bps) = report["end"]["sum_received"]["bits_per_second"].as_f64() else {
+    let received = &report["end"]["sum_received"];
+    let (Some(bps), Some(bytes)) = (received["bits_per_second"].as_f64(), received["bytes"].as_u64()) else {
         bail!("iperf3 failed: {}", report["error"]);
     };
-    Ok(bps / 1e9)
+    Ok((bps / 1e9, bytes))
 }
 
 /// The cluster's objects: nodes, the namespace, the three pods.

@@ -101,6 +101,34 @@ pub fn judge(report: &Report) -> Vec<Judged> {
                 }),
             );
         }
+        "mtls" => {
+            // The targets, from ztunnel measured on a machine like this one (0.33x
+            // throughput, 3.6x p50, 55 MiB), and the mesh's cost where mTLS is not required.
+            for suffix in ["/same-node", "/cross-node"] {
+                let row =
+                    find(rows, &format!("plain{suffix}"), Some(1), "throughput_gbps", Some(&format!("direct{suffix}")));
+                push(
+                    format!("plain{suffix} throughput (1 stream) >= 0.97x direct"),
+                    row.and_then(|r| r.ratio).map(|ratio| (format!("{ratio:.3}x"), ratio >= 0.97)),
+                );
+            }
+            let ratio = |metric: &str, scale: u64| {
+                find(rows, "mtls/cross-node", Some(scale), metric, Some("direct/cross-node")).and_then(|r| r.ratio)
+            };
+            push(
+                "mtls/cross-node throughput (1 stream) >= 0.40x direct".into(),
+                ratio("throughput_gbps", 1).map(|r| (format!("{r:.3}x"), r >= 0.40)),
+            );
+            push(
+                "mtls/cross-node rr p50 <= 2.5x direct".into(),
+                ratio("rr_p50_us", 1).map(|r| (format!("{r:.2}x"), r <= 2.5)),
+            );
+            let rss = find(rows, "mtls/cross-node", Some(4), "agent_rss_mib", None);
+            push(
+                "mtls agent RSS with 4 streams <= 25 MiB".into(),
+                rss.map(|r| (format!("{:.1} MiB", r.value), r.value <= 25.0)),
+            );
+        }
         _ => {}
     }
     out
