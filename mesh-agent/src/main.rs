@@ -271,7 +271,7 @@ async fn serve(
     // Tunnels need workload certificates, which come only over mutual TLS to the operator.
     if let Some(address) = config.tunnel_address.filter(|_| state.certificates.enabled()) {
         // SO_REUSEPORT: a new agent binds the port while this one drains its tunnels.
-        let socket = netns::run_in(config.netns.as_deref(), || {
+        let inbound_socket = netns::run_in(config.netns.as_deref(), || {
             let socket = tokio::net::TcpSocket::new_v4()?;
             socket.set_reuseaddr(true)?;
             socket.set_reuseport(true)?;
@@ -281,8 +281,8 @@ async fn serve(
         .with_context(|| {
             format!("{}: cannot listen on {address}; give another address or \"off\"", config::ENV_TUNNEL_ADDRESS)
         })?;
-        let listener = socket.listen(1024)?;
         tracing::info!(%address, "accepting mutual-TLS tunnels (HBONE)");
+        let tunnel_runtime = tunnel::runtime().context("starting the tunnel's thread")?;
         let inbound = tunnel::hbone::Inbound {
             certificates: state.certificates.clone(),
             destinations: state.destinations.clone(),
@@ -295,7 +295,7 @@ async fn serve(
         state.set_tunnel_address(address);
         // The outbound listener: where `connect4` sends the connections that need the tunnel.
         let outbound_address = std::net::SocketAddr::new(address.ip(), tunnel::OUTBOUND_PORT);
-        let socket = netns::run_in(config.netns.as_deref(), || {
+        let outbound_socket = netns::run_in(config.netns.as_deref(), || {
             let socket = tokio::net::TcpSocket::new_v4()?;
             socket.set_reuseaddr(true)?;
             socket.set_reuseport(true)?;
@@ -308,21 +308,26 @@ async fn serve(
                 config::ENV_TUNNEL_ADDRESS
             )
         })?;
-        let outbound_listener = socket.listen(1024)?;
         let outbound = tunnel::outbound::Outbound {
             certificates: state.certificates.clone(),
             destinations: state.destinations.clone(),
             origins: std::sync::Arc::new(origins),
             stats: state.outbound.clone(),
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
+            pool: tunnel::hbone::Pool::default(),
         };
         tracing::info!(address = %outbound_address, "redirected connections to tunnel (outbound)");
         state.set_outbound_listening();
         let stop = drain.signal();
         drain.track_for(
             "tunnel (outbound)",
-            tokio::spawn(async move {
-                if let Err(err) = tunnel::outbound::serve(outbound_listener, outbound, stop).await {
+            tunnel_runtime.spawn(async move {
+                // Listening here registers the listener with the tunnel's runtime.
+                let served = match outbound_socket.listen(1024) {
+                    Ok(listener) => tunnel::outbound::serve(listener, outbound, stop).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = served {
                     tracing::error!("the outbound tunnel listener stopped: {err}");
                 }
             }),
@@ -331,8 +336,12 @@ async fn serve(
         let stop = drain.signal();
         drain.track_for(
             "tunnel",
-            tokio::spawn(async move {
-                if let Err(err) = tunnel::hbone::serve(listener, inbound, stop).await {
+            tunnel_runtime.spawn(async move {
+                let served = match inbound_socket.listen(1024) {
+                    Ok(listener) => tunnel::hbone::serve(listener, inbound, stop).await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = served {
                     tracing::error!("the tunnel listener stopped: {err}");
                 }
             }),

@@ -127,6 +127,8 @@ fn the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other()
     );
     let text = metrics::agent(&node1.netns_path);
     assert_eq!(metrics::value(&text, "mesh_tunnel_inbound_streams_total{result=\"opened\"}"), 10.0, "{text}");
+    // One client certificate to one identity behind one agent: one pooled TLS connection.
+    assert_eq!(metrics::value(&text, "mesh_tunnel_inbound_handshakes_total{result=\"ok\"}"), 1.0, "{text}");
 
     // A DISABLE port and a PERMISSIVE service (web): straight to the pod, never the agent.
     let plain = labnet::connect(&lab, &client, (intruder.ip, DISABLED_PORT).into(), 3, Duration::from_secs(5))

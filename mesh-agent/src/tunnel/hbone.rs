@@ -271,7 +271,10 @@ async fn accept_stream(
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let mut pod = pod;
-        if let Ok((to_pod, from_pod)) = tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut pod).await {
+        let copied =
+            tokio::io::copy_bidirectional_with_sizes(&mut TokioIo::new(upgraded), &mut pod, COPY_BUFFER, COPY_BUFFER)
+                .await;
+        if let Ok((to_pod, from_pod)) = copied {
             stats.bytes_in.fetch_add(to_pod, Ordering::Relaxed);
             stats.bytes_out.fetch_add(from_pod, Ordering::Relaxed);
         }
@@ -345,7 +348,8 @@ pub struct Source<'a> {
 }
 
 /// Opens a tunnel from `source` to `target` (a pod with identity `destination`) through the
-/// agent at `peer`, with a socket from `sockets` (the node's network namespace).
+/// agent at `peer`, with a socket from `sockets` (the node's network namespace), on a TLS
+/// connection of its own.
 pub async fn connect(
     sockets: &crate::netns::Sockets,
     source: Source<'_>,
@@ -353,6 +357,21 @@ pub async fn connect(
     target: SocketAddr,
     destination: &SpiffeId,
 ) -> Result<Stream, TunnelError> {
+    let sender = open(sockets, &source, peer, destination).await?;
+    stream(sender, peer, target, source.address).await
+}
+
+/// The sending half of an HTTP/2 connection to a peer agent.
+type Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+/// A mutual-TLS HTTP/2 connection to the agent at `peer`, as `source`'s identity, to reach
+/// pods of identity `destination`.
+async fn open(
+    sockets: &crate::netns::Sockets,
+    source: &Source<'_>,
+    peer: SocketAddr,
+    destination: &SpiffeId,
+) -> Result<Sender, TunnelError> {
     let config = tls::client_config(source.issued, destination.clone(), source.roots).map_err(TunnelError::Identity)?;
     let name = tls::server_name(destination).map_err(TunnelError::Identity)?;
     let timeout = |during, timeout| TunnelError::Timeout { peer, during, timeout };
@@ -369,7 +388,7 @@ pub async fn connect(
         .await
         .map_err(|_| timeout("the TLS handshake", HANDSHAKE_TIMEOUT))?
         .map_err(|source| TunnelError::Handshake { peer, source })?;
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -385,15 +404,25 @@ pub async fn connect(
             tracing::debug!(%peer, "tunnel connection ended: {err}");
         }
     });
+    Ok(sender)
+}
+
+/// One CONNECT stream to `target` on `sender`'s connection, for `client`.
+async fn stream(
+    mut sender: Sender,
+    peer: SocketAddr,
+    target: SocketAddr,
+    client: SocketAddr,
+) -> Result<Stream, TunnelError> {
     let request = Request::builder()
         .method(Method::CONNECT)
         .uri(target.to_string())
-        .header(FORWARDED, forwarded_for(source.address))
+        .header(FORWARDED, forwarded_for(client))
         .body(Empty::<Bytes>::new())
         .expect("a CONNECT to an address is a valid request");
     let response = tokio::time::timeout(HANDSHAKE_TIMEOUT, sender.send_request(request))
         .await
-        .map_err(|_| timeout("the CONNECT's answer", HANDSHAKE_TIMEOUT))?
+        .map_err(|_| TunnelError::Timeout { peer, during: "the CONNECT's answer", timeout: HANDSHAKE_TIMEOUT })?
         .map_err(|source| TunnelError::Http { peer, source })?;
     if response.status() != StatusCode::OK {
         let reason = response.headers().get(REASON).and_then(|v| v.to_str().ok()).map(|r| format!(": {r}"));
@@ -407,3 +436,78 @@ pub async fn connect(
     let upgraded = hyper::upgrade::on(response).await.map_err(|source| TunnelError::Http { peer, source })?;
     Ok(TokioIo::new(upgraded))
 }
+
+/// A pooled connection is closed once no new stream used it for this long (its open streams
+/// carry on until they end).
+pub const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// Tunnel connections shared by every connection of one client certificate to pods of one
+/// identity behind one peer agent, as ztunnel pools them: the TLS handshake is paid once, not
+/// per connection (`bench mtls`: 511 short connections/s with one TLS connection each). A
+/// renewed certificate has another serial, so new streams go on a connection made with it.
+/// Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct Pool(Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Pooled>>>);
+
+/// (client certificate serial, destination identity, peer agent).
+type PoolKey = (String, SpiffeId, SocketAddr);
+
+struct Pooled {
+    sender: Sender,
+    used: std::time::Instant,
+}
+
+impl Pool {
+    /// As [`connect`], on a pooled connection when one is open; a pooled connection that
+    /// fails (its peer agent restarted, say) is dropped and the stream tried once on a new one.
+    pub async fn connect(
+        &self,
+        sockets: &crate::netns::Sockets,
+        source: Source<'_>,
+        peer: SocketAddr,
+        target: SocketAddr,
+        destination: &SpiffeId,
+    ) -> Result<Stream, TunnelError> {
+        let key = (source.issued.serial.clone(), destination.clone(), peer);
+        if let Some(sender) = self.take(&key) {
+            match stream(sender, peer, target, source.address).await {
+                Err(TunnelError::Http { .. }) => self.forget(&key),
+                other => return other,
+            }
+        }
+        let sender = open(sockets, &source, peer, destination).await?;
+        self.lock().insert(key, Pooled { sender: sender.clone(), used: std::time::Instant::now() });
+        stream(sender, peer, target, source.address).await
+    }
+
+    /// Connections pooled now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The open connection for `key`, if any; drops closed and idle ones on the way.
+    fn take(&self, key: &PoolKey) -> Option<Sender> {
+        let mut pool = self.lock();
+        let now = std::time::Instant::now();
+        pool.retain(|_, p| !p.sender.is_closed() && now.duration_since(p.used) < POOL_IDLE);
+        let pooled = pool.get_mut(key)?;
+        pooled.used = now;
+        Some(pooled.sender.clone())
+    }
+
+    fn forget(&self, key: &PoolKey) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PoolKey, Pooled>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Bytes a tunnelled connection's copy reads at once, each way: TLS records are 16 KiB, and
+/// tokio's default of 8 KiB cost a syscall and a frame per half record.
+pub const COPY_BUFFER: usize = 64 << 10;

@@ -152,3 +152,16 @@ impl Destinations {
         self.known.read().expect("never poisoned").node_address
     }
 }
+
+/// A single-threaded runtime on a thread of its own for the tunnel's data path (both
+/// listeners and every connection they carry). A tunnelled connection's bytes pass between
+/// tasks that wake each other at every read (the copy, the HTTP/2 connection, TLS); on one
+/// thread a wake is a queue push, across the agent's two workers it was a futex wake and a
+/// migration (`bench mtls`, same run: see ARCHITECTURE.md). The thread lives as long as the
+/// process.
+pub fn runtime() -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new().name("tunnel".into()).spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}

@@ -81,6 +81,8 @@ pub struct Outbound {
     pub stats: Arc<OutboundStats>,
     /// Where tunnels are opened from: the node's network namespace.
     pub sockets: crate::netns::Sockets,
+    /// Open tunnel connections, shared by the connections they carry.
+    pub pool: hbone::Pool,
 }
 
 /// Accepts redirected connections on `listener` until `stop` resolves; then waits for the
@@ -149,7 +151,8 @@ async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outb
         let roots = outbound.certificates.roots();
         let source = hbone::Source { issued: &issued, roots: &roots, address: client };
         let peer = SocketAddr::V4(SocketAddrV4::new(node, HBONE_PORT));
-        let tunnel = hbone::connect(&outbound.sockets, source, peer, original.pod, &destination.identity)
+        let tunnel = (outbound.pool)
+            .connect(&outbound.sockets, source, peer, original.pod, &destination.identity)
             .await
             .map_err(|err| {
                 fail(
@@ -169,7 +172,14 @@ async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outb
     };
     outbound.stats.tunnelled.fetch_add(1, Ordering::Relaxed);
     let _ = client_stream.set_nodelay(true);
-    if let Ok((out, back)) = tokio::io::copy_bidirectional(&mut client_stream, &mut tunnel).await {
+    let copied = tokio::io::copy_bidirectional_with_sizes(
+        &mut client_stream,
+        &mut tunnel,
+        hbone::COPY_BUFFER,
+        hbone::COPY_BUFFER,
+    )
+    .await;
+    if let Ok((out, back)) = copied {
         outbound.stats.bytes_out.fetch_add(out, Ordering::Relaxed);
         outbound.stats.bytes_in.fetch_add(back, Ordering::Relaxed);
     }
