@@ -102,7 +102,7 @@ fn timed<T>(what: &str, input: &[u8], run: impl FnOnce() -> T) -> T {
 fn examples() -> Vec<Vec<u8>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut seeds = Vec::new();
-    for dir in ["deploy/examples", "deploy/static"] {
+    for dir in ["deploy/examples", "deploy/static", "deploy/mtls"] {
         for entry in std::fs::read_dir(root.join(dir)).expect("the examples") {
             seeds.push(std::fs::read(entry.expect("an entry").path()).expect("readable"));
         }

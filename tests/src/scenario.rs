@@ -45,6 +45,33 @@ pub fn web_state(lab: &Lab) -> String {
     format!("pods:\n{pods}services:\n  - name: web\n    ip: {VIP}\n    port: {SERVICE_PORT}\n    backends:\n{backends}")
 }
 
+/// Waits (bounded, 30 s) until the agent of `lab.nodes[from]` sends connections to the pod at
+/// `ip` through the tunnel (its redirect map holds the pod as tunnelled) and the agent of
+/// `lab.nodes[to]`, the pod's, requires it (its inbound map holds the pod as STRICT).
+pub fn wait_for_tunnel(lab: &Lab, from: usize, to: usize, ip: Ipv4Addr) -> Result<()> {
+    use aya::maps::HashMap;
+    use mesh_common::tunnel::{TUNNEL, TunnelDestKey};
+    let key = TunnelDestKey { addr: u32::from_ne_bytes(ip.octets()), port: 0, _pad: 0 };
+    let holds = |node: usize, map: &str| {
+        pinned_map::<HashMap<MapData, TunnelDestKey, u32>>(&lab.nodes[node].bpffs.join(map))
+            .is_ok_and(|m| m.get(&key, 0).is_ok_and(|mode| mode == TUNNEL))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(holds(from, mesh_common::maps::TUNNEL_DESTS) && holds(to, mesh_common::maps::MTLS_INBOUND)) {
+        if std::time::Instant::now() > deadline {
+            return Err(LabError::Command {
+                command: format!("waiting for the tunnel to {ip}"),
+                message: format!(
+                    "not in {}'s tunnel map and {}'s inbound map within 30 s",
+                    lab.nodes[from].name, lab.nodes[to].name
+                ),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// What the TC programs counted on `pod`'s host-side interface, summed over CPUs, read from
 /// the map the agent of `node` pinned.
 pub fn pod_traffic(node: &Node, pod: &Pod) -> Result<PodTraffic> {

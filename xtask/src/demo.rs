@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: the mesh on the local lab, end to end: mesh-operator in local mode
 //! reads `deploy/examples/`, one agent per node follows it, and a client pod's connections to
 //! the service are answered by backends on both nodes, while the example policy keeps a second
-//! client out and the agents say which rule decided each verdict.
+//! client out and the agents say which rule decided each verdict. Then web becomes STRICT
+//! (`deploy/mtls/web-strict.yaml`): the client's connections to the other node go through
+//! the agents' mutual-TLS tunnel, and plaintext from outside the mesh is dropped with its reason.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -9,7 +11,7 @@ use anyhow::Context as _;
 use mesh_tests::{
     agent::Agent,
     lab::{Lab, Placement},
-    labnet,
+    labnet, manifests, metrics,
     operator::{Operator, free_port},
     scenario::{self, demo},
 };
@@ -172,6 +174,51 @@ pub fn run() -> anyhow::Result<()> {
     }
     println!("  (keys made on each node and kept in its agent's memory; renewed at half-life)");
 
+    step("Mutual TLS: web becomes STRICT (deploy/mtls/web-strict.yaml), and the model gets the nodes' addresses");
+    std::fs::write(manifests.join("nodes.yaml"), manifests::nodes(&lab)).context("writing nodes.yaml")?;
+    let strict_file = cargo::workspace_root().join("deploy/mtls/web-strict.yaml");
+    std::fs::copy(&strict_file, manifests.join("web-strict.yaml"))
+        .with_context(|| format!("copying {}", strict_file.display()))?;
+    scenario::wait_for_tunnel(&lab, 0, 1, lab.pod("web-b").ip)?;
+    println!("  node-0's agent now sends connections to web-b (node-1) through the tunnel; node-1 requires it");
+    let strict = labnet::connect(&lab, &client, scenario::service_addr(), CONNECTIONS, Duration::from_secs(2))?;
+    show(&strict);
+    let tunnelled = metrics::value(
+        &metrics::agent(&lab.nodes[0].netns_path),
+        "mesh_tunnel_outbound_connections_total{result=\"tunnelled\"}",
+    );
+    println!(
+        "  {tunnelled} of them went to web-b through node-0's agent: HTTP/2 CONNECT over TLS 1.3 to node-1:15008 (HBONE), \
+         both ends with their workload certificates; those to web-a, on the client's own node, stayed in the kernel"
+    );
+    let observe = |agent: &Agent, args: &[&str]| -> anyhow::Result<String> {
+        let socket = format!("unix://{}", agent.observer_socket(&lab).display());
+        let output = std::process::Command::new(&meshctl)
+            .args(["--server", &socket, "observe", "--print-node-name"])
+            .args(args)
+            .output()
+            .context("running meshctl observe")?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    println!("  web-b still sees the client pod itself (the agent connects from its address):");
+    println!("  $ meshctl observe --from-pod demo/client --to-pod demo/web-b --last 2");
+    print!(
+        "{}",
+        indent(&observe(&agents[1], &["--from-pod", "demo/client", "--to-pod", "demo/web-b", "--last", "2"])?)
+    );
+
+    step(
+        "Plaintext from outside the mesh: a process on node-1's host, in no pod, connects straight to web-a on node-0",
+    );
+    let host = Placement { netns: Some(lab.nodes[1].netns_path.clone()), cgroup: lab.system_cgroup() };
+    let web_a = SocketAddr::from((lab.pod("web-a").ip, demo::WEB_PORT));
+    let plaintext = labnet::connect(&lab, &host, web_a, 2, Duration::from_millis(700))?;
+    show(&plaintext);
+    std::thread::sleep(Duration::from_millis(300));
+    println!("  $ meshctl observe --drop-reason-desc AUTH_REQUIRED --last 2   (node-0)");
+    let dropped = observe(&agents[0], &["--drop-reason-desc", "AUTH_REQUIRED", "--last", "2"])?;
+    print!("{}", indent(&dropped));
+
     step("Stopping the agents and the operator (SIGTERM): programs detached, pins removed");
     for agent in agents {
         println!("  agent of {} exited: {}", agent.node, lab.stop(agent.pid, Duration::from_secs(10))?);
@@ -185,10 +232,23 @@ pub fn run() -> anyhow::Result<()> {
     anyhow::ensure!(denied.ok == 0, "the policy let the intruder in: {denied:?}");
     // client and web on node-0, web and intruder on node-1.
     anyhow::ensure!(certified == 4, "the agents hold {certified} of 4 valid workload certificates");
+    let both = strict.ok == CONNECTIONS && demo::WEB.iter().all(|b| strict.replies.contains_key(*b));
+    anyhow::ensure!(
+        both,
+        "with web STRICT, the client's connections were not all answered by both backends: {strict:?}"
+    );
+    anyhow::ensure!(tunnelled > 0.0, "with web STRICT, no connection went through the tunnel");
+    anyhow::ensure!(plaintext.ok == 0, "plaintext from outside the mesh reached a STRICT pod: {plaintext:?}");
+    anyhow::ensure!(dropped.contains("Authentication required"), "no AUTH_REQUIRED drop was reported: {dropped:?}");
     println!(
-        "\nThe service answered the client through the mesh, from both nodes, and the policy kept the intruder out.\nRun it again with: make demo"
+        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped.\nRun it again with: make demo"
     );
     Ok(())
+}
+
+/// `text` with each line indented as the demo's output is.
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("    {line}\n")).collect()
 }
 
 fn step(text: &str) {

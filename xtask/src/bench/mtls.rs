@@ -115,7 +115,7 @@ pub fn run(seconds: f64) -> anyhow::Result<Report> {
     anyhow::ensure!(tunnelled() == 0.0, "plain: connections went through the tunnel\n{}", mesh.logs());
 
     mesh.write(&format!("{objects}{STRICT}"))?;
-    wait_for_tunnel(&lab, lab.pod("server-remote").ip)?;
+    mesh_tests::scenario::wait_for_tunnel(&lab, 0, 1, lab.pod("server-remote").ip)?;
     let mtls = measure("mtls", &pids)?;
     let carried = tunnelled();
     anyhow::ensure!(carried > 0.0, "mtls: node-0's agent carried no connection\n{}", mesh.logs());
@@ -223,25 +223,4 @@ fn pods(lab: &Lab) -> String {
         out.push_str(&PodManifest { labels: &labels, ..Default::default() }.render(NS, lab.pod(name)));
     }
     out
-}
-
-/// Waits until node-0's agent sends connections to `ip` through the tunnel (its redirect map
-/// holds the pod) and node-1's requires it (its inbound map holds the pod).
-fn wait_for_tunnel(lab: &Lab, ip: Ipv4Addr) -> anyhow::Result<()> {
-    use aya::maps::{HashMap, MapData};
-    use mesh_common::tunnel::{TUNNEL, TunnelDestKey};
-    use mesh_tests::scenario::pinned_map;
-    let key = TunnelDestKey { addr: u32::from(ip).to_be(), port: 0, _pad: 0 };
-    let holds = |node: usize, map: &str| {
-        pinned_map::<HashMap<MapData, TunnelDestKey, u32>>(&lab.nodes[node].bpffs.join(map))
-            .is_ok_and(|m| m.get(&key, 0).is_ok_and(|mode| mode == TUNNEL))
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(holds(0, mesh_common::maps::TUNNEL_DESTS) && holds(1, mesh_common::maps::MTLS_INBOUND)) {
-        if Instant::now() > deadline {
-            bail!("STRICT not applied within 30 s: {ip} not in node-0's tunnel map and node-1's inbound map");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }

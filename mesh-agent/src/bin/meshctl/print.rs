@@ -222,6 +222,7 @@ pub fn drop_reason_text(code: u32) -> String {
         139 => "Unsupported L3 protocol".to_owned(),
         175 => "First logical datagram fragment not found".to_owned(),
         181 => "Policy denied by denylist".to_owned(),
+        189 => "Authentication required".to_owned(),
         other => format!("{other}, 0"),
     }
 }
