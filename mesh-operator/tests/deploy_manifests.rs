@@ -34,7 +34,7 @@ fn every_manifest_in_deploy_passes_the_kubernetes_schemas() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let mut files = Vec::new();
     // deploy/static holds the agent's own state-file format, not Kubernetes objects.
-    for dir in ["crds", "kubernetes", "examples"] {
+    for dir in ["crds", "kubernetes", "examples", "mtls"] {
         manifests(&deploy.join(dir), &mut files);
     }
     assert!(files.len() >= 5, "{files:?}");
@@ -43,7 +43,8 @@ fn every_manifest_in_deploy_passes_the_kubernetes_schemas() {
     for file in files.iter().filter(|f| std::fs::read_to_string(f).unwrap().contains("apiVersion: mesh.dev/")) {
         let (objects, errors) = mesh_operator::local_dir::parse_file(file);
         assert!(errors.is_empty(), "{}: {errors:?}", file.display());
-        assert!(objects.iter().any(|(key, _, _)| key.kind.contains("MeshPolicy")), "{}", file.display());
+        let ours = |kind: &str| kind.contains("MeshPolicy") || kind == "PeerAuthentication";
+        assert!(objects.iter().any(|(key, _, _)| ours(key.kind)), "{}", file.display());
     }
     let output = validate(&files);
     let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

@@ -444,10 +444,11 @@ pub const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Tunnel connections shared by every connection of one client certificate to pods of one
 /// identity behind one peer agent, as ztunnel pools them: the TLS handshake is paid once, not
 /// per connection (`bench mtls`: 511 short connections/s with one TLS connection each). A
-/// renewed certificate has another serial, so new streams go on a connection made with it.
-/// Cheap to clone (shared).
+/// connection carries at most [`MAX_STREAMS`] at once (the peer's limit); past that another is
+/// opened. A renewed certificate has another serial, so new streams go on a connection made
+/// with it. Cheap to clone (shared).
 #[derive(Clone, Default)]
-pub struct Pool(Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Pooled>>>);
+pub struct Pool(Arc<std::sync::Mutex<std::collections::HashMap<PoolKey, Vec<Pooled>>>>);
 
 /// (client certificate serial, destination identity, peer agent).
 type PoolKey = (String, SpiffeId, SocketAddr);
@@ -455,11 +456,31 @@ type PoolKey = (String, SpiffeId, SocketAddr);
 struct Pooled {
     sender: Sender,
     used: std::time::Instant,
+    /// Streams open on it now (leases alive).
+    streams: Arc<AtomicU64>,
+}
+
+/// A tunnelled connection's place on its pooled HTTP/2 connection: counted while it lives.
+#[must_use = "the stream is counted on its connection while the lease lives"]
+pub struct Lease(Arc<AtomicU64>);
+
+impl Lease {
+    fn on(streams: &Arc<AtomicU64>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
-    /// As [`connect`], on a pooled connection when one is open; a pooled connection that
-    /// fails (its peer agent restarted, say) is dropped and the stream tried once on a new one.
+    /// As [`connect`], on a pooled connection when one is open and has room; a pooled
+    /// connection that fails (its peer agent restarted, say) is dropped and the stream tried
+    /// once on a new one. Keep the lease as long as the stream.
     pub async fn connect(
         &self,
         sockets: &crate::netns::Sockets,
@@ -467,43 +488,58 @@ impl Pool {
         peer: SocketAddr,
         target: SocketAddr,
         destination: &SpiffeId,
-    ) -> Result<Stream, TunnelError> {
+    ) -> Result<(Stream, Lease), TunnelError> {
         let key = (source.issued.serial.clone(), destination.clone(), peer);
-        if let Some(sender) = self.take(&key) {
+        if let Some((sender, lease)) = self.take(&key) {
             match stream(sender, peer, target, source.address).await {
-                Err(TunnelError::Http { .. }) => self.forget(&key),
-                other => return other,
+                Ok(stream) => return Ok((stream, lease)),
+                Err(TunnelError::Http { .. }) => self.forget(&key, &lease.0),
+                Err(other) => return Err(other),
             }
         }
         let sender = open(sockets, &source, peer, destination).await?;
-        self.lock().insert(key, Pooled { sender: sender.clone(), used: std::time::Instant::now() });
-        stream(sender, peer, target, source.address).await
+        let streams = Arc::new(AtomicU64::new(0));
+        let lease = Lease::on(&streams);
+        let pooled = Pooled { sender: sender.clone(), used: std::time::Instant::now(), streams };
+        self.lock().entry(key).or_default().push(pooled);
+        stream(sender, peer, target, source.address).await.map(|stream| (stream, lease))
     }
 
     /// Connections pooled now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The open connection for `key`, if any; drops closed and idle ones on the way.
-    fn take(&self, key: &PoolKey) -> Option<Sender> {
+    /// An open connection for `key` with room for a stream, if any, and the stream's lease;
+    /// drops closed connections, and idle ones, on the way.
+    fn take(&self, key: &PoolKey) -> Option<(Sender, Lease)> {
         let mut pool = self.lock();
         let now = std::time::Instant::now();
-        pool.retain(|_, p| !p.sender.is_closed() && now.duration_since(p.used) < POOL_IDLE);
-        let pooled = pool.get_mut(key)?;
+        pool.retain(|_, connections| {
+            connections.retain(|p| {
+                let busy = p.streams.load(Ordering::Relaxed) > 0;
+                !p.sender.is_closed() && (busy || now.duration_since(p.used) < POOL_IDLE)
+            });
+            !connections.is_empty()
+        });
+        let pooled =
+            pool.get_mut(key)?.iter_mut().find(|p| p.streams.load(Ordering::Relaxed) < u64::from(MAX_STREAMS))?;
         pooled.used = now;
-        Some(pooled.sender.clone())
+        Some((pooled.sender.clone(), Lease::on(&pooled.streams)))
     }
 
-    fn forget(&self, key: &PoolKey) {
-        self.lock().remove(key);
+    /// Drops the connection whose stream count is `streams`.
+    fn forget(&self, key: &PoolKey, streams: &Arc<AtomicU64>) {
+        if let Some(connections) = self.lock().get_mut(key) {
+            connections.retain(|p| !Arc::ptr_eq(&p.streams, streams));
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PoolKey, Pooled>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PoolKey, Vec<Pooled>>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -163,7 +163,8 @@ async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outb
         Ok(tunnel)
     }
     .await;
-    let mut tunnel = match result {
+    // The lease keeps the stream counted on its pooled connection until the copy ends.
+    let (mut tunnel, _lease) = match result {
         Ok(tunnel) => tunnel,
         Err(err) => {
             refuse(&client_stream);

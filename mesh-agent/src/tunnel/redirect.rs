@@ -1,7 +1,8 @@
-//! The kernel's table of what goes through the tunnel (`mesh_common::tunnel`): the remote
-//! pods and ports whose mode is STRICT, and where `connect4` sends their connections (this
-//! agent's outbound listener on the node's address). Written as differences from a copy, and
-//! converging when retried, as every map writer of the agent.
+//! The kernel's tables of the tunnel (`mesh_common::tunnel`): the other nodes' pods and ports
+//! whose mode is STRICT and where `connect4` sends their connections (this agent's outbound
+//! listener on the node's address); this node's STRICT pods and ports, and its pods'
+//! interfaces, with which TC drops plaintext that skipped the tunnel. Written as differences
+//! from a copy, and converging when retried, as every map writer of the agent.
 
 use std::{
     collections::BTreeMap,
