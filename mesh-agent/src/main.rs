@@ -170,6 +170,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
                 let mut result = result;
+                if !certificates.enabled() && touched(&[Kind::Workload, Kind::PeerAuthentication]) {
+                    let strict = tunnel::strict_pods(model, &config.node_name);
+                    if !strict.is_empty() {
+                        tracing::warn!(
+                            pods = ?strict,
+                            "PeerAuthentication makes these pods STRICT, but this agent has no workload certificates (it follows the operator without mutual TLS): mutual TLS is not enforced on this node; give the agent its node bundle (--tls-dir)"
+                        );
+                    }
+                }
                 if certificates.enabled() && touched(&[Kind::Workload, Kind::PeerAuthentication, Kind::Node]) {
                     destinations.set_from(model, &config.node_name, &config.trust_domain);
                     let interfaces: Vec<u32> = datapath.attached_pods().map(|pod| pod.iface.ifindex).collect();

@@ -153,6 +153,23 @@ impl Destinations {
     }
 }
 
+/// This node's pods (`namespace/name`) with a STRICT mode (for the pod or a port): what an
+/// agent without workload certificates cannot enforce, and says so.
+pub fn strict_pods(model: &ResourceSet, node: &str) -> Vec<String> {
+    model
+        .of_kind(api::Kind::Workload)
+        .filter_map(|resource| match &resource.kind {
+            Some(resource::Kind::Workload(w)) if w.node == node => Some(w),
+            _ => None,
+        })
+        .filter(|w| {
+            let mtls = peer_auth::resolve(model, w);
+            mtls.mode == peer_auth::Mode::Strict || mtls.ports.values().any(|m| *m == peer_auth::Mode::Strict)
+        })
+        .map(|w| format!("{}/{}", w.namespace, w.name))
+        .collect()
+}
+
 /// A single-threaded runtime on a thread of its own for the tunnel's data path (both
 /// listeners and every connection they carry). A tunnelled connection's bytes pass between
 /// tasks that wake each other at every read (the copy, the HTTP/2 connection, TLS); on one

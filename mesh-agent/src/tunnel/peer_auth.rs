@@ -116,6 +116,20 @@ mod tests {
     }
 
     #[test]
+    fn strict_pods_are_this_nodes_pods_with_a_strict_mode() {
+        let on = |app: &str, node: &str| {
+            let name = format!("{app}-{node}");
+            let workload = api::Workload { node: node.into(), name, ..workload("demo", app) };
+            api::Resource { kind: Some(resource::Kind::Workload(Box::new(workload))) }
+        };
+        let pods = vec![on("web", "node-0"), on("db", "node-0"), on("web", "node-1")];
+        assert!(super::super::strict_pods(&model(pods.clone()), "node-0").is_empty(), "nothing STRICT");
+        let strict = peer("demo", "web", false, Some("web"), MtlsMode::Strict);
+        let set = model([pods, vec![strict]].concat());
+        assert_eq!(super::super::strict_pods(&set, "node-0"), vec!["demo/web-node-0".to_owned()]);
+    }
+
+    #[test]
     fn the_most_specific_scope_that_sets_a_mode_decides() {
         let web = workload("demo", "web");
         assert_eq!(resolve(&model(vec![]), &web).mode, Mode::Permissive, "nothing set: PERMISSIVE");
