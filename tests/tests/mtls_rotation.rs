@@ -60,8 +60,11 @@ fn a_tunnelled_connection_outlives_certificate_rotations() {
         .collect();
     let intruder = lab.pod(demo::INTRUDER);
     labnet::serve_requests(&lab, intruder, STRICT_PORT, "strict", None).expect("intruder serves");
-    let client_id = SpiffeId::new(TrustDomain::default(), "demo", "client").expect("valid").to_string();
+    let spiffe = |sa: &str| SpiffeId::new(TrustDomain::default(), "demo", sa).expect("valid").to_string();
+    let client_id = spiffe("client");
+    // Both ends: the client's certificate on node-0, the server's (which node-1 presents).
     meshctl::wait_for_certificates(&lab, "node-0", std::slice::from_ref(&client_id));
+    meshctl::wait_for_certificates(&lab, "node-1", &[spiffe("intruder")]);
     scenario::wait_for_tunnel(&lab, 0, 1, intruder.ip).expect("intruder STRICT on both nodes");
     let client = Placement::pod(lab.pod(demo::CLIENT));
     let to = SocketAddr::from((intruder.ip, STRICT_PORT));
