@@ -47,6 +47,25 @@ impl Agent {
         Self::launch(lab, node, &[&["--operator", endpoint], extra_args].concat())
     }
 
+    /// One agent per lab node, in the lab's order, following `operator` over mutual TLS with
+    /// its node's bundle (`bundles`, as `Operator::start_with_pki` issued them), each ready.
+    pub fn follow_each_over_tls(
+        lab: &Lab,
+        operator: &crate::operator::Operator,
+        bundles: &[PathBuf],
+        extra_args: &[&str],
+    ) -> Result<Vec<Self>> {
+        lab.nodes
+            .iter()
+            .zip(bundles)
+            .map(|(node, bundle)| {
+                let bundle = bundle.display().to_string();
+                let args = [extra_args, &["--tls-dir", bundle.as_str()]].concat();
+                Self::follow(lab, node, &operator.tls_endpoint(), &args)
+            })
+            .collect()
+    }
+
     /// Starts the agent of `node` following `endpoint` without waiting for it to be ready
     /// (for agents that are meant to be refused).
     pub fn spawn_following(lab: &Lab, node: &Node, endpoint: &str, extra_args: &[&str]) -> Result<Self> {

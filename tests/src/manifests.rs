@@ -109,13 +109,8 @@ impl Mesh {
     pub fn start_with_pki(lab: &Lab, text: &str, agent_args: &[&str]) -> Result<Self> {
         let manifests = Self::prepare(lab, text)?;
         let (operator, bundles) = Operator::start_with_pki(lab, &manifests, &[])?;
-        let mut mesh = Self { manifests, operator, agents: Vec::new() };
-        for (node, bundle) in lab.nodes.iter().zip(&bundles) {
-            let bundle = bundle.display().to_string();
-            let args = [agent_args, &["--tls-dir", bundle.as_str()]].concat();
-            mesh.agents.push(Agent::follow(lab, node, &mesh.operator.tls_endpoint(), &args)?);
-        }
-        Ok(mesh)
+        let agents = Agent::follow_each_over_tls(lab, &operator, &bundles, agent_args)?;
+        Ok(Self { manifests, operator, agents })
     }
 
     /// The manifests directory with `text` as its one file.

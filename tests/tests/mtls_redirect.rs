@@ -70,16 +70,7 @@ fn the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other()
     std::fs::write(manifest_dir.join("nodes.yaml"), manifests::nodes(&lab)).unwrap();
     std::fs::write(manifest_dir.join("echo.yaml"), MANIFESTS).unwrap();
     let (operator, bundles) = Operator::start_with_pki(&lab, &manifest_dir, &[]).expect("operator serves");
-    let agents: Vec<Agent> = lab
-        .nodes
-        .iter()
-        .zip(&bundles)
-        .map(|(node, bundle)| {
-            let bundle = bundle.display().to_string();
-            Agent::follow(&lab, node, &operator.tls_endpoint(), &["--tls-dir", bundle.as_str()])
-                .expect("agent ready over TLS")
-        })
-        .collect();
+    let agents = Agent::follow_each_over_tls(&lab, &operator, &bundles, &[]).expect("agents ready over TLS");
     let intruder = lab.pod(demo::INTRUDER);
     labnet::serve(&lab, intruder, STRICT_PORT, &format!("{MARKER} {{peer}}")).expect("intruder serves its STRICT port");
     labnet::serve(&lab, intruder, DISABLED_PORT, "plain").expect("intruder serves its DISABLE port");

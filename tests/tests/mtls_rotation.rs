@@ -48,16 +48,7 @@ fn a_tunnelled_connection_outlives_certificate_rotations() {
     std::fs::write(manifest_dir.join("strict.yaml"), STRICT).unwrap();
     let (operator, bundles) =
         Operator::start_with_pki(&lab, &manifest_dir, &["--workload-cert-ttl", "60"]).expect("operator serves");
-    let agents: Vec<Agent> = lab
-        .nodes
-        .iter()
-        .zip(&bundles)
-        .map(|(node, bundle)| {
-            let bundle = bundle.display().to_string();
-            Agent::follow(&lab, node, &operator.tls_endpoint(), &["--tls-dir", bundle.as_str()])
-                .expect("agent ready over TLS")
-        })
-        .collect();
+    let agents = Agent::follow_each_over_tls(&lab, &operator, &bundles, &[]).expect("agents ready over TLS");
     let intruder = lab.pod(demo::INTRUDER);
     labnet::serve_requests(&lab, intruder, STRICT_PORT, "strict", None).expect("intruder serves");
     let spiffe = |sa: &str| SpiffeId::new(TrustDomain::default(), "demo", sa).expect("valid").to_string();

@@ -170,6 +170,10 @@ pub fn strict_pods(model: &ResourceSet, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// A listener whose `accept()` fails (no descriptor or buffer left) tries again after this long,
+/// instead of ending.
+pub const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A single-threaded runtime on a thread of its own for the tunnel's data path (both
 /// listeners and every connection they carry). A tunnelled connection's bytes pass between
 /// tasks that wake each other at every read (the copy, the HTTP/2 connection, TLS); on one

@@ -30,12 +30,11 @@ use mesh_tests::{
 
 use super::{
     Report, Row,
-    policy::{CLIENT_CPU, IPERF_PORT, SERVER_CPU, iperf_streams},
+    policy::{CLIENT_CPU, RR_PORT, SERVER_CPU, iperf_streams},
 };
 use crate::cargo;
 
 const NS: &str = "bench";
-const RR_PORT: u16 = 8080;
 /// Server pod and case suffix.
 const PATHS: [(&str, &str); 2] = [("server-local", "/same-node"), ("server-remote", "/cross-node")];
 const STREAMS: [u32; 2] = [1, 4];
@@ -65,14 +64,7 @@ pub fn run(seconds: f64) -> anyhow::Result<Report> {
     let duration = Duration::from_secs_f64(seconds);
 
     let lab = Lab::new(&[&["client", "server-local"], &["server-remote"]]).context("bringing up the lab")?;
-    for (server, _) in PATHS {
-        let pod = lab.pod(server);
-        labnet::serve_requests(&lab, pod, RR_PORT, server, Some(SERVER_CPU)).map(drop)?;
-        let mut iperf = lab.pod_command(pod, "iperf3")?;
-        iperf.args(["-s", "-p", &IPERF_PORT.to_string(), "-A", &SERVER_CPU.to_string()]);
-        iperf.stdout(std::process::Stdio::null());
-        lab.spawn(&mut iperf)?;
-    }
+    super::policy::serve(&lab, &PATHS.map(|(server, _)| server))?;
     let client = Placement::pod(lab.pod("client"));
     let measure = |label: &str, agents: &[u32]| -> anyhow::Result<[Sample; 2]> {
         let mut out = [Sample::default(); 2];

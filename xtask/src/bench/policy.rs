@@ -33,7 +33,7 @@ use super::{Report, Row};
 use crate::cargo;
 
 const NS: &str = "bench";
-const RR_PORT: u16 = 8080;
+pub(super) const RR_PORT: u16 = 8080;
 pub(super) const IPERF_PORT: u16 = 5201;
 pub(super) const CLIENT_CPU: usize = 0;
 pub(super) const SERVER_CPU: usize = 1;
@@ -66,14 +66,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let duration = Duration::from_secs_f64(seconds);
 
     let lab = Lab::new(&[&["client", "server-local"], &["server-remote"]]).context("bringing up the lab")?;
-    for (server, _) in PATHS {
-        let pod = lab.pod(server);
-        labnet::serve_requests(&lab, pod, RR_PORT, server, Some(SERVER_CPU)).map(drop)?;
-        let mut iperf = lab.pod_command(pod, "iperf3")?;
-        iperf.args(["-s", "-p", &IPERF_PORT.to_string(), "-A", &SERVER_CPU.to_string()]);
-        iperf.stdout(std::process::Stdio::null());
-        lab.spawn(&mut iperf)?;
-    }
+    serve(&lab, &PATHS.map(|(server, _)| server))?;
     let client = Placement::pod(lab.pod("client"));
     let measure = |label: &str| -> anyhow::Result<[Sample; 2]> {
         let mut out = [Sample { gbps: 0.0, p50_us: 0.0, p99_us: 0.0 }; 2];
@@ -226,6 +219,20 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         notes.push(line);
     }
     Ok(Report { bench: "policy".into(), rows, notes })
+}
+
+/// In each of `servers` (pods), on [`SERVER_CPU`]: a `labnet serve --read-request` on
+/// `RR_PORT` (request/response and short connections) and an iperf3 server on [`IPERF_PORT`].
+pub(super) fn serve(lab: &Lab, servers: &[&str]) -> anyhow::Result<()> {
+    for server in servers {
+        let pod = lab.pod(server);
+        labnet::serve_requests(lab, pod, RR_PORT, server, Some(SERVER_CPU)).map(drop)?;
+        let mut iperf = lab.pod_command(pod, "iperf3")?;
+        iperf.args(["-s", "-p", &IPERF_PORT.to_string(), "-A", &SERVER_CPU.to_string()]);
+        iperf.stdout(std::process::Stdio::null());
+        lab.spawn(&mut iperf)?;
+    }
+    Ok(())
 }
 
 /// A mesh run and the `none` runs just before and after it.
