@@ -174,6 +174,21 @@ pub fn strict_pods(model: &ResourceSet, node: &str) -> Vec<String> {
 /// instead of ending.
 pub const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// What an `accept()` of the tunnel's listeners gave: the connection, or `None` after logging
+/// the error and waiting [`ACCEPT_RETRY`] (the listener stays).
+pub async fn accepted(
+    result: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match result {
+        Ok(accepted) => Some(accepted),
+        Err(err) => {
+            tracing::warn!("accepting a connection failed: {err}; trying again in {ACCEPT_RETRY:?}");
+            tokio::time::sleep(ACCEPT_RETRY).await;
+            None
+        }
+    }
+}
+
 /// A single-threaded runtime on a thread of its own for the tunnel's data path (both
 /// listeners and every connection they carry). A tunnelled connection's bytes pass between
 /// tasks that wake each other at every read (the copy, the HTTP/2 connection, TLS); on one

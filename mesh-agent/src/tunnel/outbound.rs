@@ -97,14 +97,9 @@ pub async fn serve(
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of descriptors or buffers, say: the listener stays, and tries again.
-                    tracing::warn!("accepting a connection failed: {err}; trying again in {:?}", super::ACCEPT_RETRY);
-                    tokio::time::sleep(super::ACCEPT_RETRY).await;
-                    continue;
-                }
+            accepted = listener.accept() => match super::accepted(accepted).await {
+                Some(accepted) => accepted,
+                None => continue,
             },
             () = &mut stop => {
                 drop(listener);

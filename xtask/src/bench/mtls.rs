@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use mesh_tests::{
     lab::{Lab, Placement},
     labnet,
@@ -32,7 +32,6 @@ use super::{
     Report, Row,
     policy::{CLIENT_CPU, RR_PORT, SERVER_CPU, iperf_streams},
 };
-use crate::cargo;
 
 const NS: &str = "bench";
 /// Server pod and case suffix.
@@ -53,19 +52,9 @@ struct Sample {
 }
 
 pub fn run(seconds: f64) -> anyhow::Result<Report> {
-    anyhow::ensure!(
-        std::process::Command::new("iperf3").arg("--version").output().is_ok(),
-        "iperf3 is missing: run xtask/bootstrap.sh (it installs iperf3)"
-    );
     let started = Instant::now();
-    cargo::run(&["build", "--release", "--bins"], &[])?;
-    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
-    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
     let duration = Duration::from_secs_f64(seconds);
-
-    let lab = Lab::new(&[&["client", "server-local"], &["server-remote"]]).context("bringing up the lab")?;
-    super::policy::serve(&lab, &PATHS.map(|(server, _)| server))?;
-    let client = Placement::pod(lab.pod("client"));
+    let (lab, client) = super::policy::client_and_servers()?;
     let measure = |label: &str, agents: &[u32]| -> anyhow::Result<[Sample; 2]> {
         let mut out = [Sample::default(); 2];
         for (i, (server, _)) in PATHS.iter().enumerate() {

@@ -55,19 +55,9 @@ struct Sample {
 
 pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     anyhow::ensure!(scales.iter().all(|s| (1..=50_000).contains(s)), "rule counts must be 1 to 50000");
-    anyhow::ensure!(
-        std::process::Command::new("iperf3").arg("--version").output().is_ok(),
-        "iperf3 is missing: run xtask/bootstrap.sh (it installs iperf3)"
-    );
     let started = Instant::now();
-    cargo::run(&["build", "--release", "--bins"], &[])?;
-    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
-    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
     let duration = Duration::from_secs_f64(seconds);
-
-    let lab = Lab::new(&[&["client", "server-local"], &["server-remote"]]).context("bringing up the lab")?;
-    serve(&lab, &PATHS.map(|(server, _)| server))?;
-    let client = Placement::pod(lab.pod("client"));
+    let (lab, client) = client_and_servers()?;
     let measure = |label: &str| -> anyhow::Result<[Sample; 2]> {
         let mut out = [Sample { gbps: 0.0, p50_us: 0.0, p99_us: 0.0 }; 2];
         for (i, (server, _)) in PATHS.iter().enumerate() {
@@ -221,9 +211,25 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     Ok(Report { bench: "policy".into(), rows, notes })
 }
 
+/// What bench policy and bench mtls run on: the release binaries, and a lab of a `client` pod
+/// with `server-local` on its node and `server-remote` on another, both serving ([`serve`]).
+pub(super) fn client_and_servers() -> anyhow::Result<(Lab, Placement)> {
+    anyhow::ensure!(
+        std::process::Command::new("iperf3").arg("--version").output().is_ok(),
+        "iperf3 is missing: run xtask/bootstrap.sh (it installs iperf3)"
+    );
+    cargo::run(&["build", "--release", "--bins"], &[])?;
+    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
+    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    let lab = Lab::new(&[&["client", "server-local"], &["server-remote"]]).context("bringing up the lab")?;
+    serve(&lab, &["server-local", "server-remote"])?;
+    let client = Placement::pod(lab.pod("client"));
+    Ok((lab, client))
+}
+
 /// In each of `servers` (pods), on [`SERVER_CPU`]: a `labnet serve --read-request` on
 /// `RR_PORT` (request/response and short connections) and an iperf3 server on [`IPERF_PORT`].
-pub(super) fn serve(lab: &Lab, servers: &[&str]) -> anyhow::Result<()> {
+fn serve(lab: &Lab, servers: &[&str]) -> anyhow::Result<()> {
     for server in servers {
         let pod = lab.pod(server);
         labnet::serve_requests(lab, pod, RR_PORT, server, Some(SERVER_CPU)).map(drop)?;
