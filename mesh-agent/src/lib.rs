@@ -17,6 +17,7 @@ pub mod operator_stream;
 pub mod pod_iface;
 pub mod policy;
 pub mod policy_table;
+pub mod principals;
 pub mod probe;
 pub mod service_lb;
 pub mod state_file;

@@ -179,7 +179,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                         );
                     }
                 }
-                if certificates.enabled() && touched(&[Kind::Workload, Kind::PeerAuthentication, Kind::Node]) {
+                // Principal rules (MeshPolicy) tunnel the pods they select, and number clients.
+                let tunnel_kinds = [Kind::Workload, Kind::PeerAuthentication, Kind::Node, Kind::MeshPolicy];
+                if certificates.enabled() && touched(&tunnel_kinds) {
                     destinations.set_from(model, &config.node_name, &config.trust_domain);
                     let interfaces: Vec<u32> = datapath.attached_pods().map(|pod| pod.iface.ifindex).collect();
                     if let Err(err) =
@@ -453,8 +455,13 @@ fn reconcile(
                 Some(LocalEndpoint { ifindex: pod.iface.ifindex, policy })
             })
             .collect();
-        match policy_table.apply(&local, &policy::workloads(model)) {
-            Ok(stats) => tracing::debug!(?stats, total_us = started.elapsed().as_micros() as u64, "policy reconciled"),
+        match mesh_agent::principals::Numbering::of(model, &config.trust_domain) {
+            Ok(principals) => match policy_table.apply(&local, &policy::workloads(model), &principals) {
+                Ok(stats) => {
+                    tracing::debug!(?stats, total_us = started.elapsed().as_micros() as u64, "policy reconciled");
+                }
+                Err(err) => problems.push(err.to_string()),
+            },
             Err(err) => problems.push(err.to_string()),
         }
     }

@@ -36,6 +36,8 @@ pub enum Peer {
     Identities(BTreeSet<u32>),
     /// Addresses in `cidr` but in none of `except`.
     Block { cidr: Cidr, except: Vec<Cidr> },
+    /// Clients that proved one of these workload identities (`crate::principals`).
+    Principals(BTreeSet<crate::principals::Principal>),
 }
 
 /// Allowed destination ports.
@@ -132,6 +134,8 @@ pub struct PeerInfo<'a> {
     pub identity: Option<u32>,
     /// Its named ports, when it is a pod (egress rules' port names resolve against them).
     pub named_ports: &'a [api::NamedPort],
+    /// The workload identity it proved (through the tunnel, or as a pod of this node).
+    pub principal: Option<&'a mesh_common::identity::SpiffeId>,
 }
 
 /// What decided a verdict.
@@ -222,7 +226,18 @@ fn peer_matches(peer: &Peer, info: &PeerInfo<'_>) -> bool {
         Peer::Any => true,
         Peer::Identities(ids) => info.identity.is_some_and(|id| ids.contains(&id)),
         Peer::Block { cidr, except } => cidr.contains(&info.ip) && !except.iter().any(|e| e.contains(&info.ip)),
+        Peer::Principals(principals) => info.principal.is_some_and(|id| principals.iter().any(|p| p.matches(id))),
     }
+}
+
+/// Whether MeshPolicy or ClusterMeshPolicy `policy` selects pod `pod`.
+pub fn mesh_policy_selects(policy: &api::MeshPolicy, pod: &api::Workload) -> bool {
+    let selected = if policy.namespace.is_empty() {
+        policy.namespace_selector.as_ref().is_none_or(|s| selects(s, |k| namespace_label(pod, k)))
+    } else {
+        policy.namespace == pod.namespace
+    };
+    selected && policy.pod_selector.as_ref().is_none_or(|s| selects(s, |k| pod.labels.get(k).map(String::as_str)))
 }
 
 /// The policy of one local pod.
@@ -273,13 +288,7 @@ pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
             _ => None,
         })
         .collect();
-    let mesh_policies: Vec<&api::MeshPolicy> = model
-        .of_kind(Kind::MeshPolicy)
-        .filter_map(|r| match &r.kind {
-            Some(resource::Kind::MeshPolicy(p)) => Some(&**p),
-            _ => None,
-        })
-        .collect();
+    let mesh_policies: Vec<&api::MeshPolicy> = crate::principals::mesh_policies(model).collect();
     let mut out = Vec::new();
     for pod in workloads.iter().filter(|w| w.node == node) {
         let mut endpoint = EndpointPolicy {
@@ -322,12 +331,7 @@ pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
         }
         for policy in &mesh_policies {
             let cluster_scoped = policy.namespace.is_empty();
-            let selected = if cluster_scoped {
-                policy.namespace_selector.as_ref().is_none_or(|s| selects(s, |k| namespace_label(pod, k)))
-            } else {
-                policy.namespace == pod.namespace
-            };
-            if !selected || !policy.pod_selector.as_ref().is_none_or(|s| selects(s, pod_label)) {
+            if !mesh_policy_selects(policy, pod) {
                 continue;
             }
             let policy_ref = PolicyRef {
@@ -347,8 +351,15 @@ pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
                     list.push(policy_ref.clone());
                 }
                 for (index, rule) in rules.iter().enumerate() {
+                    let mut peers: Vec<Peer> =
+                        rule.peers.iter().map(|peer| resolve_peer(peer, peer_namespace, &workloads)).collect();
+                    if !rule.principals.is_empty() {
+                        // Validated by the operator: ingress only, never with peers.
+                        let principals = rule.principals.iter().map(crate::principals::Principal::from_api);
+                        peers.push(Peer::Principals(principals.collect()));
+                    }
                     direction.rules.push(Rule {
-                        peers: rule.peers.iter().map(|peer| resolve_peer(peer, peer_namespace, &workloads)).collect(),
+                        peers,
                         ports: ports(&rule.ports),
                         rule: RuleRef { policy: policy_ref.clone(), way, index },
                         action: if rule.action == api::RuleAction::Deny as i32 { Action::Deny } else { Action::Allow },
@@ -548,7 +559,7 @@ mod tests {
                 policy: compiled.iter().find(|e| e.pod == format!("{}/{}", NAMESPACES[i / 3], PODS[i % 3])).unwrap(),
             })
             .collect();
-        let kernel = kernel_form(&endpoints, &workloads, &mut Numbering::default());
+        let kernel = kernel_form(&endpoints, &workloads, &mut Numbering::default(), &Default::default());
         let proto = match protocol {
             api::Protocol::Udp => mesh_common::proto::UDP,
             api::Protocol::Sctp => mesh_common::proto::SCTP,
@@ -602,8 +613,18 @@ mod tests {
             for (dns, dpod) in (0..3).flat_map(|n| (0..3).map(move |p| (n, p))) {
                 let source = find(sns, spod);
                 let destination = find(dns, dpod);
-                let to = PeerInfo { ip: ip(dns, dpod), identity: Some(destination.identity), named_ports: &ports };
-                let from = PeerInfo { ip: ip(sns, spod), identity: Some(source.identity), named_ports: &ports };
+                let to = PeerInfo {
+                    ip: ip(dns, dpod),
+                    identity: Some(destination.identity),
+                    named_ports: &ports,
+                    principal: None,
+                };
+                let from = PeerInfo {
+                    ip: ip(sns, spod),
+                    identity: Some(source.identity),
+                    named_ports: &ports,
+                    principal: None,
+                };
                 let egress = source.egress.verdict(to, protocol, port, None);
                 let ingress = destination.ingress.verdict(from, protocol, port, Some(&destination.named_ports));
                 let code = |v: &Verdict| match v {
@@ -701,7 +722,7 @@ mod tests {
         // The verdict names the rule that allowed it.
         let compiled = compile(&model(policies()), "node-0");
         let xa = compiled.iter().find(|e| e.pod == "x/a").unwrap();
-        let from = PeerInfo { ip: ip(1, 1), identity: Some(1004), named_ports: &[] };
+        let from = PeerInfo { ip: ip(1, 1), identity: Some(1004), named_ports: &[], principal: None };
         let Verdict::Allowed(Some(rule)) = xa.ingress.verdict(from, api::Protocol::Tcp, 81, Some(&xa.named_ports))
         else {
             panic!("allowed")
@@ -762,7 +783,90 @@ mod tests {
                 ip_block: None,
             }],
             ports: vec![],
+            principals: vec![],
         }
+    }
+
+    /// Ingress to x/a on TCP 80 from each of the 9 pods, as the oracle and the kernel form
+    /// judge it, for a client that proved its identity (`proved`) or not: `X` allowed, `.`
+    /// denied. Each pod's service account is its name.
+    fn principal_row(mesh_policies: Vec<api::MeshPolicy>, proved: bool) -> String {
+        use crate::policy_table::{LocalEndpoint, Numbering, kernel_form, tests::judge_as};
+        use mesh_common::{
+            identity::{SpiffeId, TrustDomain},
+            policy::{ALLOW, INGRESS},
+        };
+        let mut set = ResourceSet::default();
+        for ns in 0..3 {
+            for (pod, name) in PODS.iter().enumerate() {
+                let w = api::Workload { service_account: (*name).into(), ..workload(ns, pod) };
+                set.insert(api::Resource { kind: Some(resource::Kind::Workload(Box::new(w))) });
+            }
+        }
+        for policy in mesh_policies {
+            set.insert(api::Resource { kind: Some(resource::Kind::MeshPolicy(Box::new(policy))) });
+        }
+        let compiled = compile(&set, "node-0");
+        let xa = compiled.iter().find(|e| e.pod == "x/a").unwrap();
+        let principals = crate::principals::Numbering::of(&set, &TrustDomain::default()).unwrap();
+        let workloads = workloads(&set);
+        let kernel = kernel_form(
+            &[LocalEndpoint { ifindex: 10, policy: xa }],
+            &workloads,
+            &mut Numbering::default(),
+            &principals,
+        );
+        let mut row = String::new();
+        for s in 0..9 {
+            let id = SpiffeId::new(TrustDomain::default(), NAMESPACES[s / 3], PODS[s % 3]).unwrap();
+            let from = PeerInfo {
+                ip: ip(s / 3, s % 3),
+                identity: Some(1000 + s as u32),
+                named_ports: &[],
+                principal: proved.then_some(&id),
+            };
+            let oracle = xa.ingress.verdict(from, api::Protocol::Tcp, 80, Some(&xa.named_ports)).passes();
+            let number = proved.then(|| principals.number(&id)).flatten().map(crate::principals::identity);
+            let kernel = judge_as(&kernel, 10, INGRESS, ip(s / 3, s % 3), number, mesh_common::proto::TCP, 80) == ALLOW;
+            assert_eq!(oracle, kernel, "the kernel form disagrees with the oracle for source {s}");
+            row.push(if oracle { 'X' } else { '.' });
+        }
+        row
+    }
+
+    #[test]
+    fn a_principal_rule_allows_only_clients_that_proved_that_identity() {
+        let principal = |ns: &str, sa: &str| api::Principal {
+            trust_domain: String::new(),
+            namespace: ns.into(),
+            service_account: sa.into(),
+        };
+        let only_yb = api::MeshRule {
+            action: api::RuleAction::Allow as i32,
+            principals: vec![principal("y", "b"), principal("z", "nobody")],
+            ..Default::default()
+        };
+        let policies = vec![mesh("x", "only-y-b", 100, false, vec![only_yb])];
+        assert_eq!(principal_row(policies.clone(), true), "....X....");
+        // The same addresses without a proof: the rule matches nobody, and it isolates x/a.
+        assert_eq!(principal_row(policies.clone(), false), ".........");
+        // A deny rule by principal, under an allow-all: only y/b's proven connections drop.
+        let deny_yb = api::MeshRule {
+            action: api::RuleAction::Deny as i32,
+            principals: vec![principal("y", "b")],
+            ..Default::default()
+        };
+        let allow_all = api::MeshRule { action: api::RuleAction::Allow as i32, ..Default::default() };
+        let policies = vec![mesh("x", "deny-y-b", 100, false, vec![deny_yb, allow_all])];
+        assert_eq!(principal_row(policies.clone(), true), "XXXX.XXXX");
+        assert_eq!(principal_row(policies, false), "XXXXXXXXX");
+        // Another trust domain's principal is never matched here.
+        let foreign = api::MeshRule {
+            action: api::RuleAction::Allow as i32,
+            principals: vec![api::Principal { trust_domain: "example.org".into(), ..principal("y", "b") }],
+            ..Default::default()
+        };
+        assert_eq!(principal_row(vec![mesh("x", "foreign", 100, false, vec![foreign])], true), ".........");
     }
 
     #[test]

@@ -18,8 +18,8 @@ use mesh_common::{
     api, cidr, maps,
     policy::{
         ALLOW, ANY_PEER, ANY_PROTO_BITS, AUDIT, DENY, Decision, DirectionPolicy, EGRESS, Endpoint, HAS_RULES, INGRESS,
-        IP_CIDR, IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PROTO_BITS, PolicyEntry, PolicyKey,
-        VerdictCount, VerdictKey,
+        IP_CIDR, IP_KEY_BITS, IP_POD, IP_PRINCIPAL, ISOLATED, ISOLATED_AUDIT, IpKey, PROTO_BITS, PolicyEntry,
+        PolicyKey, VerdictCount, VerdictKey,
     },
     proto,
 };
@@ -222,11 +222,26 @@ pub fn kernel_form(
     endpoints: &[LocalEndpoint<'_>],
     workloads: &[&api::Workload],
     numbering: &mut Numbering,
+    principals: &crate::principals::Numbering,
 ) -> KernelPolicy {
     let mut out = KernelPolicy::default();
     for w in workloads {
         for ip in w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
             out.identities.insert((IP_POD, cidr::host(ip)), w.identity);
+        }
+    }
+    // This node's pods whose service account a principal rule names: what the kernel knows a
+    // client that came in on a local pod's interface as.
+    if !principals.is_empty() {
+        let local: BTreeSet<&str> = endpoints.iter().map(|e| e.policy.pod.as_str()).collect();
+        for w in workloads {
+            let Some(number) = principals.account(&w.namespace, &w.service_account) else { continue };
+            if !local.contains(format!("{}/{}", w.namespace, w.name).as_str()) {
+                continue;
+            }
+            for ip in w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+                out.identities.insert((IP_PRINCIPAL, cidr::host(ip)), crate::principals::identity(number));
+            }
         }
     }
     // Every CIDR and except of every block: an address's most specific one says which blocks
@@ -261,7 +276,7 @@ pub fn kernel_form(
                 flags.flags |= ISOLATED_AUDIT;
                 flags.audit_isolating_rule = numbering.rule(Attribution::Isolation { policy: policy.clone(), way });
             }
-            let items = items(endpoint, direction, code, workloads, &cidrs, numbering);
+            let items = items(endpoint, direction, code, workloads, &cidrs, numbering, principals);
             if !items.is_empty() {
                 flags.flags |= HAS_RULES;
             }
@@ -289,6 +304,7 @@ fn items<'a>(
     workloads: &[&api::Workload],
     cidrs: &BTreeSet<Cidr>,
     numbering: &mut Numbering,
+    principals: &crate::principals::Numbering,
 ) -> BTreeMap<u32, Vec<Item<'a>>> {
     let mut by_peer: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
     for rule in &direction.rules {
@@ -301,7 +317,8 @@ fn items<'a>(
         let item = |proto, ports| Item { proto, ports, decision, audit: rule.audit, policy: &rule.rule.policy };
         let any = [Peer::Any];
         let peers = if rule.peers.is_empty() { &any[..] } else { &rule.peers[..] };
-        let peer_ids: BTreeSet<u32> = peers.iter().flat_map(|peer| peer_identities(peer, cidrs, numbering)).collect();
+        let peer_ids: BTreeSet<u32> =
+            peers.iter().flat_map(|peer| peer_identities(peer, cidrs, numbering, principals)).collect();
         let Some(specs) = &rule.ports else {
             for peer in &peer_ids {
                 by_peer.entry(*peer).or_default().push(item(None, None));
@@ -345,9 +362,16 @@ fn items<'a>(
 }
 
 /// The identities standing for `peer` in the policy map.
-fn peer_identities(peer: &Peer, cidrs: &BTreeSet<Cidr>, numbering: &Numbering) -> Vec<u32> {
+fn peer_identities(
+    peer: &Peer,
+    cidrs: &BTreeSet<Cidr>,
+    numbering: &Numbering,
+    principals: &crate::principals::Numbering,
+) -> Vec<u32> {
     match peer {
         Peer::Any => vec![ANY_PEER],
+        // A principal of another trust domain is never authenticated here: no identity.
+        Peer::Principals(named) => named.iter().filter_map(|p| principals.identity(p)).collect(),
         Peer::Identities(ids) => ids.iter().copied().collect(),
         Peer::Block { cidr, except } => {
             // The CIDRs inside the block (in address order, starting at the block's) and outside
@@ -371,6 +395,8 @@ fn pod_in_peer(peer: &Peer, w: &api::Workload) -> bool {
     match peer {
         Peer::Any => true,
         Peer::Identities(ids) => ids.contains(&w.identity),
+        // Ingress only: never an egress rule's destination.
+        Peer::Principals(_) => false,
         Peer::Block { cidr, except } => w
             .ips
             .iter()
@@ -603,8 +629,9 @@ impl PolicyTable {
         &mut self,
         endpoints: &[LocalEndpoint<'_>],
         workloads: &[&api::Workload],
+        principals: &crate::principals::Numbering,
     ) -> Result<PolicyStats, PolicyTableError> {
-        let desired = kernel_form(endpoints, workloads, &mut self.numbering);
+        let desired = kernel_form(endpoints, workloads, &mut self.numbering, principals);
         self.check_fits(&desired)?;
         let stats = self.write(&desired)?;
         self.current.entries_by_policy = desired.entries_by_policy;
@@ -734,6 +761,20 @@ pub(crate) mod tests {
         proto: u8,
         port: u16,
     ) -> u8 {
+        judge_as(kernel, ifindex, direction, peer, None, proto, port)
+    }
+
+    /// [`judge`] for a client that proved principal identity `principal` (the tunnel's mark,
+    /// or a local pod's [`IP_PRINCIPAL`] entry).
+    pub(crate) fn judge_as(
+        kernel: &KernelPolicy,
+        ifindex: u32,
+        direction: u8,
+        peer: Ipv4Addr,
+        principal: Option<u32>,
+        proto: u8,
+        port: u16,
+    ) -> u8 {
         let Some(endpoint) = kernel.endpoints.get(&ifindex) else { return ALLOW };
         let policy = if direction == INGRESS { endpoint.ingress } else { endpoint.egress };
         if policy.flags == 0 {
@@ -747,7 +788,7 @@ pub(crate) mod tests {
                 .rev()
                 .find_map(|len| kernel.identities.get(&(IP_CIDR, cidr::v4(u32::from(peer), len))))
                 .copied();
-            for id in [pod, cidr, Some(ANY_PEER)].into_iter().flatten() {
+            for id in [pod, cidr, principal, Some(ANY_PEER)].into_iter().flatten() {
                 let found = (ANY_PROTO_BITS..=PROTO_BITS + 16).rev().find_map(|bits| {
                     if bits > ANY_PROTO_BITS && bits < PROTO_BITS {
                         return None;

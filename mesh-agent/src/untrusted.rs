@@ -48,7 +48,9 @@ impl Follower {
         let local: Vec<LocalEndpoint<'_>> =
             compiled.iter().enumerate().map(|(i, policy)| LocalEndpoint { ifindex: i as u32 + 1, policy }).collect();
         let workloads = policy::workloads(&self.model);
-        let kernel = policy_table::kernel_form(&local, &workloads, &mut self.numbering);
+        let principals =
+            crate::principals::Numbering::of(&self.model, &Default::default()).map_err(|e| e.to_string())?;
+        let kernel = policy_table::kernel_form(&local, &workloads, &mut self.numbering, &principals);
         let directory = Directory::build(NODE, &self.model, self.numbering.attributions());
         drop(directory);
         Ok(kernel.entries.len() + self.compiler.len())
@@ -134,6 +136,7 @@ pub fn tunnel_request(
         pod: "demo/client".into(),
         identity: SpiffeId::new(TrustDomain::default(), "demo", "client").expect("valid"),
         mtls: WorkloadMtls { mode: Mode::Permissive, ports: Default::default() },
+        principal_rules: false,
         node_address: Some(std::net::Ipv4Addr::new(172, 18, 0, 3)),
     };
     let destinations = Destinations::of(

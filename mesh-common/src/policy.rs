@@ -1,9 +1,11 @@
 //! Network policy in the kernel: identities, per-endpoint rules, connection tracking.
 //!
-//! - [`crate::maps::IDENTITIES`] (LPM trie) maps addresses to identities, in two spaces told
-//!   apart by [`IpKey::kind`]: every pod IP (`/32`, the pod's identity from the operator) and
-//!   every ipBlock CIDR of a policy (a node-local CIDR identity). An ipBlock matches pod IPs
-//!   too, so a flow's peer is looked up in both.
+//! - [`crate::maps::IDENTITIES`] (LPM trie) maps addresses to identities, in three spaces told
+//!   apart by [`IpKey::kind`]: every pod IP (`/32`, the pod's identity from the operator),
+//!   every ipBlock CIDR of a policy (a node-local CIDR identity), and this node's pods whose
+//!   service account a principal rule names ([`IP_PRINCIPAL`]). An ipBlock matches pod IPs
+//!   too, so a flow's peer is looked up in the first two; the third only for a packet from a
+//!   local pod's interface.
 //! - [`crate::maps::ENDPOINTS`] holds, per local pod interface (ifindex), whether each
 //!   direction is isolated (default deny) and whether it has rules to look up.
 //! - [`crate::maps::POLICY`] (LPM trie) holds the rules: (endpoint, peer identity, direction,
@@ -22,6 +24,17 @@
 pub const IP_POD: u32 = 1;
 /// [`IpKey::kind`]: an ipBlock CIDR (the value is a CIDR identity).
 pub const IP_CIDR: u32 = 2;
+/// [`IpKey::kind`]: a pod of this node (`/32`) whose workload identity a principal rule names
+/// (the value is that principal's identity, [`FIRST_PRINCIPAL_IDENTITY`] + its number). Looked
+/// up only for a packet that came in on a local pod's interface: the node vouches for its own
+/// pods as it would with their certificates.
+pub const IP_PRINCIPAL: u32 = 3;
+/// Principal identities (a client's authenticated workload identity, named by a rule) are
+/// numbered from here; the number (1 to [`MAX_PRINCIPALS`]) is also the low 16 bits of the
+/// tunnel's mark on the agent's connection to a pod, for the client it authenticated.
+pub const FIRST_PRINCIPAL_IDENTITY: u32 = 2 << 24;
+/// Principals one node can tell apart (the mark's low 16 bits, 0 meaning none).
+pub const MAX_PRINCIPALS: u32 = 0xffff;
 /// Bits of [`IpKey`] before the address: an address prefix of length `n` has LPM prefix
 /// `IP_KEY_BITS + n`.
 pub const IP_KEY_BITS: u32 = 32;

@@ -22,7 +22,9 @@
 
 use crate::service_lb::{Backend, ServiceAddr};
 
-/// The mark of the agent's connections to local pods (its socket's `SO_MARK`).
+/// The mark of the agent's connections to local pods (its socket's `SO_MARK`); the low 16
+/// bits carry the number of the client's principal, if a rule names it (0: none; see
+/// [`crate::policy::FIRST_PRINCIPAL_IDENTITY`]).
 pub const TUNNEL_MARK: u32 = 0x0d50_0000;
 /// The mark TC gives the pods' replies to those connections: the only one the policy rule
 /// routes locally (the agent's own packets, marked [`TUNNEL_MARK`], must leave for the pod).

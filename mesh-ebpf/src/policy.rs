@@ -3,7 +3,8 @@
 //!
 //! A packet of a known flow costs one conntrack lookup (two for a reply): the verdict was
 //! taken at the flow's first packet. Only a new flow looks up the peer's identities (pod and
-//! CIDR) and the rules for them and for any peer, whatever the number of rules.
+//! CIDR, and the principal it proved, if any) and the rules for them and for any peer,
+//! whatever the number of rules.
 
 use core::mem::offset_of;
 
@@ -19,9 +20,9 @@ use mesh_common::{
         tcp_flags,
     },
     policy::{
-        ALLOW, ANY_PEER, AUDIT, CtEntry, CtKey, DENY, Decision, DirectionPolicy, EGRESS, FragKey, FragPorts, HAS_RULES,
-        INGRESS, IP_CIDR, IP_KEY_BITS, IP_POD, ISOLATED, ISOLATED_AUDIT, IpKey, PolicyKey, VerdictCount, VerdictKey,
-        better, reason,
+        ALLOW, ANY_PEER, AUDIT, CtEntry, CtKey, DENY, Decision, DirectionPolicy, EGRESS, FIRST_PRINCIPAL_IDENTITY,
+        FragKey, FragPorts, HAS_RULES, INGRESS, IP_CIDR, IP_KEY_BITS, IP_POD, IP_PRINCIPAL, ISOLATED, ISOLATED_AUDIT,
+        IpKey, PolicyKey, VerdictCount, VerdictKey, better, reason,
     },
     proto,
     tunnel::{OriginKey, TUNNEL, TUNNEL_MARK, TUNNEL_MARK_MASK, TUNNEL_REPLY_MARK, TunnelDestKey},
@@ -265,7 +266,8 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
     {
         Verdict { rule: 0, action: DENY, reason: reason::AUTH_REQUIRED }
     } else {
-        judge(ifindex, &policy, direction, peer, ip.proto, port)
+        let principal = if direction == INGRESS { principal(mark, tunnelled, ip.saddr, ingress_ifindex) } else { 0 };
+        judge(ifindex, &policy, direction, peer, principal, ip.proto, port)
     };
     count(verdict.rule, verdict.action, verdict.reason, direction, true, verdict.action == DENY);
     if let Some(ptr) = known {
@@ -350,6 +352,22 @@ fn requires_mtls(addr: u32, port: u16) -> bool {
     }
 }
 
+/// The principal identity of a new ingress flow's client (0: none proved): for the tunnel's
+/// connection, the number the agent put in its mark's low bits for the client it
+/// authenticated; for a packet that came in on a local pod's interface, that pod's own, if a
+/// rule names it; for anything else, none.
+#[inline(always)]
+fn principal(mark: u32, tunnelled: bool, saddr: u32, ingress_ifindex: u32) -> u32 {
+    if tunnelled {
+        let number = mark & !TUNNEL_MARK_MASK;
+        return if number == 0 { 0 } else { FIRST_PRINCIPAL_IDENTITY + number };
+    }
+    if !from_local_pod(ingress_ifindex) {
+        return 0;
+    }
+    IDENTITIES.get(&Key::new(IP_KEY_BITS + 32, IpKey { kind: IP_PRINCIPAL.to_be(), addr: saddr })).copied().unwrap_or(0)
+}
+
 /// Whether the packet entered the node from one of its pods (0: made on the node itself).
 #[inline(always)]
 fn from_local_pod(ingress_ifindex: u32) -> bool {
@@ -420,9 +438,18 @@ struct Verdict {
     reason: u8,
 }
 
-/// The verdict for a new flow with `peer` to destination port `port`.
+/// The verdict for a new flow with `peer` (which proved principal identity `principal`, 0:
+/// none) to destination port `port`.
 #[inline(always)]
-fn judge(ifindex: u32, policy: &DirectionPolicy, direction: u8, peer: u32, proto: u8, port: u16) -> Verdict {
+fn judge(
+    ifindex: u32,
+    policy: &DirectionPolicy,
+    direction: u8,
+    peer: u32,
+    principal: u32,
+    proto: u8,
+    port: u16,
+) -> Verdict {
     let mut enforced = Decision::default();
     let mut with_audit = Decision::default();
     if policy.flags & HAS_RULES != 0 {
@@ -443,6 +470,9 @@ fn judge(ifindex: u32, policy: &DirectionPolicy, direction: u8, peer: u32, proto
         }
         if let Some(id) = IDENTITIES.get(&Key::new(IP_KEY_BITS + 32, IpKey { kind: IP_CIDR.to_be(), addr: peer })) {
             consider(*id);
+        }
+        if principal != 0 {
+            consider(principal);
         }
         consider(ANY_PEER);
     }

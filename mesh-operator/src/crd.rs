@@ -146,6 +146,26 @@ pub struct MeshRule {
     pub peers: Vec<NetworkPolicyPeer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<NetworkPolicyPort>,
+    /// Ingress rules only, instead of `peers`: the clients' workload identities. Such a rule
+    /// matches only a connection whose client proved one of them (through the mutual-TLS
+    /// tunnel, or from a pod of the destination's own node), so the selected pods' ports are
+    /// tunnelled from other nodes unless their PeerAuthentication mode is DISABLE.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<Principal>,
+}
+
+/// A workload identity: a SPIFFE ID, or a namespace and service account (of the mesh's trust
+/// domain). Exactly one of the two forms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Principal {
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 /// Whether connections to the selected workloads must be mutual TLS, with the semantics of

@@ -517,7 +517,9 @@ pub fn mesh_policy(namespace: &str, name: &str, parts: &MeshPolicyParts<'_>) -> 
     for (list, rules, way) in [(&mut out.ingress, parts.ingress, "ingress"), (&mut out.egress, parts.egress, "egress")]
     {
         for (i, rule) in rules.iter().enumerate() {
-            let checked = policy_rule(&format!("spec.{way}[{i}]"), "peers", Some(&rule.peers), Some(&rule.ports))?;
+            let field = format!("spec.{way}[{i}]");
+            let checked = policy_rule(&field, "peers", Some(&rule.peers), Some(&rule.ports))?;
+            let principals = principals(&field, way, rule)?;
             list.push(api::MeshRule {
                 action: match rule.action {
                     RuleAction::Allow => api::RuleAction::Allow,
@@ -525,8 +527,54 @@ pub fn mesh_policy(namespace: &str, name: &str, parts: &MeshPolicyParts<'_>) -> 
                 } as i32,
                 peers: checked.peers,
                 ports: checked.ports,
+                principals,
             });
         }
+    }
+    Ok(out)
+}
+
+/// A rule's principals, checked: ingress only, not with peers, each a SPIFFE ID or a
+/// namespace and service account.
+fn principals(field: &str, way: &str, rule: &crate::crd::MeshRule) -> Result<Vec<api::Principal>, Invalid> {
+    use mesh_common::identity::{SpiffeId, TrustDomain};
+    if rule.principals.is_empty() {
+        return Ok(Vec::new());
+    }
+    if way != "ingress" {
+        return Err(invalid(
+            format!("{field}.principals"),
+            "principals name the clients of an ingress rule: move the rule to spec.ingress (an egress rule's peers are destinations)",
+        ));
+    }
+    if !rule.peers.is_empty() {
+        return Err(invalid(
+            format!("{field}.principals"),
+            "a rule names its clients by peers or by principals, not both: split it into two rules",
+        ));
+    }
+    let mut out = Vec::new();
+    for (j, principal) in rule.principals.iter().enumerate() {
+        let here = format!("{field}.principals[{j}]");
+        let (trust_domain, namespace, service_account) =
+            match (&principal.spiffe_id, &principal.namespace, &principal.service_account) {
+                (Some(uri), None, None) => {
+                    let id: SpiffeId = uri.parse().map_err(|e| invalid(format!("{here}.spiffeId"), format!("{e}")))?;
+                    (id.trust_domain().to_string(), id.namespace().to_owned(), id.service_account().to_owned())
+                }
+                (None, Some(namespace), Some(service_account)) => {
+                    let id = SpiffeId::new(TrustDomain::default(), namespace, service_account)
+                        .map_err(|e| invalid(&here, format!("{e}")))?;
+                    (String::new(), id.namespace().to_owned(), id.service_account().to_owned())
+                }
+                _ => {
+                    return Err(invalid(
+                        &here,
+                        "give either spiffeId, or namespace and serviceAccount (both), not a mix",
+                    ));
+                }
+            };
+        out.push(api::Principal { trust_domain, namespace, service_account });
     }
     Ok(out)
 }
@@ -764,10 +812,56 @@ mod policy_tests {
             ),
             ("spec: {egress: [{action: Allow, ports: [{port: 0}]}]}", "spec.egress[0].ports[0].port"),
             ("spec: {egress: [{action: Allow, ports: [{protocol: GRE}]}]}", "spec.egress[0].ports[0].protocol"),
+            (
+                "spec: {egress: [{action: Allow, principals: [{namespace: a, serviceAccount: b}]}]}",
+                "spec.egress[0].principals",
+            ),
+            (
+                "spec: {ingress: [{action: Allow, peers: [{podSelector: {}}], principals: [{namespace: a, serviceAccount: b}]}]}",
+                "spec.ingress[0].principals",
+            ),
+            (
+                "spec: {ingress: [{action: Allow, principals: [{namespace: a, serviceAccount: b}, {spiffeId: 'spiffe://cluster.local/ns/a'}]}]}",
+                "spec.ingress[0].principals[1].spiffeId",
+            ),
+            ("spec: {ingress: [{action: Allow, principals: [{namespace: a}]}]}", "spec.ingress[0].principals[0]"),
+            (
+                "spec: {ingress: [{action: Allow, principals: [{spiffeId: 'spiffe://cluster.local/ns/a/sa/b', namespace: a}]}]}",
+                "spec.ingress[0].principals[0]",
+            ),
+            (
+                "spec: {ingress: [{action: Allow, principals: [{namespace: A_B, serviceAccount: b}]}]}",
+                "spec.ingress[0].principals[0]",
+            ),
         ];
         for (yaml, field) in cases {
             assert_eq!(cluster_mesh_policy(yaml).unwrap_err().field, field, "{yaml}");
         }
+    }
+
+    #[test]
+    fn principals_are_normalised_to_identities() {
+        let p = cluster_mesh_policy(
+            "spec: {ingress: [{action: Allow, ports: [{port: 80}], principals: [{namespace: demo, serviceAccount: client}, {spiffeId: 'spiffe://example.org/ns/x/sa/y'}]}]}",
+        )
+        .unwrap();
+        let principals = &p.ingress[0].principals;
+        assert_eq!(
+            principals,
+            &[
+                api::Principal {
+                    trust_domain: String::new(),
+                    namespace: "demo".into(),
+                    service_account: "client".into()
+                },
+                api::Principal {
+                    trust_domain: "example.org".into(),
+                    namespace: "x".into(),
+                    service_account: "y".into()
+                },
+            ]
+        );
+        assert!(p.ingress[0].peers.is_empty());
     }
 
     fn peer(namespace: &str, yaml: &str) -> Result<api::PeerAuthentication, Invalid> {

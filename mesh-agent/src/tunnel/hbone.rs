@@ -254,7 +254,8 @@ async fn accept_stream(
     let connect = async {
         let socket = inbound.sockets.tcp_v4().await?;
         socket.set_nodelay(true)?;
-        transparent(&socket, from)?;
+        // The mark's low bits: the client's principal number, for principal rules at TC.
+        transparent(&socket, from, inbound.destinations.principal(&session.peer).unwrap_or(0))?;
         socket.connect(target).await
     };
     let pod = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
@@ -316,9 +317,10 @@ pub fn forwarded_address(value: &str) -> Option<SocketAddr> {
     for_.parse::<SocketAddr>().ok().or_else(|| Some(SocketAddr::new(for_.parse().ok()?, 0)))
 }
 
-/// Makes `socket` send from `client` (any port) with the tunnel's mark: a transparent
-/// socket, whose replies the node's reply route delivers here (`reply_route`).
-fn transparent(socket: &tokio::net::TcpSocket, client: std::net::Ipv4Addr) -> std::io::Result<()> {
+/// Makes `socket` send from `client` (any port) with the tunnel's mark carrying principal
+/// number `principal` (0: none a rule names): a transparent socket, whose replies the node's
+/// reply route delivers here (`reply_route`).
+fn transparent(socket: &tokio::net::TcpSocket, client: std::net::Ipv4Addr, principal: u16) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
     let fd = socket.as_raw_fd();
     let set = |level, option, value: u32| {
@@ -329,7 +331,7 @@ fn transparent(socket: &tokio::net::TcpSocket, client: std::net::Ipv4Addr) -> st
         if ret == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
     };
     set(libc::SOL_IP, libc::IP_TRANSPARENT, 1)?;
-    set(libc::SOL_SOCKET, libc::SO_MARK, mesh_common::tunnel::TUNNEL_MARK)?;
+    set(libc::SOL_SOCKET, libc::SO_MARK, mesh_common::tunnel::TUNNEL_MARK | u32::from(principal))?;
     socket.bind(SocketAddr::from((client, 0)))
 }
 

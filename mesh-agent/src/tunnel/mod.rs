@@ -8,7 +8,8 @@
 //! tunnelled; `peer_auth`). [`Destinations`] is what it knows of the pods.
 //!
 //! The sending side: `connect4` sends a TCP connection to a remote pod whose port is STRICT
-//! to this agent's outbound listener (`redirect` keeps the kernel's table of them), which
+//! (or, unless DISABLE, that a principal rule selects: `crate::principals`) to this agent's
+//! outbound listener (`redirect` keeps the kernel's table of them), which
 //! finds where it was going and carries it through a tunnel (`outbound`).
 
 pub mod hbone;
@@ -53,6 +54,9 @@ pub struct Peer {
     pub pod: String,
     pub identity: SpiffeId,
     pub mtls: peer_auth::WorkloadMtls,
+    /// A principal rule applies to it (`crate::principals`): its ports that are not DISABLE
+    /// are tunnelled too, so that the client can prove who it is.
+    pub principal_rules: bool,
     /// Its node's address (the node's first IPv4 address in the model), where its agent
     /// serves the tunnel; none when the model gives its node no address.
     pub node_address: Option<Ipv4Addr>,
@@ -72,6 +76,7 @@ struct Known {
     pods: HashMap<Ipv4Addr, Destination>,
     peers: HashMap<Ipv4Addr, Peer>,
     node_address: Option<Ipv4Addr>,
+    principals: crate::principals::Numbering,
 }
 
 impl Destinations {
@@ -85,7 +90,10 @@ impl Destinations {
                 nodes.insert(n.name.as_str(), address);
             }
         }
-        let mut known = Known { node_address: nodes.get(node).copied(), ..Known::default() };
+        // Too many principals: none is numbered (no tunnelled client matches a principal
+        // rule), and the policy's reconcile reports why.
+        let principals = crate::principals::Numbering::of(model, trust_domain).unwrap_or_default();
+        let mut known = Known { node_address: nodes.get(node).copied(), principals, ..Known::default() };
         for resource in model.of_kind(api::Kind::Workload) {
             let Some(resource::Kind::Workload(w)) = &resource.kind else { continue };
             let Ok(identity) = SpiffeId::new(trust_domain.clone(), &w.namespace, &w.service_account) else { continue };
@@ -96,7 +104,13 @@ impl Destinations {
                 let destination = Destination { pod, identity, mtls };
                 known.pods.extend(ips.map(|ip| (ip, destination.clone())));
             } else {
-                let peer = Peer { pod, identity, mtls, node_address: nodes.get(w.node.as_str()).copied() };
+                let peer = Peer {
+                    pod,
+                    identity,
+                    mtls,
+                    principal_rules: crate::principals::selected(model, w),
+                    node_address: nodes.get(w.node.as_str()).copied(),
+                };
                 known.peers.extend(ips.map(|ip| (ip, peer.clone())));
             }
         }
@@ -145,6 +159,12 @@ impl Destinations {
         let mut all: Vec<_> = known.peers.iter().map(|(ip, peer)| (*ip, peer.clone())).collect();
         all.sort_by_key(|(ip, _)| *ip);
         all
+    }
+
+    /// The number of client `id` in the kernel's principal identities (the low bits of the
+    /// mark on the connection to the pod), if a rule names it.
+    pub fn principal(&self, id: &SpiffeId) -> Option<u16> {
+        self.known.read().expect("never poisoned").principals.number(id)
     }
 
     /// This node's address, if the model gives one.

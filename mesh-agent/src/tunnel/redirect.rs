@@ -47,18 +47,23 @@ pub struct Wanted {
     pub unreachable: Vec<String>,
 }
 
-/// The entries of a STRICT pod (or of a pod with STRICT ports) at `ip`: its address with port
-/// 0 for a STRICT pod, its ports of another mode as [`DIRECT`]; for a pod of another mode,
-/// its STRICT ports as [`TUNNEL`]. None for a pod with no STRICT port.
-fn entries(ip: std::net::Ipv4Addr, mtls: &WorkloadMtls, out: &mut BTreeMap<TunnelDestKey, u32>) {
+/// The entries of a pod at `ip` whose mode (or some port's) is one of `tunnelled`: its address
+/// with port 0 when the pod's mode is, its ports of another mode as [`DIRECT`]; for a pod
+/// whose mode is not, its ports whose mode is as [`TUNNEL`]. None for a pod with no such port.
+fn entries(
+    ip: std::net::Ipv4Addr,
+    mtls: &WorkloadMtls,
+    tunnelled: impl Fn(Mode) -> bool,
+    out: &mut BTreeMap<TunnelDestKey, u32>,
+) {
     let addr = u32::from_ne_bytes(ip.octets());
     let key = |port: u16| TunnelDestKey { addr, port: port.to_be(), _pad: 0 };
-    let strict = mtls.mode == Mode::Strict;
-    if strict {
+    let pod = tunnelled(mtls.mode);
+    if pod {
         out.insert(key(0), TUNNEL);
     }
     for (port, mode) in mtls.ports.iter().filter(|(port, _)| **port != 0) {
-        match (strict, *mode == Mode::Strict) {
+        match (pod, tunnelled(*mode)) {
             (true, false) => out.insert(key(*port), DIRECT),
             (false, true) => out.insert(key(*port), TUNNEL),
             _ => None,
@@ -70,8 +75,10 @@ fn entries(ip: std::net::Ipv4Addr, mtls: &WorkloadMtls, out: &mut BTreeMap<Tunne
 pub fn desired(destinations: &Destinations) -> Wanted {
     let mut wanted = Wanted::default();
     for (ip, peer) in destinations.peers() {
+        // STRICT ports; with a principal rule, PERMISSIVE ones too (DISABLE: never).
+        let tunnelled = |mode| mode == Mode::Strict || (peer.principal_rules && mode == Mode::Permissive);
         let mut pod = BTreeMap::new();
-        entries(ip, &peer.mtls, &mut pod);
+        entries(ip, &peer.mtls, tunnelled, &mut pod);
         if pod.is_empty() {
             continue;
         }
@@ -82,7 +89,9 @@ pub fn desired(destinations: &Destinations) -> Wanted {
         wanted.outbound.append(&mut pod);
     }
     for (ip, pod) in destinations.local() {
-        entries(ip, &pod.mtls, &mut wanted.inbound);
+        // Plaintext is dropped at STRICT ports only: a principal rule alone leaves it to the
+        // rules (it matches no plaintext).
+        entries(ip, &pod.mtls, |mode| mode == Mode::Strict, &mut wanted.inbound);
     }
     wanted.unreachable.sort();
     wanted.unreachable.dedup();
@@ -237,6 +246,7 @@ mod tests {
             pod: "default/web".into(),
             identity: SpiffeId::new(TrustDomain::default(), "default", "web").unwrap(),
             mtls: WorkloadMtls { mode, ports: ports.iter().copied().collect() },
+            principal_rules: false,
             node_address: node.map(Ipv4Addr::from),
         }
     }
@@ -262,6 +272,10 @@ mod tests {
         assert_eq!(entries(peer(Mode::Permissive, &[(80, Mode::Strict), (81, Mode::Disable)], node)).0, [(80, TUNNEL)]);
         assert!(entries(peer(Mode::Permissive, &[], node)).0.is_empty());
         assert!(entries(peer(Mode::Disable, &[(81, Mode::Permissive)], node)).0.is_empty());
+        // A principal rule tunnels what is not DISABLE, so the client can prove who it is.
+        let principal = |mode, ports: &[(u16, Mode)]| Peer { principal_rules: true, ..peer(mode, ports, node) };
+        assert_eq!(entries(principal(Mode::Permissive, &[(81, Mode::Disable)])).0, [(0, TUNNEL), (81, DIRECT)]);
+        assert_eq!(entries(principal(Mode::Disable, &[(80, Mode::Permissive)])).0, [(80, TUNNEL)]);
         // No node address: nowhere to send the tunnel.
         let (none, unreachable) = entries(peer(Mode::Strict, &[], None));
         assert!(none.is_empty());
