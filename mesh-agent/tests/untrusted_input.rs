@@ -287,6 +287,7 @@ fn filter(generator: &mut Gen) -> FlowFilter {
         node_name: strings(generator),
         verdict: (0..generator.below(3)).map(|_| generator.below(8) as i32 - 1).collect(),
         reply: (0..generator.below(2)).map(|_| generator.chance(50)).collect(),
+        encrypted: (0..generator.below(2)).map(|_| generator.chance(50)).collect(),
         tcp_flags: (0..generator.below(2))
             .map(|_| TcpFlags { syn: generator.chance(50), ..Default::default() })
             .collect(),
@@ -302,6 +303,9 @@ fn filter(generator: &mut Gen) -> FlowFilter {
         ..Default::default()
     }
 }
+
+/// The bytes of one flow event, as the ring buffer gives them.
+const EVENT_LEN: usize = size_of::<mesh_common::flows::FlowEvent>();
 
 /// Observer requests (any gRPC client may send them) and flow events judged by them.
 #[test]
@@ -334,7 +338,7 @@ fn hostile_flow_filters_are_refused_naming_the_field_and_never_panic() {
             bytes = generator.mutate(&bytes, &[b"\x0a", b"\xff", b"\x12\x00"]);
         }
         let events: Vec<Vec<u8>> =
-            (0..4).map(|_| (0..88 + generator.below(3)).map(|_| generator.next() as u8).collect()).collect();
+            (0..4).map(|_| (0..EVENT_LEN + generator.below(3)).map(|_| generator.next() as u8).collect()).collect();
         let events: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
         match timed("flow request", &bytes, || untrusted::flow_request(&bytes, &events)) {
             Ok(_) => {}

@@ -51,6 +51,14 @@ pub const CT_ENDED: u8 = 4;
 /// [`crate::policy::CtEntry::flags`]: the flow was opened by the agent's tunnel (inbound side):
 /// its replies are marked so that they reach the agent.
 pub const CT_TUNNELLED: u8 = 8;
+/// [`crate::policy::CtEntry::flags`]: the flow is a client's connection `connect4` sent to the
+/// agent's outbound listener (the tunnel's sending side); its events name the original
+/// destination.
+pub const CT_TUNNEL_CLIENT: u8 = 16;
+
+/// [`FlowEvent::auth`]: the flow is carried by the mutual-TLS tunnel: a client's connection
+/// sent into it, or the receiving agent's connection to the pod for an authenticated client.
+pub const AUTH_MTLS: u8 = 1;
 
 /// TCP header flags, as in the header's 14th byte.
 pub mod tcp_flags {
@@ -105,6 +113,9 @@ pub struct FlowEvent {
     pub srtt_us: u32,
     /// Retransmitted segments (closed).
     pub retrans: u32,
+    /// [`AUTH_MTLS`] for a flow through the tunnel (TC events), else 0.
+    pub auth: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Key of [`crate::maps::XLATE`]: a translated TCP connection's 4-tuple (network order),
@@ -134,7 +145,8 @@ mod tests {
 
     #[test]
     fn layouts_match_the_kernel_side() {
-        assert_eq!(size_of::<FlowEvent>(), 88);
+        assert_eq!(size_of::<FlowEvent>(), 96);
+        assert_eq!(offset_of!(FlowEvent, auth), 88);
         assert_eq!(offset_of!(FlowEvent, saddr), 48);
         assert_eq!(offset_of!(FlowEvent, sport), 56);
         assert_eq!(offset_of!(FlowEvent, svc_addr), 60);

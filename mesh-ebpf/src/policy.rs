@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 use mesh_common::{
     flows::{
-        CT_ENDED, CT_FIN_FORWARD, CT_FIN_REPLY, CT_TUNNELLED, FLOW_DROP, FLOW_END, FLOW_START, FlowEvent, TupleKey,
-        tcp_flags,
+        AUTH_MTLS, CT_ENDED, CT_FIN_FORWARD, CT_FIN_REPLY, CT_TUNNEL_CLIENT, CT_TUNNELLED, FLOW_DROP, FLOW_END,
+        FLOW_START, FlowEvent, TupleKey, tcp_flags,
     },
     policy::{
         ALLOW, ANY_PEER, AUDIT, CtEntry, CtKey, DENY, Decision, DirectionPolicy, EGRESS, FIRST_PRINCIPAL_IDENTITY,
@@ -258,6 +258,14 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
     let (peer, port) = if direction == INGRESS { (ip.saddr, dport) } else { original_destination(&ip, sport, dport) };
     // The agent's inbound side connects from the client's address, with its socket's mark.
     let tunnelled = direction == INGRESS && mark & TUNNEL_MARK_MASK == TUNNEL_MARK;
+    // A client's connection `connect4` sent to the outbound listener.
+    let tunnel_flags = if tunnelled {
+        CT_TUNNELLED
+    } else if direction == EGRESS && (peer, port) != (ip.daddr, dport) {
+        CT_TUNNEL_CLIENT
+    } else {
+        0
+    };
     let verdict = if direction == INGRESS
         && ip.proto == proto::TCP
         && !tunnelled
@@ -276,9 +284,7 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         // SAFETY: as above.
         let entry = unsafe { &mut *ptr };
         let was_denied = entry.action == DENY;
-        if tunnelled {
-            entry.flags |= CT_TUNNELLED;
-        }
+        entry.flags |= tunnel_flags;
         entry.rule = verdict.rule;
         entry.revision = revision();
         entry.action = verdict.action;
@@ -298,7 +304,7 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         packets: 1,
         bytes: len,
         tcp_flags,
-        flags: if tunnelled { CT_TUNNELLED } else { 0 },
+        flags: tunnel_flags,
         ..CtEntry::default()
     };
     if ip.proto == proto::TCP
@@ -403,9 +409,24 @@ fn report_drop(entry: &mut CtEntry, key: &CtKey, ifindex: u32, tcp_flags: u8, ju
     emit(&flow_event(FLOW_DROP, entry, key, ifindex, tcp_flags));
 }
 
-/// The event of `kind` for the flow `key` with `entry`.
+/// The event of `kind` for the flow `key` with `entry`. A client's connection sent into the
+/// tunnel is reported to its original destination (while `mesh_tun_orig` holds it), not to the
+/// agent's listener.
 #[inline(always)]
 fn flow_event(kind: u8, entry: &CtEntry, key: &CtKey, ifindex: u32, tcp_flags: u8) -> FlowEvent {
+    let (mut daddr, mut dport) = (key.daddr, key.dport);
+    let (mut svc_addr, mut svc_port) = (entry.svc_addr, entry.svc_port);
+    if entry.flags & CT_TUNNEL_CLIENT != 0
+        && let Some(origin) = TUNNEL_ORIGINS.get_ptr(&OriginKey { addr: key.saddr, port: key.sport, _pad: 0 })
+    {
+        // SAFETY: a map value, valid while the program runs; copied out.
+        let (backend, service) = unsafe { ((*origin).backend, (*origin).service) };
+        (daddr, dport) = (backend.addr, backend.port);
+        if svc_addr == 0 && service.addr != backend.addr {
+            // The service the application asked for.
+            (svc_addr, svc_port) = (service.addr, service.port);
+        }
+    }
     FlowEvent {
         time_ns: flows::now(),
         cookie: 0,
@@ -414,11 +435,11 @@ fn flow_event(kind: u8, entry: &CtEntry, key: &CtKey, ifindex: u32, tcp_flags: u
         reply_packets: entry.reply_packets,
         reply_bytes: entry.reply_bytes,
         saddr: key.saddr,
-        daddr: key.daddr,
+        daddr,
         sport: key.sport,
-        dport: key.dport,
-        svc_addr: entry.svc_addr,
-        svc_port: entry.svc_port,
+        dport,
+        svc_addr,
+        svc_port,
         kind,
         proto: key.proto,
         ifindex,
@@ -429,6 +450,8 @@ fn flow_event(kind: u8, entry: &CtEntry, key: &CtKey, ifindex: u32, tcp_flags: u
         tcp_flags,
         srtt_us: 0,
         retrans: 0,
+        auth: if entry.flags & (CT_TUNNELLED | CT_TUNNEL_CLIENT) != 0 { AUTH_MTLS } else { 0 },
+        _pad: [0; 7],
     }
 }
 

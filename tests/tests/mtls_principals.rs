@@ -21,20 +21,11 @@ use mesh_tests::{
 /// The port the rule opens, on both web pods.
 const PORT: u16 = 9100;
 
-/// Clients of service account `client` by namespace and name, and `web` by SPIFFE ID; the
-/// demo's own policies are left out of this lab.
-const POLICY: &str = "apiVersion: mesh.dev/v1alpha1
-kind: MeshPolicy
-metadata: {name: web-by-identity, namespace: demo}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress:
-    - action: Allow
-      ports: [{port: 9100}]
-      principals:
-        - {namespace: demo, serviceAccount: client}
-        - spiffeId: spiffe://cluster.local/ns/demo/sa/web
-";
+/// The policy: `deploy/mtls/web-by-identity.yaml` (service account `client` by namespace and
+/// name, `web` by SPIFFE ID, on port 9100); the demo's own policies are left out of this lab.
+fn policy() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mtls/web-by-identity.yaml")
+}
 
 fn spiffe(sa: &str) -> String {
     SpiffeId::new(TrustDomain::default(), "demo", sa).expect("valid").to_string()
@@ -55,7 +46,7 @@ fn a_principal_rule_allows_one_service_account_and_denies_another() {
     let (lab, manifest_dir) = demo::lab().expect("lab");
     std::fs::remove_file(manifest_dir.join("policy.yaml")).expect("the demo's policies removed");
     std::fs::write(manifest_dir.join("nodes.yaml"), manifests::nodes(&lab)).unwrap();
-    std::fs::write(manifest_dir.join("principals.yaml"), POLICY).unwrap();
+    std::fs::copy(policy(), manifest_dir.join("web-by-identity.yaml")).expect("the policy copied");
     let (operator, bundles) = Operator::start_with_pki(&lab, &manifest_dir, &[]).expect("operator serves");
     let agents = Agent::follow_each_over_tls(&lab, &operator, &bundles, &[]).expect("agents ready over TLS");
     for web in demo::WEB {

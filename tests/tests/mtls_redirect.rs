@@ -130,6 +130,48 @@ fn the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other()
     let text = metrics::agent(&node0.netns_path);
     assert_eq!(outbound(&text, "tunnelled"), 10.0, "a connection that needs no tunnel reached the agent: {text}");
 
+    // The flows say which connections the tunnel carried, with both workload identities: at
+    // the client (to the pod it was going to, not to the agent's listener; through the echo
+    // service for half of them) and at the server (from the client itself).
+    let mtls = "mTLS demo/client => demo/intruder";
+    for (node, direction) in [(0, "EGRESS"), (1, "INGRESS")] {
+        let socket = agents[node].observer_socket(&lab);
+        let starts = |filter: &str, port: u16| {
+            let port = port.to_string();
+            let flows = meshctl::flows(&socket, &[filter, "--to-port", &port, "--traffic-direction", direction]);
+            flows.into_iter().filter(|f| f["IP"]["source"] == client_pod.ip.to_string().as_str()).collect::<Vec<_>>()
+        };
+        // One connection per client port (a start and an end event each).
+        let connections = |flows: &[serde_json::Value]| {
+            flows
+                .iter()
+                .filter_map(|f| f["l4"]["TCP"]["source_port"].as_u64())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        };
+        let tunnelled = starts("--encrypted", STRICT_PORT);
+        assert_eq!(connections(&tunnelled), 10, "node-{node}: tunnelled {direction} flows: {tunnelled:#?}");
+        for flow in &tunnelled {
+            assert_eq!(flow["IP"]["destination"], intruder.ip.to_string().as_str(), "{flow:#}");
+            assert_eq!(flow["IP"]["encrypted"], true, "{flow:#}");
+            assert_eq!(flow["auth_type"], "SPIRE", "{flow:#}");
+        }
+        if node == 0 {
+            let via_echo: Vec<_> =
+                tunnelled.iter().filter(|f| f["destination_service"]["name"] == "echo").cloned().collect();
+            assert_eq!(
+                connections(&via_echo),
+                5,
+                "the client's flows through the echo service name it: {tunnelled:#?}"
+            );
+        }
+        assert!(starts("--unencrypted", STRICT_PORT).is_empty(), "node-{node}: a STRICT flow not tunnelled");
+        assert_eq!(connections(&starts("--unencrypted", DISABLED_PORT)), 3, "node-{node}: the DISABLE port's flows");
+        assert!(starts("--encrypted", DISABLED_PORT).is_empty(), "node-{node}: the DISABLE port tunnelled");
+    }
+    let compact = meshctl::run(&agents[1].observer_socket(&lab), &["observe", "--all", "--encrypted"]);
+    assert!(compact.stdout.contains(mtls), "meshctl observe names both identities:\n{}", compact.stdout);
+
     // Plaintext to the STRICT port that skipped the tunnel: from node-0's host (not a pod, so
     // no redirect) across the link, and from node-1's own host; dropped at TC, and reported.
     let host =

@@ -200,12 +200,14 @@ pub fn run() -> anyhow::Result<()> {
             .context("running meshctl observe")?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     };
-    println!("  web-b still sees the client pod itself (the agent connects from its address):");
-    println!("  $ meshctl observe --from-pod demo/client --to-pod demo/web-b --last 2");
-    print!(
-        "{}",
-        indent(&observe(&agents[1], &["--from-pod", "demo/client", "--to-pod", "demo/web-b", "--last", "2"])?)
+    println!(
+        "  web-b still sees the client pod itself (the agent connects from its address), and the flow says the tunnel\n  \
+         carried it, with both workload identities (namespace/service account):"
     );
+    println!("  $ meshctl observe --encrypted --from-pod demo/client --to-pod demo/web-b --last 2");
+    let encrypted =
+        observe(&agents[1], &["--encrypted", "--from-pod", "demo/client", "--to-pod", "demo/web-b", "--last", "2"])?;
+    print!("{}", indent(&encrypted));
 
     step(
         "Plaintext from outside the mesh: a process on node-1's host, in no pod, connects straight to web-a on node-0",
@@ -238,6 +240,10 @@ pub fn run() -> anyhow::Result<()> {
         "with web STRICT, the client's connections were not all answered by both backends: {strict:?}"
     );
     anyhow::ensure!(tunnelled > 0.0, "with web STRICT, no connection went through the tunnel");
+    anyhow::ensure!(
+        encrypted.contains("mTLS demo/client => demo/web"),
+        "web-b's flows do not show the client's connections as tunnelled with both identities: {encrypted}"
+    );
     anyhow::ensure!(plaintext.ok == 0, "plaintext from outside the mesh reached a STRICT pod: {plaintext:?}");
     anyhow::ensure!(dropped.contains("Authentication required"), "no AUTH_REQUIRED drop was reported: {dropped:?}");
     println!(

@@ -17,10 +17,10 @@ use super::pb;
 use crate::policy_table::Attribution;
 
 /// Hubble's label source for Kubernetes labels.
-const K8S_SOURCE: &str = "k8s:";
+pub const K8S_SOURCE: &str = "k8s:";
 /// Hubble's pseudo-labels for a pod's namespace and service account.
 const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
-const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 
 /// A pod, as flows name it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

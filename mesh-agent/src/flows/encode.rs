@@ -11,6 +11,9 @@ use mesh_common::{
 
 use super::{pb, view::FlowView};
 
+/// `flow.AuthType.SPIRE`.
+pub const AUTH_TYPE_SPIRE: u64 = 1;
+
 /// `Flow.extensions` type URL of our `mesh.v1.FlowDetails`.
 pub const FLOW_DETAILS_TYPE_URL: &str = "type.googleapis.com/mesh.v1.FlowDetails";
 
@@ -37,12 +40,15 @@ fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
     pb::timestamp(buf, 1, view.record.unix_ns);
     pb::varint(buf, 2, view.verdict as u64);
     pb::varint(buf, 3, u64::from(view.drop_reason));
-    // IP { source = 1, destination = 2, ipVersion = 3 }
+    // IP { source = 1, destination = 2, ipVersion = 3, encrypted = 4 }
     pb::message(buf, 5, |buf| {
         let mut text = [0u8; 15];
         pb::bytes(buf, 1, ip_text(&mut text, view.source_ip));
         pb::bytes(buf, 2, ip_text(&mut text, view.destination_ip));
         pb::varint(buf, 3, 1);
+        if view.encrypted {
+            pb::varint(buf, 4, 1);
+        }
     });
     // Layer4 { TCP = 1 { source_port = 1, destination_port = 2, flags = 3 }, UDP = 2, SCTP = 5 }
     let l4_tag = match e.proto {
@@ -95,6 +101,11 @@ fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
         pb::varint(buf, 31, super::view::SOCK_XLATE_POST_DIRECTION_FWD as u64);
     }
     pb::varint(buf, 32, e.cookie);
+    if view.encrypted {
+        // auth_type = SPIRE: Hubble's one value for SPIFFE mutual authentication (here the
+        // tunnel's mutual TLS with workload certificates).
+        pb::varint(buf, 35, AUTH_TYPE_SPIRE);
+    }
     let mut summary = [0u8; 160];
     pb::bytes(buf, 100_000, summary_text(&mut summary, view));
     // extensions = Any { type_url = 1, value = 2 } holding mesh.v1.FlowDetails.
@@ -279,5 +290,34 @@ mod tests {
         );
         assert_eq!(summary(0, mesh_common::proto::TCP), "TCP");
         assert_eq!(summary(0, mesh_common::proto::UDP), "UDP");
+    }
+
+    #[test]
+    fn a_tunnelled_flow_is_encrypted_with_spiffe_authentication() {
+        use mesh_common::{
+            flows::{AUTH_MTLS, FLOW_START, FlowEvent},
+            hubble::{flow::AuthType, observer::GetFlowsResponse},
+        };
+        use prost::Message as _;
+
+        use crate::flows::{Record, directory::Directory, view::FlowView};
+        let directory = Directory::empty("node-0");
+        let decoded = |auth: u8| {
+            let record =
+                Record { event: FlowEvent { kind: FLOW_START, auth, ..FlowEvent::default() }, ..Record::default() };
+            let mut buf = Vec::new();
+            super::response(&mut buf, &FlowView::new(&record, &directory));
+            GetFlowsResponse::decode(&buf[..]).unwrap().response_types.unwrap()
+        };
+        let flow = |auth| match decoded(auth) {
+            mesh_common::hubble::observer::get_flows_response::ResponseTypes::Flow(flow) => flow,
+            other => panic!("not a flow: {other:?}"),
+        };
+        let tunnelled = flow(AUTH_MTLS);
+        assert!(tunnelled.ip.unwrap().encrypted);
+        assert_eq!(tunnelled.auth_type, AuthType::Spire as i32);
+        let plain = flow(0);
+        assert!(!plain.ip.unwrap().encrypted);
+        assert_eq!(plain.auth_type, AuthType::Disabled as i32);
     }
 }

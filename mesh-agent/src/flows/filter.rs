@@ -237,11 +237,12 @@ pub struct Filter {
     node_name: Vec<String>,
     reply: Vec<bool>,
     event_type: Vec<(i32, Option<i32>)>,
+    encrypted: Vec<bool>,
 }
 
 impl Filter {
     pub fn compile(f: &FlowFilter) -> Result<Self, FilterError> {
-        let unsupported: [(&'static str, bool); 18] = [
+        let unsupported: [(&'static str, bool); 17] = [
             ("uuid", !f.uuid.is_empty()),
             ("source_ip_xlated", !f.source_ip_xlated.is_empty()),
             ("source_fqdn", !f.source_fqdn.is_empty()),
@@ -258,7 +259,6 @@ impl Filter {
             ("node_labels", !f.node_labels.is_empty()),
             ("trace_id", !f.trace_id.is_empty()),
             ("ip_trace_id", !f.ip_trace_id.is_empty()),
-            ("encrypted", !f.encrypted.is_empty()),
             ("ip_version (only IPv4 flows exist)", f.ip_version.iter().any(|v| *v != 1)),
         ];
         if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
@@ -300,6 +300,7 @@ impl Filter {
                 .map_err(at("node_name"))?,
             reply: f.reply.clone(),
             event_type: f.event_type.iter().map(|t| (t.r#type, t.match_sub_type.then_some(t.sub_type))).collect(),
+            encrypted: f.encrypted.clone(),
         })
     }
 
@@ -333,6 +334,7 @@ impl Filter {
             && any(&self.tcp_flags, |bits| e.proto == proto::TCP && u16::from(e.tcp_flags) & bits == *bits)
             && any(&self.node_name, |n| glob(n, &v.node_name.to_ascii_lowercase()))
             && any(&self.reply, |r| v.is_reply == Some(*r))
+            && any(&self.encrypted, |x| *x == v.encrypted)
             && any(&self.event_type, |(t, sub)| {
                 *t as u32 == v.event_type.0 && sub.is_none_or(|s| s as u32 == v.event_type.1)
             })

@@ -76,6 +76,8 @@ pub struct FlowView<'a> {
     pub is_reply: Option<bool>,
     pub drop_reason: u32,
     pub node_name: &'a str,
+    /// Carried by the mutual-TLS tunnel (`IP.encrypted`, `auth_type`).
+    pub encrypted: bool,
 }
 
 impl<'a> FlowView<'a> {
@@ -127,6 +129,7 @@ impl<'a> FlowView<'a> {
             is_reply: tc.then_some(false),
             drop_reason: if e.kind == FLOW_DROP { u32::from(e.reason) } else { 0 },
             node_name: &directory.node_name,
+            encrypted: e.auth == mesh_common::flows::AUTH_MTLS,
         }
     }
 }

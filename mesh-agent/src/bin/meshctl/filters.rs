@@ -33,7 +33,12 @@ pub const FILTER_FLAGS: &[(&str, Option<char>)] = &[
     ("tcp-flags", None),
     ("traffic-direction", None),
     ("node-name", None),
+    ("encrypted", None),
+    ("unencrypted", None),
 ];
+
+/// Filter flags that take no value.
+const SWITCHES: &[&str] = &["encrypted", "unencrypted"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FlagError {
@@ -124,6 +129,7 @@ const CONFLICTS: &[&[&str]] = &[
     &["service", "to-service"],
     &["port", "to-port"],
     &["port", "from-port"],
+    &["encrypted", "unencrypted"],
 ];
 
 /// Builds (allow, deny) from the filter flags in command-line order: (flag, value), with
@@ -223,6 +229,9 @@ fn add(t: &mut Tracker, flag: &'static str, value: &str) -> Result<(), FlagError
             })?;
             t.both(|f| f.verdict.push(verdict as i32));
         }
+        // Through the mutual-TLS tunnel (IP.encrypted), or not.
+        "encrypted" => t.both(|f| f.encrypted.push(true)),
+        "unencrypted" => t.both(|f| f.encrypted.push(false)),
         "drop-reason-desc" => {
             let reason = DropReason::from_str_name(value).ok_or_else(|| {
                 bad(format!("invalid value {value:?}: use a drop reason name such as POLICY_DENIED or POLICY_DENY"))
@@ -288,6 +297,7 @@ pub fn in_order(args: &[String]) -> Vec<(&'static str, String)> {
         let Some((flag, _)) = FILTER_FLAGS.iter().find(|(long, _)| *long == name) else { continue };
         let value = match inline {
             Some(value) => value,
+            None if SWITCHES.contains(flag) => String::new(),
             None => words.next().cloned().unwrap_or_default(),
         };
         out.push((*flag, value));
@@ -311,6 +321,20 @@ mod tests {
         assert_eq!(allow[1].destination_pod, ["demo/web"]);
         assert_eq!(allow[0].verdict, [Verdict::Dropped as i32]);
         assert!(deny.is_empty());
+    }
+
+    #[test]
+    fn encrypted_takes_no_value() {
+        let (allow, deny) = build(&flags("--encrypted --protocol tcp --not --unencrypted")).unwrap();
+        assert_eq!(
+            (allow.len(), allow[0].encrypted.as_slice(), allow[0].protocol.as_slice()),
+            (1, &[true][..], &["tcp".to_owned()][..])
+        );
+        assert_eq!(deny[0].encrypted, [false]);
+        assert_eq!(
+            build(&flags("--encrypted --unencrypted")).unwrap_err(),
+            FlagError::Conflict("encrypted", "unencrypted")
+        );
     }
 
     #[test]

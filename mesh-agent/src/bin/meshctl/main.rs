@@ -131,6 +131,12 @@ struct ObserveArgs {
     /// Flows seen on nodes matching this name pattern (* as a wildcard).
     #[arg(long, action = ArgAction::Append)]
     node_name: Vec<String>,
+    /// Only flows carried by the mutual-TLS tunnel (authenticated, encrypted on the wire).
+    #[arg(long)]
+    encrypted: bool,
+    /// Only flows not carried by the mutual-TLS tunnel.
+    #[arg(long)]
+    unencrypted: bool,
     /// Negates the next filter flag.
     #[arg(long = "not", action = ArgAction::Count)]
     not: u8,

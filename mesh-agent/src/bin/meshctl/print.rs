@@ -104,10 +104,11 @@ impl Printer {
                 };
                 writeln!(
                     out,
-                    "{time}{node}: {} {arrow} {} {kind} {} ({summary})",
+                    "{time}{node}: {} {arrow} {} {kind} {}{} ({summary})",
                     endpoint(&src_host, identity(flow.source.as_ref())),
                     endpoint(&dst_host, identity(flow.destination.as_ref())),
                     paint(verdict, verdict_color),
+                    tunnel(flow),
                 )
             }
             Output::Dict => {
@@ -123,6 +124,9 @@ impl Printer {
                 writeln!(out, "DESTINATION: {}", join(&dst_host))?;
                 writeln!(out, "       TYPE: {kind}")?;
                 writeln!(out, "    VERDICT: {verdict}")?;
+                if flow.ip.as_ref().is_some_and(|ip| ip.encrypted) {
+                    writeln!(out, "     TUNNEL:{}", tunnel(flow))?;
+                }
                 writeln!(out, "    SUMMARY: {summary}")
             }
             Output::Table => {
@@ -203,6 +207,25 @@ fn host(endpoint: Option<&flow::Endpoint>, service: Option<&flow::Service>, ip: 
         _ => ip.to_owned(),
     };
     (name, if port == 0 { String::new() } else { port.to_string() })
+}
+
+/// For a flow through the mutual-TLS tunnel, ` mTLS <client> => <server>`: both workload
+/// identities (namespace/service account, from the endpoints' service-account labels); else
+/// nothing.
+fn tunnel(flow: &Flow) -> String {
+    if !flow.ip.as_ref().is_some_and(|ip| ip.encrypted) {
+        return String::new();
+    }
+    let account = |ep: Option<&flow::Endpoint>| {
+        ep.and_then(|ep| {
+            use mesh_agent::flows::directory::{K8S_SOURCE, SERVICE_ACCOUNT_LABEL};
+            let prefix = format!("{K8S_SOURCE}{SERVICE_ACCOUNT_LABEL}=");
+            let sa = ep.labels.iter().find_map(|l| l.strip_prefix(prefix.as_str()))?;
+            Some(format!("{}/{sa}", ep.namespace))
+        })
+        .unwrap_or_else(|| "?".to_owned())
+    };
+    format!(" mTLS {} => {}", account(flow.source.as_ref()), account(flow.destination.as_ref()))
 }
 
 fn identity(endpoint: Option<&flow::Endpoint>) -> String {
@@ -325,7 +348,11 @@ fn flow_json(flow: &Flow) -> Value {
         m.insert("drop_reason".into(), json!(flow.drop_reason));
     }
     if let Some(ip) = &flow.ip {
-        m.insert("IP".into(), json!({"source": ip.source, "destination": ip.destination, "ipVersion": "IPv4"}));
+        let mut value = json!({"source": ip.source, "destination": ip.destination, "ipVersion": "IPv4"});
+        if ip.encrypted {
+            value["encrypted"] = json!(true);
+        }
+        m.insert("IP".into(), value);
     }
     if let Some(l4) = flow.l4.as_ref().and_then(|l4| l4.protocol.as_ref()) {
         let ports = |s: u32, d: u32| {
@@ -427,6 +454,10 @@ fn flow_json(flow: &Flow) -> Value {
     }
     if flow.socket_cookie != 0 {
         m.insert("socket_cookie".into(), json!(flow.socket_cookie.to_string()));
+    }
+    if flow.auth_type != 0 {
+        let name = flow::AuthType::try_from(flow.auth_type).map_or("DISABLED", |a| a.as_str_name());
+        m.insert("auth_type".into(), json!(name));
     }
     if !flow.summary.is_empty() {
         m.insert("Summary".into(), json!(flow.summary));
