@@ -326,6 +326,7 @@ async fn serve(
             stats: state.outbound.clone(),
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
             pool: tunnel::hbone::Pool::default(),
+            flows: store.clone(),
         };
         tracing::info!(address = %outbound_address, "redirected connections to tunnel (outbound)");
         state.set_outbound_listening();

@@ -115,7 +115,10 @@ pub struct FlowEvent {
     pub retrans: u32,
     /// [`AUTH_MTLS`] for a flow through the tunnel (TC events), else 0.
     pub auth: u8,
-    pub _pad: [u8; 7],
+    /// A drop the agent's tunnel made (not the kernel): which failure, numbered by the agent
+    /// from 1 (`tunnel::outbound::Failure`); 0 for every kernel event.
+    pub detail: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Key of [`crate::maps::XLATE`]: a translated TCP connection's 4-tuple (network order),
@@ -147,6 +150,7 @@ mod tests {
     fn layouts_match_the_kernel_side() {
         assert_eq!(size_of::<FlowEvent>(), 96);
         assert_eq!(offset_of!(FlowEvent, auth), 88);
+        assert_eq!(offset_of!(FlowEvent, detail), 89);
         assert_eq!(offset_of!(FlowEvent, saddr), 48);
         assert_eq!(offset_of!(FlowEvent, sport), 56);
         assert_eq!(offset_of!(FlowEvent, svc_addr), 60);

@@ -214,6 +214,10 @@ pub mod reason {
     /// neither through the mutual-TLS tunnel nor from a pod of the same node (Hubble's
     /// `AUTH_REQUIRED`).
     pub const AUTH_REQUIRED: u8 = 189;
+    /// A connection the kernel sent to the agent's tunnel that the tunnel could not carry
+    /// (peer agent unreachable or refusing, no certificate, no destination): a drop event the
+    /// agent makes itself, the client reset (Hubble's `NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT`).
+    pub const NO_TUNNEL_ENDPOINT: u8 = 160;
 }
 
 /// Key of [`crate::maps::FRAGMENTS`]: one fragmented datagram, as IPv4 tells its fragments

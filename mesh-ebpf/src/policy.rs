@@ -451,7 +451,8 @@ fn flow_event(kind: u8, entry: &CtEntry, key: &CtKey, ifindex: u32, tcp_flags: u
         srtt_us: 0,
         retrans: 0,
         auth: if entry.flags & (CT_TUNNELLED | CT_TUNNEL_CLIENT) != 0 { AUTH_MTLS } else { 0 },
-        _pad: [0; 7],
+        detail: 0,
+        _pad: [0; 6],
     }
 }
 

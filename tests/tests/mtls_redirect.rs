@@ -212,7 +212,20 @@ fn the_kernel_sends_connections_to_strict_pods_through_the_tunnel_and_no_other()
     assert_eq!(refused.failed, 1, "{refused:?}");
     assert!(started.elapsed() < Duration::from_secs(8), "refused only after {:?}", started.elapsed());
     let text = metrics::agent(&node0.netns_path);
-    assert_eq!(outbound(&text, "tunnel"), 1.0, "{text}");
+    assert_eq!(outbound(&text, "peer_agent"), 1.0, "{text}");
+    // And a flow says why: a drop at the client, to the pod it was going to through the echo
+    // service, with the tunnel's reason.
+    let dropped = meshctl::flows(
+        &agents[0].observer_socket(&lab),
+        &["--drop-reason-desc", "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT"],
+    );
+    let refused_flow = dropped.iter().find(|f| {
+        f["IP"]["source"] == client_pod.ip.to_string().as_str()
+            && f["IP"]["destination"] == intruder.ip.to_string().as_str()
+            && f["destination_service"]["name"] == "echo"
+    });
+    let summary = refused_flow.and_then(|f| f["Summary"].as_str()).unwrap_or_default();
+    assert!(summary.contains("tunnel: peer_agent"), "no drop flow naming the tunnel's failure: {dropped:#?}");
 }
 
 fn demo_vip() -> Ipv4Addr {

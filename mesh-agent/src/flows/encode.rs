@@ -241,6 +241,10 @@ fn summary_text<'b>(buf: &'b mut [u8; 160], view: &FlowView<'_>) -> &'b [u8] {
             "; closed, RTT {} µs, {} retransmits, {} bytes sent, {} received",
             e.srtt_us, e.retrans, e.bytes, e.reply_bytes
         ),
+        mesh_common::flows::FLOW_DROP if e.detail != 0 => {
+            let failure = crate::tunnel::outbound::Failure::from_detail(e.detail);
+            write!(cursor, "; tunnel: {}", failure.map_or("unknown failure", |f| f.as_str()))
+        }
         _ => Ok(()),
     };
     let len = cursor.position() as usize;

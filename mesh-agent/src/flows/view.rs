@@ -143,6 +143,7 @@ pub fn drop_reason_name(reason: u32) -> &'static str {
         175 => "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
         181 => "POLICY_DENY",
         189 => "AUTH_REQUIRED",
+        160 => "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT",
         0 => "DROP_REASON_UNKNOWN",
         _ => "OTHER",
     }

@@ -40,14 +40,24 @@ impl Failure {
     pub const ALL: [Self; 5] =
         [Self::NoDestination, Self::UnknownClient, Self::NoCertificate, Self::UnknownDestination, Self::Tunnel];
 
-    /// Its name in metrics and logs.
+    /// Its number in a drop event's `detail` (from 1).
+    pub fn detail(self) -> u8 {
+        self as u8 + 1
+    }
+
+    /// The failure of a drop event's `detail`.
+    pub fn from_detail(detail: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(detail).checked_sub(1)?).copied()
+    }
+
+    /// Its name in metrics, logs and flows.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoDestination => "no_destination",
             Self::UnknownClient => "unknown_client",
             Self::NoCertificate => "no_certificate",
             Self::UnknownDestination => "unknown_destination",
-            Self::Tunnel => "tunnel",
+            Self::Tunnel => "peer_agent",
         }
     }
 }
@@ -83,6 +93,8 @@ pub struct Outbound {
     pub sockets: crate::netns::Sockets,
     /// Open tunnel connections, shared by the connections they carry.
     pub pool: hbone::Pool,
+    /// Where a connection not carried is reported, as a dropped flow.
+    pub flows: crate::flows::store::FlowStore,
 }
 
 /// Accepts redirected connections on `listener` until `stop` resolves; then waits for the
@@ -113,9 +125,45 @@ pub async fn serve(
             if let Err((failure, reason)) = carry(stream, client, &outbound).await {
                 outbound.stats.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client, reason = failure.as_str(), "connection not tunnelled: {reason}");
+                outbound.flows.push(vec![dropped(client, &outbound, failure)]);
             }
         });
     }
+}
+
+/// The drop flow of a connection from `client` the tunnel did not carry: from the client to
+/// where it was going (the listener, if the kernel left no destination), seen leaving the
+/// client pod, with the failure in the summary.
+fn dropped(client: SocketAddr, outbound: &Outbound, failure: Failure) -> crate::flows::Record {
+    use mesh_common::{flows, policy};
+    let v4 = |address: SocketAddr| match address {
+        SocketAddr::V4(v4) => (u32::from_ne_bytes(v4.ip().octets()), v4.port().to_be()),
+        SocketAddr::V6(_) => (0, 0),
+    };
+    let (saddr, sport) = v4(client);
+    let original = match client {
+        SocketAddr::V4(client) => outbound.origins.get(client),
+        SocketAddr::V6(_) => None,
+    };
+    let (daddr, dport) = original.map_or((0, 0), |o| v4(o.pod));
+    let (svc_addr, svc_port) = original.filter(|o| o.asked.ip() != o.pod.ip()).map_or((0, 0), |o| v4(o.asked));
+    let event = flows::FlowEvent {
+        saddr,
+        sport,
+        daddr,
+        dport,
+        svc_addr,
+        svc_port,
+        kind: flows::FLOW_DROP,
+        proto: mesh_common::proto::TCP,
+        action: policy::DENY,
+        reason: policy::reason::NO_TUNNEL_ENDPOINT,
+        direction: policy::EGRESS,
+        tcp_flags: flows::tcp_flags::SYN,
+        detail: failure.detail(),
+        ..flows::FlowEvent::default()
+    };
+    crate::flows::Record { event, unix_ns: crate::flows::unix_now_ns(), seq: 0 }
 }
 
 /// Carries one connection; on failure it has been reset.
@@ -188,4 +236,18 @@ async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outb
         outbound.stats.bytes_in.fetch_add(back, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failure;
+
+    #[test]
+    fn every_failure_has_its_own_detail_number() {
+        for failure in Failure::ALL {
+            assert_eq!(Failure::from_detail(failure.detail()), Some(failure));
+        }
+        assert_eq!(Failure::from_detail(0), None, "0: no failure (a kernel event)");
+        assert_eq!(Failure::from_detail(Failure::ALL.len() as u8 + 1), None);
+    }
 }

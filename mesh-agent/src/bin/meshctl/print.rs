@@ -246,6 +246,7 @@ pub fn drop_reason_text(code: u32) -> String {
         175 => "First logical datagram fragment not found".to_owned(),
         181 => "Policy denied by denylist".to_owned(),
         189 => "Authentication required".to_owned(),
+        160 => "No tunnel or encapsulation endpoint".to_owned(),
         other => format!("{other}, 0"),
     }
 }
