@@ -90,6 +90,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone(), certificates.clone());
     let destinations = agent.destinations.clone();
     let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events, origins));
+    // The Observer socket this agent made (removed at exit only if still that one).
+    let observer_socket = config.observer_socket.as_deref().and_then(file_id);
     let drain = match served {
         Ok(drain) => drain,
         Err(err) => {
@@ -236,10 +238,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !open.is_empty() {
         tracing::info!(timeout = ?DRAIN_TIMEOUT, ?open, "drained: connections still open were closed");
     }
-    if let Some(ready) = &config.ready_file {
+    // Only what is still this agent's: a new agent started beside it may have replaced both.
+    if let Some(ready) = &config.ready_file
+        && std::fs::read(ready).is_ok_and(|content| content == ready_content())
+    {
         let _ = std::fs::remove_file(ready);
     }
-    if let Some(socket) = &config.observer_socket {
+    if let Some(socket) = &config.observer_socket
+        && observer_socket.is_some()
+        && file_id(socket) == observer_socket
+    {
         let _ = std::fs::remove_file(socket);
     }
     runtime.shutdown_background();
@@ -267,12 +275,14 @@ async fn serve(
     let metrics = Metrics::new(state.clone(), directory.clone());
     tokio::spawn(metrics.clone().count_flows());
     // Listeners are bound inside the node's network namespace: a node agent's ports are the
-    // node's, as with hostNetwork.
+    // node's, as with hostNetwork. Every one with SO_REUSEPORT: a new agent listens beside
+    // this one while it stops (a rolling update with a surge), so no port is ever closed.
+    let socket = |address: std::net::SocketAddr, key: &str| -> anyhow::Result<tokio::net::TcpSocket> {
+        netns::run_in(config.netns.as_deref(), || netns::shared_socket(address))?
+            .with_context(|| format!("{key}: cannot listen on {address}; give another address or \"off\""))
+    };
     let bind = |address: std::net::SocketAddr, key: &str| -> anyhow::Result<tokio::net::TcpListener> {
-        let listener = netns::run_in(config.netns.as_deref(), || std::net::TcpListener::bind(address))?
-            .with_context(|| format!("{key}: cannot listen on {address}; give another address or \"off\""))?;
-        listener.set_nonblocking(true)?;
-        Ok(tokio::net::TcpListener::from_std(listener)?)
+        Ok(socket(address, key)?.listen(1024)?)
     };
     if let Some(address) = config.metrics_address {
         let listener = bind(address, config::ENV_METRICS_ADDRESS)?;
@@ -281,17 +291,15 @@ async fn serve(
     }
     // Tunnels need workload certificates, which come only over mutual TLS to the operator.
     if let Some(address) = config.tunnel_address.filter(|_| state.certificates.enabled()) {
-        // SO_REUSEPORT: a new agent binds the port while this one drains its tunnels.
-        let inbound_socket = netns::run_in(config.netns.as_deref(), || {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(address)?;
-            Ok::<_, std::io::Error>(socket)
-        })?
-        .with_context(|| {
-            format!("{}: cannot listen on {address}; give another address or \"off\"", config::ENV_TUNNEL_ADDRESS)
-        })?;
+        // A new agent binds the port while this one drains its tunnels; what waits in this
+        // one's accept queue when it closes moves to the new one's (`tcp_migrate_req`).
+        let inbound_socket = socket(address, config::ENV_TUNNEL_ADDRESS)?;
+        if let Err(err) = netns::run_in(config.netns.as_deref(), netns::migrate_requests_on_close)? {
+            tracing::warn!(
+                "cannot set {}: {err}; connections queued at an agent's tunnel listeners when it stops are reset",
+                netns::TCP_MIGRATE_REQ
+            );
+        }
         tracing::info!(%address, "accepting mutual-TLS tunnels (HBONE)");
         let tunnel_runtime = tunnel::runtime().context("starting the tunnel's thread")?;
         let inbound = tunnel::hbone::Inbound {
@@ -306,19 +314,8 @@ async fn serve(
         state.set_tunnel_address(address);
         // The outbound listener: where `connect4` sends the connections that need the tunnel.
         let outbound_address = std::net::SocketAddr::new(address.ip(), tunnel::OUTBOUND_PORT);
-        let outbound_socket = netns::run_in(config.netns.as_deref(), || {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.set_reuseaddr(true)?;
-            socket.set_reuseport(true)?;
-            socket.bind(outbound_address)?;
-            Ok::<_, std::io::Error>(socket)
-        })?
-        .with_context(|| {
-            format!(
-                "{}: cannot listen on {outbound_address} (the outbound port of the tunnel address); give another address or \"off\"",
-                config::ENV_TUNNEL_ADDRESS
-            )
-        })?;
+        let outbound_socket =
+            socket(outbound_address, config::ENV_TUNNEL_ADDRESS).context("the outbound port of the tunnel address")?;
         let outbound = tunnel::outbound::Outbound {
             certificates: state.certificates.clone(),
             destinations: state.destinations.clone(),
@@ -495,10 +492,23 @@ fn redirect_to_tunnel(
 }
 
 /// The datapath holds the desired state: release a previous agent's links, say so.
+/// What this agent writes in its ready file: its pid, so that it removes the file at exit only
+/// if no later agent wrote it since.
+fn ready_content() -> Vec<u8> {
+    format!("ready {}\n", std::process::id()).into_bytes()
+}
+
+/// The device and inode of `path`, if it exists.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 fn ready(datapath: &mut Datapath, config: &Config) -> anyhow::Result<()> {
     datapath.take_over();
     if let Some(ready) = &config.ready_file {
-        std::fs::write(ready, b"ready\n").with_context(|| format!("writing the ready file {}", ready.display()))?;
+        std::fs::write(ready, ready_content())
+            .with_context(|| format!("writing the ready file {}", ready.display()))?;
     }
     tracing::info!("ready");
     Ok(())

@@ -84,3 +84,27 @@ impl Sockets {
         answer.await.map_err(|_| std::io::Error::other("the namespace's socket thread ended"))?
     }
 }
+
+/// A TCP socket bound to `address` with `SO_REUSEADDR` and `SO_REUSEPORT`, in the calling
+/// thread's namespace (listen on the runtime that will serve it). Two agents of one node (the
+/// old one stopping, the new one starting) both listen on the node's ports.
+pub fn shared_socket(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    Ok(socket)
+}
+
+/// The sysctl that moves the connections waiting in a closing listener's accept queue to
+/// another listener of its `SO_REUSEPORT` group, instead of resetting them (Linux 5.14).
+pub const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Sets [`TCP_MIGRATE_REQ`] in the calling thread's network namespace (the node's): an agent
+/// that stops closes its listeners, and what waits in their queues goes to the new agent's.
+pub fn migrate_requests_on_close() -> std::io::Result<()> {
+    if std::fs::read_to_string(TCP_MIGRATE_REQ)?.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(TCP_MIGRATE_REQ, "1")
+}

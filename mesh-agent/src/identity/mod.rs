@@ -78,6 +78,8 @@ struct Inner {
     enabled: bool,
     slots: Mutex<BTreeMap<SpiffeId, Slot>>,
     wanted: watch::Sender<BTreeSet<SpiffeId>>,
+    /// `want_for` was called: the wanted set is the model's, not the empty start.
+    wanted_known: std::sync::atomic::AtomicBool,
     issued_total: AtomicU64,
     failed_total: AtomicU64,
 }
@@ -90,6 +92,7 @@ impl Certificates {
                 enabled,
                 slots: Mutex::default(),
                 wanted: watch::Sender::new(BTreeSet::new()),
+                wanted_known: std::sync::atomic::AtomicBool::new(false),
                 issued_total: AtomicU64::new(0),
                 failed_total: AtomicU64::new(0),
             }),
@@ -114,7 +117,32 @@ impl Certificates {
             *current = wanted;
             changed
         });
+        self.inner.wanted_known.store(true, Ordering::Relaxed);
         invalid
+    }
+
+    /// Whether the agent knows which identities its pods need and holds a valid certificate
+    /// for every one of them.
+    pub fn held(&self) -> bool {
+        if !self.inner.wanted_known.load(Ordering::Relaxed) {
+            return false;
+        }
+        let wanted = self.inner.wanted.borrow().clone();
+        wanted.iter().all(|identity| self.get(identity).is_some())
+    }
+
+    /// Waits until [`Self::held`], for at most `timeout`; whether they are. The tunnel's
+    /// listeners accept only then: a connection waits in the queue (a new agent beside an old
+    /// one, or a first start) rather than being reset for want of a certificate.
+    pub async fn wait_held(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.held() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// The certificate for `identity`, if the agent holds one that has not expired.

@@ -92,6 +92,9 @@ pub async fn serve(
     let (stopping, _) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
+    if !super::certificates_first(&inbound.certificates, "tunnel", stop.as_mut()).await {
+        return Ok(());
+    }
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, client) = tokio::select! {

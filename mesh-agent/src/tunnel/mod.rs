@@ -190,6 +190,30 @@ pub fn strict_pods(model: &ResourceSet, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// How long a tunnel listener waits for the certificates of this node's pods before it
+/// accepts (then connections that need a missing one are refused, and say why).
+pub const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the agent holds the certificates of this node's pods (at most
+/// [`CERTIFICATE_WAIT`]), or `stop`: whether to go on accepting. Meanwhile connections wait in
+/// the listener's queue: a new agent listening beside the old one (`SO_REUSEPORT`) takes its
+/// share of them only once it can carry them.
+pub async fn certificates_first(
+    certificates: &crate::identity::Certificates,
+    listener: &str,
+    stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    tokio::select! {
+        held = certificates.wait_held(CERTIFICATE_WAIT) => {
+            if !held {
+                tracing::warn!(listener, "accepting without every pod's certificate after {CERTIFICATE_WAIT:?}");
+            }
+            true
+        }
+        () = stop => false,
+    }
+}
+
 /// A listener whose `accept()` fails (no descriptor or buffer left) tries again after this long,
 /// instead of ending.
 pub const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);

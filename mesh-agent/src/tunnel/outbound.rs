@@ -106,6 +106,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
+    if !super::certificates_first(&outbound.certificates, "outbound", stop.as_mut()).await {
+        return Ok(());
+    }
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, client) = tokio::select! {
