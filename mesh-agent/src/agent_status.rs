@@ -32,6 +32,8 @@ pub struct AgentState {
     tunnel_address: Arc<Mutex<Option<std::net::SocketAddr>>>,
     /// The outbound listener takes redirected connections.
     outbound_listening: Arc<AtomicBool>,
+    /// Tunnel listeners bound but not listening yet (they wait for the pods' certificates).
+    tunnel_pending: Arc<tokio::sync::watch::Sender<usize>>,
     ready: Arc<AtomicBool>,
     programs: Arc<Mutex<Vec<AttachedProgram>>>,
 }
@@ -48,6 +50,7 @@ impl AgentState {
             destinations: crate::tunnel::Destinations::default(),
             tunnel_address: Arc::default(),
             outbound_listening: Arc::default(),
+            tunnel_pending: Arc::new(tokio::sync::watch::Sender::new(0)),
             ready: Arc::default(),
             programs: Arc::default(),
         }
@@ -65,6 +68,24 @@ impl AgentState {
 
     pub fn outbound_listening(&self) -> bool {
         self.outbound_listening.load(Ordering::Relaxed)
+    }
+
+    /// Records that `count` more tunnel listeners are bound and will listen.
+    pub fn tunnel_bound(&self, count: usize) {
+        self.tunnel_pending.send_modify(|pending| *pending += count);
+    }
+
+    /// Records that a bound tunnel listener listens (or will never: the agent stops).
+    pub fn tunnel_listening(&self) {
+        self.tunnel_pending.send_modify(|pending| *pending = pending.saturating_sub(1));
+    }
+
+    /// Returns once every tunnel listener bound listens (at once without a tunnel): the agent
+    /// is ready only then, so that an old agent stopped once this one is ready leaves a
+    /// listener behind it.
+    pub async fn tunnel_listens(&self) {
+        let mut pending = self.tunnel_pending.subscribe();
+        let _ = pending.wait_for(|pending| *pending == 0).await;
     }
 
     pub fn set_ready(&self, ready: bool) {

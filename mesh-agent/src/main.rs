@@ -137,7 +137,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         let mut received = Received::default();
         let mut is_ready = false;
-        let mut ready_error = None;
         // Compiled services kept between updates; an update after a failed one compiles and
         // writes everything again.
         let mut compiler = Compiler::default();
@@ -211,13 +210,19 @@ fn run(args: Args) -> anyhow::Result<()> {
                     observe_us = (started.elapsed() - reconciled).as_micros() as u64,
                     "applied update"
                 );
-                // Ready (and the previous agent's links released) once a first update applied.
+                // The previous agent's links released once a first update applied; ready once
+                // the tunnel's listeners listen too (at once without a tunnel).
                 if result.is_ok() && !is_ready {
                     is_ready = true;
-                    if let Err(err) = ready(&mut datapath, &config) {
-                        ready_error = Some(err);
-                    }
-                    agent.set_ready(true);
+                    datapath.take_over();
+                    let (agent, file) = (agent.clone(), config.ready_file.clone());
+                    tokio::spawn(async move {
+                        agent.tunnel_listens().await;
+                        match write_ready_file(file.as_deref()) {
+                            Ok(()) => agent.set_ready(true),
+                            Err(err) => tracing::error!("{err:#}"),
+                        }
+                    });
                 }
                 result
             },
@@ -229,9 +234,6 @@ fn run(args: Args) -> anyhow::Result<()> {
                 () = report_verdicts(&policy) => {}
             }
         });
-        if let Some(err) = ready_error {
-            return Err(err);
-        }
     }
     // Observer clients see their streams end (GOAWAY) instead of a reset; bounded.
     let open = runtime.block_on(drain.run(DRAIN_TIMEOUT));
@@ -327,14 +329,25 @@ async fn serve(
         };
         tracing::info!(address = %outbound_address, "redirected connections to tunnel (outbound)");
         state.set_outbound_listening();
-        let stop = drain.signal();
+        // Both listen once the pods' certificates are held; the agent is ready only then.
+        state.tunnel_bound(2);
+        let (stop, listening) = (drain.signal(), state.clone());
         drain.track_for(
             "tunnel (outbound)",
             tunnel_runtime.spawn(async move {
                 // Listening here registers the listener with the tunnel's runtime.
-                let served = match outbound_socket.listen(1024) {
-                    Ok(listener) => tunnel::outbound::serve(listener, outbound, stop).await,
-                    Err(err) => Err(err),
+                let mut stop = std::pin::pin!(stop);
+                let served = match tunnel::listen_with_certificates(
+                    outbound_socket,
+                    &listening,
+                    "outbound",
+                    stop.as_mut(),
+                )
+                .await
+                {
+                    Some(Ok(listener)) => tunnel::outbound::serve(listener, outbound, stop).await,
+                    Some(Err(err)) => Err(err),
+                    None => Ok(()),
                 };
                 if let Err(err) = served {
                     tracing::error!("the outbound tunnel listener stopped: {err}");
@@ -342,14 +355,17 @@ async fn serve(
             }),
             config.tunnel_drain,
         );
-        let stop = drain.signal();
+        let (stop, listening) = (drain.signal(), state.clone());
         drain.track_for(
             "tunnel",
             tunnel_runtime.spawn(async move {
-                let served = match inbound_socket.listen(1024) {
-                    Ok(listener) => tunnel::hbone::serve(listener, inbound, stop).await,
-                    Err(err) => Err(err),
-                };
+                let mut stop = std::pin::pin!(stop);
+                let served =
+                    match tunnel::listen_with_certificates(inbound_socket, &listening, "tunnel", stop.as_mut()).await {
+                        Some(Ok(listener)) => tunnel::hbone::serve(listener, inbound, stop).await,
+                        Some(Err(err)) => Err(err),
+                        None => Ok(()),
+                    };
                 if let Err(err) = served {
                     tracing::error!("the tunnel listener stopped: {err}");
                 }
@@ -506,7 +522,12 @@ fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
 
 fn ready(datapath: &mut Datapath, config: &Config) -> anyhow::Result<()> {
     datapath.take_over();
-    if let Some(ready) = &config.ready_file {
+    write_ready_file(config.ready_file.as_deref())
+}
+
+/// Writes the ready file, if there is one.
+fn write_ready_file(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(ready) = file {
         std::fs::write(ready, ready_content())
             .with_context(|| format!("writing the ready file {}", ready.display()))?;
     }

@@ -2,8 +2,8 @@
 //! short connections (above 200 a second) to a STRICT pod of the other node, so every one
 //! goes through both agents' tunnel listeners, while first the client's agent and then the
 //! server's is replaced the way a rolling update with a surge replaces them: the new agent
-//! starts beside the old one (every port `SO_REUSEPORT`; its tunnel listeners accept once it
-//! holds its pods' certificates), then the old one gets SIGTERM, closes its listeners (what
+//! starts beside the old one (every port `SO_REUSEPORT`; its tunnel listeners listen, and it
+//! is ready, once it holds its pods' certificates), then the old one gets SIGTERM, closes its listeners (what
 //! waits in their queues moves to the new one's: `tcp_migrate_req`) and drains what it
 //! carries.
 

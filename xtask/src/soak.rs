@@ -1,22 +1,29 @@
 //! `cargo xtask soak`: the mesh under steady traffic while a chaos schedule kills, freezes and
 //! churns it. A two-node lab in local mode:
 //!
-//! - node-0: `client`, `web-a`, `churn-a`; node-1: `web-b`, `intruder`, `churn-b`, `guarded`.
+//! - node-0: `client`, `web-a`, `churn-a`; node-1: `web-b`, `intruder`, `churn-b`, `guarded`,
+//!   `secure`.
 //! - Services (TCP and UDP port 80 -> 8080): `web` (web-a, web-b), `churn` (the churn pods
-//!   present), `guarded` (TCP). A NetworkPolicy lets only `client` into web and churn pods;
-//!   `guarded`'s policy flips between allowing `client` and denying everyone.
+//!   present), `guarded` (TCP), `secure` (TCP; STRICT, so every connection from `client` goes
+//!   through the agents' mutual-TLS tunnel). A NetworkPolicy lets only `client` into web, churn
+//!   and secure pods; `guarded`'s policy flips between allowing `client` and denying everyone.
+//!   The operator runs its CA (mutual TLS to the agents, workload certificates).
 //! - Traffic (`labnet soak`): `client` makes `--rate` short connections and UDP requests a
-//!   second to web and churn, and holds long-lived connections to both; `intruder` probes web
-//!   (every answer is a policy violation); `client` probes guarded (an answer while it is
-//!   denied is a violation, a failure while it is allowed is a failed connection).
-//! - Chaos, every cycle: each agent SIGKILLed and restarted, the operator SIGKILLed and
+//!   second to web, churn and secure, and holds long-lived connections to them; `intruder`
+//!   probes web (every answer is a policy violation); `client` probes guarded (an answer while
+//!   it is denied is a violation, a failure while it is allowed is a failed connection).
+//! - Chaos, every cycle: each agent SIGKILLed and restarted, each agent replaced as a rolling
+//!   update replaces it (the new one beside the old, then SIGTERM), the operator SIGKILLed and
 //!   restarted, a burst of invalid manifests, 12 s of policy churn, the operator frozen
 //!   (SIGSTOP) and then down (60 s in runs of 5 minutes or more, 10 s in shorter ones); all
 //!   along, a churn pod added or removed every second, and guarded's policy flipped every 2 s
 //!   while nothing is down or due within 2.5 s (so that the flip reaches the datapath).
 //!
 //! Checked: no client attempt to a live endpoint fails (each failure printed with the chaos
-//! events around it), no denied probe is answered, agent and operator RSS (sampled every
+//! events around it), but a tunnelled one (to secure) while an agent it passes through is
+//! SIGKILLed and until its successor holds its certificates (a userspace hop that dies takes
+//! its connections with it: counted apart, `tunnel_broken_by_kill`); no denied probe is
+//! answered, agent and operator RSS (sampled every
 //! second: after warm-up, peak, end), every flow event of the final window either read by an
 //! agent or counted as lost, and nothing left behind. Writes `target/bench/soak.json`.
 
@@ -44,14 +51,25 @@ use crate::{
     cargo,
 };
 
-const NODES: [&[&str]; 2] = [&["client", "web-a", "churn-a"], &["web-b", "intruder", "churn-b", "guarded"]];
+const NODES: [&[&str]; 2] = [&["client", "web-a", "churn-a"], &["web-b", "intruder", "churn-b", "guarded", "secure"]];
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const CHURN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+/// STRICT: only through the tunnel.
+const SECURE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+/// After a SIGKILLed agent's successor is ready, tunnelled connections may still fail this
+/// long (it accepts once it holds its pods' certificates).
+const KILL_EXCUSE_MS: u64 = 3_000;
 const PORT: u16 = 80;
 /// Every socket event (flow aggregation `none`): the most the flow pipeline carries, so
-/// "every flow event delivered or counted lost" is checked at its heaviest.
-const AGENT_ARGS: &[&str] = &["--flow-aggregation", "none"];
+/// "every flow event delivered or counted lost" is checked at its heaviest. The datapath is
+/// kept across restarts, as the DaemonSet keeps it (an agent replaced beside its successor
+/// must not take the successor's pins with it).
+/// A replaced agent drains its tunnels for [`TUNNEL_DRAIN_S`] seconds.
+const AGENT_ARGS: &[&str] = &["--flow-aggregation", "none", "--keep-datapath", "--tunnel-drain-seconds", "3"];
+/// A tunnelled connection still open when a replaced agent's drain ends is cut (as ztunnel
+/// cuts it): a held one failing this close to the end of a drain is counted apart.
+const DRAIN_CUT_MS: u64 = 1_500;
 const TARGET_PORT: u16 = 8080;
 /// Probes a second from the intruder and to guarded.
 const PROBE_RATE: u32 = 20;
@@ -124,38 +142,52 @@ fn row(case: &str, metric: &str, value: f64, unit: &str) -> Row {
 /// Runs the lab, the traffic and the chaos; returns the report and what failed.
 fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     let lab = Lab::new(&NODES).context("bringing up the lab")?;
-    for pod in ["web-a", "web-b", "churn-a", "churn-b", "guarded"] {
+    for pod in ["web-a", "web-b", "churn-a", "churn-b", "guarded", "secure"] {
         mesh_tests::labnet::serve(&lab, lab.pod(pod), TARGET_PORT, pod)?;
     }
     let manifests = lab.dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     write_atomic(&manifests, "base.yaml", &base_manifests(&lab))?;
+    // The nodes and their addresses: where the tunnel goes.
+    write_atomic(&manifests, "nodes.yaml", &mesh_tests::manifests::nodes(&lab))?;
     write_atomic(&manifests, "churn.yaml", &churn_manifests(&lab, &["churn-a", "churn-b"]))?;
     write_atomic(&manifests, "guarded.yaml", &guarded_policy(true))?;
 
+    // The operator's CA: mutual TLS to the agents, and the workload certificates the tunnel
+    // needs; the same PKI directory across the operator's restarts.
+    let pki = lab.dir.join("pki");
+    let bundles = lab.nodes.iter().map(|n| Operator::issue(&lab, &pki, &n.name)).collect::<Result<Vec<_>, _>>()?;
+    let operator_args = vec!["--pki-dir".to_owned(), pki.display().to_string()];
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let endpoint = format!("http://{listen}");
-    let operator = Operator::start(&lab, &manifests, listen)?;
-    let mut agents = Vec::new();
-    for node in &lab.nodes {
-        agents.push(
-            Agent::follow(&lab, node, &endpoint, AGENT_ARGS).with_context(|| format!("the agent of {}", node.name))?,
-        );
-    }
+    let endpoint = format!("https://{listen}");
+    let args: Vec<&str> = operator_args.iter().map(String::as_str).collect();
+    let operator = Operator::start_with(&lab, &manifests, listen, &args)?;
     let mut chaos = Chaos {
         lab: &lab,
         manifests: manifests.clone(),
         listen,
         endpoint,
+        operator_args,
+        bundles,
         operator: Some(operator.pid),
-        agents,
+        agents: Vec::new(),
+        kills: Vec::new(),
+        drains: Vec::new(),
         events: Vec::new(),
         flips: vec![(now_ms(), true)],
         churn_step: 0,
         quiet_until: Instant::now(),
         pids: Arc::new(Mutex::new(BTreeMap::new())),
     };
+    for index in 0..lab.nodes.len() {
+        let agent = chaos.start_agent(index)?;
+        chaos.agents.push(agent);
+    }
     chaos.publish_pids();
+    let identity = |pod: &str| format!("spiffe://cluster.local/ns/soak/sa/{pod}");
+    mesh_tests::meshctl::wait_for_certificates(&lab, "node-0", &[identity("client")]);
+    mesh_tests::meshctl::wait_for_certificates(&lab, "node-1", &[identity("secure")]);
+    mesh_tests::scenario::wait_for_tunnel(&lab, 0, 1, lab.pod("secure").ip)?;
 
     // RSS of every daemon, every second, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -182,9 +214,24 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
 
     let mut problems = Vec::new();
     let mut rows = Vec::new();
-    // Failures of the client to live endpoints, with the events around each.
-    let mut failures: Vec<&Attempt> =
-        first.client_log.iter().chain(&second.client_log).filter(|a| !a.error.is_empty()).collect();
+    // Failures of the client to live endpoints, with the events around each; but tunnelled
+    // ones while an agent they pass through was SIGKILLed (until its successor could carry
+    // them), which are counted apart.
+    let secure = SocketAddr::from((SECURE, PORT)).to_string();
+    let killed = |a: &Attempt| {
+        a.to == secure && chaos.kills.iter().any(|(at, ready)| (*at..=ready + KILL_EXCUSE_MS).contains(&a.at_ms))
+    };
+    let cut = |a: &Attempt| {
+        a.to == secure && a.kind == "held" && chaos.drains.iter().any(|end| a.at_ms.abs_diff(*end) <= DRAIN_CUT_MS)
+    };
+    let (excused, mut failures): (Vec<&Attempt>, Vec<&Attempt>) = first
+        .client_log
+        .iter()
+        .chain(&second.client_log)
+        .filter(|a| !a.error.is_empty())
+        .partition(|a| killed(a) || cut(a));
+    let (broken_by_kill, cut_after_drain): (Vec<&Attempt>, Vec<&Attempt>) =
+        excused.into_iter().partition(|a| killed(a));
     let (violations, guarded_failures) = judge_probes(&chaos.flips, &first, &second);
     failures.extend(guarded_failures.iter());
     for failure in failures.iter().take(20) {
@@ -205,6 +252,8 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     rows.push(row("soak", "connections", connections as f64, "count"));
     rows.push(row("soak", "held_exchanges", held as f64, "count"));
     rows.push(row("soak", "failed", failed as f64, "count"));
+    rows.push(row("soak", "tunnel_broken_by_kill", broken_by_kill.len() as f64, "count"));
+    rows.push(row("soak", "tunnel_held_cut_after_drain", cut_after_drain.len() as f64, "count"));
     rows.push(row(
         "soak",
         "denied_probes",
@@ -275,8 +324,9 @@ fn traffic(
 ) -> anyhow::Result<Segment> {
     let service = |ip: Ipv4Addr| SocketAddr::from((ip, PORT)).to_string();
     let (both, web, guarded) = (format!("{},{}", service(WEB), service(CHURN)), service(WEB), service(GUARDED));
+    let tcp = format!("{both},{}", service(SECURE));
     let generators = [
-        ("client", "client", vec!["--tcp", &both, "--udp", &both, "--hold", "4"], rate, 1000, false),
+        ("client", "client", vec!["--tcp", &tcp, "--udp", &both, "--hold", "6"], rate, 1000, false),
         ("intruder", "intruder", vec!["--tcp", &web, "--udp", &web], PROBE_RATE, PROBE_TIMEOUT_MS, true),
         ("guarded", "client", vec!["--tcp", &guarded], PROBE_RATE, PROBE_TIMEOUT_MS, true),
     ];
@@ -349,6 +399,8 @@ fn judge_probes(flips: &[(u64, bool)], segments: &Segment, tail: &Segment) -> (V
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
     KillAgent(usize),
+    /// A new agent beside the old one, then the old one stopped (SIGTERM): a rolling update.
+    RestartAgent(usize),
     KillOperator,
     InvalidBurst,
     InvalidBurstEnd,
@@ -360,14 +412,16 @@ enum Event {
 /// The events of `span`: cycles of the events below, as many as fit.
 fn schedule(span: Duration) -> Vec<(Duration, Event)> {
     let down = if span >= Duration::from_secs(290) { Duration::from_secs(60) } else { Duration::from_secs(10) };
-    // 22 s to 34 s: nothing but churn, so guarded's policy flips every 2 s.
+    // 27 s to 36 s: nothing but churn, so guarded's policy flips every 2 s.
     let cycle = [
         (4, Event::KillAgent(0)),
-        (9, Event::KillAgent(1)),
-        (14, Event::KillOperator),
-        (19, Event::InvalidBurst),
-        (22, Event::InvalidBurstEnd),
-        (34, Event::FreezeOperator),
+        (8, Event::KillAgent(1)),
+        (12, Event::RestartAgent(0)),
+        (16, Event::RestartAgent(1)),
+        (20, Event::KillOperator),
+        (24, Event::InvalidBurst),
+        (27, Event::InvalidBurstEnd),
+        (36, Event::FreezeOperator),
         (39, Event::OperatorDown(down)),
     ];
     let length = Duration::from_secs(44) + down;
@@ -390,8 +444,16 @@ struct Chaos<'a> {
     manifests: PathBuf,
     listen: SocketAddr,
     endpoint: String,
+    /// The operator's arguments (its PKI directory), the same at every restart.
+    operator_args: Vec<String>,
+    /// Each node's TLS bundle, for its agents.
+    bundles: Vec<PathBuf>,
     operator: Option<u32>,
     agents: Vec<Agent>,
+    /// (unix ms) an agent was SIGKILLed, and its successor was ready.
+    kills: Vec<(u64, u64)>,
+    /// (unix ms) a replaced agent had drained and exited.
+    drains: Vec<u64>,
     /// (unix ms, what) of every chaos action.
     events: Vec<(u64, String)>,
     /// (unix ms, allowed) of every write of guarded's policy.
@@ -458,13 +520,23 @@ impl Chaos<'_> {
             Event::KillAgent(index) => {
                 let node = self.lab.nodes[index].clone();
                 let old = self.agents[index].pid;
+                let killed = now_ms();
                 self.lab.signal(old, libc::SIGKILL)?;
                 self.lab.stop(old, Duration::from_secs(5))?;
                 self.note(format!("agent {} SIGKILLed", node.name));
-                let agent = Agent::follow(self.lab, &node, &self.endpoint, AGENT_ARGS)
-                    .with_context(|| format!("restarting the agent of {}", node.name))?;
-                self.agents[index] = agent;
+                self.agents[index] = self.start_agent(index)?;
+                self.kills.push((killed, now_ms()));
                 self.note(format!("agent {} restarted and ready", node.name));
+            }
+            Event::RestartAgent(index) => {
+                let node = self.lab.nodes[index].name.clone();
+                let new = self.start_agent(index)?;
+                self.note(format!("agent {node}: a new one ready beside the old"));
+                let old = std::mem::replace(&mut self.agents[index], new);
+                let status = self.lab.stop(old.pid, Duration::from_secs(30))?;
+                anyhow::ensure!(status.success(), "the replaced agent of {node} exited with {status}:\n{}", old.log());
+                self.drains.push(now_ms());
+                self.note(format!("agent {node}: the old one stopped (SIGTERM) and drained"));
             }
             Event::KillOperator => {
                 let pid = self.operator.take().context("the operator runs")?;
@@ -510,8 +582,18 @@ impl Chaos<'_> {
         Ok(())
     }
 
+    /// A new agent of node `index`, over mutual TLS with its bundle, ready.
+    fn start_agent(&self, index: usize) -> anyhow::Result<Agent> {
+        let node = &self.lab.nodes[index];
+        let bundle = self.bundles[index].display().to_string();
+        let args = [AGENT_ARGS, &["--tls-dir", &bundle]].concat();
+        Agent::follow(self.lab, node, &self.endpoint, &args).with_context(|| format!("the agent of {}", node.name))
+    }
+
     fn start_operator(&mut self) -> anyhow::Result<()> {
-        let operator = Operator::start(self.lab, &self.manifests, self.listen).context("restarting the operator")?;
+        let args: Vec<&str> = self.operator_args.iter().map(String::as_str).collect();
+        let operator =
+            Operator::start_with(self.lab, &self.manifests, self.listen, &args).context("restarting the operator")?;
         self.operator = Some(operator.pid);
         self.note("operator restarted and serving".into());
         Ok(())
@@ -598,10 +680,11 @@ fn write_atomic(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A pod of the lab, with a service account of its own name (its workload identity).
 fn pod(lab: &Lab, name: &str, app: &str) -> String {
     let node = lab.nodes.iter().find(|n| n.pods.iter().any(|p| p.name == name)).expect("a lab pod");
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: soak, labels: {{app: {app}}}}}\nspec:\n  nodeName: {}\n  containers: [{{name: c, image: labnet, ports: [{{name: serve, containerPort: {TARGET_PORT}}}]}}]\nstatus: {{podIP: {}}}\n---\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: soak, labels: {{app: {app}}}}}\nspec:\n  nodeName: {}\n  serviceAccountName: {name}\n  containers: [{{name: c, image: labnet, ports: [{{name: serve, containerPort: {TARGET_PORT}}}]}}]\nstatus: {{podIP: {}}}\n---\n",
         node.name,
         lab.pod(name).ip
     )
@@ -620,16 +703,25 @@ fn service(name: &str, ip: Ipv4Addr, udp: bool) -> String {
 /// The namespace, the stable pods, the services and the policy of web and churn pods.
 fn base_manifests(lab: &Lab) -> String {
     let mut text = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: soak}\n---\n");
-    for (name, app) in
-        [("client", "client"), ("intruder", "intruder"), ("web-a", "web"), ("web-b", "web"), ("guarded", "guarded")]
-    {
+    for (name, app) in [
+        ("client", "client"),
+        ("intruder", "intruder"),
+        ("web-a", "web"),
+        ("web-b", "web"),
+        ("guarded", "guarded"),
+        ("secure", "secure"),
+    ] {
         text.push_str(&pod(lab, name, app));
     }
     text.push_str(&service("web", WEB, true));
     text.push_str(&service("churn", CHURN, true));
     text.push_str(&service("guarded", GUARDED, false));
+    text.push_str(&service("secure", SECURE, false));
+    text.push_str(
+        "apiVersion: mesh.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: secure, namespace: soak}\nspec:\n  selector: {matchLabels: {app: secure}}\n  mtls: {mode: STRICT}\n---\n",
+    );
     text.push_str(&format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-only, namespace: soak}}\nspec:\n  podSelector:\n    matchExpressions: [{{key: app, operator: In, values: [web, churn]}}]\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n    ports: [{{port: {TARGET_PORT}, protocol: TCP}}, {{port: {TARGET_PORT}, protocol: UDP}}]\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-only, namespace: soak}}\nspec:\n  podSelector:\n    matchExpressions: [{{key: app, operator: In, values: [web, churn, secure]}}]\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n    ports: [{{port: {TARGET_PORT}, protocol: TCP}}, {{port: {TARGET_PORT}, protocol: UDP}}]\n"
     ));
     text
 }

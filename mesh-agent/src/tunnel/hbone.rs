@@ -85,16 +85,13 @@ pub struct Inbound {
 pub async fn serve(
     listener: TcpListener,
     inbound: Inbound,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let config = tls::server_config(inbound.certificates.clone()).map_err(std::io::Error::other)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let (stopping, _) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
-    if !super::certificates_first(&inbound.certificates, "tunnel", stop.as_mut()).await {
-        return Ok(());
-    }
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, client) = tokio::select! {

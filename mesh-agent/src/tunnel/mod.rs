@@ -194,24 +194,28 @@ pub fn strict_pods(model: &ResourceSet, node: &str) -> Vec<String> {
 /// accepts (then connections that need a missing one are refused, and say why).
 pub const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Waits until the agent holds the certificates of this node's pods (at most
-/// [`CERTIFICATE_WAIT`]), or `stop`: whether to go on accepting. Meanwhile connections wait in
-/// the listener's queue: a new agent listening beside the old one (`SO_REUSEPORT`) takes its
-/// share of them only once it can carry them.
-pub async fn certificates_first(
-    certificates: &crate::identity::Certificates,
+/// Listens on `socket` (bound, with `SO_REUSEPORT`) once the agent holds the certificates of
+/// this node's pods (at most [`CERTIFICATE_WAIT`]); `None` if `stop` came first. Until it
+/// listens, a bound socket of a reuseport group gets no connection: a new agent beside the old
+/// one takes its share only once it can carry them, and none waits in its queue meanwhile.
+/// The agent is ready only once both listen (`AgentState::tunnel_listens`).
+pub async fn listen_with_certificates(
+    socket: tokio::net::TcpSocket,
+    state: &crate::agent_status::AgentState,
     listener: &str,
     stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-) -> bool {
-    tokio::select! {
-        held = certificates.wait_held(CERTIFICATE_WAIT) => {
+) -> Option<std::io::Result<tokio::net::TcpListener>> {
+    let listening = tokio::select! {
+        held = state.certificates.wait_held(CERTIFICATE_WAIT) => {
             if !held {
-                tracing::warn!(listener, "accepting without every pod's certificate after {CERTIFICATE_WAIT:?}");
+                tracing::warn!(listener, "listening without every pod's certificate after {CERTIFICATE_WAIT:?}");
             }
-            true
+            Some(socket.listen(1024))
         }
-        () = stop => false,
-    }
+        () = stop => None,
+    };
+    state.tunnel_listening();
+    listening
 }
 
 /// A listener whose `accept()` fails (no descriptor or buffer left) tries again after this long,

@@ -102,13 +102,10 @@ pub struct Outbound {
 pub async fn serve(
     listener: TcpListener,
     outbound: Outbound,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
-    if !super::certificates_first(&outbound.certificates, "outbound", stop.as_mut()).await {
-        return Ok(());
-    }
     loop {
         while connections.try_join_next().is_some() {}
         let (stream, client) = tokio::select! {
