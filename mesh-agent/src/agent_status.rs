@@ -126,6 +126,7 @@ impl AgentState {
             max_flows: stats.max_flows,
             certificates_enabled: self.certificates.enabled(),
             certificates: self.certificates.status(),
+            trusted_roots: self.certificates.root_subjects(),
             tunnel: Some(self.tunnel_status()),
             pods_mtls: self
                 .destinations

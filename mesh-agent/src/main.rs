@@ -148,6 +148,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             &mut received,
             |model, update| {
                 let started = std::time::Instant::now();
+                if let Some(roots) = &update.workload_roots
+                    && certificates.enabled()
+                {
+                    certificates.set_bundle(roots.clone());
+                }
                 let changed = if healthy { update.changed.as_deref() } else { None };
                 let touched = |kinds: &[Kind]| {
                     changed.is_none_or(|keys| keys.iter().any(|key| kinds.iter().any(|kind| key.0 == *kind as i32)))

@@ -114,6 +114,8 @@ pub struct UpdateInfo {
     /// The keys it changed in the model; `None` when anything may have (a retry of a state
     /// that failed to apply).
     pub changed: Option<Vec<mesh_common::model::Key>>,
+    /// A full snapshot's workload CA trust bundle (`None` for other updates).
+    pub workload_roots: Option<Vec<String>>,
 }
 
 /// Gives the memory a decoded snapshot used back to the system (glibc keeps it otherwise).
@@ -222,11 +224,12 @@ async fn stream_once(
                 let (version, full, resources) = (update.version, update.full, update.upserts.len());
                 received.epoch.clone_from(&update.epoch);
                 received.version = update.version;
+                let workload_roots = full.then(|| update.workload_roots.clone());
                 let changed = received.model.apply(update);
                 if full {
                     release_freed_memory();
                 }
-                UpdateInfo { version, full, resources, changed: Some(changed) }
+                UpdateInfo { version, full, resources, changed: Some(changed), workload_roots }
             }
             _ = tokio::time::sleep(RETRY_FAILED), if failed.is_some() => {
                 UpdateInfo { changed: None, ..failed.take().expect("guarded") }

@@ -217,7 +217,7 @@ fn example_update() -> StateUpdate {
         .iter()
         .flat_map(|seed| mesh_operator::local_dir::model_of_text(&String::from_utf8_lossy(seed)).0)
         .collect();
-    StateUpdate { epoch: "e".into(), version: 1, full: true, upserts, removals: Vec::new(), more: false }
+    StateUpdate { epoch: "e".into(), version: 1, full: true, upserts, ..Default::default() }
 }
 
 /// State stream messages as an agent decodes and applies them, one after another.

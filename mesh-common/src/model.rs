@@ -82,6 +82,7 @@ pub fn update_parts(update: &StateUpdate) -> Vec<StateUpdate> {
         upserts,
         removals,
         more,
+        workload_roots: update.workload_roots.clone(),
     };
     let mut parts = Vec::new();
     let (mut upserts, mut bytes) = (Vec::new(), 0);
@@ -364,8 +365,10 @@ mod tests {
                 .collect(),
             removals: vec![ResourceKey::new(Kind::Service, "default", "gone")],
             more: false,
+            workload_roots: vec!["a root".into()],
         };
         let parts = update_parts(&update);
+        assert!(parts.iter().all(|p| p.workload_roots == update.workload_roots), "every part has the roots");
         assert!(parts.len() > 1, "{} parts", parts.len());
         let sizes: Vec<usize> = parts.iter().map(|p| p.encoded_len()).collect();
         assert!(sizes.iter().all(|&s| s <= UPDATE_PART_BYTES + 1024), "{sizes:?}");

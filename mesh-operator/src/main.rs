@@ -126,6 +126,18 @@ enum Command {
     },
     /// Checks a directory of manifests: prints one line per invalid object; exit 1 if any.
     Check { manifests: PathBuf },
+    /// One step of a workload CA root rotation, on the PKI directory's files: prepare (a next
+    /// root, trusted), activate (it signs; the old one stays trusted), retire (the old one is
+    /// trusted no more, once every certificate it signed has expired). Each step takes effect
+    /// when the operator starts.
+    RotateWorkloadCa {
+        #[arg(long, env = "MESH_PKI_DIR")]
+        pki_dir: PathBuf,
+        #[arg(long, env = mesh_common::identity::ENV_TRUST_DOMAIN, default_value = mesh_common::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: TrustDomain,
+        #[arg(value_enum)]
+        step: mesh_operator::workload_ca::RotationStep,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -146,6 +158,11 @@ fn main() -> std::process::ExitCode {
             .map(|()| println!("wrote the bundle of node {node} to {}", out.display()))
             .map_err(anyhow::Error::from),
         Command::Check { manifests } => check(&manifests),
+        Command::RotateWorkloadCa { pki_dir, trust_domain, step } => {
+            mesh_operator::workload_ca::rotate(&pki_dir, step, &trust_domain)
+                .map(|done| println!("{done}"))
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -301,6 +318,8 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<Drain> {
             bootstrap =
                 Some(BootstrapServer { pki: Arc::new(pki), client: api, agent_account: tls.agent_account.clone() });
             let ca = WorkloadCa::open(&tls.dir, tls.trust_domain.clone(), tls.workload_cert_ttl)?;
+            // Agents trust every root of a rotation from the first snapshot they get.
+            store.lock().expect("store lock").set_workload_roots(ca.trusted_roots().to_vec());
             workload_ca = Some(CaServer { ca: Arc::new(ca), store: store.clone(), metrics: counters.clone() });
             tracing::info!(pki = %tls.dir.display(), names = ?tls.server_names, trust_domain = %tls.trust_domain, "the stream is mutual TLS: agents need their node's bundle; the workload CA serves istio.v1.auth.IstioCertificateService");
         }

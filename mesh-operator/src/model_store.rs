@@ -24,6 +24,8 @@ pub struct ModelStore {
     resources: BTreeMap<Key, Resource>,
     log: VecDeque<Arc<StateUpdate>>,
     sender: broadcast::Sender<Arc<StateUpdate>>,
+    /// The workload CA's trusted roots, in every snapshot.
+    workload_roots: Vec<String>,
 }
 
 /// What a new stream starts with: the updates to send first, and the live feed after them.
@@ -41,7 +43,14 @@ impl ModelStore {
             resources: BTreeMap::new(),
             log: VecDeque::new(),
             sender: broadcast::channel(BROADCAST_CAPACITY).0,
+            workload_roots: Vec::new(),
         }
+    }
+
+    /// Sets the workload CA's trusted roots that every snapshot carries (fixed for an epoch:
+    /// the CA's files are read when the operator starts).
+    pub fn set_workload_roots(&mut self, roots: Vec<String>) {
+        self.workload_roots = roots;
     }
 
     pub fn epoch(&self) -> &str {
@@ -102,6 +111,7 @@ impl ModelStore {
             upserts,
             removals,
             more: false,
+            workload_roots: Vec::new(),
         });
         if self.log.len() == LOG_CAPACITY {
             self.log.pop_front();
@@ -121,6 +131,7 @@ impl ModelStore {
             upserts: self.resources.values().cloned().collect(),
             removals: Vec::new(),
             more: false,
+            workload_roots: self.workload_roots.clone(),
         }
     }
 

@@ -38,6 +38,8 @@ pub enum PkiError {
     Issue(#[from] rcgen::Error),
     #[error("{0:?} is not a valid node name")]
     NodeName(String),
+    #[error("root rotation: {0}; nothing was changed")]
+    Rotation(String),
 }
 
 /// A certificate and its key, PEM.

@@ -3,7 +3,15 @@
 //! CA (`pki`): the two are trusted by different parties and rotated on their own schedules.
 //!
 //! Files, in the PKI directory: `workload-ca.crt` and `workload-ca.key` (mode 0600), created on
-//! first use.
+//! first use: the root that signs.
+//!
+//! Rotating the root (`mesh-operator rotate-workload-ca`, one step at a time, each taking effect
+//! when the operator starts): `prepare` makes the next root (`workload-ca-next.*`), trusted but
+//! not signing; `activate` makes it the signing root and keeps the old one's certificate
+//! (`workload-ca-previous.crt`), still trusted; `retire` drops the old one once no certificate
+//! it signed is left (after the longest lifetime). Every root of the directory is in the trust
+//! bundle the operator streams to agents (`StateUpdate.workload_roots`), so in every step each
+//! agent trusts every root a peer's chain may end in.
 
 use std::{path::Path, time::Duration};
 
@@ -18,6 +26,11 @@ use crate::pki::{self, PkiError};
 /// The root's certificate and key, in the PKI directory.
 pub const ROOT_CERT: &str = "workload-ca.crt";
 pub const ROOT_KEY: &str = "workload-ca.key";
+/// A rotation's next root, trusted before it signs.
+pub const NEXT_CERT: &str = "workload-ca-next.crt";
+pub const NEXT_KEY: &str = "workload-ca-next.key";
+/// A rotation's previous root, trusted until retired (no key: it signs nothing any more).
+pub const PREVIOUS_CERT: &str = "workload-ca-previous.crt";
 /// A certificate's lifetime when the request names none, as Istio's default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The shortest lifetime the CA gives (tests rotate certificates of a minute).
@@ -48,6 +61,8 @@ pub enum CsrError {
 /// The workload CA.
 pub struct WorkloadCa {
     root_pem: String,
+    /// Every root agents must trust now: the signing one, then the next or previous one.
+    trusted: Vec<String>,
     issuer: Issuer<'static, KeyPair>,
     trust_domain: TrustDomain,
     max_ttl: Duration,
@@ -65,32 +80,38 @@ impl WorkloadCa {
         let (cert_path, key_path) = (dir.join(ROOT_CERT), dir.join(ROOT_KEY));
         if !cert_path.exists() {
             std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::new(Vec::<String>::new())?;
-            params.distinguished_name.push(DnType::CommonName, format!("mesh workload CA ({trust_domain})"));
-            params.distinguished_name.push(DnType::OrganizationName, trust_domain.as_str());
-            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            params.key_usages =
-                vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-            let cert = params.self_signed(&key)?;
-            pki::write_private(&key_path, &key.serialize_pem())?;
-            pki::write(&cert_path, &cert.pem())?;
+            new_root(&cert_path, &key_path, &trust_domain)?;
             tracing::info!(dir = %dir.display(), %trust_domain, "created a new workload CA");
         }
         let read = |path: &Path| {
             std::fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_owned(), source })
         };
         let root_pem = read(&cert_path)?;
+        let mut trusted = vec![root_pem.clone()];
+        for other in [NEXT_CERT, PREVIOUS_CERT] {
+            let path = dir.join(other);
+            if path.exists() {
+                trusted.push(read(&path)?);
+            }
+        }
         let key = KeyPair::from_pem(&read(&key_path)?)
             .map_err(|source| PkiError::BadCa { path: key_path.clone(), source })?;
         let issuer =
             Issuer::from_ca_cert_pem(&root_pem, key).map_err(|source| PkiError::BadCa { path: cert_path, source })?;
-        Ok(Self { root_pem, issuer, trust_domain, max_ttl: max_ttl.max(MIN_TTL) })
+        if trusted.len() > 1 {
+            tracing::info!(roots = trusted.len(), "workload CA root rotation in progress: every root is trusted");
+        }
+        Ok(Self { root_pem, trusted, issuer, trust_domain, max_ttl: max_ttl.max(MIN_TTL) })
     }
 
     /// The root certificate, PEM.
     pub fn root_pem(&self) -> &str {
         &self.root_pem
+    }
+
+    /// Every root agents must trust now (PEM): the signing one first.
+    pub fn trusted_roots(&self) -> &[String] {
+        &self.trusted
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -132,6 +153,75 @@ impl WorkloadCa {
         let request = CertificateSigningRequestParams { params, public_key: csr.params.public_key };
         let leaf = request.signed_by(&self.issuer).map_err(CsrError::Sign)?;
         Ok((vec![leaf.pem(), self.root_pem.clone()], ttl))
+    }
+}
+
+/// A new self-signed root at `cert_path` and `key_path`. Its name carries the time it was
+/// made, so that two roots of one trust domain are told apart (as leaves' issuers).
+fn new_root(cert_path: &Path, key_path: &Path, trust_domain: &TrustDomain) -> Result<(), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let made = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    params.distinguished_name.push(DnType::CommonName, format!("mesh workload CA ({trust_domain}) {made}"));
+    params.distinguished_name.push(DnType::OrganizationName, trust_domain.as_str());
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let cert = params.self_signed(&key)?;
+    pki::write_private(key_path, &key.serialize_pem())?;
+    pki::write(cert_path, &cert.pem())
+}
+
+/// One step of a root rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RotationStep {
+    /// Make the next root: trusted everywhere, signing nothing yet.
+    Prepare,
+    /// The next root signs; the old one stays trusted.
+    Activate,
+    /// The old root is trusted no more (once every certificate it signed has expired).
+    Retire,
+}
+
+/// Does `step` of a root rotation on the files of `dir`; what it did, for the operator's
+/// user. Takes effect when the operator (re)starts. A step out of order is refused and changes
+/// nothing.
+pub fn rotate(dir: &Path, step: RotationStep, trust_domain: &TrustDomain) -> Result<String, PkiError> {
+    let path = |name: &str| dir.join(name);
+    let refuse = |message: &str| PkiError::Rotation(message.to_owned());
+    let rename = |from: &str, to: &str| {
+        std::fs::rename(path(from), path(to)).map_err(|source| PkiError::Io { path: path(from), source })
+    };
+    if !path(ROOT_CERT).exists() {
+        return Err(refuse("there is no workload CA in this directory yet: start the operator with it first"));
+    }
+    match step {
+        RotationStep::Prepare => {
+            if path(NEXT_CERT).exists() || path(PREVIOUS_CERT).exists() {
+                return Err(refuse("a rotation is under way: activate the next root, or retire the previous one"));
+            }
+            new_root(&path(NEXT_CERT), &path(NEXT_KEY), trust_domain)?;
+            Ok(format!("made the next root ({NEXT_CERT}); restart the operator so that agents trust it, then activate"))
+        }
+        RotationStep::Activate => {
+            if !path(NEXT_CERT).exists() {
+                return Err(refuse("there is no next root: prepare one first"));
+            }
+            rename(ROOT_CERT, PREVIOUS_CERT)?;
+            std::fs::remove_file(path(ROOT_KEY)).map_err(|source| PkiError::Io { path: path(ROOT_KEY), source })?;
+            rename(NEXT_KEY, ROOT_KEY)?;
+            rename(NEXT_CERT, ROOT_CERT)?;
+            Ok(format!(
+                "the next root signs; the old one is {PREVIOUS_CERT}, still trusted: restart the operator, and retire it once every certificate it signed has expired"
+            ))
+        }
+        RotationStep::Retire => {
+            if !path(PREVIOUS_CERT).exists() {
+                return Err(refuse("there is no previous root to retire"));
+            }
+            std::fs::remove_file(path(PREVIOUS_CERT))
+                .map_err(|source| PkiError::Io { path: path(PREVIOUS_CERT), source })?;
+            Ok("the previous root is trusted no more: restart the operator".to_owned())
+        }
     }
 }
 
@@ -232,6 +322,36 @@ mod tests {
 
     fn der_of(pem: &str) -> Vec<u8> {
         ::pem::parse(pem).unwrap().into_contents()
+    }
+
+    #[test]
+    fn a_root_rotation_trusts_both_roots_before_the_new_one_signs_and_refuses_steps_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = TrustDomain::default();
+        let old = ca(dir.path()).root_pem().to_owned();
+        let rotate = |step| rotate(dir.path(), step, &domain);
+        assert!(matches!(rotate(RotationStep::Activate), Err(PkiError::Rotation(_))), "nothing prepared");
+        assert!(matches!(rotate(RotationStep::Retire), Err(PkiError::Rotation(_))), "nothing to retire");
+        rotate(RotationStep::Prepare).unwrap();
+        assert!(matches!(rotate(RotationStep::Prepare), Err(PkiError::Rotation(_))), "one rotation at a time");
+        // Prepared: the old root still signs, both are trusted.
+        let prepared = ca(dir.path());
+        assert_eq!(prepared.root_pem(), old);
+        assert_eq!(prepared.trusted_roots().len(), 2);
+        let next = prepared.trusted_roots()[1].clone();
+        assert_ne!(next, old);
+        let (_key, pem) = csr_for(&id("demo", "web")).unwrap();
+        let (chain, _) = prepared.sign(prepared.read_csr(&pem).unwrap(), Duration::ZERO).unwrap();
+        assert_eq!(chain.last(), Some(&old));
+        // Activated: the new root signs, the old one is still trusted.
+        rotate(RotationStep::Activate).unwrap();
+        let active = ca(dir.path());
+        assert_eq!((active.root_pem(), active.trusted_roots()), (next.as_str(), &[next.clone(), old.clone()][..]));
+        let (chain, _) = active.sign(active.read_csr(&pem).unwrap(), Duration::ZERO).unwrap();
+        assert_eq!(chain.last(), Some(&next));
+        // Retired: the new root alone.
+        rotate(RotationStep::Retire).unwrap();
+        assert_eq!(ca(dir.path()).trusted_roots(), &[next]);
     }
 
     fn pem_of(tag: &str, der: &[u8]) -> String {

@@ -127,14 +127,8 @@ fn seed(root: &Path) -> anyhow::Result<()> {
         .filter(|(name, _)| name.ends_with(".yaml"))
         .flat_map(|(_, text)| mesh_operator::local_dir::model_of_text(&String::from_utf8_lossy(text)).0)
         .collect();
-    let update = mesh_common::api::StateUpdate {
-        epoch: "e".into(),
-        version: 1,
-        full: true,
-        upserts,
-        removals: Vec::new(),
-        more: false,
-    };
+    let update =
+        mesh_common::api::StateUpdate { epoch: "e".into(), version: 1, full: true, upserts, ..Default::default() };
     std::fs::write(corpus("state_update")?.join("examples"), update.encode_to_vec())?;
     let request = mesh_common::hubble::observer::GetFlowsRequest {
         whitelist: vec![mesh_common::hubble::flow::FlowFilter {

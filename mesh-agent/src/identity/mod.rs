@@ -80,6 +80,8 @@ struct Inner {
     wanted: watch::Sender<BTreeSet<SpiffeId>>,
     /// `want_for` was called: the wanted set is the model's, not the empty start.
     wanted_known: std::sync::atomic::AtomicBool,
+    /// The workload CA's trust bundle, as the operator streams it (PEM roots).
+    bundle: Mutex<Vec<String>>,
     issued_total: AtomicU64,
     failed_total: AtomicU64,
 }
@@ -93,6 +95,7 @@ impl Certificates {
                 slots: Mutex::default(),
                 wanted: watch::Sender::new(BTreeSet::new()),
                 wanted_known: std::sync::atomic::AtomicBool::new(false),
+                bundle: Mutex::default(),
                 issued_total: AtomicU64::new(0),
                 failed_total: AtomicU64::new(0),
             }),
@@ -151,16 +154,38 @@ impl Certificates {
         slots.get(identity)?.issued.clone().filter(|issued| issued.not_after > unix_now())
     }
 
-    /// The workload CA's roots this agent trusts: the root (last) of every chain it holds,
-    /// once each, as PEM. During a root rotation chains from both roots are held, so both
-    /// are trusted until the last certificate of the old one is renewed.
+    /// The workload CA's roots this agent trusts, once each, as PEM: the CA's trust bundle
+    /// (every root of a rotation under way, from the operator's snapshot) and the root (last)
+    /// of every chain it holds. So during a rotation a peer's chain to the new root is trusted
+    /// before this agent holds one, and to the old root until the bundle drops it and no chain
+    /// of this agent ends in it.
     pub fn roots(&self) -> Vec<String> {
+        let mut roots = self.inner.bundle.lock().expect("never poisoned").clone();
         let slots = self.inner.slots.lock().expect("never poisoned");
-        let mut roots: Vec<String> =
-            slots.values().filter_map(|slot| slot.issued.as_ref()?.chain_pem.last().cloned()).collect();
+        roots.extend(slots.values().filter_map(|slot| slot.issued.as_ref()?.chain_pem.last().cloned()));
         roots.sort();
         roots.dedup();
         roots
+    }
+
+    /// Sets the CA's trust bundle (from a full snapshot of the state stream).
+    pub fn set_bundle(&self, roots: Vec<String>) {
+        *self.inner.bundle.lock().expect("never poisoned") = roots;
+    }
+
+    /// The subjects of [`Self::roots`], for the status.
+    pub fn root_subjects(&self) -> Vec<String> {
+        let mut subjects: Vec<String> = self
+            .roots()
+            .iter()
+            .filter_map(|pem| {
+                let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+                let cert = pem.parse_x509().ok()?;
+                Some(cert.subject().to_string())
+            })
+            .collect();
+        subjects.sort();
+        subjects
     }
 
     /// Every identity and its state, in order.

@@ -327,6 +327,10 @@ fn print_certificates(agent: &mesh_common::api::AgentStatusResponse) {
             println!("    last error ({} failed in a row): {}", c.failures, c.last_error);
         }
     }
+    println!("  Trusted roots ({}):", agent.trusted_roots.len());
+    for subject in &agent.trusted_roots {
+        println!("    {subject}");
+    }
 }
 
 /// The tunnel's receiving side and the local pods' mutual-TLS modes.
@@ -388,6 +392,7 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
             "programs": agent.programs.iter().map(|p| serde_json::json!({"name": p.name, "attach_point": p.attach_point, "pod": p.pod})).collect::<Vec<_>>(),
             "maps": agent.maps.iter().map(|m| serde_json::json!({"name": m.name, "entries": m.entries, "capacity": m.capacity})).collect::<Vec<_>>(),
             "certificates_enabled": agent.certificates_enabled,
+            "trusted_roots": agent.trusted_roots,
             "certificates": agent.certificates.iter().map(|c| serde_json::json!({
                 "identity": c.identity,
                 "state": c.state,
