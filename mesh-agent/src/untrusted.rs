@@ -42,6 +42,14 @@ impl Follower {
         let part = StateUpdate::decode(bytes).map_err(|err| format!("not a StateUpdate: {err}"))?;
         let whole = self.parts.push(part, bytes.len(), MAX_UPDATE_BYTES).map_err(|err| err.to_string())?;
         let Some(update) = whole else { return Ok(0) };
+        // A full snapshot's trust bundle, taken and read as the tunnel reads it.
+        let trusted = if update.full {
+            let certificates = crate::identity::Certificates::new(Default::default(), true);
+            certificates.set_bundle(update.workload_roots.clone());
+            certificates.root_subjects().len()
+        } else {
+            0
+        };
         let changed = self.model.apply(update);
         self.compiler.update(&self.model, NODE, Some(&changed));
         let compiled = policy::compile(&self.model, NODE);
@@ -53,7 +61,7 @@ impl Follower {
         let kernel = policy_table::kernel_form(&local, &workloads, &mut self.numbering, &principals);
         let directory = Directory::build(NODE, &self.model, self.numbering.attributions());
         drop(directory);
-        Ok(kernel.entries.len() + self.compiler.len())
+        Ok(kernel.entries.len() + self.compiler.len() + trusted)
     }
 }
 

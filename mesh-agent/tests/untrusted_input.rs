@@ -217,7 +217,12 @@ fn example_update() -> StateUpdate {
         .iter()
         .flat_map(|seed| mesh_operator::local_dir::model_of_text(&String::from_utf8_lossy(seed)).0)
         .collect();
-    StateUpdate { epoch: "e".into(), version: 1, full: true, upserts, ..Default::default() }
+    // And a workload CA's trust bundle, as the operator sends it in every full snapshot.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = mesh_operator::workload_ca::WorkloadCa::open(dir.path(), Default::default(), Duration::from_secs(3600))
+        .expect("a workload CA");
+    let workload_roots = vec![ca.root_pem().to_owned()];
+    StateUpdate { epoch: "e".into(), version: 1, full: true, upserts, workload_roots, ..Default::default() }
 }
 
 /// State stream messages as an agent decodes and applies them, one after another.

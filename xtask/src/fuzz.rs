@@ -127,8 +127,25 @@ fn seed(root: &Path) -> anyhow::Result<()> {
         .filter(|(name, _)| name.ends_with(".yaml"))
         .flat_map(|(_, text)| mesh_operator::local_dir::model_of_text(&String::from_utf8_lossy(text)).0)
         .collect();
-    let update =
-        mesh_common::api::StateUpdate { epoch: "e".into(), version: 1, full: true, upserts, ..Default::default() };
+    // A workload CA: its root in the state update's trust bundle (as every full snapshot of an
+    // operator with a CA has), and a CSR and answer below.
+    use mesh_common::identity::{SpiffeId, TrustDomain, csr_for};
+    let ca_dir = root.join("target/fuzz-seed-ca");
+    let _ = std::fs::remove_dir_all(&ca_dir);
+    let ca = mesh_operator::workload_ca::WorkloadCa::open(
+        &ca_dir,
+        TrustDomain::default(),
+        std::time::Duration::from_secs(3600),
+    )?;
+    let workload_roots = vec![ca.root_pem().to_owned()];
+    let update = mesh_common::api::StateUpdate {
+        epoch: "e".into(),
+        version: 1,
+        full: true,
+        upserts,
+        workload_roots,
+        ..Default::default()
+    };
     std::fs::write(corpus("state_update")?.join("examples"), update.encode_to_vec())?;
     let request = mesh_common::hubble::observer::GetFlowsRequest {
         whitelist: vec![mesh_common::hubble::flow::FlowFilter {
@@ -143,14 +160,6 @@ fn seed(root: &Path) -> anyhow::Result<()> {
     std::fs::write(corpus("flow_request")?.join("example"), request.encode_to_vec())?;
     // A CSR as agents make them and the CA's answer to it; each as text and as DER (the
     // targets' first byte says which).
-    use mesh_common::identity::{SpiffeId, TrustDomain, csr_for};
-    let ca_dir = root.join("target/fuzz-seed-ca");
-    let _ = std::fs::remove_dir_all(&ca_dir);
-    let ca = mesh_operator::workload_ca::WorkloadCa::open(
-        &ca_dir,
-        TrustDomain::default(),
-        std::time::Duration::from_secs(3600),
-    )?;
     // The identity the agent's check expects (`mesh_agent::untrusted::ANSWER_IDENTITY`).
     let (_, csr) = csr_for(&SpiffeId::new(TrustDomain::default(), "demo", "web")?)?;
     let (chain, _) = ca.sign(ca.read_csr(&csr)?, std::time::Duration::from_secs(3600))?;
