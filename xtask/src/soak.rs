@@ -20,7 +20,7 @@
 //!   while nothing is down or due within 2.5 s (so that the flip reaches the datapath).
 //!
 //! Checked: no client attempt to a live endpoint fails (each failure printed with the chaos
-//! events around it), but a tunnelled one (to secure) while an agent it passes through is
+//! events around it), but a tunnelled one (to secure) in flight while an agent it passes through is
 //! SIGKILLed and until its successor holds its certificates (a userspace hop that dies takes
 //! its connections with it: counted apart, `tunnel_broken_by_kill`); no denied probe is
 //! answered, agent and operator RSS (sampled every
@@ -60,6 +60,9 @@ const SECURE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 /// After a SIGKILLed agent's successor is ready, tunnelled connections may still fail this
 /// long (it accepts once it holds its pods' certificates).
 const KILL_EXCUSE_MS: u64 = 3_000;
+/// The client's timeout for one attempt: an attempt that started this long before a kill may
+/// still have been in flight through the killed agent's tunnel.
+const CLIENT_TIMEOUT_MS: u64 = 1_000;
 const PORT: u16 = 80;
 /// Every socket event (flow aggregation `none`): the most the flow pipeline carries, so
 /// "every flow event delivered or counted lost" is checked at its heaviest. The datapath is
@@ -219,7 +222,11 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     // them), which are counted apart.
     let secure = SocketAddr::from((SECURE, PORT)).to_string();
     let killed = |a: &Attempt| {
-        a.to == secure && chaos.kills.iter().any(|(at, ready)| (*at..=ready + KILL_EXCUSE_MS).contains(&a.at_ms))
+        a.to == secure
+            && chaos
+                .kills
+                .iter()
+                .any(|(at, ready)| (at.saturating_sub(CLIENT_TIMEOUT_MS)..=ready + KILL_EXCUSE_MS).contains(&a.at_ms))
     };
     let cut = |a: &Attempt| {
         a.to == secure && a.kind == "held" && chaos.drains.iter().any(|end| a.at_ms.abs_diff(*end) <= DRAIN_CUT_MS)
@@ -326,7 +333,7 @@ fn traffic(
     let (both, web, guarded) = (format!("{},{}", service(WEB), service(CHURN)), service(WEB), service(GUARDED));
     let tcp = format!("{both},{}", service(SECURE));
     let generators = [
-        ("client", "client", vec!["--tcp", &tcp, "--udp", &both, "--hold", "6"], rate, 1000, false),
+        ("client", "client", vec!["--tcp", &tcp, "--udp", &both, "--hold", "6"], rate, CLIENT_TIMEOUT_MS, false),
         ("intruder", "intruder", vec!["--tcp", &web, "--udp", &web], PROBE_RATE, PROBE_TIMEOUT_MS, true),
         ("guarded", "client", vec!["--tcp", &guarded], PROBE_RATE, PROBE_TIMEOUT_MS, true),
     ];
