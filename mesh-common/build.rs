@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".mesh.v1.Resource.kind.network_policy")
         .boxed(".mesh.v1.Resource.kind.mesh_policy")
         .boxed(".mesh.v1.Resource.kind.peer_authentication")
+        .boxed(".mesh.v1.Resource.kind.http_route")
         .compile_protos(
             &[
                 "proto/mesh/v1/state.proto",

@@ -346,6 +346,7 @@ mod tests {
                 port: 80,
                 node_port: 30080,
                 target: None,
+                app_protocol: String::new(),
             }],
             affinity_timeout_seconds: 30,
             internal_traffic_local: internal_local,

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod desired;
 pub mod flows;
 pub mod identity;
+pub mod l7;
 pub mod map_fill;
 pub mod map_write;
 pub mod metrics;

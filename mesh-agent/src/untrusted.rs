@@ -15,6 +15,7 @@ use prost::Message as _;
 use crate::{
     desired::Compiler,
     flows::{Record, directory::Directory, filter::Filters, view::FlowView},
+    l7::routes::{RouteTable, Routing, ServiceRef, pick_backend},
     operator_stream::MAX_UPDATE_BYTES,
     policy,
     policy_table::{self, LocalEndpoint, Numbering},
@@ -61,7 +62,30 @@ impl Follower {
         let kernel = policy_table::kernel_form(&local, &workloads, &mut self.numbering, &principals);
         let directory = Directory::build(NODE, &self.model, self.numbering.attributions());
         drop(directory);
-        Ok(kernel.entries.len() + self.compiler.len() + trusted)
+        // The routes compiled as the agent compiles them, and a request judged by each.
+        let routes: Vec<&mesh_common::api::HttpRoute> = self
+            .model
+            .of_kind(mesh_common::api::Kind::HttpRoute)
+            .filter_map(|r| match &r.kind {
+                Some(mesh_common::api::resource::Kind::HttpRoute(route)) => Some(route.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let (table, _) = RouteTable::build(routes.iter().copied());
+        let mut selected = 0;
+        for route in &routes {
+            for parent in &route.parents {
+                let service = ServiceRef { namespace: parent.namespace.clone(), name: parent.service.clone() };
+                let port = u16::try_from(parent.port).unwrap_or(80);
+                let uri = http::Uri::from_static("/a/b?x=1");
+                let chosen =
+                    table.select(&service, port, &route.namespace, &http::Method::GET, &uri, &http::HeaderMap::new());
+                if let Routing::Rule(rule) = chosen {
+                    selected += usize::from(pick_backend(&rule.rule.backends, 7).is_some());
+                }
+            }
+        }
+        Ok(kernel.entries.len() + self.compiler.len() + trusted + selected)
     }
 }
 

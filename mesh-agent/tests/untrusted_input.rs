@@ -112,7 +112,7 @@ fn examples() -> Vec<Vec<u8>> {
 }
 
 /// Kinds the examples lack: an EndpointSlice, a Node, a ServiceAccount, a ClusterMeshPolicy,
-/// a PeerAuthentication.
+/// a PeerAuthentication, an HTTPRoute.
 const MORE_KINDS: &str = "apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
@@ -149,6 +149,27 @@ spec:
   selector: {matchLabels: {app: web}}
   mtls: {mode: STRICT}
   portLevelMtls: {'9090': {mode: PERMISSIVE}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-canary, namespace: demo}
+spec:
+  parentRefs: [{group: '', kind: Service, name: web, port: 80}]
+  rules:
+  - name: canary
+    matches:
+    - path: {type: RegularExpression, value: '/v[0-9]+/.*'}
+      headers: [{name: x-canary, value: 'yes'}]
+      queryParams: [{name: q, type: RegularExpression, value: '[a-z]+'}]
+      method: GET
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: canary}], remove: [x-debug]}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: web, port: 80}, fraction: {numerator: 1, denominator: 10}}}
+    backendRefs: [{name: web, port: 80, weight: 98}, {name: web, port: 80, weight: 2}]
+    timeouts: {request: 10s, backendRequest: 2s}
+    retry: {codes: [503], attempts: 2, backoff: 100ms}
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {scheme: https, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}}]
 ";
 
 const YAML_TOKENS: &[&[u8]] = &[
@@ -191,6 +212,12 @@ const YAML_TOKENS: &[&[u8]] = &[
     b"selector: {matchExpressions: [{key: a, operator: In}]}",
     b"mode: DISABLE",
     b"portLevelMtls: {'0': {mode: STRICT}}",
+    b"type: RegularExpression",
+    b"value: '(a{1000}){1000}'",
+    b"weight: 0",
+    b"kind: Service",
+    b"group: ''",
+    b"statusCode: 305",
 ];
 
 /// Manifests of every kind the operator reads, through local mode into the model.

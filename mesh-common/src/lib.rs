@@ -11,6 +11,8 @@ pub mod cidr;
 pub mod drain;
 pub mod flows;
 #[cfg(feature = "user")]
+pub mod http_route;
+#[cfg(feature = "user")]
 pub mod identity;
 pub mod maps;
 #[cfg(feature = "user")]

@@ -36,6 +36,7 @@ impl Resource {
             resource::Kind::Node(n) => (Kind::Node, &String::new(), &n.name),
             resource::Kind::MeshPolicy(p) => (Kind::MeshPolicy, &p.namespace, &p.name),
             resource::Kind::PeerAuthentication(p) => (Kind::PeerAuthentication, &p.namespace, &p.name),
+            resource::Kind::HttpRoute(r) => (Kind::HttpRoute, &r.namespace, &r.name),
         };
         Some(ResourceKey { kind: kind as i32, namespace: namespace.clone(), name: name.clone() })
     }
@@ -61,6 +62,7 @@ impl std::fmt::Display for ResourceKey {
             Kind::Node => "Node",
             Kind::MeshPolicy => "MeshPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::HttpRoute => "HTTPRoute",
             Kind::Unspecified => "Unspecified",
         });
         write!(f, "{kind} {}/{}", self.namespace, self.name)

@@ -16,6 +16,7 @@ use mesh_common::{
 
 use crate::{
     crd::{ClusterMeshPolicy, ClusterMeshPolicySpec, MeshPolicy, MeshPolicySpec, PeerAuthentication},
+    http_route::{self, HttpRoute},
     identity::{IdentityAllocator, SecurityLabels},
     translate::{self, Invalid},
 };
@@ -33,6 +34,7 @@ pub enum Object {
     MeshPolicy(Box<MeshPolicy>),
     ClusterMeshPolicy(Box<ClusterMeshPolicy>),
     PeerAuthentication(Box<PeerAuthentication>),
+    HttpRoute(Box<HttpRoute>),
 }
 
 /// A MeshPolicy or a ClusterMeshPolicy, as the view keeps it.
@@ -97,6 +99,7 @@ enum Dirty {
     /// A MeshPolicy (namespace) or ClusterMeshPolicy (namespace empty).
     MeshPolicy(String, String),
     PeerAuthentication(String, String),
+    HttpRoute(String, String),
     /// The endpoints derived from pods for a selector service that has no EndpointSlice.
     Derived(String, String),
 }
@@ -114,6 +117,7 @@ pub struct ClusterView {
     /// MeshPolicies by (namespace, name), ClusterMeshPolicies by ("", name).
     mesh_policies: BTreeMap<NsName, MeshPolicyObject>,
     peer_authentications: BTreeMap<NsName, PeerAuthentication>,
+    http_routes: BTreeMap<NsName, HttpRoute>,
     /// The namespace whose selector-less PeerAuthentication is mesh-wide.
     root_namespace: String,
     /// (namespace, service) -> names of its EndpointSlices.
@@ -143,6 +147,7 @@ impl ClusterView {
             nodes: BTreeMap::new(),
             mesh_policies: BTreeMap::new(),
             peer_authentications: BTreeMap::new(),
+            http_routes: BTreeMap::new(),
             root_namespace: crate::crd::DEFAULT_ROOT_NAMESPACE.to_owned(),
             slices_of: BTreeMap::new(),
             derived_of: BTreeMap::new(),
@@ -172,6 +177,7 @@ impl ClusterView {
                 translate::peer_authentication(&key.namespace, &key.name, &p.spec, crate::crd::DEFAULT_ROOT_NAMESPACE)
                     .map(drop)
             }
+            Object::HttpRoute(route) => http_route::translate(&key.namespace, &key.name, route).map(drop),
         }
     }
 
@@ -220,6 +226,10 @@ impl ClusterView {
             Object::PeerAuthentication(p) => {
                 self.peer_authentications.insert(nn.clone(), *p);
                 self.dirty.insert(Dirty::PeerAuthentication(nn.0, nn.1));
+            }
+            Object::HttpRoute(route) => {
+                self.http_routes.insert(nn.clone(), *route);
+                self.dirty.insert(Dirty::HttpRoute(nn.0, nn.1));
             }
         }
     }
@@ -271,6 +281,9 @@ impl ClusterView {
             }
             "PeerAuthentication" if self.peer_authentications.remove(&nn).is_some() => {
                 self.dirty.insert(Dirty::PeerAuthentication(nn.0, nn.1));
+            }
+            "HTTPRoute" if self.http_routes.remove(&nn).is_some() => {
+                self.dirty.insert(Dirty::HttpRoute(nn.0, nn.1));
             }
             _ => {}
         }
@@ -351,6 +364,16 @@ impl ClusterView {
                         resource.map(|p| wrap(resource::Kind::PeerAuthentication(Box::new(p)))),
                     ));
                 }
+                Dirty::HttpRoute(ns, name) => {
+                    let resource = self.http_routes.get(&(ns.clone(), name.clone())).and_then(|route| {
+                        let translated = http_route::translate(&ns, &name, route);
+                        checked(&mut errors, format!("HTTPRoute/{ns}/{name}"), translated).flatten()
+                    });
+                    changes.push((
+                        key(Kind::HttpRoute, &ns, &name),
+                        resource.map(|r| wrap(resource::Kind::HttpRoute(Box::new(r)))),
+                    ));
+                }
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),
             }
         }
@@ -367,6 +390,20 @@ impl ClusterView {
             });
         }
         (changes, errors)
+    }
+
+    /// Every HTTPRoute's status, per Service parent (routes without one have none).
+    pub fn route_statuses(&self) -> BTreeMap<NsName, Vec<http_route::ParentStatus>> {
+        let ports = |ns: &str, name: &str| {
+            let service = self.services.get(&(ns.to_owned(), name.to_owned()))?;
+            let ports = service.spec.as_ref().and_then(|s| s.ports.as_ref());
+            Some(ports.into_iter().flatten().filter_map(|p| u32::try_from(p.port).ok()).collect())
+        };
+        self.http_routes
+            .iter()
+            .map(|((ns, name), route)| ((ns.clone(), name.clone()), http_route::status(ns, route, ports)))
+            .filter(|(_, status)| !status.is_empty())
+            .collect()
     }
 
     fn workload(&mut self, ns: &str, name: &str) -> Result<Option<api::Workload>, String> {

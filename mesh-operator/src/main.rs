@@ -186,6 +186,11 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
     for err in &model_errors {
         println!("{err}");
     }
+    for ((ns, name), parents) in view.route_statuses() {
+        for parent in parents {
+            println!("HTTPRoute/{ns}/{name}: {parent}");
+        }
+    }
     anyhow::ensure!(
         errors.is_empty() && model_errors.is_empty(),
         "{} invalid objects",
@@ -203,6 +208,7 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
     let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
     let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
     let mut dir = LocalDir::new(manifests);
+    let mut statuses = RouteStatuses::new();
     let epoch = new_epoch();
     let store = Arc::new(Mutex::new(ModelStore::new(epoch.clone())));
 
@@ -226,7 +232,7 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
     // Reading and parsing files and writing the identity table block: off the async workers.
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
         let (changes, errors) = dir.load().with_context(|| format!("reading {}", manifests.display()))?;
-        apply(&mut view, &store, changes, &errors);
+        apply(&mut view, &mut statuses, &store, changes, &errors);
         Ok(())
     })?;
 
@@ -256,7 +262,7 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
                 paths.dedup();
                 tokio::task::block_in_place(|| {
                     let (changes, errors) = dir.reload(&paths);
-                    apply(&mut view, &store, changes, &errors);
+                    apply(&mut view, &mut statuses, &store, changes, &errors);
                 });
             }
             signal = shutdown.recv() => {
@@ -392,6 +398,8 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
     let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));
+    // Cluster mode does not watch HTTPRoutes yet, so this stays empty.
+    let mut statuses = RouteStatuses::new();
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
     let api = client.clone();
@@ -421,7 +429,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
                 if let Some(kind) = batch.listed {
                     listed.insert(kind);
                 }
-                tokio::task::block_in_place(|| apply(&mut view, &store, batch.changes, &[]));
+                tokio::task::block_in_place(|| apply(&mut view, &mut statuses, &store, batch.changes, &[]));
                 // Serve only once every kind was listed: a partial first snapshot would make
                 // agents drop state they should keep.
                 if listed.len() == mesh_operator::cluster_source::KINDS && let Some(listener) = listener.take() {
@@ -468,6 +476,7 @@ fn is_complete_change(kind: &notify::EventKind) -> bool {
 /// Object changes -> model -> a new version; every error logged (and nothing else lost).
 fn apply(
     view: &mut ClusterView,
+    statuses: &mut RouteStatuses,
     store: &Mutex<ModelStore>,
     changes: Vec<mesh_operator::local_dir::ObjectChange>,
     errors: &[ManifestError],
@@ -480,10 +489,32 @@ fn apply(
     for err in &model_errors {
         tracing::warn!("not in the model: {err}");
     }
+    log_route_statuses(view, statuses);
     let mut store = store.lock().expect("store lock");
     if let Some(version) = store.commit(resources) {
         tracing::info!(version, resources = store.len(), "model updated");
     }
+}
+
+/// The last status logged of each route (local mode has no API server to write it to).
+type RouteStatuses = std::collections::BTreeMap<(String, String), Vec<mesh_operator::http_route::ParentStatus>>;
+
+/// Logs each route status that changed: at warn when a condition is False.
+fn log_route_statuses(view: &ClusterView, logged: &mut RouteStatuses) {
+    let now = view.route_statuses();
+    for ((ns, name), parents) in &now {
+        if logged.get(&(ns.clone(), name.clone())) == Some(parents) {
+            continue;
+        }
+        for parent in parents {
+            if parent.conditions.iter().all(|c| c.status) {
+                tracing::info!("HTTPRoute/{ns}/{name}: {parent}");
+            } else {
+                tracing::warn!("HTTPRoute/{ns}/{name}: {parent}");
+            }
+        }
+    }
+    *logged = now;
 }
 
 /// A new epoch for this run: versions restart with it.

@@ -96,6 +96,7 @@ pub fn service(namespace: &str, name: &str, svc: &Service) -> Result<api::Servic
             port: port(format!("spec.ports[{i}].port"), p.port)?,
             node_port: p.node_port.map(|n| port(format!("spec.ports[{i}].nodePort"), n)).transpose()?.unwrap_or(0),
             target,
+            app_protocol: p.app_protocol.clone().unwrap_or_default(),
         });
     }
     if spec.session_affinity.as_deref() == Some("ClientIP") {

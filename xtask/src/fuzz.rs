@@ -116,6 +116,8 @@ fn seed(root: &Path) -> anyhow::Result<()> {
     // Kinds no file of deploy/ has an object of.
     let peer = "apiVersion: mesh.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: web, namespace: demo}\nspec:\n  selector: {matchLabels: {app: web}}\n  mtls: {mode: STRICT}\n  portLevelMtls: {'9090': {mode: PERMISSIVE}}\n";
     manifests.push(("peer-authentication.yaml".to_owned(), peer.as_bytes().to_vec()));
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web-canary, namespace: demo}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web, port: 80}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: '/v[0-9]+/.*'}, headers: [{name: x-canary, value: 'yes'}], method: GET}]\n    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: canary}]}}]\n    backendRefs: [{name: web, port: 80, weight: 98}, {name: web, port: 80, weight: 2}]\n    timeouts: {request: 10s}\n";
+    manifests.push(("http-route.yaml".to_owned(), route.as_bytes().to_vec()));
     for (name, text) in &manifests {
         std::fs::write(corpus("manifests")?.join(name), text)?;
     }
