@@ -1,0 +1,357 @@
+//! The L7 proxy for one client connection to a Service with routes: HTTP/1.1 from the client
+//! (keep-alive), each request routed by the route table, its filters applied, sent to a
+//! backend chosen by weight through a pooled client (hyper-util's), with the rule's timeouts
+//! and retries.
+//!
+//! Answers of its own, as Envoy-based meshes give them: 404 when routes are attached and none
+//! matches, 500 when the chosen rule has no backend with weight or its backend Service (or
+//! port) does not exist, 503 when a backend Service has
+//! no endpoint or its connection fails (after retries), 504 when a timeout passes, 413 when a
+//! body that must be kept for a retry or a mirror is larger than [`MAX_BUFFERED_BODY`].
+
+use std::{
+    hash::{BuildHasher as _, Hasher as _},
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, request::Parts};
+use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::Connect},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use mesh_common::api;
+
+use super::{
+    filters,
+    routes::{RouteTable, Routing, ServiceRef, pick_backend},
+};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A request body kept for a retry or a mirror is at most this large.
+pub const MAX_BUFFERED_BODY: usize = 4 << 20;
+/// A client has this long to send a request's head (slow-loris bound).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pooled connections to backends idle this long are closed.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The addresses behind a Service port (its ready endpoints), as the model has them; `None`
+/// when there is no such Service or port (an invalid backend: answered 500, as Gateway API
+/// specifies), empty when it has no ready endpoint (503).
+pub trait Endpoints: Send + Sync + 'static {
+    fn endpoints(&self, service: &ServiceRef, port: u16) -> Option<Vec<SocketAddr>>;
+}
+
+/// Where a client connection was going: the Service and port it connected to, and the
+/// namespace of the client's pod (consumer routes are per client namespace).
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub service: ServiceRef,
+    pub port: u16,
+    pub client_namespace: String,
+}
+
+pub struct Proxy<C> {
+    routes: RwLock<Arc<RouteTable>>,
+    endpoints: Arc<dyn Endpoints>,
+    client: Client<C, Body>,
+}
+
+impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
+    pub fn new(connector: C, endpoints: Arc<dyn Endpoints>) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Self { routes: RwLock::new(Arc::default()), endpoints, client }
+    }
+
+    /// Replaces the route table (requests already routed keep the table they were routed by).
+    pub fn set_routes(&self, table: RouteTable) {
+        *self.routes.write().expect("routes lock") = Arc::new(table);
+    }
+
+    /// Serves one client connection until it closes.
+    pub async fn serve<IO>(self: Arc<Self>, io: IO, destination: Destination) -> Result<(), hyper::Error>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let destination = Arc::new(destination);
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let (proxy, destination) = (self.clone(), destination.clone());
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &destination).await) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(io), service)
+            .await
+    }
+
+    async fn handle(&self, request: Request<Incoming>, to: &Destination) -> Response<Body> {
+        let (mut parts, body) = request.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let table = self.routes.read().expect("routes lock").clone();
+        let selected =
+            match table.select(&to.service, to.port, &to.client_namespace, &parts.method, &parts.uri, &parts.headers) {
+                Routing::NotRouted => {
+                    let body = body.map_err(BoxError::from).boxed();
+                    return match self.send_once(&to.service, to.port, &parts, body).await {
+                        Ok(response) => finish(response, &[]),
+                        Err(refusal) => refusal.into_response(),
+                    };
+                }
+                Routing::NoMatch => return answer(StatusCode::NOT_FOUND, "no route matches this request"),
+                Routing::Rule(selected) => selected,
+            };
+        let rule = selected.rule.clone();
+        let mut response_modifiers = Vec::new();
+        let mut mirrors = Vec::new();
+        let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+        for filter in rule.filters.iter().filter_map(|f| f.kind.as_ref()) {
+            use api::http_filter::Kind;
+            match filter {
+                Kind::RequestHeaders(m) => filters::modify_headers(&mut parts.headers, m),
+                Kind::ResponseHeaders(m) => response_modifiers.push(m),
+                Kind::Redirect(r) => {
+                    let location = filters::redirect_location(r, &host, to.port, &parts.uri, &selected.path);
+                    let status =
+                        StatusCode::from_u16(u16::try_from(r.status_code).unwrap_or(302)).unwrap_or(StatusCode::FOUND);
+                    let mut response = answer(status, "");
+                    if let Ok(value) = HeaderValue::from_str(&location) {
+                        response.headers_mut().insert(header::LOCATION, value);
+                    }
+                    modify_response(&mut response, &response_modifiers);
+                    return response;
+                }
+                Kind::Rewrite(r) => rewrite(&mut parts, r, &selected.path),
+                Kind::Mirror(m) => mirrors.push(m),
+            }
+        }
+        let Some(backend) = pick_backend(&rule.backends, random_u32()) else {
+            return answer(StatusCode::INTERNAL_SERVER_ERROR, "the route's rule has no backend with weight");
+        };
+        for filter in backend.filters.iter().filter_map(|f| f.kind.as_ref()) {
+            use api::http_filter::Kind;
+            match filter {
+                Kind::RequestHeaders(m) => filters::modify_headers(&mut parts.headers, m),
+                Kind::ResponseHeaders(m) => response_modifiers.push(m),
+                Kind::Rewrite(r) => rewrite(&mut parts, r, &selected.path),
+                Kind::Mirror(m) => mirrors.push(m),
+                Kind::Redirect(_) => {} // refused by the operator on a backend
+            }
+        }
+        let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
+        let port = u16::try_from(backend.port).unwrap_or_default();
+        let retry = rule.retry.as_ref().filter(|r| r.attempts > 0);
+        // A body is kept only when it may be sent more than once.
+        let (kept, mut streamed) = if retry.is_some() || !mirrors.is_empty() {
+            match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+                Ok(collected) => (Some(collected.to_bytes()), None),
+                Err(_) => {
+                    return answer(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "a request body kept for a retry or a mirror is at most 4 MiB",
+                    );
+                }
+            }
+        } else {
+            (None, Some(body.map_err(BoxError::from).boxed()))
+        };
+        for mirror in mirrors {
+            self.mirror(mirror, &parts, kept.clone().unwrap_or_default());
+        }
+        let started = Instant::now();
+        let request_deadline =
+            (rule.request_timeout_ms > 0).then(|| started + Duration::from_millis(u64::from(rule.request_timeout_ms)));
+        let try_timeout = (rule.backend_request_timeout_ms > 0)
+            .then(|| Duration::from_millis(u64::from(rule.backend_request_timeout_ms)));
+        let tries = 1 + retry.map_or(0, |r| r.attempts);
+        let mut last = answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made");
+        for attempt in 0..tries {
+            if attempt > 0 {
+                let backoff = Duration::from_millis(u64::from(retry.map_or(0, |r| r.backoff_ms)));
+                if request_deadline.is_some_and(|d| Instant::now() + backoff >= d) {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+            }
+            let this_body = match (&kept, streamed.take()) {
+                (Some(bytes), _) => body_of(bytes.clone()),
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            let limit = match (request_deadline, try_timeout) {
+                (Some(d), Some(t)) => Some(d.saturating_duration_since(Instant::now()).min(t)),
+                (Some(d), None) => Some(d.saturating_duration_since(Instant::now())),
+                (None, t) => t,
+            };
+            let sent = self.send_once(&service, port, &parts, this_body);
+            let outcome = match limit {
+                Some(limit) => match tokio::time::timeout(limit, sent).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Refusal(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".into())),
+                },
+                None => sent.await,
+            };
+            let retryable = match &outcome {
+                Ok(response) => retry.is_some_and(|r| r.codes.contains(&u32::from(response.status().as_u16()))),
+                Err(refusal) => retry.is_some() && refusal.0 == StatusCode::SERVICE_UNAVAILABLE,
+            };
+            match outcome {
+                Ok(response) if !retryable || attempt + 1 == tries => return finish(response, &response_modifiers),
+                Ok(response) => last = finish(response, &response_modifiers),
+                Err(refusal) if !retryable => return refusal.into_response(),
+                Err(refusal) => last = refusal.into_response(),
+            }
+            if request_deadline.is_some_and(|d| Instant::now() >= d) {
+                return answer(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+            }
+        }
+        last
+    }
+
+    /// One try to one endpoint of `service`:`port`.
+    async fn send_once(
+        &self,
+        service: &ServiceRef,
+        port: u16,
+        parts: &Parts,
+        body: Body,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let Some(endpoints) = self.endpoints.endpoints(service, port) else {
+            let reason =
+                format!("backend Service {}/{} has no port {port}, or does not exist", service.namespace, service.name);
+            return Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, reason.into()));
+        };
+        if endpoints.is_empty() {
+            return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".into()));
+        }
+        let endpoint = endpoints[random_u32() as usize % endpoints.len()];
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
+            return Err(Refusal(StatusCode::BAD_REQUEST, "the request's path is not valid".into()));
+        };
+        let mut request = Request::builder().method(parts.method.clone()).uri(uri).version(http::Version::HTTP_11);
+        if let Some(headers) = request.headers_mut() {
+            headers.clone_from(&parts.headers);
+        }
+        let request = request
+            .body(body)
+            .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "the request cannot be forwarded".into()))?;
+        self.client.request(request).await.map_err(|err| {
+            tracing::debug!("{}/{}:{port} at {endpoint}: {err:?}", service.namespace, service.name);
+            Refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers".into())
+        })
+    }
+
+    /// Sends a copy of the request to a mirror's backend, answer ignored, for the mirror's share of requests.
+    fn mirror(&self, mirror: &api::HttpMirror, parts: &Parts, body: Bytes) {
+        let Some(backend) = &mirror.backend else { return };
+        let chance = u64::from(random_u32()) * u64::from(mirror.denominator.max(1));
+        if chance >= u64::from(mirror.numerator) << 32 {
+            return;
+        }
+        let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
+        let port = u16::try_from(backend.port).unwrap_or_default();
+        let endpoints = self.endpoints.endpoints(&service, port).unwrap_or_default();
+        if endpoints.is_empty() {
+            return;
+        }
+        let endpoint = endpoints[random_u32() as usize % endpoints.len()];
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else { return };
+        let mut request = Request::builder().method(parts.method.clone()).uri(uri);
+        if let Some(headers) = request.headers_mut() {
+            headers.clone_from(&parts.headers);
+        }
+        let Ok(request) = request.body(body_of(body)) else { return };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            // The mirror's answer is read and dropped; it never reaches the client.
+            if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
+                let _ = response.into_body().collect().await;
+            }
+        });
+    }
+}
+
+fn rewrite(parts: &mut Parts, rewrite: &api::UrlRewrite, matched: &super::routes::PathMatcher) {
+    if !rewrite.hostname.is_empty() {
+        filters::set_host(&mut parts.headers, &rewrite.hostname);
+    }
+    if let Some(path) = &rewrite.path {
+        let new_path = filters::rewrite_path(parts.uri.path(), path, matched);
+        parts.uri = filters::with_path(&parts.uri, &new_path);
+    }
+}
+
+fn body_of(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// Why a try gave no response: the status and reason the client is answered with.
+struct Refusal(StatusCode, std::borrow::Cow<'static, str>);
+
+impl Refusal {
+    fn into_response(self) -> Response<Body> {
+        answer(self.0, &self.1)
+    }
+}
+
+/// An answer of the proxy's own, with its reason as the body.
+fn answer(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut response = Response::new(body_of(Bytes::copy_from_slice(reason.as_bytes())));
+    *response.status_mut() = status;
+    if !reason.is_empty() {
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response
+}
+
+fn finish(response: Response<Incoming>, modifiers: &[&api::HeaderModifier]) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let mut response = Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+    modify_response(&mut response, modifiers);
+    response
+}
+
+fn modify_response(response: &mut Response<Body>, modifiers: &[&api::HeaderModifier]) {
+    for modifier in modifiers {
+        filters::modify_headers(response.headers_mut(), modifier);
+    }
+}
+
+/// Headers of one hop only (RFC 9110 7.6.1): never forwarded, nor those the Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+        headers.remove(name);
+    }
+}
+
+/// A uniformly distributed number for choosing backends and mirrored requests. The standard
+/// library's `RandomState` is seeded from the OS once per thread and then varies per instance,
+/// so hashing nothing with a fresh one is a cheap generator; choosing a backend needs no more.
+fn random_u32() -> u32 {
+    std::collections::hash_map::RandomState::new().build_hasher().finish() as u32
+}
