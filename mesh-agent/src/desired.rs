@@ -14,7 +14,7 @@ use std::{
 use mesh_common::{
     api::{self, Kind, resource},
     model::{Key, ResourceSet},
-    service_lb::{Backend, ServiceKey},
+    service_lb::{Backend, SERVICE_FLAG_L7, ServiceKey},
 };
 
 use crate::{
@@ -64,6 +64,23 @@ pub struct Compiler {
     slice_owner: HashMap<Named, String>,
     /// Each service's frontends, in model order.
     frontends: BTreeMap<Named, Vec<ResolvedService>>,
+    /// Service ports with HTTP routes (port 0: every port of the service).
+    routed: Routed,
+}
+
+/// (namespace, service, port) of each HTTPRoute parent; port 0: every port.
+pub type Routed = BTreeSet<(String, String, u32)>;
+
+/// Every Service port an HTTPRoute of the model is attached to.
+pub fn routed(model: &ResourceSet) -> Routed {
+    model
+        .of_kind(Kind::HttpRoute)
+        .filter_map(|r| match &r.kind {
+            Some(resource::Kind::HttpRoute(route)) => Some(route),
+            _ => None,
+        })
+        .flat_map(|route| route.parents.iter().map(|p| (p.namespace.clone(), p.service.clone(), p.port)))
+        .collect()
 }
 
 /// Pod weights by namespace, then pod name.
@@ -84,6 +101,26 @@ impl Compiler {
         self.frontends.is_empty()
     }
 
+    /// The endpoints of `namespace/name` port `port` (TCP) as its cluster IP gives them to pods
+    /// (the L7 proxy's backends); `None`: no such service or port.
+    pub fn endpoints(&self, namespace: &str, name: &str, port: u16) -> Option<Vec<std::net::SocketAddr>> {
+        let frontends = self.frontends.get(&(namespace.to_owned(), name.to_owned()))?;
+        let frontend =
+            frontends.iter().find(|f| f.key.port == port.to_be() && f.key.proto == mesh_common::proto::TCP)?;
+        Some(
+            frontend
+                .backends
+                .iter()
+                .map(|w| {
+                    std::net::SocketAddr::from((
+                        Ipv4Addr::from(w.backend.addr.to_ne_bytes()),
+                        u16::from_be(w.backend.port),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
     /// Every frontend, in model order.
     pub fn services(&self) -> Vec<ResolvedService> {
         self.frontends.values().flatten().cloned().collect()
@@ -100,6 +137,13 @@ impl Compiler {
             self.pods = pods;
             if weights != self.weights {
                 self.weights = weights;
+                everything = true;
+            }
+        }
+        if everything || kind_changed(Kind::HttpRoute) {
+            let routed = routed(model);
+            if routed != self.routed {
+                self.routed = routed;
                 everything = true;
             }
         }
@@ -167,7 +211,7 @@ impl Compiler {
                         .flatten()
                         .filter_map(|slice| model.endpoint_slice(&service.0, slice))
                         .collect();
-                    frontends(svc, &slices, &self.weights, &self.node_addresses, node)
+                    frontends(svc, &slices, &self.weights, &self.node_addresses, node, &self.routed)
                 }
                 _ => Vec::new(),
             };
@@ -230,6 +274,7 @@ fn frontends(
     weights: &Weights,
     node_addresses: &[Ipv4Addr],
     node: &str,
+    routed: &Routed,
 ) -> Vec<ResolvedService> {
     let mut services = Vec::new();
     if svc.headless {
@@ -249,19 +294,25 @@ fn frontends(
             all.clone()
         };
         let ip = |text: &String| text.parse::<Ipv4Addr>().ok();
+        // Mesh routes are for connections to the cluster IPs (GAMMA), over TCP.
+        let route = |port: u32| (svc.namespace.clone(), svc.name.clone(), port);
+        let l7 = proto == mesh_common::proto::TCP && (routed.contains(&route(port.port)) || routed.contains(&route(0)));
+        let cluster_flags = if l7 { SERVICE_FLAG_L7 } else { 0 };
+        // Cluster IPs first: `Compiler::endpoints` takes the first frontend of a port.
         let frontends = svc
             .cluster_ips
             .iter()
             .filter_map(ip)
-            .map(|ip| (ip, port.port, &internal))
-            .chain(svc.external_ips.iter().filter_map(ip).map(|ip| (ip, port.port, &all)))
-            .chain(node_addresses.iter().filter(|_| port.node_port != 0).map(|ip| (*ip, port.node_port, &all)));
-        for (ip, number, backends) in frontends {
+            .map(|ip| (ip, port.port, &internal, cluster_flags))
+            .chain(svc.external_ips.iter().filter_map(ip).map(|ip| (ip, port.port, &all, 0)))
+            .chain(node_addresses.iter().filter(|_| port.node_port != 0).map(|ip| (*ip, port.node_port, &all, 0)));
+        for (ip, number, backends, flags) in frontends {
             services.push(ResolvedService {
                 name: name.clone(),
                 key: ServiceKey::new(ip.octets(), number as u16, proto),
                 backends: backends.clone(),
                 affinity_timeout_s: svc.affinity_timeout_seconds,
+                flags,
             });
         }
     }

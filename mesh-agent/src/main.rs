@@ -17,6 +17,7 @@ use mesh_agent::{
         store::FlowStore,
     },
     identity::{self, Certificates, ca_client::CaClient},
+    l7::{L7, connector::NetnsConnector},
     metrics::Metrics,
     netns,
     operator_stream::{self, Received},
@@ -89,7 +90,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     let certificates = Certificates::new(config.trust_domain.clone(), config.tls.is_some());
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone(), certificates.clone());
     let destinations = agent.destinations.clone();
-    let served = runtime.block_on(serve(&config, &store, &directory, &agent, events, lost_events, origins));
+    // The L7 proxy reaches backends from the node's namespace, as the tunnel does.
+    let l7 = L7::new(NetnsConnector::new(netns::Sockets::new(config.netns.as_deref())?));
+    let served = runtime.block_on(serve(
+        &config,
+        &store,
+        &directory,
+        &agent,
+        events,
+        lost_events,
+        Redirected { origins, l7: l7.clone() },
+    ));
     // The Observer socket this agent made (removed at exit only if still that one).
     let observer_socket = config.observer_socket.as_deref().and_then(file_id);
     let drain = match served {
@@ -196,6 +207,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                         result = Err(result.err().map_or(err.to_string(), |e| format!("{e}; {err}")));
                     }
                 }
+                if touched(&[Kind::HttpRoute, Kind::Service, Kind::EndpointSlice, Kind::Workload, Kind::Node]) {
+                    for err in l7.update(model, &compiler) {
+                        tracing::warn!("{err}");
+                    }
+                }
                 healthy = result.is_ok();
                 let reconciled = started.elapsed();
                 if names_changed {
@@ -262,6 +278,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the connections `connect4` sends to the agent go: their original destinations, and
+/// the L7 proxy.
+struct Redirected {
+    origins: tunnel::redirect::Origins,
+    l7: L7,
+}
+
 /// Starts the flow event reader, the metrics, and the Observer API (with the agent status)
 /// on its TCP address (in the node's network namespace) and its unix socket.
 async fn serve(
@@ -271,8 +294,9 @@ async fn serve(
     state: &AgentState,
     events: RingBuf<MapData>,
     lost_events: PerCpuArray<MapData, u64>,
-    origins: tunnel::redirect::Origins,
+    redirected: Redirected,
 ) -> anyhow::Result<Drain> {
+    let Redirected { origins, l7 } = redirected;
     let mut drain = Drain::default();
     let reader = events::run(events, lost_events, store.clone());
     tokio::spawn(async move {
@@ -331,6 +355,7 @@ async fn serve(
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
             pool: tunnel::hbone::Pool::default(),
             flows: store.clone(),
+            l7,
         };
         tracing::info!(address = %outbound_address, "redirected connections to tunnel (outbound)");
         state.set_outbound_listening();

@@ -21,7 +21,7 @@
 //!   `mesh_tunnel_inbound_streams_total{result}` (`opened`, `refused`) and
 //!   `mesh_tunnel_inbound_bytes_total{direction}` (`to_pod`, `from_pod`, counted when a
 //!   tunnelled connection ends): the receiving side of the mutual-TLS tunnel.
-//! - `mesh_tunnel_outbound_connections_total{result}` (`tunnelled`, or the reason a
+//! - `mesh_tunnel_outbound_connections_total{result}` (`tunnelled`, `routed` (to the L7 proxy), or the reason a
 //!   redirected connection was reset: `no_destination`, `unknown_client`, `no_certificate`,
 //!   `unknown_destination`, `tunnel`) and `mesh_tunnel_outbound_bytes_total{direction}`
 //!   (`from_pod`, `to_pod`): the sending side, the connections `connect4` redirected.
@@ -332,13 +332,14 @@ impl Collector for Scraped {
             )?;
             let outbound = &self.state.outbound;
             let results = std::iter::once((vec![("result", "tunnelled".to_owned())], count(&outbound.tunnelled)))
+                .chain(std::iter::once((vec![("result", "routed".to_owned())], count(&outbound.routed))))
                 .chain(crate::tunnel::outbound::Failure::ALL.map(|failure| {
                     (vec![("result", failure.as_str().to_owned())], ConstCounter::new(outbound.failed(failure)))
                 }));
             series(
                 &mut encoder,
                 "mesh_tunnel_outbound_connections",
-                "Connections of local pods redirected to the tunnel, by result (tunnelled, or why they were reset).",
+                "Connections of local pods redirected to the agent, by result (tunnelled, routed by the L7 proxy, or why they were reset).",
                 results,
             )?;
             series(

@@ -32,6 +32,8 @@ pub struct ResolvedService {
     pub backends: Vec<Weighted>,
     /// `sessionAffinity: ClientIP` timeout; 0: none.
     pub affinity_timeout_s: u32,
+    /// `mesh_common::service_lb::SERVICE_FLAG_*` bits, as `connect4` reads them.
+    pub flags: u16,
 }
 
 /// A backend and its weight (1 to [`mesh_common::service_lb::MAX_WEIGHT`]).
@@ -464,7 +466,7 @@ impl ServiceTable {
 
     fn apply_one(&mut self, service: &ResolvedService, slots: &[Backend], log: bool) -> Result<bool, ServiceLbError> {
         let previous = self.programmed.get(&service.key).map(|(entry, _)| *entry);
-        if previous.is_some_and(|p| p.affinity_timeout_s == service.affinity_timeout_s)
+        if previous.is_some_and(|p| p.affinity_timeout_s == service.affinity_timeout_s && p.flags == service.flags)
             && self.backends_of(&service.key) == Some(slots)
         {
             return Ok(false);
@@ -472,7 +474,13 @@ impl ServiceTable {
         self.hold_addrs(&service.name, slots)?;
         let revision = self.allocate_revision();
         let count = u16::try_from(slots.len()).expect("checked: at most MAX_SLOTS slots");
-        let entry = ServiceEntry { revision, count, flags: 0, affinity_timeout_s: service.affinity_timeout_s, _pad: 0 };
+        let entry = ServiceEntry {
+            revision,
+            count,
+            flags: service.flags,
+            affinity_timeout_s: service.affinity_timeout_s,
+            _pad: 0,
+        };
         let keys: Vec<BackendKey> = (0u32..).take(slots.len()).map(|slot| BackendKey { revision, slot }).collect();
         if let Err((written, source)) = insert_batch(self.backends_fd.as_fd(), &keys, slots) {
             self.delete_slots(ServiceEntry { count: written as u16, ..entry });

@@ -36,12 +36,16 @@ pub struct ServiceEntry {
     /// Number of backend slots in the revision (0: the service has no backends, and
     /// `connect()` is refused with ECONNREFUSED).
     pub count: u16,
-    /// Reserved for service flags; zero.
+    /// `SERVICE_FLAG_*` bits.
     pub flags: u16,
     /// `sessionAffinity: ClientIP` timeout in seconds; 0: no affinity.
     pub affinity_timeout_s: u32,
     pub _pad: u32,
 }
+
+/// [`ServiceEntry::flags`]: the service has HTTP routes on this port, so `connect4` sends its
+/// TCP connections to the agent's listener (while it runs) for the L7 proxy, whatever backend.
+pub const SERVICE_FLAG_L7: u16 = 1;
 
 /// The largest weight a backend may have (it fills at most this many slots).
 pub const MAX_WEIGHT: u32 = 100;

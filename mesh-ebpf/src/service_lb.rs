@@ -14,8 +14,8 @@ use aya_ebpf::{
 use mesh_common::{
     proto,
     service_lb::{
-        AFFINITY_SCAN_SLOTS, AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, ServiceAddr, ServiceEntry,
-        ServiceKey, UDP_STICKY_S, affinity_scope, socket_slot,
+        AFFINITY_SCAN_SLOTS, AffinityKey, AffinityValue, Backend, BackendKey, ReverseKey, SERVICE_FLAG_L7, ServiceAddr,
+        ServiceEntry, ServiceKey, UDP_STICKY_S, affinity_scope, socket_slot,
     },
     tunnel::{OutboundListener, TUNNEL, TunnelDestKey},
 };
@@ -138,11 +138,12 @@ fn try_translate(ctx: &SockAddrContext, hook: Hook) -> Result<Verdict, ()> {
     sa.user_port = u32::from(backend.port);
     let service_addr = ServiceAddr { addr: key.addr, port: key.port, _pad: 0 };
     if hook == Hook::Connect {
-        // A TCP connection to a backend that accepts only mutual TLS goes to the agent's
-        // outbound listener instead; the slot keeps the backend, for `sockops` to tell the agent.
+        // A TCP connection to a backend that accepts only mutual TLS, or to a service with HTTP
+        // routes, goes to the agent's listener instead; the slot keeps the backend and the
+        // service, for `sockops` to tell the agent.
         if protocol == proto::TCP
             && let Some(listener) = outbound_listener()
-            && tunnelled(&backend)
+            && (service.flags & SERVICE_FLAG_L7 != 0 || tunnelled(&backend))
         {
             sa.user_ip4 = listener.addr;
             sa.user_port = u32::from(listener.port);

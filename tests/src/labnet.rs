@@ -82,6 +82,39 @@ pub fn serve(lab: &Lab, pod: &Pod, port: u16, reply: &str) -> Result<u32> {
     spawn_server(lab, pod, port, reply, &[])
 }
 
+/// Starts `labnet http-echo` in `pod` (namespace `demo`) on `port`; returns once it listens.
+pub fn http_echo(lab: &Lab, pod: &Pod, port: u16) -> Result<u32> {
+    let ready = lab.dir.join(format!("http-echo-{}-{port}.ready", pod.name));
+    let mut command = lab.pod_command(pod, binary())?;
+    command
+        .args(["http-echo", "--port", &port.to_string(), "--pod", &pod.name, "--namespace", "demo"])
+        .arg("--ready-file")
+        .arg(&ready);
+    let pid = lab.spawn(&mut command)?;
+    lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
+    Ok(pid)
+}
+
+/// Runs `labnet http-get` in `placement`: `count` requests for `path` to `to` with `headers`
+/// (`name:value`).
+pub fn http_get(
+    lab: &Lab,
+    placement: &Placement,
+    to: SocketAddr,
+    path: &str,
+    headers: &[&str],
+    count: u32,
+) -> Result<crate::http_echo::GetReport> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.args(["http-get", "--to", &to.to_string(), "--count", &count.to_string(), "--path", path]);
+    for header in headers {
+        command.args(["--header", header]);
+    }
+    // Each request has 5 s (the client's default) for its answer.
+    let bound = Duration::from_secs(5) * count + Duration::from_secs(5);
+    run_json(lab, &mut command, bound, "labnet http-get")
+}
+
 /// `labnet serve` in `pod` with `extra` arguments; returns once it listens.
 fn spawn_server(lab: &Lab, pod: &Pod, port: u16, reply: &str, extra: &[&str]) -> Result<u32> {
     let ready = lab.dir.join(format!("serve-{}-{port}.ready", pod.name));

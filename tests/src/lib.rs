@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod http_echo;
 pub mod lab;
 pub mod labnet;
 pub mod manifests;

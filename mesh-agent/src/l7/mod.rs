@@ -1,7 +1,127 @@
-//! Layer 7 for the Services that ask for it (Gateway API routes for the mesh). So far: the
-//! route table (`routes`), which decides the rule and backend of a request. The proxy that
-//! uses it, and the kernel's redirect of those Services' connections to it, come next.
+//! Layer 7 for the Services that ask for it (Gateway API routes for the mesh, GAMMA). The
+//! kernel sends the TCP connections to a Service port with routes to the agent's listener
+//! (`SERVICE_FLAG_L7`, set by `desired`); the listener hands each to the proxy with the
+//! Service it was made to and the client pod's namespace. Everything else never reaches it.
+//!
+//! `routes` decides a request's rule and backend, `filters` applies a rule's filters,
+//! `proxy` serves a client connection, `connector` reaches backends from the node's network
+//! namespace.
 
+pub mod connector;
 pub mod filters;
 pub mod proxy;
 pub mod routes;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{Arc, RwLock},
+};
+
+use mesh_common::{
+    api::{self, Kind, resource},
+    model::ResourceSet,
+};
+
+use self::{
+    connector::NetnsConnector,
+    proxy::{Destination, Endpoints, Proxy},
+    routes::{RouteError, RouteTable, ServiceRef},
+};
+use crate::desired::Compiler;
+
+/// The endpoints of the Services routes send to, as the compiled model gives them.
+#[derive(Debug, Default)]
+struct ModelEndpoints(RwLock<HashMap<(ServiceRef, u16), Vec<SocketAddr>>>);
+
+impl Endpoints for ModelEndpoints {
+    fn endpoints(&self, service: &ServiceRef, port: u16) -> Option<Vec<SocketAddr>> {
+        self.0.read().expect("never poisoned").get(&(service.clone(), port)).cloned()
+    }
+}
+
+/// The proxy and what it needs from the model. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct L7 {
+    proxy: Arc<Proxy<NetnsConnector>>,
+    endpoints: Arc<ModelEndpoints>,
+    /// Cluster IP and port -> the routed Service.
+    frontends: Arc<RwLock<HashMap<SocketAddrV4, ServiceRef>>>,
+}
+
+impl L7 {
+    pub fn new(connector: NetnsConnector) -> Self {
+        let endpoints = Arc::new(ModelEndpoints::default());
+        let proxy = Arc::new(Proxy::new(connector, endpoints.clone()));
+        Self { proxy, endpoints, frontends: Arc::default() }
+    }
+
+    /// Takes the routes of `model`, the frontends they route and the endpoints of every
+    /// Service they send to (from `compiler`, already brought up to `model`). Returns the
+    /// routes left out.
+    pub fn update(&self, model: &ResourceSet, compiler: &Compiler) -> Vec<RouteError> {
+        let routes: Vec<&api::HttpRoute> = model
+            .of_kind(Kind::HttpRoute)
+            .filter_map(|r| match &r.kind {
+                Some(resource::Kind::HttpRoute(route)) => Some(route.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let mut frontends = HashMap::new();
+        let mut backends = BTreeSet::new();
+        for route in &routes {
+            for parent in &route.parents {
+                let service = ServiceRef { namespace: parent.namespace.clone(), name: parent.service.clone() };
+                let key = (Kind::Service as i32, parent.namespace.clone(), parent.service.clone());
+                if let Some(resource::Kind::Service(svc)) = model.get(&key).and_then(|r| r.kind.as_ref()) {
+                    let ports = svc.ports.iter().filter(|p| parent.port == 0 || p.port == parent.port);
+                    for port in ports {
+                        let ips = svc.cluster_ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok());
+                        for ip in ips {
+                            let port = u16::try_from(port.port).unwrap_or_default();
+                            frontends.insert(SocketAddrV4::new(ip, port), service.clone());
+                        }
+                    }
+                }
+            }
+            for rule in &route.rules {
+                let mirrors =
+                    rule.filters.iter().chain(rule.backends.iter().flat_map(|b| b.filters.iter())).filter_map(|f| {
+                        match &f.kind {
+                            Some(api::http_filter::Kind::Mirror(m)) => m.backend.as_ref(),
+                            _ => None,
+                        }
+                    });
+                for backend in rule.backends.iter().chain(mirrors) {
+                    let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
+                    backends.insert((service, u16::try_from(backend.port).unwrap_or_default()));
+                }
+            }
+        }
+        let endpoints = backends
+            .into_iter()
+            .filter_map(|(service, port)| {
+                let addresses = compiler.endpoints(&service.namespace, &service.name, port)?;
+                Some(((service, port), addresses))
+            })
+            .collect();
+        let (table, errors) = RouteTable::build(routes);
+        *self.endpoints.0.write().expect("never poisoned") = endpoints;
+        *self.frontends.write().expect("never poisoned") = frontends;
+        self.proxy.set_routes(table);
+        errors
+    }
+
+    /// The routed Service a connection asked for at `asked` (cluster IP and port), if any.
+    pub fn routed(&self, asked: SocketAddrV4) -> Option<ServiceRef> {
+        self.frontends.read().expect("never poisoned").get(&asked).cloned()
+    }
+
+    /// Serves one client connection to a routed Service until it closes.
+    pub async fn serve(&self, stream: tokio::net::TcpStream, destination: Destination) {
+        let _ = stream.set_nodelay(true);
+        if let Err(err) = self.proxy.clone().serve(stream, destination).await {
+            tracing::debug!("an L7 client connection ended: {err}");
+        }
+    }
+}

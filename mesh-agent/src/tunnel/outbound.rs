@@ -69,6 +69,8 @@ pub struct OutboundStats {
     pub connections: AtomicU64,
     /// Connections carried through a tunnel.
     pub tunnelled: AtomicU64,
+    /// Connections to Service ports with HTTP routes, served by the L7 proxy.
+    pub routed: AtomicU64,
     /// Connections reset, by [`Failure`] (in the order of [`Failure::ALL`]).
     pub failures: [AtomicU64; Failure::ALL.len()],
     /// Bytes from the pods into tunnels, and back.
@@ -95,6 +97,8 @@ pub struct Outbound {
     pub pool: hbone::Pool,
     /// Where a connection not carried is reported, as a dropped flow.
     pub flows: crate::flows::store::FlowStore,
+    /// The L7 proxy, for connections to Service ports with HTTP routes.
+    pub l7: crate::l7::L7,
 }
 
 /// Accepts redirected connections on `listener` until `stop` resolves; then waits for the
@@ -166,6 +170,12 @@ fn dropped(client: SocketAddr, outbound: &Outbound, failure: Failure) -> crate::
     crate::flows::Record { event, unix_ns: crate::flows::unix_now_ns(), seq: 0 }
 }
 
+/// Where a redirected connection goes.
+enum Carried {
+    Tunnel((hbone::Stream, hbone::Lease)),
+    Routed(crate::l7::proxy::Destination),
+}
+
 /// Carries one connection; on failure it has been reset.
 async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outbound) -> Result<(), (Failure, String)> {
     let refuse = |stream: &TcpStream| {
@@ -181,6 +191,22 @@ async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outb
             .origins
             .get(client_v4)
             .ok_or_else(|| fail(Failure::NoDestination, "the kernel left no original destination".into()))?;
+        if let SocketAddr::V4(asked) = original.asked
+            && let Some(service) = outbound.l7.routed(asked)
+        {
+            // Routed: the proxy serves it (and chooses backends per request). A client that is
+            // no known pod gets the producer routes.
+            let client_namespace = outbound
+                .destinations
+                .get(*client_v4.ip())
+                .and_then(|pod| pod.pod.split_once('/').map(|(namespace, _)| namespace.to_owned()))
+                .unwrap_or_default();
+            return Ok(Carried::Routed(crate::l7::proxy::Destination {
+                service,
+                port: asked.port(),
+                client_namespace,
+            }));
+        }
         let source = outbound
             .destinations
             .get(*client_v4.ip())
@@ -211,12 +237,17 @@ async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outb
                     format!("to {} ({}) asked as {}: {err}", original.pod, destination.pod, original.asked),
                 )
             })?;
-        Ok(tunnel)
+        Ok(Carried::Tunnel(tunnel))
     }
     .await;
     // The lease keeps the stream counted on its pooled connection until the copy ends.
     let (mut tunnel, _lease) = match result {
-        Ok(tunnel) => tunnel,
+        Ok(Carried::Tunnel(tunnel)) => tunnel,
+        Ok(Carried::Routed(destination)) => {
+            outbound.stats.routed.fetch_add(1, Ordering::Relaxed);
+            outbound.l7.serve(client_stream, destination).await;
+            return Ok(());
+        }
         Err(err) => {
             refuse(&client_stream);
             return Err(err);

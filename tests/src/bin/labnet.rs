@@ -25,6 +25,11 @@
 //! - `labnet soak --tcp A[,B] --udp C --rate 1000 --duration-ms N --hold 4 --log F`: the
 //!   soak's traffic (`mesh_tests::traffic`): short attempts at a steady rate and long-lived
 //!   connections, every failure (or, with `--log-all`, every attempt) logged with its time.
+//! - `labnet http-echo --port 8081 --pod web-a --namespace demo`: HTTP/1.1 that answers with
+//!   what it received (`mesh_tests::http_echo`); `/status/N` answers N.
+//! - `labnet http-get --to 10.96.0.30:80 --count 100 [--path /x] [--method GET] [--header
+//!   name:value]...`: requests one after another over keep-alive; prints a JSON summary
+//!   (statuses, answering pods, errors, the last answer).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -48,6 +53,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Answer HTTP requests on PORT with what arrived, as pod POD of NAMESPACE.
+    HttpEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Send COUNT HTTP requests to TO over keep-alive connections.
+    HttpGet {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// `name:value`, repeatable.
+        #[arg(long)]
+        header: Vec<String>,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
     /// Answer every TCP connection and UDP datagram on PORT with REPLY.
     Serve {
         #[arg(long)]
@@ -157,6 +189,17 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
+        Cmd::HttpEcho { port, pod, namespace, ready_file } => {
+            mesh_tests::http_echo::serve(port, &pod, &namespace, ready_file.as_deref())
+        }
+        Cmd::HttpGet { to, count, path, method, header, timeout_ms } => {
+            let headers: Vec<(String, String)> = header
+                .iter()
+                .filter_map(|h| h.split_once(':').map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())))
+                .collect();
+            mesh_tests::http_echo::get(to, &method, &path, &headers, count, Duration::from_millis(timeout_ms))
+                .and_then(|r| print(&r))
+        }
         Cmd::Serve { port, reply, read_request, ready_file, cpu } => {
             pin(cpu).and_then(|()| serve(port, &reply, read_request, ready_file))
         }

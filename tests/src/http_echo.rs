@@ -1,0 +1,173 @@
+//! HTTP for the lab (`labnet http-echo`, `labnet http-get`): an echo server that answers as
+//! the Gateway API conformance echo server does (what it received, and who it is), and a
+//! keep-alive client that sends requests one after another and sums up what came back.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+
+/// What the echo server answers (JSON): the pod and namespace it runs as, and the request as
+/// it arrived (header names lowercase, repeated headers' values in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Echoed {
+    pub pod: String,
+    pub namespace: String,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub host: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+/// Serves on `port` (all addresses) until killed: `/status/N` answers N, anything else 200,
+/// each with the [`Echoed`] request as its body and `x-echo-pod` naming the pod.
+pub fn serve(port: u16, pod: &str, namespace: &str, ready_file: Option<&Path>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+        if let Some(file) = ready_file {
+            std::fs::write(file, b"listening\n")?;
+        }
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let (pod, namespace) = (pod.to_owned(), namespace.to_owned());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let (pod, namespace) = (pod.clone(), namespace.clone());
+                    async move { Ok::<_, std::convert::Infallible>(answer(request, &pod, &namespace).await) }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    })
+}
+
+async fn answer(request: Request<Incoming>, pod: &str, namespace: &str) -> Response<Full<Bytes>> {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in request.headers() {
+        headers
+            .entry(name.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let echoed = Echoed {
+        pod: pod.to_owned(),
+        namespace: namespace.to_owned(),
+        method: request.method().to_string(),
+        path: request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        host: request
+            .headers()
+            .get(http::header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        headers,
+    };
+    let status = request
+        .uri()
+        .path()
+        .strip_prefix("/status/")
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::OK);
+    let _ = request.into_body().collect().await;
+    let body = serde_json::to_vec(&echoed).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = pod.parse() {
+        response.headers_mut().insert("x-echo-pod", value);
+    }
+    response
+}
+
+/// What `labnet http-get` saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GetReport {
+    pub sent: u32,
+    /// Answers by status code.
+    pub statuses: BTreeMap<u16, u32>,
+    /// Answers by the pod that echoed them (answers without an echo are not counted here).
+    pub pods: BTreeMap<String, u32>,
+    /// Requests that got no answer, by error.
+    pub errors: BTreeMap<String, u32>,
+    /// Connections the client made (one, unless the server closed one).
+    pub connections: u32,
+    /// The last answer: its status, headers, and echo (when it was one).
+    pub last_status: u16,
+    pub last_headers: BTreeMap<String, String>,
+    pub last_echo: Option<Echoed>,
+}
+
+/// Sends `count` requests (`method` `path`, with `headers`) to `to` one after another over
+/// keep-alive connections, each given `timeout` for its answer.
+pub fn get(
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    count: u32,
+    timeout: Duration,
+) -> std::io::Result<GetReport> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut report = GetReport::default();
+        let mut sender: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+        for _ in 0..count {
+            report.sent += 1;
+            let outcome = tokio::time::timeout(timeout, async {
+                if sender.as_ref().is_none_or(|s| s.is_closed()) {
+                    let stream = tokio::net::TcpStream::connect(to).await?;
+                    let (s, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    tokio::spawn(connection);
+                    report.connections += 1;
+                    sender = Some(s);
+                }
+                let s = sender.as_mut().expect("just made");
+                s.ready().await.map_err(std::io::Error::other)?;
+                let mut request =
+                    Request::builder().method(method).uri(path).header(http::header::HOST, to.to_string());
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let request = request.body(Full::default()).map_err(std::io::Error::other)?;
+                let response = s.send_request(request).await.map_err(std::io::Error::other)?;
+                let status = response.status().as_u16();
+                let headers: BTreeMap<String, String> = response
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                let body = response.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
+                Ok::<_, std::io::Error>((status, headers, serde_json::from_slice::<Echoed>(&body).ok()))
+            })
+            .await;
+            match outcome {
+                Ok(Ok((status, headers, echo))) => {
+                    *report.statuses.entry(status).or_default() += 1;
+                    if let Some(echo) = &echo {
+                        *report.pods.entry(echo.pod.clone()).or_default() += 1;
+                    }
+                    report.last_status = status;
+                    report.last_headers = headers;
+                    report.last_echo = echo;
+                }
+                Ok(Err(err)) => {
+                    *report.errors.entry(err.to_string()).or_default() += 1;
+                    sender = None;
+                }
+                Err(_) => {
+                    *report.errors.entry("timed out".into()).or_default() += 1;
+                    sender = None;
+                }
+            }
+        }
+        Ok(report)
+    })
+}

@@ -1,0 +1,123 @@
+//! HTTP routes for the mesh, end to end in the lab: an HTTPRoute (GAMMA) attached to Service
+//! `echo` makes the kernel send the client's connections to that Service to its node's agent,
+//! whose L7 proxy routes each request (a header match to one backend, a weighted split, a
+//! response header set, 404 for what matches no rule) to HTTP echo servers on both nodes; the
+//! client still sees the Service's address. Connections to the pods themselves and to Services
+//! without routes never reach the agent. Cases after the upstream mesh conformance tests
+//! MeshHTTPRouteMatching, MeshHTTPRouteWeight and MeshHTTPRouteResponseHeaderModifier.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use mesh_tests::{
+    agent::Agent, lab::Placement, labnet, manifests, metrics, operator::Operator, privileges::privileged,
+    scenario::demo,
+};
+
+const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const ECHO_PORT: u16 = 8081;
+
+/// Services `echo` (both web pods), `echo-v1` (web-a, node-0) and `echo-v2` (web-b, node-1),
+/// each port 80 to the pods' 8081, and the route.
+fn manifests(web_a: Ipv4Addr, web_b: Ipv4Addr) -> String {
+    let service = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: http, port: 80, targetPort: {ECHO_PORT}, appProtocol: http}}]\n---\n"
+        )
+    };
+    let slice = |name: &str, service: &str, pods: &[(&str, Ipv4Addr, &str)]| {
+        let endpoints: Vec<String> = pods
+            .iter()
+            .map(|(pod, ip, node)| {
+                format!("- {{addresses: ['{ip}'], nodeName: {node}, targetRef: {{kind: Pod, name: {pod}}}, conditions: {{ready: true}}}}")
+            })
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: demo, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: {ECHO_PORT}, protocol: TCP}}]\nendpoints:\n{}\n---\n",
+            endpoints.join("\n")
+        )
+    };
+    let a = ("web-a", web_a, "node-0");
+    let b = ("web-b", web_b, "node-1");
+    let mut text = String::new();
+    text += &service("echo", &ECHO_VIP.to_string());
+    text += &service("echo-v1", "10.96.0.31");
+    text += &service("echo-v2", "10.96.0.32");
+    text += &slice("echo-1", "echo", &[a, b]);
+    text += &slice("echo-v1-1", "echo-v1", &[a]);
+    text += &slice("echo-v2-1", "echo-v2", &[b]);
+    text += "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: '', kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{headers: [{name: version, value: two}]}]
+    backendRefs: [{name: echo-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs: [{name: echo-v1, port: 80, weight: 70}, {name: echo-v2, port: 80, weight: 30}]
+  - matches: [{path: {type: Exact, value: /v1}}]
+    filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-routed, value: v1}]}}]
+    backendRefs: [{name: echo-v1, port: 80}]
+";
+    text
+}
+
+#[test]
+fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
+    if !privileged("routes_of_a_service_send_its_requests_through_the_l7_proxy") {
+        return;
+    }
+    let (lab, manifest_dir) = demo::lab().expect("lab");
+    // The proxy connects to backends from its node's address, which the demo's policy (web
+    // takes only its http port, from the team's namespaces) does not let in: the client's own
+    // address and identity at the backend come with the tunnel (ARCHITECTURE.md, L7).
+    std::fs::remove_file(manifest_dir.join("policy.yaml")).unwrap();
+    std::fs::write(manifest_dir.join("nodes.yaml"), manifests::nodes(&lab)).unwrap();
+    let (web_a, web_b) = (lab.pod("web-a"), lab.pod("web-b"));
+    std::fs::write(manifest_dir.join("echo.yaml"), manifests(web_a.ip, web_b.ip)).unwrap();
+    let (operator, bundles) = Operator::start_with_pki(&lab, &manifest_dir, &[]).expect("operator serves");
+    let agents = Agent::follow_each_over_tls(&lab, &operator, &bundles, &[]).expect("agents ready over TLS");
+    for web in [web_a, web_b] {
+        labnet::http_echo(&lab, web, ECHO_PORT).expect("echo serves");
+    }
+    let client = Placement::pod(lab.pod(demo::CLIENT));
+    let echo = SocketAddr::from((ECHO_VIP, 80));
+    let logs = || agents.iter().map(Agent::log).collect::<Vec<_>>().join("\n---\n");
+
+    // A header match: every request to web-b's echo (node-1), over one kept-alive connection.
+    let two = labnet::http_get(&lab, &client, echo, "/", &["version: two"], 20).expect("client runs");
+    assert_eq!(two.statuses.get(&200), Some(&20), "{two:?}\n{}", logs());
+    assert_eq!(two.pods.get("web-b"), Some(&20), "{two:?}");
+    assert_eq!(two.connections, 1, "{two:?}");
+    let echoed = two.last_echo.as_ref().expect("an echo");
+    assert_eq!((echoed.path.as_str(), echoed.method.as_str()), ("/", "GET"));
+    assert_eq!(echoed.host, echo.to_string(), "the Host the client sent reaches the backend");
+
+    // A weighted split, 70/30, within 10 points over 300 requests (6 standard deviations).
+    let split = labnet::http_get(&lab, &client, echo, "/split/x", &[], 300).expect("client runs");
+    assert_eq!(split.statuses.get(&200), Some(&300), "{split:?}");
+    let v1 = f64::from(split.pods.get("web-a").copied().unwrap_or_default()) / 300.0;
+    assert!((v1 - 0.7).abs() < 0.1, "{split:?}");
+
+    // A response header set by the route; and a request no rule matches: 404 from the proxy.
+    let one = labnet::http_get(&lab, &client, echo, "/v1", &[], 3).expect("client runs");
+    assert_eq!(one.pods.get("web-a"), Some(&3), "{one:?}");
+    assert_eq!(one.last_headers.get("x-routed").map(String::as_str), Some("v1"), "{one:?}");
+    let none = labnet::http_get(&lab, &client, echo, "/nothing", &[], 3).expect("client runs");
+    assert_eq!(none.statuses.get(&404), Some(&3), "{none:?}");
+
+    // Straight to a pod, and to a Service without routes: never the agent.
+    let node0 = &lab.nodes[0];
+    let routed_before =
+        metrics::value(&metrics::agent(&node0.netns_path), "mesh_tunnel_outbound_connections_total{result=\"routed\"}");
+    assert!(routed_before >= 4.0, "each client run is at least one routed connection: {routed_before}");
+    let direct =
+        labnet::http_get(&lab, &client, (web_b.ip, ECHO_PORT).into(), "/nothing", &[], 3).expect("client runs");
+    assert_eq!(direct.statuses.get(&200), Some(&3), "the pod itself answers every path: {direct:?}");
+    let v1_service = labnet::http_get(&lab, &client, (Ipv4Addr::new(10, 96, 0, 31), 80).into(), "/nothing", &[], 3)
+        .expect("client runs");
+    assert_eq!(v1_service.pods.get("web-a"), Some(&3), "{v1_service:?}");
+    let routed_after =
+        metrics::value(&metrics::agent(&node0.netns_path), "mesh_tunnel_outbound_connections_total{result=\"routed\"}");
+    assert_eq!(routed_after, routed_before, "a connection without routes reached the proxy");
+}
