@@ -303,7 +303,7 @@ async fn serve(
         let err = reader.await;
         tracing::error!("flow events stopped: {err}");
     });
-    let metrics = Metrics::new(state.clone(), directory.clone());
+    let metrics = Metrics::new(state.clone(), directory.clone(), Some(l7.metrics()));
     tokio::spawn(metrics.clone().count_flows());
     // Listeners are bound inside the node's network namespace: a node agent's ports are the
     // node's, as with hostNetwork. Every one with SO_REUSEPORT: a new agent listens beside

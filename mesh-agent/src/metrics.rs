@@ -72,8 +72,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(state: AgentState, directory: SharedDirectory) -> Self {
+    /// `l7`: the L7 proxy's request metrics, registered beside the agent's own.
+    pub fn new(state: AgentState, directory: SharedDirectory, l7: Option<&crate::l7::metrics::L7Metrics>) -> Self {
         let mut registry = Registry::default();
+        if let Some(l7) = l7 {
+            l7.register(&mut registry);
+        }
         let flows = Family::<Labels, Counter>::default();
         registry.register("hubble_flows_processed", "Flow events processed", flows.clone());
         let tcp: [Family<Labels, Counter>; 4] = Default::default();
@@ -498,7 +502,7 @@ mod tests {
     fn the_exposition_is_openmetrics_with_every_family_and_no_maps_yet() {
         let store = FlowStore::new(16);
         let state = AgentState::new("node-0", std::path::PathBuf::from("/nonexistent/bpffs"), store, certificates());
-        let metrics = Metrics::new(state, SharedDirectory::new(Directory::empty("node-0")));
+        let metrics = Metrics::new(state, SharedDirectory::new(Directory::empty("node-0")), None);
         metrics.flows.get_or_create(&vec![("type", "Trace".to_owned()), ("verdict", "FORWARDED".to_owned())]).inc();
         metrics.retransmits.inc_by(3);
         let text = metrics.render();
@@ -524,7 +528,7 @@ mod tests {
         use mesh_common::flows::FlowEvent;
         let store = FlowStore::new(16);
         let state = AgentState::new("node-0", std::path::PathBuf::from("/nonexistent/bpffs"), store, certificates());
-        let metrics = Metrics::new(state, SharedDirectory::new(Directory::empty("node-0")));
+        let metrics = Metrics::new(state, SharedDirectory::new(Directory::empty("node-0")), None);
         let event = |kind: u8, proto: u8, bytes: u64, retrans: u32| crate::flows::Record {
             event: FlowEvent { kind, proto, bytes, reply_bytes: 2 * bytes, retrans, ..FlowEvent::default() },
             ..crate::flows::Record::default()

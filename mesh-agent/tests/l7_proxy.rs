@@ -107,6 +107,7 @@ impl Endpoints for Backends {
 
 struct Lab {
     proxy: SocketAddr,
+    metrics: mesh_agent::l7::metrics::L7Metrics,
     client: Client<HttpConnector, Full<Bytes>>,
     echoes: HashMap<String, Arc<Echo>>,
 }
@@ -140,6 +141,7 @@ async fn start(routes: &str) -> Lab {
     assert!(errors.is_empty(), "{errors:?}");
     let proxy = Arc::new(Proxy::new(HttpConnector::new(), Arc::new(backends)));
     proxy.set_routes(table);
+    let metrics = proxy.metrics().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -153,7 +155,7 @@ async fn start(routes: &str) -> Lab {
             tokio::spawn(proxy.clone().serve(stream, destination));
         }
     });
-    Lab { proxy: address, client: Client::builder(TokioExecutor::new()).build_http(), echoes }
+    Lab { proxy: address, metrics, client: Client::builder(TokioExecutor::new()).build_http(), echoes }
 }
 
 /// What the client saw.
@@ -250,6 +252,23 @@ async fn weights_split_requests_and_weight_zero_gets_none() {
     }
     let v1 = counts.get("v1").copied().unwrap_or_default() as f64 / 2000.0;
     assert!((v1 - 0.7).abs() < 0.05, "{counts:?}");
+    // Every request counted, by backend, under Istio's metric names.
+    let mut registry = prometheus_client::registry::Registry::default();
+    lab.metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let count = |backend: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("destination_backend=\"demo/{backend}:80\""))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(count("echo-v1") + count("echo-v2"), 2000.0, "{text}");
+    assert_eq!(count("echo-v1"), counts["v1"] as f64, "{text}");
+    assert!(text.contains("istio_request_duration_milliseconds_bucket{"), "{text}");
     assert_eq!(counts.get("mirror"), None, "weight 0: {counts:?}");
     assert_eq!(lab.echoes["mirror"].requests.load(Ordering::SeqCst), 0);
 

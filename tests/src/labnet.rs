@@ -82,12 +82,12 @@ pub fn serve(lab: &Lab, pod: &Pod, port: u16, reply: &str) -> Result<u32> {
     spawn_server(lab, pod, port, reply, &[])
 }
 
-/// Starts `labnet http-echo` in `pod` (namespace `demo`) on `port`; returns once it listens.
-pub fn http_echo(lab: &Lab, pod: &Pod, port: u16) -> Result<u32> {
+/// Starts `labnet http-echo` in `pod` (of `namespace`) on `port`; returns once it listens.
+pub fn http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16) -> Result<u32> {
     let ready = lab.dir.join(format!("http-echo-{}-{port}.ready", pod.name));
     let mut command = lab.pod_command(pod, binary())?;
     command
-        .args(["http-echo", "--port", &port.to_string(), "--pod", &pod.name, "--namespace", "demo"])
+        .args(["http-echo", "--port", &port.to_string(), "--pod", &pod.name, "--namespace", namespace])
         .arg("--ready-file")
         .arg(&ready);
     let pid = lab.spawn(&mut command)?;

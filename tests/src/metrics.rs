@@ -29,3 +29,16 @@ pub fn agent(netns: &Path) -> String {
 pub fn value(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
 }
+
+/// The sum of metric `name`'s series whose labels include every one of `labels`
+/// (`key="value"` each).
+pub fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (series, value) = rest.rsplit_once("} ")?;
+            let parts: Vec<&str> = series.split(',').collect();
+            labels.iter().all(|l| parts.contains(l)).then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

@@ -36,6 +36,9 @@ pub struct SoakReport {
     pub held_exchanges: u64,
     pub held_failed: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Short attempts that got their reply, by kind (`tcp`, `udp`, `http`).
+    #[serde(default)]
+    pub ok_by_kind: BTreeMap<String, u64>,
     pub elapsed_s: f64,
 }
 
@@ -44,6 +47,9 @@ pub struct SoakReport {
 pub struct SoakPlan {
     pub tcp: Vec<SocketAddr>,
     pub udp: Vec<SocketAddr>,
+    /// HTTP services: each attempt a GET on a new connection (`http_echo::get`), its reply the
+    /// echoing pod.
+    pub http: Vec<SocketAddr>,
     /// Short attempts a second, TCP and UDP together (taken in turn).
     pub rate: u32,
     pub duration: Duration,
@@ -63,10 +69,15 @@ const HELD_EVERY: Duration = Duration::from_millis(200);
 /// Runs `plan`, appending attempts to the JSON-lines file `log`. Bounded: it ends after
 /// `plan.duration` plus one timeout.
 pub fn soak(plan: &SoakPlan, log: &Path) -> std::io::Result<SoakReport> {
-    let targets: Vec<(bool, SocketAddr)> =
-        plan.tcp.iter().map(|a| (true, *a)).chain(plan.udp.iter().map(|a| (false, *a))).collect();
+    let targets: Vec<(&str, SocketAddr)> = plan
+        .tcp
+        .iter()
+        .map(|a| ("tcp", *a))
+        .chain(plan.udp.iter().map(|a| ("udp", *a)))
+        .chain(plan.http.iter().map(|a| ("http", *a)))
+        .collect();
     if targets.is_empty() || plan.rate == 0 {
-        return Err(std::io::Error::other("nothing to send: give --tcp or --udp and a rate above 0"));
+        return Err(std::io::Error::other("nothing to send: give --tcp, --udp or --http and a rate above 0"));
     }
     let log = Arc::new(Mutex::new(std::io::BufWriter::new(std::fs::File::create(log)?)));
     let report = Arc::new(Mutex::new(SoakReport::default()));
@@ -83,11 +94,14 @@ pub fn soak(plan: &SoakPlan, log: &Path) -> std::io::Result<SoakReport> {
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
-                    let (tcp, to) = targets[n as usize % targets.len()];
+                    let (kind, to) = targets[n as usize % targets.len()];
                     let at_ms = now_ms();
-                    let result = if tcp { tcp_once(to, plan.timeout) } else { udp_once(to, plan.timeout, 4) };
-                    let result = result.map(|(reply, _)| reply);
-                    let attempt = outcome(at_ms, if tcp { "tcp" } else { "udp" }, to, result);
+                    let result = match kind {
+                        "tcp" => tcp_once(to, plan.timeout).map(|(reply, _)| reply),
+                        "udp" => udp_once(to, plan.timeout, 4).map(|(reply, _)| reply),
+                        _ => http_once(to, plan.timeout),
+                    };
+                    let attempt = outcome(at_ms, kind, to, result);
                     record(log, report, &attempt, plan.log_all, false);
                     n += u64::from(WORKERS);
                 }
@@ -165,6 +179,7 @@ fn record(log: &Mutex<Log>, report: &Mutex<SoakReport>, attempt: &Attempt, log_a
             (false, false) => {
                 report.attempts += 1;
                 report.ok += 1;
+                *report.ok_by_kind.entry(attempt.kind.clone()).or_default() += 1;
             }
             (false, true) => {
                 report.attempts += 1;
@@ -188,6 +203,19 @@ fn outcome(at_ms: u64, kind: &str, to: SocketAddr, result: std::io::Result<Strin
         Err(err) => (String::new(), err.to_string()),
     };
     Attempt { at_ms, kind: kind.into(), to: to.to_string(), error, reply }
+}
+
+/// One GET on a new connection: the echoing pod, or why there was none (a status other than
+/// 200 is a failure).
+pub fn http_once(to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let report = crate::http_echo::get(to, "GET", "/soak", &[], 1, timeout)?;
+    if let Some((error, _)) = report.errors.into_iter().next() {
+        return Err(std::io::Error::other(error));
+    }
+    match (report.last_status, report.last_echo) {
+        (200, Some(echo)) => Ok(echo.pod),
+        (status, _) => Err(std::io::Error::other(format!("answered {status}"))),
+    }
 }
 
 /// Connect, read the reply line, close: the reply and the peer as the client saw it

@@ -78,7 +78,7 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
     let (operator, bundles) = Operator::start_with_pki(&lab, &manifest_dir, &[]).expect("operator serves");
     let agents = Agent::follow_each_over_tls(&lab, &operator, &bundles, &[]).expect("agents ready over TLS");
     for web in [web_a, web_b] {
-        labnet::http_echo(&lab, web, ECHO_PORT).expect("echo serves");
+        labnet::http_echo(&lab, web, "demo", ECHO_PORT).expect("echo serves");
     }
     let client = Placement::pod(lab.pod(demo::CLIENT));
     let echo = SocketAddr::from((ECHO_VIP, 80));
@@ -120,4 +120,25 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
     let routed_after =
         metrics::value(&metrics::agent(&node0.netns_path), "mesh_tunnel_outbound_connections_total{result=\"routed\"}");
     assert_eq!(routed_after, routed_before, "a connection without routes reached the proxy");
+
+    // Golden metrics under Istio's names: the requests by route, backend and response code.
+    let text = metrics::agent(&node0.netns_path);
+    let requests = |labels: &[&str]| metrics::sum(&text, "istio_requests_total", labels);
+    let echo = ["destination_service_namespace=\"demo\"", "destination_service_name=\"echo\""];
+    let header_rule = [
+        &echo[..],
+        &[
+            "route=\"demo/echo\"",
+            "route_rule=\"0\"",
+            "destination_backend=\"demo/echo-v2:80\"",
+            "response_code=\"200\"",
+        ],
+    ]
+    .concat();
+    assert_eq!(requests(&header_rule), 20.0, "{text}");
+    let split = [&echo[..], &["route_rule=\"1\""]].concat();
+    assert_eq!(requests(&split), 300.0, "{text}");
+    let unmatched = [&echo[..], &["route=\"\"", "response_code=\"404\""]].concat();
+    assert_eq!(requests(&unmatched), 3.0, "{text}");
+    assert!(text.contains("istio_request_duration_milliseconds_bucket{"), "{text}");
 }

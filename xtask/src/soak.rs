@@ -1,15 +1,16 @@
 //! `cargo xtask soak`: the mesh under steady traffic while a chaos schedule kills, freezes and
 //! churns it. A two-node lab in local mode:
 //!
-//! - node-0: `client`, `web-a`, `churn-a`; node-1: `web-b`, `intruder`, `churn-b`, `guarded`,
-//!   `secure`.
+//! - node-0: `client`, `web-a`, `churn-a`, `routed-a`; node-1: `web-b`, `intruder`, `churn-b`,
+//!   `guarded`, `secure`, `routed-b`.
 //! - Services (TCP and UDP port 80 -> 8080): `web` (web-a, web-b), `churn` (the churn pods
 //!   present), `guarded` (TCP), `secure` (TCP; STRICT, so every connection from `client` goes
-//!   through the agents' mutual-TLS tunnel). A NetworkPolicy lets only `client` into web, churn
+//!   through the agents' mutual-TLS tunnel), `routed` (HTTP echo servers on both nodes, with an
+//!   HTTPRoute: every connection from `client` goes through node-0's L7 proxy). A NetworkPolicy lets only `client` into web, churn
 //!   and secure pods; `guarded`'s policy flips between allowing `client` and denying everyone.
 //!   The operator runs its CA (mutual TLS to the agents, workload certificates).
-//! - Traffic (`labnet soak`): `client` makes `--rate` short connections and UDP requests a
-//!   second to web, churn and secure, and holds long-lived connections to them; `intruder`
+//! - Traffic (`labnet soak`): `client` makes `--rate` short connections, UDP requests and HTTP
+//!   requests (each on a new connection, to routed) a second to web, churn, secure and routed, and holds long-lived connections to them; `intruder`
 //!   probes web (every answer is a policy violation); `client` probes guarded (an answer while
 //!   it is denied is a violation, a failure while it is allowed is a failed connection).
 //! - Chaos, every cycle: each agent SIGKILLed and restarted, each agent replaced as a rolling
@@ -20,7 +21,7 @@
 //!   while nothing is down or due within 2.5 s (so that the flip reaches the datapath).
 //!
 //! Checked: no client attempt to a live endpoint fails (each failure printed with the chaos
-//! events around it), but a tunnelled one (to secure) in flight while an agent it passes through is
+//! events around it), but a tunnelled or proxied one (to secure or routed) in flight while an agent it passes through is
 //! SIGKILLed and until its successor holds its certificates (a userspace hop that dies takes
 //! its connections with it: counted apart, `tunnel_broken_by_kill`); no denied probe is
 //! answered, agent and operator RSS (sampled every
@@ -51,12 +52,15 @@ use crate::{
     cargo,
 };
 
-const NODES: [&[&str]; 2] = [&["client", "web-a", "churn-a"], &["web-b", "intruder", "churn-b", "guarded", "secure"]];
+const NODES: [&[&str]; 2] =
+    [&["client", "web-a", "churn-a", "routed-a"], &["web-b", "intruder", "churn-b", "guarded", "secure", "routed-b"]];
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const GUARDED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const CHURN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 /// STRICT: only through the tunnel.
 const SECURE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+/// HTTP with an HTTPRoute: every connection from `client` goes through node-0's L7 proxy.
+const ROUTED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
 /// After a SIGKILLed agent's successor is ready, tunnelled connections may still fail this
 /// long (it accepts once it holds its pods' certificates).
 const KILL_EXCUSE_MS: u64 = 3_000;
@@ -148,6 +152,9 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     for pod in ["web-a", "web-b", "churn-a", "churn-b", "guarded", "secure"] {
         mesh_tests::labnet::serve(&lab, lab.pod(pod), TARGET_PORT, pod)?;
     }
+    for pod in ["routed-a", "routed-b"] {
+        mesh_tests::labnet::http_echo(&lab, lab.pod(pod), "soak", TARGET_PORT)?;
+    }
     let manifests = lab.dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     write_atomic(&manifests, "base.yaml", &base_manifests(&lab))?;
@@ -212,6 +219,10 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     let second = traffic(&lab, &logs, "tail", rate, TAIL, || chaos.run(TAIL, &[]))?;
     std::thread::sleep(Duration::from_secs(2));
     let counted_after = count_events(&lab, &chaos)?;
+    // The requests node-0's agent (the one that ran through the final window) proxied to routed.
+    let proxy_metrics = mesh_tests::metrics::agent(&lab.nodes[0].netns_path);
+    let through_proxy =
+        mesh_tests::metrics::sum(&proxy_metrics, "istio_requests_total", &["destination_service_name=\"routed\""]);
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.join().expect("the RSS sampler panicked");
 
@@ -221,8 +232,9 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     // ones while an agent they pass through was SIGKILLed (until its successor could carry
     // them), which are counted apart.
     let secure = SocketAddr::from((SECURE, PORT)).to_string();
+    let routed = SocketAddr::from((ROUTED, PORT)).to_string();
     let killed = |a: &Attempt| {
-        a.to == secure
+        (a.to == secure || a.to == routed)
             && chaos
                 .kills
                 .iter()
@@ -259,7 +271,20 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     rows.push(row("soak", "connections", connections as f64, "count"));
     rows.push(row("soak", "held_exchanges", held as f64, "count"));
     rows.push(row("soak", "failed", failed as f64, "count"));
-    rows.push(row("soak", "tunnel_broken_by_kill", broken_by_kill.len() as f64, "count"));
+    let (proxy_broken, tunnel_broken): (Vec<&Attempt>, Vec<&Attempt>) =
+        broken_by_kill.iter().partition(|a| a.to == routed);
+    let proxied = [&first.client, &second.client].iter().filter_map(|r| r.ok_by_kind.get("http")).sum::<u64>();
+    rows.push(row("soak", "tunnel_broken_by_kill", tunnel_broken.len() as f64, "count"));
+    rows.push(row("soak", "proxied", proxied as f64, "count"));
+    rows.push(row("soak", "proxy_broken_by_kill", proxy_broken.len() as f64, "count"));
+    // Every HTTP request of the final window went through the proxy (a broken redirect would
+    // reach the pods directly and still be answered).
+    let tail_proxied = second.client.ok_by_kind.get("http").copied().unwrap_or_default();
+    if tail_proxied == 0 || through_proxy < tail_proxied as f64 {
+        problems.push(format!(
+            "{tail_proxied} HTTP requests to routed answered in the final window, but node-0's L7 proxy counted {through_proxy}"
+        ));
+    }
     rows.push(row("soak", "tunnel_held_cut_after_drain", cut_after_drain.len() as f64, "count"));
     rows.push(row(
         "soak",
@@ -332,8 +357,16 @@ fn traffic(
     let service = |ip: Ipv4Addr| SocketAddr::from((ip, PORT)).to_string();
     let (both, web, guarded) = (format!("{},{}", service(WEB), service(CHURN)), service(WEB), service(GUARDED));
     let tcp = format!("{both},{}", service(SECURE));
+    let http = service(ROUTED);
     let generators = [
-        ("client", "client", vec!["--tcp", &tcp, "--udp", &both, "--hold", "6"], rate, CLIENT_TIMEOUT_MS, false),
+        (
+            "client",
+            "client",
+            vec!["--tcp", &tcp, "--udp", &both, "--http", &http, "--hold", "6"],
+            rate,
+            CLIENT_TIMEOUT_MS,
+            false,
+        ),
         ("intruder", "intruder", vec!["--tcp", &web, "--udp", &web], PROBE_RATE, PROBE_TIMEOUT_MS, true),
         ("guarded", "client", vec!["--tcp", &guarded], PROBE_RATE, PROBE_TIMEOUT_MS, true),
     ];
@@ -717,9 +750,15 @@ fn base_manifests(lab: &Lab) -> String {
         ("web-b", "web"),
         ("guarded", "guarded"),
         ("secure", "secure"),
+        ("routed-a", "routed"),
+        ("routed-b", "routed"),
     ] {
         text.push_str(&pod(lab, name, app));
     }
+    text.push_str(&service("routed", ROUTED, false));
+    text.push_str(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: routed, namespace: soak}\nspec:\n  parentRefs: [{group: '', kind: Service, name: routed, port: 80}]\n  rules:\n  - backendRefs: [{name: routed, port: 80}]\n---\n",
+    );
     text.push_str(&service("web", WEB, true));
     text.push_str(&service("churn", CHURN, true));
     text.push_str(&service("guarded", GUARDED, false));

@@ -9,6 +9,7 @@
 
 pub mod connector;
 pub mod filters;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 
@@ -110,6 +111,11 @@ impl L7 {
         *self.frontends.write().expect("never poisoned") = frontends;
         self.proxy.set_routes(table);
         errors
+    }
+
+    /// The proxy's request metrics.
+    pub fn metrics(&self) -> &metrics::L7Metrics {
+        self.proxy.metrics()
     }
 
     /// The routed Service a connection asked for at `asked` (cluster IP and port), if any.

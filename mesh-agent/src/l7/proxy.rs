@@ -28,6 +28,7 @@ use mesh_common::api;
 
 use super::{
     filters,
+    metrics::{L7Metrics, RequestLabels},
     routes::{RouteTable, Routing, ServiceRef, pick_backend},
 };
 
@@ -59,6 +60,7 @@ pub struct Destination {
 
 pub struct Proxy<C> {
     routes: RwLock<Arc<RouteTable>>,
+    metrics: L7Metrics,
     endpoints: Arc<dyn Endpoints>,
     client: Client<C, Body>,
 }
@@ -70,7 +72,12 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Self { routes: RwLock::new(Arc::default()), endpoints, client }
+        Self { routes: RwLock::new(Arc::default()), metrics: L7Metrics::default(), endpoints, client }
+    }
+
+    /// Its request metrics (to register with the agent's).
+    pub fn metrics(&self) -> &L7Metrics {
+        &self.metrics
     }
 
     /// Replaces the route table (requests already routed keep the table they were routed by).
@@ -86,7 +93,18 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let destination = Arc::new(destination);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let (proxy, destination) = (self.clone(), destination.clone());
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, &destination).await) }
+            async move {
+                let started = Instant::now();
+                let mut labels = RequestLabels {
+                    source_namespace: destination.client_namespace.clone(),
+                    service_namespace: destination.service.namespace.clone(),
+                    service_name: destination.service.name.clone(),
+                    ..RequestLabels::default()
+                };
+                let response = proxy.handle(request, &destination, &mut labels).await;
+                proxy.metrics.record(&labels, response.status().as_u16(), started.elapsed());
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -96,13 +114,15 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             .await
     }
 
-    async fn handle(&self, request: Request<Incoming>, to: &Destination) -> Response<Body> {
+    /// Answers one request; `labels` gets the route, rule and backend that answered it.
+    async fn handle(&self, request: Request<Incoming>, to: &Destination, labels: &mut RequestLabels) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let table = self.routes.read().expect("routes lock").clone();
         let selected =
             match table.select(&to.service, to.port, &to.client_namespace, &parts.method, &parts.uri, &parts.headers) {
                 Routing::NotRouted => {
+                    labels.backend = format!("{}/{}:{}", to.service.namespace, to.service.name, to.port);
                     let body = body.map_err(BoxError::from).boxed();
                     return match self.send_once(&to.service, to.port, &parts, body).await {
                         Ok(response) => finish(response, &[]),
@@ -113,6 +133,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 Routing::Rule(selected) => selected,
             };
         let rule = selected.rule.clone();
+        labels.route = selected.route.to_string();
+        labels.rule = if rule.name.is_empty() { selected.rule_index.to_string() } else { rule.name.clone() };
         let mut response_modifiers = Vec::new();
         let mut mirrors = Vec::new();
         let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
@@ -151,6 +173,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         }
         let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
         let port = u16::try_from(backend.port).unwrap_or_default();
+        labels.backend = format!("{}/{}:{port}", service.namespace, service.name);
         let retry = rule.retry.as_ref().filter(|r| r.attempts > 0);
         // A body is kept only when it may be sent more than once.
         let (kept, mut streamed) = if retry.is_some() || !mirrors.is_empty() {

@@ -159,6 +159,8 @@ enum Cmd {
         tcp: Vec<SocketAddr>,
         #[arg(long, value_delimiter = ',')]
         udp: Vec<SocketAddr>,
+        #[arg(long, value_delimiter = ',')]
+        http: Vec<SocketAddr>,
         #[arg(long, default_value_t = 1000)]
         rate: u32,
         #[arg(long)]
@@ -216,10 +218,11 @@ fn main() -> std::process::ExitCode {
         Cmd::Probe { to, protocol, timeout_ms } => {
             print(&probe(&to, protocol == "tcp", Duration::from_millis(timeout_ms)))
         }
-        Cmd::Soak { tcp, udp, rate, duration_ms, timeout_ms, hold, log, log_all } => {
+        Cmd::Soak { tcp, udp, http, rate, duration_ms, timeout_ms, hold, log, log_all } => {
             let plan = mesh_tests::traffic::SoakPlan {
                 tcp,
                 udp,
+                http,
                 rate,
                 duration: Duration::from_millis(duration_ms),
                 timeout: Duration::from_millis(timeout_ms),
