@@ -96,13 +96,30 @@ async fn echo(name: &str) -> Arc<Echo> {
     echo
 }
 
-/// Services → their echo servers (port 80 of each).
+/// Services → their echo servers (port 80 of each); `grpc` speaks HTTP/2 only.
 struct Backends(HashMap<String, Vec<SocketAddr>>);
 
 impl Endpoints for Backends {
     fn endpoints(&self, service: &ServiceRef, port: u16) -> Option<Vec<SocketAddr>> {
         (service.namespace == "demo" && port == 80).then(|| self.0.get(&service.name).cloned()).flatten()
     }
+
+    fn http2(&self, service: &ServiceRef, _port: u16) -> bool {
+        service.name == "grpc"
+    }
+}
+
+/// A gRPC server (the standard health service, SERVING) on loopback.
+async fn grpc_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+    });
+    address
 }
 
 struct Lab {
@@ -121,7 +138,9 @@ async fn start(routes: &str) -> Lab {
         echoes.insert(name.to_owned(), echo(name).await);
     }
     let addr = |n: &str| vec![echoes[n].addr];
+    let grpc = grpc_backend().await;
     let backends = Backends(HashMap::from([
+        ("grpc".to_owned(), vec![grpc]),
         ("echo".to_owned(), vec![echoes["v1"].addr, echoes["v2"].addr]),
         ("echo-v1".to_owned(), addr("v1")),
         ("echo-v2".to_owned(), addr("v2")),
@@ -442,4 +461,32 @@ async fn connections_are_kept_alive_and_pooled() {
     // comes before the last answer's connection is back in the pool.
     let connections = v1.connections.load(Ordering::SeqCst);
     assert!(connections <= 10, "{connections} connections to the backend for 200 requests in turn");
+}
+
+/// gRPC through the proxy: a real gRPC client (HTTP/2 with prior knowledge, `te: trailers`) to
+/// the standard health service, routed by its method path; the answer's status travels in the
+/// HTTP/2 trailers.
+#[tokio::test]
+async fn grpc_requests_are_routed_over_http2() {
+    let lab = start(&route(
+        "grpc",
+        "  rules:
+  - matches: [{path: {type: PathPrefix, value: /grpc.health.v1.Health}}]
+    backendRefs: [{name: grpc, port: 80}]
+  - backendRefs: [{name: echo-v1, port: 80}]",
+    ))
+    .await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", lab.proxy)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for _ in 0..20 {
+        let answer =
+            health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("served");
+        assert_eq!(answer.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    }
+    // An unknown service: the server's NOT_FOUND status, carried in the trailers.
+    let unknown = health.check(tonic_health::pb::HealthCheckRequest { service: "nope".into() }).await;
+    assert_eq!(unknown.expect_err("not found").code(), tonic::Code::NotFound);
+    // HTTP/1.1 clients still reach the other rule on the same connection-level listener.
+    assert_eq!(lab.get("/").await.backend(), "v1");
 }

@@ -31,15 +31,26 @@ use self::{
 };
 use crate::desired::Compiler;
 
-/// The endpoints of the Services routes send to, as the compiled model gives them.
+/// The endpoints of the Services routes send to, as the compiled model gives them, and whether
+/// each port speaks HTTP/2 cleartext.
 #[derive(Debug, Default)]
-struct ModelEndpoints(RwLock<HashMap<(ServiceRef, u16), Vec<SocketAddr>>>);
+struct ModelEndpoints(RwLock<HashMap<(ServiceRef, u16), Upstream>>);
+
+/// A backend Service port: its endpoints, and whether it speaks HTTP/2 cleartext.
+type Upstream = (Vec<SocketAddr>, bool);
 
 impl Endpoints for ModelEndpoints {
     fn endpoints(&self, service: &ServiceRef, port: u16) -> Option<Vec<SocketAddr>> {
-        self.0.read().expect("never poisoned").get(&(service.clone(), port)).cloned()
+        self.0.read().expect("never poisoned").get(&(service.clone(), port)).map(|(addresses, _)| addresses.clone())
+    }
+
+    fn http2(&self, service: &ServiceRef, port: u16) -> bool {
+        self.0.read().expect("never poisoned").get(&(service.clone(), port)).is_some_and(|(_, http2)| *http2)
     }
 }
+
+/// `appProtocol` values that mean HTTP/2 cleartext (Kubernetes' own, and gRPC's).
+pub const HTTP2_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/h2c", "grpc"];
 
 /// The proxy and what it needs from the model. Cheap to clone (shared).
 #[derive(Clone)]
@@ -103,7 +114,15 @@ impl L7 {
             .into_iter()
             .filter_map(|(service, port)| {
                 let addresses = compiler.endpoints(&service.namespace, &service.name, port)?;
-                Some(((service, port), addresses))
+                let key = (Kind::Service as i32, service.namespace.clone(), service.name.clone());
+                let http2 = match model.get(&key).and_then(|r| r.kind.as_ref()) {
+                    Some(resource::Kind::Service(svc)) => svc
+                        .ports
+                        .iter()
+                        .any(|p| p.port == u32::from(port) && HTTP2_APP_PROTOCOLS.contains(&p.app_protocol.as_str())),
+                    _ => false,
+                };
+                Some(((service, port), (addresses, http2)))
             })
             .collect();
         let (table, errors) = RouteTable::build(routes);

@@ -1,5 +1,6 @@
-//! The L7 proxy for one client connection to a Service with routes: HTTP/1.1 from the client
-//! (keep-alive), each request routed by the route table, its filters applied, sent to a
+//! The L7 proxy for one client connection to a Service with routes: HTTP/1.1 (keep-alive) or
+//! HTTP/2 cleartext (prior knowledge, as gRPC clients speak it) from the client, told apart by
+//! the HTTP/2 preface; each request routed by the route table, its filters applied, sent to a
 //! backend chosen by weight through a pooled client (hyper-util's), with the rule's timeouts
 //! and retries.
 //!
@@ -41,12 +42,21 @@ pub const MAX_BUFFERED_BODY: usize = 4 << 20;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pooled connections to backends idle this long are closed.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// HTTP/2 connections (both sides) are PINGed after this much silence, and dropped when the
+/// answer takes twice as long.
+pub const H2_KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The addresses behind a Service port (its ready endpoints), as the model has them; `None`
 /// when there is no such Service or port (an invalid backend: answered 500, as Gateway API
 /// specifies), empty when it has no ready endpoint (503).
 pub trait Endpoints: Send + Sync + 'static {
     fn endpoints(&self, service: &ServiceRef, port: u16) -> Option<Vec<SocketAddr>>;
+
+    /// Whether the Service port speaks HTTP/2 cleartext (`appProtocol` `kubernetes.io/h2c` or
+    /// `grpc`): requests to it go over HTTP/2 even when the client spoke HTTP/1.1.
+    fn http2(&self, _service: &ServiceRef, _port: u16) -> bool {
+        false
+    }
 }
 
 /// Where a client connection was going: the Service and port it connected to, and the
@@ -63,16 +73,24 @@ pub struct Proxy<C> {
     metrics: L7Metrics,
     endpoints: Arc<dyn Endpoints>,
     client: Client<C, Body>,
+    /// HTTP/2 with prior knowledge, for h2c and gRPC backends and for HTTP/2 clients' requests.
+    client_h2: Client<C, Body>,
 }
 
 impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     pub fn new(connector: C, endpoints: Arc<dyn Endpoints>) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
+        let builder = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
+            builder
+        };
+        let client = builder().build(connector.clone());
+        let client_h2 = builder()
+            .http2_only(true)
+            .http2_keep_alive_interval(H2_KEEPALIVE)
+            .http2_keep_alive_timeout(H2_KEEPALIVE * 2)
             .build(connector);
-        Self { routes: RwLock::new(Arc::default()), metrics: L7Metrics::default(), endpoints, client }
+        Self { routes: RwLock::new(Arc::default()), metrics: L7Metrics::default(), endpoints, client, client_h2 }
     }
 
     /// Its request metrics (to register with the agent's).
@@ -86,7 +104,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     }
 
     /// Serves one client connection until it closes.
-    pub async fn serve<IO>(self: Arc<Self>, io: IO, destination: Destination) -> Result<(), hyper::Error>
+    pub async fn serve<IO>(self: Arc<Self>, io: IO, destination: Destination) -> Result<(), BoxError>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -106,12 +124,10 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(io), service)
-            .await
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+        builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE * 2);
+        builder.serve_connection_with_upgrades(TokioIo::new(io), service).await
     }
 
     /// Answers one request; `labels` gets the route, rule and backend that answered it.
@@ -263,14 +279,21 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
             return Err(Refusal(StatusCode::BAD_REQUEST, "the request's path is not valid".into()));
         };
-        let mut request = Request::builder().method(parts.method.clone()).uri(uri).version(http::Version::HTTP_11);
+        let http2 = parts.version == http::Version::HTTP_2 || self.endpoints.http2(service, port);
+        let version = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let mut request = Request::builder().method(parts.method.clone()).uri(uri).version(version);
         if let Some(headers) = request.headers_mut() {
             headers.clone_from(&parts.headers);
+            if http2 {
+                // HTTP/2 carries the authority as a pseudo-header (from the URI), never as Host.
+                headers.remove(header::HOST);
+            }
         }
         let request = request
             .body(body)
             .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "the request cannot be forwarded".into()))?;
-        self.client.request(request).await.map_err(|err| {
+        let client = if http2 { &self.client_h2 } else { &self.client };
+        client.request(request).await.map_err(|err| {
             tracing::debug!("{}/{}:{port} at {endpoint}: {err:?}", service.namespace, service.name);
             Refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers".into())
         })
@@ -367,8 +390,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name.as_str());
     }
+    // `te: trailers` is end to end in HTTP/2 (gRPC sends it); any other TE is not.
+    let trailers = headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
