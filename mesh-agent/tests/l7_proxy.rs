@@ -124,6 +124,8 @@ async fn grpc_backend() -> SocketAddr {
 
 struct Lab {
     proxy: SocketAddr,
+    /// Tells the proxy's connections to drain.
+    drain: tokio::sync::watch::Sender<bool>,
     metrics: mesh_agent::l7::metrics::L7Metrics,
     client: Client<HttpConnector, Full<Bytes>>,
     echoes: HashMap<String, Arc<Echo>>,
@@ -163,6 +165,7 @@ async fn start(routes: &str) -> Lab {
     let metrics = proxy.metrics().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let (drain, draining) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
@@ -171,10 +174,10 @@ async fn start(routes: &str) -> Lab {
                 port: 80,
                 client_namespace: "demo".into(),
             };
-            tokio::spawn(proxy.clone().serve(stream, destination));
+            tokio::spawn(proxy.clone().serve(stream, destination, draining.clone()));
         }
     });
-    Lab { proxy: address, metrics, client: Client::builder(TokioExecutor::new()).build_http(), echoes }
+    Lab { proxy: address, drain, metrics, client: Client::builder(TokioExecutor::new()).build_http(), echoes }
 }
 
 /// What the client saw.
@@ -489,4 +492,23 @@ async fn grpc_requests_are_routed_over_http2() {
     assert_eq!(unknown.expect_err("not found").code(), tonic::Code::NotFound);
     // HTTP/1.1 clients still reach the other rule on the same connection-level listener.
     assert_eq!(lab.get("/").await.backend(), "v1");
+}
+
+/// A draining proxy (its agent SIGTERMed) answers the request in flight, then closes the
+/// kept-alive connection instead of waiting for the next request.
+#[tokio::test]
+async fn draining_answers_requests_in_flight_then_closes() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let lab = start(&route("drain", "  rules:\n  - backendRefs: [{name: echo-v1, port: 80}]")).await;
+    let mut stream = tokio::net::TcpStream::connect(lab.proxy).await.unwrap();
+    stream.write_all(b"GET /slow HTTP/1.1\r\nhost: echo\r\n\r\n").await.unwrap();
+    // In flight: the backend answers after 1 s.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lab.drain.send(true).unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection stayed open after its answer: {:?}", String::from_utf8_lossy(&answer));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"backend\":\"v1\""), "{text}");
 }

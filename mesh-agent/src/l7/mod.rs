@@ -142,10 +142,16 @@ impl L7 {
         self.frontends.read().expect("never poisoned").get(&asked).cloned()
     }
 
-    /// Serves one client connection to a routed Service until it closes.
-    pub async fn serve(&self, stream: tokio::net::TcpStream, destination: Destination) {
+    /// Serves one client connection to a routed Service until it closes, or (once `draining`
+    /// turns true) until its requests in flight are answered.
+    pub async fn serve(
+        &self,
+        stream: tokio::net::TcpStream,
+        destination: Destination,
+        draining: tokio::sync::watch::Receiver<bool>,
+    ) {
         let _ = stream.set_nodelay(true);
-        if let Err(err) = self.proxy.clone().serve(stream, destination).await {
+        if let Err(err) = self.proxy.clone().serve(stream, destination, draining).await {
             tracing::debug!("an L7 client connection ended: {err}");
         }
     }

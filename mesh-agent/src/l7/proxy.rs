@@ -103,8 +103,15 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         *self.routes.write().expect("routes lock") = Arc::new(table);
     }
 
-    /// Serves one client connection until it closes.
-    pub async fn serve<IO>(self: Arc<Self>, io: IO, destination: Destination) -> Result<(), BoxError>
+    /// Serves one client connection until it closes. Once `draining` turns true, the
+    /// connection finishes the requests in flight and takes no new one (HTTP/1.1 closes after
+    /// its current answer, HTTP/2 sends GOAWAY), as a SIGTERMed agent drains.
+    pub async fn serve<IO>(
+        self: Arc<Self>,
+        io: IO,
+        destination: Destination,
+        mut draining: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), BoxError>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -127,7 +134,20 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
         builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE * 2);
-        builder.serve_connection_with_upgrades(TokioIo::new(io), service).await
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let drain = async {
+            // A dropped sender never drains.
+            if draining.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = connection.as_mut() => return served,
+            () = drain => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        connection.await
     }
 
     /// Answers one request; `labels` gets the route, rule and backend that answered it.

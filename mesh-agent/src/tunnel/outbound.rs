@@ -102,13 +102,16 @@ pub struct Outbound {
 }
 
 /// Accepts redirected connections on `listener` until `stop` resolves; then waits for the
-/// carried ones to end (the caller bounds the wait: the drain's grace period).
+/// carried ones to end (the caller bounds the wait: the drain's grace period). The L7 proxy's
+/// connections are told to drain at once: each finishes its requests in flight and takes no
+/// new one.
 pub async fn serve(
     listener: TcpListener,
     outbound: Outbound,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let mut connections = tokio::task::JoinSet::new();
+    let (drain, draining) = tokio::sync::watch::channel(false);
     tokio::pin!(stop);
     loop {
         while connections.try_join_next().is_some() {}
@@ -119,14 +122,15 @@ pub async fn serve(
             },
             () = &mut stop => {
                 drop(listener);
+                let _ = drain.send(true);
                 while connections.join_next().await.is_some() {}
                 return Ok(());
             }
         };
         outbound.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let outbound = outbound.clone();
+        let (outbound, draining) = (outbound.clone(), draining.clone());
         connections.spawn(async move {
-            if let Err((failure, reason)) = carry(stream, client, &outbound).await {
+            if let Err((failure, reason)) = carry(stream, client, &outbound, draining).await {
                 outbound.stats.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client, reason = failure.as_str(), "connection not tunnelled: {reason}");
                 outbound.flows.push(vec![dropped(client, &outbound, failure)]);
@@ -177,7 +181,12 @@ enum Carried {
 }
 
 /// Carries one connection; on failure it has been reset.
-async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outbound) -> Result<(), (Failure, String)> {
+async fn carry(
+    mut client_stream: TcpStream,
+    client: SocketAddr,
+    outbound: &Outbound,
+    draining: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), (Failure, String)> {
     let refuse = |stream: &TcpStream| {
         // A reset, not an orderly close: the client must not take it for an empty answer.
         let _ = stream.set_zero_linger();
@@ -245,7 +254,7 @@ async fn carry(mut client_stream: TcpStream, client: SocketAddr, outbound: &Outb
         Ok(Carried::Tunnel(tunnel)) => tunnel,
         Ok(Carried::Routed(destination)) => {
             outbound.stats.routed.fetch_add(1, Ordering::Relaxed);
-            outbound.l7.serve(client_stream, destination).await;
+            outbound.l7.serve(client_stream, destination, draining).await;
             return Ok(());
         }
         Err(err) => {
