@@ -74,11 +74,7 @@ pub type Routed = BTreeSet<(String, String, u32)>;
 /// Every Service port an HTTPRoute of the model is attached to.
 pub fn routed(model: &ResourceSet) -> Routed {
     model
-        .of_kind(Kind::HttpRoute)
-        .filter_map(|r| match &r.kind {
-            Some(resource::Kind::HttpRoute(route)) => Some(route),
-            _ => None,
-        })
+        .http_routes()
         .flat_map(|route| route.parents.iter().map(|p| (p.namespace.clone(), p.service.clone(), p.port)))
         .collect()
 }

@@ -208,7 +208,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
                 if touched(&[Kind::HttpRoute, Kind::Service, Kind::EndpointSlice, Kind::Workload, Kind::Node]) {
-                    for err in l7.update(model, &compiler) {
+                    for err in l7.update(model, &compiler, touched(&[Kind::HttpRoute])) {
                         tracing::warn!("{err}");
                     }
                 }

@@ -63,14 +63,7 @@ impl Follower {
         let directory = Directory::build(NODE, &self.model, self.numbering.attributions());
         drop(directory);
         // The routes compiled as the agent compiles them, and a request judged by each.
-        let routes: Vec<&mesh_common::api::HttpRoute> = self
-            .model
-            .of_kind(mesh_common::api::Kind::HttpRoute)
-            .filter_map(|r| match &r.kind {
-                Some(mesh_common::api::resource::Kind::HttpRoute(route)) => Some(route.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let routes: Vec<&mesh_common::api::HttpRoute> = self.model.http_routes().collect();
         let (table, _) = RouteTable::build(routes.iter().copied());
         let mut selected = 0;
         for route in &routes {

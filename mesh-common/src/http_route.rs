@@ -14,6 +14,20 @@ pub const REGEX_MAX_LEN: usize = 1024;
 /// The HTTP methods a match may name (Gateway API's `HTTPMethod`).
 pub const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
+impl crate::api::HttpRouteRule {
+    /// Every Service the rule sends to: its backends, then the backends of its mirrors (the
+    /// rule's and its backends').
+    pub fn upstreams(&self) -> impl Iterator<Item = &crate::api::HttpBackend> {
+        let mirrors = self.filters.iter().chain(self.backends.iter().flat_map(|b| b.filters.iter())).filter_map(|f| {
+            match &f.kind {
+                Some(crate::api::http_filter::Kind::Mirror(m)) => m.backend.as_ref(),
+                _ => None,
+            }
+        });
+        self.backends.iter().chain(mirrors)
+    }
+}
+
 /// A `RegularExpression` match: the `regex` crate's syntax (RE2's, as Envoy's), matched against
 /// the whole value (path, header or query parameter), never a substring.
 pub fn regex(pattern: &str) -> Result<Regex, String> {

@@ -282,6 +282,14 @@ impl ResourceSet {
         slice_of(self.encoded.get(&key)?)
     }
 
+    /// Every HTTPRoute, in key order.
+    pub fn http_routes(&self) -> impl Iterator<Item = &crate::api::HttpRoute> {
+        self.of_kind(Kind::HttpRoute).filter_map(|r| match &r.kind {
+            Some(resource::Kind::HttpRoute(route)) => Some(route.as_ref()),
+            _ => None,
+        })
+    }
+
     /// Every EndpointSlice, decoded, in key order.
     pub fn endpoint_slices(&self) -> impl Iterator<Item = EndpointSlice> {
         self.encoded.values().filter_map(|bytes| slice_of(bytes))

@@ -799,16 +799,7 @@ pub fn status(namespace: &str, route: &HttpRoute, ports: impl Fn(&str, &str) -> 
         Err(_) => condition("ResolvedRefs", false, "Invalid", "the route is not valid (see Accepted)".into()),
         Ok(route) => {
             let route = route.as_ref().expect("a route with Service parents is translated");
-            let backends = route.rules.iter().flat_map(|r| {
-                let mirrors =
-                    r.filters.iter().chain(r.backends.iter().flat_map(|b| b.filters.iter())).filter_map(|f| {
-                        match &f.kind {
-                            Some(api::http_filter::Kind::Mirror(m)) => m.backend.as_ref(),
-                            _ => None,
-                        }
-                    });
-                r.backends.iter().chain(mirrors)
-            });
+            let backends = route.rules.iter().flat_map(api::HttpRouteRule::upstreams);
             let mut problem = None;
             for b in backends {
                 let name = format!("Service/{}/{}:{}", b.namespace, b.service, b.port);

@@ -49,6 +49,15 @@ impl Endpoints for ModelEndpoints {
     }
 }
 
+/// The Service `service` of `model`.
+fn service_of<'a>(model: &'a ResourceSet, service: &ServiceRef) -> Option<&'a api::Service> {
+    let key = (Kind::Service as i32, service.namespace.clone(), service.name.clone());
+    match model.get(&key)?.kind.as_ref()? {
+        resource::Kind::Service(svc) => Some(svc),
+        _ => None,
+    }
+}
+
 /// `appProtocol` values that mean HTTP/2 cleartext (Kubernetes' own, and gRPC's).
 pub const HTTP2_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/h2c", "grpc"];
 
@@ -68,67 +77,50 @@ impl L7 {
         Self { proxy, endpoints, frontends: Arc::default() }
     }
 
-    /// Takes the routes of `model`, the frontends they route and the endpoints of every
-    /// Service they send to (from `compiler`, already brought up to `model`). Returns the
-    /// routes left out.
-    pub fn update(&self, model: &ResourceSet, compiler: &Compiler) -> Vec<RouteError> {
-        let routes: Vec<&api::HttpRoute> = model
-            .of_kind(Kind::HttpRoute)
-            .filter_map(|r| match &r.kind {
-                Some(resource::Kind::HttpRoute(route)) => Some(route.as_ref()),
-                _ => None,
-            })
-            .collect();
+    /// Takes the frontends the routes of `model` route and the endpoints of every Service they
+    /// send to (from `compiler`, already brought up to `model`); with `routes_changed`, the
+    /// routes themselves too (compiling them, regular expressions included, only then).
+    /// Returns the routes left out.
+    pub fn update(&self, model: &ResourceSet, compiler: &Compiler, routes_changed: bool) -> Vec<RouteError> {
         let mut frontends = HashMap::new();
         let mut backends = BTreeSet::new();
-        for route in &routes {
+        for route in model.http_routes() {
             for parent in &route.parents {
                 let service = ServiceRef { namespace: parent.namespace.clone(), name: parent.service.clone() };
-                let key = (Kind::Service as i32, parent.namespace.clone(), parent.service.clone());
-                if let Some(resource::Kind::Service(svc)) = model.get(&key).and_then(|r| r.kind.as_ref()) {
-                    let ports = svc.ports.iter().filter(|p| parent.port == 0 || p.port == parent.port);
-                    for port in ports {
-                        let ips = svc.cluster_ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok());
-                        for ip in ips {
-                            let port = u16::try_from(port.port).unwrap_or_default();
-                            frontends.insert(SocketAddrV4::new(ip, port), service.clone());
-                        }
+                let Some(svc) = service_of(model, &service) else { continue };
+                for port in svc.ports.iter().filter(|p| parent.port == 0 || p.port == parent.port) {
+                    let port = u16::try_from(port.port).unwrap_or_default();
+                    for ip in svc.cluster_ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+                        frontends.insert(SocketAddrV4::new(ip, port), service.clone());
                     }
                 }
             }
-            for rule in &route.rules {
-                let mirrors =
-                    rule.filters.iter().chain(rule.backends.iter().flat_map(|b| b.filters.iter())).filter_map(|f| {
-                        match &f.kind {
-                            Some(api::http_filter::Kind::Mirror(m)) => m.backend.as_ref(),
-                            _ => None,
-                        }
-                    });
-                for backend in rule.backends.iter().chain(mirrors) {
-                    let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
-                    backends.insert((service, u16::try_from(backend.port).unwrap_or_default()));
-                }
+            for backend in route.rules.iter().flat_map(api::HttpRouteRule::upstreams) {
+                let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
+                backends.insert((service, u16::try_from(backend.port).unwrap_or_default()));
             }
         }
         let endpoints = backends
             .into_iter()
             .filter_map(|(service, port)| {
                 let addresses = compiler.endpoints(&service.namespace, &service.name, port)?;
-                let key = (Kind::Service as i32, service.namespace.clone(), service.name.clone());
-                let http2 = match model.get(&key).and_then(|r| r.kind.as_ref()) {
-                    Some(resource::Kind::Service(svc)) => svc
-                        .ports
+                let http2 = service_of(model, &service).is_some_and(|svc| {
+                    svc.ports
                         .iter()
-                        .any(|p| p.port == u32::from(port) && HTTP2_APP_PROTOCOLS.contains(&p.app_protocol.as_str())),
-                    _ => false,
-                };
+                        .any(|p| p.port == u32::from(port) && HTTP2_APP_PROTOCOLS.contains(&p.app_protocol.as_str()))
+                });
                 Some(((service, port), (addresses, http2)))
             })
             .collect();
-        let (table, errors) = RouteTable::build(routes);
+        let errors = if routes_changed {
+            let (table, errors) = RouteTable::build(model.http_routes());
+            self.proxy.set_routes(table);
+            errors
+        } else {
+            Vec::new()
+        };
         *self.endpoints.0.write().expect("never poisoned") = endpoints;
         *self.frontends.write().expect("never poisoned") = frontends;
-        self.proxy.set_routes(table);
         errors
     }
 

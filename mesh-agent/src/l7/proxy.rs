@@ -286,6 +286,21 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         parts: &Parts,
         body: Body,
     ) -> Result<Response<Incoming>, Refusal> {
+        let (request, endpoint) = self.upstream_request(service, port, parts, body)?;
+        self.client_for(&request).request(request).await.map_err(|err| {
+            tracing::debug!("{}/{}:{port} at {endpoint}: {err:?}", service.namespace, service.name);
+            Refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers".into())
+        })
+    }
+
+    /// The request to an endpoint of `service`:`port` (chosen at random), and that endpoint.
+    fn upstream_request(
+        &self,
+        service: &ServiceRef,
+        port: u16,
+        parts: &Parts,
+        body: Body,
+    ) -> Result<(Request<Body>, SocketAddr), Refusal> {
         let Some(endpoints) = self.endpoints.endpoints(service, port) else {
             let reason =
                 format!("backend Service {}/{} has no port {port}, or does not exist", service.namespace, service.name);
@@ -312,11 +327,12 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let request = request
             .body(body)
             .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "the request cannot be forwarded".into()))?;
-        let client = if http2 { &self.client_h2 } else { &self.client };
-        client.request(request).await.map_err(|err| {
-            tracing::debug!("{}/{}:{port} at {endpoint}: {err:?}", service.namespace, service.name);
-            Refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers".into())
-        })
+        Ok((request, endpoint))
+    }
+
+    /// The pooled client for a request's version.
+    fn client_for(&self, request: &Request<Body>) -> &Client<C, Body> {
+        if request.version() == http::Version::HTTP_2 { &self.client_h2 } else { &self.client }
     }
 
     /// Sends a copy of the request to a mirror's backend, answer ignored, for the mirror's share of requests.
@@ -328,19 +344,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         }
         let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
         let port = u16::try_from(backend.port).unwrap_or_default();
-        let endpoints = self.endpoints.endpoints(&service, port).unwrap_or_default();
-        if endpoints.is_empty() {
-            return;
-        }
-        let endpoint = endpoints[random_u32() as usize % endpoints.len()];
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else { return };
-        let mut request = Request::builder().method(parts.method.clone()).uri(uri);
-        if let Some(headers) = request.headers_mut() {
-            headers.clone_from(&parts.headers);
-        }
-        let Ok(request) = request.body(body_of(body)) else { return };
-        let client = self.client.clone();
+        let Ok((request, _)) = self.upstream_request(&service, port, parts, body_of(body)) else { return };
+        let client = self.client_for(&request).clone();
         tokio::spawn(async move {
             // The mirror's answer is read and dropped; it never reaches the client.
             if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
