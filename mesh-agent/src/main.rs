@@ -91,7 +91,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone(), certificates.clone());
     let destinations = agent.destinations.clone();
     // The L7 proxy reaches backends from the node's namespace, as the tunnel does.
-    let l7 = L7::new(NetnsConnector::new(netns::Sockets::new(config.netns.as_deref())?));
+    let l7 = L7::new(NetnsConnector::new(netns::Sockets::new(config.netns.as_deref())?), store.clone());
     let served = runtime.block_on(serve(
         &config,
         &store,

@@ -84,15 +84,32 @@ impl Follower {
 
 /// An Observer `GetFlows` request (any gRPC client may send one): its filters compiled as the
 /// Observer does, then judged against `events` (each [`FlowEvent`]'s bytes, as the ring
-/// buffer gives them) named by an empty directory. Returns how many matched.
+/// buffer gives them) and an L7 proxy's request and response flows, named by an empty
+/// directory. Returns how many matched.
 pub fn flow_request(request: &[u8], events: &[&[u8]]) -> Result<usize, String> {
     let request = GetFlowsRequest::decode(request).map_err(|err| format!("not a GetFlowsRequest: {err}"))?;
     let filters = Filters::compile(&request.whitelist, &request.blacklist).map_err(|err| err.to_string())?;
     let directory = Directory::empty(NODE);
+    let exchange = std::sync::Arc::new(crate::flows::http::HttpExchange {
+        method: "GET".into(),
+        url: "http://web/api/v1?q=1".into(),
+        protocol: "HTTP/1.1",
+        code: 404,
+        latency_ns: 1_500_000,
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        ..Default::default()
+    });
+    let l7 = [mesh_common::flows::L7_REQUEST, mesh_common::flows::L7_RESPONSE].map(|kind| Record {
+        event: FlowEvent { kind, proto: mesh_common::proto::TCP, ..FlowEvent::default() },
+        unix_ns: 0,
+        seq: 1,
+        http: Some(exchange.clone()),
+    });
     let records: Vec<Record> = events
         .iter()
         .filter_map(|bytes| crate::flows::events::decode(bytes))
-        .map(|event: FlowEvent| Record { event, unix_ns: 0, seq: 1 })
+        .map(|event: FlowEvent| Record { event, unix_ns: 0, seq: 1, http: None })
+        .chain(l7)
         .collect();
     Ok(records.iter().filter(|r| filters.matches(&FlowView::new(r, &directory))).count())
 }

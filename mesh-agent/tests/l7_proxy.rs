@@ -23,9 +23,12 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
-use mesh_agent::l7::{
-    proxy::{Destination, Endpoints, Proxy},
-    routes::{RouteTable, ServiceRef},
+use mesh_agent::{
+    flows::{directory::Directory, filter::Filters, store::FlowStore, view::FlowView},
+    l7::{
+        proxy::{Destination, Endpoints, Proxy},
+        routes::{RouteTable, ServiceRef},
+    },
 };
 use mesh_common::api;
 
@@ -122,11 +125,16 @@ async fn grpc_backend() -> SocketAddr {
     address
 }
 
+/// The address the proxy's clients asked for (the Service `demo/echo`, port 80).
+const SERVICE_ADDRESS: std::net::SocketAddrV4 = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 96, 0, 30), 80);
+
 struct Lab {
     proxy: SocketAddr,
     /// Tells the proxy's connections to drain.
     drain: tokio::sync::watch::Sender<bool>,
     metrics: mesh_agent::l7::metrics::L7Metrics,
+    /// The proxy's L7 flows.
+    flows: FlowStore,
     client: Client<HttpConnector, Full<Bytes>>,
     echoes: HashMap<String, Arc<Echo>>,
 }
@@ -160,7 +168,8 @@ async fn start(routes: &str) -> Lab {
         .collect();
     let (table, errors) = RouteTable::build(&routes);
     assert!(errors.is_empty(), "{errors:?}");
-    let proxy = Arc::new(Proxy::new(HttpConnector::new(), Arc::new(backends)));
+    let flows = FlowStore::new(1024);
+    let proxy = Arc::new(Proxy::new(HttpConnector::new(), Arc::new(backends)).with_flows(flows.clone()));
     proxy.set_routes(table);
     let metrics = proxy.metrics().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -168,16 +177,19 @@ async fn start(routes: &str) -> Lab {
     let (drain, draining) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, client)) = listener.accept().await else { return };
+            let SocketAddr::V4(client) = client else { return };
             let destination = Destination {
                 service: ServiceRef { namespace: "demo".into(), name: "echo".into() },
                 port: 80,
                 client_namespace: "demo".into(),
+                client,
+                asked: SERVICE_ADDRESS,
             };
             tokio::spawn(proxy.clone().serve(stream, destination, draining.clone()));
         }
     });
-    Lab { proxy: address, drain, metrics, client: Client::builder(TokioExecutor::new()).build_http(), echoes }
+    Lab { proxy: address, drain, metrics, flows, client: Client::builder(TokioExecutor::new()).build_http(), echoes }
 }
 
 /// What the client saw.
@@ -511,4 +523,86 @@ async fn draining_answers_requests_in_flight_then_closes() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"backend\":\"v1\""), "{text}");
+}
+
+/// Each request and its answer are two L7 flows in Hubble's shape, found by Hubble's HTTP
+/// filters; a request's W3C `traceparent` reaches the backend with the proxy's span as its
+/// parent, and its trace id is in both flows.
+#[tokio::test]
+async fn requests_become_l7_flows_and_carry_their_trace() {
+    use mesh_common::{
+        flows::{L7_REQUEST, L7_RESPONSE},
+        hubble::flow::FlowFilter,
+    };
+    let lab = lab_exact().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let seen = lab.send("GET", "/only?x=1", &[("traceparent", &traceparent)]).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let forwarded = seen.header("traceparent").expect("the backend got a traceparent");
+    assert!(forwarded.starts_with(&format!("00-{trace}-")) && forwarded.ends_with("-01"), "{forwarded}");
+    assert_ne!(forwarded, traceparent, "the proxy's own span is the parent");
+    assert_eq!(lab.get("/nothing").await.status, StatusCode::NOT_FOUND);
+
+    let (records, _) = lab.flows.snapshot();
+    let kinds: Vec<u8> = records.iter().map(|r| r.event.kind).collect();
+    assert_eq!(kinds, [L7_REQUEST, L7_RESPONSE, L7_REQUEST, L7_RESPONSE]);
+    let routed = records[1].http.as_deref().unwrap();
+    assert_eq!(
+        (routed.method.as_str(), routed.url.as_str(), routed.protocol),
+        ("GET", "http://echo/only?x=1", "HTTP/1.1")
+    );
+    assert_eq!((routed.code, routed.route.as_str(), routed.rule.as_str()), (200, "demo/exact", "0"));
+    assert_eq!(routed.backend, "demo/echo-v2:80");
+    assert_eq!(routed.trace_id, trace);
+    assert!(routed.latency_ns > 0);
+    // The request goes from the client to the endpoint that answered, the response back.
+    let v2 = lab.echoes["v2"].addr;
+    assert_eq!(records[0].event.dport, v2.port().to_be());
+    assert_eq!(records[1].event.sport, v2.port().to_be());
+    assert_eq!(records[0].event.svc_port, 80u16.to_be(), "the request names the Service it asked for");
+    let unmatched = records[3].http.as_deref().unwrap();
+    assert_eq!((unmatched.code, unmatched.route.as_str(), unmatched.backend.as_str()), (404, "", ""));
+
+    // Hubble's filters, as `meshctl observe --http-status/--http-method/--http-path/--trace-id`
+    // send them.
+    let directory = Directory::empty("node-0");
+    let matching = |filter: FlowFilter| -> Vec<(u8, u16)> {
+        let filters = Filters::compile(&[filter], &[]).unwrap();
+        records
+            .iter()
+            .filter(|r| filters.matches(&FlowView::new(r, &directory)))
+            .map(|r| (r.event.kind, r.http.as_ref().unwrap().code))
+            .collect()
+    };
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(matching(FlowFilter { http_status_code: strings(&["4+"]), ..Default::default() }), [(L7_RESPONSE, 404)]);
+    assert_eq!(
+        matching(FlowFilter { http_status_code: strings(&["200"]), ..Default::default() }),
+        [(L7_RESPONSE, 200)]
+    );
+    assert_eq!(matching(FlowFilter { http_path: strings(&["^/only$"]), ..Default::default() }).len(), 2);
+    assert_eq!(matching(FlowFilter { http_url: strings(&["x=1"]), ..Default::default() }).len(), 2);
+    assert_eq!(matching(FlowFilter { http_method: strings(&["post"]), ..Default::default() }), []);
+    assert_eq!(matching(FlowFilter { trace_id: strings(&[trace]), ..Default::default() }).len(), 2);
+
+    // Encoded as Hubble clients decode them: Type L7, l7.http, the trace context, the summary.
+    let mut buf = Vec::new();
+    mesh_agent::flows::encode::response(&mut buf, &FlowView::new(&records[1], &directory));
+    let decoded = <mesh_common::hubble::observer::GetFlowsResponse as prost::Message>::decode(&buf[..]).unwrap();
+    let Some(mesh_common::hubble::observer::get_flows_response::ResponseTypes::Flow(flow)) = decoded.response_types
+    else {
+        panic!("not a flow")
+    };
+    assert_eq!(flow.r#type, mesh_common::hubble::flow::FlowType::L7 as i32);
+    assert_eq!(flow.event_type.unwrap().r#type, 129);
+    assert_eq!(flow.is_reply, Some(true));
+    let l7 = flow.l7.unwrap();
+    assert_eq!(l7.r#type, mesh_common::hubble::flow::L7FlowType::Response as i32);
+    let Some(mesh_common::hubble::flow::layer7::Record::Http(http)) = l7.record else { panic!("no http record") };
+    assert_eq!((http.code, http.method.as_str(), http.url.as_str()), (200, "GET", "http://echo/only?x=1"));
+    assert_eq!(flow.trace_context.unwrap().parent.unwrap().trace_id, trace);
+    #[allow(deprecated)]
+    let summary = flow.summary;
+    assert!(summary.starts_with("HTTP/1.1 200 ") && summary.ends_with("ms (GET http://echo/only?x=1)"), "{summary}");
 }

@@ -14,6 +14,11 @@ pub const TRANSLATED: u8 = 4;
 pub const ESTABLISHED: u8 = 5;
 /// A TCP connection closed (sockops), with RTT, retransmits and byte counts.
 pub const CLOSED: u8 = 6;
+/// An HTTP request through the agent's L7 proxy (never from the kernel: the agent makes it,
+/// with the request's details beside the event).
+pub const L7_REQUEST: u8 = 7;
+/// The response to an [`L7_REQUEST`] (or the proxy's own answer), with its latency.
+pub const L7_RESPONSE: u8 = 8;
 
 /// How much of each TCP connection's life the socket programs report, as Cilium's monitor
 /// aggregation levels do for Hubble. The agent sets the level when it loads the programs

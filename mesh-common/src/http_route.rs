@@ -31,20 +31,28 @@ impl crate::api::HttpRouteRule {
 /// A `RegularExpression` match: the `regex` crate's syntax (RE2's, as Envoy's), matched against
 /// the whole value (path, header or query parameter), never a substring.
 pub fn regex(pattern: &str) -> Result<Regex, String> {
+    bounded_regex(pattern, &format!("^(?:{pattern})$"))
+}
+
+/// A regular expression found anywhere in a value (Hubble's `http_path` and `http_url` flow
+/// filters), with the same syntax and bounds as [`regex`].
+pub fn search_regex(pattern: &str) -> Result<Regex, String> {
+    bounded_regex(pattern, pattern)
+}
+
+fn bounded_regex(pattern: &str, compiled: &str) -> Result<Regex, String> {
     if pattern.len() > REGEX_MAX_LEN {
         return Err(format!("a regular expression is at most {REGEX_MAX_LEN} bytes; this one has {}", pattern.len()));
     }
-    RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|err| match err {
+    RegexBuilder::new(compiled).size_limit(REGEX_SIZE_LIMIT).dfa_size_limit(REGEX_SIZE_LIMIT).build().map_err(|err| {
+        match err {
             regex::Error::CompiledTooBig(_) => {
                 format!("{pattern:?} compiles to more than {} KiB: simplify it", REGEX_SIZE_LIMIT >> 10)
             }
             // The syntax error's own text names the position; drop our anchoring from it.
             other => format!("{pattern:?} is not a valid regular expression (RE2 syntax): {}", first_line(&other)),
-        })
+        }
+    })
 }
 
 fn first_line(err: &regex::Error) -> String {

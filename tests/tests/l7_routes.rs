@@ -4,12 +4,18 @@
 //! response header set, 404 for what matches no rule) to HTTP echo servers on both nodes; the
 //! client still sees the Service's address. Connections to the pods themselves and to Services
 //! without routes never reach the agent. Cases after the upstream mesh conformance tests
-//! MeshHTTPRouteMatching, MeshHTTPRouteWeight and MeshHTTPRouteResponseHeaderModifier.
+//! MeshHTTPRouteMatching, MeshHTTPRouteWeight and MeshHTTPRouteResponseHeaderModifier. Each
+//! request is two L7 flows in the Observer API (`meshctl observe --type l7`), with Hubble's
+//! HTTP filters; a W3C `traceparent` reaches the backend with the proxy's span as parent.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use mesh_tests::{
-    agent::Agent, lab::Placement, labnet, manifests, metrics, operator::Operator, privileges::privileged,
+    agent::{self, Agent},
+    lab::Placement,
+    labnet, manifests, meshctl, metrics,
+    operator::Operator,
+    privileges::privileged,
     scenario::demo,
 };
 
@@ -141,4 +147,47 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
     let unmatched = [&echo[..], &["route=\"\"", "response_code=\"404\""]].concat();
     assert_eq!(requests(&unmatched), 3.0, "{text}");
     assert!(text.contains("istio_request_duration_milliseconds_bucket{"), "{text}");
+
+    // L7 flows through the Observer API, read by the real meshctl: the 3 unmatched requests'
+    // responses by status, the header-matched requests by method, path and destination pod.
+    let socket = agent::observer_socket(&lab, "node-0");
+    let not_found = meshctl::flows(&socket, &["--type", "l7", "--http-status", "404"]);
+    assert_eq!(not_found.len(), 3, "{not_found:#?}");
+    for flow in &not_found {
+        assert_eq!(flow["Type"], "L7", "{flow}");
+        assert_eq!(flow["l7"]["type"], "RESPONSE", "{flow}");
+        assert_eq!(flow["l7"]["http"]["code"], 404, "{flow}");
+        assert_eq!(flow["l7"]["http"]["method"], "GET", "{flow}");
+        assert!(flow["l7"]["http"]["url"].as_str().unwrap_or_default().ends_with("/nothing"), "{flow}");
+        assert_eq!(flow["is_reply"], true, "{flow}");
+        assert_eq!(flow["destination"]["pod_name"], demo::CLIENT, "the response goes back to the client: {flow}");
+    }
+    let to_web_b = meshctl::flows(
+        &socket,
+        &["--type", "l7", "--to-pod", "demo/web-b", "--http-method", "get", "--http-path", "^/$"],
+    );
+    assert_eq!(to_web_b.len(), 20, "the header-matched requests, each from the client to web-b: {to_web_b:#?}");
+    assert!(to_web_b.iter().all(|f| f["l7"]["type"] == "REQUEST" && f["source"]["pod_name"] == demo::CLIENT));
+    assert_eq!(to_web_b[0]["destination_service"]["name"], "echo", "{:#}", to_web_b[0]);
+    let compact = meshctl::run(&socket, &["observe", "--all", "--type", "l7", "--http-url", "/v1$"]);
+    assert!(compact.success, "{}", compact.stderr);
+    assert_eq!(compact.stdout.matches("http-request FORWARDED (HTTP/1.1 GET http://").count(), 3, "{}", compact.stdout);
+    assert_eq!(compact.stdout.matches("http-response FORWARDED (HTTP/1.1 200 ").count(), 3, "{}", compact.stdout);
+
+    // A traced request: the backend gets the trace with the proxy's span as the parent, and
+    // both of its flows carry the trace id.
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("traceparent: 00-{trace}-b7ad6b7169203331-01");
+    let traced = labnet::http_get(&lab, &client, echo_address(), "/v1", &[&traceparent], 1).expect("client runs");
+    let received = traced.last_echo.as_ref().and_then(|e| e.headers.get("traceparent")).cloned().unwrap_or_default();
+    assert_eq!(received.len(), 1, "{traced:?}");
+    assert!(received[0].starts_with(&format!("00-{trace}-")), "{received:?}");
+    assert!(!received[0].contains("b7ad6b7169203331"), "the proxy's span replaces the client's: {received:?}");
+    let in_trace = meshctl::flows(&socket, &["--trace-id", trace]);
+    assert_eq!(in_trace.len(), 2, "{in_trace:#?}");
+    assert!(in_trace.iter().all(|f| f["trace_context"]["parent"]["trace_id"] == trace), "{in_trace:#?}");
+}
+
+fn echo_address() -> SocketAddr {
+    SocketAddr::from((ECHO_VIP, 80))
 }

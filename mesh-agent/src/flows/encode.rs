@@ -9,7 +9,11 @@ use mesh_common::{
     proto,
 };
 
-use super::{pb, view::FlowView};
+use super::{
+    http::HttpExchange,
+    pb,
+    view::{FlowView, l7_type},
+};
 
 /// `flow.AuthType.SPIRE`.
 pub const AUTH_TYPE_SPIRE: u64 = 1;
@@ -80,6 +84,9 @@ fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
     if let Some(destination) = view.destination {
         pb::raw(buf, 9, &destination.encoded);
     }
+    if let Some((http, l7_type)) = view.http {
+        layer7(buf, http, l7_type);
+    }
     pb::varint(buf, 10, view.flow_type as u64);
     pb::bytes(buf, 11, view.node_name.as_bytes());
     // CiliumEventType { type = 1, sub_type = 2 }
@@ -106,8 +113,17 @@ fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
         // tunnel's mutual TLS with workload certificates).
         pb::varint(buf, 35, AUTH_TYPE_SPIRE);
     }
-    let mut summary = [0u8; 160];
-    pb::bytes(buf, 100_000, summary_text(&mut summary, view));
+    if let Some((http, _)) = view.http.filter(|(http, _)| !http.trace_id.is_empty()) {
+        // TraceContext { parent = 1 { trace_id = 1 } }
+        pb::message(buf, 30, |buf| pb::message(buf, 1, |buf| pb::bytes(buf, 1, http.trace_id.as_bytes())));
+    }
+    match view.http {
+        Some((http, l7_type)) => pb::bytes(buf, 100_000, l7_summary(http, l7_type).as_bytes()),
+        None => {
+            let mut summary = [0u8; 160];
+            pb::bytes(buf, 100_000, summary_text(&mut summary, view));
+        }
+    }
     // extensions = Any { type_url = 1, value = 2 } holding mesh.v1.FlowDetails.
     pb::message(buf, 150_000, |buf| {
         pb::bytes(buf, 1, FLOW_DETAILS_TYPE_URL.as_bytes());
@@ -143,6 +159,42 @@ fn details(buf: &mut Vec<u8>, view: &FlowView<'_>) {
     }
     if let Some(policy) = view.policy {
         pb::bytes(buf, 8, policy.description.as_bytes());
+    }
+    if let Some((http, _)) = view.http {
+        pb::bytes(buf, 9, http.route.as_bytes());
+        pb::bytes(buf, 10, http.rule.as_bytes());
+        pb::bytes(buf, 11, http.backend.as_bytes());
+    }
+}
+
+/// `Flow.l7`: `Layer7 { type = 1, latency_ns = 2, http = 101 { code = 1, method = 2, url = 3,
+/// protocol = 4 } }`. Requests carry no code or latency, as Hubble's do not.
+fn layer7(buf: &mut Vec<u8>, http: &HttpExchange, l7_type: i32) {
+    let response = l7_type == l7_type::RESPONSE;
+    pb::message(buf, 15, |buf| {
+        pb::varint(buf, 1, l7_type as u64);
+        if response {
+            pb::varint(buf, 2, http.latency_ns);
+        }
+        pb::message(buf, 101, |buf| {
+            if response {
+                pb::varint(buf, 1, u64::from(http.code));
+            }
+            pb::bytes(buf, 2, http.method.as_bytes());
+            pb::bytes(buf, 3, http.url.as_bytes());
+            pb::bytes(buf, 4, http.protocol.as_bytes());
+        });
+    });
+}
+
+/// Hubble's summary of an HTTP record: `HTTP/1.1 GET http://web/` for a request,
+/// `HTTP/1.1 200 3ms (GET http://web/)` for its response.
+fn l7_summary(http: &HttpExchange, l7_type: i32) -> String {
+    if l7_type == l7_type::RESPONSE {
+        let ms = http.latency_ns / 1_000_000;
+        format!("{} {} {ms}ms ({} {})", http.protocol, http.code, http.method, http.url)
+    } else {
+        format!("{} {} {}", http.protocol, http.method, http.url)
     }
 }
 

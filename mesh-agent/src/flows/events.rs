@@ -61,7 +61,7 @@ pub async fn run(ring: RingBuf<MapData>, lost_counter: PerCpuArray<MapData, u64>
                     while batch.len() < MAX_BATCH {
                         let Some(item) = ring.next() else { break };
                         match decode(&item) {
-                            Some(event) => batch.push(Record { unix_ns: clock.unix_ns(event.time_ns), event, seq: 0 }),
+                            Some(event) => batch.push(Record { unix_ns: clock.unix_ns(event.time_ns), event, seq: 0, http: None }),
                             None => malformed += 1,
                         }
                     }

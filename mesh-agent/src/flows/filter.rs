@@ -3,7 +3,7 @@
 //! its values does); a flow passes when it matches any allow filter (or there are none) and
 //! no deny filter. The parsers here are also `meshctl`'s, so it can name a malformed flag.
 
-use mesh_common::{cidr::Ipv4Net, hubble::flow::FlowFilter, proto};
+use mesh_common::{cidr::Ipv4Net, http_route::Regex, hubble::flow::FlowFilter, proto};
 
 use super::{
     directory::EndpointInfo,
@@ -26,6 +26,14 @@ pub enum FilterError {
     Name(String),
     #[error("invalid node name pattern {0:?}: use a name, with * as a wildcard")]
     NodeName(String),
+    #[error("invalid HTTP status code {0:?}: give a code (404) or a prefix with + (5+, 40+)")]
+    HttpStatus(String),
+    #[error("invalid HTTP method {0:?}: give a method name such as GET or POST")]
+    HttpMethod(String),
+    #[error("invalid regular expression: {0}")]
+    Regex(String),
+    #[error("invalid trace id {0:?}: give the 32 hexadecimal digits of a W3C trace id")]
+    TraceId(String),
     #[error("filter field {0} is not supported by this agent (it has no such data); remove it from the request")]
     Unsupported(&'static str),
     /// A request's filter field that holds an invalid value.
@@ -214,6 +222,54 @@ fn glob(pattern: &str, text: &str) -> bool {
     }
 }
 
+/// An HTTP status filter: a code (`404`) or a prefix (`5+`, `40+`), as Hubble's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusPattern {
+    prefix: String,
+    exact: bool,
+}
+
+pub fn parse_http_status(value: &str) -> Result<StatusPattern, FilterError> {
+    let (prefix, exact) = match value.strip_suffix('+') {
+        Some(prefix) => (prefix, false),
+        None => (value, true),
+    };
+    let digits = prefix.bytes().all(|b| b.is_ascii_digit());
+    let valid = digits && if exact { prefix.len() == 3 } else { (1..=3).contains(&prefix.len()) };
+    if !valid || !prefix.starts_with(['1', '2', '3', '4', '5']) {
+        return Err(FilterError::HttpStatus(value.to_owned()));
+    }
+    Ok(StatusPattern { prefix: prefix.to_owned(), exact })
+}
+
+impl StatusPattern {
+    fn matches(&self, code: u16) -> bool {
+        let code = code.to_string();
+        if self.exact { code == self.prefix } else { code.starts_with(&self.prefix) }
+    }
+}
+
+/// An HTTP method (a token, RFC 9110), matched without regard to case.
+pub fn parse_http_method(value: &str) -> Result<String, FilterError> {
+    let token =
+        !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token { Ok(value.to_ascii_uppercase()) } else { Err(FilterError::HttpMethod(value.to_owned())) }
+}
+
+/// A regular expression found anywhere in the path or URL (RE2 syntax, bounded in size).
+pub fn parse_http_regex(value: &str) -> Result<Regex, FilterError> {
+    mesh_common::http_route::search_regex(value).map_err(FilterError::Regex)
+}
+
+/// A W3C trace id: 32 hexadecimal digits (matched in lowercase, as `traceparent` carries it).
+pub fn parse_trace_id(value: &str) -> Result<String, FilterError> {
+    if value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err(FilterError::TraceId(value.to_owned()))
+    }
+}
+
 /// One compiled `FlowFilter`.
 #[derive(Debug, Default)]
 pub struct Filter {
@@ -238,11 +294,16 @@ pub struct Filter {
     reply: Vec<bool>,
     event_type: Vec<(i32, Option<i32>)>,
     encrypted: Vec<bool>,
+    http_status: Vec<StatusPattern>,
+    http_method: Vec<String>,
+    http_path: Vec<Regex>,
+    http_url: Vec<Regex>,
+    trace_id: Vec<String>,
 }
 
 impl Filter {
     pub fn compile(f: &FlowFilter) -> Result<Self, FilterError> {
-        let unsupported: [(&'static str, bool); 17] = [
+        let unsupported: [(&'static str, bool); 12] = [
             ("uuid", !f.uuid.is_empty()),
             ("source_ip_xlated", !f.source_ip_xlated.is_empty()),
             ("source_fqdn", !f.source_fqdn.is_empty()),
@@ -250,14 +311,9 @@ impl Filter {
             ("source_workload", !f.source_workload.is_empty()),
             ("destination_workload", !f.destination_workload.is_empty()),
             ("interface", !f.interface.is_empty()),
-            ("http_status_code", !f.http_status_code.is_empty()),
             ("dns_query", !f.dns_query.is_empty()),
-            ("http_method", !f.http_method.is_empty()),
-            ("http_path", !f.http_path.is_empty()),
-            ("http_url", !f.http_url.is_empty()),
             ("http_header", !f.http_header.is_empty()),
             ("node_labels", !f.node_labels.is_empty()),
-            ("trace_id", !f.trace_id.is_empty()),
             ("ip_trace_id", !f.ip_trace_id.is_empty()),
             ("ip_version (only IPv4 flows exist)", f.ip_version.iter().any(|v| *v != 1)),
         ];
@@ -301,6 +357,31 @@ impl Filter {
             reply: f.reply.clone(),
             event_type: f.event_type.iter().map(|t| (t.r#type, t.match_sub_type.then_some(t.sub_type))).collect(),
             encrypted: f.encrypted.clone(),
+            http_status: f
+                .http_status_code
+                .iter()
+                .map(|c| parse_http_status(c))
+                .collect::<Result<_, _>>()
+                .map_err(at("http_status_code"))?,
+            http_method: f
+                .http_method
+                .iter()
+                .map(|m| parse_http_method(m))
+                .collect::<Result<_, _>>()
+                .map_err(at("http_method"))?,
+            http_path: f
+                .http_path
+                .iter()
+                .map(|p| parse_http_regex(p))
+                .collect::<Result<_, _>>()
+                .map_err(at("http_path"))?,
+            http_url: f
+                .http_url
+                .iter()
+                .map(|u| parse_http_regex(u))
+                .collect::<Result<_, _>>()
+                .map_err(at("http_url"))?,
+            trace_id: f.trace_id.iter().map(|t| parse_trace_id(t)).collect::<Result<_, _>>().map_err(at("trace_id"))?,
         })
     }
 
@@ -335,6 +416,14 @@ impl Filter {
             && any(&self.node_name, |n| glob(n, &v.node_name.to_ascii_lowercase()))
             && any(&self.reply, |r| v.is_reply == Some(*r))
             && any(&self.encrypted, |x| *x == v.encrypted)
+            // Status codes are the responses'; the rest match a request and its response.
+            && any(&self.http_status, |c| {
+                v.http.is_some_and(|(h, t)| t == super::view::l7_type::RESPONSE && c.matches(h.code))
+            })
+            && any(&self.http_method, |m| v.http.is_some_and(|(h, _)| h.method.eq_ignore_ascii_case(m)))
+            && any(&self.http_path, |re| v.http.is_some_and(|(h, _)| re.is_match(h.path())))
+            && any(&self.http_url, |re| v.http.is_some_and(|(h, _)| re.is_match(&h.url)))
+            && any(&self.trace_id, |id| v.http.is_some_and(|(h, _)| h.trace_id == *id))
             && any(&self.event_type, |(t, sub)| {
                 *t as u32 == v.event_type.0 && sub.is_none_or(|s| s as u32 == v.event_type.1)
             })
@@ -418,7 +507,27 @@ mod tests {
 
     #[test]
     fn unsupported_fields_are_refused_by_name() {
-        let f = FlowFilter { http_method: vec!["GET".into()], ..FlowFilter::default() };
-        assert_eq!(Filter::compile(&f).unwrap_err(), FilterError::Unsupported("http_method"));
+        let f = FlowFilter { dns_query: vec!["web".into()], ..FlowFilter::default() };
+        assert_eq!(Filter::compile(&f).unwrap_err(), FilterError::Unsupported("dns_query"));
+    }
+
+    #[test]
+    fn http_filters_follow_hubble() {
+        let status = |v: &str| parse_http_status(v).map(|p| (p.matches(404), p.matches(503), p.matches(200)));
+        assert_eq!(status("404"), Ok((true, false, false)));
+        assert_eq!(status("5+"), Ok((false, true, false)));
+        assert_eq!(status("40+"), Ok((true, false, false)));
+        for bad in ["4", "4040", "+", "6+", "abc", "40x", ""] {
+            assert_eq!(parse_http_status(bad), Err(FilterError::HttpStatus(bad.to_owned())), "{bad}");
+        }
+        assert_eq!(parse_http_method("get").unwrap(), "GET");
+        assert!(parse_http_method("GE T").is_err());
+        assert!(parse_http_regex("^/api/v[0-9]+").unwrap().is_match("/api/v2/x"));
+        assert!(parse_http_regex("(").is_err());
+        assert_eq!(parse_trace_id(&"A".repeat(32)).unwrap(), "a".repeat(32));
+        assert!(parse_trace_id("abc").is_err());
+        let f = FlowFilter { http_status_code: vec!["2xx".into()], ..FlowFilter::default() };
+        let err = Filter::compile(&f).unwrap_err().to_string();
+        assert!(err.starts_with("filter field http_status_code: ") && err.contains("2xx"), "{err}");
     }
 }

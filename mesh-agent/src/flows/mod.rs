@@ -2,13 +2,14 @@
 //! recent flows and served over Hubble's Observer API.
 //!
 //! The hot path never allocates per event: a [`Record`] is the kernel's event plus its wall
-//! clock time. Names (pods, services, policies) come from the [`directory::Directory`] when a
+//! clock time (the L7 proxy's flows add their request, shared, see [`http`]). Names (pods, services, policies) come from the [`directory::Directory`] when a
 //! flow is filtered and encoded, with each endpoint's protobuf encoded once per model change.
 
 pub mod directory;
 pub mod encode;
 pub mod events;
 pub mod filter;
+pub mod http;
 pub mod observer;
 pub mod pb;
 pub mod store;
@@ -18,13 +19,15 @@ pub mod view;
 use mesh_common::flows::FlowEvent;
 
 /// One flow as the agent keeps it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     pub event: FlowEvent,
     /// Wall clock time of the event: nanoseconds since the Unix epoch.
     pub unix_ns: u64,
     /// Its number in the order the agent saw flows, from 1 (set by the store).
     pub seq: u64,
+    /// The L7 proxy's flows (`L7_REQUEST`, `L7_RESPONSE`): the request.
+    pub http: Option<std::sync::Arc<http::HttpExchange>>,
 }
 
 /// Converts the kernel's monotonic event times to wall clock times.

@@ -219,7 +219,7 @@ async fn follow(
                     missed += first - last_seq - 1;
                 }
                 let skip = last_seq;
-                queue.extend(batch.iter().filter(|r| r.seq > skip));
+                queue.extend(batch.iter().filter(|r| r.seq > skip).cloned());
                 last_seq = last_seq.max(batch.last().map_or(0, |r| r.seq));
                 // Judged when sent: a client that cannot keep up costs no filtering.
                 let overflow = queue.len().saturating_sub(FOLLOW_BACKLOG);

@@ -82,7 +82,7 @@ impl FlowStore {
             let keep = batch.len().min(self.inner.capacity);
             let overflow = (ring.len() + keep).saturating_sub(self.inner.capacity);
             ring.drain(..overflow);
-            ring.extend(&batch[batch.len() - keep..]);
+            ring.extend(batch[batch.len() - keep..].iter().cloned());
         }
         // No follower: nothing to do.
         let _ = self.inner.tx.send(batch.into());
@@ -91,7 +91,7 @@ impl FlowStore {
     /// The kept flows, oldest first, and the number of the last one (0 when none).
     pub fn snapshot(&self) -> (Vec<Record>, u64) {
         let ring = self.inner.ring.lock().expect("never poisoned");
-        (ring.iter().copied().collect(), ring.back().map_or(0, |r| r.seq))
+        (ring.iter().cloned().collect(), ring.back().map_or(0, |r| r.seq))
     }
 
     /// New flows from now on.

@@ -4,13 +4,14 @@
 use std::net::Ipv4Addr;
 
 use mesh_common::{
-    flows::{CLOSED, ESTABLISHED, FLOW_DROP, FLOW_END, FLOW_START, TRANSLATED},
+    flows::{CLOSED, ESTABLISHED, FLOW_DROP, FLOW_END, FLOW_START, L7_REQUEST, L7_RESPONSE, TRANSLATED},
     policy::{AUDIT, DENY, INGRESS},
 };
 
 use super::{
     Record,
     directory::{Directory, EndpointInfo, PolicyInfo, ServiceInfo},
+    http::HttpExchange,
 };
 
 /// `flow.Verdict` values.
@@ -25,6 +26,7 @@ pub mod verdict {
 /// `flow.FlowType` values.
 pub mod flow_type {
     pub const L3_L4: i32 = 1;
+    pub const L7: i32 = 2;
     pub const SOCK: i32 = 3;
 }
 
@@ -49,6 +51,14 @@ pub mod event_type {
     pub const DROP: u32 = 1;
     pub const TRACE: u32 = 4;
     pub const TRACE_SOCK: u32 = 7;
+    /// An L7 proxy's record (Cilium's `MessageTypeAccessLog`).
+    pub const ACCESS_LOG: u32 = 129;
+}
+
+/// `flow.L7FlowType` values.
+pub mod l7_type {
+    pub const REQUEST: i32 = 1;
+    pub const RESPONSE: i32 = 2;
 }
 
 /// `flow.SocketTranslationPoint`: after the forward translation.
@@ -78,6 +88,8 @@ pub struct FlowView<'a> {
     pub node_name: &'a str,
     /// Carried by the mutual-TLS tunnel (`IP.encrypted`, `auth_type`).
     pub encrypted: bool,
+    /// An L7 proxy's flow: its request (and `l7_type`, request or response).
+    pub http: Option<(&'a HttpExchange, i32)>,
 }
 
 impl<'a> FlowView<'a> {
@@ -86,7 +98,10 @@ impl<'a> FlowView<'a> {
         let (source_ip, destination_ip) =
             (Ipv4Addr::from(u32::from_be(e.saddr)), Ipv4Addr::from(u32::from_be(e.daddr)));
         let tc = matches!(e.kind, FLOW_START | FLOW_DROP | FLOW_END);
+        let l7 = matches!(e.kind, L7_REQUEST | L7_RESPONSE);
         let verdict = match e.kind {
+            L7_REQUEST | L7_RESPONSE if e.action == DENY => verdict::DROPPED,
+            L7_REQUEST | L7_RESPONSE => verdict::FORWARDED,
             FLOW_DROP => verdict::DROPPED,
             FLOW_START | FLOW_END if e.action == AUDIT => verdict::AUDIT,
             FLOW_START | FLOW_END if e.action == DENY => verdict::DROPPED,
@@ -96,16 +111,21 @@ impl<'a> FlowView<'a> {
             _ => 0,
         };
         let (traffic_direction, observation_point, raw_point) = match (tc, e.direction) {
+            // The proxy runs on the client's node: its flows leave the client.
+            (false, _) if l7 => (traffic_direction::EGRESS, observation::UNKNOWN, 0),
             (false, _) => (traffic_direction::UNKNOWN, observation::UNKNOWN, 0),
             (true, INGRESS) => (traffic_direction::INGRESS, observation::TO_ENDPOINT, observation::RAW_TO_ENDPOINT),
             (true, _) => (traffic_direction::EGRESS, observation::FROM_ENDPOINT, observation::RAW_FROM_ENDPOINT),
         };
         let event_type = match e.kind {
             FLOW_DROP => (event_type::DROP, u32::from(e.reason)),
+            _ if l7 => (event_type::ACCESS_LOG, 0),
             _ if tc => (event_type::TRACE, raw_point),
             _ => (event_type::TRACE_SOCK, 0),
         };
-        let destination_service = if e.svc_addr != 0 {
+        let destination_service = if e.kind == L7_RESPONSE {
+            None // from the backend (or the proxy) back to the client
+        } else if e.svc_addr != 0 {
             directory.service(e.svc_addr, e.svc_port, e.proto)
         } else {
             // Traffic sent to a service address itself (not translated at the socket).
@@ -114,7 +134,11 @@ impl<'a> FlowView<'a> {
         Self {
             record,
             verdict,
-            flow_type: if tc { flow_type::L3_L4 } else { flow_type::SOCK },
+            flow_type: match (tc, l7) {
+                (true, _) => flow_type::L3_L4,
+                (_, true) => flow_type::L7,
+                _ => flow_type::SOCK,
+            },
             source: directory.endpoint(e.saddr),
             destination: directory.endpoint(e.daddr),
             source_ip,
@@ -126,10 +150,15 @@ impl<'a> FlowView<'a> {
             traffic_direction,
             observation_point,
             event_type,
-            is_reply: tc.then_some(false),
+            is_reply: if l7 { Some(e.kind == L7_RESPONSE) } else { tc.then_some(false) },
             drop_reason: if e.kind == FLOW_DROP { u32::from(e.reason) } else { 0 },
             node_name: &directory.node_name,
             encrypted: e.auth == mesh_common::flows::AUTH_MTLS,
+            http: record
+                .http
+                .as_deref()
+                .filter(|_| l7)
+                .map(|exchange| (exchange, if e.kind == L7_RESPONSE { l7_type::RESPONSE } else { l7_type::REQUEST })),
         }
     }
 }

@@ -5,13 +5,16 @@
 //!
 //! `routes` decides a request's rule and backend, `filters` applies a rule's filters,
 //! `proxy` serves a client connection, `connector` reaches backends from the node's network
-//! namespace.
+//! namespace, `access_log` writes each request's L7 flows, `trace_context` carries W3C
+//! `traceparent` through with the proxy's span.
 
+pub mod access_log;
 pub mod connector;
 pub mod filters;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod trace_context;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -71,9 +74,10 @@ pub struct L7 {
 }
 
 impl L7 {
-    pub fn new(connector: NetnsConnector) -> Self {
+    /// The proxy, logging its requests' flows to `flows`.
+    pub fn new(connector: NetnsConnector, flows: crate::flows::store::FlowStore) -> Self {
         let endpoints = Arc::new(ModelEndpoints::default());
-        let proxy = Arc::new(Proxy::new(connector, endpoints.clone()));
+        let proxy = Arc::new(Proxy::new(connector, endpoints.clone()).with_flows(flows));
         Self { proxy, endpoints, frontends: Arc::default() }
     }
 

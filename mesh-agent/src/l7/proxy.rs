@@ -12,7 +12,7 @@
 
 use std::{
     hash::{BuildHasher as _, Hasher as _},
-    net::SocketAddr,
+    net::{SocketAddr, SocketAddrV4},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -28,10 +28,13 @@ use hyper_util::{
 use mesh_common::api;
 
 use super::{
+    access_log::{self, Hop, RequestLine},
     filters,
     metrics::{L7Metrics, RequestLabels},
     routes::{RouteTable, Routing, ServiceRef, pick_backend},
+    trace_context,
 };
+use crate::flows::{http::HttpExchange, store::FlowStore};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -66,6 +69,17 @@ pub struct Destination {
     pub service: ServiceRef,
     pub port: u16,
     pub client_namespace: String,
+    /// The client's address and port, and the Service address it connected to (for flows).
+    pub client: SocketAddrV4,
+    pub asked: SocketAddrV4,
+}
+
+/// What answering a request decided: the series it is counted in, and the endpoint its
+/// (last) try went to.
+#[derive(Debug, Default)]
+struct Outcome {
+    labels: RequestLabels,
+    endpoint: Option<SocketAddr>,
 }
 
 pub struct Proxy<C> {
@@ -75,6 +89,8 @@ pub struct Proxy<C> {
     client: Client<C, Body>,
     /// HTTP/2 with prior knowledge, for h2c and gRPC backends and for HTTP/2 clients' requests.
     client_h2: Client<C, Body>,
+    /// Where each request's flows go (none: not logged).
+    flows: Option<FlowStore>,
 }
 
 impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
@@ -90,7 +106,20 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             .http2_keep_alive_interval(H2_KEEPALIVE)
             .http2_keep_alive_timeout(H2_KEEPALIVE * 2)
             .build(connector);
-        Self { routes: RwLock::new(Arc::default()), metrics: L7Metrics::default(), endpoints, client, client_h2 }
+        Self {
+            routes: RwLock::new(Arc::default()),
+            metrics: L7Metrics::default(),
+            endpoints,
+            client,
+            client_h2,
+            flows: None,
+        }
+    }
+
+    /// Logs each request and its answer as L7 flows in `store`.
+    pub fn with_flows(mut self, store: FlowStore) -> Self {
+        self.flows = Some(store);
+        self
     }
 
     /// Its request metrics (to register with the agent's).
@@ -120,14 +149,35 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             let (proxy, destination) = (self.clone(), destination.clone());
             async move {
                 let started = Instant::now();
-                let mut labels = RequestLabels {
-                    source_namespace: destination.client_namespace.clone(),
-                    service_namespace: destination.service.namespace.clone(),
-                    service_name: destination.service.name.clone(),
-                    ..RequestLabels::default()
+                let line = proxy.flows.as_ref().map(|_| RequestLine::of(&request, destination.asked));
+                let mut request = request;
+                let span_id = u64::from(random_u32()) << 32 | u64::from(random_u32());
+                let trace_id = trace_context::propagate(request.headers_mut(), span_id).unwrap_or_default();
+                let mut outcome = Outcome {
+                    labels: RequestLabels {
+                        source_namespace: destination.client_namespace.clone(),
+                        service_namespace: destination.service.namespace.clone(),
+                        service_name: destination.service.name.clone(),
+                        ..RequestLabels::default()
+                    },
+                    endpoint: None,
                 };
-                let response = proxy.handle(request, &destination, &mut labels).await;
-                proxy.metrics.record(&labels, response.status().as_u16(), started.elapsed());
+                let response = proxy.handle(request, &destination, &mut outcome).await;
+                let (code, elapsed) = (response.status().as_u16(), started.elapsed());
+                proxy.metrics.record(&outcome.labels, code, elapsed);
+                if let (Some(store), Some(line)) = (&proxy.flows, line) {
+                    let hop = Hop { client: destination.client, asked: destination.asked, endpoint: outcome.endpoint };
+                    let Outcome { labels, .. } = outcome;
+                    let exchange = HttpExchange {
+                        code,
+                        route: labels.route,
+                        rule: labels.rule,
+                        backend: labels.backend,
+                        trace_id,
+                        ..HttpExchange::default()
+                    };
+                    access_log::log(store, line, hop, exchange, elapsed);
+                }
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
@@ -150,8 +200,10 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         connection.await
     }
 
-    /// Answers one request; `labels` gets the route, rule and backend that answered it.
-    async fn handle(&self, request: Request<Incoming>, to: &Destination, labels: &mut RequestLabels) -> Response<Body> {
+    /// Answers one request; `outcome` gets the route, rule, backend and endpoint that answered.
+    async fn handle(&self, request: Request<Incoming>, to: &Destination, outcome: &mut Outcome) -> Response<Body> {
+        let labels = &mut outcome.labels;
+        let endpoint = &mut outcome.endpoint;
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let table = self.routes.read().expect("routes lock").clone();
@@ -160,7 +212,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 Routing::NotRouted => {
                     labels.backend = format!("{}/{}:{}", to.service.namespace, to.service.name, to.port);
                     let body = body.map_err(BoxError::from).boxed();
-                    return match self.send_once(&to.service, to.port, &parts, body).await {
+                    return match self.send_once(&to.service, to.port, &parts, body, endpoint).await {
                         Ok(response) => finish(response, &[]),
                         Err(refusal) => refusal.into_response(),
                     };
@@ -253,7 +305,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 (Some(d), None) => Some(d.saturating_duration_since(Instant::now())),
                 (None, t) => t,
             };
-            let sent = self.send_once(&service, port, &parts, this_body);
+            let sent = self.send_once(&service, port, &parts, this_body, endpoint);
             let outcome = match limit {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(outcome) => outcome,
@@ -278,15 +330,17 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         last
     }
 
-    /// One try to one endpoint of `service`:`port`.
+    /// One try to one endpoint of `service`:`port` (written to `chosen`).
     async fn send_once(
         &self,
         service: &ServiceRef,
         port: u16,
         parts: &Parts,
         body: Body,
+        chosen: &mut Option<SocketAddr>,
     ) -> Result<Response<Incoming>, Refusal> {
         let (request, endpoint) = self.upstream_request(service, port, parts, body)?;
+        *chosen = Some(endpoint);
         self.client_for(&request).request(request).await.map_err(|err| {
             tracing::debug!("{}/{}:{port} at {endpoint}: {err:?}", service.namespace, service.name);
             Refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers".into())

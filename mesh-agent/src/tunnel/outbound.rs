@@ -171,7 +171,7 @@ fn dropped(client: SocketAddr, outbound: &Outbound, failure: Failure) -> crate::
         detail: failure.detail(),
         ..flows::FlowEvent::default()
     };
-    crate::flows::Record { event, unix_ns: crate::flows::unix_now_ns(), seq: 0 }
+    crate::flows::Record { event, unix_ns: crate::flows::unix_now_ns(), seq: 0, http: None }
 }
 
 /// Where a redirected connection goes.
@@ -214,6 +214,8 @@ async fn carry(
                 service,
                 port: asked.port(),
                 client_namespace,
+                client: client_v4,
+                asked,
             }));
         }
         let source = outbound

@@ -5,7 +5,7 @@
 //! Values are checked here, so a malformed one is reported with its flag.
 
 use mesh_agent::flows::filter;
-use mesh_common::hubble::flow::{DropReason, FlowFilter, TcpFlags, TrafficDirection, Verdict};
+use mesh_common::hubble::flow::{DropReason, EventTypeFilter, FlowFilter, TcpFlags, TrafficDirection, Verdict};
 
 /// Every filter flag: (long name, short name, either side).
 pub const FILTER_FLAGS: &[(&str, Option<char>)] = &[
@@ -35,7 +35,67 @@ pub const FILTER_FLAGS: &[(&str, Option<char>)] = &[
     ("node-name", None),
     ("encrypted", None),
     ("unencrypted", None),
+    ("type", Some('t')),
+    ("http-status", None),
+    ("http-method", None),
+    ("http-path", None),
+    ("http-url", None),
+    ("trace-id", None),
 ];
+
+/// Cilium's monitor event type names (`--type name[:sub-type]`).
+const EVENT_TYPES: &[(&str, i32)] = &[
+    ("drop", 1),
+    ("debug", 2),
+    ("capture", 3),
+    ("trace", 4),
+    ("policy-verdict", 5),
+    ("recorder", 6),
+    ("trace-sock", 7),
+    ("l7", 129),
+    ("agent", 130),
+];
+
+/// The named sub-types of `trace` events (Cilium's observation points).
+const TRACE_SUB_TYPES: &[(&str, i32)] = &[
+    ("to-endpoint", 0),
+    ("to-proxy", 1),
+    ("to-host", 2),
+    ("to-stack", 3),
+    ("to-overlay", 4),
+    ("from-endpoint", 5),
+    ("from-proxy", 6),
+    ("from-host", 7),
+    ("from-stack", 8),
+    ("from-overlay", 9),
+    ("from-network", 10),
+    ("to-network", 11),
+];
+
+/// `--type`'s value as Hubble reads it: an event type name, optionally `:` and a sub-type
+/// (a trace observation point's name, or a number).
+fn event_type(value: &str) -> Result<EventTypeFilter, String> {
+    let (name, sub) = match value.split_once(':') {
+        Some((name, sub)) => (name, Some(sub)),
+        None => (value, None),
+    };
+    let names = || EVENT_TYPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    let Some(&(_, r#type)) = EVENT_TYPES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
+        return Err(format!("unknown event type {name:?}: use one of {}", names()));
+    };
+    let sub_type = match sub {
+        None => None,
+        Some(sub) => Some(
+            TRACE_SUB_TYPES
+                .iter()
+                .find(|(n, _)| r#type == 4 && n.eq_ignore_ascii_case(sub))
+                .map(|(_, t)| *t)
+                .or_else(|| sub.parse::<u8>().ok().map(i32::from))
+                .ok_or_else(|| format!("unknown sub-type {sub:?} of {name}: use a number, or for trace an observation point such as to-endpoint"))?,
+        ),
+    };
+    Ok(EventTypeFilter { r#type, match_sub_type: sub_type.is_some(), sub_type: sub_type.unwrap_or(0) })
+}
 
 /// Filter flags that take no value.
 const SWITCHES: &[&str] = &["encrypted", "unencrypted"];
@@ -266,6 +326,30 @@ fn add(t: &mut Tracker, flag: &'static str, value: &str) -> Result<(), FlagError
             filter::parse_node_name(value).map_err(|e| bad(e.to_string()))?;
             t.both(|f| f.node_name.push(v.clone()));
         }
+        "type" => {
+            let event_type = event_type(value).map_err(bad)?;
+            t.both(|f| f.event_type.push(event_type));
+        }
+        "http-status" => {
+            filter::parse_http_status(value).map_err(|e| bad(e.to_string()))?;
+            t.both(|f| f.http_status_code.push(v.clone()));
+        }
+        "http-method" => {
+            filter::parse_http_method(value).map_err(|e| bad(e.to_string()))?;
+            t.both(|f| f.http_method.push(v.clone()));
+        }
+        "http-path" => {
+            filter::parse_http_regex(value).map_err(|e| bad(e.to_string()))?;
+            t.both(|f| f.http_path.push(v.clone()));
+        }
+        "http-url" => {
+            filter::parse_http_regex(value).map_err(|e| bad(e.to_string()))?;
+            t.both(|f| f.http_url.push(v.clone()));
+        }
+        "trace-id" => {
+            filter::parse_trace_id(value).map_err(|e| bad(e.to_string()))?;
+            t.both(|f| f.trace_id.push(v.clone()));
+        }
         other => unreachable!("{other} is not a filter flag"),
     }
     Ok(())
@@ -358,6 +442,32 @@ mod tests {
         assert_eq!(allow[0].source_pod, ["demo/"]);
         assert_eq!(allow[0].destination_pod, ["default/web"].map(|_| "web".to_owned()));
         assert_eq!(build(&flags("-n demo --to-pod web")).unwrap_err(), FlagError::Conflict("namespace", "to-pod"));
+    }
+
+    #[test]
+    fn types_and_http_flags_follow_hubble() {
+        let (allow, _) =
+            build(&flags("--type l7 --type trace:to-endpoint --http-status 5+ --http-method get")).unwrap();
+        assert_eq!(allow.len(), 1);
+        let types: Vec<(i32, bool, i32)> =
+            allow[0].event_type.iter().map(|t| (t.r#type, t.match_sub_type, t.sub_type)).collect();
+        assert_eq!(types, [(129, false, 0), (4, true, 0)]);
+        assert_eq!(
+            (allow[0].http_status_code.as_slice(), allow[0].http_method.as_slice()),
+            (&["5+".to_owned()][..], &["get".to_owned()][..])
+        );
+        let (allow, _) = build(&flags("-t drop:133")).unwrap();
+        assert_eq!((allow[0].event_type[0].r#type, allow[0].event_type[0].sub_type), (1, 133));
+        for (words, flag) in [
+            ("--type l8", "--type: "),
+            ("--type trace:sideways", "--type: "),
+            ("--http-status 2xx", "--http-status: "),
+            ("--http-path (", "--http-path: "),
+            ("--trace-id 12", "--trace-id: "),
+        ] {
+            let err = build(&flags(words)).unwrap_err().to_string();
+            assert!(err.starts_with(flag), "{words}: {err}");
+        }
     }
 
     #[test]

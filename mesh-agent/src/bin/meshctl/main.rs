@@ -137,6 +137,25 @@ struct ObserveArgs {
     /// Only flows not carried by the mutual-TLS tunnel.
     #[arg(long)]
     unencrypted: bool,
+    /// Flows of this event type: drop, trace, trace-sock, l7, policy-verdict, ..., optionally
+    /// with a sub-type (trace:to-endpoint, drop:133).
+    #[arg(short = 't', long = "type", action = ArgAction::Append)]
+    event_type: Vec<String>,
+    /// L7 responses with this HTTP status code (404) or code prefix (5+).
+    #[arg(long, action = ArgAction::Append)]
+    http_status: Vec<String>,
+    /// L7 flows of requests with this HTTP method.
+    #[arg(long, action = ArgAction::Append)]
+    http_method: Vec<String>,
+    /// L7 flows of requests whose path matches this regular expression.
+    #[arg(long, action = ArgAction::Append)]
+    http_path: Vec<String>,
+    /// L7 flows of requests whose URL matches this regular expression.
+    #[arg(long, action = ArgAction::Append)]
+    http_url: Vec<String>,
+    /// L7 flows of requests in this W3C trace (its 32 hexadecimal digits).
+    #[arg(long, action = ArgAction::Append)]
+    trace_id: Vec<String>,
     /// Negates the next filter flag.
     #[arg(long = "not", action = ArgAction::Count)]
     not: u8,

@@ -278,6 +278,19 @@ fn flow_kind(flow: &Flow) -> String {
                 _ => "sock".to_owned(),
             },
         },
+        129 => {
+            let l7 = flow.l7.as_ref();
+            let kind = match l7.map(|l7| l7.r#type()) {
+                Some(flow::L7FlowType::Request) => "request",
+                Some(flow::L7FlowType::Response) => "response",
+                Some(flow::L7FlowType::Sample) => "sample",
+                _ => "l7",
+            };
+            match l7.and_then(|l7| l7.record.as_ref()) {
+                Some(flow::layer7::Record::Http(_)) => format!("http-{kind}"),
+                None => kind.to_owned(),
+            }
+        }
         _ => "UNKNOWN".to_owned(),
     }
 }
@@ -399,6 +412,27 @@ fn flow_json(flow: &Flow) -> Value {
     if let Some(ep) = &flow.source {
         m.insert("source".into(), endpoint_json(ep));
     }
+    if let Some(l7) = &flow.l7 {
+        let mut value = Map::new();
+        value.insert("type".into(), json!(l7.r#type().as_str_name()));
+        if l7.latency_ns != 0 {
+            value.insert("latency_ns".into(), json!(l7.latency_ns.to_string()));
+        }
+        if let Some(flow::layer7::Record::Http(http)) = &l7.record {
+            let mut h = Map::new();
+            if http.code != 0 {
+                h.insert("code".into(), json!(http.code));
+            }
+            h.insert("method".into(), json!(http.method));
+            h.insert("url".into(), json!(http.url));
+            h.insert("protocol".into(), json!(http.protocol));
+            value.insert("http".into(), Value::Object(h));
+        }
+        m.insert("l7".into(), Value::Object(value));
+    }
+    if let Some(parent) = flow.trace_context.as_ref().and_then(|t| t.parent.as_ref()) {
+        m.insert("trace_context".into(), json!({"parent": {"trace_id": parent.trace_id}}));
+    }
     if let Some(ep) = &flow.destination {
         m.insert("destination".into(), endpoint_json(ep));
     }
@@ -483,8 +517,12 @@ fn flow_json(flow: &Flow) -> Value {
         if d.retransmits != 0 {
             x.insert("retransmits".into(), json!(d.retransmits));
         }
-        if !d.rule.is_empty() {
-            x.insert("rule".into(), json!(d.rule));
+        for (name, value) in
+            [("rule", &d.rule), ("route", &d.route), ("route_rule", &d.route_rule), ("backend", &d.backend)]
+        {
+            if !value.is_empty() {
+                x.insert(name.into(), json!(value));
+            }
         }
         m.insert("extensions".into(), Value::Object(x));
     }
