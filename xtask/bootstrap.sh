@@ -89,7 +89,23 @@ else
   cargo +"$toolchain" install cargo-deny --version "$cargo_deny_version" --locked
 fi
 
-# 7. bpffs, where the agent pins its maps and links.
+# 7. nginx, the l7 benchmark's baseline (a per-node reverse proxy), unpacked from Debian's
+# package into target/tools/nginx rather than installed: installing it would start a server
+# on the host's port 80, and the benchmark runs its own, in the lab's namespaces only.
+nginx_dir="$here/target/tools/nginx"
+if [ -x "$nginx_dir/usr/sbin/nginx" ]; then
+  say "ok: nginx at $nginx_dir"
+else
+  say "unpacking Debian's nginx into $nginx_dir (not installed: no service is started)"
+  download=$(mktemp -d)
+  chmod 777 "$download"
+  (cd "$download" && apt-get download -qq nginx 2>/dev/null)
+  mkdir -p "$nginx_dir"
+  dpkg -x "$download"/nginx_*.deb "$nginx_dir"
+  rm -rf "$download"
+fi
+
+# 8. bpffs, where the agent pins its maps and links.
 if mount | grep -q ' /sys/fs/bpf type bpf'; then
   say "ok: bpffs at /sys/fs/bpf"
 else

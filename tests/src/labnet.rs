@@ -95,6 +95,55 @@ pub fn http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16) -> Result<u32
     Ok(pid)
 }
 
+/// Starts `labnet http-echo` in `pod` on `port`, pinned to `cpu`; returns once it listens.
+pub fn http_echo_on(lab: &Lab, pod: &Pod, namespace: &str, port: u16, cpu: usize) -> Result<u32> {
+    let ready = lab.dir.join(format!("http-echo-{}-{port}.ready", pod.name));
+    let mut command = lab.pod_command(pod, binary())?;
+    command
+        .args(["http-echo", "--port", &port.to_string(), "--pod", &pod.name, "--namespace", namespace])
+        .args(["--cpu", &cpu.to_string()])
+        .arg("--ready-file")
+        .arg(&ready);
+    let pid = lab.spawn(&mut command)?;
+    lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
+    Ok(pid)
+}
+
+/// Runs `labnet http-load` in `placement` (pinned to `cpu`): `connections` keep-alive
+/// connections to `to` for `duration`, at `rate` requests a second in all or as fast as
+/// answers come.
+#[allow(clippy::too_many_arguments)]
+pub fn http_load(
+    lab: &Lab,
+    placement: &Placement,
+    to: SocketAddr,
+    headers: &[&str],
+    connections: u32,
+    duration: Duration,
+    rate: Option<f64>,
+    cpu: usize,
+) -> Result<crate::http_load::HttpLoadReport> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.args([
+        "http-load",
+        "--to",
+        &to.to_string(),
+        "--connections",
+        &connections.to_string(),
+        "--duration-ms",
+        &duration.as_millis().to_string(),
+        "--cpu",
+        &cpu.to_string(),
+    ]);
+    if let Some(rate) = rate {
+        command.args(["--rate", &rate.to_string()]);
+    }
+    for header in headers {
+        command.args(["--header", header]);
+    }
+    run_json(lab, &mut command, duration * 2 + Duration::from_secs(15), "labnet http-load")
+}
+
 /// Runs `labnet http-get` in `placement`: `count` requests for `path` to `to` with `headers`
 /// (`name:value`).
 pub fn http_get(

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod capture;
 pub mod http_echo;
+pub mod http_load;
 pub mod lab;
 pub mod labnet;
 pub mod manifests;

@@ -5,6 +5,7 @@
 
 pub(crate) mod control_plane;
 mod flows;
+mod l7;
 mod mtls;
 mod policy;
 mod service_lb;
@@ -70,6 +71,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// HTTP through the L7 proxy (a Service with a route), through the mesh without routes,
+    /// direct, and through nginx as a per-node reverse proxy: rate, latency, proxy CPU, memory.
+    L7 {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
@@ -83,6 +91,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Policy { scales, seconds } => policy::run(&scales, seconds)?,
         Bench::Flows { scales, seconds } => flows::run(&scales, seconds)?,
         Bench::Mtls { seconds } => mtls::run(seconds)?,
+        Bench::L7 { seconds } => l7::run(seconds)?,
     };
     report.print();
     let path = report.write()?;
@@ -98,12 +107,13 @@ type RunBench = fn() -> anyhow::Result<Report>;
 /// targets count as missed, the others still run.
 fn all() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let benches: [(&str, RunBench); 5] = [
+    let benches: [(&str, RunBench); 6] = [
         ("control-plane", || control_plane::run(10_000, 10, 50)),
         ("service-lb", || service_lb::run(&[1, 1000, 10_000], 2.0)),
         ("policy", || policy::run(&[10, 1000, 10_000], 3.0)),
         ("flows", || flows::run(&[100_000, 1_000_000, 1_200_000, 3_000_000], 3.0)),
         ("mtls", || mtls::run(3.0)),
+        ("l7", || l7::run(3.0)),
     ];
     let mut judged = Vec::new();
     for (name, bench) in benches {
@@ -199,7 +209,6 @@ fn program_runs(name: &str) -> (Duration, u64) {
         .fold((Duration::ZERO, 0), |(time, runs), p| (time + p.run_time(), runs + p.run_count()))
 }
 
-/// User plus system CPU time of process `pid` so far.
 /// Context switches (voluntary and not) of every thread of process `pid` so far: how often
 /// it woke up, which on a VM costs the other processes more than its own CPU time says.
 pub(crate) fn process_wakeups(pid: u32) -> u64 {
@@ -217,6 +226,7 @@ pub(crate) fn process_wakeups(pid: u32) -> u64 {
         .sum()
 }
 
+/// User plus system CPU time of process `pid` so far.
 pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name (which may hold spaces) in parentheses.

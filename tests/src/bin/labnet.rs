@@ -30,6 +30,9 @@
 //! - `labnet http-get --to 10.96.0.30:80 --count 100 [--path /x] [--method GET] [--header
 //!   name:value]...`: requests one after another over keep-alive; prints a JSON summary
 //!   (statuses, answering pods, errors, the last answer).
+//! - `labnet http-load --to A --connections 4 --duration-ms 3000 [--rate 1000] [--header
+//!   name:value]... [--cpu N]`: HTTP/1.1 over keep-alive connections, as fast as answers come
+//!   or at a fixed rate (`mesh_tests::http_load`); prints requests/s and latency percentiles.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -63,8 +66,31 @@ enum Cmd {
         namespace: String,
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
     },
     /// Send COUNT HTTP requests to TO over keep-alive connections.
+    /// HTTP/1.1 load over keep-alive connections (the l7 benchmark's).
+    HttpLoad {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// `name:value`, repeatable.
+        #[arg(long)]
+        header: Vec<String>,
+        #[arg(long, default_value_t = 4)]
+        connections: u32,
+        #[arg(long, default_value_t = 3000)]
+        duration_ms: u64,
+        /// Requests a second in all (open loop); without it, as fast as the answers come.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
     HttpGet {
         #[arg(long)]
         to: SocketAddr,
@@ -191,14 +217,27 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
-        Cmd::HttpEcho { port, pod, namespace, ready_file } => {
-            mesh_tests::http_echo::serve(port, &pod, &namespace, ready_file.as_deref())
+        Cmd::HttpEcho { port, pod, namespace, ready_file, cpu } => {
+            pin(cpu).and_then(|()| mesh_tests::http_echo::serve(port, &pod, &namespace, ready_file.as_deref()))
+        }
+        Cmd::HttpLoad { to, path, header, connections, duration_ms, rate, cpu } => {
+            let headers = header_pairs(&header);
+            let pace = rate.map_or(mesh_tests::http_load::Pace::Max, mesh_tests::http_load::Pace::Rate);
+            pin(cpu)
+                .and_then(|()| {
+                    mesh_tests::http_load::run(
+                        to,
+                        &path,
+                        &headers,
+                        connections,
+                        Duration::from_millis(duration_ms),
+                        pace,
+                    )
+                })
+                .and_then(|r| print(&r))
         }
         Cmd::HttpGet { to, count, path, method, header, timeout_ms } => {
-            let headers: Vec<(String, String)> = header
-                .iter()
-                .filter_map(|h| h.split_once(':').map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())))
-                .collect();
+            let headers = header_pairs(&header);
             mesh_tests::http_echo::get(to, &method, &path, &headers, count, Duration::from_millis(timeout_ms))
                 .and_then(|r| print(&r))
         }
@@ -492,6 +531,11 @@ fn abort(stream: &TcpStream) {
 }
 
 /// Pins the process to `cpu` (benchmarks keep client and servers apart, so runs compare).
+/// `name:value` arguments as pairs.
+fn header_pairs(headers: &[String]) -> Vec<(String, String)> {
+    headers.iter().filter_map(|h| h.split_once(':').map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))).collect()
+}
+
 fn pin(cpu: Option<usize>) -> std::io::Result<()> {
     let Some(cpu) = cpu else { return Ok(()) };
     if cpu >= libc::CPU_SETSIZE as usize {

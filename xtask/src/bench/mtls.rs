@@ -180,7 +180,7 @@ fn sample(lab: &Lab, client: &Placement, ip: Ipv4Addr, duration: Duration, agent
 }
 
 /// `VmRSS` of process `pid`, MiB.
-fn rss_mib(pid: u32) -> Option<f64> {
+pub(super) fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
