@@ -544,6 +544,11 @@ async fn requests_become_l7_flows_and_carry_their_trace() {
     assert_ne!(forwarded, traceparent, "the proxy's own span is the parent");
     assert_eq!(lab.get("/nothing").await.status, StatusCode::NOT_FOUND);
 
+    // Handed to the store in batches (within access_log::GATHER).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while lab.flows.snapshot().0.len() < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(mesh_agent::l7::access_log::GATHER).await;
+    }
     let (records, _) = lab.flows.snapshot();
     let kinds: Vec<u8> = records.iter().map(|r| r.event.kind).collect();
     assert_eq!(kinds, [L7_REQUEST, L7_RESPONSE, L7_REQUEST, L7_RESPONSE]);

@@ -5,10 +5,15 @@
 //! The request's flow goes from the client to the endpoint that answered (or to the Service's
 //! address when the proxy answered itself); the response's flow goes back, with the code and
 //! the latency.
+//!
+//! Flows are handed to the store in batches, at most one per [`GATHER`], as the kernel's are:
+//! each batch wakes the store's followers (the metrics' flow counter among them) on the agent's
+//! main runtime, and a wake per request was the proxy's largest cost after its own sockets
+//! (futex and eventfd wake-ups across threads, `cargo xtask bench l7`).
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -63,8 +68,43 @@ pub struct Hop {
     pub endpoint: Option<SocketAddr>,
 }
 
-/// Writes the two flows of an answered request to `store`.
-pub fn log(store: &FlowStore, line: RequestLine, hop: Hop, mut exchange: HttpExchange, latency: Duration) {
+/// How long a request's flows may wait for others before they go to the store together.
+pub const GATHER: Duration = Duration::from_millis(10);
+
+/// The proxy's flows on their way to the store. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct AccessLog {
+    store: FlowStore,
+    pending: Arc<Mutex<Vec<Record>>>,
+}
+
+impl AccessLog {
+    pub fn new(store: FlowStore) -> Self {
+        Self { store, pending: Arc::default() }
+    }
+
+    /// Logs the two flows of an answered request; they reach the store within [`GATHER`]
+    /// (the first flow of a batch starts a task, on the caller's runtime, that hands it over).
+    pub fn log(&self, line: RequestLine, hop: Hop, exchange: HttpExchange, latency: Duration) {
+        let records = records(line, hop, exchange, latency);
+        let first = {
+            let mut pending = self.pending.lock().expect("never poisoned: no panics under the lock");
+            pending.extend(records);
+            pending.len() == 2
+        };
+        if first {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(GATHER).await;
+                let batch = std::mem::take(&mut *this.pending.lock().expect("never poisoned"));
+                this.store.push(batch);
+            });
+        }
+    }
+}
+
+/// The two flows of an answered request.
+fn records(line: RequestLine, hop: Hop, mut exchange: HttpExchange, latency: Duration) -> [Record; 2] {
     exchange.method = line.method;
     exchange.url = line.url;
     exchange.protocol = line.protocol;
@@ -102,5 +142,5 @@ pub fn log(store: &FlowStore, line: RequestLine, hop: Hop, mut exchange: HttpExc
         seq: 0,
         http: Some(exchange),
     };
-    store.push(vec![request, response]);
+    [request, response]
 }

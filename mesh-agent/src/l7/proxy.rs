@@ -28,7 +28,7 @@ use hyper_util::{
 use mesh_common::api;
 
 use super::{
-    access_log::{self, Hop, RequestLine},
+    access_log::{AccessLog, Hop, RequestLine},
     filters,
     metrics::{L7Metrics, RequestLabels},
     routes::{RouteTable, Routing, ServiceRef, pick_backend},
@@ -90,7 +90,7 @@ pub struct Proxy<C> {
     /// HTTP/2 with prior knowledge, for h2c and gRPC backends and for HTTP/2 clients' requests.
     client_h2: Client<C, Body>,
     /// Where each request's flows go (none: not logged).
-    flows: Option<FlowStore>,
+    flows: Option<AccessLog>,
 }
 
 impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
@@ -118,7 +118,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
 
     /// Logs each request and its answer as L7 flows in `store`.
     pub fn with_flows(mut self, store: FlowStore) -> Self {
-        self.flows = Some(store);
+        self.flows = Some(AccessLog::new(store));
         self
     }
 
@@ -165,7 +165,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 let response = proxy.handle(request, &destination, &mut outcome).await;
                 let (code, elapsed) = (response.status().as_u16(), started.elapsed());
                 proxy.metrics.record(&outcome.labels, code, elapsed);
-                if let (Some(store), Some(line)) = (&proxy.flows, line) {
+                if let (Some(log), Some(line)) = (&proxy.flows, line) {
                     let hop = Hop { client: destination.client, asked: destination.asked, endpoint: outcome.endpoint };
                     let Outcome { labels, .. } = outcome;
                     let exchange = HttpExchange {
@@ -176,7 +176,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                         trace_id,
                         ..HttpExchange::default()
                     };
-                    access_log::log(store, line, hop, exchange, elapsed);
+                    log.log(line, hop, exchange, elapsed);
                 }
                 Ok::<_, std::convert::Infallible>(response)
             }
