@@ -128,6 +128,39 @@ async fn grpc_backend() -> SocketAddr {
 /// The address the proxy's clients asked for (the Service `demo/echo`, port 80).
 const SERVICE_ADDRESS: std::net::SocketAddrV4 = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 96, 0, 30), 80);
 
+/// A backend that switches any request to protocol `echo` (101), then echoes bytes: what a
+/// WebSocket server does, without the framing.
+async fn upgrade_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: echo") || !head.contains("connection: upgrade") {
+                    let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                    .await;
+                let (mut read, mut write) = stream.into_split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    address
+}
+
 struct Lab {
     proxy: SocketAddr,
     /// Tells the proxy's connections to drain.
@@ -149,8 +182,10 @@ async fn start(routes: &str) -> Lab {
     }
     let addr = |n: &str| vec![echoes[n].addr];
     let grpc = grpc_backend().await;
+    let upgrade = upgrade_backend().await;
     let backends = Backends(HashMap::from([
         ("grpc".to_owned(), vec![grpc]),
+        ("upgrade".to_owned(), vec![upgrade]),
         ("echo".to_owned(), vec![echoes["v1"].addr, echoes["v2"].addr]),
         ("echo-v1".to_owned(), addr("v1")),
         ("echo-v2".to_owned(), addr("v2")),
@@ -610,4 +645,38 @@ async fn requests_become_l7_flows_and_carry_their_trace() {
     #[allow(deprecated)]
     let summary = flow.summary;
     assert!(summary.starts_with("HTTP/1.1 200 ") && summary.ends_with("ms (GET http://echo/only?x=1)"), "{summary}");
+}
+
+/// HTTP/1.1 upgrades (what WebSocket does) are passed through: the backend's 101 reaches the
+/// client with its Upgrade header, and then bytes flow both ways on the same connection.
+#[tokio::test]
+async fn upgrades_are_passed_through() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let lab = start(&route(
+        "upgrade",
+        "  rules:\n  - matches: [{path: {type: PathPrefix, value: /chat}}]\n    backendRefs: [{name: upgrade, port: 80}]",
+    ))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(lab.proxy).await.unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: echo\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "the proxy closed: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo") && head.contains("connection: upgrade"), "{head}");
+    for message in [&b"ping"[..], b"a second message"] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed)).await.unwrap().unwrap();
+        assert_eq!(echoed, message);
+    }
+    // Without the upgrade asked for, the same backend is an ordinary request (it answers 400).
+    assert_eq!(lab.get("/chat").await.status, StatusCode::BAD_REQUEST);
 }

@@ -8,7 +8,9 @@
 //! matches, 500 when the chosen rule has no backend with weight or its backend Service (or
 //! port) does not exist, 503 when a backend Service has
 //! no endpoint or its connection fails (after retries), 504 when a timeout passes, 413 when a
-//! body that must be kept for a retry or a mirror is larger than [`MAX_BUFFERED_BODY`].
+//! body that must be kept for a retry or a mirror is larger than [`MAX_BUFFERED_BODY`], 502 when
+//! a backend switches protocols unasked. HTTP/1.1 upgrades (WebSocket's) are passed through:
+//! the backend's 101 goes back, and the two connections are joined byte for byte.
 
 use std::{
     hash::{BuildHasher as _, Hasher as _},
@@ -162,7 +164,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                     },
                     endpoint: None,
                 };
-                let response = proxy.handle(request, &destination, &mut outcome).await;
+                let upgrade = ClientUpgrade::of(&mut request);
+                let response = proxy.handle(request, &destination, &mut outcome, upgrade).await;
                 let (code, elapsed) = (response.status().as_u16(), started.elapsed());
                 proxy.metrics.record(&outcome.labels, code, elapsed);
                 if let (Some(log), Some(line)) = (&proxy.flows, line) {
@@ -201,11 +204,22 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     }
 
     /// Answers one request; `outcome` gets the route, rule, backend and endpoint that answered.
-    async fn handle(&self, request: Request<Incoming>, to: &Destination, outcome: &mut Outcome) -> Response<Body> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        to: &Destination,
+        outcome: &mut Outcome,
+        mut upgrade: Option<ClientUpgrade>,
+    ) -> Response<Body> {
         let labels = &mut outcome.labels;
         let endpoint = &mut outcome.endpoint;
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(upgrade) = &upgrade {
+            // The one hop-by-hop request the backend must see: the upgrade itself.
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, upgrade.protocols.clone());
+        }
         let table = self.routes.read().expect("routes lock").clone();
         let selected =
             match table.select(&to.service, to.port, &to.client_namespace, &parts.method, &parts.uri, &parts.headers) {
@@ -213,7 +227,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                     labels.backend = format!("{}/{}:{}", to.service.namespace, to.service.name, to.port);
                     let body = body.map_err(BoxError::from).boxed();
                     return match self.send_once(&to.service, to.port, &parts, body, endpoint).await {
-                        Ok(response) => finish(response, &[]),
+                        Ok(response) => finish(response, &[], &mut upgrade),
                         Err(refusal) => refusal.into_response(),
                     };
                 }
@@ -318,8 +332,10 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 Err(refusal) => retry.is_some() && refusal.0 == StatusCode::SERVICE_UNAVAILABLE,
             };
             match outcome {
-                Ok(response) if !retryable || attempt + 1 == tries => return finish(response, &response_modifiers),
-                Ok(response) => last = finish(response, &response_modifiers),
+                Ok(response) if !retryable || attempt + 1 == tries => {
+                    return finish(response, &response_modifiers, &mut upgrade);
+                }
+                Ok(response) => last = finish(response, &response_modifiers, &mut upgrade),
                 Err(refusal) if !retryable => return refusal.into_response(),
                 Err(refusal) => last = refusal.into_response(),
             }
@@ -368,7 +384,9 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
             return Err(Refusal(StatusCode::BAD_REQUEST, "the request's path is not valid".into()));
         };
-        let http2 = parts.version == http::Version::HTTP_2 || self.endpoints.http2(service, port);
+        // An HTTP/1.1 upgrade stays HTTP/1.1 (HTTP/2 has no such thing).
+        let http2 = !parts.headers.contains_key(header::UPGRADE)
+            && (parts.version == http::Version::HTTP_2 || self.endpoints.http2(service, port));
         let version = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         let mut request = Request::builder().method(parts.method.clone()).uri(uri).version(version);
         if let Some(headers) = request.headers_mut() {
@@ -442,12 +460,75 @@ fn answer(status: StatusCode, reason: &str) -> Response<Body> {
     response
 }
 
-fn finish(response: Response<Incoming>, modifiers: &[&api::HeaderModifier]) -> Response<Body> {
+/// An HTTP/1.1 upgrade a client asked for (`Connection: upgrade` with an `Upgrade` header, as
+/// WebSocket clients send): the protocols it named, and its side of the connection once the
+/// proxy's answer (101) is sent.
+pub struct ClientUpgrade {
+    protocols: HeaderValue,
+    client: hyper::upgrade::OnUpgrade,
+}
+
+impl ClientUpgrade {
+    fn of(request: &mut Request<Incoming>) -> Option<Self> {
+        if request.version() != http::Version::HTTP_11 {
+            return None;
+        }
+        let asked = request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+        let protocols = request.headers().get(header::UPGRADE)?.clone();
+        asked.then(|| Self { protocols, client: hyper::upgrade::on(request) })
+    }
+}
+
+/// The client's response from a backend's. A backend's 101 to an upgrade the client asked for
+/// is passed on with its `Upgrade` header, and both connections, once switched, are joined
+/// until either side closes; a 101 nobody asked for is a bad gateway.
+fn finish(
+    mut response: Response<Incoming>,
+    modifiers: &[&api::HeaderModifier],
+    upgrade: &mut Option<ClientUpgrade>,
+) -> Response<Body> {
+    let switched = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = upgrade.take() else {
+            return answer(StatusCode::BAD_GATEWAY, "the backend switched protocols without being asked");
+        };
+        let backend = hyper::upgrade::on(&mut response);
+        tokio::spawn(splice(client.client, backend));
+        response.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocols) = switched {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocols);
+    }
     let mut response = Response::from_parts(parts, body.map_err(BoxError::from).boxed());
     modify_response(&mut response, modifiers);
     response
+}
+
+/// Joins an upgraded client connection and its backend's until either closes.
+async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let (client, backend) = tokio::join!(client, backend);
+    match (client, backend) {
+        (Ok(client), Ok(backend)) => {
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(backend)).await;
+        }
+        (client, backend) => {
+            tracing::debug!(
+                "an upgraded connection did not switch: client {:?}, backend {:?}",
+                client.err(),
+                backend.err()
+            );
+        }
+    }
 }
 
 fn modify_response(response: &mut Response<Body>, modifiers: &[&api::HeaderModifier]) {
