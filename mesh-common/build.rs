@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".mesh.v1.Resource.kind.mesh_policy")
         .boxed(".mesh.v1.Resource.kind.peer_authentication")
         .boxed(".mesh.v1.Resource.kind.http_route")
+        .boxed(".mesh.v1.Resource.kind.grpc_route")
         .compile_protos(
             &[
                 "proto/mesh/v1/state.proto",

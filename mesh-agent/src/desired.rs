@@ -136,7 +136,7 @@ impl Compiler {
                 everything = true;
             }
         }
-        if everything || kind_changed(Kind::HttpRoute) {
+        if everything || kind_changed(Kind::HttpRoute) || kind_changed(Kind::GrpcRoute) {
             let routed = routed(model);
             if routed != self.routed {
                 self.routed = routed;

@@ -207,8 +207,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                         result = Err(result.err().map_or(err.to_string(), |e| format!("{e}; {err}")));
                     }
                 }
-                if touched(&[Kind::HttpRoute, Kind::Service, Kind::EndpointSlice, Kind::Workload, Kind::Node]) {
-                    for err in l7.update(model, &compiler, touched(&[Kind::HttpRoute])) {
+                let routes = [Kind::HttpRoute, Kind::GrpcRoute];
+                if touched(&routes) || touched(&[Kind::Service, Kind::EndpointSlice, Kind::Workload, Kind::Node]) {
+                    for err in l7.update(model, &compiler, touched(&routes)) {
                         tracing::warn!("{err}");
                     }
                 }

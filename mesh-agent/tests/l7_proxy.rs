@@ -197,7 +197,7 @@ async fn start(routes: &str) -> Lab {
     let routes: Vec<api::HttpRoute> = resources
         .into_iter()
         .filter_map(|r| match r.kind {
-            Some(api::resource::Kind::HttpRoute(route)) => Some(*route),
+            Some(api::resource::Kind::HttpRoute(route) | api::resource::Kind::GrpcRoute(route)) => Some(*route),
             _ => None,
         })
         .collect();
@@ -539,6 +539,69 @@ async fn grpc_requests_are_routed_over_http2() {
     assert_eq!(unknown.expect_err("not found").code(), tonic::Code::NotFound);
     // HTTP/1.1 clients still reach the other rule on the same connection-level listener.
     assert_eq!(lab.get("/").await.backend(), "v1");
+}
+
+/// GRPCRoute (MeshGRPCRoute... the upstream suite has no mesh GRPCRoute test; its gateway
+/// GRPCRouteExactMethodMatching and GRPCRouteHeaderMatching cases, at the proxy): the exact
+/// method goes to the gRPC backend, a header match sends the same method elsewhere, another
+/// method of the service matches no rule (404 from the proxy, which gRPC reports as
+/// UNIMPLEMENTED).
+#[tokio::test]
+async fn grpc_routes_match_methods_and_headers() {
+    let lab = start(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: health, namespace: demo}
+spec:
+  parentRefs: [{group: '', kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{method: {service: grpc.health.v1.Health, method: Check}, headers: [{name: version, value: two}]}]
+    backendRefs: [{name: echo-v2, port: 80}]
+  - matches: [{method: {service: grpc.health.v1.Health, method: Check}}]
+    backendRefs: [{name: grpc, port: 80}]
+---
+",
+    )
+    .await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", lab.proxy)).unwrap().connect().await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = || tonic_health::pb::HealthCheckRequest { service: String::new() };
+    let answer = health.check(request()).await.expect("served by the gRPC backend");
+    assert_eq!(answer.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    // The header match: to echo-v2, which is no gRPC server.
+    let mut with_header = tonic::Request::new(request());
+    with_header.metadata_mut().insert("version", "two".parse().unwrap());
+    assert!(health.check(with_header).await.is_err(), "the echo server answered as a gRPC server");
+    // Watch is another method of the service: no rule matches it.
+    let watched = match health.watch(request()).await {
+        Err(status) => Err(status),
+        Ok(stream) => stream.into_inner().message().await,
+    };
+    assert!(watched.is_err(), "{watched:?}");
+    // Which rule and backend answered each call, from the proxy's flows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while lab.flows.snapshot().0.len() < 6 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(mesh_agent::l7::access_log::GATHER).await;
+    }
+    let answered: Vec<(String, String, String)> = lab
+        .flows
+        .snapshot()
+        .0
+        .iter()
+        .filter(|r| r.event.kind == mesh_common::flows::L7_RESPONSE)
+        .filter_map(|r| r.http.as_deref())
+        .map(|h| (format!("{}#{}", h.route, h.rule), h.backend.clone(), format!("{} {}", h.code, h.url)))
+        .collect();
+    let url = |method: &str| format!("http://{}/grpc.health.v1.Health/{method}", lab.proxy);
+    let expected = [
+        ("demo/health#1", "demo/grpc:80", format!("200 {}", url("Check"))),
+        // echo-v2 speaks HTTP/1.1 only: the HTTP/2 call cannot be sent there (503).
+        ("demo/health#0", "demo/echo-v2:80", format!("503 {}", url("Check"))),
+        ("#", "", format!("404 {}", url("Watch"))),
+    ]
+    .map(|(rule, backend, answer)| (rule.to_owned(), backend.to_owned(), answer));
+    assert_eq!(answered, expected);
 }
 
 /// A draining proxy (its agent SIGTERMed) answers the request in flight, then closes the

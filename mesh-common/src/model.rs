@@ -37,6 +37,7 @@ impl Resource {
             resource::Kind::MeshPolicy(p) => (Kind::MeshPolicy, &p.namespace, &p.name),
             resource::Kind::PeerAuthentication(p) => (Kind::PeerAuthentication, &p.namespace, &p.name),
             resource::Kind::HttpRoute(r) => (Kind::HttpRoute, &r.namespace, &r.name),
+            resource::Kind::GrpcRoute(r) => (Kind::GrpcRoute, &r.namespace, &r.name),
         };
         Some(ResourceKey { kind: kind as i32, namespace: namespace.clone(), name: name.clone() })
     }
@@ -63,6 +64,7 @@ impl std::fmt::Display for ResourceKey {
             Kind::MeshPolicy => "MeshPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
             Kind::Unspecified => "Unspecified",
         });
         write!(f, "{kind} {}/{}", self.namespace, self.name)
@@ -282,10 +284,10 @@ impl ResourceSet {
         slice_of(self.encoded.get(&key)?)
     }
 
-    /// Every HTTPRoute, in key order.
+    /// Every HTTPRoute, in key order, then every GRPCRoute (as the HTTPRoute it means).
     pub fn http_routes(&self) -> impl Iterator<Item = &crate::api::HttpRoute> {
-        self.of_kind(Kind::HttpRoute).filter_map(|r| match &r.kind {
-            Some(resource::Kind::HttpRoute(route)) => Some(route.as_ref()),
+        self.of_kind(Kind::HttpRoute).chain(self.of_kind(Kind::GrpcRoute)).filter_map(|r| match &r.kind {
+            Some(resource::Kind::HttpRoute(route) | resource::Kind::GrpcRoute(route)) => Some(route.as_ref()),
             _ => None,
         })
     }

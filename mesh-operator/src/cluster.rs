@@ -16,6 +16,7 @@ use mesh_common::{
 
 use crate::{
     crd::{ClusterMeshPolicy, ClusterMeshPolicySpec, MeshPolicy, MeshPolicySpec, PeerAuthentication},
+    grpc_route::{self, GrpcRoute},
     http_route::{self, HttpRoute},
     identity::{IdentityAllocator, SecurityLabels},
     translate::{self, Invalid},
@@ -35,6 +36,7 @@ pub enum Object {
     ClusterMeshPolicy(Box<ClusterMeshPolicy>),
     PeerAuthentication(Box<PeerAuthentication>),
     HttpRoute(Box<HttpRoute>),
+    GrpcRoute(Box<GrpcRoute>),
 }
 
 /// A MeshPolicy or a ClusterMeshPolicy, as the view keeps it.
@@ -100,6 +102,7 @@ enum Dirty {
     MeshPolicy(String, String),
     PeerAuthentication(String, String),
     HttpRoute(String, String),
+    GrpcRoute(String, String),
     /// The endpoints derived from pods for a selector service that has no EndpointSlice.
     Derived(String, String),
 }
@@ -118,6 +121,7 @@ pub struct ClusterView {
     mesh_policies: BTreeMap<NsName, MeshPolicyObject>,
     peer_authentications: BTreeMap<NsName, PeerAuthentication>,
     http_routes: BTreeMap<NsName, HttpRoute>,
+    grpc_routes: BTreeMap<NsName, GrpcRoute>,
     /// The namespace whose selector-less PeerAuthentication is mesh-wide.
     root_namespace: String,
     /// (namespace, service) -> names of its EndpointSlices.
@@ -148,6 +152,7 @@ impl ClusterView {
             mesh_policies: BTreeMap::new(),
             peer_authentications: BTreeMap::new(),
             http_routes: BTreeMap::new(),
+            grpc_routes: BTreeMap::new(),
             root_namespace: crate::crd::DEFAULT_ROOT_NAMESPACE.to_owned(),
             slices_of: BTreeMap::new(),
             derived_of: BTreeMap::new(),
@@ -178,6 +183,7 @@ impl ClusterView {
                     .map(drop)
             }
             Object::HttpRoute(route) => http_route::translate(&key.namespace, &key.name, route).map(drop),
+            Object::GrpcRoute(route) => grpc_route::translate(&key.namespace, &key.name, route).map(drop),
         }
     }
 
@@ -226,6 +232,10 @@ impl ClusterView {
             Object::PeerAuthentication(p) => {
                 self.peer_authentications.insert(nn.clone(), *p);
                 self.dirty.insert(Dirty::PeerAuthentication(nn.0, nn.1));
+            }
+            Object::GrpcRoute(route) => {
+                self.grpc_routes.insert(nn.clone(), *route);
+                self.dirty.insert(Dirty::GrpcRoute(nn.0, nn.1));
             }
             Object::HttpRoute(route) => {
                 self.http_routes.insert(nn.clone(), *route);
@@ -281,6 +291,9 @@ impl ClusterView {
             }
             "PeerAuthentication" if self.peer_authentications.remove(&nn).is_some() => {
                 self.dirty.insert(Dirty::PeerAuthentication(nn.0, nn.1));
+            }
+            "GRPCRoute" if self.grpc_routes.remove(&nn).is_some() => {
+                self.dirty.insert(Dirty::GrpcRoute(nn.0, nn.1));
             }
             "HTTPRoute" if self.http_routes.remove(&nn).is_some() => {
                 self.dirty.insert(Dirty::HttpRoute(nn.0, nn.1));
@@ -374,6 +387,16 @@ impl ClusterView {
                         resource.map(|r| wrap(resource::Kind::HttpRoute(Box::new(r)))),
                     ));
                 }
+                Dirty::GrpcRoute(ns, name) => {
+                    let resource = self.grpc_routes.get(&(ns.clone(), name.clone())).and_then(|route| {
+                        let translated = grpc_route::translate(&ns, &name, route);
+                        checked(&mut errors, format!("GRPCRoute/{ns}/{name}"), translated).flatten()
+                    });
+                    changes.push((
+                        key(Kind::GrpcRoute, &ns, &name),
+                        resource.map(|r| wrap(resource::Kind::GrpcRoute(Box::new(r)))),
+                    ));
+                }
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),
             }
         }
@@ -392,18 +415,23 @@ impl ClusterView {
         (changes, errors)
     }
 
-    /// Every HTTPRoute's status, per Service parent (routes without one have none).
-    pub fn route_statuses(&self) -> BTreeMap<NsName, Vec<http_route::ParentStatus>> {
+    /// Every HTTPRoute's and GRPCRoute's status, per Service parent (routes without one have
+    /// none), by (kind, namespace, name).
+    pub fn route_statuses(&self) -> BTreeMap<(&'static str, String, String), Vec<http_route::ParentStatus>> {
         let ports = |ns: &str, name: &str| {
             let service = self.services.get(&(ns.to_owned(), name.to_owned()))?;
             let ports = service.spec.as_ref().and_then(|s| s.ports.as_ref());
             Some(ports.into_iter().flatten().filter_map(|p| u32::try_from(p.port).ok()).collect())
         };
-        self.http_routes
+        let http = self
+            .http_routes
             .iter()
-            .map(|((ns, name), route)| ((ns.clone(), name.clone()), http_route::status(ns, route, ports)))
-            .filter(|(_, status)| !status.is_empty())
-            .collect()
+            .map(|((ns, name), route)| (("HTTPRoute", ns.clone(), name.clone()), http_route::status(ns, route, ports)));
+        let grpc = self
+            .grpc_routes
+            .iter()
+            .map(|((ns, name), route)| (("GRPCRoute", ns.clone(), name.clone()), grpc_route::status(ns, route, ports)));
+        http.chain(grpc).filter(|(_, status)| !status.is_empty()).collect()
     }
 
     fn workload(&mut self, ns: &str, name: &str) -> Result<Option<api::Workload>, String> {

@@ -782,11 +782,20 @@ impl std::fmt::Display for ParentStatus {
 /// Service that exists, with the port). `ports(namespace, name)`: the
 /// ports of a Service the model holds.
 pub fn status(namespace: &str, route: &HttpRoute, ports: impl Fn(&str, &str) -> Option<Vec<u32>>) -> Vec<ParentStatus> {
-    let condition = |kind, status, reason, message: String| Condition { kind, status, reason, message };
     let translated = translate(namespace, route.metadata.name.as_deref().unwrap_or_default(), route);
-    let parents: Vec<api::RouteParent> = route
-        .spec
-        .parent_refs
+    status_of(namespace, &route.spec.parent_refs, &translated, ports)
+}
+
+/// The status of a route (HTTPRoute, or a GRPCRoute as the HTTPRoute it means) with
+/// `parent_refs`, translated (or refused) as `translated`.
+pub fn status_of(
+    namespace: &str,
+    parent_refs: &[ParentRef],
+    translated: &Result<Option<api::HttpRoute>, Invalid>,
+    ports: impl Fn(&str, &str) -> Option<Vec<u32>>,
+) -> Vec<ParentStatus> {
+    let condition = |kind, status, reason, message: String| Condition { kind, status, reason, message };
+    let parents: Vec<api::RouteParent> = parent_refs
         .iter()
         .filter(|p| p.group.as_deref() == Some("") && p.kind.as_deref() == Some("Service"))
         .map(|p| api::RouteParent {
@@ -795,7 +804,7 @@ pub fn status(namespace: &str, route: &HttpRoute, ports: impl Fn(&str, &str) -> 
             port: p.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
         })
         .collect();
-    let resolved = match &translated {
+    let resolved = match translated {
         Err(_) => condition("ResolvedRefs", false, "Invalid", "the route is not valid (see Accepted)".into()),
         Ok(route) => {
             let route = route.as_ref().expect("a route with Service parents is translated");
@@ -830,7 +839,7 @@ pub fn status(namespace: &str, route: &HttpRoute, ports: impl Fn(&str, &str) -> 
     parents
         .into_iter()
         .map(|parent| {
-            let accepted = match (&translated, ports(&parent.namespace, &parent.service)) {
+            let accepted = match (translated, ports(&parent.namespace, &parent.service)) {
                 (Err(err), _) => condition("Accepted", false, "UnsupportedValue", err.to_string()),
                 (Ok(_), None) => condition(
                     "Accepted",

@@ -7,6 +7,7 @@ pub mod ca_server;
 pub mod cluster;
 pub mod cluster_source;
 pub mod crd;
+pub mod grpc_route;
 pub mod http_route;
 pub mod identity;
 pub mod local_dir;

@@ -18,11 +18,12 @@ use serde::de::DeserializeOwned;
 use crate::{
     cluster::{ClusterView, Object, ObjectKey},
     crd::{ClusterMeshPolicy, MeshPolicy, PeerAuthentication},
+    grpc_route::GrpcRoute,
     http_route::HttpRoute,
 };
 
 /// What the operator reads, as `apiVersion kind`.
-pub const KINDS: [(&str, &str); 11] = [
+pub const KINDS: [(&str, &str); 12] = [
     ("v1", "Namespace"),
     ("v1", "Pod"),
     ("v1", "Service"),
@@ -34,6 +35,7 @@ pub const KINDS: [(&str, &str); 11] = [
     ("mesh.dev/v1alpha1", "ClusterMeshPolicy"),
     ("mesh.dev/v1alpha1", "PeerAuthentication"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
 ];
 
 /// One problem with one object (or, when it cannot be split into objects, one file).
@@ -293,6 +295,7 @@ fn object(value: &serde_json::Value) -> ObjectResult {
             Object::PeerAuthentication(Box::new(typed_from::<PeerAuthentication>(value).map_err(wrong)?))
         }
         "HTTPRoute" => Object::HttpRoute(Box::new(typed_from::<HttpRoute>(value).map_err(wrong)?)),
+        "GRPCRoute" => Object::GrpcRoute(Box::new(typed_from::<GrpcRoute>(value).map_err(wrong)?)),
         // Checked, then set aside: nothing in the model comes from a ServiceAccount object.
         _ => return typed_from::<ServiceAccount>(value).map(|_| None).map_err(wrong),
     };

@@ -186,9 +186,9 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
     for err in &model_errors {
         println!("{err}");
     }
-    for ((ns, name), parents) in view.route_statuses() {
+    for ((kind, ns, name), parents) in view.route_statuses() {
         for parent in parents {
-            println!("HTTPRoute/{ns}/{name}: {parent}");
+            println!("{kind}/{ns}/{name}: {parent}");
         }
     }
     anyhow::ensure!(
@@ -398,7 +398,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
     let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));
-    // Cluster mode does not watch HTTPRoutes yet, so this stays empty.
+    // Cluster mode does not watch HTTPRoutes or GRPCRoutes yet, so this stays empty.
     let mut statuses = RouteStatuses::new();
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
@@ -497,20 +497,21 @@ fn apply(
 }
 
 /// The last status logged of each route (local mode has no API server to write it to).
-type RouteStatuses = std::collections::BTreeMap<(String, String), Vec<mesh_operator::http_route::ParentStatus>>;
+type RouteStatuses =
+    std::collections::BTreeMap<(&'static str, String, String), Vec<mesh_operator::http_route::ParentStatus>>;
 
 /// Logs each route status that changed: at warn when a condition is False.
 fn log_route_statuses(view: &ClusterView, logged: &mut RouteStatuses) {
     let now = view.route_statuses();
-    for ((ns, name), parents) in &now {
-        if logged.get(&(ns.clone(), name.clone())) == Some(parents) {
+    for (key @ (kind, ns, name), parents) in &now {
+        if logged.get(key) == Some(parents) {
             continue;
         }
         for parent in parents {
             if parent.conditions.iter().all(|c| c.status) {
-                tracing::info!("HTTPRoute/{ns}/{name}: {parent}");
+                tracing::info!("{kind}/{ns}/{name}: {parent}");
             } else {
-                tracing::warn!("HTTPRoute/{ns}/{name}: {parent}");
+                tracing::warn!("{kind}/{ns}/{name}: {parent}");
             }
         }
     }
