@@ -17,7 +17,7 @@ use mesh_agent::{
         store::FlowStore,
     },
     identity::{self, Certificates, ca_client::CaClient},
-    l7::{L7, connector::NetnsConnector},
+    l7::{L7, connector::Upstreams},
     metrics::Metrics,
     netns,
     operator_stream::{self, Received},
@@ -90,8 +90,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     let certificates = Certificates::new(config.trust_domain.clone(), config.tls.is_some());
     let agent = AgentState::new(&config.node_name, config.bpffs.clone(), store.clone(), certificates.clone());
     let destinations = agent.destinations.clone();
-    // The L7 proxy reaches backends from the node's namespace, as the tunnel does.
-    let l7 = L7::new(NetnsConnector::new(netns::Sockets::new(config.netns.as_deref())?), store.clone());
+    // The L7 proxy reaches backends from the node's namespace, as the tunnel does: as the
+    // client (its address here, its certificate through the tunnel) when the agent holds
+    // workload certificates (its own pool of tunnels), else from the node.
+    let sockets = netns::Sockets::new(config.netns.as_deref())?;
+    let upstreams = if config.tls.is_some() {
+        Upstreams::as_clients(sockets, destinations.clone(), certificates.clone(), tunnel::hbone::Pool::default())
+    } else {
+        Upstreams::from_node(sockets)
+    };
+    let l7 = L7::new(upstreams, store.clone());
     let served = runtime.block_on(serve(
         &config,
         &store,

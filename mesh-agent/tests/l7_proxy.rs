@@ -204,7 +204,7 @@ async fn start(routes: &str) -> Lab {
     let (table, errors) = RouteTable::build(&routes);
     assert!(errors.is_empty(), "{errors:?}");
     let flows = FlowStore::new(1024);
-    let proxy = Arc::new(Proxy::new(HttpConnector::new(), Arc::new(backends)).with_flows(flows.clone()));
+    let proxy = Arc::new(Proxy::new(|_| HttpConnector::new(), Arc::new(backends)).with_flows(flows.clone()));
     proxy.set_routes(table);
     let metrics = proxy.metrics().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -12,7 +12,8 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
 /// What the echo server answers (JSON): the pod and namespace it runs as, and the request as
-/// it arrived (header names lowercase, repeated headers' values in order).
+/// it arrived (header names lowercase, repeated headers' values in order), and the address it
+/// came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Echoed {
     pub pod: String,
@@ -22,6 +23,9 @@ pub struct Echoed {
     pub path: String,
     pub host: String,
     pub headers: BTreeMap<String, Vec<String>>,
+    /// The client's address and port, as the server sees the connection.
+    #[serde(default)]
+    pub peer: String,
 }
 
 /// Serves on `port` (all addresses) until killed: `/status/N` answers N, anything else 200,
@@ -34,12 +38,12 @@ pub fn serve(port: u16, pod: &str, namespace: &str, ready_file: Option<&Path>) -
             std::fs::write(file, b"listening\n")?;
         }
         loop {
-            let (stream, _) = listener.accept().await?;
+            let (stream, peer) = listener.accept().await?;
             let (pod, namespace) = (pod.to_owned(), namespace.to_owned());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let (pod, namespace) = (pod.clone(), namespace.clone());
-                    async move { Ok::<_, std::convert::Infallible>(answer(request, &pod, &namespace).await) }
+                    async move { Ok::<_, std::convert::Infallible>(answer(request, &pod, &namespace, peer).await) }
                 });
                 let _ =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
@@ -48,7 +52,7 @@ pub fn serve(port: u16, pod: &str, namespace: &str, ready_file: Option<&Path>) -
     })
 }
 
-async fn answer(request: Request<Incoming>, pod: &str, namespace: &str) -> Response<Full<Bytes>> {
+async fn answer(request: Request<Incoming>, pod: &str, namespace: &str, peer: SocketAddr) -> Response<Full<Bytes>> {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in request.headers() {
         headers
@@ -67,6 +71,7 @@ async fn answer(request: Request<Incoming>, pod: &str, namespace: &str) -> Respo
             .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
             .unwrap_or_default(),
         headers,
+        peer: peer.to_string(),
     };
     let status = request
         .uri()

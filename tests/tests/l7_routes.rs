@@ -51,6 +51,19 @@ fn manifests(web_a: Ipv4Addr, web_b: Ipv4Addr) -> String {
     text += &slice("echo-1", "echo", &[a, b]);
     text += &slice("echo-v1-1", "echo-v1", &[a]);
     text += &slice("echo-v2-1", "echo-v2", &[b]);
+    text += &format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: echo-from-team, namespace: demo}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{{namespaceSelector: {{matchLabels: {{team: web}}}}}}]
+    ports: [{{port: {ECHO_PORT}}}]
+---
+"
+    );
     text += "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: echo, namespace: demo}
@@ -74,10 +87,9 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
         return;
     }
     let (lab, manifest_dir) = demo::lab().expect("lab");
-    // The proxy connects to backends from its node's address, which the demo's policy (web
-    // takes only its http port, from the team's namespaces) does not let in: the client's own
-    // address and identity at the backend come with the tunnel (ARCHITECTURE.md, L7).
-    std::fs::remove_file(manifest_dir.join("policy.yaml")).unwrap();
+    // The demo's policy stays: web takes only the team's namespaces (and not the intruder), on
+    // its http port and (below) the echo port. The proxy connects to backends as the client,
+    // so the client's requests pass it.
     std::fs::write(manifest_dir.join("nodes.yaml"), manifests::nodes(&lab)).unwrap();
     let (web_a, web_b) = (lab.pod("web-a"), lab.pod("web-b"));
     std::fs::write(manifest_dir.join("echo.yaml"), manifests(web_a.ip, web_b.ip)).unwrap();
@@ -98,6 +110,10 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
     let echoed = two.last_echo.as_ref().expect("an echo");
     assert_eq!((echoed.path.as_str(), echoed.method.as_str()), ("/", "GET"));
     assert_eq!(echoed.host, echo.to_string(), "the Host the client sent reaches the backend");
+    // From the client's own address, through the tunnel with its certificate (web-b is on the
+    // other node), as the backend's policy and flows see it.
+    let client_ip = lab.pod(demo::CLIENT).ip.to_string();
+    assert!(echoed.peer.starts_with(&format!("{client_ip}:")), "{echoed:?}");
 
     // A weighted split, 70/30, within 10 points over 300 requests (6 standard deviations).
     let split = labnet::http_get(&lab, &client, echo, "/split/x", &[], 300).expect("client runs");
@@ -108,6 +124,9 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
     // A response header set by the route; and a request no rule matches: 404 from the proxy.
     let one = labnet::http_get(&lab, &client, echo, "/v1", &[], 3).expect("client runs");
     assert_eq!(one.pods.get("web-a"), Some(&3), "{one:?}");
+    // web-a is on the client's node: from the client's address too.
+    let peer = one.last_echo.as_ref().map(|e| e.peer.clone()).unwrap_or_default();
+    assert!(peer.starts_with(&format!("{client_ip}:")), "{one:?}");
     assert_eq!(one.last_headers.get("x-routed").map(String::as_str), Some("v1"), "{one:?}");
     let none = labnet::http_get(&lab, &client, echo, "/nothing", &[], 3).expect("client runs");
     assert_eq!(none.statuses.get(&404), Some(&3), "{none:?}");

@@ -4,8 +4,8 @@
 //! Service it was made to and the client pod's namespace. Everything else never reaches it.
 //!
 //! `routes` decides a request's rule and backend, `filters` applies a rule's filters,
-//! `proxy` serves a client connection, `connector` reaches backends from the node's network
-//! namespace, `access_log` writes each request's L7 flows, `trace_context` carries W3C
+//! `proxy` serves a client connection, `connector` reaches backends as the client (from its
+//! own address on this node, through the tunnel with its certificate to other nodes), `access_log` writes each request's L7 flows, `trace_context` carries W3C
 //! `traceparent` through with the proxy's span.
 
 pub mod access_log;
@@ -28,7 +28,7 @@ use mesh_common::{
 };
 
 use self::{
-    connector::NetnsConnector,
+    connector::{NetnsConnector, Upstreams},
     proxy::{Destination, Endpoints, Proxy},
     routes::{RouteError, RouteTable, ServiceRef},
 };
@@ -75,9 +75,10 @@ pub struct L7 {
 
 impl L7 {
     /// The proxy, logging its requests' flows to `flows`.
-    pub fn new(connector: NetnsConnector, flows: crate::flows::store::FlowStore) -> Self {
+    pub fn new(upstreams: Upstreams, flows: crate::flows::store::FlowStore) -> Self {
         let endpoints = Arc::new(ModelEndpoints::default());
-        let proxy = Arc::new(Proxy::new(connector, endpoints.clone()).with_flows(flows));
+        let connectors = move |client| upstreams.for_client(client);
+        let proxy = Arc::new(Proxy::new(connectors, endpoints.clone()).with_flows(flows));
         Self { proxy, endpoints, frontends: Arc::default() }
     }
 

@@ -14,7 +14,7 @@
 
 use std::{
     hash::{BuildHasher as _, Hasher as _},
-    net::{SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -84,38 +84,67 @@ struct Outcome {
     endpoint: Option<SocketAddr>,
 }
 
+/// A client pod's pooled clients: HTTP/1.1, and HTTP/2 with prior knowledge (for h2c and gRPC
+/// backends and for HTTP/2 clients' requests).
+struct Clients<C> {
+    http1: Client<C, Body>,
+    http2: Client<C, Body>,
+}
+
+/// At most this many client pods' pools are kept; past it they are all dropped (their
+/// connections close as their requests end) and made again as requests come.
+const MAX_CLIENT_POOLS: usize = 4096;
+
 pub struct Proxy<C> {
     routes: RwLock<Arc<RouteTable>>,
     metrics: L7Metrics,
     endpoints: Arc<dyn Endpoints>,
-    client: Client<C, Body>,
-    /// HTTP/2 with prior knowledge, for h2c and gRPC backends and for HTTP/2 clients' requests.
-    client_h2: Client<C, Body>,
+    /// The connector for a client's requests (connections made as that client).
+    connectors: Box<dyn Fn(Ipv4Addr) -> C + Send + Sync>,
+    /// Each client pod's pools: a connection made as one client never carries another's.
+    clients: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, Arc<Clients<C>>>>,
     /// Where each request's flows go (none: not logged).
     flows: Option<AccessLog>,
 }
 
 impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
-    pub fn new(connector: C, endpoints: Arc<dyn Endpoints>) -> Self {
+    /// A proxy reaching backends with `connectors(client)` for each client's requests.
+    pub fn new(connectors: impl Fn(Ipv4Addr) -> C + Send + Sync + 'static, endpoints: Arc<dyn Endpoints>) -> Self {
+        Self {
+            routes: RwLock::new(Arc::default()),
+            metrics: L7Metrics::default(),
+            endpoints,
+            connectors: Box::new(connectors),
+            clients: std::sync::Mutex::default(),
+            flows: None,
+        }
+    }
+
+    /// The pools of client `client`.
+    fn clients(&self, client: Ipv4Addr) -> Arc<Clients<C>> {
+        let mut all = self.clients.lock().expect("never poisoned: no panics under the lock");
+        if let Some(clients) = all.get(&client) {
+            return clients.clone();
+        }
+        if all.len() >= MAX_CLIENT_POOLS {
+            all.clear();
+        }
+        let connector = (self.connectors)(client);
         let builder = || {
             let mut builder = Client::builder(TokioExecutor::new());
             builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
             builder
         };
-        let client = builder().build(connector.clone());
-        let client_h2 = builder()
-            .http2_only(true)
-            .http2_keep_alive_interval(H2_KEEPALIVE)
-            .http2_keep_alive_timeout(H2_KEEPALIVE * 2)
-            .build(connector);
-        Self {
-            routes: RwLock::new(Arc::default()),
-            metrics: L7Metrics::default(),
-            endpoints,
-            client,
-            client_h2,
-            flows: None,
-        }
+        let clients = Arc::new(Clients {
+            http1: builder().build(connector.clone()),
+            http2: builder()
+                .http2_only(true)
+                .http2_keep_alive_interval(H2_KEEPALIVE)
+                .http2_keep_alive_timeout(H2_KEEPALIVE * 2)
+                .build(connector),
+        });
+        all.insert(client, clients.clone());
+        clients
     }
 
     /// Logs each request and its answer as L7 flows in `store`.
@@ -226,7 +255,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 Routing::NotRouted => {
                     labels.backend = format!("{}/{}:{}", to.service.namespace, to.service.name, to.port);
                     let body = body.map_err(BoxError::from).boxed();
-                    return match self.send_once(&to.service, to.port, &parts, body, endpoint).await {
+                    return match self.send_once(*to.client.ip(), &to.service, to.port, &parts, body, endpoint).await {
                         Ok(response) => finish(response, &[], &mut upgrade),
                         Err(refusal) => refusal.into_response(),
                     };
@@ -292,7 +321,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             (None, Some(body.map_err(BoxError::from).boxed()))
         };
         for mirror in mirrors {
-            self.mirror(mirror, &parts, kept.clone().unwrap_or_default());
+            self.mirror(*to.client.ip(), mirror, &parts, kept.clone().unwrap_or_default());
         }
         let started = Instant::now();
         let request_deadline =
@@ -319,7 +348,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 (Some(d), None) => Some(d.saturating_duration_since(Instant::now())),
                 (None, t) => t,
             };
-            let sent = self.send_once(&service, port, &parts, this_body, endpoint);
+            let sent = self.send_once(*to.client.ip(), &service, port, &parts, this_body, endpoint);
             let outcome = match limit {
                 Some(limit) => match tokio::time::timeout(limit, sent).await {
                     Ok(outcome) => outcome,
@@ -349,6 +378,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     /// One try to one endpoint of `service`:`port` (written to `chosen`).
     async fn send_once(
         &self,
+        client: Ipv4Addr,
         service: &ServiceRef,
         port: u16,
         parts: &Parts,
@@ -357,7 +387,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     ) -> Result<Response<Incoming>, Refusal> {
         let (request, endpoint) = self.upstream_request(service, port, parts, body)?;
         *chosen = Some(endpoint);
-        self.client_for(&request).request(request).await.map_err(|err| {
+        self.client_for(client, &request).request(request).await.map_err(|err| {
             tracing::debug!("{}/{}:{port} at {endpoint}: {err:?}", service.namespace, service.name);
             Refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers".into())
         })
@@ -402,13 +432,14 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         Ok((request, endpoint))
     }
 
-    /// The pooled client for a request's version.
-    fn client_for(&self, request: &Request<Body>) -> &Client<C, Body> {
-        if request.version() == http::Version::HTTP_2 { &self.client_h2 } else { &self.client }
+    /// The pooled client of `client` for a request's version.
+    fn client_for(&self, client: Ipv4Addr, request: &Request<Body>) -> Client<C, Body> {
+        let clients = self.clients(client);
+        if request.version() == http::Version::HTTP_2 { clients.http2.clone() } else { clients.http1.clone() }
     }
 
     /// Sends a copy of the request to a mirror's backend, answer ignored, for the mirror's share of requests.
-    fn mirror(&self, mirror: &api::HttpMirror, parts: &Parts, body: Bytes) {
+    fn mirror(&self, client: Ipv4Addr, mirror: &api::HttpMirror, parts: &Parts, body: Bytes) {
         let Some(backend) = &mirror.backend else { return };
         let chance = u64::from(random_u32()) * u64::from(mirror.denominator.max(1));
         if chance >= u64::from(mirror.numerator) << 32 {
@@ -417,7 +448,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
         let port = u16::try_from(backend.port).unwrap_or_default();
         let Ok((request, _)) = self.upstream_request(&service, port, parts, body_of(body)) else { return };
-        let client = self.client_for(&request).clone();
+        let client = self.client_for(client, &request);
         tokio::spawn(async move {
             // The mirror's answer is read and dropped; it never reaches the client.
             if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {

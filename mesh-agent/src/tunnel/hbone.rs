@@ -320,7 +320,11 @@ pub fn forwarded_address(value: &str) -> Option<SocketAddr> {
 /// Makes `socket` send from `client` (any port) with the tunnel's mark carrying principal
 /// number `principal` (0: none a rule names): a transparent socket, whose replies the node's
 /// reply route delivers here (`reply_route`).
-fn transparent(socket: &tokio::net::TcpSocket, client: std::net::Ipv4Addr, principal: u16) -> std::io::Result<()> {
+pub(crate) fn transparent(
+    socket: &tokio::net::TcpSocket,
+    client: std::net::Ipv4Addr,
+    principal: u16,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd as _;
     let fd = socket.as_raw_fd();
     let set = |level, option, value: u32| {
