@@ -200,3 +200,135 @@ pub fn config(args: &[String]) -> Result<(), String> {
             .map_err(|err| err.to_string())?;
     crate::config::Config::from_args(args).map(drop).map_err(|err| err.to_string())
 }
+
+/// Routes every HTTP request of [`http_request`] meets: one of each kind of match (a regular
+/// expression and a header, a prefix and a query parameter, an exact path and a method), with
+/// the filters that rewrite what the proxy forwards (path, host, headers) and a redirect.
+fn request_routes() -> Vec<mesh_common::api::HttpRoute> {
+    use mesh_common::api::{self, http_filter::Kind as Filter};
+    let value = |name: &str, value: &str, kind: api::ValueMatch| api::NameValueMatch {
+        r#match: kind as i32,
+        name: name.into(),
+        value: value.into(),
+    };
+    let backend =
+        api::HttpBackend { namespace: "demo".into(), service: "web".into(), port: 80, weight: 1, ..Default::default() };
+    let rewrite = |kind: api::PathModifier, value: &str| {
+        Filter::Rewrite(api::UrlRewrite {
+            hostname: "rewritten.demo".into(),
+            path: Some(api::PathRewrite { kind: kind as i32, value: value.into() }),
+        })
+    };
+    let rule = |matches: Vec<api::HttpRouteMatch>, filters: Vec<Filter>| api::HttpRouteRule {
+        matches,
+        filters: filters.into_iter().map(|kind| api::HttpFilter { kind: Some(kind) }).collect(),
+        backends: vec![backend.clone()],
+        ..Default::default()
+    };
+    let path = |kind: api::PathMatch, path: &str| api::HttpRouteMatch {
+        path_match: kind as i32,
+        path: path.into(),
+        ..Default::default()
+    };
+    let headers = api::HeaderModifier {
+        set: vec![api::NameValue { name: "x-set".into(), value: "1".into() }],
+        add: vec![api::NameValue { name: "x-add".into(), value: "2".into() }],
+        remove: vec!["x-remove".into()],
+    };
+    let redirect = Filter::Redirect(api::HttpRedirect {
+        scheme: "https".into(),
+        hostname: "elsewhere.demo".into(),
+        path: Some(api::PathRewrite { kind: api::PathModifier::Prefix as i32, value: "/moved".into() }),
+        port: 8443,
+        status_code: 301,
+    });
+    let rules = vec![
+        rule(
+            vec![api::HttpRouteMatch {
+                headers: vec![value("x-version", "v[0-9]+", api::ValueMatch::Regex)],
+                ..path(api::PathMatch::Regex, "/api/v[0-9]+/.*")
+            }],
+            vec![rewrite(api::PathModifier::Full, "/full"), Filter::RequestHeaders(headers)],
+        ),
+        rule(
+            vec![api::HttpRouteMatch {
+                query_params: vec![value("q", "1", api::ValueMatch::Exact)],
+                ..path(api::PathMatch::Prefix, "/static")
+            }],
+            vec![rewrite(api::PathModifier::Prefix, "/")],
+        ),
+        rule(vec![api::HttpRouteMatch { method: "POST".into(), ..path(api::PathMatch::Exact, "/") }], vec![]),
+        api::HttpRouteRule { backends: vec![], ..rule(vec![path(api::PathMatch::Prefix, "/old")], vec![redirect]) },
+    ];
+    vec![api::HttpRoute {
+        namespace: "demo".into(),
+        name: "web".into(),
+        parents: vec![api::RouteParent { namespace: "demo".into(), service: "web".into(), port: 80 }],
+        rules,
+        ..Default::default()
+    }]
+}
+
+/// An HTTP request a client pod sends to a Service with routes (any pod may send anything),
+/// taken as the L7 proxy takes it once hyper has parsed it: `method`, `target` (origin or
+/// absolute form) and `headers` must be what the `http` crate accepts (else refused, as hyper
+/// refuses them); then its `traceparent` carried on, its rule chosen among
+/// [`request_routes`], the rule's filters applied (path and host rewrites, header changes, a
+/// redirect's `Location`), and its flow's URL written. Returns the rule and the request as it
+/// would be forwarded (`<method> <path> host=<host>`, or the redirect).
+pub fn http_request(method: &str, target: &str, headers: &[(&str, &str)]) -> Result<String, String> {
+    use crate::l7::{access_log::RequestLine, filters, trace_context};
+    let method = http::Method::from_bytes(method.as_bytes()).map_err(|err| format!("method: {err}"))?;
+    let uri: http::Uri = target.parse().map_err(|err| format!("target: {err}"))?;
+    let mut request = http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|err| format!("header name: {err}"))?;
+        let value = http::HeaderValue::from_bytes(value.as_bytes()).map_err(|err| format!("header {name}: {err}"))?;
+        request = request.header(name, value);
+    }
+    let mut request = request.body(()).map_err(|err| format!("request: {err}"))?;
+    let asked = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 96, 0, 10), 80);
+    let line = RequestLine::of(&request, asked);
+    let trace = trace_context::propagate(request.headers_mut(), 0x5eed).unwrap_or_default();
+    let (mut parts, ()) = request.into_parts();
+    crate::l7::proxy::strip_hop_by_hop(&mut parts.headers);
+    let routes = request_routes();
+    let (table, errors) = RouteTable::build(&routes);
+    assert!(errors.is_empty(), "the fixed routes are valid: {errors:?}");
+    let service = ServiceRef { namespace: "demo".into(), name: "web".into() };
+    let selected = match table.select(&service, 80, "demo", &parts.method, &parts.uri, &parts.headers) {
+        Routing::Rule(selected) => selected,
+        Routing::NoMatch => return Ok(format!("404 {} trace={trace}", line.url)),
+        Routing::NotRouted => return Err("the fixed routes route port 80".into()),
+    };
+    let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+    for filter in selected.rule.filters.iter().filter_map(|f| f.kind.as_ref()) {
+        use mesh_common::api::http_filter::Kind;
+        match filter {
+            Kind::RequestHeaders(m) | Kind::ResponseHeaders(m) => filters::modify_headers(&mut parts.headers, m),
+            Kind::Redirect(r) => {
+                let location = filters::redirect_location(r, &host, 80, &parts.uri, &selected.path);
+                return Ok(format!("rule {} redirect {location}", selected.rule_index));
+            }
+            Kind::Rewrite(r) => {
+                if !r.hostname.is_empty() {
+                    filters::set_host(&mut parts.headers, &r.hostname);
+                }
+                if let Some(path) = &r.path {
+                    let new_path = filters::rewrite_path(parts.uri.path(), path, &selected.path);
+                    parts.uri = filters::with_path(&parts.uri, &new_path);
+                }
+            }
+            Kind::Mirror(_) => {}
+        }
+    }
+    let host = parts.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    Ok(format!(
+        "rule {} {} {} host={} trace={trace} url={}",
+        selected.rule_index,
+        parts.method,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        host.unwrap_or_default(),
+        line.url
+    ))
+}

@@ -598,3 +598,82 @@ fn hostile_tunnel_requests_are_refused_and_never_panic() {
     }
     assert!(refused > CASES / 3, "only {refused} of {CASES} mutated requests were refused");
 }
+
+/// Pieces of request targets: path elements, encodings, queries, absolute forms.
+const TARGET_TOKENS: &[&[u8]] = &[
+    b"/",
+    b"//",
+    b"/api/v2/",
+    b"/static",
+    b"/old",
+    b"?q=1",
+    b"&q=2",
+    b"#frag",
+    b"%2F",
+    b"%",
+    b"..",
+    b"http://web:80",
+    b"*",
+    b" ",
+    b"\x00",
+    "é".as_bytes(),
+];
+
+/// Header names and values a pod may send, hostile ones included.
+const REQUEST_HEADERS: &[(&str, &str)] = &[
+    ("host", "web"),
+    ("host", "web:8080"),
+    ("host", "[::1]:80"),
+    ("host", ""),
+    ("x-version", "v2"),
+    ("x-version", "vX"),
+    ("x-remove", "1"),
+    ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ("traceparent", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"),
+    ("traceparent", "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"),
+    ("traceparent", "\u{e9}"),
+    ("connection", "upgrade, x-version"),
+    ("connection", ",,,"),
+    ("upgrade", "websocket"),
+    ("te", "trailers"),
+    ("bad name", "x"),
+    ("x-bad-value", "a\nb"),
+];
+
+/// HTTP requests any pod may send to a Service with routes, taken as the L7 proxy takes them.
+#[test]
+fn hostile_http_requests_are_routed_or_refused_and_never_panic() {
+    // Each rule of the fixed routes, first.
+    let web = [("host", "web")];
+    assert_eq!(
+        untrusted::http_request("GET", "/api/v2/x", &[("host", "web"), ("x-version", "v2"), ("x-remove", "1")]),
+        Ok("rule 0 GET /full host=rewritten.demo trace= url=http://web/api/v2/x".into())
+    );
+    assert_eq!(
+        untrusted::http_request("GET", "/static/a?q=1", &web),
+        Ok("rule 1 GET /a?q=1 host=rewritten.demo trace= url=http://web/static/a?q=1".into())
+    );
+    assert_eq!(untrusted::http_request("POST", "/", &web), Ok("rule 2 POST / host=web trace= url=http://web/".into()));
+    assert_eq!(
+        untrusted::http_request("GET", "/old/page", &web),
+        Ok("rule 3 redirect https://elsewhere.demo:8443/moved/page".into())
+    );
+    assert_eq!(untrusted::http_request("GET", "/nothing", &web), Ok("404 http://web/nothing trace=".into()));
+    let mut generator = Gen::new(5);
+    let methods = ["GET", "POST", "PUT", "HEAD", "OPTIONS", "BREW", "G ET", "", "get"];
+    let seeds = ["/api/v2/x", "/static/a?q=1", "/", "/old/page", "http://web/static?q=1"];
+    for case in 0..CASES {
+        let method = *generator.pick(&methods);
+        let seed = *generator.pick(&seeds);
+        let target = String::from_utf8_lossy(&generator.mutate(seed.as_bytes(), TARGET_TOKENS)).into_owned();
+        let headers: Vec<(&str, &str)> = (0..generator.below(6)).map(|_| *generator.pick(REQUEST_HEADERS)).collect();
+        match timed("http request", target.as_bytes(), || untrusted::http_request(method, &target, &headers)) {
+            Ok(out) => assert!(out.starts_with("rule ") || out.starts_with("404 "), "case {case}: {out}"),
+            Err(err) => assert!(
+                ["method: ", "target: ", "header", "request: "].iter().any(|p| err.starts_with(p)),
+                "case {case}: {err}"
+            ),
+        }
+    }
+}

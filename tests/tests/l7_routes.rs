@@ -170,7 +170,7 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
     // L7 flows through the Observer API, read by the real meshctl: the 3 unmatched requests'
     // responses by status, the header-matched requests by method, path and destination pod.
     let socket = agent::observer_socket(&lab, "node-0");
-    let not_found = meshctl::flows(&socket, &["--type", "l7", "--http-status", "404"]);
+    let not_found = flows_eventually(&socket, &["--type", "l7", "--http-status", "404"], 3);
     assert_eq!(not_found.len(), 3, "{not_found:#?}");
     for flow in &not_found {
         assert_eq!(flow["Type"], "L7", "{flow}");
@@ -202,9 +202,22 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
     assert_eq!(received.len(), 1, "{traced:?}");
     assert!(received[0].starts_with(&format!("00-{trace}-")), "{received:?}");
     assert!(!received[0].contains("b7ad6b7169203331"), "the proxy's span replaces the client's: {received:?}");
-    let in_trace = meshctl::flows(&socket, &["--trace-id", trace]);
+    let in_trace = flows_eventually(&socket, &["--trace-id", trace], 2);
     assert_eq!(in_trace.len(), 2, "{in_trace:#?}");
     assert!(in_trace.iter().all(|f| f["trace_context"]["parent"]["trace_id"] == trace), "{in_trace:#?}");
+}
+
+/// `meshctl::flows`, asked again (for at most 3 s) until it gives `count` flows: the proxy
+/// hands its flows to the agent's store in batches, up to 10 ms after the answers.
+fn flows_eventually(socket: &std::path::Path, args: &[&str], count: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let flows = meshctl::flows(socket, args);
+        if flows.len() >= count || std::time::Instant::now() >= deadline {
+            return flows;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn echo_address() -> SocketAddr {

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The targets, each with what it reads.
-pub const TARGETS: [(&str, &str); 8] = [
+pub const TARGETS: [(&str, &str); 9] = [
     ("manifests", "manifests of every kind local mode reads, YAML and JSON, multi-document"),
     ("state_update", "state stream messages, decoded and applied as an agent does"),
     ("flow_request", "Observer GetFlows requests and their filters"),
@@ -26,6 +26,10 @@ pub const TARGETS: [(&str, &str); 8] = [
     (
         "tunnel_request",
         "tunnel CONNECTs (client leaf, server name, target, Forwarded), as the receiving agent judges them",
+    ),
+    (
+        "http_request",
+        "HTTP requests from pods (method, target, headers), as the L7 proxy routes, rewrites and traces them",
     ),
 ];
 

@@ -569,7 +569,7 @@ fn modify_response(response: &mut Response<Body>, modifiers: &[&api::HeaderModif
 }
 
 /// Headers of one hop only (RFC 9110 7.6.1): never forwarded, nor those the Connection header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
