@@ -122,6 +122,7 @@ impl AgentState {
             lost_events_kernel: stats.lost_kernel,
             lost_events_followers: stats.lost_followers,
             seen_flows: stats.seen_flows,
+            made_flows: stats.made_flows,
             num_flows: stats.num_flows,
             max_flows: stats.max_flows,
             certificates_enabled: self.certificates.enabled(),

@@ -683,7 +683,8 @@ fn count_events(lab: &Lab, chaos: &Chaos<'_>) -> anyhow::Result<BTreeMap<String,
         let status = mesh_tests::meshctl::run(&agent.observer_socket(lab), &["status", "-o", "json"]);
         anyhow::ensure!(status.success, "meshctl status ({}): {}", agent.node, status.stderr);
         let value: serde_json::Value = serde_json::from_str(&status.stdout)?;
-        let seen = value["seen_flows"].as_str().and_then(|s| s.parse().ok()).context("seen_flows")?;
+        // The kernel's events read (the agent's own flows, the L7 proxy's, left out).
+        let seen = value["kernel_flows"].as_str().and_then(|s| s.parse().ok()).context("kernel_flows")?;
         counted.insert(
             agent.node.clone(),
             Counted {

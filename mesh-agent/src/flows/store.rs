@@ -31,6 +31,8 @@ struct Inner {
     ring: Mutex<VecDeque<Record>>,
     capacity: usize,
     seen: AtomicU64,
+    /// Of those, flows the agent made itself (the L7 proxy's, the tunnel's failures).
+    made: AtomicU64,
     /// Events the kernel could not put in the ring buffer (kept up to date by the reader).
     lost_kernel: AtomicU64,
     /// Flows followers missed because they fell behind.
@@ -45,6 +47,8 @@ pub struct StoreStats {
     pub num_flows: u64,
     pub max_flows: u64,
     pub seen_flows: u64,
+    /// Of `seen_flows`, those the agent made itself rather than read from the kernel.
+    pub made_flows: u64,
     pub lost_kernel: u64,
     pub lost_followers: u64,
     pub uptime_ns: u64,
@@ -59,6 +63,7 @@ impl FlowStore {
                 ring: Mutex::new(VecDeque::with_capacity(capacity)),
                 capacity,
                 seen: AtomicU64::new(0),
+                made: AtomicU64::new(0),
                 lost_kernel: AtomicU64::new(0),
                 lost_followers: AtomicU64::new(0),
                 started_ns: super::unix_now_ns(),
@@ -68,14 +73,22 @@ impl FlowStore {
     }
 
     /// Adds new flows: kept (the oldest go) and sent to the followers.
-    pub fn push(&self, mut batch: Vec<Record>) {
+    pub fn push(&self, batch: Vec<Record>) {
+        self.push_counted(batch, false);
+    }
+
+    fn push_counted(&self, mut batch: Vec<Record>, made: bool) {
         if batch.is_empty() {
             return;
         }
         {
             let mut ring = self.inner.ring.lock().expect("never poisoned: no panics under the lock");
-            // Numbered under the lock, so followers and snapshots agree on the order.
+            // Numbered (and counted) under the lock, so followers, snapshots and the counts
+            // agree.
             let first = self.inner.seen.fetch_add(batch.len() as u64, Ordering::Relaxed) + 1;
+            if made {
+                self.inner.made.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
             for (record, seq) in batch.iter_mut().zip(first..) {
                 record.seq = seq;
             }
@@ -92,6 +105,13 @@ impl FlowStore {
     pub fn snapshot(&self) -> (Vec<Record>, u64) {
         let ring = self.inner.ring.lock().expect("never poisoned");
         (ring.iter().cloned().collect(), ring.back().map_or(0, |r| r.seq))
+    }
+
+    /// Adds flows the agent made itself (not the kernel's events): kept, sent and counted as
+    /// [`FlowStore::push`] does, and counted apart too, so the kernel's events can be accounted
+    /// for exactly.
+    pub fn push_made(&self, batch: Vec<Record>) {
+        self.push_counted(batch, true);
     }
 
     /// New flows from now on.
@@ -114,11 +134,16 @@ impl FlowStore {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let num_flows = self.inner.ring.lock().expect("never poisoned").len() as u64;
+        // Under the lock: the flows seen and made, of the same moment.
+        let ring = self.inner.ring.lock().expect("never poisoned");
+        let (num_flows, seen_flows, made_flows) =
+            (ring.len() as u64, self.inner.seen.load(Ordering::Relaxed), self.inner.made.load(Ordering::Relaxed));
+        drop(ring);
         StoreStats {
             num_flows,
             max_flows: self.inner.capacity as u64,
-            seen_flows: self.inner.seen.load(Ordering::Relaxed),
+            seen_flows,
+            made_flows,
             lost_kernel: self.lost_kernel(),
             lost_followers: self.inner.lost_followers.load(Ordering::Relaxed),
             uptime_ns: super::unix_now_ns().saturating_sub(self.inner.started_ns),
@@ -143,6 +168,17 @@ mod tests {
         assert_eq!(kept, [4, 5, 6]);
         let stats = store.stats();
         assert_eq!((stats.num_flows, stats.max_flows, stats.seen_flows), (3, 3, 7));
+    }
+
+    #[test]
+    fn flows_the_agent_made_are_counted_apart() {
+        let store = FlowStore::new(8);
+        store.push(vec![record(1)]);
+        store.push_made(vec![record(2), record(3)]);
+        let stats = store.stats();
+        assert_eq!((stats.seen_flows, stats.made_flows), (3, 2));
+        let numbers: Vec<u64> = store.snapshot().0.iter().map(|r| r.seq).collect();
+        assert_eq!(numbers, [1, 2, 3], "one numbering for both");
     }
 
     #[test]

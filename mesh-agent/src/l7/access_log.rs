@@ -97,7 +97,7 @@ impl AccessLog {
             tokio::spawn(async move {
                 tokio::time::sleep(GATHER).await;
                 let batch = std::mem::take(&mut *this.pending.lock().expect("never poisoned"));
-                this.store.push(batch);
+                this.store.push_made(batch);
             });
         }
     }

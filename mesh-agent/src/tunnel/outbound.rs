@@ -133,7 +133,7 @@ pub async fn serve(
             if let Err((failure, reason)) = carry(stream, client, &outbound, draining).await {
                 outbound.stats.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%client, reason = failure.as_str(), "connection not tunnelled: {reason}");
-                outbound.flows.push(vec![dropped(client, &outbound, failure)]);
+                outbound.flows.push_made(vec![dropped(client, &outbound, failure)]);
             }
         });
     }

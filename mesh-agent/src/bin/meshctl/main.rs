@@ -405,6 +405,9 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
             "num_flows": server.num_flows.to_string(),
             "max_flows": server.max_flows.to_string(),
             "seen_flows": server.seen_flows.to_string(),
+            "made_flows": agent.made_flows.to_string(),
+            // The kernel's events the agent read: both counts from one moment of the store.
+            "kernel_flows": agent.seen_flows.saturating_sub(agent.made_flows).to_string(),
             "flows_rate": server.flows_rate,
             "lost_events_kernel": agent.lost_events_kernel.to_string(),
             "lost_events_followers": agent.lost_events_followers.to_string(),
