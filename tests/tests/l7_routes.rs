@@ -192,6 +192,11 @@ fn routes_of_a_service_send_its_requests_through_the_l7_proxy() {
     assert!(compact.success, "{}", compact.stderr);
     assert_eq!(compact.stdout.matches("http-request FORWARDED (HTTP/1.1 GET http://").count(), 3, "{}", compact.stdout);
     assert_eq!(compact.stdout.matches("http-response FORWARDED (HTTP/1.1 200 ").count(), 3, "{}", compact.stdout);
+    // As hubble prints them: a response with the client first and the arrow back.
+    for line in compact.stdout.lines().filter(|l| l.contains("http-response")) {
+        let (client_end, server_end) = line.split_once(" <- ").unwrap_or_default();
+        assert!(client_end.contains("demo/client:") && server_end.starts_with("demo/web-a:"), "{line}");
+    }
 
     // A traced request: the backend gets the trace with the proxy's span as the parent, and
     // both of its flows carry the trace id.

@@ -4,6 +4,8 @@
 //! client out and the agents say which rule decided each verdict. Then web becomes STRICT
 //! (`deploy/mtls/web-strict.yaml`): the client's connections to the other node go through
 //! the agents' mutual-TLS tunnel, and plaintext from outside the mesh is dropped with its reason.
+//! Then a canary release by an HTTPRoute (`deploy/l7/web-canary.yaml`): 10% of the requests to
+//! web-http go to web-v2 through the client node's L7 proxy, shown as L7 flows.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -20,6 +22,11 @@ use crate::cargo;
 
 /// Connections the demo's client makes.
 const CONNECTIONS: u32 = 20;
+/// The canary step: the web pods' HTTP echo port, the routed Service's address (as
+/// `deploy/l7/web-canary.yaml` gives it), and the client's requests.
+const CANARY_PORT: u16 = 8081;
+const CANARY_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 20);
+const CANARY_REQUESTS: u32 = 200;
 
 pub fn run() -> anyhow::Result<()> {
     cargo::run(&["build", "--bins"], &[])?;
@@ -209,6 +216,38 @@ pub fn run() -> anyhow::Result<()> {
         observe(&agents[1], &["--encrypted", "--from-pod", "demo/client", "--to-pod", "demo/web-b", "--last", "2"])?;
     print!("{}", indent(&encrypted));
 
+    step("L7 canary (deploy/l7/web-canary.yaml): an HTTPRoute sends 10% of web-http's requests to web-v2");
+    for web in demo::WEB {
+        labnet::http_echo(&lab, lab.pod(web), "demo", CANARY_PORT)?;
+    }
+    let canary_file = cargo::workspace_root().join("deploy/l7/web-canary.yaml");
+    std::fs::copy(&canary_file, manifests.join("web-canary.yaml"))
+        .with_context(|| format!("copying {}", canary_file.display()))?;
+    let canary_service = SocketAddr::from((CANARY_VIP, 80));
+    // Routed once the client's node agent has the route (its proxy answers; 404 would mean
+    // the route is not there yet, a refused connection that the redirect is not).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while labnet::http_get(&lab, &client, canary_service, "/", &[], 1)?.statuses.get(&200) != Some(&1) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "web-http never answered through the L7 proxy");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("  $ curl http://{canary_service}/   x {CANARY_REQUESTS}   (from the client pod, over keep-alive)");
+    let split = labnet::http_get(&lab, &client, canary_service, "/", &[], CANARY_REQUESTS)?;
+    let count = |pod: &str| split.pods.get(pod).copied().unwrap_or_default();
+    println!(
+        "  answered by web-a (v1): {}, by web-b (v2): {} ({:.1}% canary); errors: {:?}",
+        count("web-a"),
+        count("web-b"),
+        100.0 * f64::from(count("web-b")) / f64::from(CANARY_REQUESTS),
+        split.errors
+    );
+    let always = labnet::http_get(&lab, &client, canary_service, "/", &["x-canary: always"], 5)?;
+    println!("  with x-canary: always, web-b answered {} of 5", always.pods.get("web-b").copied().unwrap_or_default());
+    std::thread::sleep(Duration::from_millis(300));
+    println!("  $ meshctl observe --type l7 --pod demo/web-b --last 2   (node-0, where the client's proxy runs)");
+    let l7 = observe(&agents[0], &["--type", "l7", "--pod", "demo/web-b", "--last", "2"])?;
+    print!("{}", indent(&l7));
+
     step(
         "Plaintext from outside the mesh: a process on node-1's host, in no pod, connects straight to web-a on node-0",
     );
@@ -246,8 +285,19 @@ pub fn run() -> anyhow::Result<()> {
     );
     anyhow::ensure!(plaintext.ok == 0, "plaintext from outside the mesh reached a STRICT pod: {plaintext:?}");
     anyhow::ensure!(dropped.contains("Authentication required"), "no AUTH_REQUIRED drop was reported: {dropped:?}");
+    // 10% of 200: more than 6 standard deviations (2.1 points) from either bound.
+    let canary_share = f64::from(count("web-b")) / f64::from(CANARY_REQUESTS);
+    anyhow::ensure!(
+        split.statuses.get(&200) == Some(&CANARY_REQUESTS) && (0.01..=0.25).contains(&canary_share),
+        "the canary split was not about 90/10: {split:?}"
+    );
+    anyhow::ensure!(always.pods.get("web-b") == Some(&5), "x-canary: always did not reach web-v2: {always:?}");
+    anyhow::ensure!(
+        l7.contains("http-request") && l7.contains("http-response"),
+        "node-0's L7 flows do not show the canary's requests: {l7}"
+    );
     println!(
-        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped.\nRun it again with: make demo"
+        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped;\nan HTTPRoute sent 10% of web-http's requests to the canary through the client's L7 proxy.\nRun it again with: make demo"
     );
     Ok(())
 }

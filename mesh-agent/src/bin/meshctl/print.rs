@@ -102,11 +102,18 @@ impl Printer {
                     "DROPPED" | "ERROR" => RED,
                     _ => YELLOW,
                 };
-                writeln!(
-                    out,
-                    "{time}{node}: {} {arrow} {} {kind} {}{} ({summary})",
+                let mut ends = [
                     endpoint(&src_host, identity(flow.source.as_ref())),
                     endpoint(&dst_host, identity(flow.destination.as_ref())),
+                ];
+                if flow.is_reply == Some(true) {
+                    // As hubble prints a reply: the original direction's ends, the arrow back.
+                    ends.swap(0, 1);
+                }
+                let [first, second] = ends;
+                writeln!(
+                    out,
+                    "{time}{node}: {first} {arrow} {second} {kind} {}{} ({summary})",
                     paint(verdict, verdict_color),
                     tunnel(flow),
                 )
