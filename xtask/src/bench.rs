@@ -200,6 +200,14 @@ impl Report {
     }
 }
 
+/// Builds the release binaries and points the lab helpers at them (benchmarks measure those).
+fn release_binaries() -> anyhow::Result<()> {
+    crate::cargo::run(&["build", "--release", "--bins"], &[])?;
+    // SAFETY: benchmarks run single-threaded here; the lab helpers read it to find the binaries.
+    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, crate::cargo::workspace_root().join("target/release")) };
+    Ok(())
+}
+
 /// Total run time and runs of every loaded program named `name`, from the kernel's BPF
 /// statistics (counted while an `aya::sys::enable_stats` descriptor is open).
 fn program_runs(name: &str) -> (Duration, u64) {

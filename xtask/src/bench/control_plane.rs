@@ -30,9 +30,7 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn run(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<Report> {
     anyhow::ensure!(services > 0 && (1..=250).contains(&endpoints), "1+ services and 1-250 endpoints per service");
     let started = Instant::now();
-    cargo::run(&["build", "--release", "--bins"], &[])?;
-    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
-    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    super::release_binaries()?;
 
     let lab = Lab::new(&[&[]]).context("bringing up the lab")?;
     let node = &lab.nodes[0];

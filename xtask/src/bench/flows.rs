@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use mesh_tests::{agent::Agent, scenario};
 
 use super::{Report, Row};
-use crate::cargo;
 
 /// The benchmark's reader decodes one flow in this many whole (it checks every flow's addresses).
 const CHECKED_READER: u64 = 1000;
@@ -25,9 +24,7 @@ const WHOLE_DECODE_SCALE: u64 = 1_000_000;
 
 pub fn run(scales: &[u64], seconds: f64) -> anyhow::Result<Report> {
     let began = Instant::now();
-    cargo::run(&["build", "--release", "--bins"], &[])?;
-    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
-    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    super::release_binaries()?;
     let lab = scenario::web_lab().context("bringing up the lab")?;
     let node = &lab.nodes[0];
     let agent = Agent::start(&lab, node, &scenario::web_state(&lab), &[]).context("starting the agent")?;

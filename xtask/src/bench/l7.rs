@@ -73,9 +73,7 @@ pub fn run(seconds: f64) -> anyhow::Result<Report> {
         "{} is missing: run xtask/bootstrap.sh (it unpacks Debian's nginx there)",
         nginx_binary.display()
     );
-    cargo::run(&["build", "--release", "--bins"], &[])?;
-    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
-    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    super::release_binaries()?;
     let lab = Lab::new(&[&["client", "server"]]).context("bringing up the lab")?;
     let server = lab.pod("server");
     labnet::http_echo_on(&lab, server, NS, V1_PORT, SERVER_CPU)?;

@@ -30,7 +30,6 @@ use mesh_tests::{
 };
 
 use super::{Report, Row};
-use crate::cargo;
 
 const NS: &str = "bench";
 pub(super) const RR_PORT: u16 = 8080;
@@ -218,9 +217,7 @@ pub(super) fn client_and_servers() -> anyhow::Result<(Lab, Placement)> {
         std::process::Command::new("iperf3").arg("--version").output().is_ok(),
         "iperf3 is missing: run xtask/bootstrap.sh (it installs iperf3)"
     );
-    cargo::run(&["build", "--release", "--bins"], &[])?;
-    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
-    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    super::release_binaries()?;
     let lab = Lab::new(&[&["client", "server-local"], &["server-remote"]]).context("bringing up the lab")?;
     serve(&lab, &["server-local", "server-remote"])?;
     let client = Placement::pod(lab.pod("client"));

@@ -32,7 +32,6 @@ use mesh_tests::{
 };
 
 use super::{Report, Row};
-use crate::cargo;
 
 const BACKENDS: usize = 10;
 const BACKEND_PORT: u16 = 8080;
@@ -57,9 +56,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
             "{tool} is missing: run xtask/bootstrap.sh (it installs iptables and nftables)"
         );
     }
-    cargo::run(&["build", "--release", "--bins"], &[])?;
-    // SAFETY: single-threaded here; the lab helpers read it to find the release binaries.
-    unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+    super::release_binaries()?;
     let duration = Duration::from_secs_f64(seconds);
 
     let pods: Vec<&str> = std::iter::once("client").chain(SERVER_NAMES).collect();
