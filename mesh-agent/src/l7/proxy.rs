@@ -22,7 +22,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header, request::Parts};
 use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::{
     client::legacy::{Client, connect::Connect},
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -43,6 +43,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A request body kept for a retry or a mirror is at most this large.
 pub const MAX_BUFFERED_BODY: usize = 4 << 20;
+/// The wait before the default second try of a request without a body (Istio's default
+/// retry backoff).
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
 /// A client has this long to send a request's head (slow-loris bound).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pooled connections to backends idle this long are closed.
@@ -254,11 +257,20 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             match table.select(&to.service, to.port, &to.client_namespace, &parts.method, &parts.uri, &parts.headers) {
                 Routing::NotRouted => {
                     labels.backend = format!("{}/{}:{}", to.service.namespace, to.service.name, to.port);
-                    let body = body.map_err(BoxError::from).boxed();
-                    return match self.send_once(*to.client.ip(), &to.service, to.port, &parts, body, endpoint).await {
-                        Ok(response) => finish(response, &[], &mut upgrade),
-                        Err(refusal) => refusal.into_response(),
-                    };
+                    // Without a body: tried again once when the first try got no answer.
+                    let tries = if body.is_end_stream() { 2 } else { 1 };
+                    let mut body = Some(body.map_err(BoxError::from).boxed());
+                    for attempt in 1..=tries {
+                        let this_body = body.take().unwrap_or_else(|| body_of(Bytes::new()));
+                        match self.send_once(*to.client.ip(), &to.service, to.port, &parts, this_body, endpoint).await {
+                            Ok(response) => return finish(response, &[], &mut upgrade),
+                            Err(refusal) if attempt < tries && refusal.0 == StatusCode::SERVICE_UNAVAILABLE => {
+                                tokio::time::sleep(DEFAULT_RETRY_BACKOFF).await;
+                            }
+                            Err(refusal) => return refusal.into_response(),
+                        }
+                    }
+                    unreachable!("the last try returns");
                 }
                 Routing::NoMatch => return answer(StatusCode::NOT_FOUND, "no route matches this request"),
                 Routing::Rule(selected) => selected,
@@ -306,8 +318,15 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let port = u16::try_from(backend.port).unwrap_or_default();
         labels.backend = format!("{}/{}:{port}", service.namespace, service.name);
         let retry = rule.retry.as_ref().filter(|r| r.attempts > 0);
+        // Without a retry of its own, a request without a body is tried again once when its
+        // try got no answer at all (the connection failed, or closed before the response's
+        // head), as Istio's default retry policy does: a backend's agent restarting, or a
+        // pooled connection closing as the request goes, is not the client's failure.
+        let empty = retry.is_none() && body.is_end_stream();
         // A body is kept only when it may be sent more than once.
-        let (kept, mut streamed) = if retry.is_some() || !mirrors.is_empty() {
+        let (kept, mut streamed) = if empty {
+            (Some(Bytes::new()), None)
+        } else if retry.is_some() || !mirrors.is_empty() {
             match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
                 Ok(collected) => (Some(collected.to_bytes()), None),
                 Err(_) => {
@@ -328,11 +347,11 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             (rule.request_timeout_ms > 0).then(|| started + Duration::from_millis(u64::from(rule.request_timeout_ms)));
         let try_timeout = (rule.backend_request_timeout_ms > 0)
             .then(|| Duration::from_millis(u64::from(rule.backend_request_timeout_ms)));
-        let tries = 1 + retry.map_or(0, |r| r.attempts);
+        let tries = 1 + retry.map_or(u32::from(empty), |r| r.attempts);
         let mut last = answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made");
         for attempt in 0..tries {
             if attempt > 0 {
-                let backoff = Duration::from_millis(u64::from(retry.map_or(0, |r| r.backoff_ms)));
+                let backoff = retry.map_or(DEFAULT_RETRY_BACKOFF, |r| Duration::from_millis(u64::from(r.backoff_ms)));
                 if request_deadline.is_some_and(|d| Instant::now() + backoff >= d) {
                     break;
                 }
@@ -358,7 +377,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             };
             let retryable = match &outcome {
                 Ok(response) => retry.is_some_and(|r| r.codes.contains(&u32::from(response.status().as_u16()))),
-                Err(refusal) => retry.is_some() && refusal.0 == StatusCode::SERVICE_UNAVAILABLE,
+                Err(refusal) => (retry.is_some() || empty) && refusal.0 == StatusCode::SERVICE_UNAVAILABLE,
             };
             match outcome {
                 Ok(response) if !retryable || attempt + 1 == tries => {
