@@ -55,6 +55,12 @@ impl Clock {
     }
 }
 
+/// An address and port as a [`FlowEvent`] holds them (network byte order), for the flows the
+/// agent makes itself.
+pub fn event_addr(address: std::net::SocketAddrV4) -> (u32, u16) {
+    (u32::from_ne_bytes(address.ip().octets()), address.port().to_be())
+}
+
 /// Nanoseconds since the Unix epoch, now.
 pub fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()

@@ -110,7 +110,7 @@ fn records(line: RequestLine, hop: Hop, mut exchange: HttpExchange, latency: Dur
     exchange.protocol = line.protocol;
     exchange.latency_ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
     let exchange = Arc::new(exchange);
-    let be = |a: SocketAddrV4| (u32::from_ne_bytes(a.ip().octets()), a.port().to_be());
+    let be = crate::flows::event_addr;
     let (client, client_port) = be(hop.client);
     let (asked, asked_port) = be(hop.asked);
     let (server, server_port) = match hop.endpoint {

@@ -145,7 +145,7 @@ pub async fn serve(
 fn dropped(client: SocketAddr, outbound: &Outbound, failure: Failure) -> crate::flows::Record {
     use mesh_common::{flows, policy};
     let v4 = |address: SocketAddr| match address {
-        SocketAddr::V4(v4) => (u32::from_ne_bytes(v4.ip().octets()), v4.port().to_be()),
+        SocketAddr::V4(v4) => crate::flows::event_addr(v4),
         SocketAddr::V6(_) => (0, 0),
     };
     let (saddr, sport) = v4(client);
