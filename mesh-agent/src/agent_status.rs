@@ -10,7 +10,8 @@ use std::{
 };
 
 use mesh_common::api::{
-    AgentStatusRequest, AgentStatusResponse, AttachedProgram, MapFill, PodMtls, TunnelStatus, agent_status_server,
+    AgentStatusRequest, AgentStatusResponse, AttachedProgram, EjectedEndpoint, MapFill, PodMtls, TunnelStatus,
+    agent_status_server,
 };
 
 use crate::{flows::store::FlowStore, identity::Certificates, map_fill};
@@ -36,6 +37,8 @@ pub struct AgentState {
     tunnel_pending: Arc<tokio::sync::watch::Sender<usize>>,
     ready: Arc<AtomicBool>,
     programs: Arc<Mutex<Vec<AttachedProgram>>>,
+    /// The L7 proxy, once made (for the endpoints it ejected).
+    l7: Arc<std::sync::OnceLock<crate::l7::L7>>,
 }
 
 impl AgentState {
@@ -53,6 +56,7 @@ impl AgentState {
             tunnel_pending: Arc::new(tokio::sync::watch::Sender::new(0)),
             ready: Arc::default(),
             programs: Arc::default(),
+            l7: Arc::default(),
         }
     }
 
@@ -92,6 +96,11 @@ impl AgentState {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// The L7 proxy, whose ejected endpoints the status lists.
+    pub fn set_l7(&self, l7: crate::l7::L7) {
+        let _ = self.l7.set(l7);
+    }
+
     /// Records what is attached where: (program, attach point, pod).
     pub fn set_programs(&self, programs: Vec<(&'static str, String, String)>) {
         let programs = programs
@@ -123,6 +132,19 @@ impl AgentState {
             lost_events_followers: stats.lost_followers,
             seen_flows: stats.seen_flows,
             made_flows: stats.made_flows,
+            ejected_endpoints: self
+                .l7
+                .get()
+                .map(crate::l7::L7::ejected)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| EjectedEndpoint {
+                    service: format!("{}/{}", e.service.namespace, e.service.name),
+                    endpoint: e.endpoint.to_string(),
+                    remaining_ms: u64::try_from(e.remaining.as_millis()).unwrap_or(u64::MAX),
+                    ejections: e.ejections,
+                })
+                .collect(),
             num_flows: stats.num_flows,
             max_flows: stats.max_flows,
             certificates_enabled: self.certificates.enabled(),

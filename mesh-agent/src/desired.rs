@@ -71,12 +71,26 @@ pub struct Compiler {
 /// (namespace, service, port) of each HTTPRoute parent; port 0: every port.
 pub type Routed = BTreeSet<(String, String, u32)>;
 
-/// Every Service port an HTTPRoute of the model is attached to.
+/// Every Service port an HTTPRoute of the model is attached to, and every HTTP port (by its
+/// `appProtocol`) of the Services a BackendTrafficPolicy targets: their connections go through
+/// the L7 proxy, which ejects endpoints and breaks circuits per request.
 pub fn routed(model: &ResourceSet) -> Routed {
-    model
+    let mut routed: Routed = model
         .http_routes()
         .flat_map(|route| route.parents.iter().map(|p| (p.namespace.clone(), p.service.clone(), p.port)))
-        .collect()
+        .collect();
+    for policy in model.backend_traffic_policies() {
+        for name in &policy.services {
+            let key = (Kind::Service as i32, policy.namespace.clone(), name.clone());
+            let Some(api::resource::Kind::Service(svc)) = model.get(&key).and_then(|r| r.kind.as_ref()) else {
+                continue;
+            };
+            for port in svc.ports.iter().filter(|p| crate::l7::HTTP_APP_PROTOCOLS.contains(&p.app_protocol.as_str())) {
+                routed.insert((policy.namespace.clone(), name.clone(), port.port));
+            }
+        }
+    }
+    routed
 }
 
 /// Pod weights by namespace, then pod name.
@@ -136,7 +150,8 @@ impl Compiler {
                 everything = true;
             }
         }
-        if everything || kind_changed(Kind::HttpRoute) || kind_changed(Kind::GrpcRoute) {
+        let l7_kinds = [Kind::HttpRoute, Kind::GrpcRoute, Kind::BackendTrafficPolicy, Kind::Service];
+        if everything || l7_kinds.into_iter().any(kind_changed) {
             let routed = routed(model);
             if routed != self.routed {
                 self.routed = routed;

@@ -100,6 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Upstreams::from_node(sockets)
     };
     let l7 = L7::new(upstreams, store.clone());
+    agent.set_l7(l7.clone());
     let served = runtime.block_on(serve(
         &config,
         &store,
@@ -215,7 +216,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                         result = Err(result.err().map_or(err.to_string(), |e| format!("{e}; {err}")));
                     }
                 }
-                let routes = [Kind::HttpRoute, Kind::GrpcRoute];
+                let routes = [Kind::HttpRoute, Kind::GrpcRoute, Kind::BackendTrafficPolicy];
                 if touched(&routes) || touched(&[Kind::Service, Kind::EndpointSlice, Kind::Workload, Kind::Node]) {
                     for err in l7.update(model, &compiler, touched(&routes)) {
                         tracing::warn!("{err}");

@@ -57,7 +57,7 @@ use crate::{
 };
 
 /// A series' labels, in the order they are written.
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// The agent's metrics. Cheap to clone (shared).
 #[derive(Clone)]
@@ -425,7 +425,7 @@ impl std::hash::Hash for TcpSeries<'_> {
 }
 
 /// One metric family read at scrape time: its series, each with its labels.
-fn series<M: EncodeMetric>(
+pub(crate) fn series<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,

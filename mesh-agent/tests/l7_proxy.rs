@@ -26,7 +26,7 @@ use hyper_util::{
 use mesh_agent::{
     flows::{directory::Directory, filter::Filters, store::FlowStore, view::FlowView},
     l7::{
-        proxy::{Destination, Endpoints, Proxy},
+        proxy::{self, Destination, Endpoints, Proxy},
         routes::{RouteTable, ServiceRef},
     },
 };
@@ -42,6 +42,7 @@ struct Echo {
 
 /// Answers with JSON of what it received: its name, method, path, headers (lowercase names).
 /// `/status/N` answers N; `/slow` answers after 1 s; `/flaky` answers 503 to its first request.
+/// An echo named `bad…` answers 500 to everything (a failing instance).
 async fn echo(name: &str) -> Arc<Echo> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo = Arc::new(Echo {
@@ -74,6 +75,7 @@ async fn echo(name: &str) -> Arc<Echo> {
                         let method = request.method().to_string();
                         let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                         let status = match path.strip_prefix("/status/") {
+                            _ if echo.name.starts_with("bad") => StatusCode::INTERNAL_SERVER_ERROR,
                             Some(code) => StatusCode::from_u16(code.parse().unwrap()).unwrap(),
                             None if path == "/flaky" && count == 0 => StatusCode::SERVICE_UNAVAILABLE,
                             None => StatusCode::OK,
@@ -128,6 +130,42 @@ async fn grpc_backend() -> SocketAddr {
 /// The address the proxy's clients asked for (the Service `demo/echo`, port 80).
 const SERVICE_ADDRESS: std::net::SocketAddrV4 = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(10, 96, 0, 30), 80);
 
+/// A backend that closes its first connection as soon as the request's head arrives, without
+/// answering (a pooled connection closing as a request goes, a restarting server), then
+/// answers `200 second` on every later one.
+async fn drops_first_connection() -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let drop_it = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buffer[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        if drop_it {
+                            return; // closed unanswered
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
 /// A backend that switches any request to protocol `echo` (101), then echoes bytes: what a
 /// WebSocket server does, without the framing.
 async fn upgrade_backend() -> SocketAddr {
@@ -170,6 +208,7 @@ struct Lab {
     flows: FlowStore,
     client: Client<HttpConnector, Full<Bytes>>,
     echoes: HashMap<String, Arc<Echo>>,
+    proxy_handle: Arc<Proxy<HttpConnector>>,
 }
 
 /// The services `echo` (v1 and v2), `echo-v1`, `echo-v2`, `mirror` and `empty` (no endpoint),
@@ -177,7 +216,7 @@ struct Lab {
 /// `demo` connecting to `demo/echo:80`.
 async fn start(routes: &str) -> Lab {
     let mut echoes = HashMap::new();
-    for name in ["v1", "v2", "mirror"] {
+    for name in ["v1", "v2", "mirror", "bad1", "bad2"] {
         echoes.insert(name.to_owned(), echo(name).await);
     }
     let addr = |n: &str| vec![echoes[n].addr];
@@ -191,9 +230,26 @@ async fn start(routes: &str) -> Lab {
         ("echo-v2".to_owned(), addr("v2")),
         ("mirror".to_owned(), addr("mirror")),
         ("empty".to_owned(), vec![]),
+        // One healthy and one failing instance; two failing ones beside a healthy one.
+        ("half-bad".to_owned(), vec![echoes["v1"].addr, echoes["bad1"].addr]),
+        ("mostly-bad".to_owned(), vec![echoes["v1"].addr, echoes["bad1"].addr, echoes["bad2"].addr]),
+        ("dropper".to_owned(), vec![drops_first_connection().await]),
     ]));
     let (resources, errors) = mesh_operator::local_dir::model_of_text(routes);
     assert!(errors.is_empty(), "{errors:?}");
+    let policies: HashMap<ServiceRef, Arc<api::BackendTrafficPolicy>> = resources
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Some(api::resource::Kind::BackendTrafficPolicy(p)) => Some(p),
+            _ => None,
+        })
+        .flat_map(|p| {
+            let shared = Arc::new(p.clone());
+            p.services
+                .iter()
+                .map(move |name| (ServiceRef { namespace: p.namespace.clone(), name: name.clone() }, shared.clone()))
+        })
+        .collect();
     let routes: Vec<api::HttpRoute> = resources
         .into_iter()
         .filter_map(|r| match r.kind {
@@ -206,7 +262,9 @@ async fn start(routes: &str) -> Lab {
     let flows = FlowStore::new(1024);
     let proxy = Arc::new(Proxy::new(|_| HttpConnector::new(), Arc::new(backends)).with_flows(flows.clone()));
     proxy.set_routes(table);
+    proxy.set_backend_policies(policies);
     let metrics = proxy.metrics().clone();
+    let proxy_handle = proxy.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (drain, draining) = tokio::sync::watch::channel(false);
@@ -224,7 +282,8 @@ async fn start(routes: &str) -> Lab {
             tokio::spawn(proxy.clone().serve(stream, destination, draining.clone()));
         }
     });
-    Lab { proxy: address, drain, metrics, flows, client: Client::builder(TokioExecutor::new()).build_http(), echoes }
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Lab { proxy: address, drain, metrics, flows, client, echoes, proxy_handle }
 }
 
 /// What the client saw.
@@ -742,4 +801,148 @@ async fn upgrades_are_passed_through() {
     }
     // Without the upgrade asked for, the same backend is an ordinary request (it answers 400).
     assert_eq!(lab.get("/chat").await.status, StatusCode::BAD_REQUEST);
+}
+
+fn policy(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: mesh.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n{spec}\n---\n"
+    )
+}
+
+/// Istio's default retry, kept without a retry rule: a request without a body whose try got no
+/// answer at all (its connection closed before the response) is tried once more; one with a
+/// body is not (it may have been acted on).
+#[tokio::test]
+async fn a_bodiless_request_that_got_no_answer_is_tried_once_more() {
+    let lab = start(&route("dropper", "  rules:\n  - backendRefs: [{name: dropper, port: 80}]")).await;
+    let started = std::time::Instant::now();
+    let response = lab
+        .client
+        .request(Request::get(format!("http://{}/", lab.proxy)).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the second try answered");
+    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "second");
+    assert!(started.elapsed() >= proxy::DEFAULT_RETRY_BACKOFF, "after the default backoff");
+
+    let lab = start(&route("dropper", "  rules:\n  - backendRefs: [{name: dropper, port: 80}]")).await;
+    let post = Request::post(format!("http://{}/", lab.proxy)).body(Full::new(Bytes::from_static(b"x"))).unwrap();
+    let response = lab.client.request(post).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "a request with a body is sent once");
+}
+
+/// Outlier detection (BackendTrafficPolicy, Istio's DestinationRule semantics): the failing
+/// instance of `half-bad` gets three requests (three consecutive 5xx), then none while ejected;
+/// the ejection is in the metrics and the proxy's list; back in after its time, it is ejected
+/// again on three more failures, for twice as long. With two failing instances of three and
+/// at most 50% out, one of them stays in.
+#[tokio::test]
+async fn failing_endpoints_are_ejected_within_the_allowed_share() {
+    let routes = route(
+        "pool",
+        "  rules:
+  - matches: [{path: {type: PathPrefix, value: /half}}]
+    backendRefs: [{name: half-bad, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mostly}}]
+    backendRefs: [{name: mostly-bad, port: 80}]",
+    ) + &policy(
+        "eject",
+        "  targetRefs: [{group: '', kind: Service, name: half-bad}, {kind: Service, name: mostly-bad}]
+  outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 1s, maxEjectionPercent: 50}",
+    );
+    let lab = start(&routes).await;
+    let bad = &lab.echoes["bad1"].requests;
+    let mut statuses = HashMap::<u16, usize>::new();
+    for _ in 0..40 {
+        *statuses.entry(lab.get("/half").await.status.as_u16()).or_default() += 1;
+    }
+    assert_eq!(bad.load(Ordering::SeqCst), 3, "ejected after three 5xx in a row: {statuses:?}");
+    assert_eq!(statuses.get(&500), Some(&3));
+    let ejected = lab.proxy_handle.ejected();
+    assert_eq!(ejected.len(), 1, "{ejected:?}");
+    assert_eq!((ejected[0].endpoint, ejected[0].ejections), (lab.echoes["bad1"].addr, 1));
+    let mut registry = prometheus_client::registry::Registry::default();
+    lab.metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let endpoint = lab.echoes["bad1"].addr;
+    assert!(
+        text.contains(&format!(
+            "mesh_l7_outlier_ejected{{destination_service=\"demo/half-bad\",endpoint=\"{endpoint}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "mesh_l7_outlier_ejections_total{{destination_service=\"demo/half-bad\",endpoint=\"{endpoint}\"}} 1"
+    )));
+
+    // Back in after 1 s; three more failures eject it for 2 s.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    while bad.load(Ordering::SeqCst) < 6 {
+        lab.get("/half").await;
+    }
+    let again = lab.proxy_handle.ejected();
+    assert_eq!(again.len(), 1);
+    assert!(again[0].remaining > Duration::from_millis(1500), "the second ejection lasts twice as long: {again:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..20 {
+        lab.get("/half").await;
+    }
+    assert_eq!(bad.load(Ordering::SeqCst), 6, "still out 1.1 s into a 2 s ejection");
+
+    // Two failing of three, at most 50% (one) out: the other failing one keeps its share.
+    let bad2 = &lab.echoes["bad2"].requests;
+    for _ in 0..60 {
+        lab.get("/mostly").await;
+    }
+    let (b1, b2) = (bad.load(Ordering::SeqCst) - 6, bad2.load(Ordering::SeqCst));
+    assert!(b1.min(b2) <= 3 && b1.max(b2) >= 6, "one failing instance ejected, the other still in: {b1} and {b2}");
+    assert_eq!(lab.proxy_handle.ejected().iter().filter(|e| e.service.name == "mostly-bad").count(), 1);
+}
+
+/// Circuit breaking (BackendTrafficPolicy connectionPool): with one connection and one pending
+/// request allowed, of three slow requests at once one is answered, one waits for its
+/// connection and is answered after it, and one is refused at once with 503 and
+/// `x-envoy-overloaded`, which the endpoint never sees; the refusal is counted.
+#[tokio::test]
+async fn requests_over_the_circuit_limits_are_refused_at_once() {
+    let routes = route("slow", "  rules:\n  - backendRefs: [{name: echo-v1, port: 80}]")
+        + &policy(
+            "limits",
+            "  targetRefs: [{kind: Service, name: echo-v1}]\n  connectionPool: {maxConnections: 1, maxPendingRequests: 1}",
+        );
+    let lab = Arc::new(start(&routes).await);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let lab = lab.clone();
+        tasks.push(tokio::spawn(async move {
+            // Staggered, so the third comes when the first holds the connection and the second waits.
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            let seen = lab.get("/slow").await;
+            (seen.status, seen.headers.get("x-envoy-overloaded").cloned(), started.elapsed())
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    let ok: Vec<_> = results.iter().filter(|r| r.0 == StatusCode::OK).collect();
+    let refused: Vec<_> = results.iter().filter(|r| r.0 == StatusCode::SERVICE_UNAVAILABLE).collect();
+    assert_eq!((ok.len(), refused.len()), (2, 1), "{results:?}");
+    assert_eq!(refused[0].1.as_ref().map(|v| v.as_bytes()), Some(&b"true"[..]));
+    assert!(refused[0].2 < Duration::from_millis(900), "refused at once, not after the backend: {results:?}");
+    let latest = ok.iter().map(|r| r.2).max().unwrap();
+    assert!(latest >= Duration::from_millis(1900), "the pending one waited for the first's connection: {results:?}");
+    assert_eq!(lab.echoes["v1"].requests.load(Ordering::SeqCst), 2);
+    let mut registry = prometheus_client::registry::Registry::default();
+    lab.metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains(
+            "mesh_l7_overflows_total{destination_backend=\"demo/echo-v1:80\",limit=\"maxPendingRequests\"} 1"
+        ),
+        "{text}"
+    );
 }

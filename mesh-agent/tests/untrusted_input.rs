@@ -112,7 +112,7 @@ fn examples() -> Vec<Vec<u8>> {
 }
 
 /// Kinds the examples lack: an EndpointSlice, a Node, a ServiceAccount, a ClusterMeshPolicy,
-/// a PeerAuthentication, an HTTPRoute.
+/// a PeerAuthentication, an HTTPRoute, a BackendTrafficPolicy.
 const MORE_KINDS: &str = "apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
@@ -170,6 +170,14 @@ spec:
     retry: {codes: [503], attempts: 2, backoff: 100ms}
   - matches: [{path: {type: PathPrefix, value: /old}}]
     filters: [{type: RequestRedirect, requestRedirect: {scheme: https, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}}]
+---
+apiVersion: mesh.dev/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  targetRefs: [{group: '', kind: Service, name: web}]
+  outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, baseEjectionTime: 10s, maxEjectionTime: 1m, maxEjectionPercent: 50}
+  connectionPool: {maxConnections: 10, maxPendingRequests: 5, maxRequests: 100}
 ";
 
 const YAML_TOKENS: &[&[u8]] = &[

@@ -38,6 +38,7 @@ impl Resource {
             resource::Kind::PeerAuthentication(p) => (Kind::PeerAuthentication, &p.namespace, &p.name),
             resource::Kind::HttpRoute(r) => (Kind::HttpRoute, &r.namespace, &r.name),
             resource::Kind::GrpcRoute(r) => (Kind::GrpcRoute, &r.namespace, &r.name),
+            resource::Kind::BackendTrafficPolicy(p) => (Kind::BackendTrafficPolicy, &p.namespace, &p.name),
         };
         Some(ResourceKey { kind: kind as i32, namespace: namespace.clone(), name: name.clone() })
     }
@@ -65,6 +66,7 @@ impl std::fmt::Display for ResourceKey {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::BackendTrafficPolicy => "BackendTrafficPolicy",
             Kind::Unspecified => "Unspecified",
         });
         write!(f, "{kind} {}/{}", self.namespace, self.name)
@@ -288,6 +290,14 @@ impl ResourceSet {
     pub fn http_routes(&self) -> impl Iterator<Item = &crate::api::HttpRoute> {
         self.of_kind(Kind::HttpRoute).chain(self.of_kind(Kind::GrpcRoute)).filter_map(|r| match &r.kind {
             Some(resource::Kind::HttpRoute(route) | resource::Kind::GrpcRoute(route)) => Some(route.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// Every BackendTrafficPolicy, in key order.
+    pub fn backend_traffic_policies(&self) -> impl Iterator<Item = &crate::api::BackendTrafficPolicy> {
+        self.of_kind(Kind::BackendTrafficPolicy).filter_map(|r| match &r.kind {
+            Some(resource::Kind::BackendTrafficPolicy(policy)) => Some(policy),
             _ => None,
         })
     }

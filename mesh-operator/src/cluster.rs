@@ -15,7 +15,10 @@ use mesh_common::{
 };
 
 use crate::{
-    crd::{ClusterMeshPolicy, ClusterMeshPolicySpec, MeshPolicy, MeshPolicySpec, PeerAuthentication},
+    backend_policy,
+    crd::{
+        BackendTrafficPolicy, ClusterMeshPolicy, ClusterMeshPolicySpec, MeshPolicy, MeshPolicySpec, PeerAuthentication,
+    },
     grpc_route::{self, GrpcRoute},
     http_route::{self, HttpRoute},
     identity::{IdentityAllocator, SecurityLabels},
@@ -37,6 +40,7 @@ pub enum Object {
     PeerAuthentication(Box<PeerAuthentication>),
     HttpRoute(Box<HttpRoute>),
     GrpcRoute(Box<GrpcRoute>),
+    BackendTrafficPolicy(Box<BackendTrafficPolicy>),
 }
 
 /// A MeshPolicy or a ClusterMeshPolicy, as the view keeps it.
@@ -103,6 +107,7 @@ enum Dirty {
     PeerAuthentication(String, String),
     HttpRoute(String, String),
     GrpcRoute(String, String),
+    BackendTrafficPolicy(String, String),
     /// The endpoints derived from pods for a selector service that has no EndpointSlice.
     Derived(String, String),
 }
@@ -122,6 +127,7 @@ pub struct ClusterView {
     peer_authentications: BTreeMap<NsName, PeerAuthentication>,
     http_routes: BTreeMap<NsName, HttpRoute>,
     grpc_routes: BTreeMap<NsName, GrpcRoute>,
+    backend_policies: BTreeMap<NsName, BackendTrafficPolicy>,
     /// The namespace whose selector-less PeerAuthentication is mesh-wide.
     root_namespace: String,
     /// (namespace, service) -> names of its EndpointSlices.
@@ -153,6 +159,7 @@ impl ClusterView {
             peer_authentications: BTreeMap::new(),
             http_routes: BTreeMap::new(),
             grpc_routes: BTreeMap::new(),
+            backend_policies: BTreeMap::new(),
             root_namespace: crate::crd::DEFAULT_ROOT_NAMESPACE.to_owned(),
             slices_of: BTreeMap::new(),
             derived_of: BTreeMap::new(),
@@ -184,6 +191,7 @@ impl ClusterView {
             }
             Object::HttpRoute(route) => http_route::translate(&key.namespace, &key.name, route).map(drop),
             Object::GrpcRoute(route) => grpc_route::translate(&key.namespace, &key.name, route).map(drop),
+            Object::BackendTrafficPolicy(p) => backend_policy::translate(&key.namespace, &key.name, p).map(drop),
         }
     }
 
@@ -241,6 +249,10 @@ impl ClusterView {
                 self.http_routes.insert(nn.clone(), *route);
                 self.dirty.insert(Dirty::HttpRoute(nn.0, nn.1));
             }
+            Object::BackendTrafficPolicy(p) => {
+                self.backend_policies.insert(nn.clone(), *p);
+                self.dirty.insert(Dirty::BackendTrafficPolicy(nn.0, nn.1));
+            }
         }
     }
 
@@ -297,6 +309,9 @@ impl ClusterView {
             }
             "HTTPRoute" if self.http_routes.remove(&nn).is_some() => {
                 self.dirty.insert(Dirty::HttpRoute(nn.0, nn.1));
+            }
+            "BackendTrafficPolicy" if self.backend_policies.remove(&nn).is_some() => {
+                self.dirty.insert(Dirty::BackendTrafficPolicy(nn.0, nn.1));
             }
             _ => {}
         }
@@ -395,6 +410,16 @@ impl ClusterView {
                     changes.push((
                         key(Kind::GrpcRoute, &ns, &name),
                         resource.map(|r| wrap(resource::Kind::GrpcRoute(Box::new(r)))),
+                    ));
+                }
+                Dirty::BackendTrafficPolicy(ns, name) => {
+                    let resource = self.backend_policies.get(&(ns.clone(), name.clone())).and_then(|p| {
+                        let translated = backend_policy::translate(&ns, &name, p);
+                        checked(&mut errors, format!("BackendTrafficPolicy/{ns}/{name}"), translated)
+                    });
+                    changes.push((
+                        key(Kind::BackendTrafficPolicy, &ns, &name),
+                        resource.map(|p| wrap(resource::Kind::BackendTrafficPolicy(p))),
                     ));
                 }
                 Dirty::Derived(ns, service) => changes.extend(self.derived(&ns, &service)),

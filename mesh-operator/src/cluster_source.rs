@@ -27,12 +27,12 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     cluster::{ClusterView, Object, ObjectKey},
-    crd::{ClusterMeshPolicy, MeshPolicy, PeerAuthentication},
+    crd::{BackendTrafficPolicy, ClusterMeshPolicy, MeshPolicy, PeerAuthentication},
     local_dir::ObjectChange,
 };
 
 /// How many kinds are watched.
-pub const KINDS: usize = 9;
+pub const KINDS: usize = 10;
 
 /// What one watcher event means for the model.
 #[derive(Debug)]
@@ -92,6 +92,13 @@ impl Watched for PeerAuthentication {
     }
 }
 
+impl Watched for BackendTrafficPolicy {
+    const KIND: &'static str = "BackendTrafficPolicy";
+    fn into_object(self) -> Object {
+        Object::BackendTrafficPolicy(Box::new(self))
+    }
+}
+
 impl Watched for ClusterMeshPolicy {
     const KIND: &'static str = "ClusterMeshPolicy";
     fn into_object(self) -> Object {
@@ -124,6 +131,7 @@ pub fn watch(client: Client) -> impl Stream<Item = Batch> + Send {
         watch_kind::<MeshPolicy>(client.clone()).boxed(),
         watch_kind::<ClusterMeshPolicy>(client.clone()).boxed(),
         watch_kind::<PeerAuthentication>(client.clone()).boxed(),
+        watch_kind::<BackendTrafficPolicy>(client.clone()).boxed(),
         watch_kind::<Node>(client).boxed(),
     ])
 }

@@ -216,6 +216,104 @@ pub enum MtlsMode {
     Strict,
 }
 
+/// How the L7 proxy treats the endpoints of the Services it targets: outlier detection
+/// (ejecting endpoints that keep failing) and circuit breaking (limits on connections and
+/// requests), with the fields and defaults of Istio's DestinationRule `trafficPolicy`.
+///
+/// Attached as Gateway API policies are (GEP-713, direct attachment): `targetRefs` name
+/// Services of its namespace, the same objects HTTPRoutes attach to and `backendRefs` send to,
+/// rather than a host string as a DestinationRule does. So the mesh's one way of naming a
+/// destination is the Service; subsets, which a DestinationRule also carries, are what
+/// HTTPRoute's weighted `backendRefs` to per-version Services already do. When several
+/// policies target one Service, the oldest applies (then the first by name).
+///
+/// Connections to a targeted Service's HTTP ports (`appProtocol` `http`, `kubernetes.io/h2c`,
+/// `grpc`, `kubernetes.io/ws`) go through the L7 proxy even without a route, since ejection
+/// and circuit breaking are decided per request.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "BackendTrafficPolicy",
+    derive = "PartialEq",
+    plural = "backendtrafficpolicies",
+    shortname = "btp",
+    namespaced,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTrafficPolicySpec {
+    /// The Services it applies to (group "", kind Service), in its namespace: 1 to 16.
+    #[serde(default)]
+    pub target_refs: Vec<PolicyTargetRef>,
+    /// Absent: no endpoint is ever ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Absent: no limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+}
+
+/// Gateway API's LocalPolicyTargetReference.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetRef {
+    /// "" (the core group).
+    #[serde(default)]
+    pub group: String,
+    /// Service.
+    pub kind: String,
+    pub name: String,
+}
+
+/// Istio's outlier detection, per endpoint of each targeted Service as this node's proxy sees
+/// it. An ejected endpoint gets no request until its ejection ends; when every endpoint of a
+/// Service is ejected (only possible with `maxEjectionPercent: 100`), requests go to all of
+/// them again rather than fail (Envoy's panic mode).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers that eject an endpoint (a failed connection and a timeout count
+    /// as 5xx). Default 5; 0: not counted.
+    #[serde(default, rename = "consecutive5xxErrors", skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx_errors: Option<u32>,
+    /// Consecutive 502, 503 and 504 answers (and failed connections and timeouts) that eject
+    /// an endpoint. Default 0: not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// An ejection lasts this times the number of times the endpoint has been ejected
+    /// (a Gateway API duration, e.g. `30s`). Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// No ejection lasts longer (Envoy's `max_ejection_time`). Default 300s, and at least
+    /// `baseEjectionTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<String>,
+    /// At most this percentage of a Service's endpoints is ejected at once, rounded down:
+    /// with the default 10, a Service needs 10 endpoints before one can be ejected (Envoy
+    /// ejects one regardless; say 50 or 100 for small Services).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Istio's connection pool settings, as circuit breakers per targeted Service port in each
+/// node's proxy. A request over a limit is answered 503 at once with `x-envoy-overloaded:
+/// true`, counted in `mesh_l7_overflows_total`. Absent fields: unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// HTTP/1.1 connections in use to the Service's endpoints (each carries one request at a
+    /// time; HTTP/2 and gRPC multiplex, and are held by `maxRequests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for one of those connections. Default 1024 when `maxConnections` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight to the Service, over any protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+}
+
 /// The namespace whose selector-less PeerAuthentication is the mesh-wide default (Istio's
 /// root namespace): the operator's own, by default.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "mesh-system";
@@ -228,5 +326,11 @@ pub const MAX_PRIORITY: u32 = 1000;
 /// Every CRD of the project, in the order `deploy/crds/` lists them.
 pub fn all() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt as _;
-    vec![MeshNode::crd(), MeshPolicy::crd(), ClusterMeshPolicy::crd(), PeerAuthentication::crd()]
+    vec![
+        MeshNode::crd(),
+        MeshPolicy::crd(),
+        ClusterMeshPolicy::crd(),
+        PeerAuthentication::crd(),
+        BackendTrafficPolicy::crd(),
+    ]
 }

@@ -2,6 +2,7 @@
 //! manifests in local mode) into the mesh model, allocates identities, and streams the model
 //! to every agent with versions, ACK/NACK and resume.
 
+pub mod backend_policy;
 pub mod bootstrap;
 pub mod ca_server;
 pub mod cluster;

@@ -17,13 +17,13 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     cluster::{ClusterView, Object, ObjectKey},
-    crd::{ClusterMeshPolicy, MeshPolicy, PeerAuthentication},
+    crd::{BackendTrafficPolicy, ClusterMeshPolicy, MeshPolicy, PeerAuthentication},
     grpc_route::GrpcRoute,
     http_route::HttpRoute,
 };
 
 /// What the operator reads, as `apiVersion kind`.
-pub const KINDS: [(&str, &str); 12] = [
+pub const KINDS: [(&str, &str); 13] = [
     ("v1", "Namespace"),
     ("v1", "Pod"),
     ("v1", "Service"),
@@ -34,6 +34,7 @@ pub const KINDS: [(&str, &str); 12] = [
     ("mesh.dev/v1alpha1", "MeshPolicy"),
     ("mesh.dev/v1alpha1", "ClusterMeshPolicy"),
     ("mesh.dev/v1alpha1", "PeerAuthentication"),
+    ("mesh.dev/v1alpha1", "BackendTrafficPolicy"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
 ];
@@ -293,6 +294,9 @@ fn object(value: &serde_json::Value) -> ObjectResult {
         }
         "PeerAuthentication" => {
             Object::PeerAuthentication(Box::new(typed_from::<PeerAuthentication>(value).map_err(wrong)?))
+        }
+        "BackendTrafficPolicy" => {
+            Object::BackendTrafficPolicy(Box::new(typed_from::<BackendTrafficPolicy>(value).map_err(wrong)?))
         }
         "HTTPRoute" => Object::HttpRoute(Box::new(typed_from::<HttpRoute>(value).map_err(wrong)?)),
         "GRPCRoute" => Object::GrpcRoute(Box::new(typed_from::<GrpcRoute>(value).map_err(wrong)?)),

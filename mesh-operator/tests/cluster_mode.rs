@@ -82,6 +82,11 @@ async fn api_server(
                     "metadata": {"name": "default", "namespace": "mesh-system"},
                     "spec": {"mtls": {"mode": "STRICT"}}
                 })]),
+                "/apis/mesh.dev/v1alpha1/backendtrafficpolicies" => list("BackendTrafficPolicy", "mesh.dev/v1alpha1", vec![json!({
+                    "apiVersion": "mesh.dev/v1alpha1", "kind": "BackendTrafficPolicy",
+                    "metadata": {"name": "web", "namespace": "demo"},
+                    "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "web"}], "outlierDetection": {"consecutive5xxErrors": 2}}
+                })]),
                 other => panic!("unexpected list {other}"),
             });
             continue;
@@ -186,6 +191,15 @@ async fn watches_list_then_follow_and_resume_after_a_break() {
         panic!("the PeerAuthentication is not in the model")
     };
     assert!(peer.mesh_wide && peer.mode == mesh_common::api::MtlsMode::Strict as i32, "{peer:?}");
+    let Some(resource::Kind::BackendTrafficPolicy(backend)) =
+        &store.get(&(Kind::BackendTrafficPolicy as i32, "demo".into(), "web".into())).unwrap().kind
+    else {
+        panic!("the BackendTrafficPolicy is not in the model")
+    };
+    assert_eq!(
+        (backend.services.clone(), backend.outlier_detection.map(|o| o.consecutive_5xx_errors)),
+        (vec!["web".to_owned()], Some(2))
+    );
     let Some(resource::Kind::Node(node)) =
         &store.get(&(Kind::Node as i32, String::new(), "node-0".into())).unwrap().kind
     else {

@@ -110,7 +110,7 @@ fn seed(root: &Path) -> anyhow::Result<()> {
         Ok(dir)
     };
     let mut manifests = Vec::new();
-    for dir in ["deploy/examples", "deploy/mtls", "deploy/crds", "deploy/kubernetes"] {
+    for dir in ["deploy/examples", "deploy/mtls", "deploy/l7", "deploy/crds", "deploy/kubernetes"] {
         for entry in std::fs::read_dir(root.join(dir)).with_context(|| format!("reading {dir}"))? {
             let path = entry?.path();
             manifests

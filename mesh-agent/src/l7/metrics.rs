@@ -4,13 +4,21 @@
 //! name, or its index), `destination_backend` (the backend Service and port chosen, empty for
 //! the proxy's own answers) and `response_code`. Reported by the client's side
 //! (`reporter="source"`), as the proxy runs on the client's node.
+//!
+//! BackendTrafficPolicy's: `mesh_l7_outlier_ejections_total{destination_service, endpoint}`,
+//! `mesh_l7_outlier_ejected` and `mesh_l7_outlier_ejection_remaining_seconds` (the endpoints
+//! out now, read at scrape), `mesh_l7_overflows_total{destination_backend, limit}`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    collector::Collector,
+    encoding::DescriptorEncoder,
+    metrics::{counter::Counter, family::Family, gauge::ConstGauge, histogram::Histogram},
     registry::Registry,
 };
+
+use super::{circuit_breaker::CircuitBreakers, outlier::Outliers};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -33,17 +41,62 @@ pub struct RequestLabels {
 pub struct L7Metrics {
     requests: Family<Labels, Counter>,
     duration: Family<Labels, Histogram, fn() -> Histogram>,
+    outliers: Arc<Outliers>,
+    breakers: Arc<CircuitBreakers>,
 }
 
-impl Default for L7Metrics {
-    fn default() -> Self {
-        let histogram: fn() -> Histogram = || Histogram::new(BUCKETS_MS);
-        Self { requests: Family::default(), duration: Family::new_with_constructor(histogram) }
+/// The endpoints ejected at scrape time.
+#[derive(Debug)]
+struct EjectedNow(Arc<Outliers>);
+
+impl Collector for EjectedNow {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let ejected = self.0.ejected();
+        crate::metrics::series(
+            &mut encoder,
+            "mesh_l7_outlier_ejected",
+            "Endpoints outlier detection keeps out of their Service's balancing now (1 each), with the seconds left",
+            ejected.iter().map(|e| {
+                let labels = vec![
+                    ("destination_service", format!("{}/{}", e.service.namespace, e.service.name)),
+                    ("endpoint", e.endpoint.to_string()),
+                ];
+                (labels, ConstGauge::new(1_i64))
+            }),
+        )?;
+        crate::metrics::series(
+            &mut encoder,
+            "mesh_l7_outlier_ejection_remaining_seconds",
+            "Seconds until each ejected endpoint is back in its Service's balancing",
+            ejected.iter().map(|e| {
+                let labels = vec![
+                    ("destination_service", format!("{}/{}", e.service.namespace, e.service.name)),
+                    ("endpoint", e.endpoint.to_string()),
+                ];
+                (labels, ConstGauge::new(e.remaining.as_secs_f64()))
+            }),
+        )
     }
 }
 
 impl L7Metrics {
+    pub fn new(outliers: Arc<Outliers>, breakers: Arc<CircuitBreakers>) -> Self {
+        let histogram: fn() -> Histogram = || Histogram::new(BUCKETS_MS);
+        Self { requests: Family::default(), duration: Family::new_with_constructor(histogram), outliers, breakers }
+    }
+
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mesh_l7_outlier_ejections",
+            "Endpoints ejected by outlier detection (BackendTrafficPolicy), by Service and endpoint",
+            self.outliers.ejections_family(),
+        );
+        registry.register(
+            "mesh_l7_overflows",
+            "Requests a circuit breaker (BackendTrafficPolicy connectionPool) refused, by backend and limit",
+            self.breakers.overflows_family(),
+        );
+        registry.register_collector(Box::new(EjectedNow(self.outliers.clone())));
         registry.register(
             "istio_requests",
             "Requests through the L7 proxy, by route, backend and response code",

@@ -6,12 +6,16 @@
 //! `routes` decides a request's rule and backend, `filters` applies a rule's filters,
 //! `proxy` serves a client connection, `connector` reaches backends as the client (from its
 //! own address on this node, through the tunnel with its certificate to other nodes), `access_log` writes each request's L7 flows, `trace_context` carries W3C
-//! `traceparent` through with the proxy's span.
+//! `traceparent` through with the proxy's span; `outlier` ejects endpoints that keep failing
+//! and `circuit_breaker` limits requests and connections, for the Services a
+//! BackendTrafficPolicy targets (whose HTTP ports come to the proxy even without a route).
 
 pub mod access_log;
+pub mod circuit_breaker;
 pub mod connector;
 pub mod filters;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
 pub mod routes;
 pub mod trace_context;
@@ -61,8 +65,27 @@ fn service_of<'a>(model: &'a ResourceSet, service: &ServiceRef) -> Option<&'a ap
     }
 }
 
+/// The BackendTrafficPolicy that applies to each Service one targets: the oldest, then the
+/// first by name (Gateway API's policy precedence).
+fn backend_policies(model: &ResourceSet) -> HashMap<ServiceRef, Arc<api::BackendTrafficPolicy>> {
+    let mut policies: Vec<&api::BackendTrafficPolicy> = model.backend_traffic_policies().collect();
+    policies.sort_by(|a, b| (a.created_unix, &a.name).cmp(&(b.created_unix, &b.name)));
+    let mut applied = HashMap::new();
+    for policy in policies {
+        let shared = Arc::new(policy.clone());
+        for name in &policy.services {
+            let service = ServiceRef { namespace: policy.namespace.clone(), name: name.clone() };
+            applied.entry(service).or_insert_with(|| shared.clone());
+        }
+    }
+    applied
+}
+
 /// `appProtocol` values that mean HTTP/2 cleartext (Kubernetes' own, and gRPC's).
 pub const HTTP2_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/h2c", "grpc"];
+/// `appProtocol` values that mean HTTP of some version in clear: the ports a
+/// BackendTrafficPolicy brings to the proxy without a route.
+pub const HTTP_APP_PROTOCOLS: [&str; 4] = ["http", "kubernetes.io/h2c", "grpc", "kubernetes.io/ws"];
 
 /// The proxy and what it needs from the model. Cheap to clone (shared).
 #[derive(Clone)]
@@ -89,6 +112,17 @@ impl L7 {
     pub fn update(&self, model: &ResourceSet, compiler: &Compiler, routes_changed: bool) -> Vec<RouteError> {
         let mut frontends = HashMap::new();
         let mut backends = BTreeSet::new();
+        let policies = backend_policies(model);
+        // A targeted Service's HTTP ports come to the proxy without a route too.
+        for service in policies.keys() {
+            let Some(svc) = service_of(model, service) else { continue };
+            for port in svc.ports.iter().filter(|p| HTTP_APP_PROTOCOLS.contains(&p.app_protocol.as_str())) {
+                let port = u16::try_from(port.port).unwrap_or_default();
+                for ip in svc.cluster_ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+                    frontends.insert(SocketAddrV4::new(ip, port), service.clone());
+                }
+            }
+        }
         for route in model.http_routes() {
             for parent in &route.parents {
                 let service = ServiceRef { namespace: parent.namespace.clone(), name: parent.service.clone() };
@@ -104,6 +138,10 @@ impl L7 {
                 let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
                 backends.insert((service, u16::try_from(backend.port).unwrap_or_default()));
             }
+        }
+        // Requests no rule routes go to the Service asked for: its endpoints are needed too.
+        for (address, service) in &frontends {
+            backends.insert((service.clone(), address.port()));
         }
         let endpoints = backends
             .into_iter()
@@ -126,7 +164,13 @@ impl L7 {
         };
         *self.endpoints.0.write().expect("never poisoned") = endpoints;
         *self.frontends.write().expect("never poisoned") = frontends;
+        self.proxy.set_backend_policies(policies);
         errors
+    }
+
+    /// The endpoints outlier detection has ejected now.
+    pub fn ejected(&self) -> Vec<outlier::Ejected> {
+        self.proxy.ejected()
     }
 
     /// The proxy's request metrics.

@@ -13,6 +13,7 @@
 //! the backend's 101 goes back, and the two connections are joined byte for byte.
 
 use std::{
+    collections::HashMap,
     hash::{BuildHasher as _, Hasher as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, RwLock},
@@ -31,8 +32,10 @@ use mesh_common::api;
 
 use super::{
     access_log::{AccessLog, Hop, RequestLine},
+    circuit_breaker::{Admission, CircuitBreakers},
     filters,
     metrics::{L7Metrics, RequestLabels},
+    outlier::{Ejected, Outliers, TryResult},
     routes::{RouteTable, Routing, ServiceRef, pick_backend},
     trace_context,
 };
@@ -108,18 +111,26 @@ pub struct Proxy<C> {
     clients: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, Arc<Clients<C>>>>,
     /// Where each request's flows go (none: not logged).
     flows: Option<AccessLog>,
+    /// The BackendTrafficPolicy of each Service one targets.
+    policies: RwLock<Arc<HashMap<ServiceRef, Arc<api::BackendTrafficPolicy>>>>,
+    outliers: Arc<Outliers>,
+    breakers: Arc<CircuitBreakers>,
 }
 
 impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     /// A proxy reaching backends with `connectors(client)` for each client's requests.
     pub fn new(connectors: impl Fn(Ipv4Addr) -> C + Send + Sync + 'static, endpoints: Arc<dyn Endpoints>) -> Self {
+        let (outliers, breakers) = (Arc::new(Outliers::default()), Arc::new(CircuitBreakers::default()));
         Self {
             routes: RwLock::new(Arc::default()),
-            metrics: L7Metrics::default(),
+            metrics: L7Metrics::new(outliers.clone(), breakers.clone()),
             endpoints,
             connectors: Box::new(connectors),
             clients: std::sync::Mutex::default(),
             flows: None,
+            policies: RwLock::default(),
+            outliers,
+            breakers,
         }
     }
 
@@ -262,9 +273,12 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                     let mut body = Some(body.map_err(BoxError::from).boxed());
                     for attempt in 1..=tries {
                         let this_body = body.take().unwrap_or_else(|| body_of(Bytes::new()));
-                        match self.send_once(*to.client.ip(), &to.service, to.port, &parts, this_body, endpoint).await {
+                        match self
+                            .send_once(*to.client.ip(), &to.service, to.port, &parts, this_body, endpoint, None)
+                            .await
+                        {
                             Ok(response) => return finish(response, &[], &mut upgrade),
-                            Err(refusal) if attempt < tries && refusal.0 == StatusCode::SERVICE_UNAVAILABLE => {
+                            Err(refusal) if attempt < tries && refusal.retryable() => {
                                 tokio::time::sleep(DEFAULT_RETRY_BACKOFF).await;
                             }
                             Err(refusal) => return refusal.into_response(),
@@ -367,17 +381,10 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 (Some(d), None) => Some(d.saturating_duration_since(Instant::now())),
                 (None, t) => t,
             };
-            let sent = self.send_once(*to.client.ip(), &service, port, &parts, this_body, endpoint);
-            let outcome = match limit {
-                Some(limit) => match tokio::time::timeout(limit, sent).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(Refusal(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".into())),
-                },
-                None => sent.await,
-            };
+            let outcome = self.send_once(*to.client.ip(), &service, port, &parts, this_body, endpoint, limit).await;
             let retryable = match &outcome {
                 Ok(response) => retry.is_some_and(|r| r.codes.contains(&u32::from(response.status().as_u16()))),
-                Err(refusal) => (retry.is_some() || empty) && refusal.0 == StatusCode::SERVICE_UNAVAILABLE,
+                Err(refusal) => (retry.is_some() || empty) && refusal.retryable(),
             };
             match outcome {
                 Ok(response) if !retryable || attempt + 1 == tries => {
@@ -394,7 +401,10 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         last
     }
 
-    /// One try to one endpoint of `service`:`port` (written to `chosen`).
+    /// One try to one endpoint of `service`:`port` (written to `chosen`), within `limit`:
+    /// admitted by the Service's circuit breakers, its result told to outlier detection. The
+    /// response's body holds the admission until it ends.
+    #[allow(clippy::too_many_arguments)]
     async fn send_once(
         &self,
         client: Ipv4Addr,
@@ -403,35 +413,104 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         parts: &Parts,
         body: Body,
         chosen: &mut Option<SocketAddr>,
-    ) -> Result<Response<Incoming>, Refusal> {
-        let (request, endpoint) = self.upstream_request(service, port, parts, body)?;
+        limit: Option<Duration>,
+    ) -> Result<Response<Body>, Refusal> {
+        let policy = self.backend_policy(service);
+        let outlier = policy.as_ref().and_then(|p| p.outlier_detection.as_ref());
+        let (request, endpoint, endpoints) = self.upstream_request(service, port, parts, body, outlier.is_some())?;
         *chosen = Some(endpoint);
-        self.client_for(client, &request).request(request).await.map_err(|err| {
-            tracing::debug!("{}/{}:{port} at {endpoint}: {err:?}", service.namespace, service.name);
-            Refusal(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers".into())
-        })
+        let http1 = request.version() != http::Version::HTTP_2;
+        let client = self.client_for(client, &request);
+        let tried = async {
+            let admission = self.breakers.admit(service, port, http1).await.map_err(|overflow| {
+                let reason = format!(
+                    "upstream overflow: {}/{}:{port} is at its {}",
+                    service.namespace,
+                    service.name,
+                    overflow.field()
+                );
+                Refusal(StatusCode::SERVICE_UNAVAILABLE, reason.into(), true)
+            })?;
+            let response = client.request(request).await.map_err(|err| {
+                tracing::debug!("{}/{}:{port} at {endpoint}: {err:?}", service.namespace, service.name);
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connect error or disconnect/reset before headers",
+                )
+            })?;
+            Ok(response.map(|body| match admission {
+                Some(admission) => Admitted { body, _admission: admission }.boxed(),
+                None => body.map_err(BoxError::from).boxed(),
+            }))
+        };
+        let outcome = match limit {
+            Some(limit) => tokio::time::timeout(limit, tried)
+                .await
+                .unwrap_or_else(|_| Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"))),
+            None => tried.await,
+        };
+        if let Some(outlier) = outlier {
+            let result = match &outcome {
+                Ok(response) => Some(TryResult::Answered(response.status().as_u16())),
+                Err(refusal) if refusal.2 => None, // refused here: the endpoint was never asked
+                Err(_) => Some(TryResult::Failed),
+            };
+            if let Some(result) = result {
+                self.outliers.report(service, outlier, endpoint, &endpoints, result);
+            }
+        }
+        outcome
     }
 
-    /// The request to an endpoint of `service`:`port` (chosen at random), and that endpoint.
+    /// The policy targeting `service`, if any.
+    fn backend_policy(&self, service: &ServiceRef) -> Option<Arc<api::BackendTrafficPolicy>> {
+        let policies = self.policies.read().expect("never poisoned");
+        if policies.is_empty() { None } else { policies.get(service).cloned() }
+    }
+
+    /// Takes the BackendTrafficPolicy of each Service one targets. Endpoint health and
+    /// circuit counts are kept for Services whose policy did not change.
+    pub fn set_backend_policies(&self, policies: HashMap<ServiceRef, Arc<api::BackendTrafficPolicy>>) {
+        self.outliers.retain(|service| {
+            let old = self.backend_policy(service);
+            let new = policies.get(service);
+            new.is_some_and(|n| old.is_some_and(|o| o.outlier_detection == n.outlier_detection))
+        });
+        self.breakers.set(policies.iter().filter_map(|(s, p)| Some((s.clone(), p.connection_limits?))).collect());
+        *self.policies.write().expect("never poisoned") = Arc::new(policies);
+    }
+
+    /// The endpoints outlier detection has ejected now.
+    pub fn ejected(&self) -> Vec<Ejected> {
+        self.outliers.ejected()
+    }
+
+    /// The request to an endpoint of `service`:`port` (chosen at random, among those not
+    /// ejected when `outliers`), that endpoint, and all of them.
     fn upstream_request(
         &self,
         service: &ServiceRef,
         port: u16,
         parts: &Parts,
         body: Body,
-    ) -> Result<(Request<Body>, SocketAddr), Refusal> {
+        outliers: bool,
+    ) -> Result<(Request<Body>, SocketAddr, Vec<SocketAddr>), Refusal> {
         let Some(endpoints) = self.endpoints.endpoints(service, port) else {
             let reason =
                 format!("backend Service {}/{} has no port {port}, or does not exist", service.namespace, service.name);
-            return Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, reason.into()));
+            return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, reason));
         };
         if endpoints.is_empty() {
-            return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream".into()));
+            return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"));
         }
-        let endpoint = endpoints[random_u32() as usize % endpoints.len()];
+        let endpoint = if outliers {
+            self.outliers.choose(service, &endpoints, random_u32())
+        } else {
+            endpoints[random_u32() as usize % endpoints.len()]
+        };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let Ok(uri) = format!("http://{endpoint}{path}").parse::<Uri>() else {
-            return Err(Refusal(StatusCode::BAD_REQUEST, "the request's path is not valid".into()));
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, "the request's path is not valid"));
         };
         // An HTTP/1.1 upgrade stays HTTP/1.1 (HTTP/2 has no such thing).
         let http2 = !parts.headers.contains_key(header::UPGRADE)
@@ -445,10 +524,9 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 headers.remove(header::HOST);
             }
         }
-        let request = request
-            .body(body)
-            .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "the request cannot be forwarded".into()))?;
-        Ok((request, endpoint))
+        let request =
+            request.body(body).map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "the request cannot be forwarded"))?;
+        Ok((request, endpoint, endpoints))
     }
 
     /// The pooled client of `client` for a request's version.
@@ -466,7 +544,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         }
         let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
         let port = u16::try_from(backend.port).unwrap_or_default();
-        let Ok((request, _)) = self.upstream_request(&service, port, parts, body_of(body)) else { return };
+        let Ok((request, ..)) = self.upstream_request(&service, port, parts, body_of(body), false) else { return };
         let client = self.client_for(client, &request);
         tokio::spawn(async move {
             // The mirror's answer is read and dropped; it never reaches the client.
@@ -491,12 +569,26 @@ fn body_of(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-/// Why a try gave no response: the status and reason the client is answered with.
-struct Refusal(StatusCode, std::borrow::Cow<'static, str>);
+/// Why a try gave no response: the status and reason the client is answered with, and
+/// whether a circuit breaker refused it (not retried; answered with `x-envoy-overloaded`).
+struct Refusal(StatusCode, std::borrow::Cow<'static, str>, bool);
 
 impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self(status, reason.into(), false)
+    }
+
+    /// Whether another try may get an answer: the try got none, and no limit refused it.
+    fn retryable(&self) -> bool {
+        self.0 == StatusCode::SERVICE_UNAVAILABLE && !self.2
+    }
+
     fn into_response(self) -> Response<Body> {
-        answer(self.0, &self.1)
+        let mut response = answer(self.0, &self.1);
+        if self.2 {
+            response.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        }
+        response
     }
 }
 
@@ -539,7 +631,7 @@ impl ClientUpgrade {
 /// is passed on with its `Upgrade` header, and both connections, once switched, are joined
 /// until either side closes; a 101 nobody asked for is a bad gateway.
 fn finish(
-    mut response: Response<Incoming>,
+    mut response: Response<Body>,
     modifiers: &[&api::HeaderModifier],
     upgrade: &mut Option<ClientUpgrade>,
 ) -> Response<Body> {
@@ -559,7 +651,7 @@ fn finish(
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocols);
     }
-    let mut response = Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+    let mut response = Response::from_parts(parts, body);
     modify_response(&mut response, modifiers);
     response
 }
@@ -607,6 +699,36 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A backend's response body holding its request's circuit-breaker admission (its place
+    /// among the Service's requests and, for HTTP/1.1, its connection) until it ends.
+    struct Admitted {
+        #[pin]
+        body: Incoming,
+        _admission: Admission,
+    }
+}
+
+impl hyper::body::Body for Admitted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.project().body.poll_frame(cx).map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

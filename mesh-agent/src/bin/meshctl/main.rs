@@ -437,6 +437,12 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
                 "bytes_to_pods": t.bytes_to_pods,
                 "bytes_from_pods": t.bytes_from_pods,
             })),
+            "ejected_endpoints": agent.ejected_endpoints.iter().map(|e| serde_json::json!({
+                "service": e.service,
+                "endpoint": e.endpoint,
+                "remaining_ms": e.remaining_ms,
+                "ejections": e.ejections,
+            })).collect::<Vec<_>>(),
             "pods_mtls": agent.pods_mtls.iter().map(|p| serde_json::json!({
                 "pod": p.pod,
                 "identity": p.identity,
@@ -487,5 +493,19 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
     }
     print_certificates(&agent);
     print_tunnel(&agent);
+    print_ejected(&agent);
     Ok(())
+}
+
+/// The endpoints the L7 proxy's outlier detection keeps out now.
+fn print_ejected(agent: &mesh_common::api::AgentStatusResponse) {
+    println!("Ejected endpoints (outlier detection, BackendTrafficPolicy): {}", agent.ejected_endpoints.len());
+    if agent.ejected_endpoints.is_empty() {
+        return;
+    }
+    println!("  {:<32} {:<22} {:>10} {:>9}", "SERVICE", "ENDPOINT", "BACK IN", "EJECTIONS");
+    for e in &agent.ejected_endpoints {
+        let back = format!("{:.1}s", e.remaining_ms as f64 / 1000.0);
+        println!("  {:<32} {:<22} {back:>10} {:>9}", e.service, e.endpoint, e.ejections);
+    }
 }
