@@ -28,9 +28,16 @@ pub struct Echoed {
     pub peer: String,
 }
 
-/// Serves on `port` (all addresses) until killed: `/status/N` answers N, anything else 200,
-/// each with the [`Echoed`] request as its body and `x-echo-pod` naming the pod.
-pub fn serve(port: u16, pod: &str, namespace: &str, ready_file: Option<&Path>) -> std::io::Result<()> {
+/// Serves on `port` (all addresses) until killed: `/status/N` answers N, anything else 200
+/// (or `fail_with`, when given, whatever the path), each with the [`Echoed`] request as its
+/// body and `x-echo-pod` naming the pod.
+pub fn serve(
+    port: u16,
+    pod: &str,
+    namespace: &str,
+    ready_file: Option<&Path>,
+    fail_with: Option<u16>,
+) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
@@ -43,7 +50,13 @@ pub fn serve(port: u16, pod: &str, namespace: &str, ready_file: Option<&Path>) -
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let (pod, namespace) = (pod.clone(), namespace.clone());
-                    async move { Ok::<_, std::convert::Infallible>(answer(request, &pod, &namespace, peer).await) }
+                    async move {
+                        let mut response = answer(request, &pod, &namespace, peer).await;
+                        if let Some(status) = fail_with.and_then(|code| StatusCode::from_u16(code).ok()) {
+                            *response.status_mut() = status;
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 });
                 let _ =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;

@@ -84,24 +84,26 @@ pub fn serve(lab: &Lab, pod: &Pod, port: u16, reply: &str) -> Result<u32> {
 
 /// Starts `labnet http-echo` in `pod` (of `namespace`) on `port`; returns once it listens.
 pub fn http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16) -> Result<u32> {
-    let ready = lab.dir.join(format!("http-echo-{}-{port}.ready", pod.name));
-    let mut command = lab.pod_command(pod, binary())?;
-    command
-        .args(["http-echo", "--port", &port.to_string(), "--pod", &pod.name, "--namespace", namespace])
-        .arg("--ready-file")
-        .arg(&ready);
-    let pid = lab.spawn(&mut command)?;
-    lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
-    Ok(pid)
+    spawn_http_echo(lab, pod, namespace, port, &[])
 }
 
 /// Starts `labnet http-echo` in `pod` on `port`, pinned to `cpu`; returns once it listens.
 pub fn http_echo_on(lab: &Lab, pod: &Pod, namespace: &str, port: u16, cpu: usize) -> Result<u32> {
+    spawn_http_echo(lab, pod, namespace, port, &["--cpu", &cpu.to_string()])
+}
+
+/// Starts a failing instance: `labnet http-echo` in `pod` on `port` answering every request
+/// with `status`; returns once it listens.
+pub fn failing_http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16, status: u16) -> Result<u32> {
+    spawn_http_echo(lab, pod, namespace, port, &["--fail-with", &status.to_string()])
+}
+
+fn spawn_http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16, extra: &[&str]) -> Result<u32> {
     let ready = lab.dir.join(format!("http-echo-{}-{port}.ready", pod.name));
     let mut command = lab.pod_command(pod, binary())?;
     command
         .args(["http-echo", "--port", &port.to_string(), "--pod", &pod.name, "--namespace", namespace])
-        .args(["--cpu", &cpu.to_string()])
+        .args(extra)
         .arg("--ready-file")
         .arg(&ready);
     let pid = lab.spawn(&mut command)?;

@@ -5,7 +5,8 @@
 //! (`deploy/mtls/web-strict.yaml`): the client's connections to the other node go through
 //! the agents' mutual-TLS tunnel, and plaintext from outside the mesh is dropped with its reason.
 //! Then a canary release by an HTTPRoute (`deploy/l7/web-canary.yaml`): 10% of the requests to
-//! web-http go to web-v2 through the client node's L7 proxy, shown as L7 flows.
+//! web-http go to web-v2 through the client node's L7 proxy, shown as L7 flows; then a failing
+//! v2 instance is ejected by outlier detection (`deploy/l7/web-v2-outliers.yaml`).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -27,6 +28,10 @@ const CONNECTIONS: u32 = 20;
 const CANARY_PORT: u16 = 8081;
 const CANARY_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 20);
 const CANARY_REQUESTS: u32 = 200;
+/// The failing v2 instance's port (`deploy/l7/web-v2-outliers.yaml`) and the requests sent to v2
+/// to show its ejection.
+const FAILING_PORT: u16 = 8082;
+const EJECTION_REQUESTS: u32 = 40;
 
 pub fn run() -> anyhow::Result<()> {
     cargo::run(&["build", "--bins"], &[])?;
@@ -248,6 +253,43 @@ pub fn run() -> anyhow::Result<()> {
     let l7 = observe(&agents[0], &["--type", "l7", "--pod", "demo/web-b", "--last", "2"])?;
     print!("{}", indent(&l7));
 
+    step("Outlier detection (deploy/l7/web-v2-outliers.yaml): a failing web-v2 instance is ejected");
+    labnet::failing_http_echo(&lab, lab.pod("web-b"), "demo", FAILING_PORT, 500)?;
+    let outliers_file = cargo::workspace_root().join("deploy/l7/web-v2-outliers.yaml");
+    std::fs::copy(&outliers_file, manifests.join("web-v2-outliers.yaml"))
+        .with_context(|| format!("copying {}", outliers_file.display()))?;
+    println!("  web-b:{FAILING_PORT} joins web-v2 answering 500 to everything; web-v2 ejects after 3 consecutive 5xx");
+    // The agents have the policy once the failing instance answers through the proxy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut first = labnet::http_get(&lab, &client, canary_service, "/", &["x-canary: always"], 1)?;
+    while !first.statuses.contains_key(&500) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the failing web-v2 instance never got a request");
+        first = labnet::http_get(&lab, &client, canary_service, "/", &["x-canary: always"], 1)?;
+    }
+    println!("  $ curl -H 'x-canary: always' http://{canary_service}/   x {EJECTION_REQUESTS}");
+    let ejecting = labnet::http_get(&lab, &client, canary_service, "/", &["x-canary: always"], EJECTION_REQUESTS)?;
+    let failed = ejecting.statuses.get(&500).copied().unwrap_or_default();
+    println!(
+        "  answers by status: {:?} (with the first 500 above, {} by the failing instance, then it was out)",
+        ejecting.statuses,
+        failed + 1
+    );
+    println!("  $ meshctl status   (node-0, where the client's proxy runs)");
+    let status = std::process::Command::new(&meshctl)
+        .args(["--server", &format!("unix://{}", agents[0].observer_socket(&lab).display()), "status"])
+        .output()
+        .context("running meshctl status")?;
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let ejected: String =
+        status.lines().skip_while(|l| !l.starts_with("Ejected endpoints")).map(|l| format!("{l}\n")).collect();
+    print!("{}", indent(&ejected));
+    let failing = format!("{}:{FAILING_PORT}", lab.pod("web-b").ip);
+    let scraped = metrics::agent(&lab.nodes[0].netns_path);
+    let ejections: Vec<&str> = scraped.lines().filter(|l| l.starts_with("mesh_l7_outlier_ejected{")).collect();
+    for line in &ejections {
+        println!("  metric: {line}");
+    }
+
     step(
         "Plaintext from outside the mesh: a process on node-1's host, in no pod, connects straight to web-a on node-0",
     );
@@ -296,8 +338,16 @@ pub fn run() -> anyhow::Result<()> {
         l7.contains("http-request") && l7.contains("http-response"),
         "node-0's L7 flows do not show the canary's requests: {l7}"
     );
+    anyhow::ensure!(
+        // Two more after the first (three in a row; one more if the first came before the
+        // policy reached the agent), then every answer from the healthy instance.
+        (2..=3).contains(&failed) && ejecting.statuses.get(&200) == Some(&(EJECTION_REQUESTS - failed)),
+        "the failing web-v2 instance was not ejected after 3 failures: {ejecting:?}"
+    );
+    anyhow::ensure!(ejected.contains(&failing), "meshctl status does not list {failing} as ejected: {ejected}");
+    anyhow::ensure!(ejections.iter().any(|l| l.contains(&failing)), "no mesh_l7_outlier_ejected series for {failing}");
     println!(
-        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped;\nan HTTPRoute sent 10% of web-http's requests to the canary through the client's L7 proxy.\nRun it again with: make demo"
+        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped;\nan HTTPRoute sent 10% of web-http's requests to the canary through the client's L7 proxy, and a failing canary instance was ejected.\nRun it again with: make demo"
     );
     Ok(())
 }

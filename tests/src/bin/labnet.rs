@@ -26,7 +26,8 @@
 //!   soak's traffic (`mesh_tests::traffic`): short attempts at a steady rate and long-lived
 //!   connections, every failure (or, with `--log-all`, every attempt) logged with its time.
 //! - `labnet http-echo --port 8081 --pod web-a --namespace demo`: HTTP/1.1 that answers with
-//!   what it received (`mesh_tests::http_echo`); `/status/N` answers N.
+//!   what it received (`mesh_tests::http_echo`); `/status/N` answers N; `--fail-with 500`
+//!   answers every request 500 (a failing instance).
 //! - `labnet http-get --to 10.96.0.30:80 --count 100 [--path /x] [--method GET] [--header
 //!   name:value]...`: requests one after another over keep-alive; prints a JSON summary
 //!   (statuses, answering pods, errors, the last answer).
@@ -69,6 +70,9 @@ enum Cmd {
         /// Run on this CPU only.
         #[arg(long)]
         cpu: Option<usize>,
+        /// Answer every request with this status (a failing instance).
+        #[arg(long)]
+        fail_with: Option<u16>,
     },
     /// Send COUNT HTTP requests to TO over keep-alive connections.
     /// HTTP/1.1 load over keep-alive connections (the l7 benchmark's).
@@ -217,9 +221,8 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
-        Cmd::HttpEcho { port, pod, namespace, ready_file, cpu } => {
-            pin(cpu).and_then(|()| mesh_tests::http_echo::serve(port, &pod, &namespace, ready_file.as_deref()))
-        }
+        Cmd::HttpEcho { port, pod, namespace, ready_file, cpu, fail_with } => pin(cpu)
+            .and_then(|()| mesh_tests::http_echo::serve(port, &pod, &namespace, ready_file.as_deref(), fail_with)),
         Cmd::HttpLoad { to, path, header, connections, duration_ms, rate, cpu } => {
             let headers = header_pairs(&header);
             let pace = rate.map_or(mesh_tests::http_load::Pace::Max, mesh_tests::http_load::Pace::Rate);
