@@ -1,6 +1,7 @@
 //! Cluster mode: the Kubernetes API server is the source. One kube-rs watcher per kind the
-//! model uses (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, Node, and the project's
-//! MeshPolicy and ClusterMeshPolicy); their events become the same object changes local mode
+//! model uses (Namespace, Pod, Service, EndpointSlice, NetworkPolicy, Node, the project's
+//! MeshPolicy, ClusterMeshPolicy, PeerAuthentication and BackendTrafficPolicy, and Gateway API's
+//! HTTPRoute and GRPCRoute when their CRDs are installed); their events become the same object changes local mode
 //! makes from files, so
 //! both go through one translation. A watch that breaks is resumed by the watcher (re-listing
 //! when it must); after a re-list, objects that disappeared meanwhile are removed. Objects are
@@ -28,11 +29,16 @@ use serde::de::DeserializeOwned;
 use crate::{
     cluster::{ClusterView, Object, ObjectKey},
     crd::{BackendTrafficPolicy, ClusterMeshPolicy, MeshPolicy, PeerAuthentication},
+    grpc_route::GrpcRoute,
+    http_route::HttpRoute,
     local_dir::ObjectChange,
 };
 
-/// How many kinds are watched.
-pub const KINDS: usize = 10;
+/// How many kinds are watched (the serving gate waits for each to be listed, or found not
+/// installed).
+pub const KINDS: usize = 12;
+/// How often a kind whose CRD is not installed is looked for again.
+pub const CRD_POLL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What one watcher event means for the model.
 #[derive(Debug)]
@@ -106,6 +112,20 @@ impl Watched for ClusterMeshPolicy {
     }
 }
 
+impl Watched for HttpRoute {
+    const KIND: &'static str = "HTTPRoute";
+    fn into_object(self) -> Object {
+        Object::HttpRoute(Box::new(self))
+    }
+}
+
+impl Watched for GrpcRoute {
+    const KIND: &'static str = "GRPCRoute";
+    fn into_object(self) -> Object {
+        Object::GrpcRoute(Box::new(self))
+    }
+}
+
 impl Watched for Node {
     const KIND: &'static str = "Node";
     fn into_object(self) -> Object {
@@ -132,8 +152,57 @@ pub fn watch(client: Client) -> impl Stream<Item = Batch> + Send {
         watch_kind::<ClusterMeshPolicy>(client.clone()).boxed(),
         watch_kind::<PeerAuthentication>(client.clone()).boxed(),
         watch_kind::<BackendTrafficPolicy>(client.clone()).boxed(),
+        watch_installed::<HttpRoute>(client.clone()).boxed(),
+        watch_installed::<GrpcRoute>(client.clone()).boxed(),
         watch_kind::<Node>(client).boxed(),
     ])
+}
+
+/// A kind whose CRD another project installs (Gateway API's routes): while it is not
+/// installed, the kind counts as listed and empty (the operator serves without it, saying so)
+/// and is looked for again every [`CRD_POLL`]; once it is installed, it is watched as the
+/// others are.
+fn watch_installed<K: Watched>(client: Client) -> impl Stream<Item = Batch> + Send {
+    let api: Api<K> = Api::all(client.clone());
+    stream::once(async move {
+        let present = installed(&api).await;
+        (present, api)
+    })
+    .flat_map(move |(present, api)| {
+        let absent = (!present).then(|| Batch {
+            changes: Vec::new(),
+            problems: vec![format!(
+                "the {} CRD ({}) is not installed: mesh routes of that kind are off until it is (install Gateway API's standard CRDs; the operator looks again every {}s)",
+                K::KIND,
+                K::group(&()),
+                CRD_POLL.as_secs()
+            )],
+            listed: Some(K::KIND),
+        });
+        let wait = stream::once(async move {
+            if present {
+                return;
+            }
+            loop {
+                tokio::time::sleep(CRD_POLL).await;
+                if installed(&api).await {
+                    tracing::info!("the {} CRD is installed now: watching {}s", K::KIND, K::KIND);
+                    return;
+                }
+            }
+        })
+        .filter_map(|()| async { None::<Batch> });
+        stream::iter(absent).chain(wait).chain(watch_kind::<K>(client.clone()))
+    })
+}
+
+/// Whether the API server serves `K` (a 404 for its list: its CRD is not installed). Any
+/// other error counts as installed: the watcher retries it and reports what it meets.
+async fn installed<K: Watched>(api: &Api<K>) -> bool {
+    match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(status)) => !status.is_not_found(),
+        _ => true,
+    }
 }
 
 fn watch_kind<K: Watched>(client: Client) -> impl Stream<Item = Batch> + Send {

@@ -30,6 +30,8 @@ pub struct GrpcRoute {
     pub status: Option<serde_json::Value>,
 }
 
+crate::http_route::gateway_route_resource!(GrpcRoute, "GRPCRoute", "grpcroutes");
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteSpec {

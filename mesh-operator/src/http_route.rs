@@ -39,6 +39,39 @@ pub struct HttpRoute {
     pub status: Option<serde_json::Value>,
 }
 
+/// Makes a Gateway API route type (`gateway.networking.k8s.io/v1`, namespaced) a kube
+/// `Resource`, so cluster mode watches it and writes its status with kube's typed API.
+macro_rules! gateway_route_resource {
+    ($type:ty, $kind:literal, $plural:literal) => {
+        impl kube::Resource for $type {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                $crate::http_route::GATEWAY_GROUP.into()
+            }
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+pub(crate) use gateway_route_resource;
+
+gateway_route_resource!(HttpRoute, "HTTPRoute", "httproutes");
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteSpec {

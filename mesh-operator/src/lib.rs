@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model_store;
 pub mod node_status;
 pub mod pki;
+pub mod route_status;
 pub mod state_server;
 pub mod translate;
 pub mod workload_ca;

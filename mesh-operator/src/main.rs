@@ -208,7 +208,7 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
     let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
     let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
     let mut dir = LocalDir::new(manifests);
-    let mut statuses = RouteStatuses::new();
+    let mut statuses = RouteStatuses::default();
     let epoch = new_epoch();
     let store = Arc::new(Mutex::new(ModelStore::new(epoch.clone())));
 
@@ -398,10 +398,11 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
     let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));
-    // Cluster mode does not watch HTTPRoutes or GRPCRoutes yet, so this stays empty.
-    let mut statuses = RouteStatuses::new();
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
+    let (writer, route_statuses) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(mesh_operator::route_status::write_all(client.clone(), route_statuses));
+    let mut statuses = RouteStatuses { writer: Some(writer), ..RouteStatuses::default() };
     let api = client.clone();
     if let Some(Tls { dir, .. }) = &tls {
         let pki = Pki::open(dir)?;
@@ -496,15 +497,20 @@ fn apply(
     }
 }
 
-/// The last status logged of each route (local mode has no API server to write it to).
-type RouteStatuses =
-    std::collections::BTreeMap<(&'static str, String, String), Vec<mesh_operator::http_route::ParentStatus>>;
+/// The last status of each route, and in cluster mode where it is written (local mode has no
+/// API server to write it to: it is only logged).
+#[derive(Default)]
+struct RouteStatuses {
+    logged: std::collections::BTreeMap<(&'static str, String, String), Vec<mesh_operator::http_route::ParentStatus>>,
+    writer: Option<tokio::sync::mpsc::UnboundedSender<mesh_operator::route_status::RouteStatusUpdate>>,
+}
 
-/// Logs each route status that changed: at warn when a condition is False.
-fn log_route_statuses(view: &ClusterView, logged: &mut RouteStatuses) {
+/// Logs each route status that changed (at warn when a condition is False) and, in cluster
+/// mode, has it written to the route.
+fn log_route_statuses(view: &ClusterView, statuses: &mut RouteStatuses) {
     let now = view.route_statuses();
     for (key @ (kind, ns, name), parents) in &now {
-        if logged.get(key) == Some(parents) {
+        if statuses.logged.get(key) == Some(parents) {
             continue;
         }
         for parent in parents {
@@ -514,8 +520,17 @@ fn log_route_statuses(view: &ClusterView, logged: &mut RouteStatuses) {
                 tracing::warn!("{kind}/{ns}/{name}: {parent}");
             }
         }
+        if let Some(writer) = &statuses.writer {
+            let update = mesh_operator::route_status::RouteStatusUpdate {
+                kind,
+                namespace: ns.clone(),
+                name: name.clone(),
+                parents: parents.clone(),
+            };
+            let _ = writer.send(update);
+        }
     }
-    *logged = now;
+    statuses.logged = now;
 }
 
 /// A new epoch for this run: versions restart with it.

@@ -87,6 +87,19 @@ async fn api_server(
                     "metadata": {"name": "web", "namespace": "demo"},
                     "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "web"}], "outlierDetection": {"consecutive5xxErrors": 2}}
                 })]),
+                "/apis/gateway.networking.k8s.io/v1/httproutes" => list("HTTPRoute", "gateway.networking.k8s.io/v1", vec![json!({
+                    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "web-canary", "namespace": "demo", "generation": 2},
+                    "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                             "rules": [{"backendRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80, "weight": 1}]}]}
+                })]),
+                // Gateway API's GRPCRoute CRD is not installed here.
+                "/apis/gateway.networking.k8s.io/v1/grpcroutes" => {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"});
+                    let mut response = Response::new(Body::from(serde_json::to_vec(&status).unwrap()));
+                    *response.status_mut() = http::StatusCode::NOT_FOUND;
+                    response
+                }
                 other => panic!("unexpected list {other}"),
             });
             continue;
@@ -144,8 +157,13 @@ async fn watches_list_then_follow_and_resume_after_a_break() {
     let mut seen = Vec::new();
     let step = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(batch) = batches.next().await {
-            // The expired watch is reported (and then listed again); nothing else may go wrong.
-            assert!(batch.problems.iter().all(|p| p.contains("too old resource version")), "{:?}", batch.problems);
+            // The expired watch is reported (and then listed again), and the missing GRPCRoute
+            // CRD; nothing else may go wrong.
+            let expected = |p: &String| {
+                p.contains("too old resource version")
+                    || p.starts_with("the GRPCRoute CRD (gateway.networking.k8s.io) is not installed")
+            };
+            assert!(batch.problems.iter().all(expected), "{:?}", batch.problems);
             listed.extend(batch.listed);
             batch.changes.into_iter().for_each(|c| c.apply(&mut view));
             let (changes, errors) = view.changes();
@@ -196,6 +214,12 @@ async fn watches_list_then_follow_and_resume_after_a_break() {
     else {
         panic!("the BackendTrafficPolicy is not in the model")
     };
+    let Some(resource::Kind::HttpRoute(route)) =
+        &store.get(&(Kind::HttpRoute as i32, "demo".into(), "web-canary".into())).unwrap().kind
+    else {
+        panic!("the HTTPRoute is not in the model")
+    };
+    assert_eq!(route.parents[0].service, "web");
     assert_eq!(
         (backend.services.clone(), backend.outlier_detection.map(|o| o.consecutive_5xx_errors)),
         (vec!["web".to_owned()], Some(2))
@@ -379,4 +403,83 @@ async fn a_node_bootstraps_its_certificate_over_tls_with_a_reviewed_token() {
         client.bootstrap(request()).await.expect_err("a token of a pod on node-2 cannot get node-1's certificate");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(refused.message().contains("node-2"), "{}", refused.message());
+}
+
+/// Route status as a Gateway API implementation writes it: read, the operator's entry per
+/// Service parent replaced beside another controller's (kept), written back with the
+/// resourceVersion read; a conflict (409) is read and tried again.
+#[tokio::test]
+async fn route_status_is_written_per_parent_beside_other_controllers() {
+    use mesh_operator::{
+        http_route::{Condition, ParentStatus},
+        route_status::{CONTROLLER_NAME, RouteStatusUpdate, write},
+    };
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut handle = Box::pin(handle);
+    let client = kube::Client::new(service, "default");
+    let update = RouteStatusUpdate {
+        kind: "HTTPRoute",
+        namespace: "demo".into(),
+        name: "web-canary".into(),
+        parents: vec![ParentStatus {
+            parent: mesh_common::api::RouteParent { namespace: "demo".into(), service: "web".into(), port: 80 },
+            conditions: [
+                Condition { kind: "Accepted", status: true, reason: "Accepted", message: String::new() },
+                Condition {
+                    kind: "ResolvedRefs",
+                    status: false,
+                    reason: "BackendNotFound",
+                    message: "Service demo/gone does not exist".into(),
+                },
+            ],
+        }],
+    };
+    let route = |rv: &str| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web-canary", "namespace": "demo", "generation": 3, "resourceVersion": rv},
+            "spec": {},
+            "status": {"parents": [{"parentRef": {"name": "gw"}, "controllerName": "example.com/gateway", "conditions": []}]}
+        })
+    };
+    let path = "/apis/gateway.networking.k8s.io/v1/namespaces/demo/httproutes/web-canary";
+    let server = async {
+        let mut patches = Vec::new();
+        for (rv, answer) in [("7", 409), ("8", 200)] {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!((request.method(), request.uri().path()), (&http::Method::GET, path));
+            send.send_response(Response::new(Body::from(serde_json::to_vec(&route(rv)).unwrap())));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!((request.method(), request.uri().path()), (&http::Method::PATCH, &*format!("{path}/status")));
+            let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+            patches.push(body);
+            let mut response = if answer == 409 {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+                Response::new(Body::from(serde_json::to_vec(&status).unwrap()))
+            } else {
+                Response::new(Body::from(serde_json::to_vec(&route(rv)).unwrap()))
+            };
+            *response.status_mut() = http::StatusCode::from_u16(answer).unwrap();
+            send.send_response(response);
+        }
+        patches
+    };
+    let (written, patches) = tokio::join!(write(&client, &update), server);
+    written.unwrap();
+    assert_eq!(patches[0]["metadata"]["resourceVersion"], "7");
+    assert_eq!(patches[1]["metadata"]["resourceVersion"], "8", "read again after the conflict");
+    let parents = patches[1]["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    assert_eq!(parents[0]["controllerName"], "example.com/gateway", "another controller's entry is kept");
+    let ours = &parents[1];
+    assert_eq!(ours["controllerName"], CONTROLLER_NAME);
+    assert_eq!(
+        ours["parentRef"],
+        json!({"group": "", "kind": "Service", "namespace": "demo", "name": "web", "port": 80})
+    );
+    let conditions = ours["conditions"].as_array().unwrap();
+    assert_eq!((&conditions[0]["type"], &conditions[0]["status"]), (&json!("Accepted"), &json!("True")));
+    assert_eq!((&conditions[1]["reason"], &conditions[1]["status"]), (&json!("BackendNotFound"), &json!("False")));
+    assert_eq!(conditions[1]["observedGeneration"], 3);
+    assert!(conditions[1]["lastTransitionTime"].is_string());
 }
