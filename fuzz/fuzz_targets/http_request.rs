@@ -1,4 +1,5 @@
-//! An HTTP request a client pod sends to a Service with routes, as the L7 proxy takes it: the
+//! An HTTP request a client pod sends to a Service with routes, as the L7 proxy takes it (and
+//! as a pod's agent judges it by HTTP rules): the
 //! first two bytes are the lengths of the method and the target; the rest is headers, one
 //! `name:value` a line.
 #![no_main]
@@ -11,4 +12,5 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let headers = text(headers);
     let headers: Vec<(&str, &str)> = headers.lines().filter_map(|line| line.split_once(':')).collect();
     let _ = mesh_agent::untrusted::http_request(&text(method), &text(target), &headers);
+    let _ = mesh_agent::untrusted::judged_request(&text(method), &text(target), &headers);
 });

@@ -99,7 +99,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Upstreams::from_node(sockets)
     };
-    let l7 = L7::new(upstreams, store.clone());
+    let l7 = L7::new(upstreams, store.clone(), std::sync::Arc::new(destinations.clone()));
     agent.set_l7(l7.clone());
     let served = runtime.block_on(serve(
         &config,
@@ -348,6 +348,7 @@ async fn serve(
             destinations: state.destinations.clone(),
             stats: state.tunnel.clone(),
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
+            flows: mesh_agent::l7::access_log::AccessLog::new(state.store.clone()),
         };
         // Replies to the inbound side's transparent connections come back to it.
         netns::run_in(config.netns.as_deref(), tunnel::reply_route::install)?

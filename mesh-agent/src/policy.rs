@@ -111,6 +111,67 @@ pub struct Rule {
     pub priority: u16,
     /// From an audit-mode policy.
     pub audit: bool,
+    /// The HTTP requests it matches (MeshPolicy ingress rules with principals); empty: the
+    /// whole connection.
+    pub http: HttpMatches,
+}
+
+/// A rule's HTTP request matches (the model's messages, which have no `Eq` of their own;
+/// they hold strings and booleans only, so equality is total).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HttpMatches(pub Vec<api::HttpRequestMatch>);
+
+impl Eq for HttpMatches {}
+
+impl std::ops::Deref for HttpMatches {
+    type Target = [api::HttpRequestMatch];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Rule {
+    /// A deny rule for some requests only: it denies no connection (the kernel never sees it);
+    /// the destination's agent applies it per request.
+    pub fn requests_only(&self) -> bool {
+        self.action == Action::Deny && !self.http.is_empty()
+    }
+
+    /// Whether it matches a request (an L4 rule matches every request of its connections).
+    fn matches_request(&self, request: &HttpRequest<'_>) -> bool {
+        self.http.is_empty() || self.http.iter().any(|m| request.matches(m))
+    }
+}
+
+/// What an HTTP request is, for MeshPolicy rules with `http`.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+impl HttpRequest<'_> {
+    fn matches(&self, m: &api::HttpRequestMatch) -> bool {
+        (m.methods.is_empty() || m.methods.iter().any(|x| x == self.method))
+            && (m.paths.is_empty()
+                || m.paths.iter().any(|p| {
+                    if p.prefix {
+                        p.value.is_empty()
+                            || self
+                                .path
+                                .strip_prefix(p.value.as_str())
+                                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+                    } else {
+                        self.path == p.value
+                    }
+                }))
+            && m.headers.iter().all(|h| {
+                let values: Vec<&str> =
+                    self.headers.get_all(h.name.as_str()).iter().filter_map(|v| v.to_str().ok()).collect();
+                !values.is_empty() && values.join(",") == h.value
+            })
+    }
 }
 
 pub use mesh_common::policy::NETWORK_POLICY_PRIORITY;
@@ -173,8 +234,32 @@ impl Direction {
         port: u16,
         destination_ports: Option<&[api::NamedPort]>,
     ) -> Verdict {
+        self.decide(peer, protocol, port, destination_ports, |rule| !rule.requests_only())
+    }
+
+    /// The verdict for one HTTP request on a connection with `peer` to TCP port `port` of a
+    /// local pod with `destination_ports`: the rules matching the connection and, for those
+    /// with `http`, the request; the same order and isolation as connections.
+    pub fn request_verdict(
+        &self,
+        peer: PeerInfo<'_>,
+        port: u16,
+        destination_ports: &[api::NamedPort],
+        request: &HttpRequest<'_>,
+    ) -> Verdict {
+        self.decide(peer, api::Protocol::Tcp, port, Some(destination_ports), |rule| rule.matches_request(request))
+    }
+
+    fn decide(
+        &self,
+        peer: PeerInfo<'_>,
+        protocol: api::Protocol,
+        port: u16,
+        destination_ports: Option<&[api::NamedPort]>,
+        applies: impl Fn(&Rule) -> bool,
+    ) -> Verdict {
         let named = destination_ports.unwrap_or(peer.named_ports);
-        let matching = self.rules.iter().filter(|rule| {
+        let matching = self.rules.iter().filter(|rule| applies(rule)).filter(|rule| {
             let peer_ok = rule.peers.is_empty() || rule.peers.iter().any(|p| peer_matches(p, &peer));
             let port_ok = rule.ports.as_ref().is_none_or(|ports| {
                 ports.iter().any(|spec| match spec {
@@ -325,6 +410,7 @@ pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
                         action: Action::Allow,
                         priority: NETWORK_POLICY_PRIORITY,
                         audit: false,
+                        http: HttpMatches::default(),
                     });
                 }
             }
@@ -365,6 +451,7 @@ pub fn compile(model: &ResourceSet, node: &str) -> Vec<EndpointPolicy> {
                         action: if rule.action == api::RuleAction::Deny as i32 { Action::Deny } else { Action::Allow },
                         priority,
                         audit: policy.audit,
+                        http: HttpMatches(rule.http.clone()),
                     });
                 }
             }
@@ -784,6 +871,7 @@ mod tests {
             }],
             ports: vec![],
             principals: vec![],
+            http: vec![],
         }
     }
 
@@ -867,6 +955,83 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(principal_row(vec![mesh("x", "foreign", 100, false, vec![foreign])], true), ".........");
+    }
+
+    /// HTTP rules: at L4 (the oracle and the kernel alike) an allow rule with requests allows
+    /// its principals' connections and a deny rule with requests denies none; per request,
+    /// the first rule matching the connection and the request decides, and a request no rule
+    /// matches on an isolated pod is denied.
+    #[test]
+    fn http_rules_decide_requests_and_only_allow_rules_reach_the_kernel() {
+        use mesh_common::identity::{SpiffeId, TrustDomain};
+        let principal = |ns: &str, sa: &str| api::Principal {
+            trust_domain: String::new(),
+            namespace: ns.into(),
+            service_account: sa.into(),
+        };
+        let port80 = vec![PolicyPort {
+            protocol: api::Protocol::Tcp as i32,
+            port: Some(api::policy_port::Port::Number(80)),
+            end_port: 0,
+        }];
+        let get_public = api::HttpRequestMatch {
+            methods: vec!["GET".into()],
+            paths: vec![api::HttpPathMatch { prefix: true, value: "/public".into() }],
+            headers: vec![],
+        };
+        let allow_yb = api::MeshRule {
+            action: api::RuleAction::Allow as i32,
+            principals: vec![principal("y", "b")],
+            ports: port80.clone(),
+            http: vec![get_public],
+            ..Default::default()
+        };
+        let policies = vec![mesh("x", "public-for-y-b", 100, false, vec![allow_yb])];
+        assert_eq!(principal_row(policies.clone(), true), "....X....", "the connection is allowed at L4");
+        let deny_admin = api::MeshRule {
+            action: api::RuleAction::Deny as i32,
+            principals: vec![principal("y", "b")],
+            ports: port80,
+            http: vec![api::HttpRequestMatch {
+                paths: vec![api::HttpPathMatch { prefix: false, value: "/admin".into() }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            principal_row(vec![mesh("x", "no-admin", 100, false, vec![deny_admin.clone()])], true),
+            "XXXXXXXXX",
+            "a deny rule for requests denies no connection"
+        );
+
+        let mut set = ResourceSet::default();
+        for ns in 0..3 {
+            for (pod, name) in PODS.iter().enumerate() {
+                let w = api::Workload { service_account: (*name).into(), ..workload(ns, pod) };
+                set.insert(api::Resource { kind: Some(resource::Kind::Workload(Box::new(w))) });
+            }
+        }
+        for policy in [policies[0].clone(), mesh("x", "no-admin", 50, false, vec![deny_admin])] {
+            set.insert(api::Resource { kind: Some(resource::Kind::MeshPolicy(Box::new(policy))) });
+        }
+        let compiled = compile(&set, "node-0");
+        let xa = compiled.iter().find(|e| e.pod == "x/a").unwrap();
+        let yb = SpiffeId::new(TrustDomain::default(), "y", "b").unwrap();
+        let from = PeerInfo { ip: ip(1, 1), identity: Some(1004), named_ports: &[], principal: Some(&yb) };
+        let headers = http::HeaderMap::new();
+        let verdict = |method: &str, path: &str| {
+            let request = HttpRequest { method, path, headers: &headers };
+            xa.ingress.request_verdict(from, 80, &xa.named_ports, &request)
+        };
+        assert!(verdict("GET", "/public").passes());
+        assert!(verdict("GET", "/public/x").passes());
+        assert!(!verdict("GET", "/publicity").passes(), "a prefix takes whole path elements");
+        assert!(!verdict("POST", "/public").passes(), "no rule matches: the pod is isolated");
+        let denied = verdict("GET", "/admin");
+        assert!(
+            matches!(&denied, Verdict::Denied(Cause::Rule(r)) if r.policy.name == "no-admin"),
+            "the deny rule decides first (priority 50): {denied:?}"
+        );
     }
 
     #[test]

@@ -307,7 +307,8 @@ fn items<'a>(
     principals: &crate::principals::Numbering,
 ) -> BTreeMap<u32, Vec<Item<'a>>> {
     let mut by_peer: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
-    for rule in &direction.rules {
+    // A deny rule for some HTTP requests denies no connection: its agent applies it.
+    for rule in direction.rules.iter().filter(|rule| !rule.requests_only()) {
         let decision = Decision {
             rule: numbering.rule(Attribution::Rule(rule.rule.clone())),
             priority: rule.priority,

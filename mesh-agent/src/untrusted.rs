@@ -180,9 +180,11 @@ pub fn tunnel_request(
         mtls: WorkloadMtls { mode: Mode::Permissive, ports: Default::default() },
         principal_rules: false,
         node_address: Some(std::net::Ipv4Addr::new(172, 18, 0, 3)),
+        number: 0,
+        http_ports: Default::default(),
     };
     let destinations = Destinations::of(
-        [(TUNNEL_POD, Destination { pod: "demo/web".into(), identity, mtls })],
+        [(TUNNEL_POD, Destination { pod: "demo/web".into(), identity, mtls, number: 0, requests: None })],
         [(TUNNEL_CLIENT, client)],
     );
     let refused = |(status, reason): (http::StatusCode, String)| format!("{status}: {reason}");
@@ -331,4 +333,82 @@ pub fn http_request(method: &str, target: &str, headers: &[(&str, &str)]) -> Res
         host.unwrap_or_default(),
         line.url
     ))
+}
+
+/// An HTTP request as the agent of a pod with HTTP rules judges it (`l7::request_policy`):
+/// `method`, `target` and `headers` as [`http_request`] takes them, from `demo/client`, against
+/// fixed rules (GET and HEAD under /public for demo/client on port 8081, but not
+/// /public/secret). Returns `allowed` or `denied by <rule>`.
+pub fn judged_request(method: &str, target: &str, headers: &[(&str, &str)]) -> Result<String, String> {
+    use mesh_common::{
+        api,
+        identity::{SpiffeId, TrustDomain},
+    };
+    let method = http::Method::from_bytes(method.as_bytes()).map_err(|err| format!("method: {err}"))?;
+    let uri: http::Uri = target.parse().map_err(|err| format!("target: {err}"))?;
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|err| format!("header name: {err}"))?;
+        let value = http::HeaderValue::from_bytes(value.as_bytes()).map_err(|err| format!("header {name}: {err}"))?;
+        map.append(name, value);
+    }
+    let client =
+        api::Principal { trust_domain: String::new(), namespace: "demo".into(), service_account: "client".into() };
+    let port = vec![api::PolicyPort {
+        protocol: api::Protocol::Tcp as i32,
+        port: Some(api::policy_port::Port::Number(8081)),
+        end_port: 0,
+    }];
+    let rule = |action: api::RuleAction, http: api::HttpRequestMatch| api::MeshRule {
+        action: action as i32,
+        ports: port.clone(),
+        principals: vec![client.clone()],
+        http: vec![http],
+        ..Default::default()
+    };
+    let policy = |name: &str, priority: u32, ingress: api::MeshRule| api::MeshPolicy {
+        namespace: "demo".into(),
+        name: name.into(),
+        priority,
+        ingress: vec![ingress],
+        ..Default::default()
+    };
+    let path = |prefix: bool, value: &str| api::HttpPathMatch { prefix, value: value.into() };
+    let reads = api::HttpRequestMatch {
+        methods: vec!["GET".into(), "HEAD".into()],
+        paths: vec![path(true, "/public")],
+        headers: vec![api::NameValue { name: "x-team".into(), value: "web".into() }],
+    };
+    let secret = api::HttpRequestMatch { paths: vec![path(false, "/public/secret")], ..Default::default() };
+    let mut model = ResourceSet::default();
+    let web = api::Workload {
+        namespace: "demo".into(),
+        name: "web".into(),
+        node: NODE.into(),
+        ips: vec!["10.244.0.3".into()],
+        identity: 258,
+        service_account: "web".into(),
+        ..Default::default()
+    };
+    for resource in [
+        api::resource::Kind::Workload(Box::new(web)),
+        api::resource::Kind::MeshPolicy(Box::new(policy("reads", 500, rule(api::RuleAction::Allow, reads)))),
+        api::resource::Kind::MeshPolicy(Box::new(policy("secret", 100, rule(api::RuleAction::Deny, secret)))),
+    ] {
+        model.insert(api::Resource { kind: Some(resource) });
+    }
+    let compiled = policy::compile(&model, NODE);
+    let pod = compiled.first().ok_or("the fixed pod compiles")?;
+    let principal = SpiffeId::new(TrustDomain::default(), "demo", "client").map_err(|e| e.to_string())?;
+    let peer = policy::PeerInfo {
+        ip: std::net::Ipv4Addr::new(10, 244, 0, 2),
+        identity: Some(256),
+        named_ports: &[],
+        principal: Some(&principal),
+    };
+    let request = policy::HttpRequest { method: method.as_str(), path: uri.path(), headers: &map };
+    Ok(match pod.ingress.request_verdict(peer, 8081, &pod.named_ports, &request) {
+        policy::Verdict::Denied(cause) => format!("denied by {}", crate::l7::request_policy::denial(&cause)),
+        _ => "allowed".to_owned(),
+    })
 }

@@ -178,6 +178,17 @@ spec:
   targetRefs: [{group: '', kind: Service, name: web}]
   outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, baseEjectionTime: 10s, maxEjectionTime: 1m, maxEjectionPercent: 50}
   connectionPool: {maxConnections: 10, maxPendingRequests: 5, maxRequests: 100}
+---
+apiVersion: mesh.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: web-public-reads, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - action: Allow
+    ports: [{port: 8081}]
+    principals: [{namespace: demo, serviceAccount: client}]
+    http: [{methods: [GET], paths: [{type: PathPrefix, value: /public}], headers: [{name: x-team, value: web}]}]
 ";
 
 const YAML_TOKENS: &[&[u8]] = &[
@@ -683,5 +694,28 @@ fn hostile_http_requests_are_routed_or_refused_and_never_panic() {
                 "case {case}: {err}"
             ),
         }
+        match timed("judged request", target.as_bytes(), || untrusted::judged_request(method, &target, &headers)) {
+            Ok(out) => assert!(out == "allowed" || out.starts_with("denied by "), "case {case}: {out}"),
+            Err(err) => {
+                assert!(["method: ", "target: ", "header"].iter().any(|p| err.starts_with(p)), "case {case}: {err}")
+            }
+        }
     }
+}
+
+/// HTTP requests judged by a pod's HTTP rules: the fixed rules' cases, then hostile ones.
+#[test]
+fn judged_requests_follow_the_rules() {
+    let team = [("x-team", "web")];
+    assert_eq!(untrusted::judged_request("GET", "/public/a", &team), Ok("allowed".into()));
+    assert_eq!(untrusted::judged_request("HEAD", "/public", &team), Ok("allowed".into()));
+    assert_eq!(
+        untrusted::judged_request("GET", "/public/secret", &team),
+        Ok("denied by MeshPolicy demo/secret ingress rule 0".into())
+    );
+    let isolated = Ok("denied by no rule allows it (MeshPolicy demo/reads isolate the pod)".to_owned());
+    assert_eq!(untrusted::judged_request("POST", "/public/a", &team), isolated);
+    assert_eq!(untrusted::judged_request("GET", "/public/a", &[]), isolated, "the header is required");
+    assert_eq!(untrusted::judged_request("GET", "/publicity", &team), isolated);
+    assert_eq!(untrusted::judged_request("GET", "http://web/public/x?q=1", &team), Ok("allowed".into()));
 }

@@ -152,6 +152,50 @@ pub struct MeshRule {
     /// tunnelled from other nodes unless their PeerAuthentication mode is DISABLE.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<Principal>,
+    /// Ingress rules with `principals` and `ports` only: the HTTP requests the rule matches
+    /// (any of them); absent: the whole connection. Decided per request by the agent of the
+    /// destination's node: an allowed request is passed on, a denied one answered 403 and
+    /// reported as a dropped L7 flow naming the rule. The selected pods' `ports` are then
+    /// reached only through the agents (tunnelled from other nodes, redirected on their own),
+    /// and must speak HTTP/1.1 or HTTP/2 cleartext.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRequestRule>,
+}
+
+/// An HTTP request a rule matches: every part given must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequestRule {
+    /// Any of these methods (`GET`, `POST`, ...); absent: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Any of these paths; absent: any path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<HttpPathRule>,
+    /// Every one of these headers, with exactly this value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpHeaderRule>,
+}
+
+/// A path: `Exact`, or `PathPrefix` (whole path elements, as Gateway API's).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HttpPathRule {
+    #[serde(rename = "type", default)]
+    pub kind: HttpPathType,
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HttpPathType {
+    Exact,
+    #[default]
+    PathPrefix,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HttpHeaderRule {
+    pub name: String,
+    pub value: String,
 }
 
 /// A workload identity: a SPIFFE ID, or a namespace and service account (of the mesh's trust

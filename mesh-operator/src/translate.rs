@@ -521,6 +521,7 @@ pub fn mesh_policy(namespace: &str, name: &str, parts: &MeshPolicyParts<'_>) -> 
             let field = format!("spec.{way}[{i}]");
             let checked = policy_rule(&field, "peers", Some(&rule.peers), Some(&rule.ports))?;
             let principals = principals(&field, way, rule)?;
+            let http = http_requests(&field, rule, &checked.ports)?;
             list.push(api::MeshRule {
                 action: match rule.action {
                     RuleAction::Allow => api::RuleAction::Allow,
@@ -529,8 +530,78 @@ pub fn mesh_policy(namespace: &str, name: &str, parts: &MeshPolicyParts<'_>) -> 
                 peers: checked.peers,
                 ports: checked.ports,
                 principals,
+                http,
             });
         }
+    }
+    Ok(out)
+}
+
+/// At most this many HTTP request matches per rule, and of each part per match.
+const MAX_HTTP_MATCHES: usize = 16;
+
+/// A rule's HTTP requests, checked: only on an ingress rule with principals (the destination's
+/// agent knows a client only by the identity it proved) and with ports, single ports (these
+/// ports are then served through the agent, so they must be named one by one).
+fn http_requests(
+    field: &str,
+    rule: &crate::crd::MeshRule,
+    ports: &[api::PolicyPort],
+) -> Result<Vec<api::HttpRequestMatch>, Invalid> {
+    use crate::crd::HttpPathType;
+    if rule.http.is_empty() {
+        return Ok(Vec::new());
+    }
+    let here = format!("{field}.http");
+    if rule.principals.is_empty() {
+        return Err(invalid(
+            &here,
+            "an HTTP rule is decided by the destination's agent, which knows a client only by the identity it proved: name the clients by principals (an ingress rule)",
+        ));
+    }
+    if ports.is_empty() || ports.iter().any(|p| p.end_port != 0 || p.protocol != api::Protocol::Tcp as i32) {
+        return Err(invalid(
+            format!("{field}.ports"),
+            "an HTTP rule names its TCP ports one by one (no endPort): they are served through the agents",
+        ));
+    }
+    if rule.http.len() > MAX_HTTP_MATCHES {
+        return Err(invalid(&here, format!("at most {MAX_HTTP_MATCHES} request matches")));
+    }
+    let mut out = Vec::new();
+    for (i, m) in rule.http.iter().enumerate() {
+        let at = format!("{here}[{i}]");
+        if m.methods.len() > MAX_HTTP_MATCHES || m.paths.len() > MAX_HTTP_MATCHES || m.headers.len() > MAX_HTTP_MATCHES
+        {
+            return Err(invalid(&at, format!("at most {MAX_HTTP_MATCHES} methods, paths and headers each")));
+        }
+        for (j, method) in m.methods.iter().enumerate() {
+            if !mesh_common::http_route::METHODS.contains(&method.as_str()) {
+                return Err(invalid(
+                    format!("{at}.methods[{j}]"),
+                    format!("{method:?} is not a method: one of {}", mesh_common::http_route::METHODS.join(", ")),
+                ));
+            }
+        }
+        let mut paths = Vec::new();
+        for (j, path) in m.paths.iter().enumerate() {
+            mesh_common::http_route::check_path(&path.value)
+                .map_err(|e| invalid(format!("{at}.paths[{j}].value"), e))?;
+            let prefix = path.kind == HttpPathType::PathPrefix;
+            let value = if prefix { path.value.trim_end_matches('/').to_owned() } else { path.value.clone() };
+            paths.push(api::HttpPathMatch { prefix, value });
+        }
+        let mut headers = Vec::new();
+        for (j, header) in m.headers.iter().enumerate() {
+            if !mesh_common::http_route::is_header_name(&header.name) {
+                return Err(invalid(
+                    format!("{at}.headers[{j}].name"),
+                    format!("{:?} is not a header name", header.name),
+                ));
+            }
+            headers.push(api::NameValue { name: header.name.to_ascii_lowercase(), value: header.value.clone() });
+        }
+        out.push(api::HttpRequestMatch { methods: m.methods.clone(), paths, headers });
     }
     Ok(out)
 }
@@ -834,10 +905,54 @@ mod policy_tests {
                 "spec: {ingress: [{action: Allow, principals: [{namespace: A_B, serviceAccount: b}]}]}",
                 "spec.ingress[0].principals[0]",
             ),
+            // HTTP rules: with principals, ports one by one, known methods, valid paths and names.
+            (
+                "spec: {ingress: [{action: Allow, ports: [{port: 80}], http: [{methods: [GET]}]}]}",
+                "spec.ingress[0].http",
+            ),
+            (
+                "spec: {ingress: [{action: Allow, principals: [{namespace: a, serviceAccount: b}], http: [{methods: [GET]}]}]}",
+                "spec.ingress[0].ports",
+            ),
+            (
+                "spec: {ingress: [{action: Allow, ports: [{port: 80, endPort: 90}], principals: [{namespace: a, serviceAccount: b}], http: [{methods: [GET]}]}]}",
+                "spec.ingress[0].ports",
+            ),
+            (
+                "spec: {ingress: [{action: Allow, ports: [{port: 80}], principals: [{namespace: a, serviceAccount: b}], http: [{methods: [get]}]}]}",
+                "spec.ingress[0].http[0].methods[0]",
+            ),
+            (
+                "spec: {ingress: [{action: Allow, ports: [{port: 80}], principals: [{namespace: a, serviceAccount: b}], http: [{paths: [{type: Exact, value: 'a/../b'}]}]}]}",
+                "spec.ingress[0].http[0].paths[0].value",
+            ),
+            (
+                "spec: {ingress: [{action: Allow, ports: [{port: 80}], principals: [{namespace: a, serviceAccount: b}], http: [{headers: [{name: 'x y', value: v}]}]}]}",
+                "spec.ingress[0].http[0].headers[0].name",
+            ),
         ];
         for (yaml, field) in cases {
             assert_eq!(cluster_mesh_policy(yaml).unwrap_err().field, field, "{yaml}");
         }
+    }
+
+    #[test]
+    fn http_rules_are_normalised() {
+        let p = cluster_mesh_policy(
+            "spec: {ingress: [{action: Deny, ports: [{port: 8081}], principals: [{namespace: demo, serviceAccount: client}], http: [{methods: [GET, HEAD], paths: [{type: PathPrefix, value: /public/}, {type: Exact, value: /x}], headers: [{name: X-Debug, value: '1'}]}]}]}",
+        )
+        .unwrap();
+        let m = &p.ingress[0].http[0];
+        assert_eq!(m.methods, ["GET", "HEAD"]);
+        assert_eq!(
+            m.paths,
+            [
+                api::HttpPathMatch { prefix: true, value: "/public".into() },
+                api::HttpPathMatch { prefix: false, value: "/x".into() }
+            ],
+            "a prefix without its trailing '/'"
+        );
+        assert_eq!(m.headers, [api::NameValue { name: "x-debug".into(), value: "1".into() }]);
     }
 
     #[test]

@@ -159,6 +159,9 @@ fn details(buf: &mut Vec<u8>, view: &FlowView<'_>) {
     }
     if let Some(policy) = view.policy {
         pb::bytes(buf, 8, policy.description.as_bytes());
+    } else if let Some((http, _)) = view.http.filter(|(http, _)| !http.denied_by.is_empty()) {
+        // A request an HTTP rule denied: that rule.
+        pb::bytes(buf, 8, http.denied_by.as_bytes());
     }
     if let Some((http, _)) = view.http {
         pb::bytes(buf, 9, http.route.as_bytes());

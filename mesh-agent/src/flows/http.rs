@@ -24,6 +24,9 @@ pub struct HttpExchange {
     /// The W3C trace id (32 lowercase hex digits) of the request's `traceparent`, if it had a
     /// valid one; empty otherwise.
     pub trace_id: String,
+    /// The MeshPolicy rule that denied the request (HTTP rules, judged by the destination's
+    /// agent); empty when it was not denied.
+    pub denied_by: String,
 }
 
 impl HttpExchange {

@@ -66,6 +66,8 @@ pub struct Hop {
     pub asked: SocketAddrV4,
     /// The endpoint the (last) try went to; `None` when the proxy answered itself.
     pub endpoint: Option<SocketAddr>,
+    /// Seen by the destination's agent (HTTP rules), not the client's proxy.
+    pub ingress: bool,
 }
 
 /// How long a request's flows may wait for others before they go to the store together.
@@ -109,6 +111,7 @@ fn records(line: RequestLine, hop: Hop, mut exchange: HttpExchange, latency: Dur
     exchange.url = line.url;
     exchange.protocol = line.protocol;
     exchange.latency_ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+    let denied = !exchange.denied_by.is_empty();
     let exchange = Arc::new(exchange);
     let be = crate::flows::event_addr;
     let (client, client_port) = be(hop.client);
@@ -126,8 +129,9 @@ fn records(line: RequestLine, hop: Hop, mut exchange: HttpExchange, latency: Dur
         dport,
         svc_addr,
         svc_port,
-        action: policy::ALLOW,
-        direction: policy::EGRESS,
+        action: if denied { policy::DENY } else { policy::ALLOW },
+        reason: if denied { policy::reason::POLICY_DENIED } else { 0 },
+        direction: if hop.ingress { policy::INGRESS } else { policy::EGRESS },
         ..FlowEvent::default()
     };
     let request = Record {

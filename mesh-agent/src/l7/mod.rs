@@ -14,9 +14,11 @@ pub mod access_log;
 pub mod circuit_breaker;
 pub mod connector;
 pub mod filters;
+pub mod judged;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
+pub mod request_policy;
 pub mod routes;
 pub mod trace_context;
 
@@ -97,11 +99,16 @@ pub struct L7 {
 }
 
 impl L7 {
-    /// The proxy, logging its requests' flows to `flows`.
-    pub fn new(upstreams: Upstreams, flows: crate::flows::store::FlowStore) -> Self {
+    /// The proxy, logging its requests' flows to `flows`, applying this node's pods' HTTP
+    /// rules (`judge`) to the requests it delivers to them.
+    pub fn new(
+        upstreams: Upstreams,
+        flows: crate::flows::store::FlowStore,
+        judge: Arc<dyn request_policy::RequestJudge>,
+    ) -> Self {
         let endpoints = Arc::new(ModelEndpoints::default());
         let connectors = move |client| upstreams.for_client(client);
-        let proxy = Arc::new(Proxy::new(connectors, endpoints.clone()).with_flows(flows));
+        let proxy = Arc::new(Proxy::new(connectors, endpoints.clone()).with_flows(flows).with_judge(judge));
         Self { proxy, endpoints, frontends: Arc::default() }
     }
 

@@ -36,6 +36,7 @@ use super::{
     filters,
     metrics::{L7Metrics, RequestLabels},
     outlier::{Ejected, Outliers, TryResult},
+    request_policy::RequestJudge,
     routes::{RouteTable, Routing, ServiceRef, pick_backend},
     trace_context,
 };
@@ -115,6 +116,8 @@ pub struct Proxy<C> {
     policies: RwLock<Arc<HashMap<ServiceRef, Arc<api::BackendTrafficPolicy>>>>,
     outliers: Arc<Outliers>,
     breakers: Arc<CircuitBreakers>,
+    /// HTTP rules of this node's pods, for requests delivered to them straight.
+    judge: Option<Arc<dyn RequestJudge>>,
 }
 
 impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
@@ -131,6 +134,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             policies: RwLock::default(),
             outliers,
             breakers,
+            judge: None,
         }
     }
 
@@ -159,6 +163,12 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         });
         all.insert(client, clients.clone());
         clients
+    }
+
+    /// Applies the HTTP rules of this node's pods (`judge`) to requests sent to them.
+    pub fn with_judge(mut self, judge: Arc<dyn RequestJudge>) -> Self {
+        self.judge = Some(judge);
+        self
     }
 
     /// Logs each request and its answer as L7 flows in `store`.
@@ -212,7 +222,12 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 let (code, elapsed) = (response.status().as_u16(), started.elapsed());
                 proxy.metrics.record(&outcome.labels, code, elapsed);
                 if let (Some(log), Some(line)) = (&proxy.flows, line) {
-                    let hop = Hop { client: destination.client, asked: destination.asked, endpoint: outcome.endpoint };
+                    let hop = Hop {
+                        client: destination.client,
+                        asked: destination.asked,
+                        endpoint: outcome.endpoint,
+                        ingress: false,
+                    };
                     let Outcome { labels, .. } = outcome;
                     let exchange = HttpExchange {
                         code,
@@ -419,6 +434,16 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let outlier = policy.as_ref().and_then(|p| p.outlier_detection.as_ref());
         let (request, endpoint, endpoints) = self.upstream_request(service, port, parts, body, outlier.is_some())?;
         *chosen = Some(endpoint);
+        if let (Some(judge), SocketAddr::V4(pod)) = (&self.judge, endpoint) {
+            let view = crate::policy::HttpRequest {
+                method: parts.method.as_str(),
+                path: request.uri().path(),
+                headers: request.headers(),
+            };
+            if let Some(rule) = judge.denied(client, pod, &view) {
+                return Err(Refusal::new(StatusCode::FORBIDDEN, format!("RBAC: access denied by {rule}\n")));
+            }
+        }
         let http1 = request.version() != http::Version::HTTP_2;
         let client = self.client_for(client, &request);
         let tried = async {

@@ -77,6 +77,8 @@ pub struct Inbound {
     pub stats: Arc<InboundStats>,
     /// Where connections to pods are made: the node's network namespace.
     pub sockets: crate::netns::Sockets,
+    /// Where requests denied by HTTP rules are logged.
+    pub flows: crate::l7::access_log::AccessLog,
 }
 
 /// Accepts tunnels on `listener` until `stop` resolves; then asks every open HTTP/2
@@ -272,8 +274,36 @@ async fn accept_stream(
     tracing::debug!(client = %session.client, peer = %session.peer, %target, "tunnel open");
     let upgrade = hyper::upgrade::on(&mut request);
     let stats = inbound.stats.clone();
+    // A port with HTTP rules: its requests are judged here, the pod's node.
+    let judged = match target {
+        SocketAddr::V4(pod_address) => inbound
+            .destinations
+            .get(*pod_address.ip())
+            .and_then(|d| d.requests)
+            .filter(|requests| requests.ports.contains(&pod_address.port()))
+            .map(|requests| crate::l7::judged::Judged {
+                pod: pod_address,
+                requests,
+                client: crate::l7::request_policy::Client {
+                    ip: from,
+                    identity: inbound.destinations.peer(from).map(|p| p.number),
+                    principal: Some(session.peer.clone()),
+                },
+                // The client's port is not carried by the tunnel (`Forwarded: for=` names its
+                // address only).
+                client_address: std::net::SocketAddrV4::new(from, 0),
+                flows: inbound.flows.clone(),
+            }),
+        _ => None,
+    };
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
+        if let Some(judged) = judged {
+            if let Err(err) = crate::l7::judged::serve(TokioIo::new(upgraded), pod, judged).await {
+                tracing::debug!("a judged tunnelled connection ended: {err}");
+            }
+            return;
+        }
         let mut pod = pod;
         let copied =
             tokio::io::copy_bidirectional_with_sizes(&mut TokioIo::new(upgraded), &mut pod, COPY_BUFFER, COPY_BUFFER)

@@ -45,6 +45,10 @@ pub struct Destination {
     pub identity: SpiffeId,
     /// Its mutual-TLS modes (PeerAuthentication).
     pub mtls: peer_auth::WorkloadMtls,
+    /// Its pod's identity (the kernel's number).
+    pub number: u32,
+    /// Its ports with HTTP rules, and its policy, when it has any (`l7::request_policy`).
+    pub requests: Option<Arc<crate::l7::request_policy::PodRequestPolicy>>,
 }
 
 /// A pod of another node, as the tunnel's sending side sees it.
@@ -60,6 +64,11 @@ pub struct Peer {
     /// Its node's address (the node's first IPv4 address in the model), where its agent
     /// serves the tunnel; none when the model gives its node no address.
     pub node_address: Option<Ipv4Addr>,
+    /// Its pod's identity (the kernel's number).
+    pub number: u32,
+    /// Its ports with HTTP rules: always tunnelled, whatever their mode (its agent judges
+    /// their requests).
+    pub http_ports: std::collections::BTreeSet<u16>,
 }
 
 /// What the tunnel knows of the pods: this node's by address (the receiving side, and the
@@ -94,14 +103,29 @@ impl Destinations {
         // rule), and the policy's reconcile reports why.
         let principals = crate::principals::Numbering::of(model, trust_domain).unwrap_or_default();
         let mut known = Known { node_address: nodes.get(node).copied(), principals, ..Known::default() };
+        // This node's pods' policies, compiled only when some rule judges requests.
+        let any_http = crate::l7::request_policy::any(model);
+        let compiled: HashMap<String, Arc<crate::policy::EndpointPolicy>> = if any_http {
+            crate::policy::compile(model, node).into_iter().map(|e| (e.pod.clone(), Arc::new(e))).collect()
+        } else {
+            HashMap::new()
+        };
         for resource in model.of_kind(api::Kind::Workload) {
             let Some(resource::Kind::Workload(w)) = &resource.kind else { continue };
             let Ok(identity) = SpiffeId::new(trust_domain.clone(), &w.namespace, &w.service_account) else { continue };
             let pod = format!("{}/{}", w.namespace, w.name);
             let mtls = peer_auth::resolve(model, w);
             let ips = w.ips.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok());
+            let http_ports = if any_http {
+                crate::l7::request_policy::policed_ports(model, w)
+            } else {
+                std::collections::BTreeSet::new()
+            };
             if w.node == node {
-                let destination = Destination { pod, identity, mtls };
+                let requests = compiled.get(&pod).filter(|_| !http_ports.is_empty()).map(|policy| {
+                    Arc::new(crate::l7::request_policy::PodRequestPolicy { ports: http_ports, policy: policy.clone() })
+                });
+                let destination = Destination { pod, identity, mtls, number: w.identity, requests };
                 known.pods.extend(ips.map(|ip| (ip, destination.clone())));
             } else {
                 let peer = Peer {
@@ -110,6 +134,8 @@ impl Destinations {
                     mtls,
                     principal_rules: crate::principals::selected(model, w),
                     node_address: nodes.get(w.node.as_str()).copied(),
+                    number: w.identity,
+                    http_ports,
                 };
                 known.peers.extend(ips.map(|ip| (ip, peer.clone())));
             }

@@ -178,6 +178,8 @@ fn dropped(client: SocketAddr, outbound: &Outbound, failure: Failure) -> crate::
 enum Carried {
     Tunnel((hbone::Stream, hbone::Lease)),
     Routed(crate::l7::proxy::Destination),
+    /// To a port with HTTP rules of a pod of this node: its requests judged here.
+    Judged(TcpStream, crate::l7::judged::Judged),
 }
 
 /// Carries one connection; on failure it has been reset.
@@ -229,6 +231,39 @@ async fn carry(
         let IpAddr::V4(pod_ip) = original.pod.ip() else {
             return Err(fail(Failure::UnknownDestination, format!("{} is not IPv4", original.pod)));
         };
+        if let Some(local) = outbound.destinations.get(pod_ip) {
+            let requests = local
+                .requests
+                .filter(|r| r.ports.contains(&original.pod.port()))
+                .ok_or_else(|| fail(Failure::UnknownDestination, format!("{} is a pod of this node", original.pod)))?;
+            let SocketAddr::V4(pod_address) = original.pod else { unreachable!("checked IPv4 above") };
+            // From the client's own address, marked with its principal: the pod's TC takes it
+            // as delivered by the agent, and its policy and flows see the client.
+            let principal = outbound.destinations.principal(&source.identity).unwrap_or(0);
+            let connect = async {
+                let socket = outbound.sockets.tcp_v4().await?;
+                socket.set_nodelay(true)?;
+                hbone::transparent(&socket, *client_v4.ip(), principal)?;
+                socket.connect(original.pod).await
+            };
+            let pod = match tokio::time::timeout(crate::l7::judged::CONNECT_TIMEOUT, connect).await {
+                Ok(Ok(pod)) => pod,
+                Ok(Err(err)) => return Err(fail(Failure::Tunnel, format!("connecting to {}: {err}", original.pod))),
+                Err(_) => return Err(fail(Failure::Tunnel, format!("connecting to {}: no answer", original.pod))),
+            };
+            let judged = crate::l7::judged::Judged {
+                pod: pod_address,
+                requests,
+                client: crate::l7::request_policy::Client {
+                    ip: *client_v4.ip(),
+                    identity: Some(source.number),
+                    principal: Some(source.identity.clone()),
+                },
+                client_address: client_v4,
+                flows: crate::l7::access_log::AccessLog::new(outbound.flows.clone()),
+            };
+            return Ok(Carried::Judged(pod, judged));
+        }
         let destination = outbound
             .destinations
             .peer(pod_ip)
@@ -257,6 +292,14 @@ async fn carry(
         Ok(Carried::Routed(destination)) => {
             outbound.stats.routed.fetch_add(1, Ordering::Relaxed);
             outbound.l7.serve(client_stream, destination, draining).await;
+            return Ok(());
+        }
+        Ok(Carried::Judged(pod, judged)) => {
+            outbound.stats.routed.fetch_add(1, Ordering::Relaxed);
+            let _ = client_stream.set_nodelay(true);
+            if let Err(err) = crate::l7::judged::serve(client_stream, pod, judged).await {
+                tracing::debug!("a judged local connection ended: {err}");
+            }
             return Ok(());
         }
         Err(err) => {

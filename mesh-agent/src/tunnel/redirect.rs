@@ -71,6 +71,14 @@ fn entries(
     }
 }
 
+/// `ports` of the pod at `ip` as [`TUNNEL`], whatever the pod's entry says.
+fn policed(ip: Ipv4Addr, ports: impl Iterator<Item = u16>, out: &mut BTreeMap<TunnelDestKey, u32>) {
+    let addr = u32::from_ne_bytes(ip.octets());
+    for port in ports {
+        out.insert(TunnelDestKey { addr, port: port.to_be(), _pad: 0 }, TUNNEL);
+    }
+}
+
 /// What the kernel must hold for the pods `destinations` knows.
 pub fn desired(destinations: &Destinations) -> Wanted {
     let mut wanted = Wanted::default();
@@ -79,6 +87,8 @@ pub fn desired(destinations: &Destinations) -> Wanted {
         let tunnelled = |mode| mode == Mode::Strict || (peer.principal_rules && mode == Mode::Permissive);
         let mut pod = BTreeMap::new();
         entries(ip, &peer.mtls, tunnelled, &mut pod);
+        // Ports with HTTP rules always: the pod's agent judges their requests.
+        policed(ip, peer.http_ports.iter().copied(), &mut pod);
         if pod.is_empty() {
             continue;
         }
@@ -92,6 +102,13 @@ pub fn desired(destinations: &Destinations) -> Wanted {
         // Plaintext is dropped at STRICT ports only: a principal rule alone leaves it to the
         // rules (it matches no plaintext).
         entries(ip, &pod.mtls, |mode| mode == Mode::Strict, &mut wanted.inbound);
+        if let Some(requests) = &pod.requests {
+            // Ports with HTTP rules: this node's pods reach them through this agent (so
+            // `connect4` sends them to the outbound listener), and what skipped every agent is
+            // dropped as plaintext at a STRICT port is.
+            policed(ip, requests.ports.iter().copied(), &mut wanted.outbound);
+            policed(ip, requests.ports.iter().copied(), &mut wanted.inbound);
+        }
     }
     wanted.unreachable.sort();
     wanted.unreachable.dedup();
@@ -248,6 +265,8 @@ mod tests {
             mtls: WorkloadMtls { mode, ports: ports.iter().copied().collect() },
             principal_rules: false,
             node_address: node.map(Ipv4Addr::from),
+            number: 0,
+            http_ports: Default::default(),
         }
     }
 
