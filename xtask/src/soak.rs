@@ -6,7 +6,9 @@
 //! - Services (TCP and UDP port 80 -> 8080): `web` (web-a, web-b), `churn` (the churn pods
 //!   present), `guarded` (TCP), `secure` (TCP; STRICT, so every connection from `client` goes
 //!   through the agents' mutual-TLS tunnel), `routed` (HTTP echo servers on both nodes, with an
-//!   HTTPRoute: every connection from `client` goes through node-0's L7 proxy). A NetworkPolicy lets only `client` into web, churn
+//!   HTTPRoute: every connection from `client` goes through node-0's L7 proxy; HTTP rules on
+//!   its pods' port, so each request is also judged by its pod's node, and a
+//!   BackendTrafficPolicy). A NetworkPolicy lets only `client` into web, churn
 //!   and secure pods; `guarded`'s policy flips between allowing `client` and denying everyone.
 //!   The operator runs its CA (mutual TLS to the agents, workload certificates).
 //! - Traffic (`labnet soak`): `client` makes `--rate` short connections, UDP requests and HTTP
@@ -759,6 +761,16 @@ fn base_manifests(lab: &Lab) -> String {
     text.push_str(&service("routed", ROUTED, false));
     text.push_str(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: routed, namespace: soak}\nspec:\n  parentRefs: [{group: '', kind: Service, name: routed, port: 80}]\n  rules:\n  - backendRefs: [{name: routed, port: 80}]\n---\n",
+    );
+    // The routed pods' port has HTTP rules (each request judged by the routed pod's node: on
+    // node-0 by the route proxy delivering to routed-a, on node-1 by the agent at the end of
+    // the tunnel) and outlier detection and circuit breaking (BackendTrafficPolicy): every
+    // request to routed takes those paths through the chaos.
+    text.push_str(&format!(
+        "apiVersion: mesh.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: routed-reads, namespace: soak}}\nspec:\n  podSelector: {{matchLabels: {{app: routed}}}}\n  ingress:\n  - action: Allow\n    ports: [{{port: {TARGET_PORT}}}]\n    principals: [{{namespace: soak, serviceAccount: client}}]\n    http: [{{methods: [GET], paths: [{{type: PathPrefix, value: /soak}}]}}]\n---\n"
+    ));
+    text.push_str(
+        "apiVersion: mesh.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: routed, namespace: soak}\nspec:\n  targetRefs: [{kind: Service, name: routed}]\n  outlierDetection: {consecutive5xxErrors: 5, baseEjectionTime: 5s, maxEjectionPercent: 50}\n  connectionPool: {maxRequests: 4096}\n---\n",
     );
     text.push_str(&service("web", WEB, true));
     text.push_str(&service("churn", CHURN, true));
