@@ -4,6 +4,12 @@
 //! still busy counts its latency from then, so a stalled connection's queue shows in the
 //! percentiles instead of slowing the load: no coordinated omission; the timer's own lateness,
 //! about a millisecond, is not counted). The benchmark's load (`cargo xtask bench l7`).
+//!
+//! With `grpc`, each connection is HTTP/2 with prior knowledge and each request a gRPC unary
+//! call of the standard health service (`POST /grpc.health.v1.Health/Check`, an empty
+//! message, `te: trailers`), one at a time per connection as a blocking gRPC stub makes them;
+//! an answer counts once its trailers are read, as 200 when its `grpc-status` is 0 (else as
+//! 500, and as 502 without a `grpc-status`).
 
 use std::{
     collections::BTreeMap,
@@ -55,6 +61,7 @@ pub fn run(
     connections: u32,
     duration: Duration,
     pace: Pace,
+    grpc: bool,
 ) -> std::io::Result<HttpLoadReport> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -64,7 +71,7 @@ pub fn run(
         let mut tasks = Vec::new();
         for i in 0..connections {
             let (path, headers) = (path.to_owned(), headers.to_vec());
-            tasks.push(tokio::spawn(connection(to, path, headers, i, connections, started, end, pace)));
+            tasks.push(tokio::spawn(connection(to, path, headers, i, connections, started, end, pace, grpc)));
         }
         let mut report = HttpLoadReport::default();
         let mut latencies = Vec::new();
@@ -97,7 +104,23 @@ pub fn run(
     })
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// A connection's sending half.
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Http1(s) => s.is_closed(),
+            Self::Http2(s) => s.is_closed(),
+        }
+    }
+}
+
+/// The path of the health service's unary call.
+pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 /// One connection's requests: latencies (ns), statuses, and requests that failed.
 #[allow(clippy::too_many_arguments)]
@@ -110,6 +133,7 @@ async fn connection(
     started: Instant,
     end: Instant,
     pace: Pace,
+    grpc: bool,
 ) -> (Vec<u64>, BTreeMap<u16, u64>, BTreeMap<String, u64>, u64) {
     let (mut latencies, mut statuses, mut errors) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
     let mut sender: Option<Sender> = None;
@@ -139,7 +163,7 @@ async fn connection(
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             connected += 1;
         }
-        match tokio::time::timeout_at(deadline.into(), request(&mut sender, to, &path, &headers)).await {
+        match tokio::time::timeout_at(deadline.into(), request(&mut sender, to, &path, &headers, grpc)).await {
             Ok(Ok(status)) => {
                 latencies.push(u64::try_from(from.elapsed().as_nanos()).unwrap_or(u64::MAX));
                 *statuses.entry(status).or_default() += 1;
@@ -168,24 +192,77 @@ async fn request(
     to: SocketAddr,
     path: &str,
     headers: &[(String, String)],
+    grpc: bool,
 ) -> std::io::Result<u16> {
-    if sender.as_ref().is_none_or(|s| s.is_closed()) {
+    if sender.as_ref().is_none_or(Sender::is_closed) {
         let stream = tokio::net::TcpStream::connect(to).await?;
         let _ = stream.set_nodelay(true);
-        let (s, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-        tokio::spawn(connection);
-        *sender = Some(s);
+        let io = TokioIo::new(stream);
+        let made = if grpc {
+            let (s, connection) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            Sender::Http2(s)
+        } else {
+            let (s, connection) = hyper::client::conn::http1::handshake(io).await.map_err(std::io::Error::other)?;
+            tokio::spawn(connection);
+            Sender::Http1(s)
+        };
+        *sender = Some(made);
     }
-    let s = sender.as_mut().expect("just made");
-    s.ready().await.map_err(std::io::Error::other)?;
-    let mut request = Request::builder().uri(path).header(http::header::HOST, to.to_string());
+    let mut request = if grpc {
+        Request::post(format!("http://{to}{GRPC_HEALTH_CHECK}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+    } else {
+        Request::builder().uri(path).header(http::header::HOST, to.to_string())
+    };
     for (name, value) in headers {
         request = request.header(name, value);
     }
-    let request = request.body(Full::default()).map_err(std::io::Error::other)?;
-    let response = s.send_request(request).await.map_err(std::io::Error::other)?;
+    // gRPC's length-prefixed message: not compressed, 0 bytes (an empty HealthCheckRequest).
+    let body = if grpc { Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])) } else { Full::default() };
+    let request = request.body(body).map_err(std::io::Error::other)?;
+    let response = match sender.as_mut().expect("just made") {
+        Sender::Http1(s) => {
+            s.ready().await.map_err(std::io::Error::other)?;
+            s.send_request(request).await
+        }
+        Sender::Http2(s) => {
+            s.ready().await.map_err(std::io::Error::other)?;
+            s.send_request(request).await
+        }
+    }
+    .map_err(std::io::Error::other)?;
     let status = response.status().as_u16();
-    response.into_body().collect().await.map_err(std::io::Error::other)?;
+    let collected = response.into_body().collect().await.map_err(std::io::Error::other)?;
+    if grpc && status == 200 {
+        let grpc_status = collected.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes().to_vec());
+        return Ok(match grpc_status.as_deref() {
+            Some(b"0") => 200,
+            Some(_) => 500,
+            None => 502,
+        });
+    }
     Ok(status)
+}
+
+/// Serves the standard gRPC health service (SERVING) on `port` (all addresses) until killed.
+pub fn serve_grpc_health(port: u16, ready_file: Option<&std::path::Path>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        if let Some(file) = ready_file {
+            std::fs::write(file, b"listening\n")?;
+        }
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await
+            .map_err(std::io::Error::other)
+    })
 }

@@ -82,6 +82,20 @@ pub fn serve(lab: &Lab, pod: &Pod, port: u16, reply: &str) -> Result<u32> {
     spawn_server(lab, pod, port, reply, &[])
 }
 
+/// Starts `labnet grpc-health` (the standard gRPC health service) in `pod` on `port`, pinned
+/// to `cpu`; returns once it listens.
+pub fn grpc_health_on(lab: &Lab, pod: &Pod, port: u16, cpu: usize) -> Result<u32> {
+    let ready = lab.dir.join(format!("grpc-health-{}-{port}.ready", pod.name));
+    let mut command = lab.pod_command(pod, binary())?;
+    command
+        .args(["grpc-health", "--port", &port.to_string(), "--cpu", &cpu.to_string()])
+        .arg("--ready-file")
+        .arg(&ready);
+    let pid = lab.spawn(&mut command)?;
+    lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
+    Ok(pid)
+}
+
 /// Starts `labnet http-echo` in `pod` (of `namespace`) on `port`; returns once it listens.
 pub fn http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16) -> Result<u32> {
     spawn_http_echo(lab, pod, namespace, port, &[])
@@ -124,6 +138,7 @@ pub fn http_load(
     duration: Duration,
     rate: Option<f64>,
     cpu: usize,
+    grpc: bool,
 ) -> Result<crate::http_load::HttpLoadReport> {
     let mut command = lab.placed_command(placement, binary())?;
     command.args([
@@ -142,6 +157,9 @@ pub fn http_load(
     }
     for header in headers {
         command.args(["--header", header]);
+    }
+    if grpc {
+        command.arg("--grpc");
     }
     run_json(lab, &mut command, duration * 2 + Duration::from_secs(15), "labnet http-load")
 }

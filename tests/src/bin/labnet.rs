@@ -34,6 +34,8 @@
 //! - `labnet http-load --to A --connections 4 --duration-ms 3000 [--rate 1000] [--header
 //!   name:value]... [--cpu N]`: HTTP/1.1 over keep-alive connections, as fast as answers come
 //!   or at a fixed rate (`mesh_tests::http_load`); prints requests/s and latency percentiles.
+//!   `--grpc`: gRPC unary health checks over HTTP/2 instead.
+//! - `labnet grpc-health --port 9081 [--cpu N]`: the standard gRPC health service.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -91,6 +93,19 @@ enum Cmd {
         /// Requests a second in all (open loop); without it, as fast as the answers come.
         #[arg(long)]
         rate: Option<f64>,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
+        /// gRPC unary calls of the health service over HTTP/2 instead of HTTP/1.1 GETs.
+        #[arg(long)]
+        grpc: bool,
+    },
+    /// The standard gRPC health service (SERVING) on a port.
+    GrpcHealth {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
         /// Run on this CPU only.
         #[arg(long)]
         cpu: Option<usize>,
@@ -223,7 +238,10 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Cmd::HttpEcho { port, pod, namespace, ready_file, cpu, fail_with } => pin(cpu)
             .and_then(|()| mesh_tests::http_echo::serve(port, &pod, &namespace, ready_file.as_deref(), fail_with)),
-        Cmd::HttpLoad { to, path, header, connections, duration_ms, rate, cpu } => {
+        Cmd::GrpcHealth { port, ready_file, cpu } => {
+            pin(cpu).and_then(|()| mesh_tests::http_load::serve_grpc_health(port, ready_file.as_deref()))
+        }
+        Cmd::HttpLoad { to, path, header, connections, duration_ms, rate, cpu, grpc } => {
             let headers = header_pairs(&header);
             let pace = rate.map_or(mesh_tests::http_load::Pace::Max, mesh_tests::http_load::Pace::Rate);
             pin(cpu)
@@ -235,6 +253,7 @@ fn main() -> std::process::ExitCode {
                         connections,
                         Duration::from_millis(duration_ms),
                         pace,
+                        grpc,
                     )
                 })
                 .and_then(|r| print(&r))

@@ -133,36 +133,43 @@ pub fn judge(report: &Report) -> Vec<Judged> {
             // Issue 14's targets: the mesh costs routeless Services nothing; the proxy is at
             // least as efficient as nginx; ztunnel's published L4 figures (0.2 ms added p99 for
             // two ztunnels, 0.06 vCPU and 12 MB per 1,000 req/s).
+            // The same targets for HTTP/1.1 and for gRPC (cases prefixed `grpc-`).
             let value = |case: &str, metric: &str| find(rows, case, None, metric, None).map(|r| r.value);
-            push(
-                "mesh-l4 max req/s >= 0.97x direct".into(),
-                find(rows, "mesh-l4", None, "max_req_per_s", Some("direct"))
-                    .and_then(|r| r.ratio)
-                    .map(|ratio| (format!("{ratio:.3}x"), ratio >= 0.97)),
-            );
-            push(
-                "mesh-l7 req/s per proxy core >= nginx's".into(),
-                value("mesh-l7", "req_per_s_per_core").zip(value("nginx", "req_per_s_per_core")).map(
-                    |(mesh, nginx)| {
+            for prefix in ["", "grpc-"] {
+                let (l4, l7, nginx, direct) = (
+                    format!("{prefix}mesh-l4"),
+                    format!("{prefix}mesh-l7"),
+                    format!("{prefix}nginx"),
+                    format!("{prefix}direct"),
+                );
+                push(
+                    format!("{l4} max req/s >= 0.97x {direct}"),
+                    find(rows, &l4, None, "max_req_per_s", Some(&direct))
+                        .and_then(|r| r.ratio)
+                        .map(|ratio| (format!("{ratio:.3}x"), ratio >= 0.97)),
+                );
+                push(
+                    format!("{l7} req/s per proxy core >= {nginx}'s"),
+                    value(&l7, "req_per_s_per_core").zip(value(&nginx, "req_per_s_per_core")).map(|(mesh, nginx)| {
                         (format!("{mesh:.0} vs {nginx:.0} ({:.2}x)", mesh / nginx.max(1e-9)), mesh >= nginx)
-                    },
-                ),
-            );
-            push(
-                "mesh-l7 added p99 at 1,000 req/s <= 0.2 ms".into(),
-                value("mesh-l7", "added_p99_us").map(|us| (format!("{:.3} ms", us / 1000.0), us <= 200.0)),
-            );
-            push(
-                "mesh-l7 agent <= 0.06 vCPU per 1,000 req/s".into(),
-                value("mesh-l7", "proxy_vcpu_per_1k").map(|cpu| (format!("{cpu:.3} vCPU"), cpu <= 0.06)),
-            );
-            push(
-                "mesh-l7 agent memory growth <= 12 MB at 1,000 req/s".into(),
-                value("mesh-l7", "agent_rss_growth_mib").map(|mib| {
-                    let mb = mib * 1.048_576;
-                    (format!("{mb:.1} MB"), mb <= 12.0)
-                }),
-            );
+                    }),
+                );
+                push(
+                    format!("{l7} added p99 at 1,000 req/s <= 0.2 ms"),
+                    value(&l7, "added_p99_us").map(|us| (format!("{:.3} ms", us / 1000.0), us <= 200.0)),
+                );
+                push(
+                    format!("{l7} agent <= 0.06 vCPU per 1,000 req/s"),
+                    value(&l7, "proxy_vcpu_per_1k").map(|cpu| (format!("{cpu:.3} vCPU"), cpu <= 0.06)),
+                );
+                push(
+                    format!("{l7} agent memory growth <= 12 MB at 1,000 req/s"),
+                    value(&l7, "agent_rss_growth_mib").map(|mib| {
+                        let mb = mib * 1.048_576;
+                        (format!("{mb:.1} MB"), mb <= 12.0)
+                    }),
+                );
+            }
         }
         _ => {}
     }
