@@ -149,8 +149,11 @@ pub fn get(
                 }
                 let s = sender.as_mut().expect("just made");
                 s.ready().await.map_err(std::io::Error::other)?;
-                let mut request =
-                    Request::builder().method(method).uri(path).header(http::header::HOST, to.to_string());
+                let mut request = Request::builder().method(method).uri(path);
+                // The address as Host, unless the caller gives one.
+                if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+                    request = request.header(http::header::HOST, to.to_string());
+                }
                 for (name, value) in headers {
                     request = request.header(name, value);
                 }
