@@ -121,6 +121,36 @@ pub struct GetReport {
     pub last_echo: Option<Echoed>,
 }
 
+/// One answer: its status, its headers (lowercase names) and its echo, if it was one.
+pub type Answer = (u16, BTreeMap<String, String>, Option<Echoed>);
+
+impl GetReport {
+    /// Counts one request's outcome (an answer, an error, or a timeout); false when its
+    /// connection is not to be used again.
+    pub fn record(&mut self, outcome: Result<std::io::Result<Answer>, tokio::time::error::Elapsed>) -> bool {
+        match outcome {
+            Ok(Ok((status, headers, echo))) => {
+                *self.statuses.entry(status).or_default() += 1;
+                if let Some(echo) = &echo {
+                    *self.pods.entry(echo.pod.clone()).or_default() += 1;
+                }
+                self.last_status = status;
+                self.last_headers = headers;
+                self.last_echo = echo;
+                true
+            }
+            Ok(Err(err)) => {
+                *self.errors.entry(err.to_string()).or_default() += 1;
+                false
+            }
+            Err(_) => {
+                *self.errors.entry("timed out".into()).or_default() += 1;
+                false
+            }
+        }
+    }
+}
+
 /// Sends `count` requests (`method` `path`, with `headers`) to `to` one after another over
 /// keep-alive connections, each given `timeout` for its answer.
 pub fn get(
@@ -169,24 +199,8 @@ pub fn get(
                 Ok::<_, std::io::Error>((status, headers, serde_json::from_slice::<Echoed>(&body).ok()))
             })
             .await;
-            match outcome {
-                Ok(Ok((status, headers, echo))) => {
-                    *report.statuses.entry(status).or_default() += 1;
-                    if let Some(echo) = &echo {
-                        *report.pods.entry(echo.pod.clone()).or_default() += 1;
-                    }
-                    report.last_status = status;
-                    report.last_headers = headers;
-                    report.last_echo = echo;
-                }
-                Ok(Err(err)) => {
-                    *report.errors.entry(err.to_string()).or_default() += 1;
-                    sender = None;
-                }
-                Err(_) => {
-                    *report.errors.entry("timed out".into()).or_default() += 1;
-                    sender = None;
-                }
+            if !report.record(outcome) {
+                sender = None;
             }
         }
         Ok(report)

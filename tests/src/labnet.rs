@@ -96,27 +96,51 @@ pub fn grpc_health_on(lab: &Lab, pod: &Pod, port: u16, cpu: usize) -> Result<u32
     Ok(pid)
 }
 
+/// Starts `labnet grpc-echo` in `pod` (of `namespace`) on `port`; returns once it listens.
+pub fn grpc_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16) -> Result<u32> {
+    spawn_echo(lab, pod, namespace, port, "grpc-echo", &[])
+}
+
+/// Runs `labnet grpc-get` in `placement`: `count` gRPC calls with `headers` (`name: value`
+/// metadata) to `to`, one after another.
+pub fn grpc_get(
+    lab: &Lab,
+    placement: &Placement,
+    to: SocketAddr,
+    headers: &[&str],
+    count: u32,
+) -> Result<crate::http_echo::GetReport> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.args(["grpc-get", "--to", &to.to_string(), "--count", &count.to_string()]);
+    for header in headers {
+        command.args(["--header", header]);
+    }
+    let bound = Duration::from_secs(5) * count + Duration::from_secs(5);
+    run_json(lab, &mut command, bound, "labnet grpc-get")
+}
+
 /// Starts `labnet http-echo` in `pod` (of `namespace`) on `port`; returns once it listens.
 pub fn http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16) -> Result<u32> {
-    spawn_http_echo(lab, pod, namespace, port, &[])
+    spawn_echo(lab, pod, namespace, port, "http-echo", &[])
 }
 
 /// Starts `labnet http-echo` in `pod` on `port`, pinned to `cpu`; returns once it listens.
 pub fn http_echo_on(lab: &Lab, pod: &Pod, namespace: &str, port: u16, cpu: usize) -> Result<u32> {
-    spawn_http_echo(lab, pod, namespace, port, &["--cpu", &cpu.to_string()])
+    spawn_echo(lab, pod, namespace, port, "http-echo", &["--cpu", &cpu.to_string()])
 }
 
 /// Starts a failing instance: `labnet http-echo` in `pod` on `port` answering every request
 /// with `status`; returns once it listens.
 pub fn failing_http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16, status: u16) -> Result<u32> {
-    spawn_http_echo(lab, pod, namespace, port, &["--fail-with", &status.to_string()])
+    spawn_echo(lab, pod, namespace, port, "http-echo", &["--fail-with", &status.to_string()])
 }
 
-fn spawn_http_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16, extra: &[&str]) -> Result<u32> {
-    let ready = lab.dir.join(format!("http-echo-{}-{port}.ready", pod.name));
+/// `labnet <which>` (an echo server) in `pod` on `port`, with `extra` arguments.
+fn spawn_echo(lab: &Lab, pod: &Pod, namespace: &str, port: u16, which: &str, extra: &[&str]) -> Result<u32> {
+    let ready = lab.dir.join(format!("{which}-{}-{port}.ready", pod.name));
     let mut command = lab.pod_command(pod, binary())?;
     command
-        .args(["http-echo", "--port", &port.to_string(), "--pod", &pod.name, "--namespace", namespace])
+        .args([which, "--port", &port.to_string(), "--pod", &pod.name, "--namespace", namespace])
         .args(extra)
         .arg("--ready-file")
         .arg(&ready);

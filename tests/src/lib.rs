@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod grpc_echo;
 pub mod http_echo;
 pub mod http_load;
 pub mod lab;

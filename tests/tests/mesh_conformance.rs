@@ -10,8 +10,8 @@
 //! saw (values joined by ','), response headers, and each case eventually consistent (three
 //! answers in a row within 30 s). This lab also checks what upstream only documents: the paths
 //! the echo server saw after a rewrite and the redirects' `Location`. The gRPC tests
-//! (MeshGRPCRouteWeight, MeshGRPCRouteRequestHeaderModifier) are reproduced at the proxy in
-//! `mesh-agent/tests/l7_proxy.rs` (the lab's gRPC server does not echo).
+//! call `labnet grpc-echo` servers on the pods' port 7070 (`appProtocol: kubernetes.io/h2c` on
+//! `echo`'s, none on the others', as upstream).
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -33,6 +33,7 @@ const ECHO: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 62);
 const ECHO_V1: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
 const ECHO_V2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
 const PORT: u16 = 8080;
+const GRPC_PORT: u16 = 7070;
 
 fn base(lab: &Lab) -> String {
     let mut out = manifests::nodes(lab);
@@ -59,7 +60,8 @@ fn base(lab: &Lab) -> String {
             NS,
             service,
             &format!(
-                "  clusterIP: {vip}\n  ports:\n  - {{name: http, port: 80, targetPort: {PORT}, appProtocol: http}}\n  - {{name: http-alt, port: {PORT}, targetPort: {PORT}, appProtocol: http}}\n"
+                "  clusterIP: {vip}\n  ports:\n  - {{name: http, port: 80, targetPort: {PORT}, appProtocol: http}}\n  - {{name: http-alt, port: {PORT}, targetPort: {PORT}, appProtocol: http}}\n  - {{name: grpc, port: {GRPC_PORT}, targetPort: {GRPC_PORT}{}}}\n",
+                if service == "echo" { ", appProtocol: kubernetes.io/h2c" } else { "" }
             ),
         ));
         let endpoints: String = pods
@@ -73,7 +75,7 @@ fn base(lab: &Lab) -> String {
             })
             .collect();
         out.push_str(&format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-1, namespace: {NS}, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: {PORT}, protocol: TCP}}, {{name: http-alt, port: {PORT}, protocol: TCP}}]\nendpoints:\n{endpoints}---\n"
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-1, namespace: {NS}, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: {PORT}, protocol: TCP}}, {{name: http-alt, port: {PORT}, protocol: TCP}}, {{name: grpc, port: {GRPC_PORT}, protocol: TCP}}]\nendpoints:\n{endpoints}---\n"
         ));
     }
     out
@@ -100,6 +102,8 @@ struct Case<'a> {
     echoed_path: Option<&'a str>,
     /// The redirect's `Location`.
     location: Option<&'a str>,
+    /// A gRPC call (`headers` its metadata) instead of an HTTP GET.
+    grpc: bool,
 }
 
 const fn get<'a>(to: SocketAddr, path: &'a str) -> Case<'a> {
@@ -116,6 +120,7 @@ const fn get<'a>(to: SocketAddr, path: &'a str) -> Case<'a> {
         absent_response: &[],
         echoed_path: None,
         location: None,
+        grpc: false,
     }
 }
 
@@ -178,7 +183,12 @@ fn expect(lab: &Lab, test: &str, case: Case<'_>) {
     let mut in_a_row = 0;
     loop {
         let placement = Placement::pod(lab.pod(case.from));
-        let seen = labnet::http_get(lab, &placement, case.to, case.path, case.headers, 1).expect("client runs");
+        let seen = if case.grpc {
+            labnet::grpc_get(lab, &placement, case.to, case.headers, 1)
+        } else {
+            labnet::http_get(lab, &placement, case.to, case.path, case.headers, 1)
+        }
+        .expect("client runs");
         match problem(&case, &seen) {
             None => {
                 in_a_row += 1;
@@ -232,6 +242,7 @@ fn upstream_mesh_conformance_tests_pass_in_the_lab() {
     let mesh = Mesh::start_with_pki(&lab, &base(&lab), &[]).expect("mesh");
     for pod in ["echo-v1", "echo-v2"] {
         labnet::http_echo(&lab, lab.pod(pod), NS, PORT).expect("echo serves");
+        labnet::grpc_echo(&lab, lab.pod(pod), NS, GRPC_PORT).expect("gRPC echo serves");
     }
     let identity = |ns: &str| format!("spiffe://cluster.local/ns/{ns}/sa/default");
     meshctl::wait_for_certificates(&lab, "node-0", &[identity(NS), identity(CONSUMER)]);
@@ -722,5 +733,125 @@ fn upstream_mesh_conformance_tests_pass_in_the_lab() {
             expect(&lab, test, Case { status, location: Some(location), ..get(echo, path) });
         }
     }
+    grpc_tests(&lab, &mesh);
     mesh.stop(&lab).expect("the mesh stops cleanly");
+}
+
+/// A GRPCRoute of the mesh namespace attached to `echo`'s gRPC port.
+fn grpc_route(name: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  parentRefs: [{{group: '', kind: Service, name: echo, port: {GRPC_PORT}}}]\n  rules:\n{rules}\n---\n"
+    )
+}
+
+fn grpc_tests(lab: &Lab, mesh: &Mesh) {
+    let echo = SocketAddr::from((ECHO, GRPC_PORT));
+    let call = Case { grpc: true, ..get(echo, "") };
+
+    // MeshGRPCRouteWeight: 70/30 within 5 points over 500 calls; a weight-0 backend that does
+    // not exist is never chosen.
+    apply(
+        mesh,
+        &grpc_route(
+            "mesh-grpc-weighted-backends",
+            &format!(
+                "  - backendRefs: [{{name: echo-v1, port: {GRPC_PORT}, weight: 70}}, {{name: echo-v2, port: {GRPC_PORT}, weight: 30}}, {{name: echo-v3, port: {GRPC_PORT}, weight: 0}}]"
+            ),
+        ),
+    );
+    expect(lab, "MeshGRPCRouteWeight", call);
+    let client = Placement::pod(lab.pod("echo-v1"));
+    let mut batches = Vec::new();
+    let within = (0..10).any(|_| {
+        let batch = labnet::grpc_get(lab, &client, echo, &[], 500).expect("client runs");
+        let share = |pod: &str| f64::from(batch.pods.get(pod).copied().unwrap_or_default()) / 500.0;
+        let ok = batch.statuses.get(&200) == Some(&500)
+            && batch.pods.len() == 2
+            && (share("echo-v1") - 0.7).abs() <= 0.05
+            && (share("echo-v2") - 0.3).abs() <= 0.05;
+        batches.push((batch.pods, batch.statuses));
+        ok
+    });
+    assert!(within, "MeshGRPCRouteWeight: no batch of 500 within 5 points of 70/30: {batches:?}");
+
+    // MeshGRPCRouteRequestHeaderModifier.
+    let rule = |case: &str, modifier: &str, backend: &str| {
+        format!(
+            "  - matches: [{{headers: [{{name: x-test-case, value: {case}}}]}}]\n    filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {modifier}}}]\n    backendRefs: [{{name: {backend}, port: {GRPC_PORT}}}]\n"
+        )
+    };
+    let rules = [
+        rule("set", "{set: [{name: x-header-set, value: set-overwrites-values}]}", "echo-v1"),
+        rule("add", "{add: [{name: x-header-add, value: add-appends-values}]}", "echo-v1"),
+        rule("remove", "{remove: [x-header-remove]}", "echo-v1"),
+        rule(
+            "multi",
+            "{set: [{name: x-header-set-1, value: header-set-1}, {name: x-header-set-2, value: header-set-2}], add: [{name: x-header-add-1, value: header-add-1}, {name: x-header-add-2, value: header-add-2}], remove: [x-header-remove-1, x-header-remove-2]}",
+            "echo-v2",
+        ),
+    ]
+    .concat();
+    apply(mesh, &grpc_route("grpc-request-header-modifier", rules.trim_end()));
+    let test = "MeshGRPCRouteRequestHeaderModifier";
+    expect(
+        lab,
+        test,
+        Case {
+            headers: &[
+                "x-test-case: set",
+                "some-other-header: this-header-should-be-set",
+                "x-header-set: this-value-should-be-overwritten",
+            ],
+            backend: "echo-v1",
+            request_headers: &[
+                ("x-test-case", "set"),
+                ("some-other-header", "this-header-should-be-set"),
+                ("x-header-set", "set-overwrites-values"),
+            ],
+            ..call
+        },
+    );
+    expect(
+        lab,
+        test,
+        Case {
+            headers: &["x-test-case: add", "x-header-add: this-value-should-be-appended"],
+            backend: "echo-v1",
+            request_headers: &[("x-header-add", "this-value-should-be-appended,add-appends-values")],
+            ..call
+        },
+    );
+    expect(
+        lab,
+        test,
+        Case {
+            headers: &["x-test-case: remove", "x-header-remove: this-should-be-removed"],
+            backend: "echo-v1",
+            request_headers: &[("x-test-case", "remove")],
+            absent_request: &["x-header-remove"],
+            ..call
+        },
+    );
+    expect(
+        lab,
+        test,
+        Case {
+            from: "echo-v2",
+            headers: &[
+                "x-test-case: multi",
+                "x-header-set-2: set-header-2",
+                "x-header-add-2: add-header-2",
+                "x-header-remove-2: should-be-removed-2",
+            ],
+            backend: "echo-v2",
+            request_headers: &[
+                ("x-header-set-1", "header-set-1"),
+                ("x-header-set-2", "header-set-2"),
+                ("x-header-add-1", "header-add-1"),
+                ("x-header-add-2", "add-header-2,header-add-2"),
+            ],
+            absent_request: &["x-header-remove-1", "x-header-remove-2"],
+            ..call
+        },
+    );
 }

@@ -36,6 +36,9 @@
 //!   or at a fixed rate (`mesh_tests::http_load`); prints requests/s and latency percentiles.
 //!   `--grpc`: gRPC unary health checks over HTTP/2 instead.
 //! - `labnet grpc-health --port 9081 [--cpu N]`: the standard gRPC health service.
+//! - `labnet grpc-echo --port 7070 --pod echo-v1 --namespace x`: gRPC answering every call,
+//!   what it received in its `x-echo` header; `labnet grpc-get --to A --count N [--header
+//!   name:value]...`: calls to it, reported as `http-get` reports requests.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -99,6 +102,29 @@ enum Cmd {
         /// gRPC unary calls of the health service over HTTP/2 instead of HTTP/1.1 GETs.
         #[arg(long)]
         grpc: bool,
+    },
+    /// gRPC that answers every unary call, telling what it received (`mesh_tests::grpc_echo`).
+    GrpcEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// gRPC unary calls one after another over one connection; prints what `http-get` prints.
+    GrpcGet {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// `name:value` metadata, repeatable.
+        #[arg(long)]
+        header: Vec<String>,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
     },
     /// The standard gRPC health service (SERVING) on a port.
     GrpcHealth {
@@ -238,6 +264,13 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Cmd::HttpEcho { port, pod, namespace, ready_file, cpu, fail_with } => pin(cpu)
             .and_then(|()| mesh_tests::http_echo::serve(port, &pod, &namespace, ready_file.as_deref(), fail_with)),
+        Cmd::GrpcEcho { port, pod, namespace, ready_file } => {
+            mesh_tests::grpc_echo::serve(port, &pod, &namespace, ready_file.as_deref())
+        }
+        Cmd::GrpcGet { to, count, header, timeout_ms } => {
+            mesh_tests::grpc_echo::call(to, &header_pairs(&header), count, Duration::from_millis(timeout_ms))
+                .and_then(|r| print(&r))
+        }
         Cmd::GrpcHealth { port, ready_file, cpu } => {
             pin(cpu).and_then(|()| mesh_tests::http_load::serve_grpc_health(port, ready_file.as_deref()))
         }
