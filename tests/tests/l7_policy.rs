@@ -130,6 +130,19 @@ fn http_rules_allow_and_deny_requests_at_the_destinations_node() {
             secret.unwrap_or_else(|| panic!("no dropped flow of GET /public/secret on node-{node}: {flows:#?}"));
         assert_eq!(rule(secret), "MeshPolicy demo/web-no-secret ingress rule 0", "{secret:#}");
         assert_eq!(secret["source"]["pod_name"], "client", "{secret:#}");
+        if node == 0 {
+            // GET /public/secret straight to web-a, and the route proxy's to web-a (about half
+            // of 20): each a dropped flow naming the rule.
+            let secrets = flows
+                .iter()
+                .filter(|f| f["l7"]["http"]["url"].as_str().is_some_and(|u| u.ends_with("/public/secret")))
+                .filter(|f| rule(f) == "MeshPolicy demo/web-no-secret ingress rule 0")
+                .count();
+            assert!(
+                secrets > 1,
+                "the route proxy's denials to web-a are not dropped flows naming the rule: {flows:#?}"
+            );
+        }
         let admin = flows.iter().find(|f| f["l7"]["http"]["url"].as_str().is_some_and(|u| u.ends_with("/admin")));
         let admin = admin.unwrap_or_else(|| panic!("no dropped flow of GET /admin on node-{node}: {flows:#?}"));
         assert!(rule(admin).contains("MeshPolicy demo/web-public-reads isolate"), "{admin:#}");

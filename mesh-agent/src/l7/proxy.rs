@@ -89,6 +89,8 @@ pub struct Destination {
 struct Outcome {
     labels: RequestLabels,
     endpoint: Option<SocketAddr>,
+    /// The rule of a pod of this node that denied the request (HTTP rules), if one did.
+    denied_by: String,
 }
 
 /// A client pod's pooled clients: HTTP/1.1, and HTTP/2 with prior knowledge (for h2c and gRPC
@@ -216,6 +218,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                         ..RequestLabels::default()
                     },
                     endpoint: None,
+                    denied_by: String::new(),
                 };
                 let upgrade = ClientUpgrade::of(&mut request);
                 let response = proxy.handle(request, &destination, &mut outcome, upgrade).await;
@@ -228,13 +231,14 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                         endpoint: outcome.endpoint,
                         ingress: false,
                     };
-                    let Outcome { labels, .. } = outcome;
+                    let Outcome { labels, denied_by, .. } = outcome;
                     let exchange = HttpExchange {
                         code,
                         route: labels.route,
                         rule: labels.rule,
                         backend: labels.backend,
                         trace_id,
+                        denied_by,
                         ..HttpExchange::default()
                     };
                     log.log(line, hop, exchange, elapsed);
@@ -271,6 +275,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     ) -> Response<Body> {
         let labels = &mut outcome.labels;
         let endpoint = &mut outcome.endpoint;
+        let denied_by = &mut outcome.denied_by;
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(upgrade) = &upgrade {
@@ -289,7 +294,15 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                     for attempt in 1..=tries {
                         let this_body = body.take().unwrap_or_else(|| body_of(Bytes::new()));
                         match self
-                            .send_once(*to.client.ip(), &to.service, to.port, &parts, this_body, endpoint, None)
+                            .send_once(
+                                *to.client.ip(),
+                                &to.service,
+                                to.port,
+                                &parts,
+                                this_body,
+                                (endpoint, denied_by),
+                                None,
+                            )
                             .await
                         {
                             Ok(response) => return finish(response, &[], &mut upgrade),
@@ -396,7 +409,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 (Some(d), None) => Some(d.saturating_duration_since(Instant::now())),
                 (None, t) => t,
             };
-            let outcome = self.send_once(*to.client.ip(), &service, port, &parts, this_body, endpoint, limit).await;
+            let outcome =
+                self.send_once(*to.client.ip(), &service, port, &parts, this_body, (endpoint, denied_by), limit).await;
             let retryable = match &outcome {
                 Ok(response) => retry.is_some_and(|r| r.codes.contains(&u32::from(response.status().as_u16()))),
                 Err(refusal) => (retry.is_some() || empty) && refusal.retryable(),
@@ -427,7 +441,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         port: u16,
         parts: &Parts,
         body: Body,
-        chosen: &mut Option<SocketAddr>,
+        (chosen, denied_by): (&mut Option<SocketAddr>, &mut String),
         limit: Option<Duration>,
     ) -> Result<Response<Body>, Refusal> {
         let policy = self.backend_policy(service);
@@ -441,7 +455,9 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 headers: request.headers(),
             };
             if let Some(rule) = judge.denied(client, pod, &view) {
-                return Err(Refusal::new(StatusCode::FORBIDDEN, format!("RBAC: access denied by {rule}\n")));
+                let reason = format!("RBAC: access denied by {rule}\n");
+                *denied_by = rule;
+                return Err(Refusal::new(StatusCode::FORBIDDEN, reason));
             }
         }
         let http1 = request.version() != http::Version::HTTP_2;
