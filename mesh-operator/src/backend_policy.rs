@@ -193,3 +193,43 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod status_tests {
+    use crate::{cluster::ClusterView, identity::IdentityAllocator, local_dir::parse_text};
+
+    /// The oldest policy targeting a Service is Accepted there, a younger one Conflicted; a
+    /// Service that does not exist is TargetNotFound.
+    #[test]
+    fn policy_status_names_conflicts_and_missing_targets() {
+        let policy = |name: &str, created: &str, targets: &str| {
+            format!(
+                "apiVersion: mesh.dev/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: {name}, namespace: demo, creationTimestamp: '{created}'}}\nspec: {{targetRefs: [{targets}], connectionPool: {{maxRequests: 10}}}}\n---\n"
+            )
+        };
+        let text = [
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n---\n".to_owned(),
+            policy("older", "2026-01-01T00:00:00Z", "{kind: Service, name: web}"),
+            policy("younger", "2026-06-01T00:00:00Z", "{kind: Service, name: web}, {kind: Service, name: gone}"),
+        ]
+        .concat();
+        let (objects, errors) = parse_text("input.yaml", &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut view = ClusterView::new(IdentityAllocator::open(None).unwrap());
+        for (key, object, _) in objects {
+            view.upsert(&key, object);
+        }
+        let statuses = view.policy_statuses();
+        let of = |name: &str| -> Vec<(String, bool, &'static str)> {
+            statuses[&("demo".to_owned(), name.to_owned())]
+                .iter()
+                .map(|a| (a.service.clone(), a.accepted, a.reason))
+                .collect()
+        };
+        assert_eq!(of("older"), [("web".to_owned(), true, "Accepted")]);
+        assert_eq!(
+            of("younger"),
+            [("web".to_owned(), false, "Conflicted"), ("gone".to_owned(), false, "TargetNotFound")]
+        );
+    }
+}

@@ -25,6 +25,32 @@ use crate::{
     translate::{self, Invalid},
 };
 
+/// A BackendTrafficPolicy's status for one target Service (Gateway API's `PolicyAncestorStatus`
+/// with its `Accepted` condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyAncestor {
+    pub service: String,
+    pub accepted: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyAncestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "target Service {}, Accepted={} ({}",
+            self.service,
+            if self.accepted { "True" } else { "False" },
+            self.reason
+        )?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        write!(f, ")")
+    }
+}
+
 /// The objects the view keeps. ServiceAccounts, which the operator also accepts, are only
 /// validated: a pod's identity takes its service account's name from the pod itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -457,6 +483,59 @@ impl ClusterView {
             .iter()
             .map(|((ns, name), route)| (("GRPCRoute", ns.clone(), name.clone()), grpc_route::status(ns, route, ports)));
         http.chain(grpc).filter(|(_, status)| !status.is_empty()).collect()
+    }
+
+    /// Every BackendTrafficPolicy's status per target Service, as Gateway API's policy
+    /// attachment (GEP-713) reports it: Accepted, or not with the reason (`Invalid` with the
+    /// error, `TargetNotFound`, or `Conflicted`: an older policy, or one of the same age first
+    /// by name, applies to that Service), by (namespace, name).
+    pub fn policy_statuses(&self) -> BTreeMap<(String, String), Vec<PolicyAncestor>> {
+        type Translated<'a> = ((&'a String, &'a String), Result<api::BackendTrafficPolicy, Invalid>);
+        let translated: Vec<Translated<'_>> = self
+            .backend_policies
+            .iter()
+            .map(|((ns, name), p)| ((ns, name), backend_policy::translate(ns, name, p)))
+            .collect();
+        let mut valid: Vec<&api::BackendTrafficPolicy> =
+            translated.iter().filter_map(|(_, t)| t.as_ref().ok()).collect();
+        valid.sort_by(|a, b| (a.created_unix, &a.name).cmp(&(b.created_unix, &b.name)));
+        let mut winners: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+        for policy in &valid {
+            for service in &policy.services {
+                winners.entry((policy.namespace.as_str(), service.as_str())).or_insert(policy.name.as_str());
+            }
+        }
+        let mut out = BTreeMap::new();
+        for ((ns, name), result) in &translated {
+            let spec = &self.backend_policies[&((*ns).clone(), (*name).clone())].spec;
+            let targets: Vec<String> = spec.target_refs.iter().map(|t| t.name.clone()).collect();
+            let ancestor = |service: &String, accepted, reason, message: String| PolicyAncestor {
+                service: service.clone(),
+                accepted,
+                reason,
+                message,
+            };
+            let statuses = targets
+                .iter()
+                .map(|service| match result {
+                    Err(invalid) => ancestor(service, false, "Invalid", invalid.to_string()),
+                    Ok(_) if !self.services.contains_key(&((*ns).clone(), service.clone())) => {
+                        ancestor(service, false, "TargetNotFound", format!("Service {ns}/{service} does not exist"))
+                    }
+                    Ok(_) => match winners.get(&(ns.as_str(), service.as_str())) {
+                        Some(winner) if winner != name => ancestor(
+                            service,
+                            false,
+                            "Conflicted",
+                            format!("BackendTrafficPolicy {ns}/{winner} (older, or first by name) applies to Service {ns}/{service}"),
+                        ),
+                        _ => ancestor(service, true, "Accepted", String::new()),
+                    },
+                })
+                .collect();
+            out.insert(((*ns).clone(), (*name).clone()), statuses);
+        }
+        out
     }
 
     fn workload(&mut self, ns: &str, name: &str) -> Result<Option<api::Workload>, String> {

@@ -283,6 +283,7 @@ pub enum MtlsMode {
     plural = "backendtrafficpolicies",
     shortname = "btp",
     namespaced,
+    status = "BackendTrafficPolicyStatus",
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -296,6 +297,37 @@ pub struct BackendTrafficPolicySpec {
     /// Absent: no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
+}
+
+/// What the operator says of a BackendTrafficPolicy (Gateway API's `PolicyStatus`): one entry
+/// per target Service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTrafficPolicyStatus {
+    #[serde(default)]
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+/// Gateway API's `PolicyAncestorStatus`: `Accepted` True, or False with the reason
+/// (`Conflicted`, `TargetNotFound`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    pub ancestor_ref: PolicyAncestorRef,
+    pub controller_name: String,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Gateway API's `ParentReference`, as a policy's ancestor (a Service).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorRef {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 /// Gateway API's LocalPolicyTargetReference.

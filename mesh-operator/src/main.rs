@@ -191,6 +191,11 @@ fn check(manifests: &Path) -> anyhow::Result<()> {
             println!("{kind}/{ns}/{name}: {parent}");
         }
     }
+    for ((ns, name), ancestors) in view.policy_statuses() {
+        for ancestor in ancestors {
+            println!("BackendTrafficPolicy/{ns}/{name}: {ancestor}");
+        }
+    }
     anyhow::ensure!(
         errors.is_empty() && model_errors.is_empty(),
         "{} invalid objects",
@@ -401,7 +406,7 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
     let (writer, route_statuses) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(mesh_operator::route_status::write_all(client.clone(), route_statuses));
+    tokio::spawn(mesh_operator::gateway_status::write_all(client.clone(), route_statuses));
     let mut statuses = RouteStatuses { writer: Some(writer), ..RouteStatuses::default() };
     let api = client.clone();
     if let Some(Tls { dir, .. }) = &tls {
@@ -502,7 +507,9 @@ fn apply(
 #[derive(Default)]
 struct RouteStatuses {
     logged: std::collections::BTreeMap<(&'static str, String, String), Vec<mesh_operator::http_route::ParentStatus>>,
-    writer: Option<tokio::sync::mpsc::UnboundedSender<mesh_operator::route_status::RouteStatusUpdate>>,
+    /// Each BackendTrafficPolicy's status per target, as last logged.
+    policies: std::collections::BTreeMap<(String, String), Vec<mesh_operator::cluster::PolicyAncestor>>,
+    writer: Option<tokio::sync::mpsc::UnboundedSender<mesh_operator::gateway_status::StatusUpdate>>,
 }
 
 /// Logs each route status that changed (at warn when a condition is False) and, in cluster
@@ -521,16 +528,38 @@ fn log_route_statuses(view: &ClusterView, statuses: &mut RouteStatuses) {
             }
         }
         if let Some(writer) = &statuses.writer {
-            let update = mesh_operator::route_status::RouteStatusUpdate {
+            let update = mesh_operator::gateway_status::RouteStatusUpdate {
                 kind,
                 namespace: ns.clone(),
                 name: name.clone(),
                 parents: parents.clone(),
             };
-            let _ = writer.send(update);
+            let _ = writer.send(mesh_operator::gateway_status::StatusUpdate::Route(update));
         }
     }
     statuses.logged = now;
+    let policies = view.policy_statuses();
+    for (key @ (ns, name), ancestors) in &policies {
+        if statuses.policies.get(key) == Some(ancestors) {
+            continue;
+        }
+        for ancestor in ancestors {
+            if ancestor.accepted {
+                tracing::info!("BackendTrafficPolicy/{ns}/{name}: {ancestor}");
+            } else {
+                tracing::warn!("BackendTrafficPolicy/{ns}/{name}: {ancestor}");
+            }
+        }
+        if let Some(writer) = &statuses.writer {
+            let update = mesh_operator::gateway_status::PolicyStatusUpdate {
+                namespace: ns.clone(),
+                name: name.clone(),
+                ancestors: ancestors.clone(),
+            };
+            let _ = writer.send(mesh_operator::gateway_status::StatusUpdate::Policy(update));
+        }
+    }
+    statuses.policies = policies;
 }
 
 /// A new epoch for this run: versions restart with it.

@@ -411,8 +411,8 @@ async fn a_node_bootstraps_its_certificate_over_tls_with_a_reviewed_token() {
 #[tokio::test]
 async fn route_status_is_written_per_parent_beside_other_controllers() {
     use mesh_operator::{
+        gateway_status::{CONTROLLER_NAME, RouteStatusUpdate, write},
         http_route::{Condition, ParentStatus},
-        route_status::{CONTROLLER_NAME, RouteStatusUpdate, write},
     };
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let mut handle = Box::pin(handle);
@@ -482,4 +482,64 @@ async fn route_status_is_written_per_parent_beside_other_controllers() {
     assert_eq!((&conditions[1]["reason"], &conditions[1]["status"]), (&json!("BackendNotFound"), &json!("False")));
     assert_eq!(conditions[1]["observedGeneration"], 3);
     assert!(conditions[1]["lastTransitionTime"].is_string());
+}
+
+/// A BackendTrafficPolicy's status: one ancestor per target Service with its Accepted
+/// condition, by server-side apply with the operator's field manager.
+#[tokio::test]
+async fn policy_status_is_applied_per_target_service() {
+    use mesh_operator::{
+        cluster::PolicyAncestor,
+        gateway_status::{CONTROLLER_NAME, PolicyStatusUpdate, write_policy},
+    };
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut handle = Box::pin(handle);
+    let client = kube::Client::new(service, "default");
+    let update = PolicyStatusUpdate {
+        namespace: "demo".into(),
+        name: "younger".into(),
+        ancestors: vec![
+            PolicyAncestor {
+                service: "web".into(),
+                accepted: false,
+                reason: "Conflicted",
+                message: "older applies".into(),
+            },
+            PolicyAncestor { service: "api".into(), accepted: true, reason: "Accepted", message: String::new() },
+        ],
+    };
+    let policy = json!({
+        "apiVersion": "mesh.dev/v1alpha1", "kind": "BackendTrafficPolicy",
+        "metadata": {"name": "younger", "namespace": "demo", "generation": 2},
+        "spec": {"targetRefs": [{"kind": "Service", "name": "web"}, {"kind": "Service", "name": "api"}]}
+    });
+    let path = "/apis/mesh.dev/v1alpha1/namespaces/demo/backendtrafficpolicies/younger";
+    let server = async {
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!((request.method(), request.uri().path()), (&http::Method::GET, path));
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&policy).unwrap())));
+        let (request, send) = handle.next_request().await.unwrap();
+        assert_eq!((request.method(), request.uri().path()), (&http::Method::PATCH, &*format!("{path}/status")));
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let body: Value = serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        send.send_response(Response::new(Body::from(serde_json::to_vec(&policy).unwrap())));
+        (query, body)
+    };
+    let (written, (query, body)) = tokio::join!(write_policy(&client, &update), server);
+    written.unwrap();
+    assert!(query.contains("fieldManager=mesh-operator") && query.contains("force=true"), "{query}");
+    let ancestors = body["status"]["ancestors"].as_array().unwrap();
+    assert_eq!(ancestors.len(), 2);
+    assert_eq!(
+        ancestors[0]["ancestorRef"],
+        json!({"group": "", "kind": "Service", "namespace": "demo", "name": "web"})
+    );
+    assert_eq!(ancestors[0]["controllerName"], CONTROLLER_NAME);
+    let condition = &ancestors[0]["conditions"][0];
+    assert_eq!(
+        (&condition["type"], &condition["status"], &condition["reason"]),
+        (&json!("Accepted"), &json!("False"), &json!("Conflicted"))
+    );
+    assert_eq!(condition["observedGeneration"], 2);
+    assert_eq!(ancestors[1]["conditions"][0]["status"], "True");
 }

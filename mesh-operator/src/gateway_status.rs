@@ -1,5 +1,7 @@
-//! Writing HTTPRoute and GRPCRoute status (cluster mode), as a Gateway API implementation
-//! must: per Service parent, a `RouteParentStatus` with the operator's `controllerName` and the
+//! Writing the status of Gateway API objects (cluster mode): BackendTrafficPolicies' as
+//! policy attachment (GEP-713) specifies (`status.ancestors`, one per target Service, with
+//! `Accepted`; the operator owns that status whole, so server-side apply), and HTTPRoutes' and
+//! GRPCRoutes' as a Gateway API implementation must: per Service parent, a `RouteParentStatus` with the operator's `controllerName` and the
 //! `Accepted` and `ResolvedRefs` conditions (`observedGeneration`, and `lastTransitionTime`
 //! kept while a condition's status stays). `status.parents` is shared with other
 //! implementations (a route may also have Gateway parents) and is not a keyed list, so the
@@ -36,26 +38,97 @@ pub struct RouteStatusUpdate {
     pub parents: Vec<ParentStatus>,
 }
 
-/// Writes each update until the sender goes away; bursts are coalesced (the latest per route).
-pub async fn write_all(client: Client, mut updates: mpsc::UnboundedReceiver<RouteStatusUpdate>) {
+/// A BackendTrafficPolicy whose status changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyStatusUpdate {
+    pub namespace: String,
+    pub name: String,
+    pub ancestors: Vec<crate::cluster::PolicyAncestor>,
+}
+
+/// A status to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusUpdate {
+    Route(RouteStatusUpdate),
+    Policy(PolicyStatusUpdate),
+}
+
+impl StatusUpdate {
+    fn key(&self) -> (&'static str, String, String) {
+        match self {
+            Self::Route(r) => (r.kind, r.namespace.clone(), r.name.clone()),
+            Self::Policy(p) => ("BackendTrafficPolicy", p.namespace.clone(), p.name.clone()),
+        }
+    }
+}
+
+/// Writes each update until the sender goes away; bursts are coalesced (the latest per object).
+pub async fn write_all(client: Client, mut updates: mpsc::UnboundedReceiver<StatusUpdate>) {
     while let Some(first) = updates.recv().await {
         let mut latest = BTreeMap::new();
         let mut next = Some(first);
         while let Some(update) = next {
-            latest.insert((update.kind, update.namespace.clone(), update.name.clone()), update);
+            latest.insert(update.key(), update);
             next = updates.try_recv().ok();
         }
-        for update in latest.into_values() {
-            if let Err(err) = write(&client, &update).await {
-                tracing::warn!(
-                    "cannot write the status of {}/{}/{}: {err}",
-                    update.kind,
-                    update.namespace,
-                    update.name
-                );
+        for ((kind, namespace, name), update) in latest {
+            let written = match &update {
+                StatusUpdate::Route(route) => write(&client, route).await,
+                StatusUpdate::Policy(policy) => write_policy(&client, policy).await,
+            };
+            if let Err(err) = written {
+                tracing::warn!("cannot write the status of {kind}/{namespace}/{name}: {err}");
             }
         }
     }
+}
+
+/// Writes one BackendTrafficPolicy's status (server-side apply: the operator owns it); a
+/// policy that is gone is left alone. A condition keeps its transition time while its status
+/// stays.
+pub async fn write_policy(client: &Client, update: &PolicyStatusUpdate) -> Result<(), kube::Error> {
+    use crate::crd::{BackendTrafficPolicy, PolicyAncestorRef, PolicyAncestorStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let api: Api<BackendTrafficPolicy> = Api::namespaced(client.clone(), &update.namespace);
+    let Some(policy) = api.get_opt(&update.name).await? else { return Ok(()) };
+    let previous = policy.status.map(|s| s.ancestors).unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let ancestors: Vec<PolicyAncestorStatus> = update
+        .ancestors
+        .iter()
+        .map(|a| {
+            let ancestor_ref = PolicyAncestorRef {
+                group: String::new(),
+                kind: "Service".into(),
+                namespace: update.namespace.clone(),
+                name: a.service.clone(),
+            };
+            let status = if a.accepted { "True" } else { "False" };
+            let since = previous
+                .iter()
+                .find(|p| p.ancestor_ref == ancestor_ref)
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == "Accepted" && c.status == status))
+                .map_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()), |c| c.last_transition_time.clone());
+            let condition = Condition {
+                type_: "Accepted".into(),
+                status: status.into(),
+                reason: a.reason.into(),
+                message: a.message.clone(),
+                last_transition_time: since,
+                observed_generation: generation,
+            };
+            PolicyAncestorStatus { ancestor_ref, controller_name: CONTROLLER_NAME.into(), conditions: vec![condition] }
+        })
+        .collect();
+    if ancestors == previous {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "mesh.dev/v1alpha1",
+        "kind": "BackendTrafficPolicy",
+        "status": {"ancestors": ancestors},
+    });
+    api.patch_status(&update.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await.map(drop)
 }
 
 /// Writes one route's status; a route that is gone is left alone.
