@@ -6,7 +6,8 @@
 //! the agents' mutual-TLS tunnel, and plaintext from outside the mesh is dropped with its reason.
 //! Then a canary release by an HTTPRoute (`deploy/l7/web-canary.yaml`): 10% of the requests to
 //! web-http go to web-v2 through the client node's L7 proxy, shown as L7 flows; then a failing
-//! v2 instance is ejected by outlier detection (`deploy/l7/web-v2-outliers.yaml`).
+//! v2 instance is ejected by outlier detection (`deploy/l7/web-v2-outliers.yaml`), and an HTTP
+//! rule denies /admin (`deploy/l7/web-no-admin.yaml`).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -290,6 +291,34 @@ pub fn run() -> anyhow::Result<()> {
         println!("  metric: {line}");
     }
 
+    step("HTTP rules (deploy/l7/web-no-admin.yaml): the client may not reach /admin on web's echo port");
+    let rules_file = cargo::workspace_root().join("deploy/l7/web-no-admin.yaml");
+    std::fs::copy(&rules_file, manifests.join("web-no-admin.yaml"))
+        .with_context(|| format!("copying {}", rules_file.display()))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut admin = labnet::http_get(&lab, &client, canary_service, "/admin", &[], 10)?;
+    while admin.statuses.get(&403) != Some(&10) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "GET /admin was never denied: {admin:?}");
+        std::thread::sleep(Duration::from_millis(200));
+        admin = labnet::http_get(&lab, &client, canary_service, "/admin", &[], 10)?;
+    }
+    let other = labnet::http_get(&lab, &client, canary_service, "/reports", &[], 10)?;
+    println!("  $ curl http://{canary_service}/admin x 10: {:?}; /reports x 10: {:?}", admin.statuses, other.statuses);
+    std::thread::sleep(Duration::from_millis(300));
+    // web-http's requests without x-canary go to web-a, on the client's node: that node's proxy
+    // applies web-a's rules itself.
+    println!("  $ meshctl observe --type l7 --verdict DROPPED --last 2   (node-0, the client's node)");
+    let admin_denied = observe(&agents[0], &["--type", "l7", "--verdict", "DROPPED", "--last", "2"])?;
+    print!("{}", indent(&admin_denied));
+    let rules = observe(&agents[0], &["--type", "l7", "--verdict", "DROPPED", "--last", "1", "-o", "json"])?;
+    let rule = rules
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["flow"]["extensions"]["rule"].as_str().map(str::to_owned))
+        .next()
+        .unwrap_or_default();
+    println!("  the rule, in the flow's extensions (-o json): {rule}");
+
     step(
         "Plaintext from outside the mesh: a process on node-1's host, in no pod, connects straight to web-a on node-0",
     );
@@ -345,9 +374,14 @@ pub fn run() -> anyhow::Result<()> {
         "the failing web-v2 instance was not ejected after 3 failures: {ejecting:?}"
     );
     anyhow::ensure!(ejected.contains(&failing), "meshctl status does not list {failing} as ejected: {ejected}");
+    anyhow::ensure!(other.statuses.get(&200) == Some(&10), "requests other than /admin were refused: {other:?}");
+    anyhow::ensure!(
+        admin_denied.contains("http-request DROPPED") && rule == "MeshPolicy demo/web-no-admin ingress rule 0",
+        "no dropped L7 flow of GET /admin naming the rule on node-0: {admin_denied} {rule:?}"
+    );
     anyhow::ensure!(ejections.iter().any(|l| l.contains(&failing)), "no mesh_l7_outlier_ejected series for {failing}");
     println!(
-        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped;\nan HTTPRoute sent 10% of web-http's requests to the canary through the client's L7 proxy, and a failing canary instance was ejected.\nRun it again with: make demo"
+        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped;\nan HTTPRoute sent 10% of web-http's requests to the canary through the client's L7 proxy, a failing canary instance was ejected,\nand an HTTP rule denied GET /admin at the web pods' nodes.\nRun it again with: make demo"
     );
     Ok(())
 }
