@@ -46,8 +46,13 @@ enum Upstream {
 }
 
 /// Serves `downstream` (the client's side) until it closes, passing allowed requests to the
-/// pod over `upstream`.
-pub async fn serve<IO>(downstream: IO, upstream: tokio::net::TcpStream, judged: Judged) -> Result<(), BoxError>
+/// pod over `upstream`; once `draining` turns true, until its requests in flight are answered.
+pub async fn serve<IO>(
+    downstream: IO,
+    upstream: tokio::net::TcpStream,
+    judged: Judged,
+    draining: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), BoxError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -60,7 +65,7 @@ where
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE * 2);
-    builder.serve_connection(TokioIo::new(downstream), service).await
+    super::serve_draining!(builder.serve_connection(TokioIo::new(downstream), service), draining)
 }
 
 type PodConnection = tokio::sync::Mutex<(Option<tokio::net::TcpStream>, Option<Upstream>)>;

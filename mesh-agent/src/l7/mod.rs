@@ -10,6 +10,32 @@
 //! and `circuit_breaker` limits requests and connections, for the Services a
 //! BackendTrafficPolicy targets (whose HTTP ports come to the proxy even without a route).
 
+/// Serves a hyper server connection (`connection`, of `hyper_util`'s auto builder) until it
+/// ends or, once `draining` (a `watch::Receiver<bool>`) turns true, until it has answered its
+/// requests in flight (HTTP/1.1 closes after its current answer, HTTP/2 sends GOAWAY): how every
+/// L7 connection of the agent drains on SIGTERM. A macro: the connection types of the auto
+/// builder (with and without upgrades) share no trait.
+macro_rules! serve_draining {
+    ($connection:expr, $draining:expr) => {{
+        let connection = $connection;
+        let mut draining = $draining;
+        tokio::pin!(connection);
+        let drain = async {
+            // A dropped sender never drains.
+            if draining.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            served = connection.as_mut() => return served,
+            () = drain => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        connection.await
+    }};
+}
+pub(crate) use serve_draining;
+
 pub mod access_log;
 pub mod circuit_breaker;
 pub mod connector;

@@ -196,7 +196,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         self: Arc<Self>,
         io: IO,
         destination: Destination,
-        mut draining: tokio::sync::watch::Receiver<bool>,
+        draining: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), BoxError>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -250,19 +250,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
         builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE * 2);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        let drain = async {
-            // A dropped sender never drains.
-            if draining.wait_for(|draining| *draining).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            served = connection.as_mut() => return served,
-            () = drain => {}
-        }
-        connection.as_mut().graceful_shutdown();
-        connection.await
+        super::serve_draining!(connection, draining)
     }
 
     /// Answers one request; `outcome` gets the route, rule, backend and endpoint that answered.

@@ -135,9 +135,13 @@ pub async fn serve(
                 return;
             };
             let served = SessionInfo { peer, server_name: name, client };
+            // Streams served as HTTP (ports with HTTP rules) drain with the agent too.
+            let draining = stopping.clone();
             let service = hyper::service::service_fn(move |request| {
-                let (inbound, served) = (inbound.clone(), served.clone());
-                async move { Ok::<_, std::convert::Infallible>(accept_stream(request, &inbound, &served).await) }
+                let (inbound, served, draining) = (inbound.clone(), served.clone(), draining.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(accept_stream(request, &inbound, &served, draining).await)
+                }
             });
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -231,6 +235,7 @@ async fn accept_stream(
     mut request: Request<hyper::body::Incoming>,
     inbound: &Inbound,
     session: &SessionInfo,
+    draining: tokio::sync::watch::Receiver<bool>,
 ) -> Response<Empty<Bytes>> {
     let refuse = |status, reason: String| {
         inbound.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -299,7 +304,7 @@ async fn accept_stream(
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         if let Some(judged) = judged {
-            if let Err(err) = crate::l7::judged::serve(TokioIo::new(upgraded), pod, judged).await {
+            if let Err(err) = crate::l7::judged::serve(TokioIo::new(upgraded), pod, judged, draining).await {
                 tracing::debug!("a judged tunnelled connection ended: {err}");
             }
             return;

@@ -297,7 +297,7 @@ async fn carry(
         Ok(Carried::Judged(pod, judged)) => {
             outbound.stats.routed.fetch_add(1, Ordering::Relaxed);
             let _ = client_stream.set_nodelay(true);
-            if let Err(err) = crate::l7::judged::serve(client_stream, pod, judged).await {
+            if let Err(err) = crate::l7::judged::serve(client_stream, pod, judged, draining).await {
                 tracing::debug!("a judged local connection ended: {err}");
             }
             return Ok(());
