@@ -349,6 +349,7 @@ async fn serve(
             stats: state.tunnel.clone(),
             sockets: mesh_agent::netns::Sockets::new(config.netns.as_deref())?,
             flows: mesh_agent::l7::access_log::AccessLog::new(state.store.clone()),
+            l7_metrics: l7.metrics().clone(),
         };
         // Replies to the inbound side's transparent connections come back to it.
         netns::run_in(config.netns.as_deref(), tunnel::reply_route::install)?

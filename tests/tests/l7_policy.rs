@@ -118,6 +118,23 @@ fn http_rules_allow_and_deny_requests_at_the_destinations_node() {
         labnet::connect(&lab, &host, (lab.pod("web-b").ip, PORT).into(), 2, Duration::from_millis(1500)).expect("runs");
     assert_eq!(plain.ok, 0, "plaintext reached web-b's HTTP port around the agents: {plain:?}");
 
+    // Each web pod's node counted the requests it judged.
+    for node in [0, 1] {
+        let text = mesh_tests::metrics::agent(&lab.nodes[node].netns_path);
+        let count = |verdict: &str| {
+            mesh_tests::metrics::sum(
+                &text,
+                "mesh_l7_policy_requests_total",
+                &[&format!("verdict=\"{verdict}\""), "destination_workload_namespace=\"demo\""],
+            )
+        };
+        assert!(count("allowed") >= 1.0 && count("denied") >= 3.0, "node-{node} judged requests: {text}");
+        assert!(
+            text.contains("rule=\"MeshPolicy demo/web-no-secret ingress rule 0\""),
+            "node-{node} does not count the denials by rule"
+        );
+    }
+
     // Each web pod's node reported its denials as dropped L7 flows naming the rule.
     for (node, web) in [(0, "web-a"), (1, "web-b")] {
         let socket = agents[node].observer_socket(&lab);

@@ -225,6 +225,10 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     let proxy_metrics = mesh_tests::metrics::agent(&lab.nodes[0].netns_path);
     let through_proxy =
         mesh_tests::metrics::sum(&proxy_metrics, "istio_requests_total", &["destination_service_name=\"routed\""]);
+    // The requests node-1's agent (at the tunnel's far end) judged by routed-b's HTTP rules.
+    let judged_metrics = mesh_tests::metrics::agent(&lab.nodes[1].netns_path);
+    let judged_far =
+        mesh_tests::metrics::sum(&judged_metrics, "mesh_l7_policy_requests_total", &["verdict=\"allowed\""]);
     stop.store(true, Ordering::Relaxed);
     let samples = sampler.join().expect("the RSS sampler panicked");
 
@@ -287,6 +291,11 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
             "{tail_proxied} HTTP requests to routed answered in the final window, but node-0's L7 proxy counted {through_proxy}"
         ));
     }
+    // Half of them (routed-b's) passed node-1's judged path (HTTP rules) in the final window.
+    if judged_far == 0.0 {
+        problems.push("node-1's agent judged no request to routed-b by its HTTP rules".to_owned());
+    }
+    rows.push(row("soak", "judged_at_destination", judged_far, "count"));
     rows.push(row("soak", "tunnel_held_cut_after_drain", cut_after_drain.len() as f64, "count"));
     rows.push(row(
         "soak",

@@ -37,6 +37,8 @@ pub struct Judged {
     pub client_address: SocketAddrV4,
     /// Where denied requests' flows go.
     pub flows: AccessLog,
+    /// Where every judged request is counted.
+    pub metrics: super::metrics::L7Metrics,
 }
 
 /// The sending half of the connection to the pod, made at the first request.
@@ -75,8 +77,10 @@ async fn answer(request: Request<Incoming>, judged: &Judged, pod: &PodConnection
     let view =
         HttpRequest { method: request.method().as_str(), path: request.uri().path(), headers: request.headers() };
     let verdict = judged.requests.verdict(&judged.client, judged.pod.port(), &view);
+    let namespace = judged.requests.policy.pod.split_once('/').map_or("", |(ns, _)| ns);
     if let Verdict::Denied(cause) = verdict {
         let rule = super::request_policy::denial(&cause);
+        judged.metrics.judged(namespace, Some(&rule));
         let line = RequestLine::of(&request, judged.pod);
         let hop = Hop { client: judged.client_address, asked: judged.pod, endpoint: None, ingress: true };
         let exchange = HttpExchange { code: 403, denied_by: rule.clone(), ..HttpExchange::default() };
@@ -84,6 +88,7 @@ async fn answer(request: Request<Incoming>, judged: &Judged, pod: &PodConnection
         tracing::debug!(client = %judged.client_address, pod = %judged.pod, "request denied by {rule}");
         return plain(StatusCode::FORBIDDEN, format!("RBAC: access denied by {rule}\n"));
     }
+    judged.metrics.judged(namespace, None);
     if request.headers().contains_key(header::UPGRADE) && request.version() == http::Version::HTTP_11 {
         return plain(
             StatusCode::NOT_IMPLEMENTED,

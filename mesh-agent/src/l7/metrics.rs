@@ -7,7 +7,8 @@
 //!
 //! BackendTrafficPolicy's: `mesh_l7_outlier_ejections_total{destination_service, endpoint}`,
 //! `mesh_l7_outlier_ejected` and `mesh_l7_outlier_ejection_remaining_seconds` (the endpoints
-//! out now, read at scrape), `mesh_l7_overflows_total{destination_backend, limit}`.
+//! out now, read at scrape), `mesh_l7_overflows_total{destination_backend, limit}`. HTTP rules':
+//! `mesh_l7_policy_requests_total{destination_workload_namespace, verdict, rule}`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,6 +42,8 @@ pub struct RequestLabels {
 pub struct L7Metrics {
     requests: Family<Labels, Counter>,
     duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// `mesh_l7_policy_requests_total{destination_workload_namespace, verdict, rule}`.
+    judged: Family<Labels, Counter>,
     outliers: Arc<Outliers>,
     breakers: Arc<CircuitBreakers>,
 }
@@ -82,7 +85,13 @@ impl Collector for EjectedNow {
 impl L7Metrics {
     pub fn new(outliers: Arc<Outliers>, breakers: Arc<CircuitBreakers>) -> Self {
         let histogram: fn() -> Histogram = || Histogram::new(BUCKETS_MS);
-        Self { requests: Family::default(), duration: Family::new_with_constructor(histogram), outliers, breakers }
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(histogram),
+            judged: Family::default(),
+            outliers,
+            breakers,
+        }
     }
 
     pub fn register(&self, registry: &mut Registry) {
@@ -98,6 +107,11 @@ impl L7Metrics {
         );
         registry.register_collector(Box::new(EjectedNow(self.outliers.clone())));
         registry.register(
+            "mesh_l7_policy_requests",
+            "Requests judged by HTTP rules (MeshPolicy http) at their destination's node, by verdict and the rule that denied them",
+            self.judged.clone(),
+        );
+        registry.register(
             "istio_requests",
             "Requests through the L7 proxy, by route, backend and response code",
             self.requests.clone(),
@@ -107,6 +121,16 @@ impl L7Metrics {
             "Time from a request's head to its response's head through the L7 proxy",
             self.duration.clone(),
         );
+    }
+
+    /// Counts one request judged by HTTP rules: allowed, or denied by `denied_by`.
+    pub fn judged(&self, destination_namespace: &str, denied_by: Option<&str>) {
+        let labels: Labels = vec![
+            ("destination_workload_namespace", destination_namespace.to_owned()),
+            ("verdict", if denied_by.is_some() { "denied" } else { "allowed" }.to_owned()),
+            ("rule", denied_by.unwrap_or_default().to_owned()),
+        ];
+        self.judged.get_or_create(&labels).inc();
     }
 
     /// Counts one answered request that took `elapsed` to its response head.

@@ -442,7 +442,11 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 path: request.uri().path(),
                 headers: request.headers(),
             };
-            if let Some(rule) = judge.denied(client, pod, &view) {
+            let denied = judge.denied(client, pod, &view);
+            if let Some(namespace) = judge.judged_namespace(pod) {
+                self.metrics.judged(&namespace, denied.as_deref());
+            }
+            if let Some(rule) = denied {
                 let reason = format!("RBAC: access denied by {rule}\n");
                 *denied_by = rule;
                 return Err(Refusal::new(StatusCode::FORBIDDEN, reason));

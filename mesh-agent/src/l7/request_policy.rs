@@ -84,6 +84,10 @@ pub trait RequestJudge: Send + Sync + 'static {
     /// The rule that denies a request of `client` to `endpoint` (a pod of this node with HTTP
     /// rules on that port), if one does.
     fn denied(&self, client: Ipv4Addr, endpoint: std::net::SocketAddrV4, request: &HttpRequest<'_>) -> Option<String>;
+
+    /// The namespace of `endpoint` when its requests are judged (a pod of this node with HTTP
+    /// rules on that port), for the count of judged requests.
+    fn judged_namespace(&self, endpoint: std::net::SocketAddrV4) -> Option<String>;
 }
 
 impl RequestJudge for crate::tunnel::Destinations {
@@ -99,6 +103,11 @@ impl RequestJudge for crate::tunnel::Destinations {
             Verdict::Denied(cause) => Some(denial(&cause)),
             _ => None,
         }
+    }
+
+    fn judged_namespace(&self, endpoint: std::net::SocketAddrV4) -> Option<String> {
+        let requests = self.get(*endpoint.ip())?.requests.filter(|r| r.ports.contains(&endpoint.port()))?;
+        requests.policy.pod.split_once('/').map(|(ns, _)| ns.to_owned())
     }
 }
 

@@ -77,8 +77,9 @@ pub struct Inbound {
     pub stats: Arc<InboundStats>,
     /// Where connections to pods are made: the node's network namespace.
     pub sockets: crate::netns::Sockets,
-    /// Where requests denied by HTTP rules are logged.
+    /// Where requests denied by HTTP rules are logged, and judged ones counted.
     pub flows: crate::l7::access_log::AccessLog,
+    pub l7_metrics: crate::l7::metrics::L7Metrics,
 }
 
 /// Accepts tunnels on `listener` until `stop` resolves; then asks every open HTTP/2
@@ -298,6 +299,7 @@ async fn accept_stream(
                 // address only).
                 client_address: std::net::SocketAddrV4::new(from, 0),
                 flows: inbound.flows.clone(),
+                metrics: inbound.l7_metrics.clone(),
             }),
         _ => None,
     };

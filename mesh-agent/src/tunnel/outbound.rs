@@ -261,6 +261,7 @@ async fn carry(
                 },
                 client_address: client_v4,
                 flows: crate::l7::access_log::AccessLog::new(outbound.flows.clone()),
+                metrics: outbound.l7.metrics().clone(),
             };
             return Ok(Carried::Judged(pod, judged));
         }
