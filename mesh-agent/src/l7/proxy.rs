@@ -442,10 +442,11 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 path: request.uri().path(),
                 headers: request.headers(),
             };
-            let denied = judge.denied(client, pod, &view);
-            if let Some(namespace) = judge.judged_namespace(pod) {
+            let judged = judge.judged_namespace(pod).map(|namespace| (namespace, judge.denied(client, pod, &view)));
+            let denied = judged.and_then(|(namespace, denied)| {
                 self.metrics.judged(&namespace, denied.as_deref());
-            }
+                denied
+            });
             if let Some(rule) = denied {
                 let reason = format!("RBAC: access denied by {rule}\n");
                 *denied_by = rule;

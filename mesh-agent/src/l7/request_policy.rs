@@ -92,7 +92,7 @@ pub trait RequestJudge: Send + Sync + 'static {
 
 impl RequestJudge for crate::tunnel::Destinations {
     fn denied(&self, client: Ipv4Addr, endpoint: std::net::SocketAddrV4, request: &HttpRequest<'_>) -> Option<String> {
-        let requests = self.get(*endpoint.ip())?.requests.filter(|r| r.ports.contains(&endpoint.port()))?;
+        let requests = self.requests(*endpoint.ip(), endpoint.port())?;
         let known = self.get(client);
         let client = Client {
             ip: client,
@@ -106,7 +106,7 @@ impl RequestJudge for crate::tunnel::Destinations {
     }
 
     fn judged_namespace(&self, endpoint: std::net::SocketAddrV4) -> Option<String> {
-        let requests = self.get(*endpoint.ip())?.requests.filter(|r| r.ports.contains(&endpoint.port()))?;
+        let requests = self.requests(*endpoint.ip(), endpoint.port())?;
         requests.policy.pod.split_once('/').map(|(ns, _)| ns.to_owned())
     }
 }

@@ -166,6 +166,13 @@ impl Destinations {
         self.known.read().expect("never poisoned").pods.get(&ip).cloned()
     }
 
+    /// The HTTP rules of the pod at `ip` on this node, if its `port` has any (no copy of the
+    /// rest: the L7 proxy asks at every request).
+    pub fn requests(&self, ip: Ipv4Addr, port: u16) -> Option<Arc<crate::l7::request_policy::PodRequestPolicy>> {
+        let known = self.known.read().expect("never poisoned");
+        known.pods.get(&ip)?.requests.as_ref().filter(|r| r.ports.contains(&port)).cloned()
+    }
+
     /// Every pod of this node, by address.
     pub fn local(&self) -> Vec<(Ipv4Addr, Destination)> {
         let known = self.known.read().expect("never poisoned");
