@@ -121,15 +121,16 @@ impl Outliers {
     ) -> Option<Duration> {
         let now = Instant::now();
         let mut services = self.services.lock().expect("never poisoned");
-        let health = services.entry(service.clone()).or_default();
         if !result.is_5xx() {
-            // The common case: nothing to remember for an endpoint that never failed.
-            if let Some(h) = health.get_mut(&endpoint) {
+            // The common case, at every answered request: nothing to remember (and nothing
+            // allocated) for an endpoint that never failed.
+            if let Some(h) = services.get_mut(service).and_then(|health| health.get_mut(&endpoint)) {
                 h.consecutive_5xx = 0;
                 h.consecutive_gateway = 0;
             }
             return None;
         }
+        let health = services.entry(service.clone()).or_default();
         if health.len() > 2 * endpoints.len() + 16 {
             // Endpoints that left the Service are forgotten.
             health.retain(|e, _| endpoints.contains(e));
