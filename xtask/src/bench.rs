@@ -200,10 +200,18 @@ impl Report {
     }
 }
 
+/// The binaries benchmarks run (each release build links with link-time optimisation, a
+/// minute or more apiece: xtask's own is not built).
+const BENCHED_BINARIES: [&str; 5] = ["mesh-agent", "mesh-operator", "meshctl", "labnet", "mesh-flowgen"];
+
 /// Builds the release binaries and points the lab helpers at them (benchmarks measure those).
-fn release_binaries() -> anyhow::Result<()> {
-    crate::cargo::run(&["build", "--release", "--bins"], &[])?;
-    // SAFETY: benchmarks run single-threaded here; the lab helpers read it to find the binaries.
+pub fn release_binaries() -> anyhow::Result<()> {
+    let mut args = vec!["build", "--release"];
+    for binary in BENCHED_BINARIES {
+        args.extend(["--bin", binary]);
+    }
+    crate::cargo::run(&args, &[])?;
+    // SAFETY: benchmarks and the soak run single-threaded here; the lab helpers read it.
     unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, crate::cargo::workspace_root().join("target/release")) };
     Ok(())
 }

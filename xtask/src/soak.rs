@@ -102,9 +102,7 @@ pub fn run(seconds: u64, rate: u32, release: bool) -> anyhow::Result<()> {
     anyhow::ensure!((1..=5_000).contains(&rate), "--rate: 1 to 5000 attempts a second");
     let started = Instant::now();
     if release {
-        cargo::run(&["build", "--release", "--bins"], &[])?;
-        // SAFETY: single-threaded here; the lab helpers read it to find the binaries.
-        unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/release")) };
+        crate::bench::release_binaries()?;
     } else {
         cargo::run(&["build", "--bins"], &[])?;
         // SAFETY: as above.
