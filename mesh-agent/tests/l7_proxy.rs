@@ -26,7 +26,7 @@ use hyper_util::{
 use mesh_agent::{
     flows::{directory::Directory, filter::Filters, store::FlowStore, view::FlowView},
     l7::{
-        proxy::{self, Destination, Endpoints, Proxy},
+        proxy::{self, Destination, Endpoints, Proxy, Upstream},
         routes::{RouteTable, ServiceRef},
     },
 };
@@ -105,12 +105,9 @@ async fn echo(name: &str) -> Arc<Echo> {
 struct Backends(HashMap<String, Vec<SocketAddr>>);
 
 impl Endpoints for Backends {
-    fn endpoints(&self, service: &ServiceRef, port: u16) -> Option<Vec<SocketAddr>> {
-        (service.namespace == "demo" && port == 80).then(|| self.0.get(&service.name).cloned()).flatten()
-    }
-
-    fn http2(&self, service: &ServiceRef, _port: u16) -> bool {
-        service.name == "grpc"
+    fn upstream(&self, service: &ServiceRef, port: u16) -> Option<Upstream> {
+        let endpoints = self.0.get(&service.name).filter(|_| service.namespace == "demo" && port == 80)?;
+        Some(Upstream { endpoints: endpoints.as_slice().into(), http2: service.name == "grpc" })
     }
 }
 

@@ -26,15 +26,37 @@ type Labels = Vec<(&'static str, String)>;
 /// Istio's request duration buckets up to 10 s, in milliseconds.
 const BUCKETS_MS: [f64; 12] = [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
 
-/// What a request was, for its series.
+/// What a request was, for its series (with its connection's [`Series`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestLabels {
-    pub source_namespace: String,
-    pub service_namespace: String,
-    pub service_name: String,
     pub route: String,
     pub rule: String,
     pub backend: String,
+}
+
+/// One client connection's series: its labels (the client's namespace and the Service it
+/// asked for), and the counter and histogram of each label set its requests had so far, so a
+/// request like an earlier one is counted without building and hashing its label set again.
+pub struct Series {
+    source_namespace: String,
+    service_namespace: String,
+    service_name: String,
+    seen: std::sync::Mutex<Vec<(RequestLabels, u16, Counter, Histogram)>>,
+}
+
+/// A connection remembers at most this many label sets (routes × backends × codes); others
+/// are looked up in the families at each request.
+const SERIES_PER_CONNECTION: usize = 16;
+
+impl Series {
+    pub fn new(source_namespace: &str, service: &super::routes::ServiceRef) -> Self {
+        Self {
+            source_namespace: source_namespace.to_owned(),
+            service_namespace: service.namespace.clone(),
+            service_name: service.name.clone(),
+            seen: std::sync::Mutex::default(),
+        }
+    }
 }
 
 /// Cheap to clone (shared).
@@ -133,19 +155,79 @@ impl L7Metrics {
         self.judged.get_or_create(&labels).inc();
     }
 
-    /// Counts one answered request that took `elapsed` to its response head.
-    pub fn record(&self, request: &RequestLabels, code: u16, elapsed: Duration) {
-        let mut labels: Labels = vec![
+    /// Counts one answered request of a connection (`series`) that took `elapsed` to its
+    /// response head.
+    pub fn record(&self, series: &Series, request: &RequestLabels, code: u16, elapsed: Duration) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let mut seen = series.seen.lock().expect("never poisoned: no panics under the lock");
+        if let Some((.., counter, histogram)) = seen.iter().find(|(r, c, ..)| *c == code && r == request) {
+            counter.inc();
+            histogram.observe(ms);
+            return;
+        }
+        let labels: Labels = vec![
             ("reporter", "source".to_owned()),
-            ("source_workload_namespace", request.source_namespace.clone()),
-            ("destination_service_namespace", request.service_namespace.clone()),
-            ("destination_service_name", request.service_name.clone()),
+            ("source_workload_namespace", series.source_namespace.clone()),
+            ("destination_service_namespace", series.service_namespace.clone()),
+            ("destination_service_name", series.service_name.clone()),
             ("route", request.route.clone()),
             ("route_rule", request.rule.clone()),
             ("destination_backend", request.backend.clone()),
+            ("response_code", code.to_string()),
         ];
-        labels.push(("response_code", code.to_string()));
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64() * 1000.0);
+        let counter = self.requests.get_or_create(&labels).clone();
+        let histogram = self.duration.get_or_create(&labels).clone();
+        counter.inc();
+        histogram.observe(ms);
+        if seen.len() < SERIES_PER_CONNECTION {
+            seen.push((request.clone(), code, counter, histogram));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::l7::routes::ServiceRef;
+
+    /// Every request is counted in its own series, whether its connection remembered the
+    /// series (the first 16 label sets) or not, and two connections share a series.
+    #[test]
+    fn connections_count_in_the_shared_series() {
+        let metrics = L7Metrics::new(Arc::default(), Arc::default());
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let service = ServiceRef { namespace: "demo".into(), name: "web".into() };
+        let (first, second) = (Series::new("client", &service), Series::new("client", &service));
+        let request = |backend: usize| RequestLabels {
+            route: "demo/canary".into(),
+            rule: "0".into(),
+            backend: format!("demo/web-{backend}:80"),
+        };
+        for _ in 0..3 {
+            for backend in 0..20 {
+                metrics.record(&first, &request(backend), 200, Duration::from_millis(2));
+            }
+            metrics.record(&second, &request(0), 200, Duration::from_millis(2));
+            metrics.record(&second, &request(0), 503, Duration::from_millis(2));
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let count = |backend: usize, code: u16| {
+            let series = text
+                .lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .filter(|l| l.contains(&format!("destination_backend=\"demo/web-{backend}:80\"")))
+                .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
+                .collect::<Vec<_>>();
+            assert_eq!(series.len(), 1, "one series for web-{backend}, {code}: {text}");
+            assert!(series[0].contains("source_workload_namespace=\"client\""), "{text}");
+            series[0].rsplit_once(' ').unwrap().1.parse::<f64>().unwrap()
+        };
+        assert_eq!((count(0, 200), count(0, 503)), (6.0, 3.0));
+        for backend in 1..20 {
+            assert_eq!(count(backend, 200), 3.0, "web-{backend}");
+        }
+        assert!(text.contains("istio_request_duration_milliseconds_count{"), "{text}");
     }
 }

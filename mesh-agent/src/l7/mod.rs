@@ -50,7 +50,7 @@ pub mod trace_context;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4},
     sync::{Arc, RwLock},
 };
 
@@ -61,26 +61,19 @@ use mesh_common::{
 
 use self::{
     connector::{NetnsConnector, Upstreams},
-    proxy::{Destination, Endpoints, Proxy},
+    proxy::{Destination, Endpoints, Proxy, Upstream},
     routes::{RouteError, RouteTable, ServiceRef},
 };
 use crate::desired::Compiler;
 
 /// The endpoints of the Services routes send to, as the compiled model gives them, and whether
-/// each port speaks HTTP/2 cleartext.
+/// each port speaks HTTP/2 cleartext; looked up at every request without copying a key.
 #[derive(Debug, Default)]
-struct ModelEndpoints(RwLock<HashMap<(ServiceRef, u16), Upstream>>);
-
-/// A backend Service port: its endpoints, and whether it speaks HTTP/2 cleartext.
-type Upstream = (Vec<SocketAddr>, bool);
+struct ModelEndpoints(RwLock<HashMap<ServiceRef, HashMap<u16, Upstream>>>);
 
 impl Endpoints for ModelEndpoints {
-    fn endpoints(&self, service: &ServiceRef, port: u16) -> Option<Vec<SocketAddr>> {
-        self.0.read().expect("never poisoned").get(&(service.clone(), port)).map(|(addresses, _)| addresses.clone())
-    }
-
-    fn http2(&self, service: &ServiceRef, port: u16) -> bool {
-        self.0.read().expect("never poisoned").get(&(service.clone(), port)).is_some_and(|(_, http2)| *http2)
+    fn upstream(&self, service: &ServiceRef, port: u16) -> Option<Upstream> {
+        self.0.read().expect("never poisoned").get(service)?.get(&port).cloned()
     }
 }
 
@@ -176,18 +169,16 @@ impl L7 {
         for (address, service) in &frontends {
             backends.insert((service.clone(), address.port()));
         }
-        let endpoints = backends
-            .into_iter()
-            .filter_map(|(service, port)| {
-                let addresses = compiler.endpoints(&service.namespace, &service.name, port)?;
-                let http2 = service_of(model, &service).is_some_and(|svc| {
-                    svc.ports
-                        .iter()
-                        .any(|p| p.port == u32::from(port) && HTTP2_APP_PROTOCOLS.contains(&p.app_protocol.as_str()))
-                });
-                Some(((service, port), (addresses, http2)))
-            })
-            .collect();
+        let mut endpoints: HashMap<ServiceRef, HashMap<u16, Upstream>> = HashMap::new();
+        for (service, port) in backends {
+            let Some(addresses) = compiler.endpoints(&service.namespace, &service.name, port) else { continue };
+            let http2 = service_of(model, &service).is_some_and(|svc| {
+                svc.ports
+                    .iter()
+                    .any(|p| p.port == u32::from(port) && HTTP2_APP_PROTOCOLS.contains(&p.app_protocol.as_str()))
+            });
+            endpoints.entry(service).or_default().insert(port, Upstream { endpoints: addresses.into(), http2 });
+        }
         let errors = if routes_changed {
             let (table, errors) = RouteTable::build(model.http_routes());
             self.proxy.set_routes(table);

@@ -34,7 +34,7 @@ use super::{
     access_log::{AccessLog, Hop, RequestLine},
     circuit_breaker::{Admission, CircuitBreakers},
     filters,
-    metrics::{L7Metrics, RequestLabels},
+    metrics::{L7Metrics, RequestLabels, Series},
     outlier::{Ejected, Outliers, TryResult},
     request_policy::RequestJudge,
     routes::{RouteTable, Routing, ServiceRef, pick_backend},
@@ -58,17 +58,20 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// answer takes twice as long.
 pub const H2_KEEPALIVE: Duration = Duration::from_secs(10);
 
-/// The addresses behind a Service port (its ready endpoints), as the model has them; `None`
-/// when there is no such Service or port (an invalid backend: answered 500, as Gateway API
-/// specifies), empty when it has no ready endpoint (503).
-pub trait Endpoints: Send + Sync + 'static {
-    fn endpoints(&self, service: &ServiceRef, port: u16) -> Option<Vec<SocketAddr>>;
+/// A backend Service port as the model has it: its ready endpoints (empty: 503), and whether
+/// it speaks HTTP/2 cleartext (`appProtocol` `kubernetes.io/h2c` or `grpc`: requests to it go
+/// over HTTP/2 even when the client spoke HTTP/1.1). Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    pub endpoints: Arc<[SocketAddr]>,
+    pub http2: bool,
+}
 
-    /// Whether the Service port speaks HTTP/2 cleartext (`appProtocol` `kubernetes.io/h2c` or
-    /// `grpc`): requests to it go over HTTP/2 even when the client spoke HTTP/1.1.
-    fn http2(&self, _service: &ServiceRef, _port: u16) -> bool {
-        false
-    }
+/// The backend Service ports requests may go to.
+pub trait Endpoints: Send + Sync + 'static {
+    /// `None` when there is no such Service or port (an invalid backend: answered 500, as
+    /// Gateway API specifies).
+    fn upstream(&self, service: &ServiceRef, port: u16) -> Option<Upstream>;
 }
 
 /// Where a client connection was going: the Service and port it connected to, and the
@@ -98,6 +101,13 @@ struct Outcome {
 struct Clients<C> {
     http1: Client<C, Body>,
     http2: Client<C, Body>,
+}
+
+impl<C> Clients<C> {
+    /// The pooled client for requests of `version`.
+    fn for_version(&self, version: http::Version) -> &Client<C, Body> {
+        if version == http::Version::HTTP_2 { &self.http2 } else { &self.http1 }
+    }
 }
 
 /// At most this many client pods' pools are kept; past it they are all dropped (their
@@ -201,29 +211,24 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        // What every request of the connection shares: its series, and its client's pools.
+        let series = Arc::new(Series::new(&destination.client_namespace, &destination.service));
+        let clients = self.clients(*destination.client.ip());
         let destination = Arc::new(destination);
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let (proxy, destination) = (self.clone(), destination.clone());
+            let (proxy, destination, series, clients) =
+                (self.clone(), destination.clone(), series.clone(), clients.clone());
             async move {
                 let started = Instant::now();
                 let line = proxy.flows.as_ref().map(|_| RequestLine::of(&request, destination.asked));
                 let mut request = request;
                 let span_id = u64::from(random_u32()) << 32 | u64::from(random_u32());
                 let trace_id = trace_context::propagate(request.headers_mut(), span_id).unwrap_or_default();
-                let mut outcome = Outcome {
-                    labels: RequestLabels {
-                        source_namespace: destination.client_namespace.clone(),
-                        service_namespace: destination.service.namespace.clone(),
-                        service_name: destination.service.name.clone(),
-                        ..RequestLabels::default()
-                    },
-                    endpoint: None,
-                    denied_by: String::new(),
-                };
+                let mut outcome = Outcome::default();
                 let upgrade = ClientUpgrade::of(&mut request);
-                let response = proxy.handle(request, &destination, &mut outcome, upgrade).await;
+                let response = proxy.handle(request, &destination, &clients, &mut outcome, upgrade).await;
                 let (code, elapsed) = (response.status().as_u16(), started.elapsed());
-                proxy.metrics.record(&outcome.labels, code, elapsed);
+                proxy.metrics.record(&series, &outcome.labels, code, elapsed);
                 if let (Some(log), Some(line)) = (&proxy.flows, line) {
                     let hop = Hop {
                         client: destination.client,
@@ -258,6 +263,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         &self,
         request: Request<Incoming>,
         to: &Destination,
+        clients: &Clients<C>,
         outcome: &mut Outcome,
         mut upgrade: Option<ClientUpgrade>,
     ) -> Response<Body> {
@@ -283,7 +289,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                         let this_body = body.take().unwrap_or_else(|| body_of(Bytes::new()));
                         match self
                             .send_once(
-                                *to.client.ip(),
+                                (*to.client.ip(), clients),
                                 &to.service,
                                 to.port,
                                 &parts,
@@ -397,8 +403,9 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 (Some(d), None) => Some(d.saturating_duration_since(Instant::now())),
                 (None, t) => t,
             };
-            let outcome =
-                self.send_once(*to.client.ip(), &service, port, &parts, this_body, (endpoint, denied_by), limit).await;
+            let outcome = self
+                .send_once((*to.client.ip(), clients), &service, port, &parts, this_body, (endpoint, denied_by), limit)
+                .await;
             let retryable = match &outcome {
                 Ok(response) => retry.is_some_and(|r| r.codes.contains(&u32::from(response.status().as_u16()))),
                 Err(refusal) => (retry.is_some() || empty) && refusal.retryable(),
@@ -424,7 +431,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
     #[allow(clippy::too_many_arguments)]
     async fn send_once(
         &self,
-        client: Ipv4Addr,
+        (client, clients): (Ipv4Addr, &Clients<C>),
         service: &ServiceRef,
         port: u16,
         parts: &Parts,
@@ -454,7 +461,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             }
         }
         let http1 = request.version() != http::Version::HTTP_2;
-        let client = self.client_for(client, &request);
+        let client = clients.for_version(request.version());
         let tried = async {
             let admission = self.breakers.admit(service, port, http1).await.map_err(|overflow| {
                 let reason = format!(
@@ -528,8 +535,8 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         parts: &Parts,
         body: Body,
         outliers: bool,
-    ) -> Result<(Request<Body>, SocketAddr, Vec<SocketAddr>), Refusal> {
-        let Some(endpoints) = self.endpoints.endpoints(service, port) else {
+    ) -> Result<Chosen, Refusal> {
+        let Some(Upstream { endpoints, http2 }) = self.endpoints.upstream(service, port) else {
             let reason =
                 format!("backend Service {}/{} has no port {port}, or does not exist", service.namespace, service.name);
             return Err(Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, reason));
@@ -547,8 +554,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
             return Err(Refusal::new(StatusCode::BAD_REQUEST, "the request's path is not valid"));
         };
         // An HTTP/1.1 upgrade stays HTTP/1.1 (HTTP/2 has no such thing).
-        let http2 = !parts.headers.contains_key(header::UPGRADE)
-            && (parts.version == http::Version::HTTP_2 || self.endpoints.http2(service, port));
+        let http2 = !parts.headers.contains_key(header::UPGRADE) && (parts.version == http::Version::HTTP_2 || http2);
         let version = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         let mut request = Request::builder().method(parts.method.clone()).uri(uri).version(version);
         if let Some(headers) = request.headers_mut() {
@@ -563,12 +569,6 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         Ok((request, endpoint, endpoints))
     }
 
-    /// The pooled client of `client` for a request's version.
-    fn client_for(&self, client: Ipv4Addr, request: &Request<Body>) -> Client<C, Body> {
-        let clients = self.clients(client);
-        if request.version() == http::Version::HTTP_2 { clients.http2.clone() } else { clients.http1.clone() }
-    }
-
     /// Sends a copy of the request to a mirror's backend, answer ignored, for the mirror's share of requests.
     fn mirror(&self, client: Ipv4Addr, mirror: &api::HttpMirror, parts: &Parts, body: Bytes) {
         let Some(backend) = &mirror.backend else { return };
@@ -579,7 +579,7 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
         let service = ServiceRef { namespace: backend.namespace.clone(), name: backend.service.clone() };
         let port = u16::try_from(backend.port).unwrap_or_default();
         let Ok((request, ..)) = self.upstream_request(&service, port, parts, body_of(body), false) else { return };
-        let client = self.client_for(client, &request);
+        let client = self.clients(client).for_version(request.version()).clone();
         tokio::spawn(async move {
             // The mirror's answer is read and dropped; it never reaches the client.
             if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(10), client.request(request)).await {
@@ -602,6 +602,9 @@ fn rewrite(parts: &mut Parts, rewrite: &api::UrlRewrite, matched: &super::routes
 fn body_of(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
+
+/// A request made for an endpoint: the request, that endpoint, and all of its Service port's.
+type Chosen = (Request<Body>, SocketAddr, Arc<[SocketAddr]>);
 
 /// Why a try gave no response: the status and reason the client is answered with, and
 /// whether a circuit breaker refused it (not retried; answered with `x-envoy-overloaded`).

@@ -43,7 +43,7 @@ pub struct Selected {
     /// The index of the rule in its route (for its name in flows and metrics when unnamed).
     pub rule_index: usize,
     /// The path match that applied (a `ReplacePrefixMatch` rewrite replaces its prefix).
-    pub path: PathMatcher,
+    pub path: Arc<PathMatcher>,
 }
 
 /// `namespace/name` of a route.
@@ -110,7 +110,7 @@ impl ValueMatcher {
 struct Candidate {
     /// The parent's port; 0: every port.
     port: u32,
-    path: PathMatcher,
+    path: Arc<PathMatcher>,
     method: Option<Method>,
     headers: Vec<(http::HeaderName, ValueMatcher)>,
     query: Vec<(String, ValueMatcher)>,
@@ -286,7 +286,7 @@ fn compile(route: &api::HttpRoute, name: &Arc<RouteName>) -> Result<Vec<Candidat
                 .collect::<Result<_, String>>()?;
             out.push(Candidate {
                 port: 0,
-                path,
+                path: Arc::new(path),
                 method,
                 headers,
                 query,
