@@ -770,13 +770,20 @@ async fn requests_become_l7_flows_and_carry_their_trace() {
 /// client with its Upgrade header, and then bytes flow both ways on the same connection.
 #[tokio::test]
 async fn upgrades_are_passed_through() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let lab = start(&route(
         "upgrade",
         "  rules:\n  - matches: [{path: {type: PathPrefix, value: /chat}}]\n    backendRefs: [{name: upgrade, port: 80}]",
     ))
     .await;
-    let mut stream = tokio::net::TcpStream::connect(lab.proxy).await.unwrap();
+    upgrade_and_echo(tokio::net::TcpStream::connect(lab.proxy).await.unwrap()).await;
+    // Without the upgrade asked for, the same backend is an ordinary request (it answers 400).
+    assert_eq!(lab.get("/chat").await.status, StatusCode::BAD_REQUEST);
+}
+
+/// Asks for protocol `echo` on `stream` (to `upgrade_backend` through a proxy): the 101 comes
+/// back with its Upgrade header, then two messages are echoed on the same connection.
+async fn upgrade_and_echo(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     stream
         .write_all(b"GET /chat HTTP/1.1\r\nhost: echo\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n")
         .await
@@ -796,8 +803,41 @@ async fn upgrades_are_passed_through() {
         tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed)).await.unwrap().unwrap();
         assert_eq!(echoed, message);
     }
-    // Without the upgrade asked for, the same backend is an ordinary request (it answers 400).
-    assert_eq!(lab.get("/chat").await.status, StatusCode::BAD_REQUEST);
+}
+
+/// At a port with HTTP rules (the destination's side), an allowed upgrade goes on to the pod
+/// over the connection already made to it, and the two connections are joined once the pod
+/// switches protocols (such ports answered 501 before).
+#[tokio::test]
+async fn judged_connections_pass_upgrades_on() {
+    use mesh_agent::{
+        l7::{access_log::AccessLog, judged, metrics::L7Metrics, request_policy},
+        policy::EndpointPolicy,
+    };
+    let pod = upgrade_backend().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (downstream, SocketAddr::V4(client_address)) = listener.accept().await.unwrap() else { unreachable!() };
+    let SocketAddr::V4(pod_v4) = pod else { unreachable!("bound on 127.0.0.1") };
+    let policy = EndpointPolicy {
+        pod: "demo/chat".into(),
+        identity: 0,
+        named_ports: Vec::new(),
+        ingress: Default::default(),
+        egress: Default::default(),
+    };
+    let judged = judged::Judged {
+        pod: pod_v4,
+        requests: Arc::new(request_policy::PodRequestPolicy { ports: [pod.port()].into(), policy: Arc::new(policy) }),
+        client: request_policy::Client { ip: *client_address.ip(), identity: None, principal: None },
+        client_address,
+        flows: AccessLog::new(FlowStore::new(64)),
+        metrics: L7Metrics::new(Arc::default(), Arc::default()),
+    };
+    let upstream = tokio::net::TcpStream::connect(pod).await.unwrap();
+    let (_drain, draining) = tokio::sync::watch::channel(false);
+    tokio::spawn(judged::serve(downstream, upstream, judged, draining));
+    upgrade_and_echo(client).await;
 }
 
 fn policy(name: &str, spec: &str) -> String {

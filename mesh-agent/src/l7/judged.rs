@@ -3,7 +3,9 @@
 //! request judged before it goes on over the one connection already made to the pod (from the
 //! client's own address), in the protocol the client spoke. A denied request is answered 403
 //! with the rule that denied it, and logged as a dropped L7 flow naming it; the connection
-//! stays open for the next request. Upgrades (WebSocket) are refused (501) on such ports.
+//! stays open for the next request. An allowed HTTP/1.1 upgrade (WebSocket's) goes to the pod
+//! as asked; when the pod switches protocols (101), the client's connection and the pod's are
+//! joined byte for byte, as the route proxy does.
 
 use std::{
     net::SocketAddrV4,
@@ -67,12 +69,12 @@ where
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_KEEPALIVE).keep_alive_timeout(H2_KEEPALIVE * 2);
-    super::serve_draining!(builder.serve_connection(TokioIo::new(downstream), service), draining)
+    super::serve_draining!(builder.serve_connection_with_upgrades(TokioIo::new(downstream), service), draining)
 }
 
 type PodConnection = tokio::sync::Mutex<(Option<tokio::net::TcpStream>, Option<Upstream>)>;
 
-async fn answer(request: Request<Incoming>, judged: &Judged, pod: &PodConnection) -> Response<Body> {
+async fn answer(mut request: Request<Incoming>, judged: &Judged, pod: &PodConnection) -> Response<Body> {
     let started = Instant::now();
     let view =
         HttpRequest { method: request.method().as_str(), path: request.uri().path(), headers: request.headers() };
@@ -89,14 +91,22 @@ async fn answer(request: Request<Incoming>, judged: &Judged, pod: &PodConnection
         return plain(StatusCode::FORBIDDEN, format!("RBAC: access denied by {rule}\n"));
     }
     judged.metrics.judged(namespace, None);
-    if request.headers().contains_key(header::UPGRADE) && request.version() == http::Version::HTTP_11 {
-        return plain(
-            StatusCode::NOT_IMPLEMENTED,
-            "upgrades are not passed on at ports with HTTP rules yet\n".to_owned(),
-        );
-    }
+    // The client's side of an upgrade it asks for (the request goes on with its headers).
+    let upgrade = (request.version() == http::Version::HTTP_11 && request.headers().contains_key(header::UPGRADE))
+        .then(|| hyper::upgrade::on(&mut request));
     match forward(request, pod).await {
-        Ok(response) => response.map(|body| body.map_err(BoxError::from).boxed()),
+        Ok(mut response) => {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let Some(client) = upgrade else {
+                    return plain(
+                        StatusCode::BAD_GATEWAY,
+                        "the pod switched protocols without being asked\n".to_owned(),
+                    );
+                };
+                tokio::spawn(super::proxy::splice(client, hyper::upgrade::on(&mut response)));
+            }
+            response.map(|body| body.map_err(BoxError::from).boxed())
+        }
         Err(err) => {
             tracing::debug!(pod = %judged.pod, "a judged request got no answer: {err}");
             plain(StatusCode::BAD_GATEWAY, format!("the pod did not answer: {err}\n"))
@@ -122,7 +132,8 @@ async fn forward(request: Request<Incoming>, pod: &PodConnection) -> Result<Resp
             Upstream::Http2(sender)
         } else {
             let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(connection);
+            // With upgrades: a 101 hands the connection over to the splice.
+            tokio::spawn(connection.with_upgrades());
             Upstream::Http1(sender)
         };
         guard.1 = Some(upstream);

@@ -694,7 +694,7 @@ fn finish(
 }
 
 /// Joins an upgraded client connection and its backend's until either closes.
-async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+pub(crate) async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
     let (client, backend) = tokio::join!(client, backend);
     match (client, backend) {
         (Ok(client), Ok(backend)) => {
