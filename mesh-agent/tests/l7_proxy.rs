@@ -807,7 +807,8 @@ async fn upgrade_and_echo(mut stream: tokio::net::TcpStream) {
 
 /// At a port with HTTP rules (the destination's side), an allowed upgrade goes on to the pod
 /// over the connection already made to it, and the two connections are joined once the pod
-/// switches protocols (such ports answered 501 before).
+/// switches protocols (such ports answered 501 before). The allowed request is logged as
+/// forwarded ingress L7 flows with the pod's answer.
 #[tokio::test]
 async fn judged_connections_pass_upgrades_on() {
     use mesh_agent::{
@@ -815,6 +816,7 @@ async fn judged_connections_pass_upgrades_on() {
         policy::EndpointPolicy,
     };
     let pod = upgrade_backend().await;
+    let store = FlowStore::new(64);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
     let (downstream, SocketAddr::V4(client_address)) = listener.accept().await.unwrap() else { unreachable!() };
@@ -831,13 +833,31 @@ async fn judged_connections_pass_upgrades_on() {
         requests: Arc::new(request_policy::PodRequestPolicy { ports: [pod.port()].into(), policy: Arc::new(policy) }),
         client: request_policy::Client { ip: *client_address.ip(), identity: None, principal: None },
         client_address,
-        flows: AccessLog::new(FlowStore::new(64)),
+        flows: AccessLog::new(store.clone()),
         metrics: L7Metrics::new(Arc::default(), Arc::default()),
     };
     let upstream = tokio::net::TcpStream::connect(pod).await.unwrap();
     let (_drain, draining) = tokio::sync::watch::channel(false);
     tokio::spawn(judged::serve(downstream, upstream, judged, draining));
     upgrade_and_echo(client).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while store.snapshot().0.len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(mesh_agent::l7::access_log::GATHER).await;
+    }
+    let (records, _) = store.snapshot();
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| (r.event.kind, r.event.action, r.event.direction, r.http.as_ref().map(|h| (h.code, h.url.clone()))))
+        .collect();
+    let exchange = Some((101, "http://echo/chat".to_owned()));
+    use mesh_common::{flows, policy};
+    let (allow, ingress) = (policy::ALLOW, policy::INGRESS);
+    assert_eq!(
+        seen,
+        [(flows::L7_REQUEST, allow, ingress, exchange.clone()), (flows::L7_RESPONSE, allow, ingress, exchange)],
+        "{records:?}"
+    );
+    assert_eq!(records[0].event.dport, pod.port().to_be(), "the request goes to the pod");
 }
 
 fn policy(name: &str, spec: &str) -> String {

@@ -3,7 +3,8 @@
 //! /public/secret. Each web pod's node judges the requests: web-b's (node-1) come from the
 //! client on node-0 through the tunnel, web-a's from the client on its own node through
 //! node-0's outbound listener. Allowed requests reach the pod from the client's own address;
-//! denied ones are answered 403 by the agent and reported as dropped L7 flows naming the rule.
+//! denied ones are answered 403 by the agent and reported as dropped L7 flows naming the rule,
+//! the allowed ones as forwarded L7 flows.
 //! Another service account's connections are dropped by the rule's isolation at the pod, and
 //! plaintext from a node's host that skipped the agents is dropped as at a STRICT port.
 
@@ -147,6 +148,7 @@ fn http_rules_allow_and_deny_requests_at_the_destinations_node() {
             secret.unwrap_or_else(|| panic!("no dropped flow of GET /public/secret on node-{node}: {flows:#?}"));
         assert_eq!(rule(secret), "MeshPolicy demo/web-no-secret ingress rule 0", "{secret:#}");
         assert_eq!(secret["source"]["pod_name"], "client", "{secret:#}");
+        assert_eq!(secret["traffic_direction"], "INGRESS", "judged coming in to {web}: {secret:#}");
         if node == 0 {
             // GET /public/secret straight to web-a, and the route proxy's to web-a (about half
             // of 20): each a dropped flow naming the rule.
@@ -163,5 +165,15 @@ fn http_rules_allow_and_deny_requests_at_the_destinations_node() {
         let admin = flows.iter().find(|f| f["l7"]["http"]["url"].as_str().is_some_and(|u| u.ends_with("/admin")));
         let admin = admin.unwrap_or_else(|| panic!("no dropped flow of GET /admin on node-{node}: {flows:#?}"));
         assert!(rule(admin).contains("MeshPolicy demo/web-public-reads isolate"), "{admin:#}");
+        // And its allowed requests as forwarded ones, inbound, with the pod's answer.
+        let forwarded =
+            meshctl::flows(&socket, &["--type", "l7", "--verdict", "FORWARDED", "--to-pod", &format!("demo/{web}")]);
+        let page = forwarded.iter().find(|f| {
+            f["l7"]["http"]["url"].as_str().is_some_and(|u| u.ends_with("/public/page"))
+                && f["traffic_direction"] == "INGRESS"
+        });
+        let page =
+            page.unwrap_or_else(|| panic!("no forwarded inbound GET /public/page on node-{node}: {forwarded:#?}"));
+        assert_eq!(page["source"]["pod_name"], "client", "{page:#}");
     }
 }

@@ -111,7 +111,9 @@ impl<'a> FlowView<'a> {
             _ => 0,
         };
         let (traffic_direction, observation_point, raw_point) = match (tc, e.direction) {
-            // The proxy runs on the client's node: its flows leave the client.
+            // The route proxy runs on the client's node: its flows leave the client; the
+            // requests judged at the destination's node (HTTP rules) come in to the pod.
+            (false, INGRESS) if l7 => (traffic_direction::INGRESS, observation::UNKNOWN, 0),
             (false, _) if l7 => (traffic_direction::EGRESS, observation::UNKNOWN, 0),
             (false, _) => (traffic_direction::UNKNOWN, observation::UNKNOWN, 0),
             (true, INGRESS) => (traffic_direction::INGRESS, observation::TO_ENDPOINT, observation::RAW_TO_ENDPOINT),

@@ -3,7 +3,8 @@
 //! request judged before it goes on over the one connection already made to the pod (from the
 //! client's own address), in the protocol the client spoke. A denied request is answered 403
 //! with the rule that denied it, and logged as a dropped L7 flow naming it; the connection
-//! stays open for the next request. An allowed HTTP/1.1 upgrade (WebSocket's) goes to the pod
+//! stays open for the next request. An allowed request and its answer are logged as forwarded
+//! L7 flows (ingress, with the pod's code and latency). An allowed HTTP/1.1 upgrade (WebSocket's) goes to the pod
 //! as asked; when the pod switches protocols (101), the client's connection and the pod's are
 //! joined byte for byte, as the route proxy does.
 
@@ -37,7 +38,7 @@ pub struct Judged {
     pub requests: Arc<PodRequestPolicy>,
     pub client: Client,
     pub client_address: SocketAddrV4,
-    /// Where denied requests' flows go.
+    /// Where judged requests' flows go.
     pub flows: AccessLog,
     /// Where every judged request is counted.
     pub metrics: super::metrics::L7Metrics,
@@ -91,10 +92,11 @@ async fn answer(mut request: Request<Incoming>, judged: &Judged, pod: &PodConnec
         return plain(StatusCode::FORBIDDEN, format!("RBAC: access denied by {rule}\n"));
     }
     judged.metrics.judged(namespace, None);
+    let line = RequestLine::of(&request, judged.pod);
     // The client's side of an upgrade it asks for (the request goes on with its headers).
     let upgrade = (request.version() == http::Version::HTTP_11 && request.headers().contains_key(header::UPGRADE))
         .then(|| hyper::upgrade::on(&mut request));
-    match forward(request, pod).await {
+    let response = match forward(request, pod).await {
         Ok(mut response) => {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let Some(client) = upgrade else {
@@ -111,7 +113,12 @@ async fn answer(mut request: Request<Incoming>, judged: &Judged, pod: &PodConnec
             tracing::debug!(pod = %judged.pod, "a judged request got no answer: {err}");
             plain(StatusCode::BAD_GATEWAY, format!("the pod did not answer: {err}\n"))
         }
-    }
+    };
+    let hop =
+        Hop { client: judged.client_address, asked: judged.pod, endpoint: Some(judged.pod.into()), ingress: true };
+    let exchange = HttpExchange { code: response.status().as_u16(), ..HttpExchange::default() };
+    judged.flows.log(line, hop, exchange, started.elapsed());
+    response
 }
 
 /// Sends an allowed request to the pod, making the connection's client half at the first one
