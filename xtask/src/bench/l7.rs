@@ -7,7 +7,8 @@
 //!   rows are the mean of the two, and every ratio is taken against it.
 //! - `nginx`: Debian's nginx as a per-node reverse proxy in the node's namespace (one process,
 //!   keep-alive to the backends) with the same routing as `mesh-l7`: a header match to v2,
-//!   else 50/50 between v1 and v2 (`map` over `split_clients`).
+//!   else 50/50 between v1 and v2 (`map` over `split_clients`). Measured before and after the
+//!   mesh's cases (idle while they run); its rows are the mean of the two.
 //! - `mesh-l4`: operator and agent running; a Service without routes (balanced at `connect()`,
 //!   never through userspace).
 //! - `mesh-l7`: a Service with an HTTPRoute (the header match, then two weighted backends), so
@@ -75,6 +76,22 @@ struct Sample {
     rss_mib: Option<f64>,
 }
 
+impl Sample {
+    /// The mean of two runs of one case.
+    fn mean(&self, other: &Sample) -> Sample {
+        let mean = |a: f64, b: f64| (a + b) / 2.0;
+        let both = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| mean(a, b));
+        Sample {
+            max_req_per_s: mean(self.max_req_per_s, other.max_req_per_s),
+            per_core: both(self.per_core, other.per_core),
+            p50_us: mean(self.p50_us, other.p50_us),
+            p99_us: mean(self.p99_us, other.p99_us),
+            vcpu_per_1000: both(self.vcpu_per_1000, other.vcpu_per_1000),
+            rss_mib: both(self.rss_mib, other.rss_mib),
+        }
+    }
+}
+
 pub fn run(seconds: f64) -> anyhow::Result<Report> {
     let started = Instant::now();
     let duration = Duration::from_secs_f64(seconds);
@@ -123,11 +140,15 @@ pub fn run(seconds: f64) -> anyhow::Result<Report> {
         format!("nginx (pid {nginx}, running: {}), its log:\n{log}", Path::new(&format!("/proc/{nginx}")).exists())
     };
     measure("warm-up", SocketAddr::from((node.ip, NGINX_PORT)), Some(nginx))?;
-    let nginx_sample =
-        measure("nginx", SocketAddr::from((node.ip, NGINX_PORT)), Some(nginx)).with_context(nginx_log)?;
-    let grpc_nginx =
-        measure("grpc-nginx", SocketAddr::from((node.ip, NGINX_GRPC_PORT)), Some(nginx)).with_context(nginx_log)?;
-    lab.stop(nginx, Duration::from_secs(5))?;
+    let nginx_cases = || -> anyhow::Result<(Sample, Sample)> {
+        let http = measure("nginx", SocketAddr::from((node.ip, NGINX_PORT)), Some(nginx)).with_context(nginx_log)?;
+        let grpc =
+            measure("grpc-nginx", SocketAddr::from((node.ip, NGINX_GRPC_PORT)), Some(nginx)).with_context(nginx_log)?;
+        Ok((http, grpc))
+    };
+    // nginx is measured before and after the mesh (idle meanwhile), its rows the mean: the
+    // machine's drift over the run weighs on both sides of the per-core comparison alike.
+    let (nginx_before, grpc_nginx_before) = nginx_cases()?;
 
     let mesh = Mesh::start_with_pki(&lab, &objects(&lab), &[])?;
     let identity = format!("spiffe://cluster.local/ns/{NS}/sa/default");
@@ -144,6 +165,9 @@ pub fn run(seconds: f64) -> anyhow::Result<Report> {
         metrics::value(&metrics::agent(&node.netns_path), "mesh_tunnel_outbound_connections_total{result=\"routed\"}");
     anyhow::ensure!(routed > 0.0, "mesh-l7: no connection reached the L7 proxy\n{}", mesh.logs());
     mesh.stop(&lab)?;
+    let (nginx_after, grpc_nginx_after) = nginx_cases()?;
+    let (nginx_sample, grpc_nginx) = (nginx_before.mean(&nginx_after), grpc_nginx_before.mean(&grpc_nginx_after));
+    lab.stop(nginx, Duration::from_secs(5))?;
     let after = measure("direct", direct_to, None)?;
     let grpc_after = measure("grpc-direct", grpc_direct_to, None)?;
 
