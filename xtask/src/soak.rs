@@ -105,7 +105,7 @@ pub fn run(seconds: u64, rate: u32, release: bool) -> anyhow::Result<()> {
         crate::bench::release_binaries()?;
     } else {
         cargo::run(&["build", "--bins"], &[])?;
-        // SAFETY: as above.
+        // SAFETY: single-threaded here; the lab helpers read it to find the binaries.
         unsafe { std::env::set_var(mesh_tests::ENV_BIN_DIR, cargo::workspace_root().join("target/debug")) };
     }
     let before: Vec<String> = mesh_tests::lab::leftovers().into_iter().map(|l| l.id).collect();

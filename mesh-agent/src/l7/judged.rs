@@ -4,9 +4,9 @@
 //! client's own address), in the protocol the client spoke. A denied request is answered 403
 //! with the rule that denied it, and logged as a dropped L7 flow naming it; the connection
 //! stays open for the next request. An allowed request and its answer are logged as forwarded
-//! L7 flows (ingress, with the pod's code and latency). An allowed HTTP/1.1 upgrade (WebSocket's) goes to the pod
-//! as asked; when the pod switches protocols (101), the client's connection and the pod's are
-//! joined byte for byte, as the route proxy does.
+//! L7 flows (ingress, with the pod's code and latency). An allowed HTTP/1.1 upgrade
+//! (WebSocket's) goes to the pod as asked; when the pod switches protocols (101), the client's
+//! connection and the pod's are joined byte for byte, as the route proxy does.
 
 use std::{
     net::SocketAddrV4,
@@ -80,11 +80,11 @@ async fn answer(mut request: Request<Incoming>, judged: &Judged, pod: &PodConnec
     let view =
         HttpRequest { method: request.method().as_str(), path: request.uri().path(), headers: request.headers() };
     let verdict = judged.requests.verdict(&judged.client, judged.pod.port(), &view);
-    let namespace = judged.requests.policy.pod.split_once('/').map_or("", |(ns, _)| ns);
+    let namespace = judged.requests.namespace();
+    let line = RequestLine::of(&request, judged.pod);
     if let Verdict::Denied(cause) = verdict {
         let rule = super::request_policy::denial(&cause);
         judged.metrics.judged(namespace, Some(&rule));
-        let line = RequestLine::of(&request, judged.pod);
         let hop = Hop { client: judged.client_address, asked: judged.pod, endpoint: None, ingress: true };
         let exchange = HttpExchange { code: 403, denied_by: rule.clone(), ..HttpExchange::default() };
         judged.flows.log(line, hop, exchange, started.elapsed());
@@ -92,7 +92,6 @@ async fn answer(mut request: Request<Incoming>, judged: &Judged, pod: &PodConnec
         return plain(StatusCode::FORBIDDEN, format!("RBAC: access denied by {rule}\n"));
     }
     judged.metrics.judged(namespace, None);
-    let line = RequestLine::of(&request, judged.pod);
     // The client's side of an upgrade it asks for (the request goes on with its headers).
     let upgrade = (request.version() == http::Version::HTTP_11 && request.headers().contains_key(header::UPGRADE))
         .then(|| hyper::upgrade::on(&mut request));

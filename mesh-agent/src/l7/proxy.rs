@@ -449,15 +449,13 @@ impl<C: Connect + Clone + Send + Sync + 'static> Proxy<C> {
                 path: request.uri().path(),
                 headers: request.headers(),
             };
-            let judged = judge.judged_namespace(pod).map(|namespace| (namespace, judge.denied(client, pod, &view)));
-            let denied = judged.and_then(|(namespace, denied)| {
-                self.metrics.judged(&namespace, denied.as_deref());
-                denied
-            });
-            if let Some(rule) = denied {
-                let reason = format!("RBAC: access denied by {rule}\n");
-                *denied_by = rule;
-                return Err(Refusal::new(StatusCode::FORBIDDEN, reason));
+            if let Some(judgment) = judge.judge(client, pod, &view) {
+                self.metrics.judged(judgment.requests.namespace(), judgment.denied_by.as_deref());
+                if let Some(rule) = judgment.denied_by {
+                    let reason = format!("RBAC: access denied by {rule}\n");
+                    *denied_by = rule;
+                    return Err(Refusal::new(StatusCode::FORBIDDEN, reason));
+                }
             }
         }
         let http1 = request.version() != http::Version::HTTP_2;

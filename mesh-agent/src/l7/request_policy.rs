@@ -35,6 +35,11 @@ pub struct Client {
 }
 
 impl PodRequestPolicy {
+    /// The namespace of its pod.
+    pub fn namespace(&self) -> &str {
+        self.policy.pod.split_once('/').map_or("", |(namespace, _)| namespace)
+    }
+
     /// The verdict for a request of `client` to `port`.
     pub fn verdict(&self, client: &Client, port: u16, request: &HttpRequest<'_>) -> Verdict {
         let peer = PeerInfo {
@@ -81,17 +86,20 @@ pub fn any(model: &ResourceSet) -> bool {
 /// Judges requests the L7 route proxy sends to endpoints of this node (a route's backend may
 /// be a pod with HTTP rules: the proxy delivers to it directly, so it applies them itself).
 pub trait RequestJudge: Send + Sync + 'static {
-    /// The rule that denies a request of `client` to `endpoint` (a pod of this node with HTTP
-    /// rules on that port), if one does.
-    fn denied(&self, client: Ipv4Addr, endpoint: std::net::SocketAddrV4, request: &HttpRequest<'_>) -> Option<String>;
+    /// The judgment on a request of `client` to `endpoint`, when that endpoint's requests are
+    /// judged (a pod of this node with HTTP rules on that port).
+    fn judge(&self, client: Ipv4Addr, endpoint: std::net::SocketAddrV4, request: &HttpRequest<'_>) -> Option<Judgment>;
+}
 
-    /// The namespace of `endpoint` when its requests are judged (a pod of this node with HTTP
-    /// rules on that port), for the count of judged requests.
-    fn judged_namespace(&self, endpoint: std::net::SocketAddrV4) -> Option<String>;
+/// A request judged by a pod's HTTP rules: the pod's rules, and the rule that denied it, if
+/// one did.
+pub struct Judgment {
+    pub requests: Arc<PodRequestPolicy>,
+    pub denied_by: Option<String>,
 }
 
 impl RequestJudge for crate::tunnel::Destinations {
-    fn denied(&self, client: Ipv4Addr, endpoint: std::net::SocketAddrV4, request: &HttpRequest<'_>) -> Option<String> {
+    fn judge(&self, client: Ipv4Addr, endpoint: std::net::SocketAddrV4, request: &HttpRequest<'_>) -> Option<Judgment> {
         let requests = self.requests(*endpoint.ip(), endpoint.port())?;
         let known = self.get(client);
         let client = Client {
@@ -99,15 +107,11 @@ impl RequestJudge for crate::tunnel::Destinations {
             identity: known.as_ref().map(|pod| pod.number),
             principal: known.map(|pod| pod.identity),
         };
-        match requests.verdict(&client, endpoint.port(), request) {
+        let denied_by = match requests.verdict(&client, endpoint.port(), request) {
             Verdict::Denied(cause) => Some(denial(&cause)),
             _ => None,
-        }
-    }
-
-    fn judged_namespace(&self, endpoint: std::net::SocketAddrV4) -> Option<String> {
-        let requests = self.requests(*endpoint.ip(), endpoint.port())?;
-        requests.policy.pod.split_once('/').map(|(ns, _)| ns.to_owned())
+        };
+        Some(Judgment { requests, denied_by })
     }
 }
 

@@ -77,8 +77,9 @@ pub struct Inbound {
     pub stats: Arc<InboundStats>,
     /// Where connections to pods are made: the node's network namespace.
     pub sockets: crate::netns::Sockets,
-    /// Where requests denied by HTTP rules are logged, and judged ones counted.
+    /// Where requests judged by HTTP rules are logged.
     pub flows: crate::l7::access_log::AccessLog,
+    /// Where they are counted.
     pub l7_metrics: crate::l7::metrics::L7Metrics,
 }
 
