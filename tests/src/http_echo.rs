@@ -30,7 +30,9 @@ pub struct Echoed {
 
 /// Serves on `port` (all addresses) until killed: `/status/N` answers N, anything else 200
 /// (or `fail_with`, when given, whatever the path), each with the [`Echoed`] request as its
-/// body and `x-echo-pod` naming the pod.
+/// body and `x-echo-pod` naming the pod. An HTTP/1.1 upgrade (`Connection: upgrade` and an
+/// `Upgrade` header, as WebSocket's handshake) is answered 101 with the protocol asked for;
+/// the switched connection then carries the pod's name on a line, and echoes whatever comes.
 pub fn serve(
     port: u16,
     pod: &str,
@@ -51,6 +53,9 @@ pub fn serve(
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let (pod, namespace) = (pod.clone(), namespace.clone());
                     async move {
+                        if let Some(protocol) = upgrade_asked(&request) {
+                            return Ok(switch(request, protocol, pod));
+                        }
                         let mut response = answer(request, &pod, &namespace, peer).await;
                         if let Some(status) = fail_with.and_then(|code| StatusCode::from_u16(code).ok()) {
                             *response.status_mut() = status;
@@ -58,11 +63,45 @@ pub fn serve(
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
             });
         }
     })
+}
+
+/// The protocol an HTTP/1.1 upgrade request asks for, if it is one.
+fn upgrade_asked(request: &Request<Incoming>) -> Option<http::HeaderValue> {
+    let asked = request
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| request.headers().get(http::header::UPGRADE).cloned()).flatten()
+}
+
+/// Answers an upgrade 101; once switched, the connection gets `pod` on a line, then its own
+/// bytes back until it closes.
+fn switch(mut request: Request<Incoming>, protocol: http::HeaderValue, pod: String) -> Response<Full<Bytes>> {
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let Ok(upgraded) = upgraded.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        if io.write_all(format!("{pod}\n").as_bytes()).await.is_ok() {
+            let (mut reader, mut writer) = tokio::io::split(io);
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        }
+    });
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    response.headers_mut().insert(http::header::UPGRADE, protocol);
+    response
 }
 
 async fn answer(request: Request<Incoming>, pod: &str, namespace: &str, peer: SocketAddr) -> Response<Full<Bytes>> {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub at_ms: u64,
-    /// `tcp`, `udp` or `held` (an exchange on a long-lived connection).
+    /// `tcp`, `udp`, `http`, `upgrade` or `held` (an exchange on a long-lived connection).
     pub kind: String,
     pub to: String,
     pub error: String,
@@ -36,7 +36,7 @@ pub struct SoakReport {
     pub held_exchanges: u64,
     pub held_failed: u64,
     pub errors: BTreeMap<String, u64>,
-    /// Short attempts that got their reply, by kind (`tcp`, `udp`, `http`).
+    /// Short attempts that got their reply, by kind (`tcp`, `udp`, `http`, `upgrade`).
     #[serde(default)]
     pub ok_by_kind: BTreeMap<String, u64>,
     pub elapsed_s: f64,
@@ -50,6 +50,9 @@ pub struct SoakPlan {
     /// HTTP services: each attempt a GET on a new connection (`http_echo::get`), its reply the
     /// echoing pod.
     pub http: Vec<SocketAddr>,
+    /// HTTP services: each attempt an HTTP/1.1 upgrade on a new connection
+    /// ([`upgrade_once`]), its reply the echoing pod.
+    pub upgrade: Vec<SocketAddr>,
     /// Short attempts a second, TCP and UDP together (taken in turn).
     pub rate: u32,
     pub duration: Duration,
@@ -75,9 +78,12 @@ pub fn soak(plan: &SoakPlan, log: &Path) -> std::io::Result<SoakReport> {
         .map(|a| ("tcp", *a))
         .chain(plan.udp.iter().map(|a| ("udp", *a)))
         .chain(plan.http.iter().map(|a| ("http", *a)))
+        .chain(plan.upgrade.iter().map(|a| ("upgrade", *a)))
         .collect();
     if targets.is_empty() || plan.rate == 0 {
-        return Err(std::io::Error::other("nothing to send: give --tcp, --udp or --http and a rate above 0"));
+        return Err(std::io::Error::other(
+            "nothing to send: give --tcp, --udp, --http or --upgrade and a rate above 0",
+        ));
     }
     let log = Arc::new(Mutex::new(std::io::BufWriter::new(std::fs::File::create(log)?)));
     let report = Arc::new(Mutex::new(SoakReport::default()));
@@ -99,6 +105,7 @@ pub fn soak(plan: &SoakPlan, log: &Path) -> std::io::Result<SoakReport> {
                     let result = match kind {
                         "tcp" => tcp_once(to, plan.timeout).map(|(reply, _)| reply),
                         "udp" => udp_once(to, plan.timeout, 4).map(|(reply, _)| reply),
+                        "upgrade" => upgrade_once(to, plan.timeout),
                         _ => http_once(to, plan.timeout),
                     };
                     let attempt = outcome(at_ms, kind, to, result);
@@ -216,6 +223,59 @@ pub fn http_once(to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
         (200, Some(echo)) => Ok(echo.pod),
         (status, _) => Err(std::io::Error::other(format!("answered {status}"))),
     }
+}
+
+/// One HTTP/1.1 upgrade on a new connection, as a WebSocket client's handshake: the request
+/// must be answered 101 with the protocol asked for, and the switched connection must carry
+/// the echo server's pod name on a line and then echo a message. The pod's name, or why not.
+pub fn upgrade_once(to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    const PROTOCOL: &str = "x-labnet-echo";
+    let stream = TcpStream::connect_timeout(&to, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut writer = &stream;
+    write!(writer, "GET /soak/upgrade HTTP/1.1\r\nHost: {to}\r\nConnection: upgrade\r\nUpgrade: {PROTOCOL}\r\n\r\n")?;
+    let mut reader = BufReader::new(&stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    let mut upgrade = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed in the answer's head"));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("upgrade")
+        {
+            upgrade = Some(value.trim().to_owned());
+        }
+    }
+    let code = status.split_whitespace().nth(1).unwrap_or_default();
+    if code != "101" {
+        return Err(std::io::Error::other(format!("answered {code}")));
+    }
+    if upgrade.as_deref() != Some(PROTOCOL) {
+        return Err(std::io::Error::other(format!("switched to {upgrade:?}, asked for {PROTOCOL}")));
+    }
+    let mut pod = String::new();
+    reader.read_line(&mut pod)?;
+    if pod.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "switched, then closed without the pod's name",
+        ));
+    }
+    writer.write_all(b"ping\n")?;
+    let mut echoed = String::new();
+    reader.read_line(&mut echoed)?;
+    if echoed != "ping\n" {
+        return Err(std::io::Error::other(format!("the switched connection echoed {echoed:?}")));
+    }
+    Ok(pod.trim_end().to_owned())
 }
 
 /// Connect, read the reply line, close: the reply and the peer as the client saw it

@@ -11,8 +11,10 @@
 //!   BackendTrafficPolicy). A NetworkPolicy lets only `client` into web, churn
 //!   and secure pods; `guarded`'s policy flips between allowing `client` and denying everyone.
 //!   The operator runs its CA (mutual TLS to the agents, workload certificates).
-//! - Traffic (`labnet soak`): `client` makes `--rate` short connections, UDP requests and HTTP
-//!   requests (each on a new connection, to routed) a second to web, churn, secure and routed, and holds long-lived connections to them; `intruder`
+//! - Traffic (`labnet soak`): `client` makes `--rate` short connections, UDP requests, HTTP
+//!   requests and HTTP/1.1 upgrades (each on a new connection, to routed; an upgrade then
+//!   echoes through the switched connection) a second to web, churn, secure and routed, and
+//!   holds long-lived connections to them; `intruder`
 //!   probes web (every answer is a policy violation); `client` probes guarded (an answer while
 //!   it is denied is a violation, a failure while it is allowed is a failed connection).
 //! - Chaos, every cycle: each agent SIGKILLed and restarted, each agent replaced as a rolling
@@ -281,12 +283,15 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     rows.push(row("soak", "tunnel_broken_by_kill", tunnel_broken.len() as f64, "count"));
     rows.push(row("soak", "proxied", proxied as f64, "count"));
     rows.push(row("soak", "proxy_broken_by_kill", proxy_broken.len() as f64, "count"));
-    // Every HTTP request of the final window went through the proxy (a broken redirect would
-    // reach the pods directly and still be answered).
+    let upgraded = [&first.client, &second.client].iter().filter_map(|r| r.ok_by_kind.get("upgrade")).sum::<u64>();
+    rows.push(row("soak", "upgraded", upgraded as f64, "count"));
+    // Every HTTP request (and upgrade) of the final window went through the proxy (a broken
+    // redirect would reach the pods directly and still be answered).
     let tail_proxied = second.client.ok_by_kind.get("http").copied().unwrap_or_default();
-    if tail_proxied == 0 || through_proxy < tail_proxied as f64 {
+    let tail_upgraded = second.client.ok_by_kind.get("upgrade").copied().unwrap_or_default();
+    if tail_proxied == 0 || tail_upgraded == 0 || through_proxy < (tail_proxied + tail_upgraded) as f64 {
         problems.push(format!(
-            "{tail_proxied} HTTP requests to routed answered in the final window, but node-0's L7 proxy counted {through_proxy}"
+            "{tail_proxied} HTTP requests and {tail_upgraded} upgrades to routed answered in the final window, but node-0's L7 proxy counted {through_proxy} requests"
         ));
     }
     // Half of them (routed-b's) passed node-1's judged path (HTTP rules) in the final window.
@@ -371,7 +376,7 @@ fn traffic(
         (
             "client",
             "client",
-            vec!["--tcp", &tcp, "--udp", &both, "--http", &http, "--hold", "6"],
+            vec!["--tcp", &tcp, "--udp", &both, "--http", &http, "--upgrade", &http, "--hold", "6"],
             rate,
             CLIENT_TIMEOUT_MS,
             false,

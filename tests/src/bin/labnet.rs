@@ -232,6 +232,9 @@ enum Cmd {
         udp: Vec<SocketAddr>,
         #[arg(long, value_delimiter = ',')]
         http: Vec<SocketAddr>,
+        /// HTTP/1.1 upgrades (WebSocket's handshake) to echo servers, then an echo.
+        #[arg(long, value_delimiter = ',')]
+        upgrade: Vec<SocketAddr>,
         #[arg(long, default_value_t = 1000)]
         rate: u32,
         #[arg(long)]
@@ -312,11 +315,12 @@ fn main() -> std::process::ExitCode {
         Cmd::Probe { to, protocol, timeout_ms } => {
             print(&probe(&to, protocol == "tcp", Duration::from_millis(timeout_ms)))
         }
-        Cmd::Soak { tcp, udp, http, rate, duration_ms, timeout_ms, hold, log, log_all } => {
+        Cmd::Soak { tcp, udp, http, upgrade, rate, duration_ms, timeout_ms, hold, log, log_all } => {
             let plan = mesh_tests::traffic::SoakPlan {
                 tcp,
                 udp,
                 http,
+                upgrade,
                 rate,
                 duration: Duration::from_millis(duration_ms),
                 timeout: Duration::from_millis(timeout_ms),
