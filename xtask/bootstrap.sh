@@ -105,7 +105,17 @@ else
   rm -rf "$download"
 fi
 
-# 8. bpffs, where the agent pins its maps and links.
+# 8. kubectl, whose built-in kustomize renders deploy/kustomize for the tests. One already on
+# the machine is used (any since 1.14 has `kubectl kustomize`); else Debian's kubernetes-client.
+if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
+  say "ok: kubectl ($(command -v kubectl))"
+else
+  say "installing Debian's kubernetes-client (kubectl, for kubectl kustomize)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
+
+# 9. bpffs, where the agent pins its maps and links.
 if mount | grep -q ' /sys/fs/bpf type bpf'; then
   say "ok: bpffs at /sys/fs/bpf"
 else

@@ -1,4 +1,5 @@
-//! Every Kubernetes manifest under `deploy/` (CRDs, the operator and agent, examples) is
+//! Every Kubernetes manifest under `deploy/` (CRDs, the operator and agent, examples), and what
+//! every kustomize overlay of `deploy/kustomize/overlays` renders (`kubectl kustomize`), is
 //! valid against the Kubernetes schemas, checked with the real validator (PyPI's
 //! `kubernetes-validate`, installed by `make test`). The project's own resources, which that
 //! validator has no schema for, are checked by the operator's parser (the Rust types the CRDs
@@ -23,7 +24,7 @@ fn manifests(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             manifests(&path, out);
-        } else if path.extension().is_some_and(|e| e == "yaml") {
+        } else if path.extension().is_some_and(|e| e == "yaml") && !path.ends_with("kustomization.yaml") {
             out.push(path);
         }
     }
@@ -70,4 +71,88 @@ fn the_validator_rejects_an_invalid_manifest() {
     )
     .unwrap();
     assert!(!validate(&[bad]).status.success(), "a DaemonSet with hostNetwork: yes-please passed");
+}
+
+/// `kubectl kustomize dir`: the rendered YAML.
+fn kustomize(dir: &Path) -> String {
+    let output = Command::new("kubectl").arg("kustomize").arg(dir).output().unwrap_or_else(|err| {
+        panic!("kubectl cannot run ({err}): `make test` installs it (Debian's kubernetes-client)")
+    });
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The rendered objects of one kind.
+fn of_kind<'a>(objects: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// The value of env variable `name` of the first container of a workload.
+fn env<'a>(workload: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+}
+
+#[test]
+fn every_kustomize_overlay_renders_and_validates() {
+    let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kustomize/overlays");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&overlays).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["default", "local-demo", "production"]);
+    let out = tempfile::tempdir().unwrap();
+    for name in &names {
+        let rendered = kustomize(&overlays.join(name));
+        let file = out.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, &rendered).unwrap();
+        let output = validate(std::slice::from_ref(&file));
+        let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success() && report.contains("passed"), "overlay {name}:\n{report}");
+        let objects: Vec<serde_json::Value> = mesh_common::yaml::documents(&rendered).unwrap();
+        // Every overlay installs the whole mesh: its CRDs, one operator, one agent DaemonSet,
+        // with the images `cargo xtask image` builds.
+        assert_eq!(of_kind(&objects, "CustomResourceDefinition").len(), mesh_operator::crd::all().len(), "{name}");
+        let [operator] = of_kind(&objects, "Deployment")[..] else { panic!("{name}: not one Deployment") };
+        let [agent] = of_kind(&objects, "DaemonSet")[..] else { panic!("{name}: not one DaemonSet") };
+        let image = |w: &serde_json::Value| w["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+        assert_eq!(image(operator), "mesh/mesh-operator:0.1.0", "{name}");
+        assert_eq!(image(agent), "mesh/mesh-agent:0.1.0", "{name}");
+        // The trust domain: operator and agents agree, and it is a valid one.
+        let (theirs, ours) = (env(operator, "MESH_TRUST_DOMAIN"), env(agent, "MESH_TRUST_DOMAIN"));
+        assert_eq!(theirs, ours, "{name}: the operator's and the agents' trust domains differ");
+        if let Some(domain) = ours {
+            domain.parse::<mesh_common::identity::TrustDomain>().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let args = operator["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
+        match name.as_str() {
+            "production" => {
+                assert_eq!(ours, Some("prod.example.com"));
+                for key in ["MESH_SERVICES_MAX", "MESH_BACKENDS_MAX", "MESH_POLICY_MAX", "MESH_CONNTRACK_MAX"] {
+                    let value: u32 = env(agent, key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{key}"));
+                    assert!(value > 0 && value <= 1 << 24, "{key}: {value}");
+                }
+            }
+            "local-demo" => {
+                // The operator follows the demo's manifests from a ConfigMap; nothing refers
+                // to the TLS bootstrap, which local mode does not serve.
+                assert_eq!(args[0], "local");
+                let [manifests] = &of_kind(&objects, "ConfigMap")[..] else { panic!("local-demo: no ConfigMap") };
+                for (file, text) in manifests["data"].as_object().unwrap() {
+                    let (parsed, errors) = mesh_operator::local_dir::parse_text(file, text.as_str().unwrap());
+                    assert!(errors.is_empty() && !parsed.is_empty(), "{file}: {errors:?}");
+                }
+                assert!(!rendered.contains("MESH_TLS_DIR") && !rendered.contains("name: mesh-ca\n"), "{rendered}");
+                assert!(env(agent, "MESH_OPERATOR").is_some_and(|o| o.starts_with("http://")));
+            }
+            _ => assert_eq!(args[0], "cluster", "{name}"),
+        }
+    }
 }
