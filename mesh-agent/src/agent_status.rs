@@ -96,6 +96,11 @@ impl AgentState {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Whether it is ready (what `/ready` answers).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
     /// The L7 proxy, whose ejected endpoints the status lists.
     pub fn set_l7(&self, l7: crate::l7::L7) {
         let _ = self.l7.set(l7);

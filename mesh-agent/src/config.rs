@@ -79,7 +79,9 @@ pub const DEFAULT_FLOW_BUFFER: usize = 16_383;
 /// flow of the node, so nothing beyond the node reaches it unless told to (`0.0.0.0:4244`);
 /// TLS with client certificates, as Hubble serves 4244 to a relay, comes with the relay.
 pub const DEFAULT_OBSERVER_ADDRESS: &str = "127.0.0.1:4244";
-pub const DEFAULT_OBSERVER_SOCKET: &str = "/var/run/mesh/observer.sock";
+pub const DEFAULT_OBSERVER_SOCKET: &str = "/run/mesh/observer.sock";
+/// The same socket as a `meshctl --server` URL (its default).
+pub const DEFAULT_OBSERVER_URL: &str = "unix:///run/mesh/observer.sock";
 /// Hubble's metrics port.
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9965";
 /// Istio's HBONE port, on every address of the node: peer agents reach it over the network.
@@ -467,5 +469,10 @@ mod tests {
         assert!(err.starts_with(ENV_METRICS_ADDRESS), "{err}");
         let err = parse(&["--trust-domain", "Cluster.Local"]).unwrap_err();
         assert!(err.starts_with(ENV_TRUST_DOMAIN) && err.contains("lowercase"), "{err}");
+    }
+
+    #[test]
+    fn meshctl_looks_where_the_agent_serves_by_default() {
+        assert_eq!(DEFAULT_OBSERVER_URL, format!("unix://{DEFAULT_OBSERVER_SOCKET}"));
     }
 }

@@ -328,7 +328,13 @@ async fn serve(
     if let Some(address) = config.metrics_address {
         let listener = bind(address, config::ENV_METRICS_ADDRESS)?;
         tracing::info!(%address, "metrics at /metrics");
-        mesh_common::metrics_http::spawn(&mut drain, listener, std::sync::Arc::new(move || metrics.render()));
+        let status = state.clone();
+        mesh_common::metrics_http::spawn(
+            &mut drain,
+            listener,
+            std::sync::Arc::new(move || metrics.render()),
+            std::sync::Arc::new(move || status.is_ready()),
+        );
     }
     // Tunnels need workload certificates, which come only over mutual TLS to the operator.
     if let Some(address) = config.tunnel_address.filter(|_| state.certificates.enabled()) {

@@ -1,7 +1,9 @@
 //! The `/metrics` endpoint the agent and the operator serve: HTTP/1.1 over hyper (keep-alive,
 //! a deadline for the request head, a graceful end on drain), the body the OpenMetrics text
 //! of a `prometheus-client` registry that the caller renders (off the runtime: the agent's
-//! reads BPF maps).
+//! reads BPF maps). Beside it `/ready`, the readiness probe of their Kubernetes manifests
+//! (their images hold no shell or `test` for an exec probe): 200 once the daemon is ready
+//! (when it writes its ready file), 503 before.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -17,26 +19,31 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Renders the exposition; called on a blocking thread for every scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+/// Whether the daemon is ready (`GET /ready`).
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
+/// The readiness probe's path.
+pub const READY_PATH: &str = "/ready";
 
 /// Serves `listener` ([`serve`]) on its own task, tracked by `drain` (it stops accepting on
 /// SIGTERM); an accept error is logged.
-pub fn spawn(drain: &mut crate::drain::Drain, listener: tokio::net::TcpListener, render: Render) {
+pub fn spawn(drain: &mut crate::drain::Drain, listener: tokio::net::TcpListener, render: Render, ready: Ready) {
     let stop = drain.signal();
     drain.track(
         "metrics",
         tokio::spawn(async move {
-            if let Err(err) = serve(listener, render, stop).await {
+            if let Err(err) = serve(listener, render, ready, stop).await {
                 tracing::error!("metrics listener stopped: {err}");
             }
         }),
     );
 }
 
-/// Serves `GET /metrics` (anything else: 404, a method other than GET or HEAD: 405) on
-/// `listener` until `stop` resolves; returns an accept error otherwise.
+/// Serves `GET /metrics` and `GET /ready` (anything else: 404, a method other than GET or
+/// HEAD: 405) on `listener` until `stop` resolves; returns an accept error otherwise.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     render: Render,
+    ready: Ready,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(stop);
@@ -45,9 +52,9 @@ pub async fn serve(
             accepted = listener.accept() => accepted?,
             () = &mut stop => return Ok(()),
         };
-        let render = render.clone();
+        let (render, ready) = (render.clone(), ready.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(request, render.clone()));
+            let service = service_fn(move |request| respond(request, render.clone(), ready.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -57,7 +64,11 @@ pub async fn serve(
     }
 }
 
-async fn respond(request: Request<Incoming>, render: Render) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    request: Request<Incoming>,
+    render: Render,
+    ready: Ready,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -66,11 +77,22 @@ async fn respond(request: Request<Incoming>, render: Render) -> Result<Response<
         }
         Ok(response)
     };
-    if request.uri().path() != "/metrics" {
-        return reply(StatusCode::NOT_FOUND, "text/plain", "metrics are at GET /metrics\n".into());
+    let path = request.uri().path();
+    if path != "/metrics" && path != READY_PATH {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "metrics are at GET /metrics, readiness at GET /ready\n".into(),
+        );
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET /metrics\n".into());
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", format!("use GET {path}\n"));
+    }
+    if path == READY_PATH {
+        return match ready() {
+            true => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            false => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into()),
+        };
     }
     match tokio::task::spawn_blocking(move || render()).await {
         Ok(body) => reply(StatusCode::OK, CONTENT_TYPE, body),

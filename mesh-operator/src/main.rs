@@ -312,7 +312,14 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<Drain> {
         metrics_counters.render(version, resources)
     });
     let mut drain = Drain::default();
-    mesh_common::metrics_http::spawn(&mut drain, metrics_listener, render);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serving = ready.clone();
+    mesh_common::metrics_http::spawn(
+        &mut drain,
+        metrics_listener,
+        render,
+        Arc::new(move || serving.load(std::sync::atomic::Ordering::Relaxed)),
+    );
     use mesh_common::model::{STREAM_KEEPALIVE_INTERVAL, STREAM_KEEPALIVE_TIMEOUT};
     // A frozen or vanished agent's stream is dropped (and counted as disconnected) instead of
     // being held open forever.
@@ -365,6 +372,7 @@ fn serve(serving: Serving<'_>) -> anyhow::Result<Drain> {
         std::fs::write(&partial, bound.to_string()).with_context(|| format!("writing {}", partial.display()))?;
         std::fs::rename(&partial, ready).with_context(|| format!("writing {}", ready.display()))?;
     }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(drain)
 }
 

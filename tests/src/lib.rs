@@ -9,6 +9,7 @@ pub mod capture;
 pub mod grpc_echo;
 pub mod http_echo;
 pub mod http_load;
+pub mod image;
 pub mod lab;
 pub mod labnet;
 pub mod manifests;

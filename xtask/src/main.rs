@@ -6,6 +6,7 @@ mod cargo;
 mod crds;
 mod demo;
 mod fuzz;
+mod image;
 mod lab;
 mod soak;
 mod suite;
@@ -60,6 +61,14 @@ enum Task {
         #[arg(long)]
         target: Option<String>,
     },
+    /// The agent's and the operator's OCI images, from scratch with buildah: kept in the local
+    /// containers storage (mesh/mesh-agent:VERSION, mesh/mesh-operator:VERSION) and saved as
+    /// OCI archives in target/image/; prints their sizes and digests.
+    Image {
+        /// From the debug binaries (faster to build; the tests' images).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Local labs: bring one up, list them, remove leftovers of crashed runs.
     Lab {
         #[command(subcommand)]
@@ -75,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Task::Bench { bench } => bench::run(bench),
         Task::Soak { seconds, rate, debug } => soak::run(seconds, rate, !debug),
         Task::Fuzz { runs, target } => fuzz::run(runs, target.as_deref()),
+        Task::Image { debug } => image::run(debug),
         Task::Lab { action } => lab::run(action),
     };
     match result {

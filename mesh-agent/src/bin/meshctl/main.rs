@@ -19,8 +19,6 @@ use mesh_common::{
 };
 use tonic::transport::{Channel, Endpoint};
 
-/// Where agents serve by default (MESH_OBSERVER_SOCKET of the agent).
-const DEFAULT_SERVER: &str = "unix:///var/run/mesh/observer.sock";
 /// `hubble observe` prints this many flows when told nothing else.
 const DEFAULT_LAST: u64 = 20;
 
@@ -28,7 +26,7 @@ const DEFAULT_LAST: u64 = 20;
 #[command(name = "meshctl", version, about = "Observe and inspect the mesh: flows, verdicts, agent status.")]
 struct Cli {
     /// The agent's Observer API: unix:///path/to/socket or host:port.
-    #[arg(long, global = true, env = "MESHCTL_SERVER", default_value = DEFAULT_SERVER)]
+    #[arg(long, global = true, env = "MESHCTL_SERVER", default_value = mesh_agent::config::DEFAULT_OBSERVER_URL)]
     server: String,
     /// Seconds to wait for the agent to answer (connecting and unary calls).
     #[arg(long, global = true, default_value_t = 5)]
