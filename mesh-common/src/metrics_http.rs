@@ -99,3 +99,47 @@ async fn respond(
         Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "rendering the metrics failed\n".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// The status line's code for `GET path` (one request, then the connection closes).
+    async fn status(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer.split_whitespace().nth(1).unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn ready_answers_503_until_the_daemon_is_ready_then_200() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = ready.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(|| "# EOF\n".to_owned()),
+            Arc::new(move || flag.load(Ordering::Relaxed)),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        assert_eq!(status(addr, "GET", READY_PATH).await, "503");
+        assert_eq!(status(addr, "GET", "/metrics").await, "200");
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(status(addr, "GET", READY_PATH).await, "200");
+        assert_eq!(status(addr, "POST", READY_PATH).await, "405");
+        assert_eq!(status(addr, "GET", "/healthz").await, "404");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}
