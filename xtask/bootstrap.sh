@@ -16,7 +16,7 @@ llvm_version=22
 # well-known types for the APIs;
 # iptables and nftables for the service-lb benchmark (kube-proxy's rules as the baseline);
 # iperf3 for the policy benchmark's throughput.
-apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler libprotobuf-dev iptables nftables iperf3 buildah podman runc)
+apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler libprotobuf-dev iptables nftables iperf3 buildah podman runc chromium)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }

@@ -5,6 +5,7 @@
 //! cgroup v2 subtree per node. See [`lab`] and ARCHITECTURE.md.
 
 pub mod agent;
+pub mod browser;
 pub mod capture;
 pub mod grpc_echo;
 pub mod http_echo;

@@ -1,9 +1,11 @@
 //! `meshctl`: the mesh's CLI. `meshctl observe` reads flows from an agent's Observer API the
 //! way `hubble observe` does (same filters, same outputs); `meshctl status` shows an agent's
-//! health, programs, map fill and lost events; `meshctl completion` prints shell completions.
+//! health, programs, map fill and lost events; `meshctl ui` serves a live service map of their flows; `meshctl completion` prints shell
+//! completions.
 
 mod filters;
 mod print;
+mod ui;
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -44,6 +46,19 @@ enum Command {
         /// compact or json.
         #[arg(short, long, default_value = "compact")]
         output: StatusOutput,
+    },
+    /// Serve a live service map of the agents' flows in the browser (workloads, edges by
+    /// verdict with their rates; a click on an edge lists its recent flows).
+    Ui {
+        /// Where to serve the page.
+        #[arg(long, default_value = "127.0.0.1:12000")]
+        listen: std::net::SocketAddr,
+        /// An agent's Observer API (unix:///path or host:port), once per agent; default: --server.
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Written with the bound address once it serves.
+        #[arg(long)]
+        ready_file: Option<std::path::PathBuf>,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completion { shell: clap_complete::Shell },
@@ -209,6 +224,10 @@ fn main() -> ExitCode {
         }
         Command::Observe(ref args) => runtime.block_on(observe(&cli, args)),
         Command::Status { output } => runtime.block_on(status(&cli, output)),
+        Command::Ui { listen, ref agents, ref ready_file } => {
+            let agents = if agents.is_empty() { vec![cli.server.clone()] } else { agents.clone() };
+            runtime.block_on(ui::run(listen, agents, std::time::Duration::from_secs(cli.timeout), ready_file.clone()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,16 +239,20 @@ fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Channel, String> {
-    let timeout = std::time::Duration::from_secs(cli.timeout);
+    channel(&cli.server, std::time::Duration::from_secs(cli.timeout)).await
+}
+
+/// A channel to the agent at `server` (`unix:///path` or `host:port`).
+async fn channel(server: &str, timeout: std::time::Duration) -> Result<Channel, String> {
     let unreachable = |err: &dyn std::fmt::Display| {
-        format!("cannot reach the agent at {}: {err}; is it running? (--server or MESHCTL_SERVER)", cli.server)
+        format!("cannot reach the agent at {server}: {err}; is it running? (--server or MESHCTL_SERVER)")
     };
-    if let Some(path) = cli.server.strip_prefix("unix://").or_else(|| cli.server.strip_prefix("unix:")) {
+    if let Some(path) = server.strip_prefix("unix://").or_else(|| server.strip_prefix("unix:")) {
         return unix_channel(path.into(), timeout).await.map_err(|e| unreachable(&e));
     }
-    let url = if cli.server.contains("://") { cli.server.clone() } else { format!("http://{}", cli.server) };
+    let url = if server.contains("://") { server.to_owned() } else { format!("http://{server}") };
     Endpoint::from_shared(url)
-        .map_err(|e| format!("--server {:?}: {e}", cli.server))?
+        .map_err(|e| format!("--server {server:?}: {e}"))?
         .connect_timeout(timeout)
         .connect()
         .await
