@@ -7,9 +7,10 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 .PHONY: demo test
 
 ## demo: build, bring up a local lab, run the mesh and show what a client sees
+## (KEEP=1: then keep it running, with a live service map in the browser, until Ctrl-C)
 demo:
 	@./xtask/bootstrap.sh
-	@cargo xtask demo
+	@cargo xtask demo $(if $(KEEP),--keep)
 
 ## test: the whole suite (fmt, clippy, unit and privileged end-to-end tests), as CI runs it
 test:

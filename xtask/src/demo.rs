@@ -34,7 +34,7 @@ const CANARY_REQUESTS: u32 = 200;
 const FAILING_PORT: u16 = 8082;
 const EJECTION_REQUESTS: u32 = 40;
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(keep: bool) -> anyhow::Result<()> {
     cargo::run(&["build", "--bins"], &[])?;
 
     step("Bringing up a local lab shaped like deploy/examples/demo.yaml");
@@ -331,6 +331,10 @@ pub fn run() -> anyhow::Result<()> {
     let dropped = observe(&agents[0], &["--drop-reason-desc", "AUTH_REQUIRED", "--last", "2"])?;
     print!("{}", indent(&dropped));
 
+    if keep {
+        keep_running(&lab, &agents)?;
+    }
+
     step("Stopping the agents and the operator (SIGTERM): programs detached, pins removed");
     for agent in agents {
         println!("  agent of {} exited: {}", agent.node, lab.stop(agent.pid, Duration::from_secs(10))?);
@@ -381,8 +385,57 @@ pub fn run() -> anyhow::Result<()> {
     );
     anyhow::ensure!(ejections.iter().any(|l| l.contains(&failing)), "no mesh_l7_outlier_ejected series for {failing}");
     println!(
-        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped;\nan HTTPRoute sent 10% of web-http's requests to the canary through the client's L7 proxy, a failing canary instance was ejected,\nand an HTTP rule denied GET /admin at the web pods' nodes.\nRun it again with: make demo"
+        "\nThe service answered the client through the mesh, from both nodes, the policy kept the intruder out, and with web STRICT\nthe client's connections to the other node went through mutual TLS while plaintext from outside was dropped;\nan HTTPRoute sent 10% of web-http's requests to the canary through the client's L7 proxy, a failing canary instance was ejected,\nand an HTTP rule denied GET /admin at the web pods' nodes.\nRun it again with: make demo (KEEP=1 keeps it running, with a live service map in the browser)"
     );
+    Ok(())
+}
+
+/// `make demo KEEP=1`: the lab and the mesh stay up, the service map (`meshctl ui`) serves both
+/// agents' flows, and the client (every second) and the intruder (every five) keep connecting,
+/// until Ctrl-C; then the demo goes on to its cleanup.
+fn keep_running(lab: &Lab, agents: &[Agent]) -> anyhow::Result<()> {
+    step("The mesh keeps running (KEEP=1): the service map");
+    let ready = lab.dir.join("ui.ready");
+    // Hubble UI's port when it is free.
+    let listen = if std::net::TcpListener::bind("127.0.0.1:12000").is_ok() { "127.0.0.1:12000" } else { "127.0.0.1:0" };
+    let mut command = lab.system_command(mesh_tests::built_binary("meshctl"))?;
+    command.args(["ui", "--listen", listen, "--ready-file"]).arg(&ready);
+    for agent in agents {
+        command.arg("--agent").arg(format!("unix://{}", agent.observer_socket(lab).display()));
+    }
+    let pid = lab.spawn(&mut command)?;
+    lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
+    let address = std::fs::read_to_string(&ready)?;
+    println!("  $ meshctl ui --agent unix://<node-0's socket> --agent unix://<node-1's socket>");
+    println!(
+        "  Open http://{address}/ in a browser (from another machine: ssh -L {}:{address} <this host>).",
+        address.rsplit(':').next().unwrap_or("12000")
+    );
+    println!("  The client connects to demo/web every second, the intruder every five: the edges, their rates and,");
+    println!("  on a click, their flows with drop reasons and policies update live. Observe from a shell as well:");
+    for agent in agents {
+        println!("    meshctl --server unix://{} observe -f", agent.observer_socket(lab).display());
+    }
+    println!("  Press Ctrl-C to stop the mesh and remove the lab.");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (client, intruder) = (Placement::pod(lab.pod(demo::CLIENT)), Placement::pod(lab.pod(demo::INTRUDER)));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for second in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let _ = labnet::connect(lab, &client, scenario::service_addr(), 1, Duration::from_secs(1));
+                if second % 5 == 0 {
+                    let _ = labnet::connect(lab, &intruder, scenario::service_addr(), 1, Duration::from_millis(300));
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        crate::lab::wait_for_interrupt(Duration::from_secs(24 * 3600));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let _ = lab.stop(pid, Duration::from_secs(5));
     Ok(())
 }
 

@@ -26,7 +26,12 @@ enum Task {
     /// check that no lab was left behind. What CI runs.
     Test,
     /// Builds, brings up a local lab, runs the agent and sends traffic through the mesh.
-    Demo,
+    Demo {
+        /// Keep the lab and the mesh running, with the service map in the browser, until Ctrl-C
+        /// (`make demo KEEP=1`).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Writes deploy/crds/ from the CRD types in mesh-operator (--check: fail if stale).
     GenCrds {
         #[arg(long)]
@@ -79,7 +84,7 @@ enum Task {
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().task {
         Task::Test => suite::run(),
-        Task::Demo => demo::run(),
+        Task::Demo { keep } => demo::run(keep),
         Task::GenCrds { check } => crds::run(check),
         Task::Bench { bench } => bench::run(bench),
         Task::Soak { seconds, rate, debug } => soak::run(seconds, rate, !debug),

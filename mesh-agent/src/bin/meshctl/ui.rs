@@ -1,6 +1,7 @@
 //! `meshctl ui`: a live service map in the browser, in the manner of Hubble UI. It follows the
 //! flows of one or more agents' Observer APIs (what `meshctl observe --follow` reads), folds
-//! them into a graph of workloads (a pod's `app` label, or its name, per namespace; addresses
+//! them into a graph of workloads (a pod's `app` label, or its name, per namespace; a Service
+//! when a flow has its address but no pod yet, as a connection the L7 proxy answers; addresses
 //! outside the mesh as `world`) whose edges are keyed by verdict (forwarded, dropped, audited),
 //! and serves one page (`ui.html`: SVG and a few lines of script, nothing fetched from
 //! elsewhere) that draws it and polls `GET /api/graph` every second. A click on an edge lists
@@ -144,8 +145,18 @@ impl Graph {
             (format!("world/{ip}"), json!({"id": format!("world/{ip}"), "namespace": "", "name": ip, "kind": "world"}))
         };
         let (source, source_node) = workload(&flow["source"]).unwrap_or_else(|| world(text(flow, "IP.source")));
-        let (target, target_node) =
-            workload(&flow["destination"]).unwrap_or_else(|| world(text(flow, "IP.destination")));
+        // A connection to a Service address the proxy answers has no pod yet: the Service.
+        let service = |flow: &Value| {
+            let (namespace, name) =
+                (text(flow, "destination_service.namespace"), text(flow, "destination_service.name"));
+            (!name.is_empty()).then(|| {
+                let id = format!("{namespace}/service/{name}");
+                (id.clone(), json!({"id": id, "namespace": namespace, "name": name, "kind": "service"}))
+            })
+        };
+        let (target, target_node) = workload(&flow["destination"])
+            .or_else(|| service(flow))
+            .unwrap_or_else(|| world(text(flow, "IP.destination")));
         self.nodes.insert(source.clone(), source_node);
         self.nodes.insert(target.clone(), target_node);
         let l4 = &flow["l4"];
@@ -272,7 +283,13 @@ async fn follow(url: String, timeout: Duration, graph: Shared) {
             while let Some(response) = stream.message().await.map_err(|s| s.message().to_owned())? {
                 let value = crate::print::response_json(&response);
                 if let Ok(mut g) = graph.lock() {
-                    g.add(&value["flow"], mesh_agent::flows::unix_now_ns());
+                    // Rates by when the flow happened (the replayed ones are older), never later
+                    // than now.
+                    let now = mesh_agent::flows::unix_now_ns();
+                    let at = response.time.as_ref().map_or(now, |t| {
+                        (t.seconds.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(t.nanos.max(0) as u64)
+                    });
+                    g.add(&value["flow"], at.min(now));
                     if let Some(agent) = g.agents.get_mut(&url) {
                         agent.flows += 1;
                     }
