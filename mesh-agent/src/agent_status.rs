@@ -36,6 +36,8 @@ pub struct AgentState {
     /// Tunnel listeners bound but not listening yet (they wait for the pods' certificates).
     tunnel_pending: Arc<tokio::sync::watch::Sender<usize>>,
     ready: Arc<AtomicBool>,
+    /// The last update applied: epoch, version, when (unix ns).
+    applied: Arc<Mutex<Option<(String, u64, u64)>>>,
     programs: Arc<Mutex<Vec<AttachedProgram>>>,
     /// The L7 proxy, once made (for the endpoints it ejected).
     l7: Arc<std::sync::OnceLock<crate::l7::L7>>,
@@ -55,6 +57,7 @@ impl AgentState {
             outbound_listening: Arc::default(),
             tunnel_pending: Arc::new(tokio::sync::watch::Sender::new(0)),
             ready: Arc::default(),
+            applied: Arc::default(),
             programs: Arc::default(),
             l7: Arc::default(),
         }
@@ -96,6 +99,16 @@ impl AgentState {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// The datapath now holds the model of `epoch` at `version`.
+    pub fn set_applied(&self, epoch: &str, version: u64) {
+        *self.applied.lock().expect("never poisoned") = Some((epoch.to_owned(), version, crate::flows::unix_now_ns()));
+    }
+
+    /// The last update applied: epoch, version, when (unix ns).
+    pub fn applied(&self) -> Option<(String, u64, u64)> {
+        self.applied.lock().expect("never poisoned").clone()
+    }
+
     /// Whether it is ready (what `/ready` answers).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
@@ -126,6 +139,7 @@ impl AgentState {
                 capacity: fill.capacity,
             })
             .collect();
+        let applied = self.applied();
         AgentStatusResponse {
             node_name: self.node_name.clone(),
             version: crate::flows::observer::VERSION.to_owned(),
@@ -167,6 +181,9 @@ impl AgentState {
                     port_modes: pod.mtls.ports.iter().map(|(port, mode)| format!("{port}={}", mode.as_str())).collect(),
                 })
                 .collect(),
+            model_epoch: applied.as_ref().map(|a| a.0.clone()).unwrap_or_default(),
+            model_version: applied.as_ref().map_or(0, |a| a.1),
+            model_applied_unix_ns: applied.as_ref().map_or(0, |a| a.2),
         }
     }
 

@@ -241,6 +241,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                     observe_us = (started.elapsed() - reconciled).as_micros() as u64,
                     "applied update"
                 );
+                if result.is_ok() {
+                    agent.set_applied(&update.epoch, update.version);
+                }
                 // The previous agent's links released once a first update applied; ready once
                 // the tunnel's listeners listen too (at once without a tunnel).
                 if result.is_ok() && !is_ready {

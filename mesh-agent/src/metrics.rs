@@ -14,6 +14,8 @@
 //!   was full) and `hubble_ring_buffer` (a follower read too slowly).
 //! - `mesh_bpf_map_entries`, `mesh_bpf_map_capacity`, `mesh_bpf_map_pressure` (0-1, as
 //!   `cilium_bpf_map_pressure`) per `map_name`; `mesh_flows_kept`, `mesh_flows_seen_total`.
+//! - `mesh_agent_model_version`, `mesh_agent_model_applied_timestamp_seconds`: the operator's
+//!   model the datapath holds (once an update applied).
 //! - `mesh_workload_certificate_expiry_timestamp_seconds{identity}`: when each local
 //!   identity's certificate expires (alert on it coming close: renewal is at half-life);
 //!   `mesh_workload_certificate_requests_total{result}`: `issued` or `failed`.
@@ -283,6 +285,21 @@ impl Collector for Scraped {
             "Flows kept for GetFlows.",
             [(Vec::new(), ConstGauge::new(i64::try_from(stats.num_flows).unwrap_or(i64::MAX)))],
         )?;
+        // Which model the datapath holds (the operator's ACKed version; its epoch in `meshctl status`).
+        if let Some((_, version, at)) = self.state.applied() {
+            series(
+                &mut encoder,
+                "mesh_agent_model_version",
+                "The version of the operator's model this agent last applied.",
+                [(Vec::new(), ConstGauge::new(i64::try_from(version).unwrap_or(i64::MAX)))],
+            )?;
+            series(
+                &mut encoder,
+                "mesh_agent_model_applied_timestamp_seconds",
+                "When this agent last applied an update of the operator's model (unix seconds).",
+                [(Vec::new(), ConstGauge::new(at as f64 / 1e9))],
+            )?;
+        }
         let certificates = &self.state.certificates;
         series(
             &mut encoder,

@@ -108,6 +108,8 @@ pub const MAX_UPDATE_BYTES: usize = 512 << 20;
 /// What an applied update was.
 #[derive(Debug, Clone)]
 pub struct UpdateInfo {
+    /// The operator run (epoch) and version of the model it brings.
+    pub epoch: String,
     pub version: u64,
     pub full: bool,
     pub resources: usize,
@@ -229,7 +231,7 @@ async fn stream_once(
                 if full {
                     release_freed_memory();
                 }
-                UpdateInfo { version, full, resources, changed: Some(changed), workload_roots }
+                UpdateInfo { epoch: received.epoch.clone(), version, full, resources, changed: Some(changed), workload_roots }
             }
             _ = tokio::time::sleep(RETRY_FAILED), if failed.is_some() => {
                 UpdateInfo { changed: None, ..failed.take().expect("guarded") }

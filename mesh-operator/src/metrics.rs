@@ -1,6 +1,7 @@
 //! Prometheus metrics of the operator (`GET /metrics`, OpenMetrics text from a
-//! `prometheus-client` registry): the model's version and size, the agents connected, and
-//! every agent's ACKs and NACKs.
+//! `prometheus-client` registry): the model's version and size, the agents connected, every
+//! agent's ACKs and NACKs, and the version each node's agent last ACKed (in local mode as well,
+//! where no MeshNode status holds it).
 
 use std::sync::atomic::AtomicU64;
 
@@ -24,6 +25,7 @@ pub struct Metrics {
     connected: Gauge,
     acks: Family<NodeLabels, Counter>,
     nacks: Family<NodeLabels, Counter>,
+    acked_version: Family<NodeLabels, Gauge<u64, AtomicU64>>,
     certificates_issued: Counter,
     certificates_refused: Family<ReasonLabels, Counter>,
 }
@@ -41,6 +43,12 @@ impl Default for Metrics {
         registry.register("mesh_operator_agent_acks", "Updates agents acknowledged.", acks.clone());
         let nacks = Family::<NodeLabels, Counter>::default();
         registry.register("mesh_operator_agent_nacks", "Updates agents rejected (NACK).", nacks.clone());
+        let acked_version = Family::<NodeLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "mesh_operator_agent_acked_version",
+            "The model version each node's agent last acknowledged (applied).",
+            acked_version.clone(),
+        );
         let certificates_issued = Counter::default();
         registry.register(
             "mesh_ca_certificates_issued",
@@ -53,7 +61,17 @@ impl Default for Metrics {
             "Certificate requests the CA refused, by reason.",
             certificates_refused.clone(),
         );
-        Self { registry, version, resources, connected, acks, nacks, certificates_issued, certificates_refused }
+        Self {
+            registry,
+            version,
+            resources,
+            connected,
+            acks,
+            nacks,
+            acked_version,
+            certificates_issued,
+            certificates_refused,
+        }
     }
 }
 
@@ -62,10 +80,14 @@ impl Metrics {
         self.connected.inc_by(if up { 1 } else { -1 });
     }
 
-    /// Counts an agent's reply; both of a node's series exist once it has replied at all.
-    pub fn reply(&self, node: &str, ack: bool) {
+    /// Counts an agent's reply, an ACK of `acked` or a NACK (`None`); both of a node's series
+    /// exist once it has replied at all.
+    pub fn reply(&self, node: &str, acked: Option<u64>) {
         let labels = [("node", node.to_owned())];
-        let (counted, other) = if ack { (&self.acks, &self.nacks) } else { (&self.nacks, &self.acks) };
+        if let Some(version) = acked {
+            self.acked_version.get_or_create(&labels).set(version);
+        }
+        let (counted, other) = if acked.is_some() { (&self.acks, &self.nacks) } else { (&self.nacks, &self.acks) };
         counted.get_or_create(&labels).inc();
         drop(other.get_or_create(&labels));
     }
@@ -99,9 +121,9 @@ mod tests {
     fn the_exposition_counts_each_nodes_replies() {
         let metrics = Metrics::default();
         metrics.connected(true);
-        metrics.reply("node-0", true);
-        metrics.reply("node-0", false);
-        metrics.reply("node-1", true);
+        metrics.reply("node-0", Some(6));
+        metrics.reply("node-0", None);
+        metrics.reply("node-1", Some(7));
         metrics.certificate_issued();
         metrics.certificate_refused("not_on_node");
         let text = metrics.render(7, 42);
@@ -112,6 +134,8 @@ mod tests {
             "mesh_operator_agent_acks_total{node=\"node-0\"} 1",
             "mesh_operator_agent_nacks_total{node=\"node-0\"} 1",
             "mesh_operator_agent_nacks_total{node=\"node-1\"} 0",
+            "mesh_operator_agent_acked_version{node=\"node-0\"} 6",
+            "mesh_operator_agent_acked_version{node=\"node-1\"} 7",
             "mesh_ca_certificates_issued_total 1",
             "mesh_ca_requests_refused_total{reason=\"not_on_node\"} 1",
             "# TYPE mesh_operator_agent_nacks counter",

@@ -107,8 +107,10 @@ impl StateStream for StateServer {
                     message = inbound.message() => match message {
                         Ok(Some(message)) => {
                             if let Some(event) = record(&node, message) {
-                                if let AgentEvent::Acked { .. } | AgentEvent::Nacked { .. } = &event {
-                                    metrics.reply(&node, matches!(event, AgentEvent::Acked { .. }));
+                                match &event {
+                                    AgentEvent::Acked { version, .. } => metrics.reply(&node, Some(*version)),
+                                    AgentEvent::Nacked { .. } => metrics.reply(&node, None),
+                                    _ => {}
                                 }
                                 emit(&events, event);
                             }

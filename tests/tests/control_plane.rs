@@ -49,7 +49,10 @@ fn manifests_reach_both_nodes_datapaths_through_the_operator() {
     }
     let (lab, manifests) = demo::lab().expect("lab");
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let operator = Operator::start(&lab, &manifests, listen).expect("operator serves");
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics_arg = metrics.to_string();
+    let operator =
+        Operator::start_with(&lab, &manifests, listen, &["--metrics-listen", &metrics_arg]).expect("operator serves");
     let agents: Vec<Agent> = lab
         .nodes
         .iter()
@@ -69,6 +72,35 @@ fn manifests_reach_both_nodes_datapaths_through_the_operator() {
     assert_ne!(web_b_out, original, "the demo manifests changed shape; fix this test's edit");
     std::fs::write(&file, &web_b_out).unwrap();
     eventually_answered_by(&lab, &["web-a"], "after web-b left the service", logs);
+
+    // Whether the change is applied is read from each node's agent (`meshctl status`, its
+    // metrics) and from the operator's metrics, not from logs: every one says the operator's
+    // model version.
+    let version = metric(metrics, "mesh_operator_model_version ");
+    assert!(version >= 2.0, "the change is a new version: {version}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (node, agent) in lab.nodes.iter().zip(&agents) {
+        loop {
+            let status = mesh_tests::meshctl::run(&agent.observer_socket(&lab), &["status", "-o", "json"]);
+            let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap_or_default();
+            let acked = metric(metrics, &format!("mesh_operator_agent_acked_version{{node=\"{}\"}} ", node.name));
+            let exposed =
+                mesh_tests::metrics::value(&mesh_tests::metrics::agent(&node.netns_path), "mesh_agent_model_version ");
+            if status["model"]["version"] == version as u64 && acked == version && exposed == version {
+                assert!(!status["model"]["epoch"].as_str().unwrap_or_default().is_empty(), "{status}");
+                let text = mesh_tests::meshctl::run(&agent.observer_socket(&lab), &["status"]).stdout;
+                assert!(text.contains(&format!("Model: version {version} of operator run ")), "{text}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: status {} / operator's ACKed {acked} / agent's metric {exposed}, model {version}",
+                node.name,
+                status["model"]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 #[test]

@@ -421,6 +421,11 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
             "node_name": agent.node_name,
             "version": agent.version,
             "ready": agent.ready,
+            "model": {
+                "epoch": agent.model_epoch,
+                "version": agent.model_version,
+                "applied_unix_ns": agent.model_applied_unix_ns.to_string(),
+            },
             "observer_health": health,
             "uptime_ns": agent.uptime_ns.to_string(),
             "num_flows": server.num_flows.to_string(),
@@ -488,6 +493,12 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
     println!("Healthcheck (via {}): {}", cli.server, if agent.ready { "Ok" } else { "Not ready" });
     println!("Observer health ({HUBBLE_HEALTH_SERVICE}): {health}");
     println!("Node: {} ({}), up {}s", agent.node_name, agent.version, agent.uptime_ns / 1_000_000_000);
+    if agent.model_applied_unix_ns == 0 {
+        println!("Model: none applied yet (or a static state file)");
+    } else {
+        let ago = mesh_agent::flows::unix_now_ns().saturating_sub(agent.model_applied_unix_ns) / 1_000_000_000;
+        println!("Model: version {} of operator run {}, applied {ago}s ago", agent.model_version, agent.model_epoch);
+    }
     let percent = if server.max_flows > 0 { server.num_flows as f64 * 100.0 / server.max_flows as f64 } else { 0.0 };
     println!("Current/Max Flows: {}/{} ({percent:.2}%)", grouped(server.num_flows), grouped(server.max_flows));
     println!("Flows/s: {:.2}", server.flows_rate);
