@@ -96,6 +96,26 @@ pub const OFF: &str = "off";
 /// The largest capacity a map may be given.
 pub const MAX_CAPACITY: u32 = 1 << 24;
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/mesh";
+/// Where per-instance Observer sockets go (`<this>/<instance>/observer.sock`).
+pub const RUN_DIR: &str = "/run/mesh";
+
+/// The name of an agent that runs outside its node's network namespace (`--netns`), where
+/// several agents share one host: the namespace's name when it is one of `ip netns`'s (unique
+/// on the host, and what the user named), else the node's name and the namespace's inode (two
+/// labs may both have a `node1`). `None` for an agent in its node's namespace (a DaemonSet's,
+/// one per host), which keeps the plain defaults.
+pub fn instance(node_name: &str, netns: Option<&Path>) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let netns = netns?;
+    let named = netns.parent().is_some_and(|dir| dir == Path::new("/run/netns") || dir == Path::new("/var/run/netns"));
+    match netns.file_name().and_then(|n| n.to_str()) {
+        Some(name) if named && is_dns_subdomain(name) => Some(name.to_owned()),
+        _ => Some(match std::fs::metadata(netns) {
+            Ok(metadata) => format!("{node_name}-{}", metadata.ino()),
+            Err(_) => node_name.to_owned(),
+        }),
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -110,7 +130,8 @@ pub struct Args {
     /// cgroup v2 directory to attach the socket programs to (the node's pods live below it).
     #[arg(long, env = ENV_CGROUP)]
     pub cgroup: PathBuf,
-    /// bpffs directory to pin maps and links in [default: /sys/fs/bpf/mesh/<node-name>].
+    /// bpffs directory to pin maps and links in [default: /sys/fs/bpf/mesh/<node-name>, or with
+    /// --netns /sys/fs/bpf/mesh/<instance> (see --observer-socket)].
     #[arg(long, env = ENV_BPFFS)]
     pub bpffs: Option<PathBuf>,
     /// Network namespace of the node's pod interfaces [default: the agent's own].
@@ -171,9 +192,12 @@ pub struct Args {
     /// TCP address of the Observer API (in the node's network namespace), or "off".
     #[arg(long, env = ENV_OBSERVER_ADDRESS, default_value = DEFAULT_OBSERVER_ADDRESS)]
     pub observer_address: String,
-    /// Unix socket of the Observer API and the agent status, or "off".
-    #[arg(long, env = ENV_OBSERVER_SOCKET, default_value = DEFAULT_OBSERVER_SOCKET)]
-    pub observer_socket: String,
+    /// Unix socket of the Observer API and the agent status, or "off" [default:
+    /// /run/mesh/observer.sock; with --netns, where several agents share one host,
+    /// /run/mesh/<instance>/observer.sock, the instance being the namespace's name under
+    /// /run/netns, else <node-name>-<its inode>].
+    #[arg(long, env = ENV_OBSERVER_SOCKET)]
+    pub observer_socket: Option<String>,
     /// TCP address of the Prometheus metrics (in the node's network namespace), or "off".
     #[arg(long, env = ENV_METRICS_ADDRESS, default_value = DEFAULT_METRICS_ADDRESS)]
     pub metrics_address: String,
@@ -260,7 +284,10 @@ impl Config {
         if !args.cgroup.join("cgroup.procs").is_file() {
             return Err(ConfigError::Cgroup { key: ENV_CGROUP, path: args.cgroup });
         }
-        let bpffs = args.bpffs.unwrap_or_else(|| Path::new(DEFAULT_BPFFS_ROOT).join(&args.node_name));
+        let instance = instance(&args.node_name, args.netns.as_deref());
+        let bpffs = args
+            .bpffs
+            .unwrap_or_else(|| Path::new(DEFAULT_BPFFS_ROOT).join(instance.as_deref().unwrap_or(&args.node_name)));
         if !bpffs_ancestor(&bpffs).is_some_and(|p| is_bpffs(&p)) {
             return Err(ConfigError::Bpffs { key: ENV_BPFFS, path: bpffs });
         }
@@ -346,7 +373,14 @@ impl Config {
             return Err(ConfigError::TunnelDrain { key: ENV_TUNNEL_DRAIN_SECONDS, value: args.tunnel_drain_seconds });
         }
         let tunnel_drain = std::time::Duration::from_secs(args.tunnel_drain_seconds);
-        let observer_socket = (args.observer_socket != OFF).then(|| PathBuf::from(&args.observer_socket));
+        let observer_socket = match args.observer_socket.as_deref() {
+            Some(OFF) => None,
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(match &instance {
+                Some(instance) => Path::new(RUN_DIR).join(instance).join("observer.sock"),
+                None => PathBuf::from(DEFAULT_OBSERVER_SOCKET),
+            }),
+        };
         let trust_domain =
             args.trust_domain.parse().map_err(|source| ConfigError::TrustDomain { key: ENV_TRUST_DOMAIN, source })?;
         Ok(Self {
@@ -437,7 +471,7 @@ mod tests {
             flow_buffer: None,
             flow_aggregation: None,
             observer_address: DEFAULT_OBSERVER_ADDRESS.into(),
-            observer_socket: DEFAULT_OBSERVER_SOCKET.into(),
+            observer_socket: None,
             metrics_address: DEFAULT_METRICS_ADDRESS.into(),
             tunnel_address: DEFAULT_TUNNEL_ADDRESS.into(),
             tunnel_drain_seconds: DEFAULT_TUNNEL_DRAIN_SECONDS,
@@ -469,6 +503,19 @@ mod tests {
         assert!(err.starts_with(ENV_METRICS_ADDRESS), "{err}");
         let err = parse(&["--trust-domain", "Cluster.Local"]).unwrap_err();
         assert!(err.starts_with(ENV_TRUST_DOMAIN) && err.contains("lowercase"), "{err}");
+    }
+
+    #[test]
+    fn agents_beside_each_other_on_one_host_get_paths_of_their_own() {
+        // A DaemonSet's agent, in its node's namespace: the plain defaults.
+        assert_eq!(instance("node1", None), None);
+        // `ip netns` names are unique on the host: two labs' `node1`s differ by them.
+        assert_eq!(instance("node1", Some(Path::new("/run/netns/lab-a-node1"))).as_deref(), Some("lab-a-node1"));
+        assert_eq!(instance("node1", Some(Path::new("/var/run/netns/lab-b-node1"))).as_deref(), Some("lab-b-node1"));
+        // Any other namespace file: the node and the namespace's inode.
+        let own = instance("node1", Some(Path::new("/proc/self/ns/net"))).unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata("/proc/self/ns/net").unwrap());
+        assert_eq!(own, format!("node1-{inode}"));
     }
 
     #[test]

@@ -43,9 +43,12 @@ struct ServeArgs {
     /// Address of the state stream.
     #[arg(long, env = "MESH_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Where identities are kept across restarts.
-    #[arg(long, env = "MESH_IDENTITY_FILE", default_value = "/var/lib/mesh/identities.json")]
-    identity_file: PathBuf,
+    /// Where identities are kept across restarts [default: /var/lib/mesh/identities.json in
+    /// cluster mode; in local mode one per manifests directory, /var/lib/mesh/local/<its path,
+    /// with '/' as '-'>/identities.json, so operators of different directories on one host
+    /// never share one].
+    #[arg(long, env = "MESH_IDENTITY_FILE")]
+    identity_file: Option<PathBuf>,
     /// Written with the bound address once the model is loaded and the stream serves.
     #[arg(long, env = "MESH_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -209,9 +212,10 @@ async fn local(manifests: &Path, serve_args: ServeArgs) -> anyhow::Result<()> {
     // First: a SIGTERM while starting is a clean stop, not the signal's default action.
     let mut shutdown = Shutdown::listen().context("listening for SIGTERM and SIGINT")?;
     let tls = serve_args.tls();
-    let (identity_file, ready_file) = (serve_args.identity_file.as_path(), serve_args.ready_file.as_deref());
+    let identity_file = serve_args.identity_file.clone().unwrap_or_else(|| local_identity_file(manifests));
+    let ready_file = serve_args.ready_file.as_deref();
     let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
-    let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
+    let mut view = open_view(&identity_file)?.with_root_namespace(&serve_args.namespace);
     let mut dir = LocalDir::new(manifests);
     let mut statuses = RouteStatuses::default();
     let epoch = new_epoch();
@@ -393,6 +397,21 @@ async fn bind_metrics(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListe
         .with_context(|| format!("binding the metrics endpoint {listen} (MESH_METRICS_LISTEN)"))
 }
 
+/// Cluster mode's identity file (on the Deployment's volume).
+const CLUSTER_IDENTITY_FILE: &str = "/var/lib/mesh/identities.json";
+
+/// Local mode's identity file for `manifests`: one per directory, named after its absolute path.
+fn local_identity_file(manifests: &Path) -> PathBuf {
+    let absolute = std::fs::canonicalize(manifests).unwrap_or_else(|_| manifests.to_owned());
+    let name: String = absolute
+        .to_string_lossy()
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' })
+        .collect();
+    Path::new("/var/lib/mesh/local").join(if name.is_empty() { "root".into() } else { name }).join("identities.json")
+}
+
 /// The view, with identities persisted in `identity_file`.
 fn open_view(identity_file: &Path) -> anyhow::Result<ClusterView> {
     if let Some(parent) = identity_file.parent() {
@@ -406,10 +425,11 @@ async fn cluster(serve_args: ServeArgs) -> anyhow::Result<()> {
     // First: a SIGTERM while starting is a clean stop, not the signal's default action.
     let mut shutdown = Shutdown::listen().context("listening for SIGTERM and SIGINT")?;
     let tls = serve_args.tls();
-    let (identity_file, ready_file) = (serve_args.identity_file.as_path(), serve_args.ready_file.as_deref());
+    let identity_file = serve_args.identity_file.clone().unwrap_or_else(|| PathBuf::from(CLUSTER_IDENTITY_FILE));
+    let ready_file = serve_args.ready_file.as_deref();
     let (listen, metrics_listen) = (serve_args.listen, serve_args.metrics_listen);
     use futures::StreamExt as _;
-    let mut view = open_view(identity_file)?.with_root_namespace(&serve_args.namespace);
+    let mut view = open_view(&identity_file)?.with_root_namespace(&serve_args.namespace);
     let store = Arc::new(Mutex::new(ModelStore::new(new_epoch())));
     let client =
         kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or kubeconfig)")?;
@@ -575,4 +595,18 @@ fn new_epoch() -> String {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_mode_keeps_one_identity_file_per_manifests_directory() {
+        let a = local_identity_file(Path::new("/nonexistent/lab-a/manifests"));
+        let b = local_identity_file(Path::new("/nonexistent/lab-b/manifests"));
+        assert_eq!(a, Path::new("/var/lib/mesh/local/nonexistent-lab-a-manifests/identities.json"));
+        assert_ne!(a, b);
+        assert_eq!(local_identity_file(Path::new("/")), Path::new("/var/lib/mesh/local/root/identities.json"));
+    }
 }

@@ -53,7 +53,8 @@ enum Command {
         /// Where to serve the page.
         #[arg(long, default_value = "127.0.0.1:12000")]
         listen: std::net::SocketAddr,
-        /// An agent's Observer API (unix:///path or host:port), once per agent; default: --server.
+        /// An agent's Observer API (unix:///path or host:port), once per agent [default: --server,
+        /// or when that is the default socket and missing, every agent under /run/mesh/*/].
         #[arg(long = "agent")]
         agents: Vec<String>,
         /// Written with the bound address once it serves.
@@ -225,7 +226,8 @@ fn main() -> ExitCode {
         Command::Observe(ref args) => runtime.block_on(observe(&cli, args)),
         Command::Status { output } => runtime.block_on(status(&cli, output)),
         Command::Ui { listen, ref agents, ref ready_file } => {
-            let agents = if agents.is_empty() { vec![cli.server.clone()] } else { agents.clone() };
+            // Without --agent: every agent of this host.
+            let agents = if agents.is_empty() { local_servers(&cli.server) } else { agents.clone() };
             runtime.block_on(ui::run(listen, agents, std::time::Duration::from_secs(cli.timeout), ready_file.clone()))
         }
     };
@@ -239,7 +241,40 @@ fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Channel, String> {
-    channel(&cli.server, std::time::Duration::from_secs(cli.timeout)).await
+    channel(&default_server(&cli.server)?, std::time::Duration::from_secs(cli.timeout)).await
+}
+
+/// The agents `server` means: itself, unless it is the default socket and that is missing:
+/// then every agent serving under `/run/mesh/<instance>/` (agents run by hand beside each
+/// other, `--netns`).
+fn local_servers(server: &str) -> Vec<String> {
+    let default = mesh_agent::config::DEFAULT_OBSERVER_SOCKET;
+    if server != mesh_agent::config::DEFAULT_OBSERVER_URL || std::path::Path::new(default).exists() {
+        return vec![server.to_owned()];
+    }
+    let mut found: Vec<String> = std::fs::read_dir(mesh_agent::config::RUN_DIR)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let socket = entry.ok()?.path().join("observer.sock");
+            socket.exists().then(|| format!("unix://{}", socket.display()))
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() { vec![server.to_owned()] } else { found }
+}
+
+/// The one agent `server` means, or an error naming them all when several serve by default.
+fn default_server(server: &str) -> Result<String, String> {
+    let mut found = local_servers(server);
+    if found.len() == 1 {
+        return Ok(found.remove(0));
+    }
+    Err(format!(
+        "{} does not exist and several agents serve on this host; choose one with --server: {}",
+        mesh_agent::config::DEFAULT_OBSERVER_SOCKET,
+        found.join(", ")
+    ))
 }
 
 /// A channel to the agent at `server` (`unix:///path` or `host:port`).
@@ -403,7 +438,7 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
     let agent =
         tokio::time::timeout(deadline, AgentStatusClient::new(channel.clone()).get_status(AgentStatusRequest {}))
             .await
-            .map_err(|_| format!("the agent at {} did not answer within {}s", cli.server, cli.timeout))?
+            .map_err(|_| format!("the agent did not answer within {}s", cli.timeout))?
             .map_err(|s| s.message().to_owned())?
             .into_inner();
     // What `hubble status` checks first: gRPC health under Hubble's name for the Observer.
@@ -490,7 +525,7 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
         }
         out
     };
-    println!("Healthcheck (via {}): {}", cli.server, if agent.ready { "Ok" } else { "Not ready" });
+    println!("Healthcheck (via {}): {}", default_server(&cli.server)?, if agent.ready { "Ok" } else { "Not ready" });
     println!("Observer health ({HUBBLE_HEALTH_SERVICE}): {health}");
     println!("Node: {} ({}), up {}s", agent.node_name, agent.version, agent.uptime_ns / 1_000_000_000);
     if agent.model_applied_unix_ns == 0 {
