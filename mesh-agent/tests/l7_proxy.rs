@@ -747,7 +747,7 @@ async fn requests_become_l7_flows_and_carry_their_trace() {
 
     // Encoded as Hubble clients decode them: Type L7, l7.http, the trace context, the summary.
     let mut buf = Vec::new();
-    mesh_agent::flows::encode::response(&mut buf, &FlowView::new(&records[1], &directory));
+    mesh_agent::flows::encode::response(&mut buf, &FlowView::new(&records[1], &directory), true);
     let decoded = <mesh_common::hubble::observer::GetFlowsResponse as prost::Message>::decode(&buf[..]).unwrap();
     let Some(mesh_common::hubble::observer::get_flows_response::ResponseTypes::Flow(flow)) = decoded.response_types
     else {

@@ -141,6 +141,14 @@ fn try_sockops(ctx: &SockOpsContext) {
         event.svc_addr = service.addr;
         event.svc_port = service.port;
     }
+    // The pod's side of the connection: its own connect() and active opens leave it (egress),
+    // passive opens come in (ingress); a close is known as egress only for a connection it
+    // translated (the client's), else left unknown.
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || service.is_some() {
+        event.direction = mesh_common::policy::EGRESS;
+    } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        event.direction = mesh_common::policy::INGRESS;
+    }
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
         event.kind = TRANSLATED;
     } else if op == BPF_SOCK_OPS_STATE_CB {

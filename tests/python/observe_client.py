@@ -24,6 +24,7 @@ import sys
 
 import grpc
 import grpc_tools
+from google.protobuf import json_format
 from grpc_tools import protoc
 
 
@@ -81,7 +82,20 @@ def flow_to_dict(flow, flow_pb2) -> dict:
         "egress_denied_by": policies(flow.egress_denied_by),
         "ingress_allowed_by": policies(flow.ingress_allowed_by),
         "egress_allowed_by": policies(flow.egress_allowed_by),
+        "uuid": flow.uuid,
+        "has_extensions": flow.HasField("extensions"),
+        # What `hubble observe -o json` and any protojson printer do with it: fails on an Any
+        # of a type it does not know.
+        "json": json_ok(flow),
     }
+
+
+def json_ok(message) -> bool:
+    try:
+        json_format.MessageToJson(message)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to print is the finding
+        return False
 
 
 def emit(obj: dict) -> None:
@@ -103,8 +117,10 @@ def main() -> int:
     import observer_pb2_grpc
 
     try:
-        # For a unix socket gRPC puts the socket path in :authority, which is no valid
-        # authority for an HTTP/2 server (the agent's answers RST_STREAM): name a host.
+        # For a unix socket grpc-core (since 1.57) puts the socket path, percent-encoded, in
+        # :authority, which the agent's HTTP/2 server (h2) refuses with RST_STREAM: it accepts
+        # only a valid authority (hyperium/h2#487, open). grpc-go and grpc-java name
+        # localhost; so does this client.
         options = [("grpc.default_authority", "localhost")]
         with grpc.insecure_channel(args.target, options=options) as channel:
             stub = observer_pb2_grpc.ObserverStub(channel)
@@ -128,6 +144,13 @@ def main() -> int:
                         "source": flow_pb2.LostEventSource.Name(lost.source),
                         "num_events_lost": lost.num_events_lost,
                     }})
+            # Cilium's Observer refuses the oldest flows and following at once.
+            try:
+                for _ in stub.GetFlows(observer_pb2.GetFlowsRequest(first=True, follow=True), timeout=args.timeout):
+                    break
+                emit({"first_and_follow": "OK"})
+            except grpc.RpcError as err:
+                emit({"first_and_follow": err.code().name})
     except grpc.RpcError as err:
         print(f"grpc error: {err.code()} {err.details()}", file=sys.stderr)
         return 2

@@ -142,6 +142,23 @@ fn flows_show_pods_verdicts_reasons_services_and_filter_like_hubble() {
     let by = &get(denied_flow, "ingress_denied_by")[0];
     assert_eq!((text(by, "kind"), text(by, "namespace"), text(by, "name")), ("MeshPolicy", "demo", "deny-intruder"));
 
+    // A drop by default deny (web is isolated by its NetworkPolicy, which lets only the team's
+    // namespaces in; node-1's host is none of them): no policy in `ingress_denied_by`, which
+    // names policies whose rules deny, as Cilium's do; the isolating policy is in the rule.
+    let host = Placement { netns: Some(lab.nodes[1].netns_path.clone()), cgroup: lab.system_cgroup() };
+    let web_a = SocketAddr::from((lab.pod("web-a").ip, demo::WEB_PORT));
+    let refused = labnet::connect(lab, &host, web_a, 1, Duration::from_millis(700)).expect("host client runs");
+    assert_eq!(refused.ok, 0, "{refused:?}");
+    let node1_ip = lab.nodes[1].ip.to_string();
+    let isolated = wait_for(&node0, &["--verdict", "DROPPED", "--from-ip", &node1_ip], |f| {
+        text(f, "extensions.rule").contains("isolation (default deny)")
+    });
+    let isolated =
+        isolated.iter().find(|f| text(f, "extensions.rule").contains("isolation")).expect("a default-deny drop");
+    assert!(text(isolated, "extensions.rule").contains("web-from-team"), "{isolated:#}");
+    assert_eq!(get(isolated, "ingress_denied_by"), &Value::Null, "{isolated:#}");
+    assert_eq!(text(isolated, "drop_reason_desc"), "POLICY_DENIED", "{isolated:#}");
+
     // Every filter selects exactly what it claims, and --not the rest.
     std::thread::sleep(Duration::from_millis(500));
     let all = meshctl::flows(&node0, &[]);
@@ -207,11 +224,13 @@ fn flows_show_pods_verdicts_reasons_services_and_filter_like_hubble() {
     }
     // The drop filters on the node that saw the drop.
     let drop_node = (0..2)
-        .find(|n| !meshctl::flows(&mesh.socket(*n), &["--verdict", "DROPPED"]).is_empty())
-        .expect("a node with drops");
+        .find(|n| !meshctl::flows(&mesh.socket(*n), &["--drop-reason-desc", "POLICY_DENY"]).is_empty())
+        .expect("a node with the intruder's drops");
     let reason = meshctl::flows(&mesh.socket(drop_node), &["--drop-reason-desc", "POLICY_DENY"]);
     assert!(!reason.is_empty() && reason.iter().all(|f| text(f, "drop_reason_desc") == "POLICY_DENY"), "{reason:#?}");
-    assert!(meshctl::flows(&mesh.socket(drop_node), &["--drop-reason-desc", "POLICY_DENIED"]).is_empty());
+    // The default-deny drop of node-1's host is the only other reason, on node-0.
+    let denied = meshctl::flows(&node0, &["--drop-reason-desc", "POLICY_DENIED"]);
+    assert!(!denied.is_empty() && denied.iter().all(|f| text(f, "drop_reason_desc") == "POLICY_DENIED"), "{denied:#?}");
 
     // The other outputs show the same flows.
     for output in ["compact", "dict", "table"] {
@@ -291,6 +310,19 @@ fn flows_show_pods_verdicts_reasons_services_and_filter_like_hubble() {
     assert_eq!(get(py_drop, "flow.is_reply"), &Value::Bool(false), "{py_drop}");
     assert_eq!(text(py_drop, "flow.protocol"), "TCP", "{py_drop}");
     assert_eq!(get(py_drop, "flow.destination_port"), &Value::from(demo::WEB_PORT), "{py_drop}");
+    // What Hubble's own clients need: every flow printable as protojson (no extension of a
+    // type they do not know unless asked for), a UUID on each, unique.
+    let flows: Vec<&Value> = lines.iter().filter(|l| l.get("flow").is_some()).collect();
+    assert!(flows.iter().all(|l| get(l, "flow.json") == &Value::Bool(true)), "{stdout}");
+    assert!(flows.iter().all(|l| get(l, "flow.has_extensions") == &Value::Bool(false)), "{stdout}");
+    let uuids: std::collections::BTreeSet<&str> = flows.iter().map(|l| text(l, "flow.uuid")).collect();
+    assert!(uuids.len() == flows.len() && !uuids.contains(""), "{stdout}");
+    // Socket events have the pod's direction: a client's translated connect() leaves it.
+    let translated: Vec<&&Value> = flows.iter().filter(|l| text(l, "flow.verdict") == "TRANSLATED").collect();
+    assert!(!translated.is_empty(), "no socket translation among the flows: {stdout}");
+    assert!(translated.iter().all(|l| text(l, "flow.traffic_direction") == "EGRESS"), "{translated:#?}");
+    let refused = lines.iter().find_map(|l| l.get("first_and_follow")).expect("first and follow asked");
+    assert_eq!(refused, "INVALID_ARGUMENT", "{stdout}");
 }
 
 /// Each aggregation level, on node 0's agent, for two connections of the client through the

@@ -52,6 +52,8 @@ pub struct PolicyInfo {
     pub description: String,
     /// `flow.Policy`, encoded.
     pub encoded: Vec<u8>,
+    /// A rule of the policy decided (not the default deny of a pod the policy isolates).
+    pub explicit: bool,
 }
 
 /// Everything flows are named with, at one model version.
@@ -203,5 +205,9 @@ fn policy_info(attribution: &Attribution) -> PolicyInfo {
     pb::bytes(&mut buf, 1, policy.name.as_bytes());
     pb::bytes(&mut buf, 2, policy.namespace.as_bytes());
     pb::bytes(&mut buf, 5, policy.kind.as_bytes());
-    PolicyInfo { description: attribution.to_string(), encoded: buf }
+    PolicyInfo {
+        description: attribution.to_string(),
+        encoded: buf,
+        explicit: matches!(attribution, Attribution::Rule(_)),
+    }
 }

@@ -22,9 +22,9 @@ pub const AUTH_TYPE_SPIRE: u64 = 1;
 pub const FLOW_DETAILS_TYPE_URL: &str = "type.googleapis.com/mesh.v1.FlowDetails";
 
 /// `GetFlowsResponse { flow = 1, node_name = 1000, time = 1001 }` for `view`, appended to
-/// `buf`.
-pub fn response(buf: &mut Vec<u8>, view: &FlowView<'_>) {
-    pb::message(buf, 1, |buf| flow(buf, view));
+/// `buf`; with `details`, the flow's `extensions` too (`observer::FLOW_DETAILS_HEADER`).
+pub fn response(buf: &mut Vec<u8>, view: &FlowView<'_>, details: bool) {
+    pb::message(buf, 1, |buf| flow(buf, view, details));
     pb::bytes(buf, 1000, view.node_name.as_bytes());
     pb::timestamp(buf, 1001, view.record.unix_ns);
 }
@@ -39,7 +39,7 @@ pub fn lost_events(buf: &mut Vec<u8>, source: i32, lost: u64, node_name: &str, u
     pb::timestamp(buf, 1001, unix_ns);
 }
 
-fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
+fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>, with_details: bool) {
     let e = &view.record.event;
     pb::timestamp(buf, 1, view.record.unix_ns);
     pb::varint(buf, 2, view.verdict as u64);
@@ -108,6 +108,8 @@ fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
         pb::varint(buf, 31, super::view::SOCK_XLATE_POST_DIRECTION_FWD as u64);
     }
     pb::varint(buf, 32, e.cookie);
+    let mut uuid = [0u8; 36];
+    pb::bytes(buf, 34, flow_uuid(&mut uuid, view.record.seq));
     if view.encrypted {
         // auth_type = SPIRE: Hubble's one value for SPIFFE mutual authentication (here the
         // tunnel's mutual TLS with workload certificates).
@@ -125,11 +127,16 @@ fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
         }
     }
     // extensions = Any { type_url = 1, value = 2 } holding mesh.v1.FlowDetails.
-    pb::message(buf, 150_000, |buf| {
-        pb::bytes(buf, 1, FLOW_DETAILS_TYPE_URL.as_bytes());
-        pb::message(buf, 2, |buf| details(buf, view));
-    });
-    if let Some(policy) = view.policy {
+    if with_details {
+        pb::message(buf, 150_000, |buf| {
+            pb::bytes(buf, 1, FLOW_DETAILS_TYPE_URL.as_bytes());
+            pb::message(buf, 2, |buf| details(buf, view));
+        });
+    }
+    // `*_denied_by` are, as in Cilium's flow.proto, the policies whose rules denied the flow: a
+    // drop by default deny (the pod is isolated and no rule allowed it) names none there, as
+    // Cilium's do not; the isolating policy is in the details' rule ("... isolation (default deny)").
+    if let Some(policy) = view.policy.filter(|p| p.explicit || view.verdict == super::view::verdict::FORWARDED) {
         let denied = view.verdict == super::view::verdict::DROPPED || view.verdict == super::view::verdict::AUDIT;
         // egress_allowed_by 21001, ingress_allowed_by 21002, egress_denied_by 21004,
         // ingress_denied_by 21005.
@@ -141,6 +148,33 @@ fn flow(buf: &mut Vec<u8>, view: &FlowView<'_>) {
         };
         pb::raw(buf, tag, &policy.encoded);
     }
+}
+
+/// Random for each run of the agent: flow UUIDs of two runs (or two agents) never meet.
+fn run_id() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // std's hasher keys are random per process.
+    *RUN.get_or_init(|| std::collections::hash_map::RandomState::new().build_hasher().finish())
+}
+
+/// `Flow.uuid`: a version-4-shaped UUID made of this run's random id and the flow's number, so
+/// it is unique, the same every time the flow is sent, and costs no random draw per flow.
+fn flow_uuid(buf: &mut [u8; 36], seq: u64) -> &[u8] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&run_id().to_be_bytes());
+    bytes[8..].copy_from_slice(&seq.to_be_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    // The variant's two bits: the flow number's top two, which no agent reaches.
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut out = buf.as_mut_slice();
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            let _ = out.write_all(b"-");
+        }
+        let _ = write!(out, "{byte:02x}");
+    }
+    &buf[..]
 }
 
 /// `mesh.v1.FlowDetails`.
@@ -311,6 +345,21 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
+    fn flow_uuids_are_unique_stable_and_shaped_as_version_4() {
+        use super::flow_uuid;
+        let (mut a, mut b) = ([0u8; 36], [0u8; 36]);
+        let first = String::from_utf8(flow_uuid(&mut a, 1).to_vec()).unwrap();
+        let again = String::from_utf8(flow_uuid(&mut b, 1).to_vec()).unwrap();
+        let second = String::from_utf8(flow_uuid(&mut b, 2).to_vec()).unwrap();
+        assert_eq!(first, again);
+        assert_ne!(first, second);
+        let groups: Vec<&str> = first.split('-').collect();
+        assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{first}");
+        assert!(groups[2].starts_with('4') && "89ab".contains(&groups[3][..1]), "{first}");
+        assert!(first.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{first}");
+    }
+
+    #[test]
     fn ip_text_is_the_dotted_quad() {
         let mut buf = [0u8; 15];
         // Every octet value in every position, and the widest and narrowest addresses.
@@ -365,7 +414,7 @@ mod tests {
             let record =
                 Record { event: FlowEvent { kind: FLOW_START, auth, ..FlowEvent::default() }, ..Record::default() };
             let mut buf = Vec::new();
-            super::response(&mut buf, &FlowView::new(&record, &directory));
+            super::response(&mut buf, &FlowView::new(&record, &directory), true);
             GetFlowsResponse::decode(&buf[..]).unwrap().response_types.unwrap()
         };
         let flow = |auth| match decoded(auth) {

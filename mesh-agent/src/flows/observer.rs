@@ -119,16 +119,27 @@ impl tonic::server::ServerStreamingService<GetFlowsRequest> for GetFlows {
     fn call(&mut self, request: tonic::Request<GetFlowsRequest>) -> Self::Future {
         let observer = self.0.clone();
         Box::pin(async move {
+            let details = request.metadata().get(FLOW_DETAILS_HEADER).is_some_and(|v| v.as_bytes() == b"true");
             let request = request.into_inner();
+            if request.first && request.follow {
+                // As Cilium's Observer answers: the oldest flows and following new ones do not mix.
+                return Err(Status::invalid_argument("first cannot be combined with follow: ask for one or the other"));
+            }
             let filters = Filters::compile(&request.whitelist, &request.blacklist)
                 .map_err(|err| Status::invalid_argument(err.to_string()))?;
             let (tx, rx) = mpsc::channel::<Responses>(CLIENT_BACKLOG);
-            tokio::spawn(serve_flows(observer, request, filters, tx));
+            tokio::spawn(serve_flows(observer, request, filters, details, tx));
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(futures::stream::iter);
             Ok(tonic::Response::new(Box::pin(stream) as FlowStream))
         })
     }
 }
+
+/// gRPC metadata a client sends (`true`) to get each flow's `extensions`, a
+/// `mesh.v1.FlowDetails` (the policy rule, the bytes of a connection, the L7 route); `meshctl`
+/// does. Without it flows hold only what Cilium's `flow.proto` defines, so a client that does
+/// not know the type (`hubble observe -o json`, any protojson printer) can print every flow.
+pub const FLOW_DETAILS_HEADER: &str = "x-mesh-flow-details";
 
 /// The name `hubble status` checks with gRPC health before it asks the Observer anything.
 pub const HUBBLE_HEALTH_SERVICE: &str = "hubble.server.Observer";
@@ -164,7 +175,13 @@ pub async fn unix_channel(
 
 /// Sends the flows `request` asks for to `tx` until they are all sent, the client goes, or
 /// (following) forever.
-async fn serve_flows(observer: Observer, request: GetFlowsRequest, filters: Filters, tx: mpsc::Sender<Responses>) {
+async fn serve_flows(
+    observer: Observer,
+    request: GetFlowsRequest,
+    filters: Filters,
+    details: bool,
+    tx: mpsc::Sender<Responses>,
+) {
     let since = request.since.as_ref().map_or(0, unix_ns);
     let until = if request.follow { u64::MAX } else { request.until.as_ref().map_or(u64::MAX, unix_ns) };
     // Subscribed before the snapshot, so no flow falls between the two.
@@ -183,13 +200,13 @@ async fn serve_flows(observer: Observer, request: GetFlowsRequest, filters: Filt
     // Followers skip what the snapshot already judged.
     let last_seq = seen_by_snapshot;
     for chunk in history.chunks(SEND_BATCH) {
-        let batch = chunk.iter().map(|r| Ok(encode_flow(&FlowView::new(r, &directory)))).collect();
+        let batch = chunk.iter().map(|r| Ok(encode_flow(&FlowView::new(r, &directory), details))).collect();
         if tx.send(batch).await.is_err() {
             return;
         }
     }
     let Some(updates) = updates.as_mut() else { return };
-    follow(&observer, &filters, updates, last_seq, &tx).await;
+    follow(&observer, &filters, details, updates, last_seq, &tx).await;
 }
 
 /// Sends new flows as they come. The flows this follower has yet to send wait in its own
@@ -198,6 +215,7 @@ async fn serve_flows(observer: Observer, request: GetFlowsRequest, filters: Filt
 async fn follow(
     observer: &Observer,
     filters: &Filters,
+    details: bool,
     updates: &mut broadcast::Receiver<Batch>,
     mut last_seq: u64,
     tx: &mpsc::Sender<Responses>,
@@ -249,7 +267,7 @@ async fn follow(
                     judged += 1;
                     let view = FlowView::new(&record, &directory);
                     if filters.matches(&view) {
-                        out.push(Ok(encode_flow(&view)));
+                        out.push(Ok(encode_flow(&view, details)));
                     }
                 }
                 if !out.is_empty() {
@@ -260,9 +278,9 @@ async fn follow(
     }
 }
 
-fn encode_flow(view: &FlowView<'_>) -> Bytes {
+fn encode_flow(view: &FlowView<'_>, details: bool) -> Bytes {
     let mut buf = Vec::with_capacity(512);
-    encode::response(&mut buf, view);
+    encode::response(&mut buf, view, details);
     Bytes::from(buf)
 }
 
@@ -400,7 +418,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         let follower = tokio::spawn({
             let observer = observer.clone();
-            async move { follow(&observer, &filters, &mut updates, 0, &tx).await }
+            async move { follow(&observer, &filters, true, &mut updates, 0, &tx).await }
         });
         (observer, rx, follower)
     }

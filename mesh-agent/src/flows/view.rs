@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use mesh_common::{
     flows::{CLOSED, ESTABLISHED, FLOW_DROP, FLOW_END, FLOW_START, L7_REQUEST, L7_RESPONSE, TRANSLATED},
-    policy::{AUDIT, DENY, INGRESS},
+    policy::{AUDIT, DENY, EGRESS, INGRESS},
 };
 
 use super::{
@@ -115,6 +115,10 @@ impl<'a> FlowView<'a> {
             // requests judged at the destination's node (HTTP rules) come in to the pod.
             (false, INGRESS) if l7 => (traffic_direction::INGRESS, observation::UNKNOWN, 0),
             (false, _) if l7 => (traffic_direction::EGRESS, observation::UNKNOWN, 0),
+            // Socket events: the pod's side, as the program knew it (a close it did not
+            // translate is unknown).
+            (false, INGRESS) => (traffic_direction::INGRESS, observation::UNKNOWN, 0),
+            (false, EGRESS) => (traffic_direction::EGRESS, observation::UNKNOWN, 0),
             (false, _) => (traffic_direction::UNKNOWN, observation::UNKNOWN, 0),
             (true, INGRESS) => (traffic_direction::INGRESS, observation::TO_ENDPOINT, observation::RAW_TO_ENDPOINT),
             (true, _) => (traffic_direction::EGRESS, observation::FROM_ENDPOINT, observation::RAW_FROM_ENDPOINT),

@@ -277,6 +277,16 @@ fn default_server(server: &str) -> Result<String, String> {
     ))
 }
 
+/// `request` asking for each flow's details (`extensions`: the rule, bytes, route), which
+/// meshctl prints; clients that do not ask get Cilium's fields only.
+fn with_details<T>(request: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert(mesh_agent::flows::observer::FLOW_DETAILS_HEADER, tonic::metadata::MetadataValue::from_static("true"));
+    request
+}
+
 /// A channel to the agent at `server` (`unix:///path` or `host:port`).
 async fn channel(server: &str, timeout: std::time::Duration) -> Result<Channel, String> {
     let unreachable = |err: &dyn std::fmt::Display| {
@@ -341,7 +351,7 @@ async fn observe(cli: &Cli, args: &ObserveArgs) -> Result<(), String> {
     let request = request(args, &words, mesh_agent::flows::unix_now_ns())?;
     let channel = connect(cli).await?;
     let mut client = ObserverClient::new(channel);
-    let mut stream = client.get_flows(request).await.map_err(|s| s.message().to_owned())?.into_inner();
+    let mut stream = client.get_flows(with_details(request)).await.map_err(|s| s.message().to_owned())?.into_inner();
     let color = match args.color {
         Color::Always => true,
         Color::Never => false,

@@ -361,6 +361,9 @@ fn flow_json(flow: &Flow) -> Value {
     if let Some(time) = &flow.time {
         m.insert("time".into(), json!(rfc3339(time)));
     }
+    if !flow.uuid.is_empty() {
+        m.insert("uuid".into(), json!(flow.uuid));
+    }
     m.insert(
         "verdict".into(),
         json!(flow::Verdict::try_from(flow.verdict).map_or("VERDICT_UNKNOWN", |v| v.as_str_name())),

@@ -273,8 +273,11 @@ async fn follow(url: String, timeout: Duration, graph: Shared) {
         let result = async {
             let channel = crate::channel(&url, timeout).await?;
             let request = GetFlowsRequest { number: REPLAY, follow: true, ..GetFlowsRequest::default() };
-            let mut stream =
-                ObserverClient::new(channel).get_flows(request).await.map_err(|s| s.message().to_owned())?.into_inner();
+            let mut stream = ObserverClient::new(channel)
+                .get_flows(crate::with_details(request))
+                .await
+                .map_err(|s| s.message().to_owned())?
+                .into_inner();
             if let Ok(mut g) = graph.lock() {
                 let agent = g.agents.entry(url.clone()).or_default();
                 agent.connected = true;
