@@ -70,10 +70,14 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(read_fd, 3) < 0 || libc::dup2(write_fd, 4) < 0 {
+                // Out of the way first: a pipe end that is itself fd 3 or 4 would otherwise be
+                // overwritten by the other's dup2.
+                let (read_fd, write_fd) =
+                    (libc::fcntl(read_fd, libc::F_DUPFD, 10), libc::fcntl(write_fd, libc::F_DUPFD, 10));
+                if read_fd < 0 || write_fd < 0 || libc::dup2(read_fd, 3) < 0 || libc::dup2(write_fd, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
