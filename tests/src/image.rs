@@ -267,7 +267,7 @@ fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Runs `command`: its output, or an error with what it said.
-pub fn run(command: &mut Command) -> anyhow::Result<String> {
+fn run(command: &mut Command) -> anyhow::Result<String> {
     let output = command.output().with_context(|| {
         format!("running {command:?}: is it installed? (`make test` installs Debian's buildah and podman)")
     })?;

@@ -62,3 +62,26 @@ pub fn wait_for_certificates(lab: &crate::lab::Lab, node: &str, identities: &[St
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Starts `meshctl ui` on `listen` following `agents`' Observer sockets, in the lab (ended with
+/// it); returns its pid and the address it serves on, once it serves.
+pub fn start_ui(
+    lab: &crate::lab::Lab,
+    agents: &[crate::agent::Agent],
+    listen: &str,
+) -> crate::lab::Result<(u32, String)> {
+    let ready = lab.dir.join("ui.ready");
+    let mut command = lab.system_command(crate::built_binary("meshctl"))?;
+    command.args(["ui", "--listen", listen, "--ready-file"]).arg(&ready);
+    for agent in agents {
+        command.arg("--agent").arg(format!("unix://{}", agent.observer_socket(lab).display()));
+    }
+    let pid = lab.spawn(&mut command)?;
+    lab.wait_for_file(&ready, pid, std::time::Duration::from_secs(10))?;
+    let address = std::fs::read_to_string(&ready).map_err(|source| crate::lab::LabError::Io {
+        what: "reading",
+        path: ready.clone(),
+        source,
+    })?;
+    Ok((pid, address))
+}

@@ -62,15 +62,7 @@ fn the_service_map_shows_forwarded_and_dropped_edges_live_and_lists_an_edges_flo
     assert_eq!(denied.ok, 0, "{denied:?}");
 
     // meshctl ui on both agents.
-    let ready = lab.dir.join("ui.ready");
-    let mut command = lab.system_command(mesh_tests::built_binary("meshctl")).unwrap();
-    command.args(["ui", "--listen", "127.0.0.1:0", "--ready-file"]).arg(&ready);
-    for agent in &agents {
-        command.arg("--agent").arg(format!("unix://{}", agent.observer_socket(&lab).display()));
-    }
-    let pid = lab.spawn(&mut command).expect("meshctl ui starts");
-    lab.wait_for_file(&ready, pid, Duration::from_secs(10)).expect("meshctl ui serves");
-    let address = std::fs::read_to_string(&ready).unwrap();
+    let (_, address) = mesh_tests::meshctl::start_ui(&lab, &agents, "127.0.0.1:0").expect("meshctl ui serves");
 
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().expect("target").join("ui");
     let mut browser =

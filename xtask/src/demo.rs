@@ -395,17 +395,9 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
 /// until Ctrl-C; then the demo goes on to its cleanup.
 fn keep_running(lab: &Lab, agents: &[Agent]) -> anyhow::Result<()> {
     step("The mesh keeps running (KEEP=1): the service map");
-    let ready = lab.dir.join("ui.ready");
     // Hubble UI's port when it is free.
     let listen = if std::net::TcpListener::bind("127.0.0.1:12000").is_ok() { "127.0.0.1:12000" } else { "127.0.0.1:0" };
-    let mut command = lab.system_command(mesh_tests::built_binary("meshctl"))?;
-    command.args(["ui", "--listen", listen, "--ready-file"]).arg(&ready);
-    for agent in agents {
-        command.arg("--agent").arg(format!("unix://{}", agent.observer_socket(lab).display()));
-    }
-    let pid = lab.spawn(&mut command)?;
-    lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
-    let address = std::fs::read_to_string(&ready)?;
+    let (pid, address) = mesh_tests::meshctl::start_ui(lab, agents, listen)?;
     println!("  $ meshctl ui --agent unix://<node-0's socket> --agent unix://<node-1's socket>");
     println!(
         "  Open http://{address}/ in a browser (from another machine: ssh -L {}:{address} <this host>).",

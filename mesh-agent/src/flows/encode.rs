@@ -167,12 +167,16 @@ fn flow_uuid(buf: &mut [u8; 36], seq: u64) -> &[u8] {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     // The variant's two bits: the flow number's top two, which no agent reaches.
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut out = buf.as_mut_slice();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 0;
     for (i, byte) in bytes.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            let _ = out.write_all(b"-");
+            buf[at] = b'-';
+            at += 1;
         }
-        let _ = write!(out, "{byte:02x}");
+        buf[at] = HEX[usize::from(byte >> 4)];
+        buf[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     &buf[..]
 }

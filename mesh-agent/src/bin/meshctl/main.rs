@@ -443,7 +443,8 @@ fn print_tunnel(agent: &mesh_common::api::AgentStatusResponse) {
 }
 
 async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
-    let channel = connect(cli).await?;
+    let address = default_server(&cli.server)?;
+    let channel = channel(&address, std::time::Duration::from_secs(cli.timeout)).await?;
     let deadline = std::time::Duration::from_secs(cli.timeout);
     let agent =
         tokio::time::timeout(deadline, AgentStatusClient::new(channel.clone()).get_status(AgentStatusRequest {}))
@@ -535,7 +536,7 @@ async fn status(cli: &Cli, output: StatusOutput) -> Result<(), String> {
         }
         out
     };
-    println!("Healthcheck (via {}): {}", default_server(&cli.server)?, if agent.ready { "Ok" } else { "Not ready" });
+    println!("Healthcheck (via {address}): {}", if agent.ready { "Ok" } else { "Not ready" });
     println!("Observer health ({HUBBLE_HEALTH_SERVICE}): {health}");
     println!("Node: {} ({}), up {}s", agent.node_name, agent.version, agent.uptime_ns / 1_000_000_000);
     if agent.model_applied_unix_ns == 0 {

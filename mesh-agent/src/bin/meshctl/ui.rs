@@ -44,7 +44,7 @@ struct Edge {
     total: u64,
     /// First-seen times (ns) of its connections within the rate window.
     times: VecDeque<u64>,
-    services: BTreeMap<String, u64>,
+    services: std::collections::BTreeSet<String>,
     /// Recent flows of its connections, with their connection.
     recent: VecDeque<(Connection, Value)>,
 }
@@ -213,8 +213,7 @@ impl Graph {
         edge.recent.extend(carried);
         let service = text(flow, "destination_service.name");
         if !service.is_empty() {
-            *edge.services.entry(format!("{}/{service}", text(flow, "destination_service.namespace"))).or_default() +=
-                1;
+            edge.services.insert(format!("{}/{service}", text(flow, "destination_service.namespace")));
         }
         let pod = |e: &Value| match (text(e, "namespace"), text(e, "pod_name")) {
             ("", _) | (_, "") => None,
@@ -253,7 +252,7 @@ impl Graph {
                     "verdict": verdict,
                     "total": edge.total,
                     "rate": edge.times.len() as f64 / RATE_WINDOW.as_secs_f64(),
-                    "services": edge.services.keys().collect::<Vec<_>>(),
+                    "services": edge.services,
                     "recent": edge.recent.iter().rev().map(|(_, flow)| flow).collect::<Vec<_>>(),
                 })
             })
