@@ -51,6 +51,17 @@ pub const ENV_POLICY_MAX: &str = "MESH_POLICY_MAX";
 pub const ENV_IDENTITIES_MAX: &str = "MESH_IDENTITIES_MAX";
 /// Capacity of the connection-tracking map (flows through local pods).
 pub const ENV_CONNTRACK_MAX: &str = "MESH_CONNTRACK_MAX";
+/// Capacity of the XDP prefilter's CIDR map (denied CIDRs and their excepts).
+pub const ENV_PREFILTER_MAX: &str = "MESH_PREFILTER_MAX";
+/// The node's external interfaces, where XDP runs (the prefilter): a comma-separated list of
+/// interface names in the node's network namespace; `auto` (the default): every interface that
+/// holds one of the node's addresses in the model; `off`: none.
+pub const ENV_DEVICES: &str = "MESH_DEVICES";
+pub const DEFAULT_DEVICES: &str = "auto";
+/// How XDP is attached: `native` (the driver's hook; generic is used, and reported, where the
+/// driver has none) or `generic` (after the stack has built the socket buffer: for tests).
+pub const ENV_XDP_MODE: &str = "MESH_XDP_MODE";
+pub const DEFAULT_XDP_MODE: &str = "native";
 /// How many recent flows the agent keeps for `GetFlows` [default: 16383].
 pub const ENV_FLOW_BUFFER: &str = "MESH_FLOW_BUFFER";
 /// TCP address of the Observer API (Hubble's port), inside the node's network namespace;
@@ -179,6 +190,16 @@ pub struct Args {
     /// Capacity of the connection-tracking map [default: 262144].
     #[arg(long, env = ENV_CONNTRACK_MAX)]
     pub conntrack_max: Option<u32>,
+    /// Capacity of the XDP prefilter's CIDR map [default: 16384].
+    #[arg(long, env = ENV_PREFILTER_MAX)]
+    pub prefilter_max: Option<u32>,
+    /// The node's external interfaces (XDP), comma-separated; "auto": those holding the node's
+    /// addresses; "off": none.
+    #[arg(long, env = ENV_DEVICES, default_value = DEFAULT_DEVICES)]
+    pub devices: String,
+    /// XDP attach mode: native (falling back to generic, reported) or generic.
+    #[arg(long, env = ENV_XDP_MODE, default_value = DEFAULT_XDP_MODE)]
+    pub xdp_mode: String,
     /// Size of the flow event ring buffer in bytes, a power of two [default: 16777216].
     #[arg(long, env = ENV_EVENTS_BYTES)]
     pub events_bytes: Option<u32>,
@@ -234,6 +255,26 @@ pub struct Config {
     pub tunnel_address: Option<std::net::SocketAddr>,
     pub tunnel_drain: std::time::Duration,
     pub trust_domain: TrustDomain,
+    pub devices: Devices,
+    pub xdp_mode: XdpMode,
+}
+
+/// Where XDP runs ([`ENV_DEVICES`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Devices {
+    /// Every interface of the node's namespace holding one of the node's addresses.
+    Auto,
+    /// These interfaces.
+    Named(Vec<String>),
+    Off,
+}
+
+/// How XDP is attached ([`ENV_XDP_MODE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// The driver's hook, else generic (reported).
+    Native,
+    Generic,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +309,12 @@ pub enum ConfigError {
     Address { key: &'static str, value: String },
     #[error("{key}: {source}")]
     TrustDomain { key: &'static str, source: mesh_common::identity::IdentityError },
+    #[error(
+        "{key}: {value:?} is not an interface list: give \"auto\", \"off\" or comma-separated interface names (at most 15 characters each)"
+    )]
+    Devices { key: &'static str, value: String },
+    #[error("{key}: {value:?} is not an XDP mode: use native or generic")]
+    XdpMode { key: &'static str, value: String },
     #[error("{key}: {value} s is too long a drain: give at most {MAX_TUNNEL_DRAIN_SECONDS} s")]
     TunnelDrain { key: &'static str, value: u64 },
 }
@@ -334,6 +381,7 @@ impl Config {
             (ENV_POLICY_MAX, args.policy_max, &mut capacities.policy),
             (ENV_IDENTITIES_MAX, args.identities_max, &mut capacities.identities),
             (ENV_CONNTRACK_MAX, args.conntrack_max, &mut capacities.conntrack),
+            (ENV_PREFILTER_MAX, args.prefilter_max, &mut capacities.prefilter),
         ] {
             if let Some(value) = value {
                 if !(1..=MAX_CAPACITY).contains(&value) {
@@ -381,10 +429,30 @@ impl Config {
                 None => PathBuf::from(DEFAULT_OBSERVER_SOCKET),
             }),
         };
+        let devices = match args.devices.as_str() {
+            DEFAULT_DEVICES => Devices::Auto,
+            OFF => Devices::Off,
+            list => {
+                let names: Vec<String> = list.split(',').map(|n| n.trim().to_owned()).collect();
+                let valid =
+                    |n: &String| !n.is_empty() && n.len() < 16 && !n.contains(['/', ' ']) && n != "." && n != "..";
+                if !names.iter().all(valid) {
+                    return Err(ConfigError::Devices { key: ENV_DEVICES, value: args.devices });
+                }
+                Devices::Named(names)
+            }
+        };
+        let xdp_mode = match args.xdp_mode.as_str() {
+            "native" => XdpMode::Native,
+            "generic" => XdpMode::Generic,
+            _ => return Err(ConfigError::XdpMode { key: ENV_XDP_MODE, value: args.xdp_mode }),
+        };
         let trust_domain =
             args.trust_domain.parse().map_err(|source| ConfigError::TrustDomain { key: ENV_TRUST_DOMAIN, source })?;
         Ok(Self {
             trust_domain,
+            devices,
+            xdp_mode,
             capacities,
             flow_buffer,
             flow_aggregation,
@@ -467,6 +535,9 @@ mod tests {
             policy_max: None,
             identities_max: None,
             conntrack_max: None,
+            prefilter_max: None,
+            devices: DEFAULT_DEVICES.into(),
+            xdp_mode: DEFAULT_XDP_MODE.into(),
             events_bytes: None,
             flow_buffer: None,
             flow_aggregation: None,

@@ -17,16 +17,19 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType, Xdp,
         cgroup_sock_addr::CgroupSockAddrLinkId,
         links::{FdLink, PinnedLink},
         sock_ops::SockOpsLinkId,
         tc::SchedClassifierLinkId,
+        xdp::{XdpLinkId, XdpMode as AttachMode},
     },
 };
 use mesh_common::{maps, programs};
 
 use crate::{
+    config::XdpMode,
+    devices::Device,
     netns,
     pod_iface::{self, PodInterface},
     policy_table::{PolicyTable, PolicyTableError},
@@ -78,6 +81,7 @@ enum LinkId {
     Cgroup(CgroupSockAddrLinkId),
     SockOps(SockOpsLinkId),
     Tc(SchedClassifierLinkId),
+    Xdp(XdpLinkId),
 }
 
 /// One attachment the agent made, pinned.
@@ -114,6 +118,9 @@ pub struct Datapath {
     generation: String,
     /// A level of `mesh_common::flows::aggregation`: at `MAXIMUM`, `sockops` stays detached.
     flow_aggregation: u8,
+    /// The external interfaces carrying XDP, by name: the interface, its link, and the mode it
+    /// was attached in (`native`, or `generic` with why).
+    devices: BTreeMap<String, (Device, Attachment, String)>,
 }
 
 impl Datapath {
@@ -157,6 +164,7 @@ impl Datapath {
             links_dir,
             generation,
             flow_aggregation,
+            devices: BTreeMap::new(),
         })
     }
 
@@ -205,6 +213,9 @@ impl Datapath {
                 let hook = if link.program == programs::FROM_POD { "tcx ingress" } else { "tcx egress" };
                 all.push((link.program, format!("{hook} {}", link.target), pod.pod.clone()));
             }
+        }
+        for (device, link, mode) in self.devices.values() {
+            all.push((link.program, format!("xdp {mode} {}", device.name), String::new()));
         }
         all
     }
@@ -319,6 +330,86 @@ impl Datapath {
         errors
     }
 
+    /// Makes XDP (`mesh_from_wire`) sit on exactly `devices` (interfaces of the node's
+    /// namespace): attaches the new ones in `mode` (native falls back to generic, and says why),
+    /// detaches the ones gone. Returns one error per interface that could not be attached;
+    /// those are tried again at the next call.
+    pub fn sync_devices(&mut self, netns: Option<&Path>, devices: &[Device], mode: XdpMode) -> Vec<DatapathError> {
+        let mut errors = Vec::new();
+        let gone: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, (attached, _, _))| !devices.contains(attached))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let (_, link, _) = self.devices.remove(&name).expect("listed above");
+            if let Err(err) = detach(link) {
+                errors.push(err);
+            }
+            tracing::info!(device = %name, "detached XDP");
+        }
+        let new: Vec<&Device> = devices.iter().filter(|d| !self.devices.contains_key(&d.name)).collect();
+        if new.is_empty() {
+            return errors;
+        }
+        let name = programs::FROM_WIRE;
+        let loaded = program::<Xdp>(&mut self.ebpf, name).and_then(|program| {
+            if program.fd().is_ok() {
+                Ok(())
+            } else {
+                program.load().map_err(|source| DatapathError::Program { name, source })
+            }
+        });
+        if let Err(err) = loaded {
+            errors.push(err);
+            return errors;
+        }
+        let (ebpf, links_dir, generation) = (&mut self.ebpf, &self.links_dir, &self.generation);
+        let attached = netns::run_in(netns, || {
+            new.iter()
+                .map(|device| {
+                    let program: &mut Xdp = program(ebpf, name)?;
+                    let mut attach = |flags| {
+                        program.attach(device.ifindex, flags).map_err(|source| DatapathError::Attach {
+                            name,
+                            target: device.name.clone(),
+                            source,
+                        })
+                    };
+                    let (id, mode) = match mode {
+                        XdpMode::Generic => (attach(AttachMode::Skb)?, "generic".to_owned()),
+                        XdpMode::Native => match attach(AttachMode::Driver) {
+                            Ok(id) => (id, "native".to_owned()),
+                            Err(native) => {
+                                let id = attach(AttachMode::Skb)?;
+                                tracing::warn!(device = %device.name, "native XDP refused ({native}): attached in generic mode");
+                                (id, format!("generic (native refused: {native})"))
+                            }
+                        },
+                    };
+                    let link = pin(ebpf, links_dir, generation, name, &device.name, LinkId::Xdp(id))?;
+                    Ok(((*device).clone(), link, mode))
+                })
+                .collect::<Vec<Result<_, DatapathError>>>()
+        });
+        match attached {
+            Err(err) => errors.push(err.into()),
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok((device, link, mode)) => {
+                            tracing::info!(device = %device.name, ifindex = device.ifindex, %mode, "attached XDP");
+                            self.devices.insert(device.name.clone(), (device, link, mode));
+                        }
+                        Err(err) => errors.push(err),
+                    }
+                }
+            }
+        }
+        errors
+    }
+
     /// The pods whose interfaces carry the TC programs.
     pub fn attached_pods(&self) -> impl Iterator<Item = &AttachedPod> {
         self.pods.values().map(|(pod, _)| pod)
@@ -360,7 +451,9 @@ impl Datapath {
     /// removed.
     pub fn shutdown(mut self, keep: bool) -> Result<(), DatapathError> {
         let pod_links = std::mem::take(&mut self.pods).into_values().flat_map(|(_, links)| links);
-        let all: Vec<Attachment> = std::mem::take(&mut self.attachments).into_iter().chain(pod_links).collect();
+        let device_links = std::mem::take(&mut self.devices).into_values().map(|(_, link, _)| link);
+        let all: Vec<Attachment> =
+            std::mem::take(&mut self.attachments).into_iter().chain(pod_links).chain(device_links).collect();
         if keep {
             drop(all);
             tracing::info!(bpffs = %self.bpffs.display(), "datapath kept: links and maps stay pinned");
@@ -433,6 +526,11 @@ fn take_link(ebpf: &mut Ebpf, name: &'static str, id: LinkId) -> Result<FdLink, 
         }
         LinkId::Tc(id) => {
             let program: &mut SchedClassifier = program(ebpf, name).map_err(|e| err(&e))?;
+            let link = program.take_link(id).map_err(|e| err(&e))?;
+            FdLink::try_from(link).map_err(|e| err(&e))
+        }
+        LinkId::Xdp(id) => {
+            let program: &mut Xdp = program(ebpf, name).map_err(|e| err(&e))?;
             let link = program.take_link(id).map_err(|e| err(&e))?;
             FdLink::try_from(link).map_err(|e| err(&e))
         }

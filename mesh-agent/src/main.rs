@@ -520,17 +520,51 @@ fn reconcile(
                 Some(LocalEndpoint { ifindex: pod.iface.ifindex, policy })
             })
             .collect();
+        let prefilter = mesh_agent::prefilter::compile(model);
+        for why in &prefilter.left_out {
+            tracing::info!("not prefiltered, enforced at the pods: {why}");
+        }
         match mesh_agent::principals::Numbering::of(model, &config.trust_domain) {
-            Ok(principals) => match policy_table.apply(&local, &policy::workloads(model), &principals) {
-                Ok(stats) => {
-                    tracing::debug!(?stats, total_us = started.elapsed().as_micros() as u64, "policy reconciled");
+            Ok(principals) => {
+                match policy_table.apply(&local, &policy::workloads(model), &principals, &prefilter.entries) {
+                    Ok(stats) => {
+                        tracing::debug!(?stats, total_us = started.elapsed().as_micros() as u64, "policy reconciled");
+                    }
+                    Err(err) => problems.push(err.to_string()),
                 }
-                Err(err) => problems.push(err.to_string()),
-            },
+            }
             Err(err) => problems.push(err.to_string()),
         }
     }
+    // XDP runs only while it has work (a prefilter CIDR): an interface without it costs nothing.
+    let devices = if policy_table.prefilter_active() { external_devices(model, config) } else { Ok(Vec::new()) };
+    match devices {
+        Ok(devices) => problems.extend(
+            datapath.sync_devices(config.netns.as_deref(), &devices, config.xdp_mode).iter().map(ToString::to_string),
+        ),
+        Err(err) => problems.push(err),
+    }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}
+
+/// The node's external interfaces as configured (`MESH_DEVICES`): by name, or those holding the
+/// node's addresses in the model (none while the model gives the node none).
+fn external_devices(model: &ResourceSet, config: &Config) -> Result<Vec<mesh_agent::devices::Device>, String> {
+    use mesh_agent::devices;
+    let addresses: Vec<std::net::Ipv4Addr> = model
+        .of_kind(Kind::Node)
+        .filter_map(|r| match &r.kind {
+            Some(mesh_common::api::resource::Kind::Node(n)) if n.name == config.node_name => Some(n),
+            _ => None,
+        })
+        .flat_map(|n| n.addresses.iter().filter_map(|a| a.parse().ok()))
+        .collect();
+    let found = match &config.devices {
+        config::Devices::Off => return Ok(Vec::new()),
+        config::Devices::Named(names) => netns::run_in(config.netns.as_deref(), || devices::named(names)),
+        config::Devices::Auto => netns::run_in(config.netns.as_deref(), || devices::holding(&addresses)),
+    };
+    found.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
 }
 
 /// Makes `connect4` send the connections to remote STRICT pods (and ports) to this agent's

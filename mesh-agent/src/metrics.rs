@@ -238,6 +238,29 @@ impl Collector for Scraped {
                 *verdicts.entry((direction, action, policy)).or_default() += total.flows;
             }
         }
+        // The XDP prefilter's drops, per CIDR (its events are sampled; these are exact).
+        let prefiltered = crate::prefilter::dropped(&self.state.bpffs);
+        let prefilter_policy =
+            |rule: u32| directory.policy(rule).map_or_else(|| format!("rule {rule}"), |p| p.description.clone());
+        for d in &prefiltered {
+            *drops.entry(("POLICY_DENY".to_owned(), "ingress")).or_default() += d.packets;
+        }
+        series(
+            &mut encoder,
+            "mesh_prefilter_dropped_packets",
+            "Packets the XDP prefilter dropped, by source CIDR and the rule that denies it.",
+            prefiltered.iter().map(|d| {
+                (vec![("cidr", d.cidr.to_string()), ("policy", prefilter_policy(d.rule))], ConstCounter::new(d.packets))
+            }),
+        )?;
+        series(
+            &mut encoder,
+            "mesh_prefilter_dropped_bytes",
+            "Bytes the XDP prefilter dropped, by source CIDR and the rule that denies it.",
+            prefiltered.iter().map(|d| {
+                (vec![("cidr", d.cidr.to_string()), ("policy", prefilter_policy(d.rule))], ConstCounter::new(d.bytes))
+            }),
+        )?;
         series(
             &mut encoder,
             "hubble_drop",

@@ -174,6 +174,7 @@ fn rules_used(policy: &KernelPolicy) -> BTreeSet<u32> {
     for entry in policy.entries.values() {
         used.extend([entry.enforced.rule, entry.with_audit.rule]);
     }
+    used.extend(policy.prefilter.values().copied());
     for endpoint in policy.endpoints.values() {
         for direction in [endpoint.ingress, endpoint.egress] {
             used.extend([direction.isolating_rule, direction.audit_isolating_rule]);
@@ -203,6 +204,16 @@ pub struct KernelPolicy {
     pub entries: BTreeMap<PolicyPrefix, PolicyEntry>,
     /// Policy map entries each policy brought (a prefix several rules share counts for each).
     pub entries_by_policy: BTreeMap<PolicyRef, usize>,
+    /// The XDP prefilter: CIDR -> the id of the deny rule it stands for (0: passes).
+    pub prefilter: BTreeMap<Cidr, u32>,
+}
+
+/// The prefilter's kernel form: each CIDR with its rule's id.
+pub fn prefilter_form(entries: &[crate::prefilter::Entry], numbering: &mut Numbering) -> BTreeMap<Cidr, u32> {
+    entries
+        .iter()
+        .map(|e| (e.cidr, e.rule.as_ref().map_or(0, |rule| numbering.rule(Attribution::Rule(rule.clone())))))
+        .collect()
 }
 
 /// One rule's contribution for one peer identity: a protocol (`None`: all) and a port range
@@ -495,6 +506,8 @@ pub enum PolicyTableError {
         "the policy needs {needed} entries in map {map} but its capacity is {capacity}: raise {key}, or shrink the largest policies ({largest}); nothing was applied, the previous policy stays in force"
     )]
     Capacity { map: &'static str, needed: usize, capacity: u32, key: &'static str, largest: String },
+    #[error("cannot count the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    Cpus(std::io::Error),
     #[error("writing map {map} failed: {source}; the policy is partly applied and is tried again")]
     Write { map: &'static str, source: MapError },
 }
@@ -505,6 +518,7 @@ pub struct PolicyStats {
     pub identities: usize,
     pub endpoints: usize,
     pub entries: usize,
+    pub prefilter: usize,
     pub removed: usize,
 }
 
@@ -523,6 +537,7 @@ pub struct PolicyTable {
     revision_pending: bool,
     numbering: Numbering,
     capacities: Capacities,
+    prefilter: crate::prefilter::PrefilterMaps,
 }
 
 fn map_type(map: &'static str) -> impl FnOnce(MapError) -> PolicyTableError {
@@ -562,6 +577,8 @@ impl PolicyTable {
         for (key, value) in policy.iter().filter_map(Result::ok) {
             current.entries.insert((key.prefix_len(), key.data()), value);
         }
+        let prefilter = crate::prefilter::PrefilterMaps::new(ebpf, capacities.prefilter)?;
+        current.prefilter = prefilter.held();
         let mut numbering = Numbering::default();
         numbering.adopt_cidrs(&current);
         let mut table = Self {
@@ -575,6 +592,7 @@ impl PolicyTable {
             revision_pending: false,
             numbering,
             capacities,
+            prefilter,
         };
         // Counts from before this agent are not news.
         table.verdict_report();
@@ -621,7 +639,12 @@ impl PolicyTable {
         self.numbering.attributions()
     }
 
-    /// Makes the maps hold the kernel form of `endpoints`' policy. Checked whole before
+    /// Whether the prefilter holds a CIDR that drops (XDP has work).
+    pub fn prefilter_active(&self) -> bool {
+        self.current.prefilter.values().any(|rule| *rule != 0)
+    }
+
+    /// Makes the maps hold the kernel form of `endpoints`' policy and the `prefilter`. Checked whole before
     /// anything is written: if it does not fit, nothing changes. A write that fails leaves
     /// the copy of the maps true to what they hold (every write that succeeded is in it, a
     /// key found already gone counts as removed), so the next apply writes what is left and
@@ -631,8 +654,10 @@ impl PolicyTable {
         endpoints: &[LocalEndpoint<'_>],
         workloads: &[&api::Workload],
         principals: &crate::principals::Numbering,
+        prefilter: &[crate::prefilter::Entry],
     ) -> Result<PolicyStats, PolicyTableError> {
-        let desired = kernel_form(endpoints, workloads, &mut self.numbering, principals);
+        let mut desired = kernel_form(endpoints, workloads, &mut self.numbering, principals);
+        desired.prefilter = prefilter_form(prefilter, &mut self.numbering);
         self.check_fits(&desired)?;
         let stats = self.write(&desired)?;
         self.current.entries_by_policy = desired.entries_by_policy;
@@ -705,6 +730,12 @@ impl PolicyTable {
             current.identities.remove(&(kind, cidr));
             stats.removed += 1;
         }
+        // The prefilter is read by XDP only (no verdict of it is remembered): no revision.
+        let written = self.prefilter.write(&desired.prefilter);
+        current.prefilter = self.prefilter.held();
+        let (written, removed) = written?;
+        stats.prefilter += written;
+        stats.removed += removed;
         if self.revision_pending {
             let revision = self.revision.get(&0, 0).unwrap_or(0).wrapping_add(1);
             self.revision.set(0, &revision, 0).map_err(write(maps::POLICY_REVISION))?;
@@ -716,6 +747,7 @@ impl PolicyTable {
     /// Refuses `desired` if the maps cannot hold it together with what they hold now (new
     /// entries are written before old ones are removed).
     fn check_fits(&self, desired: &KernelPolicy) -> Result<(), PolicyTableError> {
+        self.prefilter.check_fits(&desired.prefilter)?;
         let union = |now: usize, new: usize, same: usize| now + new - same;
         let same_entries = desired.entries.keys().filter(|k| self.current.entries.contains_key(k)).count();
         let needed = union(self.current.entries.len(), desired.entries.len(), same_entries);

@@ -53,6 +53,7 @@ pub struct Capacities {
     pub policy: u32,
     pub identities: u32,
     pub conntrack: u32,
+    pub prefilter: u32,
     /// Size of the flow event ring buffer, in bytes.
     pub events_bytes: u32,
 }
@@ -67,6 +68,7 @@ impl Default for Capacities {
             policy: maps::DEFAULT_POLICY_MAX,
             identities: maps::DEFAULT_IDENTITIES_MAX,
             conntrack: maps::DEFAULT_CONNTRACK_MAX,
+            prefilter: maps::DEFAULT_PREFILTER_MAX,
             events_bytes: maps::DEFAULT_EVENTS_BYTES,
         }
     }
@@ -74,7 +76,7 @@ impl Default for Capacities {
 
 impl Capacities {
     /// Each map's name and configured capacity.
-    pub fn by_map(&self) -> [(&'static str, u32); 9] {
+    pub fn by_map(&self) -> [(&'static str, u32); 11] {
         [
             (maps::SERVICES, self.services),
             (maps::BACKENDS, self.backends),
@@ -84,6 +86,8 @@ impl Capacities {
             (maps::POLICY, self.policy),
             (maps::IDENTITIES, self.identities),
             (maps::CONNTRACK, self.conntrack),
+            (maps::PREFILTER, self.prefilter),
+            (maps::PREFILTER_COUNTS, self.prefilter),
             (maps::EVENTS, self.events_bytes),
         ]
     }

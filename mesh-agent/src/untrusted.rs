@@ -59,7 +59,9 @@ impl Follower {
         let workloads = policy::workloads(&self.model);
         let principals =
             crate::principals::Numbering::of(&self.model, &Default::default()).map_err(|e| e.to_string())?;
-        let kernel = policy_table::kernel_form(&local, &workloads, &mut self.numbering, &principals);
+        let mut kernel = policy_table::kernel_form(&local, &workloads, &mut self.numbering, &principals);
+        kernel.prefilter =
+            policy_table::prefilter_form(&crate::prefilter::compile(&self.model).entries, &mut self.numbering);
         let directory = Directory::build(NODE, &self.model, self.numbering.attributions());
         drop(directory);
         // The routes compiled as the agent compiles them, and a request judged by each.

@@ -22,6 +22,7 @@ pub mod model;
 pub mod names;
 pub mod pod_traffic;
 pub mod policy;
+pub mod prefilter;
 pub mod service_lb;
 pub mod tunnel;
 #[cfg(feature = "user")]
@@ -54,6 +55,9 @@ pub mod programs {
     pub const TO_POD: &str = "mesh_to_pod";
     /// `sockops` on the node cgroup: TCP connection events and the translated 4-tuples.
     pub const SOCKOPS: &str = "mesh_sockops";
+    /// XDP on the node's external interfaces: the prefilter (source CIDRs dropped before the
+    /// stack).
+    pub const FROM_WIRE: &str = "mesh_from_wire";
     /// Emits synthetic flow events when run with `BPF_PROG_TEST_RUN`: the flows benchmark's
     /// generator. Never attached.
     pub const EVENT_GEN: &str = "mesh_event_gen";

@@ -84,6 +84,13 @@ pub const MTLS_INBOUND: &str = "mesh_mtls_in";
 /// one off the wire. Written by the agent.
 pub const POD_INTERFACES: &str = "mesh_pod_ifs";
 
+/// The prefilter's CIDRs (LPM trie): `Key<u32>` (source address, network order) ->
+/// [`crate::prefilter::PrefilterEntry`]. Written by the agent.
+pub const PREFILTER: &str = "mesh_prefilter";
+/// The prefilter's counters (per-CPU array of [`crate::prefilter::PrefilterCount`]), one slot
+/// per CIDR, as large as [`PREFILTER`].
+pub const PREFILTER_COUNTS: &str = "mesh_pf_counts";
+
 /// Default capacity of [`SERVICES`] (service address + port + protocol entries).
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 /// Default capacity of [`BACKENDS`] (backend slots over all services).
@@ -131,8 +138,12 @@ pub const TUNNEL_ORIGINS_MAX: u32 = 16_384;
 /// Capacity of [`MTLS_INBOUND`] and [`POD_INTERFACES`]: this node's pods (and their ports).
 pub const DEFAULT_LOCAL_PODS_MAX: u32 = 4_096;
 
+/// Default capacity of [`PREFILTER`] (and [`PREFILTER_COUNTS`]): denied CIDRs and their
+/// excepts.
+pub const DEFAULT_PREFILTER_MAX: u32 = 16_384;
+
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 25] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
@@ -156,6 +167,8 @@ pub const ALL: [&str; 23] = [
     TUNNEL_ORIGINS,
     MTLS_INBOUND,
     POD_INTERFACES,
+    PREFILTER,
+    PREFILTER_COUNTS,
 ];
 
 #[cfg(test)]

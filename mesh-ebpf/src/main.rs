@@ -4,9 +4,11 @@
 #![no_main]
 
 mod flows;
+mod from_wire;
 mod maps;
 mod pod_traffic;
 mod policy;
+mod prefilter;
 mod service_lb;
 mod sockops;
 

@@ -11,11 +11,12 @@ use mesh_common::{
     maps::{
         DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
         DEFAULT_FRAGMENTS_MAX, DEFAULT_IDENTITIES_MAX, DEFAULT_LOCAL_PODS_MAX, DEFAULT_POD_TRAFFIC_MAX,
-        DEFAULT_POLICY_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_TUNNEL_DESTS_MAX, DEFAULT_VERDICTS_MAX,
-        DEFAULT_XLATE_MAX, TUNNEL_ORIGINS_MAX,
+        DEFAULT_POLICY_MAX, DEFAULT_PREFILTER_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_TUNNEL_DESTS_MAX,
+        DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX, TUNNEL_ORIGINS_MAX,
     },
     pod_traffic::PodTraffic,
     policy::{CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
+    prefilter::{PrefilterCount, PrefilterEntry},
     service_lb::{
         AffinityKey, AffinityValue, BACKEND_FILTER_WORDS, Backend, BackendKey, ReverseKey, SOCKET_SLOTS, ServiceAddr,
         ServiceEntry, ServiceKey, SocketService,
@@ -103,3 +104,9 @@ pub static MTLS_INBOUND: HashMap<TunnelDestKey, u32> = HashMap::pinned(DEFAULT_L
 
 #[map(name = "mesh_pod_ifs")]
 pub static POD_INTERFACES: HashMap<u32, u32> = HashMap::pinned(DEFAULT_LOCAL_PODS_MAX, AGENT_WRITTEN);
+
+#[map(name = "mesh_prefilter")]
+pub static PREFILTER: LpmTrie<u32, PrefilterEntry> = LpmTrie::pinned(DEFAULT_PREFILTER_MAX, 0);
+
+#[map(name = "mesh_pf_counts")]
+pub static PREFILTER_COUNTS: PerCpuArray<PrefilterCount> = PerCpuArray::pinned(DEFAULT_PREFILTER_MAX, 0);

@@ -49,7 +49,7 @@ const ETH_P_IPV6: u32 = EtherType::Ipv6 as u16 as u32;
 /// The flags byte of a TCP header: the second byte of the data offset/flags word.
 const TCP_FLAGS_OFFSET: usize = offset_of!(TcpHdr, _bitfield_1) + 1;
 /// IPv4 fragment offset bits of the flags/offset field.
-const IP_OFFSET: u16 = 0x1fff;
+pub(crate) const IP_OFFSET: u16 = 0x1fff;
 /// IPv4 "more fragments" flag of the flags/offset field.
 const IP_MF: u16 = 0x2000;
 /// TCP flags byte.
@@ -68,17 +68,17 @@ const POLICY_BITS: u32 = 96;
 /// here every bit pattern is a valid value.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ipv4 {
-    version_ihl: u8,
-    tos: u8,
-    total_len: u16,
-    id: u16,
-    frag: u16,
-    ttl: u8,
-    proto: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
+pub(crate) struct Ipv4 {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub total_len: u16,
+    pub id: u16,
+    pub frag: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
 }
 
 const _: () = {

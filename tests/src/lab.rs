@@ -92,6 +92,15 @@ pub struct Pod {
     pub cgroup: PathBuf,
 }
 
+/// A client outside the cluster: a namespace on the nodes' network (see [`Lab::add_outside`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outside {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub netns: String,
+    pub netns_path: PathBuf,
+}
+
 /// A running lab. Everything it made is removed on drop.
 pub struct Lab {
     pub id: String,
@@ -148,6 +157,18 @@ impl Lab {
             .iter()
             .find(|node| node.name == name)
             .unwrap_or_else(|| panic!("lab {} has no node {name:?}", self.id))
+    }
+
+    /// Adds a client outside the cluster at `ip` (in the nodes' 172.18.0.0/16, above the node
+    /// addresses: 172.18.200.0 and up), joined to the nodes' external interfaces through the
+    /// fabric; the `index`-th of this lab (0, 1, ...).
+    pub fn add_outside(&self, index: usize, ip: Ipv4Addr) -> Result<Outside> {
+        net::add_outside(self, index, ip)
+    }
+
+    /// Where a process of `outside` runs: its namespace, the lab's system cgroup.
+    pub fn outside_placement(&self, outside: &Outside) -> Placement {
+        Placement { netns: Some(outside.netns_path.clone()), cgroup: self.system_cgroup() }
     }
 
     /// Where this lab's processes that belong to no pod run (agents, or a client "outside"

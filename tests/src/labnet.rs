@@ -308,3 +308,20 @@ fn run_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&output.stdout)
         .map_err(|err| invalid(format!("{err}: {}", String::from_utf8_lossy(&output.stdout))))
 }
+
+/// What `labnet flood` sent.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Flooded {
+    pub sent: u64,
+    pub seconds: f64,
+    pub pps: f64,
+}
+
+/// Runs `labnet flood` with `placement` on `cpu`: minimum-size datagrams to `to` for
+/// `duration`, as fast as they go.
+pub fn flood(lab: &Lab, placement: &Placement, to: SocketAddr, duration: Duration, cpu: usize) -> Result<Flooded> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.args(["flood", "--to", &to.to_string(), "--duration-ms", &duration.as_millis().to_string()]);
+    command.args(["--cpu", &cpu.to_string()]);
+    run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet flood")
+}

@@ -7,6 +7,7 @@ pub(crate) mod control_plane;
 mod flows;
 mod l7;
 mod mtls;
+mod north_south;
 mod policy;
 mod service_lb;
 mod targets;
@@ -71,6 +72,16 @@ pub enum Bench {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
     },
+    /// Traffic from outside the cluster: the XDP prefilter's drop rate against iptables' raw
+    /// table and an nftables ingress hook, for the same list of denied CIDRs.
+    NorthSouth {
+        /// Denied CIDRs in the list (comma-separated scales).
+        #[arg(long, value_delimiter = ',', default_value = "10,1000")]
+        scales: Vec<u32>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
     /// HTTP through the L7 proxy (a Service with a route), through the mesh without routes,
     /// direct, and through nginx as a per-node reverse proxy: rate, latency, proxy CPU, memory.
     L7 {
@@ -92,6 +103,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Flows { scales, seconds } => flows::run(&scales, seconds)?,
         Bench::Mtls { seconds } => mtls::run(seconds)?,
         Bench::L7 { seconds } => l7::run(seconds)?,
+        Bench::NorthSouth { scales, seconds } => north_south::run(&scales, seconds)?,
     };
     report.print();
     let path = report.write()?;
@@ -107,13 +119,14 @@ type RunBench = fn() -> anyhow::Result<Report>;
 /// targets count as missed, the others still run.
 fn all() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let benches: [(&str, RunBench); 6] = [
+    let benches: [(&str, RunBench); 7] = [
         ("control-plane", || control_plane::run(10_000, 10, 50)),
         ("service-lb", || service_lb::run(&[1, 1000, 10_000], 2.0)),
         ("policy", || policy::run(&[10, 1000, 10_000], 3.0)),
         ("flows", || flows::run(&[100_000, 1_000_000, 1_200_000, 3_000_000], 3.0)),
         ("mtls", || mtls::run(3.0)),
         ("l7", || l7::run(3.0)),
+        ("north-south", || north_south::run(&[10, 1000], 2.0)),
     ];
     let mut judged = Vec::new();
     for (name, bench) in benches {

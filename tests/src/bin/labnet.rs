@@ -35,6 +35,9 @@
 //!   name:value]... [--cpu N]`: HTTP/1.1 over keep-alive connections, as fast as answers come
 //!   or at a fixed rate (`mesh_tests::http_load`); prints requests/s and latency percentiles.
 //!   `--grpc`: gRPC unary health checks over HTTP/2 instead.
+//! - `labnet flood --to 172.18.0.2:9 --duration-ms 2000 [--cpu N]`: UDP datagrams of 18 bytes
+//!   (64-byte frames) to TO as fast as `sendmmsg` takes them, for the duration; prints the
+//!   count and rate as JSON (the north-south benchmark's packet generator).
 //! - `labnet grpc-health --port 9081 [--cpu N]`: the standard gRPC health service.
 //! - `labnet grpc-echo --port 7070 --pod echo-v1 --namespace x`: gRPC answering every call,
 //!   what it received in its `x-echo` header; `labnet grpc-get --to A --count N [--header
@@ -202,6 +205,16 @@ enum Cmd {
         #[arg(long)]
         established_file: Option<PathBuf>,
     },
+    /// Minimum-size UDP datagrams to TO as fast as they go, for DURATION_MS; print the rate.
+    Flood {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        duration_ms: u64,
+        /// Run on this CPU only.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
     /// Request/response on one connection to TO (a `labnet serve`) for DURATION_MS; print a
     /// JSON latency report.
     Rr {
@@ -308,6 +321,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Udp { to, count, timeout_ms, size } => print(&udp(to, count, Duration::from_millis(timeout_ms), size)),
         Cmd::Hold { to, hold_ms, established_file } => {
             print(&hold(to, Duration::from_millis(hold_ms), established_file))
+        }
+        Cmd::Flood { to, duration_ms, cpu } => {
+            pin(cpu).and_then(|()| flood(to, Duration::from_millis(duration_ms))).and_then(|r| print(&r))
         }
         Cmd::Rr { to, duration_ms, cpu } => {
             pin(cpu).and_then(|()| rr(to, Duration::from_millis(duration_ms))).and_then(|r| print(&r))
@@ -593,6 +609,42 @@ fn abort(stream: &TcpStream) {
 /// `name:value` arguments as pairs.
 fn header_pairs(headers: &[String]) -> Vec<(String, String)> {
     headers.iter().filter_map(|h| h.split_once(':').map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))).collect()
+}
+
+/// What `flood` sent.
+#[derive(serde::Serialize)]
+struct Flooded {
+    sent: u64,
+    seconds: f64,
+    pps: f64,
+}
+
+/// Datagrams of 18 bytes (the smallest Ethernet frame) to `to`, 64 to a `sendmmsg` call, for
+/// `duration` (checked every call). Errors from ICMP answers are ignored: only what was sent
+/// counts.
+fn flood(to: SocketAddr, duration: Duration) -> std::io::Result<Flooded> {
+    use std::os::fd::AsRawFd as _;
+    const BATCH: usize = 64;
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(to)?;
+    let mut payload = [0u8; 18];
+    let mut iov = libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() };
+    // SAFETY: zeroed mmsghdr is valid (no name, no control); each points at the one iovec.
+    let mut messages: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for m in &mut messages {
+        m.msg_hdr.msg_iov = &mut iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let (started, mut sent) = (Instant::now(), 0u64);
+    while started.elapsed() < duration {
+        // SAFETY: `messages` holds BATCH valid headers pointing at `payload`, alive here.
+        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), messages.as_mut_ptr(), BATCH as u32, 0) };
+        if n > 0 {
+            sent += n as u64;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Flooded { sent, seconds, pps: sent as f64 / seconds })
 }
 
 fn pin(cpu: Option<usize>) -> std::io::Result<()> {

@@ -83,6 +83,26 @@ pub(super) fn build(lab: &mut Lab, layout: &[&[&str]]) -> Result<()> {
     Ok(())
 }
 
+/// A namespace outside every node, on the fabric as the nodes' external interfaces are: its
+/// `eth0` (`address`/16) is a port of the fabric's bridge, so it reaches every node's address
+/// directly, as a client on the nodes' network would, and each node's pods through it.
+pub(super) fn add_outside(lab: &Lab, index: usize, address: Ipv4Addr) -> Result<super::Outside> {
+    let name = format!("outside-{index}");
+    let netns = format!("{}{name}", lab.netns_prefix());
+    netns_add(&netns)?;
+    let fabric = format!("{}fabric", lab.netns_prefix());
+    let port = format!("o{index}");
+    ip(&netns, &["link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &fabric])?;
+    ip(&fabric, &["link", "set", &port, "master", BRIDGE, "up"])?;
+    ip(&netns, &["addr", "add", &format!("{address}/16"), "dev", "eth0"])?;
+    ip(&netns, &["link", "set", "eth0", "up"])?;
+    // As a router of the nodes' network would: each node's pods through that node.
+    for node in &lab.nodes {
+        ip(&netns, &["route", "add", &node.pod_cidr, "via", &node.ip.to_string()])?;
+    }
+    Ok(super::Outside { name, ip: address, netns_path: netns_path(&netns), netns })
+}
+
 fn add_pod(lab: &Lab, node: &Node, prefix: &str, n: usize, p: usize, name: &str) -> Result<Pod> {
     let netns = format!("{prefix}{name}");
     netns_add(&netns)?;

@@ -285,12 +285,12 @@ fn median_report(reports: &[LoadReport]) -> LoadReport {
     sorted[(sorted.len() - 1) / 2].clone()
 }
 
-fn path_str(path: &Path) -> &str {
+pub(super) fn path_str(path: &Path) -> &str {
     path.to_str().expect("lab paths are UTF-8")
 }
 
 /// Where `tool` is installed: on PATH or in the sbin directories (root's tools).
-fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
+pub(super) fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -299,7 +299,7 @@ fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
         .find(|path| path.is_file())
 }
 
-fn run_in(lab: &Lab, placement: &Placement, program: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(super) fn run_in(lab: &Lab, placement: &Placement, program: &str, args: &[&str]) -> anyhow::Result<()> {
     let program = find_tool(program).with_context(|| format!("{program} not found"))?;
     let mut command = lab.placed_command(placement, &program)?;
     command.args(args);

@@ -42,6 +42,22 @@ pub fn judge(report: &Report) -> Vec<Judged> {
                 );
             }
         }
+        "north-south" => {
+            let mut scales: Vec<u64> = rows.iter().filter(|r| r.case == "xdp-prefilter").map(|r| r.scale).collect();
+            scales.dedup();
+            for scale in scales {
+                let row = find(rows, "xdp-prefilter", Some(scale), "drop_pps", Some("iptables-raw"));
+                push(
+                    format!("prefilter drop rate >= 3x iptables raw at {scale} CIDRs"),
+                    row.and_then(|r| r.ratio).map(|ratio| (format!("{ratio:.2}x"), ratio >= 3.0)),
+                );
+            }
+            let row = find(rows, "nodeport-snat", Some(10_000), "conn_per_s", Some("iptables"));
+            push(
+                "nodeport conn/s >= 2x iptables at 10000 services".into(),
+                row.and_then(|r| r.ratio).map(|ratio| (format!("{ratio:.2}x"), ratio >= 2.0)),
+            );
+        }
         "service-lb" => {
             let mut scales: Vec<u64> = rows.iter().filter(|r| r.case == "clusterip").map(|r| r.scale).collect();
             scales.dedup();
