@@ -62,6 +62,13 @@ pub const DEFAULT_DEVICES: &str = "auto";
 /// driver has none) or `generic` (after the stack has built the socket buffer: for tests).
 pub const ENV_XDP_MODE: &str = "MESH_XDP_MODE";
 pub const DEFAULT_XDP_MODE: &str = "native";
+/// Slots per Maglev table (a prime; Cilium's default 16381): more slots, a more even share
+/// and less movement when backends change, and more memory (8 bytes a slot).
+pub const ENV_MAGLEV_SIZE: &str = "MESH_MAGLEV_SIZE";
+/// How many Maglev tables the node holds (services with the same backends share one).
+pub const ENV_MAGLEV_TABLES: &str = "MESH_MAGLEV_TABLES";
+/// Capacity of the maps of flows from outside (and their answers).
+pub const ENV_NODEPORT_FLOWS_MAX: &str = "MESH_NODEPORT_FLOWS_MAX";
 /// How many recent flows the agent keeps for `GetFlows` [default: 16383].
 pub const ENV_FLOW_BUFFER: &str = "MESH_FLOW_BUFFER";
 /// TCP address of the Observer API (Hubble's port), inside the node's network namespace;
@@ -104,6 +111,8 @@ pub const MAX_FLOW_BUFFER: usize = 1 << 22;
 /// What turns a listener off.
 pub const OFF: &str = "off";
 
+/// The largest Maglev table.
+pub const MAX_MAGLEV_SIZE: u32 = 131_071;
 /// The largest capacity a map may be given.
 pub const MAX_CAPACITY: u32 = 1 << 24;
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/mesh";
@@ -193,6 +202,15 @@ pub struct Args {
     /// Capacity of the XDP prefilter's CIDR map [default: 16384].
     #[arg(long, env = ENV_PREFILTER_MAX)]
     pub prefilter_max: Option<u32>,
+    /// Slots per Maglev table, a prime [default: 16381].
+    #[arg(long, env = ENV_MAGLEV_SIZE)]
+    pub maglev_size: Option<u32>,
+    /// Maglev tables (distinct backend sets of external frontends) [default: 32].
+    #[arg(long, env = ENV_MAGLEV_TABLES)]
+    pub maglev_tables: Option<u32>,
+    /// Capacity of the maps of flows from outside [default: 65536].
+    #[arg(long, env = ENV_NODEPORT_FLOWS_MAX)]
+    pub nodeport_flows_max: Option<u32>,
     /// The node's external interfaces (XDP), comma-separated; "auto": those holding the node's
     /// addresses; "off": none.
     #[arg(long, env = ENV_DEVICES, default_value = DEFAULT_DEVICES)]
@@ -313,6 +331,10 @@ pub enum ConfigError {
         "{key}: {value:?} is not an interface list: give \"auto\", \"off\" or comma-separated interface names (at most 15 characters each)"
     )]
     Devices { key: &'static str, value: String },
+    #[error(
+        "{key}: {value} is not a prime from 251 to {MAX_MAGLEV_SIZE}: use a prime such as 16381 (the default) or 65521"
+    )]
+    MaglevSize { key: &'static str, value: u32 },
     #[error("{key}: {value:?} is not an XDP mode: use native or generic")]
     XdpMode { key: &'static str, value: String },
     #[error("{key}: {value} s is too long a drain: give at most {MAX_TUNNEL_DRAIN_SECONDS} s")]
@@ -382,6 +404,8 @@ impl Config {
             (ENV_IDENTITIES_MAX, args.identities_max, &mut capacities.identities),
             (ENV_CONNTRACK_MAX, args.conntrack_max, &mut capacities.conntrack),
             (ENV_PREFILTER_MAX, args.prefilter_max, &mut capacities.prefilter),
+            (ENV_MAGLEV_TABLES, args.maglev_tables, &mut capacities.maglev_tables),
+            (ENV_NODEPORT_FLOWS_MAX, args.nodeport_flows_max, &mut capacities.nodeport_flows),
         ] {
             if let Some(value) = value {
                 if !(1..=MAX_CAPACITY).contains(&value) {
@@ -395,6 +419,15 @@ impl Config {
                 return Err(ConfigError::EventsBytes { key: ENV_EVENTS_BYTES, value });
             }
             capacities.events_bytes = value;
+        }
+        if let Some(size) = args.maglev_size {
+            if !crate::maglev::is_prime(size) || !(251..=MAX_MAGLEV_SIZE).contains(&size) {
+                return Err(ConfigError::MaglevSize { key: ENV_MAGLEV_SIZE, value: size });
+            }
+            capacities.maglev_size = size;
+        }
+        if u64::from(capacities.maglev_size) * u64::from(capacities.maglev_tables) > u64::from(MAX_CAPACITY) {
+            return Err(ConfigError::Capacity { key: ENV_MAGLEV_TABLES, value: capacities.maglev_tables });
         }
         let flow_buffer = args.flow_buffer.unwrap_or(DEFAULT_FLOW_BUFFER);
         if !(1..=MAX_FLOW_BUFFER).contains(&flow_buffer) {
@@ -536,6 +569,9 @@ mod tests {
             identities_max: None,
             conntrack_max: None,
             prefilter_max: None,
+            maglev_size: None,
+            maglev_tables: None,
+            nodeport_flows_max: None,
             devices: DEFAULT_DEVICES.into(),
             xdp_mode: DEFAULT_XDP_MODE.into(),
             events_bytes: None,

@@ -118,9 +118,9 @@ pub struct Datapath {
     generation: String,
     /// A level of `mesh_common::flows::aggregation`: at `MAXIMUM`, `sockops` stays detached.
     flow_aggregation: u8,
-    /// The external interfaces carrying XDP, by name: the interface, its link, and the mode it
-    /// was attached in (`native`, or `generic` with why).
-    devices: BTreeMap<String, (Device, Attachment, String)>,
+    /// The external interfaces' programs, by program and interface name: the interface, its
+    /// link, and how it was attached (`xdp native`, `xdp generic (...)`, `tcx ingress`).
+    devices: BTreeMap<(&'static str, String), (Device, Attachment, String)>,
 }
 
 impl Datapath {
@@ -214,8 +214,8 @@ impl Datapath {
                 all.push((link.program, format!("{hook} {}", link.target), pod.pod.clone()));
             }
         }
-        for (device, link, mode) in self.devices.values() {
-            all.push((link.program, format!("xdp {mode} {}", device.name), String::new()));
+        for (device, link, how) in self.devices.values() {
+            all.push((link.program, format!("{how} {}", device.name), String::new()));
         }
         all
     }
@@ -330,66 +330,97 @@ impl Datapath {
         errors
     }
 
-    /// Makes XDP (`mesh_from_wire`) sit on exactly `devices` (interfaces of the node's
-    /// namespace): attaches the new ones in `mode` (native falls back to generic, and says why),
-    /// detaches the ones gone. Returns one error per interface that could not be attached;
+    /// Makes XDP (`mesh_from_wire`, the prefilter) sit on exactly the interfaces `xdp`, and TC
+    /// ingress (`mesh_from_netdev`, services from outside) on exactly `tc` (interfaces of the
+    /// node's namespace): attaches the new ones (XDP in `mode`; native falls back to generic,
+    /// and says why), detaches the ones gone. Returns one error per attachment that failed;
     /// those are tried again at the next call.
-    pub fn sync_devices(&mut self, netns: Option<&Path>, devices: &[Device], mode: XdpMode) -> Vec<DatapathError> {
+    pub fn sync_devices(
+        &mut self,
+        netns: Option<&Path>,
+        xdp: &[Device],
+        tc: &[Device],
+        mode: XdpMode,
+    ) -> Vec<DatapathError> {
         let mut errors = Vec::new();
-        let gone: Vec<String> = self
+        let wanted = |program: &str, device: &Device| {
+            if program == programs::FROM_WIRE { xdp.contains(device) } else { tc.contains(device) }
+        };
+        let gone: Vec<(&'static str, String)> = self
             .devices
             .iter()
-            .filter(|(_, (attached, _, _))| !devices.contains(attached))
-            .map(|(name, _)| name.clone())
+            .filter(|((program, _), (attached, _, _))| !wanted(program, attached))
+            .map(|(key, _)| key.clone())
             .collect();
-        for name in gone {
-            let (_, link, _) = self.devices.remove(&name).expect("listed above");
+        for key in gone {
+            let (_, link, _) = self.devices.remove(&key).expect("listed above");
             if let Err(err) = detach(link) {
                 errors.push(err);
             }
-            tracing::info!(device = %name, "detached XDP");
+            tracing::info!(program = key.0, device = %key.1, "detached");
         }
-        let new: Vec<&Device> = devices.iter().filter(|d| !self.devices.contains_key(&d.name)).collect();
-        if new.is_empty() {
-            return errors;
-        }
-        let name = programs::FROM_WIRE;
-        let loaded = program::<Xdp>(&mut self.ebpf, name).and_then(|program| {
-            if program.fd().is_ok() {
-                Ok(())
-            } else {
-                program.load().map_err(|source| DatapathError::Program { name, source })
+        let new: Vec<(&'static str, &Device)> = xdp
+            .iter()
+            .map(|d| (programs::FROM_WIRE, d))
+            .chain(tc.iter().map(|d| (programs::FROM_NETDEV, d)))
+            .filter(|(program, d)| !self.devices.contains_key(&(*program, d.name.clone())))
+            .collect();
+        for name in [programs::FROM_WIRE, programs::FROM_NETDEV] {
+            if !new.iter().any(|(program, _)| *program == name) {
+                continue;
             }
-        });
-        if let Err(err) = loaded {
-            errors.push(err);
+            let loaded = if name == programs::FROM_WIRE {
+                program::<Xdp>(&mut self.ebpf, name).and_then(|program| match program.fd() {
+                    Ok(_) => Ok(()),
+                    Err(_) => program.load().map_err(|source| DatapathError::Program { name, source }),
+                })
+            } else {
+                program::<SchedClassifier>(&mut self.ebpf, name).and_then(|program| match program.fd() {
+                    Ok(_) => Ok(()),
+                    Err(_) => program.load().map_err(|source| DatapathError::Program { name, source }),
+                })
+            };
+            if let Err(err) = loaded {
+                errors.push(err);
+                return errors;
+            }
+        }
+        if new.is_empty() {
             return errors;
         }
         let (ebpf, links_dir, generation) = (&mut self.ebpf, &self.links_dir, &self.generation);
         let attached = netns::run_in(netns, || {
             new.iter()
-                .map(|device| {
-                    let program: &mut Xdp = program(ebpf, name)?;
-                    let mut attach = |flags| {
-                        program.attach(device.ifindex, flags).map_err(|source| DatapathError::Attach {
-                            name,
-                            target: device.name.clone(),
-                            source,
-                        })
+                .map(|&(name, device)| {
+                    let target = || device.name.clone();
+                    let (id, how) = if name == programs::FROM_NETDEV {
+                        let program: &mut SchedClassifier = program(ebpf, name)?;
+                        let id = program
+                            .attach(device.ifindex, TcAttachType::Ingress)
+                            .map_err(|source| DatapathError::Attach { name, target: target(), source })?;
+                        (LinkId::Tc(id), "tcx ingress".to_owned())
+                    } else {
+                        let program: &mut Xdp = program(ebpf, name)?;
+                        let mut attach = |flags| {
+                            program
+                                .attach(device.ifindex, flags)
+                                .map_err(|source| DatapathError::Attach { name, target: target(), source })
+                        };
+                        let (id, how) = match mode {
+                            XdpMode::Generic => (attach(AttachMode::Skb)?, "xdp generic".to_owned()),
+                            XdpMode::Native => match attach(AttachMode::Driver) {
+                                Ok(id) => (id, "xdp native".to_owned()),
+                                Err(native) => {
+                                    let id = attach(AttachMode::Skb)?;
+                                    tracing::warn!(device = %device.name, "native XDP refused ({native}): attached in generic mode");
+                                    (id, format!("xdp generic (native refused: {native})"))
+                                }
+                            },
+                        };
+                        (LinkId::Xdp(id), how)
                     };
-                    let (id, mode) = match mode {
-                        XdpMode::Generic => (attach(AttachMode::Skb)?, "generic".to_owned()),
-                        XdpMode::Native => match attach(AttachMode::Driver) {
-                            Ok(id) => (id, "native".to_owned()),
-                            Err(native) => {
-                                let id = attach(AttachMode::Skb)?;
-                                tracing::warn!(device = %device.name, "native XDP refused ({native}): attached in generic mode");
-                                (id, format!("generic (native refused: {native})"))
-                            }
-                        },
-                    };
-                    let link = pin(ebpf, links_dir, generation, name, &device.name, LinkId::Xdp(id))?;
-                    Ok(((*device).clone(), link, mode))
+                    let link = pin(ebpf, links_dir, generation, name, &device.name, id)?;
+                    Ok((name, device.clone(), link, how))
                 })
                 .collect::<Vec<Result<_, DatapathError>>>()
         });
@@ -398,9 +429,9 @@ impl Datapath {
             Ok(results) => {
                 for result in results {
                     match result {
-                        Ok((device, link, mode)) => {
-                            tracing::info!(device = %device.name, ifindex = device.ifindex, %mode, "attached XDP");
-                            self.devices.insert(device.name.clone(), (device, link, mode));
+                        Ok((name, device, link, how)) => {
+                            tracing::info!(program = name, device = %device.name, ifindex = device.ifindex, %how, "attached");
+                            self.devices.insert((name, device.name.clone()), (device, link, how));
                         }
                         Err(err) => errors.push(err),
                     }
@@ -424,6 +455,12 @@ impl Datapath {
         let filter =
             self.ebpf.take_map(maps::BACKEND_FILTER).ok_or(ServiceLbError::MissingMap { map: maps::BACKEND_FILTER })?;
         Ok(ServiceTable::new(services, backends, addrs, filter, self.capacities)?)
+    }
+
+    /// The maps of services from outside, taken out of the object for the caller to program.
+    pub fn nodeport_table(&mut self) -> Result<crate::nodeport::NodePortTable, crate::nodeport::NodePortError> {
+        let c = self.capacities;
+        crate::nodeport::NodePortTable::new(&mut self.ebpf, c.maglev_size, c.maglev_tables, c.services)
     }
 
     /// The policy maps, taken out of the object for the caller to program.

@@ -97,6 +97,16 @@ pub fn routed(model: &ResourceSet) -> Routed {
 type Weights = BTreeMap<String, BTreeMap<String, u32>>;
 
 impl Compiler {
+    /// The EndpointSlices of service `namespace/name` in `model` (as of the last update).
+    pub fn slices(&self, model: &ResourceSet, namespace: &str, name: &str) -> Vec<api::EndpointSlice> {
+        self.slices_of
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| model.endpoint_slice(namespace, slice))
+            .collect()
+    }
+
     /// This node's pods.
     pub fn pods(&self) -> &[state_file::Pod] {
         &self.pods
@@ -215,13 +225,7 @@ impl Compiler {
                 .and_then(|r| r.kind.as_ref())
             {
                 Some(resource::Kind::Service(svc)) => {
-                    let slices: Vec<api::EndpointSlice> = self
-                        .slices_of
-                        .get(&service)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|slice| model.endpoint_slice(&service.0, slice))
-                        .collect();
+                    let slices = self.slices(model, &service.0, &service.1);
                     frontends(svc, &slices, &self.weights, &self.node_addresses, node, &self.routed)
                 }
                 _ => Vec::new(),
@@ -330,7 +334,10 @@ fn frontends(
     services
 }
 
-fn backends(
+/// The backends of `port` of a service (in `namespace`) from its `slices`, as kube-proxy
+/// chooses them: ready endpoints, else serving and terminating ones; only `local_node`'s if
+/// given.
+pub(crate) fn backends(
     slices: &[api::EndpointSlice],
     namespace: &str,
     weights: &Weights,
@@ -413,6 +420,7 @@ mod tests {
             affinity_timeout_seconds: 30,
             internal_traffic_local: internal_local,
             external_ips: vec!["10.200.0.10".into()],
+            ..Default::default()
         })
     }
 

@@ -69,9 +69,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     // mutual TLS to the operator.
     let tunnel_on = config.tunnel_address.is_some() && config.tls.is_some();
     let started = datapath.attach_cgroup(&config.cgroup, tunnel_on).map_err(anyhow::Error::from).and_then(|()| {
-        Ok((datapath.service_table()?, datapath.policy_table()?, datapath.flow_events()?, datapath.tunnel_redirect()?))
+        Ok((
+            (datapath.service_table()?, datapath.nodeport_table()?),
+            datapath.policy_table()?,
+            datapath.flow_events()?,
+            datapath.tunnel_redirect()?,
+        ))
     });
-    let (mut table, policy, (events, lost_events), (mut redirect, origins)) = match started {
+    let ((mut table, mut nodeport), policy, (events, lost_events), (mut redirect, origins)) = match started {
         Ok(tables) => tables,
         Err(err) => {
             let _ = datapath.shutdown(false);
@@ -131,10 +136,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         let compiled = compiler.update(&model, &config.node_name, None);
         let result = reconcile(
             &mut datapath,
-            &mut table,
+            (&mut table, &mut nodeport),
             &mut policy.borrow_mut(),
             &config,
-            Update { model: &model, compiler: &compiler, services: compiled, policy_changed: true },
+            Update {
+                model: &model,
+                compiler: &compiler,
+                services: compiled,
+                policy_changed: true,
+                external_changed: true,
+            },
         );
         observe(&datapath, &model, &policy.borrow());
         if let Err(err) = result {
@@ -183,12 +194,13 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let services = compiler.update(model, &config.node_name, changed);
                 let compiled = started.elapsed();
                 let (frontends, pods) = (compiler.len(), compiler.pods().len());
+                let external_changed = touched(&[Kind::Service, Kind::EndpointSlice, Kind::Node]);
                 let result = reconcile(
                     &mut datapath,
-                    &mut table,
+                    (&mut table, &mut nodeport),
                     &mut policy.borrow_mut(),
                     &config,
-                    Update { model, compiler: &compiler, services, policy_changed },
+                    Update { model, compiler: &compiler, services, policy_changed, external_changed },
                 );
                 if policy_changed && certificates.enabled() {
                     for problem in certificates.want_for(model, &config.node_name) {
@@ -480,6 +492,9 @@ struct Update<'a> {
     services: Compiled,
     /// Pods or policies changed (or anything may have): compile the policy again.
     policy_changed: bool,
+    /// Services, endpoints or nodes changed (or anything may have): compile the frontends from
+    /// outside again.
+    external_changed: bool,
 }
 
 /// Makes the datapath hold the compiled model; every problem is in the error, nothing stops
@@ -487,12 +502,12 @@ struct Update<'a> {
 /// only when pods or policies changed.
 fn reconcile(
     datapath: &mut Datapath,
-    table: &mut ServiceTable,
+    (table, nodeport): (&mut ServiceTable, &mut mesh_agent::nodeport::NodePortTable),
     policy_table: &mut PolicyTable,
     config: &Config,
     update: Update<'_>,
 ) -> Result<(), String> {
-    let Update { model, compiler, services, policy_changed } = update;
+    let Update { model, compiler, services, policy_changed, external_changed } = update;
     let started = std::time::Instant::now();
     let mut problems: Vec<String> =
         datapath.sync_pods(config.netns.as_deref(), compiler.pods()).iter().map(ToString::to_string).collect();
@@ -536,33 +551,52 @@ fn reconcile(
             Err(err) => problems.push(err.to_string()),
         }
     }
-    // XDP runs only while it has work (a prefilter CIDR): an interface without it costs nothing.
-    let devices = if policy_table.prefilter_active() { external_devices(model, config) } else { Ok(Vec::new()) };
+    let addresses = node_addresses(model, &config.node_name);
+    if external_changed {
+        let externals = mesh_agent::nodeport::compile(model, compiler, &config.node_name, &addresses);
+        if let Err(err) = nodeport.apply(&externals, addresses.first().copied()) {
+            problems.push(err.to_string());
+        }
+    }
+    // XDP and TC run on the external interfaces only while they have work (a prefilter CIDR,
+    // frontends reached from outside): an interface without them costs nothing.
+    let wanted = (policy_table.prefilter_active(), nodeport.active());
+    let devices = if wanted != (false, false) { external_devices(&addresses, config) } else { Ok(Vec::new()) };
     match devices {
-        Ok(devices) => problems.extend(
-            datapath.sync_devices(config.netns.as_deref(), &devices, config.xdp_mode).iter().map(ToString::to_string),
-        ),
+        Ok(devices) => {
+            let xdp = if wanted.0 { &devices[..] } else { &[] };
+            let tc = if wanted.1 { &devices[..] } else { &[] };
+            let errors = datapath.sync_devices(config.netns.as_deref(), xdp, tc, config.xdp_mode);
+            problems.extend(errors.iter().map(ToString::to_string));
+        }
         Err(err) => problems.push(err),
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }
 
-/// The node's external interfaces as configured (`MESH_DEVICES`): by name, or those holding the
-/// node's addresses in the model (none while the model gives the node none).
-fn external_devices(model: &ResourceSet, config: &Config) -> Result<Vec<mesh_agent::devices::Device>, String> {
-    use mesh_agent::devices;
-    let addresses: Vec<std::net::Ipv4Addr> = model
+/// This node's addresses in the model (its Node object's).
+fn node_addresses(model: &ResourceSet, node: &str) -> Vec<std::net::Ipv4Addr> {
+    model
         .of_kind(Kind::Node)
         .filter_map(|r| match &r.kind {
-            Some(mesh_common::api::resource::Kind::Node(n)) if n.name == config.node_name => Some(n),
+            Some(mesh_common::api::resource::Kind::Node(n)) if n.name == node => Some(n),
             _ => None,
         })
         .flat_map(|n| n.addresses.iter().filter_map(|a| a.parse().ok()))
-        .collect();
+        .collect()
+}
+
+/// The node's external interfaces as configured (`MESH_DEVICES`): by name, or those holding
+/// `addresses` (none while the model gives the node none).
+fn external_devices(
+    addresses: &[std::net::Ipv4Addr],
+    config: &Config,
+) -> Result<Vec<mesh_agent::devices::Device>, String> {
+    use mesh_agent::devices;
     let found = match &config.devices {
         config::Devices::Off => return Ok(Vec::new()),
         config::Devices::Named(names) => netns::run_in(config.netns.as_deref(), || devices::named(names)),
-        config::Devices::Auto => netns::run_in(config.netns.as_deref(), || devices::holding(&addresses)),
+        config::Devices::Auto => netns::run_in(config.netns.as_deref(), || devices::holding(addresses)),
     };
     found.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
 }

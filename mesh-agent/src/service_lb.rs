@@ -54,6 +54,10 @@ pub struct Capacities {
     pub identities: u32,
     pub conntrack: u32,
     pub prefilter: u32,
+    /// Slots per Maglev table, and tables.
+    pub maglev_size: u32,
+    pub maglev_tables: u32,
+    pub nodeport_flows: u32,
     /// Size of the flow event ring buffer, in bytes.
     pub events_bytes: u32,
 }
@@ -69,6 +73,9 @@ impl Default for Capacities {
             identities: maps::DEFAULT_IDENTITIES_MAX,
             conntrack: maps::DEFAULT_CONNTRACK_MAX,
             prefilter: maps::DEFAULT_PREFILTER_MAX,
+            maglev_size: mesh_common::nodeport::DEFAULT_MAGLEV_SIZE,
+            maglev_tables: maps::DEFAULT_MAGLEV_TABLES,
+            nodeport_flows: maps::DEFAULT_NODEPORT_FLOWS_MAX,
             events_bytes: maps::DEFAULT_EVENTS_BYTES,
         }
     }
@@ -76,7 +83,7 @@ impl Default for Capacities {
 
 impl Capacities {
     /// Each map's name and configured capacity.
-    pub fn by_map(&self) -> [(&'static str, u32); 11] {
+    pub fn by_map(&self) -> [(&'static str, u32); 15] {
         [
             (maps::SERVICES, self.services),
             (maps::BACKENDS, self.backends),
@@ -88,6 +95,10 @@ impl Capacities {
             (maps::CONNTRACK, self.conntrack),
             (maps::PREFILTER, self.prefilter),
             (maps::PREFILTER_COUNTS, self.prefilter),
+            (maps::NODEPORT_SERVICES, self.services),
+            (maps::MAGLEV, self.maglev_size * self.maglev_tables),
+            (maps::NODEPORT_FLOWS, self.nodeport_flows),
+            (maps::NODEPORT_REVERSE, self.nodeport_flows),
             (maps::EVENTS, self.events_bytes),
         ]
     }

@@ -20,6 +20,7 @@ pub mod metrics_http;
 #[cfg(feature = "user")]
 pub mod model;
 pub mod names;
+pub mod nodeport;
 pub mod pod_traffic;
 pub mod policy;
 pub mod prefilter;
@@ -55,6 +56,9 @@ pub mod programs {
     pub const TO_POD: &str = "mesh_to_pod";
     /// `sockops` on the node cgroup: TCP connection events and the translated 4-tuples.
     pub const SOCKOPS: &str = "mesh_sockops";
+    /// TC (TCX) ingress of the node's external interfaces: NodePorts, external IPs and
+    /// load-balancer addresses from outside, and the answers to source-NATed flows.
+    pub const FROM_NETDEV: &str = "mesh_from_netdev";
     /// XDP on the node's external interfaces: the prefilter (source CIDRs dropped before the
     /// stack).
     pub const FROM_WIRE: &str = "mesh_from_wire";

@@ -91,6 +91,20 @@ pub const PREFILTER: &str = "mesh_prefilter";
 /// per CIDR, as large as [`PREFILTER`].
 pub const PREFILTER_COUNTS: &str = "mesh_pf_counts";
 
+/// Frontends reached from outside: [`crate::nodeport::FrontendKey`] ->
+/// [`crate::nodeport::Frontend`]. Written by the agent.
+pub const NODEPORT_SERVICES: &str = "mesh_np_svc";
+/// The Maglev tables, one after another (array of [`crate::nodeport::Slot`]).
+pub const MAGLEV: &str = "mesh_maglev";
+/// Flows from outside (LRU): [`crate::nodeport::FlowKey`] (as the client sent it) ->
+/// [`crate::nodeport::Flow`], so every packet of a flow reaches its backend.
+pub const NODEPORT_FLOWS: &str = "mesh_np_flows";
+/// Their answers (LRU): [`crate::nodeport::FlowKey`] (as the backend answers) ->
+/// [`crate::nodeport::Reverse`].
+pub const NODEPORT_REVERSE: &str = "mesh_np_rev";
+/// One [`crate::nodeport::Config`]: the node's address, the Maglev table size.
+pub const NODEPORT_CONFIG: &str = "mesh_np_cfg";
+
 /// Default capacity of [`SERVICES`] (service address + port + protocol entries).
 pub const DEFAULT_SERVICES_MAX: u32 = 16_384;
 /// Default capacity of [`BACKENDS`] (backend slots over all services).
@@ -142,8 +156,13 @@ pub const DEFAULT_LOCAL_PODS_MAX: u32 = 4_096;
 /// excepts.
 pub const DEFAULT_PREFILTER_MAX: u32 = 16_384;
 
+/// Default number of Maglev tables (services with the same backends share one).
+pub const DEFAULT_MAGLEV_TABLES: u32 = 32;
+/// Default capacity of [`NODEPORT_FLOWS`] and [`NODEPORT_REVERSE`] (flows from outside).
+pub const DEFAULT_NODEPORT_FLOWS_MAX: u32 = 65_536;
+
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 30] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
@@ -169,6 +188,11 @@ pub const ALL: [&str; 25] = [
     POD_INTERFACES,
     PREFILTER,
     PREFILTER_COUNTS,
+    NODEPORT_SERVICES,
+    MAGLEV,
+    NODEPORT_FLOWS,
+    NODEPORT_REVERSE,
+    NODEPORT_CONFIG,
 ];
 
 #[cfg(test)]

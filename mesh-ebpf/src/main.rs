@@ -4,8 +4,10 @@
 #![no_main]
 
 mod flows;
+mod from_netdev;
 mod from_wire;
 mod maps;
+mod nodeport;
 mod pod_traffic;
 mod policy;
 mod prefilter;

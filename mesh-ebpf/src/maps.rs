@@ -10,10 +10,12 @@ use mesh_common::{
     flows::TupleKey,
     maps::{
         DEFAULT_AFFINITY_MAX, DEFAULT_BACKENDS_MAX, DEFAULT_CONNTRACK_MAX, DEFAULT_ENDPOINTS_MAX, DEFAULT_EVENTS_BYTES,
-        DEFAULT_FRAGMENTS_MAX, DEFAULT_IDENTITIES_MAX, DEFAULT_LOCAL_PODS_MAX, DEFAULT_POD_TRAFFIC_MAX,
-        DEFAULT_POLICY_MAX, DEFAULT_PREFILTER_MAX, DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_TUNNEL_DESTS_MAX,
-        DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX, TUNNEL_ORIGINS_MAX,
+        DEFAULT_FRAGMENTS_MAX, DEFAULT_IDENTITIES_MAX, DEFAULT_LOCAL_PODS_MAX, DEFAULT_MAGLEV_TABLES,
+        DEFAULT_NODEPORT_FLOWS_MAX, DEFAULT_POD_TRAFFIC_MAX, DEFAULT_POLICY_MAX, DEFAULT_PREFILTER_MAX,
+        DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_TUNNEL_DESTS_MAX, DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX,
+        TUNNEL_ORIGINS_MAX,
     },
+    nodeport::{Config as NodePortConfig, Flow, FlowKey, Frontend, FrontendKey, Reverse, Slot},
     pod_traffic::PodTraffic,
     policy::{CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
     prefilter::{PrefilterCount, PrefilterEntry},
@@ -110,3 +112,19 @@ pub static PREFILTER: LpmTrie<u32, PrefilterEntry> = LpmTrie::pinned(DEFAULT_PRE
 
 #[map(name = "mesh_pf_counts")]
 pub static PREFILTER_COUNTS: PerCpuArray<PrefilterCount> = PerCpuArray::pinned(DEFAULT_PREFILTER_MAX, 0);
+
+#[map(name = "mesh_np_svc")]
+pub static NODEPORT_SERVICES: HashMap<FrontendKey, Frontend> = HashMap::pinned(DEFAULT_SERVICES_MAX, AGENT_WRITTEN);
+
+/// The agent sizes it: tables x slots per table.
+#[map(name = "mesh_maglev")]
+pub static MAGLEV: Array<Slot> = Array::pinned(DEFAULT_MAGLEV_TABLES * mesh_common::nodeport::DEFAULT_MAGLEV_SIZE, 0);
+
+#[map(name = "mesh_np_flows")]
+pub static NODEPORT_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAULT_NODEPORT_FLOWS_MAX, 0);
+
+#[map(name = "mesh_np_rev")]
+pub static NODEPORT_REVERSE: LruHashMap<FlowKey, Reverse> = LruHashMap::pinned(DEFAULT_NODEPORT_FLOWS_MAX, 0);
+
+#[map(name = "mesh_np_cfg")]
+pub static NODEPORT_CONFIG: Array<NodePortConfig> = Array::pinned(1, 0);

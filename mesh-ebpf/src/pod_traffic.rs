@@ -19,7 +19,12 @@ use crate::{maps::POD_TRAFFIC, policy};
 #[classifier]
 fn mesh_from_pod(ctx: TcContext) -> i32 {
     let _ = try_count(&ctx, Direction::FromPod);
-    policy::enforce(&ctx, EGRESS)
+    let verdict = policy::enforce(&ctx, EGRESS);
+    if verdict == aya_ebpf::bindings::TC_ACT_SHOT {
+        return verdict;
+    }
+    // An answer to a client from outside leaves from the frontend it asked for.
+    crate::nodeport::reply_from_pod(&ctx).unwrap_or(verdict)
 }
 
 /// TC egress of the host-side interface: what the pod receives.

@@ -130,6 +130,33 @@ pub fn service(namespace: &str, name: &str, svc: &Service) -> Result<api::Servic
         ipv4(format!("spec.externalIPs[{i}]"), ip)?;
         out.external_ips.push(ip.clone());
     }
+    out.external_traffic_local = match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(invalid(
+                "spec.externalTrafficPolicy",
+                format!("unknown value {other:?}: use Cluster or Local"),
+            ));
+        }
+    };
+    if let Some(port) = spec.health_check_node_port {
+        out.health_check_node_port = self::port("spec.healthCheckNodePort".into(), port)?;
+    }
+    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    for (i, entry) in ingress.into_iter().flatten().enumerate() {
+        if let Some(ip) = &entry.ip {
+            // An IPv6 load-balancer address: not balanced here (IPv4 only).
+            if ip.parse::<std::net::Ipv4Addr>().is_ok() {
+                out.load_balancer_ips.push(ip.clone());
+            } else if ip.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(invalid(
+                    format!("status.loadBalancer.ingress[{i}].ip"),
+                    format!("{ip:?} is not an IP address"),
+                ));
+            }
+        }
+    }
     Ok(out)
 }
 

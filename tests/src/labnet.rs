@@ -325,3 +325,17 @@ pub fn flood(lab: &Lab, placement: &Placement, to: SocketAddr, duration: Duratio
     command.args(["--cpu", &cpu.to_string()]);
     run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet flood")
 }
+
+/// One connection to `to` from local port `from_port` (see `labnet connect --from-port`).
+pub fn connect_from(
+    lab: &Lab,
+    placement: &Placement,
+    to: SocketAddr,
+    from_port: u16,
+    timeout: Duration,
+) -> Result<Summary> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.args(["connect", "--to", &to.to_string(), "--from-port", &from_port.to_string()]);
+    command.args(["--timeout-ms", &timeout.as_millis().to_string()]);
+    run_json(lab, &mut command, timeout * 2 + Duration::from_secs(5), "labnet connect")
+}

@@ -292,6 +292,51 @@ pub fn tcp_once(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, S
     Ok((reply.trim_end().to_owned(), peer))
 }
 
+/// [`tcp_once`] from local port `from_port` (any address): the same client port to several
+/// destinations, as one client flow reaching a service through different nodes.
+pub fn tcp_once_from(to: SocketAddr, from_port: u16, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V4(to4) = to else { return Err(std::io::Error::other("IPv4 only")) };
+    // SAFETY: plain socket calls on a descriptor this function owns (handed to TcpStream, which
+    // closes it); the sockaddr and timeval are valid for the sizes given.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let tv = libc::timeval { tv_sec: timeout.as_secs() as _, tv_usec: timeout.subsec_micros() as _ };
+        let set = |opt, value: *const libc::c_void, len| libc::setsockopt(fd, libc::SOL_SOCKET, opt, value, len);
+        set(libc::SO_REUSEADDR, (&raw const one).cast(), size_of::<libc::c_int>() as u32);
+        set(libc::SO_SNDTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
+        let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+            sin_zero: [0; 8],
+        };
+        let local = sockaddr(std::net::Ipv4Addr::UNSPECIFIED, from_port);
+        let len = size_of::<libc::sockaddr_in>() as u32;
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(*to4.ip(), to4.port());
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stream
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    let peer = stream.peer_addr()?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply)?;
+    if reply.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a reply"));
+    }
+    Ok((reply.trim_end().to_owned(), peer))
+}
+
 /// One datagram of `size` bytes (at least the request) from a new socket, one reply: the
 /// reply and its source address.
 pub fn udp_once(to: SocketAddr, timeout: Duration, size: usize) -> std::io::Result<(String, SocketAddr)> {

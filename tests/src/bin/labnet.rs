@@ -5,7 +5,7 @@
 //!   as the server sees it) and a newline (after reading one request line
 //!   with `--read-request`), then echoes what it receives until the peer closes; on UDP (same
 //!   port), answers every datagram with the reply.
-//! - `labnet connect --to 10.96.0.10:80 --count 100 [--interval-ms N] [--timeout-ms 2000]`:
+//! - `labnet connect --to 10.96.0.10:80 --count 100 [--interval-ms N] [--timeout-ms 2000] [--from-port P]`:
 //!   opens the connections one after another, reads each reply, prints a JSON summary:
 //!   replies by text, peers by address (`getpeername`), failures by error.
 //! - `labnet udp --to 10.96.0.10:53 --count 20`: one datagram per new socket, summary as above
@@ -182,6 +182,9 @@ enum Cmd {
         /// Per connection: connect, then read the reply.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Connect from this local port (every connection: one after another, each closed).
+        #[arg(long)]
+        from_port: Option<u16>,
     },
     /// Send COUNT datagrams to TO, each from a new socket; print a JSON summary.
     Udp {
@@ -315,8 +318,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Serve { port, reply, read_request, ready_file, cpu } => {
             pin(cpu).and_then(|()| serve(port, &reply, read_request, ready_file))
         }
-        Cmd::Connect { to, count, interval_ms, timeout_ms } => {
-            print(&connect(to, count, Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms)))
+        Cmd::Connect { to, count, interval_ms, timeout_ms, from_port } => {
+            print(&connect(to, count, Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms), from_port))
         }
         Cmd::Udp { to, count, timeout_ms, size } => print(&udp(to, count, Duration::from_millis(timeout_ms), size)),
         Cmd::Hold { to, hold_ms, established_file } => {
@@ -420,14 +423,18 @@ fn answer(mut stream: TcpStream, line: &str, read_request: bool) {
     }
 }
 
-fn connect(to: SocketAddr, count: u32, interval: Duration, timeout: Duration) -> Summary {
+fn connect(to: SocketAddr, count: u32, interval: Duration, timeout: Duration, from_port: Option<u16>) -> Summary {
     let started = Instant::now();
     let mut summary = Summary::default();
     for i in 0..count {
         if i > 0 && !interval.is_zero() {
             std::thread::sleep(interval);
         }
-        match one(to, timeout) {
+        let result = match from_port {
+            Some(port) => mesh_tests::traffic::tcp_once_from(to, port, timeout),
+            None => one(to, timeout),
+        };
+        match result {
             Ok((reply, peer)) => summary.record(reply, peer),
             Err(err) => summary.fail(&err),
         }

@@ -1,0 +1,331 @@
+//! Services from outside the cluster, at TC ingress of the node's external interfaces
+//! ([`from_netdev`]) and, for the answers of this node's backends, at TC ingress of their pods'
+//! interfaces ([`reply_from_pod`]).
+//!
+//! A packet to a frontend (a NodePort on a node address, an external IP, a load-balancer
+//! address) of a flow this node has not seen gets a backend from the frontend's Maglev table
+//! (the same on every node, so a flow through any node reaches the same backend), remembered in
+//! `mesh_np_flows`. A backend on this node is reached with the client's address kept (the
+//! destination rewritten); one on another node with the node's address and a port of its own
+//! (source NAT), so that its answers come back here, where `mesh_np_rev` turns them back. A
+//! rewritten packet whose source is now this node's own address is sent on by a FIB lookup and
+//! a redirect (the stack would refuse a packet from the outside with a local source).
+//!
+//! TC, not XDP: on veths (the lab, kind) packets arrive with partial checksums
+//! (CHECKSUM_PARTIAL), whose checksum field XDP cannot tell from a complete one, so it cannot
+//! rewrite addresses correctly; TC's checksum helpers can. The prefilter (drops only) is at XDP.
+
+use core::mem::offset_of;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{__sk_buff, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use mesh_common::{
+    flows::{FLOW_DROP, FlowEvent},
+    nodeport::{
+        FRONTEND_AFFINITY, Flow, FlowKey, FrontendKey, Reverse, SLOT_LOCAL, SNAT_FIRST, SNAT_PORTS, SNAT_TRIES,
+        flow_hash,
+    },
+    policy::{DENY, INGRESS},
+    proto,
+};
+use network_types::eth::{EthHdr, EtherType};
+
+use crate::{
+    flows::{emit, now},
+    maps::{MAGLEV, NODEPORT_CONFIG, NODEPORT_FLOWS, NODEPORT_REVERSE, NODEPORT_SERVICES},
+    policy::{IP_OFFSET, Ipv4},
+};
+
+/// Hubble's `SERVICE_BACKEND_NOT_FOUND`: a frontend without a backend (for
+/// `externalTrafficPolicy: Local`, none on this node).
+const NO_BACKEND: u8 = 158;
+/// Hubble's `NO_MAPPING_FOR_NAT_MASQUERADE`: no source port was free for a new flow.
+const NO_SNAT_PORT: u8 = 167;
+/// Hubble's `FIB_LOOKUP_FAILED`: a source-NATed packet has no route.
+const NO_ROUTE: u8 = 169;
+/// `BPF_FIB_LKUP_RET_NO_NEIGH`: routed, but the next hop's address is not resolved yet.
+const FIB_NO_NEIGH: i64 = 7;
+const AF_INET: u8 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+
+const IP: usize = EthHdr::LEN;
+const IP_CHECK: usize = IP + offset_of!(Ipv4, check);
+const IP_SADDR: usize = IP + offset_of!(Ipv4, saddr);
+const IP_DADDR: usize = IP + offset_of!(Ipv4, daddr);
+
+/// The packet's IPv4 header, ports and their offset, for TCP and UDP (not later fragments).
+struct Packet {
+    ip: Ipv4,
+    l4: usize,
+    sport: u16,
+    dport: u16,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
+    let protocol = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).protocol };
+    if protocol != EtherType::Ipv4 as u16 as u32 {
+        return None;
+    }
+    let ip: Ipv4 = ctx.load(IP).ok()?;
+    let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
+    if header_len < 20 || !(ip.proto == proto::TCP || ip.proto == proto::UDP) || u16::from_be(ip.frag) & IP_OFFSET != 0
+    {
+        return None;
+    }
+    let l4 = IP + header_len;
+    let ports: [u16; 2] = ctx.load(l4).ok()?;
+    Some(Packet { ip, l4, sport: ports[0], dport: ports[1] })
+}
+
+/// The offset of the L4 checksum.
+#[inline(always)]
+fn l4_check(p: &Packet) -> usize {
+    if p.ip.proto == proto::TCP { p.l4 + 16 } else { p.l4 + 6 }
+}
+
+/// Rewrites the source (`which` = 0) or destination (1) address and port, with the checksums.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &Packet, which: usize, addr: u32, port: u16) -> Result<(), i64> {
+    let (addr_at, old_addr, port_at, old_port) =
+        if which == 0 { (IP_SADDR, p.ip.saddr, p.l4, p.sport) } else { (IP_DADDR, p.ip.daddr, p.l4 + 2, p.dport) };
+    // UDP without a checksum (0) keeps none.
+    let mangled = if p.ip.proto == proto::UDP { aya_ebpf::bindings::BPF_F_MARK_MANGLED_0 } else { 0 };
+    if old_addr != addr {
+        ctx.l4_csum_replace(
+            l4_check(p),
+            u64::from(old_addr),
+            u64::from(addr),
+            u64::from(BPF_F_PSEUDO_HDR | mangled) | 4,
+        )?;
+        ctx.l3_csum_replace(IP_CHECK, u64::from(old_addr), u64::from(addr), 4)?;
+        ctx.store(addr_at, &addr, 0)?;
+    }
+    if old_port != port {
+        ctx.l4_csum_replace(l4_check(p), u64::from(old_port), u64::from(port), u64::from(mangled) | 2)?;
+        ctx.store(port_at, &port, 0)?;
+    }
+    Ok(())
+}
+
+/// The kernel's `struct bpf_fib_lookup` (64 bytes), with the fields used here.
+#[repr(C)]
+struct Fib {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    tot_len: u16,
+    ifindex: u32,
+    tos: u32,
+    src: [u32; 4],
+    dst: [u32; 4],
+    vlan: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+const _: () = assert!(size_of::<Fib>() == 64);
+
+/// Sends the (rewritten) packet on by the route to its destination, from `ingress`.
+#[inline(always)]
+fn forward(ctx: &TcContext, saddr: u32, daddr: u32, l4_protocol: u8, ingress: u32) -> i32 {
+    let mut fib = Fib {
+        family: AF_INET,
+        l4_protocol,
+        sport: 0,
+        dport: 0,
+        tot_len: 0,
+        ifindex: ingress,
+        tos: 0,
+        src: [saddr, 0, 0, 0],
+        dst: [daddr, 0, 0, 0],
+        vlan: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    // SAFETY: `fib` is a `struct bpf_fib_lookup` of the size given.
+    let ret = unsafe { bpf_fib_lookup(ctx.as_ptr(), (&raw mut fib).cast::<FibLookup>(), 64, 0) };
+    if ret == FIB_NO_NEIGH {
+        // SAFETY: no neighbour parameters: the kernel resolves the next hop itself.
+        return unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    }
+    if ret != 0 {
+        return TC_ACT_SHOT;
+    }
+    if ctx.store(0, &fib.dmac, 0).is_err() || ctx.store(6, &fib.smac, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: a plain helper call.
+    let _ = unsafe { bpf_redirect(fib.ifindex, 0) };
+    TC_ACT_REDIRECT
+}
+
+/// A drop of a packet from outside, reported (every one: a frontend without backends is a
+/// configuration to fix, and these are rare).
+#[inline(always)]
+fn drop_reported(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey) -> i32 {
+    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
+    let ifindex = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
+    emit(&FlowEvent {
+        time_ns: now(),
+        packets: 1,
+        saddr: p.ip.saddr,
+        daddr: p.ip.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        svc_addr: service.addr,
+        svc_port: service.port,
+        kind: FLOW_DROP,
+        proto: p.ip.proto,
+        ifindex,
+        action: DENY,
+        reason,
+        direction: INGRESS,
+        ..FlowEvent::default()
+    });
+    TC_ACT_SHOT
+}
+
+/// TC ingress of an external interface: balances packets to frontends, turns answers to
+/// source-NATed flows back; everything else passes untouched.
+pub fn from_netdev(ctx: &TcContext) -> i32 {
+    let Some(p) = parse(ctx) else { return TC_ACT_OK };
+    let Some(config) = NODEPORT_CONFIG.get(0) else { return TC_ACT_OK };
+    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
+    let ingress = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
+    let frontend = FrontendKey { addr: p.ip.daddr, port: p.dport, proto: p.ip.proto, _pad: 0 };
+    // SAFETY (this and the lookups below): a map value, valid while the program runs; copied.
+    let Some(service) = NODEPORT_SERVICES.get_ptr(&frontend).map(|v| unsafe { *v }) else {
+        // An answer to a source-NATed flow comes to the node's own address.
+        if p.ip.daddr == config.node_addr {
+            return answer(ctx, &p, ingress);
+        }
+        return TC_ACT_OK;
+    };
+    let key = FlowKey {
+        saddr: p.ip.saddr,
+        daddr: p.ip.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.ip.proto,
+        _pad: [0; 3],
+    };
+    let flow = match NODEPORT_FLOWS.get_ptr(&key).map(|v| unsafe { *v }) {
+        Some(flow) => flow,
+        None => {
+            if service.backends == 0 || config.maglev_size == 0 {
+                return drop_reported(ctx, &p, NO_BACKEND, &frontend);
+            }
+            let hash = flow_hash(p.ip.saddr, p.sport, p.dport, p.ip.proto, service.flags & FRONTEND_AFFINITY != 0);
+            let index = service.table.wrapping_mul(config.maglev_size).wrapping_add(hash % config.maglev_size);
+            let Some(slot) = MAGLEV.get(index) else { return drop_reported(ctx, &p, NO_BACKEND, &frontend) };
+            let mut flow = Flow { backend: slot.addr, backend_port: slot.port, snat_port: 0 };
+            if slot.flags & SLOT_LOCAL != 0 {
+                // The answer leaves the pod to the client: from the frontend again.
+                let answer = FlowKey {
+                    saddr: slot.addr,
+                    daddr: p.ip.saddr,
+                    sport: slot.port,
+                    dport: p.sport,
+                    proto: p.ip.proto,
+                    _pad: [0; 3],
+                };
+                let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport };
+                let _ = NODEPORT_REVERSE.insert(&answer, &back, 0);
+            } else {
+                // A port of the node's own for the flow: the first free of a few tried.
+                let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport };
+                let mut taken = false;
+                for i in 0..SNAT_TRIES {
+                    let port = SNAT_FIRST + (hash.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
+                    let answer = FlowKey {
+                        saddr: slot.addr,
+                        daddr: config.node_addr,
+                        sport: slot.port,
+                        dport: port.to_be(),
+                        proto: p.ip.proto,
+                        _pad: [0; 3],
+                    };
+                    if NODEPORT_REVERSE.insert(&answer, &back, u64::from(BPF_NOEXIST)).is_ok() {
+                        flow.snat_port = port.to_be();
+                        taken = true;
+                        break;
+                    }
+                }
+                if !taken {
+                    return drop_reported(ctx, &p, NO_SNAT_PORT, &frontend);
+                }
+            }
+            let _ = NODEPORT_FLOWS.insert(&key, &flow, 0);
+            flow
+        }
+    };
+    if rewrite(ctx, &p, 1, flow.backend, flow.backend_port).is_err() {
+        return TC_ACT_SHOT;
+    }
+    if flow.snat_port == 0 {
+        return TC_ACT_OK; // to this node's pod: the stack routes it
+    }
+    if rewrite(ctx, &p, 0, config.node_addr, flow.snat_port).is_err() {
+        return TC_ACT_SHOT;
+    }
+    let routed = forward(ctx, config.node_addr, flow.backend, p.ip.proto, ingress);
+    if routed == TC_ACT_SHOT {
+        return drop_reported(ctx, &p, NO_ROUTE, &frontend);
+    }
+    routed
+}
+
+/// An answer to a source-NATed flow (from a backend on another node, to this node's own port):
+/// from the frontend to the client again, sent on to it.
+#[inline(always)]
+fn answer(ctx: &TcContext, p: &Packet, ingress: u32) -> i32 {
+    let key = FlowKey {
+        saddr: p.ip.saddr,
+        daddr: p.ip.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.ip.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: a map value, valid while the program runs; copied.
+    let Some(back) = NODEPORT_REVERSE.get_ptr(&key).map(|v| unsafe { *v }) else { return TC_ACT_OK };
+    if rewrite(ctx, p, 0, back.saddr, back.sport).is_err() || rewrite(ctx, p, 1, back.daddr, back.dport).is_err() {
+        return TC_ACT_SHOT;
+    }
+    forward(ctx, back.saddr, back.daddr, p.ip.proto, ingress)
+}
+
+/// TC ingress of a local pod's interface, after its policy passed the packet: an answer of a
+/// backend here to a client from outside leaves from the frontend it asked for. `None`: not
+/// such an answer (no opinion).
+#[inline(always)]
+pub fn reply_from_pod(ctx: &TcContext) -> Option<i32> {
+    let config = NODEPORT_CONFIG.get(0)?;
+    if config.local_backends == 0 {
+        return None;
+    }
+    let p = parse(ctx)?;
+    let key = FlowKey {
+        saddr: p.ip.saddr,
+        daddr: p.ip.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.ip.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: a map value, valid while the program runs; copied.
+    let back = NODEPORT_REVERSE.get_ptr(&key).map(|v| unsafe { *v })?;
+    if rewrite(ctx, &p, 0, back.saddr, back.sport).is_err() {
+        return Some(TC_ACT_SHOT);
+    }
+    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
+    let ingress = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
+    Some(forward(ctx, back.saddr, back.daddr, p.ip.proto, ingress))
+}

@@ -1,0 +1,125 @@
+//! Services from outside the cluster: a client on the nodes' network (the lab's `outside`)
+//! reaches NodePorts through either node, for backends on either node. With
+//! `externalTrafficPolicy: Cluster` a flow reaching a backend on the other node is source-NATed
+//! to the node (the backend sees the node's address) and a backend here sees the client's; with
+//! `Local` only this node's backends answer, always seeing the client's address, and a node
+//! without one drops the flow (`SERVICE_BACKEND_NOT_FOUND`, in its flows). The same client flow
+//! (address and port) through either node reaches the same backend: Maglev.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use mesh_tests::{
+    lab::Lab,
+    labnet,
+    manifests::{self, Mesh, PodManifest, eventually, namespace, nodes},
+    meshctl,
+    privileges::privileged,
+};
+
+const NS: &str = "t";
+
+fn cluster(lab: &Lab) -> String {
+    let mut text = nodes(lab) + &namespace(NS);
+    for (pod, only) in [("web-0", "no"), ("web-1", "yes")] {
+        text +=
+            &PodManifest { labels: &[("app", "web"), ("only", only)], ..Default::default() }.render(NS, lab.pod(pod));
+    }
+    for (name, port, policy, selector) in [
+        ("web", 30080, "Cluster", "{app: web}"),
+        ("web-local", 30081, "Local", "{app: web}"),
+        ("one", 30082, "Local", "{only: \"yes\"}"),
+    ] {
+        text += &manifests::service(
+            NS,
+            name,
+            &format!(
+                "  type: NodePort\n  externalTrafficPolicy: {policy}\n  selector: {selector}\n  ports:\n    - {{port: 80, targetPort: 8080, nodePort: {port}}}\n"
+            ),
+        );
+    }
+    text
+}
+
+#[test]
+fn nodeports_from_outside_through_either_node() {
+    if !privileged("nodeports_from_outside_through_either_node") {
+        return;
+    }
+    let lab = Lab::new(&[&["web-0"], &["web-1"]]).expect("lab");
+    for pod in ["web-0", "web-1"] {
+        labnet::serve(&lab, lab.pod(pod), 8080, &format!("{pod} {{peer}}")).expect("server");
+    }
+    let outside = lab.add_outside(0, "172.18.200.10".parse().unwrap()).expect("outside client");
+    let client = lab.outside_placement(&outside);
+    let mesh = Mesh::start(&lab, &cluster(&lab), &[]).expect("mesh");
+    let node_ip = |n: usize| lab.nodes[n].ip;
+    let connect = |n: usize, port: u16, count: u32| {
+        labnet::connect(&lab, &client, SocketAddr::from((node_ip(n), port)), count, Duration::from_millis(1000))
+            .expect("client runs")
+    };
+    // The agents attach TC to the nodes' interfaces once the frontends are programmed.
+    eventually(Duration::from_secs(10), || {
+        let s = connect(0, 30080, 1);
+        if s.ok == 1 { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .unwrap_or_else(|err| panic!("node-0:30080 never answered: {err}\n{}", mesh.logs()));
+
+    // Cluster: every node answers, from backends on both nodes; a backend on the other node
+    // sees the node (source NAT), one on the same node sees the client.
+    for n in 0..2 {
+        let summary = connect(n, 30080, 30);
+        assert_eq!(summary.ok, 30, "node-{n}:30080 {summary:?}\n{}", mesh.logs());
+        let mut backends = BTreeSet::new();
+        for reply in summary.replies.keys() {
+            let (pod, peer) = reply.split_once(' ').expect("pod and peer");
+            let seen: std::net::Ipv4Addr = peer.parse().expect("an address");
+            let here = lab.pod(pod).node == lab.nodes[n].name;
+            let expected = if here { outside.ip } else { node_ip(n) };
+            assert_eq!(seen, expected, "node-{n} to {pod}: the backend saw {seen}");
+            backends.insert(pod.to_owned());
+        }
+        assert_eq!(backends.len(), 2, "node-{n}:30080 reached {backends:?}");
+        // The client sees the frontend it connected to.
+        assert!(summary.peers.keys().all(|p| p == &format!("{}:30080", node_ip(n))), "{:?}", summary.peers);
+    }
+
+    // Maglev: one client flow (address and port) reaches the same backend through either node.
+    // Below the ephemeral range: no earlier connection of this client left one in TIME_WAIT.
+    for port in 20000..20012 {
+        let via = |n: usize| {
+            let s = labnet::connect_from(
+                &lab,
+                &client,
+                SocketAddr::from((node_ip(n), 30080)),
+                port,
+                Duration::from_secs(1),
+            )
+            .expect("client runs");
+            assert_eq!(s.ok, 1, "from port {port} via node-{n}: {s:?}");
+            s.replies.keys().next().unwrap().split_once(' ').unwrap().0.to_owned()
+        };
+        assert_eq!(via(0), via(1), "client port {port}: different backends through the two nodes");
+    }
+
+    // Local: each node's own backend, seeing the client's address.
+    for n in 0..2 {
+        let summary = connect(n, 30081, 5);
+        let expected = format!("web-{n} {}", outside.ip);
+        assert_eq!(summary.ok, 5, "node-{n}:30081 {summary:?}");
+        assert!(summary.replies.keys().all(|r| r.starts_with(&expected)), "node-{n}:30081 {:?}", summary.replies);
+    }
+    // Local without a backend on node-0: dropped there, answered by node-1.
+    assert_eq!(connect(0, 30082, 2).ok, 0, "node-0 has no backend of `one`");
+    assert_eq!(connect(1, 30082, 2).ok, 2, "node-1 has web-1");
+    let socket = mesh.agents[0].observer_socket(&lab);
+    let dropped = meshctl::flows(&socket, &["--from-ip", &outside.ip.to_string(), "--verdict", "DROPPED"]);
+    assert!(
+        dropped.iter().any(
+            |f| f["drop_reason_desc"] == "SERVICE_BACKEND_NOT_FOUND" && f["l4"]["TCP"]["destination_port"] == 30082
+        ),
+        "{dropped:#?}"
+    );
+    let status = meshctl::run(&socket, &["status"]).stdout;
+    assert!(status.contains("tcx ingress eth0"), "{status}");
+    mesh.stop(&lab).expect("the mesh stops cleanly");
+}
