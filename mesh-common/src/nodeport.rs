@@ -97,11 +97,13 @@ pub struct Config {
     pub _pad: u32,
 }
 
-/// Source ports the node gives source-NATed flows: `SNAT_FIRST .. SNAT_FIRST + SNAT_PORTS`,
-/// above Linux's default ephemeral range (32768-60999), so they do not meet the node's own
-/// outgoing connections' ports.
-pub const SNAT_FIRST: u16 = 61000;
-pub const SNAT_PORTS: u16 = 4535;
+/// Source ports the node gives source-NATed flows: `SNAT_FIRST .. SNAT_FIRST + SNAT_PORTS`
+/// (1024-29999): below the NodePort range (30000-32767) and Linux's ephemeral range
+/// (32768-60999), so they never meet the node's own outgoing connections; a server of the node
+/// listening on one of them is not disturbed either (only answers from backends are taken, by
+/// their exact addresses and ports). 28,976 flows at once per backend.
+pub const SNAT_FIRST: u16 = 1024;
+pub const SNAT_PORTS: u16 = 28_976;
 /// Ports tried for a new source-NATed flow before it is dropped (`NO_MAPPING_FOR_NAT_MASQUERADE`).
 pub const SNAT_TRIES: u32 = 8;
 
@@ -151,6 +153,6 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 8);
         assert_eq!(size_of::<Reverse>(), 12);
         assert_eq!(size_of::<Config>(), 16);
-        assert_eq!(SNAT_FIRST as u32 + SNAT_PORTS as u32, 65_535);
+        assert_eq!(SNAT_FIRST as u32 + SNAT_PORTS as u32, 30_000);
     }
 }

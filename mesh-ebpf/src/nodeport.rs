@@ -242,8 +242,10 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
                 // A port of the node's own for the flow: the first free of a few tried.
                 let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport };
                 let mut taken = false;
+                // From the whole flow (with affinity `hash` is the client's address alone).
+                let start = flow_hash(p.ip.saddr, p.sport, p.dport, p.ip.proto, false);
                 for i in 0..SNAT_TRIES {
-                    let port = SNAT_FIRST + (hash.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
+                    let port = SNAT_FIRST + (start.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
                     let answer = FlowKey {
                         saddr: slot.addr,
                         daddr: config.node_addr,

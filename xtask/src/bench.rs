@@ -73,11 +73,15 @@ pub enum Bench {
         seconds: f64,
     },
     /// Traffic from outside the cluster: the XDP prefilter's drop rate against iptables' raw
-    /// table and an nftables ingress hook, for the same list of denied CIDRs.
+    /// table and an nftables ingress hook, for the same list of denied CIDRs; NodePort
+    /// connections/s and latency against kube-proxy's iptables and nftables rules.
     NorthSouth {
-        /// Denied CIDRs in the list (comma-separated scales).
+        /// Denied CIDRs in the prefilter's list (comma-separated scales).
         #[arg(long, value_delimiter = ',', default_value = "10,1000")]
-        scales: Vec<u32>,
+        cidrs: Vec<u32>,
+        /// Services in the table behind the NodePort (comma-separated scales).
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+        services: Vec<u32>,
         /// Seconds per run.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
@@ -103,7 +107,7 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Flows { scales, seconds } => flows::run(&scales, seconds)?,
         Bench::Mtls { seconds } => mtls::run(seconds)?,
         Bench::L7 { seconds } => l7::run(seconds)?,
-        Bench::NorthSouth { scales, seconds } => north_south::run(&scales, seconds)?,
+        Bench::NorthSouth { cidrs, services, seconds } => north_south::run(&cidrs, &services, seconds)?,
     };
     report.print();
     let path = report.write()?;
@@ -126,7 +130,7 @@ fn all() -> anyhow::Result<()> {
         ("flows", || flows::run(&[100_000, 1_000_000, 1_200_000, 3_000_000], 3.0)),
         ("mtls", || mtls::run(3.0)),
         ("l7", || l7::run(3.0)),
-        ("north-south", || north_south::run(&[10, 1000], 2.0)),
+        ("north-south", || north_south::run(&[10, 1000], &[1, 1000, 10_000], 2.0)),
     ];
     let mut judged = Vec::new();
     for (name, bench) in benches {

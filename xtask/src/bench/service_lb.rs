@@ -332,15 +332,30 @@ fn wait_for_services(bpffs: &Path, count: u32, agent: &Agent) -> anyhow::Result<
 
 /// The services of one scale: the measured one (the real backends) in the middle, the others
 /// with 10 addresses each that nothing connects to.
-struct Services {
+pub(super) struct Services {
     count: u32,
     target: u32,
     backends: Vec<SocketAddr>,
+    /// The measured service is also a NodePort on this port (north-south).
+    node_port: Option<u16>,
+    /// The node its backends run on.
+    backend_node: &'static str,
 }
 
 impl Services {
-    fn new(count: u32, backends: &[SocketAddr]) -> Self {
-        Self { count, target: count / 2, backends: backends.to_vec() }
+    pub(super) fn new(count: u32, backends: &[SocketAddr]) -> Self {
+        Self { count, target: count / 2, backends: backends.to_vec(), node_port: None, backend_node: "node-0" }
+    }
+
+    /// As [`Services::new`], the measured service also a NodePort (`node_port`) with its
+    /// backends on `backend_node`.
+    pub(super) fn with_node_port(
+        count: u32,
+        backends: &[SocketAddr],
+        node_port: u16,
+        backend_node: &'static str,
+    ) -> Self {
+        Self { node_port: Some(node_port), backend_node, ..Self::new(count, backends) }
     }
 
     fn name(n: u32) -> String {
@@ -352,7 +367,7 @@ impl Services {
         Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + n)
     }
 
-    fn target_ip(&self) -> Ipv4Addr {
+    pub(super) fn target_ip(&self) -> Ipv4Addr {
         Self::ip(self.target)
     }
 
@@ -372,17 +387,23 @@ impl Services {
     }
 
     /// Service + EndpointSlice manifests, 100 services per file.
-    fn write_manifests(&self, dir: &Path) -> anyhow::Result<()> {
+    pub(super) fn write_manifests(&self, dir: &Path) -> anyhow::Result<()> {
         let mut text = String::new();
         for n in 0..self.count {
             let (name, ip) = (Self::name(n), Self::ip(n));
+            let node_port = match self.node_port {
+                Some(port) if n == self.target => format!(
+                    "  type: NodePort\n  ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}, nodePort: {port}}}]\n"
+                ),
+                _ => format!("  ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]\n"),
+            };
             let _ = write!(
                 text,
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]\n---\n\
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  clusterIP: {ip}\n{node_port}---\n\
                  apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-a, namespace: {NS}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints:\n"
             );
             for e in self.endpoints(n) {
-                let _ = writeln!(text, "- {{addresses: [{}], nodeName: node-0}}", e.ip());
+                let _ = writeln!(text, "- {{addresses: [{}], nodeName: {}}}", e.ip(), self.backend_node);
             }
             text.push_str("---\n");
             if n % 100 == 99 || n + 1 == self.count {
@@ -399,9 +420,25 @@ impl Services {
     }
 
     /// kube-proxy iptables mode, as `iptables-restore` input.
-    fn iptables(&self) -> String {
+    pub(super) fn iptables(&self) -> String {
         let mut chains = String::new();
         let mut rules = String::new();
+        if let Some(port) = self.node_port {
+            // kube-proxy's external chain of a NodePort: masquerade, then the service's chain.
+            let port_name = Self::port_name(self.target);
+            let svc_chain = format!("KUBE-SVC-{}", hash(&format!("{port_name}tcp"), 16));
+            let ext_chain = format!("KUBE-EXT-{}", hash(&format!("{port_name}tcp"), 16));
+            let _ = writeln!(chains, ":{ext_chain} - [0:0]");
+            let _ = writeln!(
+                rules,
+                "-A KUBE-NODEPORTS -m comment --comment {port_name} -m tcp -p tcp --dport {port} -j {ext_chain}"
+            );
+            let _ = writeln!(
+                rules,
+                "-A {ext_chain} -m comment --comment \"masquerade traffic for {port_name} external destinations\" -j KUBE-MARK-MASQ"
+            );
+            let _ = writeln!(rules, "-A {ext_chain} -j {svc_chain}");
+        }
         for n in 0..self.count {
             let port_name = Self::port_name(n);
             let svc_chain = format!("KUBE-SVC-{}", hash(&format!("{port_name}tcp"), 16));
@@ -468,7 +505,7 @@ impl Services {
     }
 
     /// kube-proxy nftables mode, as an `nft -f` transaction.
-    fn nftables(&self) -> String {
+    pub(super) fn nftables(&self) -> String {
         let mut out = String::from(
             "add table ip kube-proxy { comment \"rules for kube-proxy\" ; }\n\
              add chain ip kube-proxy mark-for-masquerade\n\
@@ -536,6 +573,14 @@ impl Services {
                 out,
                 "add element ip kube-proxy service-ips {{ {ip} . tcp . {SERVICE_PORT} : goto {service_chain} }}"
             );
+            if let Some(port) = self.node_port.filter(|_| n == self.target) {
+                let external = format!("external-{}-{base}", hash(&base, 8));
+                let _ = writeln!(out, "add chain ip kube-proxy {external}");
+                let _ = writeln!(out, "add rule ip kube-proxy {external} jump mark-for-masquerade");
+                let _ = writeln!(out, "add rule ip kube-proxy {external} goto {service_chain}");
+                let _ =
+                    writeln!(out, "add element ip kube-proxy service-nodeports {{ tcp . {port} : goto {external} }}");
+            }
         }
         out
     }
