@@ -67,6 +67,12 @@ pub const DEFAULT_XDP_MODE: &str = "native";
 pub const ENV_MAGLEV_SIZE: &str = "MESH_MAGLEV_SIZE";
 /// How many Maglev tables the node holds (services with the same backends share one).
 pub const ENV_MAGLEV_TABLES: &str = "MESH_MAGLEV_TABLES";
+/// How traffic from outside reaches backends on other nodes unless a Service says otherwise
+/// (annotation `mesh.dev/lb-mode`): `snat` (source NAT to the node, the default) or `dsr`
+/// (direct server return: the backend's node answers the client itself). The same on every
+/// node.
+pub const ENV_LB_MODE: &str = "MESH_LB_MODE";
+pub const DEFAULT_LB_MODE: &str = "snat";
 /// Capacity of the maps of flows from outside (and their answers).
 pub const ENV_NODEPORT_FLOWS_MAX: &str = "MESH_NODEPORT_FLOWS_MAX";
 /// How many recent flows the agent keeps for `GetFlows` [default: 16383].
@@ -208,6 +214,9 @@ pub struct Args {
     /// Maglev tables (distinct backend sets of external frontends) [default: 32].
     #[arg(long, env = ENV_MAGLEV_TABLES)]
     pub maglev_tables: Option<u32>,
+    /// How traffic from outside reaches backends on other nodes: snat or dsr.
+    #[arg(long, env = ENV_LB_MODE, default_value = DEFAULT_LB_MODE)]
+    pub lb_mode: String,
     /// Capacity of the maps of flows from outside [default: 65536].
     #[arg(long, env = ENV_NODEPORT_FLOWS_MAX)]
     pub nodeport_flows_max: Option<u32>,
@@ -275,6 +284,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     pub devices: Devices,
     pub xdp_mode: XdpMode,
+    /// Direct server return by default ([`ENV_LB_MODE`]).
+    pub dsr: bool,
 }
 
 /// Where XDP runs ([`ENV_DEVICES`]).
@@ -335,6 +346,8 @@ pub enum ConfigError {
         "{key}: {value} is not a prime from 251 to {MAX_MAGLEV_SIZE}: use a prime such as 16381 (the default) or 65521"
     )]
     MaglevSize { key: &'static str, value: u32 },
+    #[error("{key}: {value:?} is not a load-balancing mode: use snat or dsr")]
+    LbMode { key: &'static str, value: String },
     #[error("{key}: {value:?} is not an XDP mode: use native or generic")]
     XdpMode { key: &'static str, value: String },
     #[error("{key}: {value} s is too long a drain: give at most {MAX_TUNNEL_DRAIN_SECONDS} s")]
@@ -480,12 +493,18 @@ impl Config {
             "generic" => XdpMode::Generic,
             _ => return Err(ConfigError::XdpMode { key: ENV_XDP_MODE, value: args.xdp_mode }),
         };
+        let dsr = match args.lb_mode.as_str() {
+            "snat" => false,
+            "dsr" => true,
+            _ => return Err(ConfigError::LbMode { key: ENV_LB_MODE, value: args.lb_mode }),
+        };
         let trust_domain =
             args.trust_domain.parse().map_err(|source| ConfigError::TrustDomain { key: ENV_TRUST_DOMAIN, source })?;
         Ok(Self {
             trust_domain,
             devices,
             xdp_mode,
+            dsr,
             capacities,
             flow_buffer,
             flow_aggregation,
@@ -572,6 +591,7 @@ mod tests {
             maglev_size: None,
             maglev_tables: None,
             nodeport_flows_max: None,
+            lb_mode: DEFAULT_LB_MODE.into(),
             devices: DEFAULT_DEVICES.into(),
             xdp_mode: DEFAULT_XDP_MODE.into(),
             events_bytes: None,

@@ -553,7 +553,7 @@ fn reconcile(
     }
     let addresses = node_addresses(model, &config.node_name);
     if external_changed {
-        let externals = mesh_agent::nodeport::compile(model, compiler, &config.node_name, &addresses);
+        let externals = mesh_agent::nodeport::compile(model, compiler, &config.node_name, &addresses, config.dsr);
         if let Err(err) = nodeport.apply(&externals, addresses.first().copied()) {
             problems.push(err.to_string());
         }

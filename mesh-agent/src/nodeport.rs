@@ -19,7 +19,10 @@ use mesh_common::{
     api::{self, Kind, resource},
     maps,
     model::ResourceSet,
-    nodeport::{Config, FRONTEND_AFFINITY, FRONTEND_LOCAL, Frontend, FrontendKey, SLOT_LOCAL, Slot},
+    nodeport::{
+        Config, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_LOCAL, FRONTEND_REMOTE, Frontend, FrontendKey, SLOT_LOCAL,
+        Slot,
+    },
     proto,
 };
 
@@ -41,13 +44,26 @@ pub struct External {
 }
 
 /// This node's frontends from outside, in `model` (whose EndpointSlices `compiler` has indexed
-/// by service): `node_addresses` are this node's.
+/// by service): `node_addresses` are this node's; with `dsr`, services that do not say
+/// otherwise use direct server return. The other nodes' NodePort frontends are there too,
+/// flagged [`FRONTEND_REMOTE`]: never balanced here, they name the DSR packets other nodes
+/// send.
 pub fn compile(
     model: &ResourceSet,
     compiler: &crate::desired::Compiler,
     node: &str,
     node_addresses: &[Ipv4Addr],
+    dsr: bool,
 ) -> Vec<External> {
+    let peers: Vec<Ipv4Addr> = model
+        .of_kind(Kind::Node)
+        .filter_map(|r| match &r.kind {
+            Some(resource::Kind::Node(n)) if n.name != node => Some(n),
+            _ => None,
+        })
+        .flat_map(|n| n.addresses.iter().filter_map(|a| a.parse::<Ipv4Addr>().ok()))
+        .filter(|a| !node_addresses.contains(a))
+        .collect();
     let mut out = Vec::new();
     for r in model.of_kind(Kind::Service) {
         let Some(resource::Kind::Service(svc)) = &r.kind else { continue };
@@ -92,6 +108,9 @@ pub fn compile(
             if svc.affinity_timeout_seconds > 0 {
                 flags |= FRONTEND_AFFINITY;
             }
+            if svc.lb_mode == "dsr" || (svc.lb_mode.is_empty() && dsr) {
+                flags |= FRONTEND_DSR;
+            }
             let service = svc
                 .cluster_ips
                 .iter()
@@ -103,9 +122,16 @@ pub fn compile(
                 node_addresses.iter().filter(|_| port.node_port != 0).map(|a| (*a, port.node_port)).chain(
                     svc.external_ips.iter().chain(&svc.load_balancer_ips).filter_map(ip).map(|a| (a, port.port)),
                 );
-            for (addr, number) in frontends {
+            let remote = peers.iter().filter(|_| port.node_port != 0).map(|a| (*a, port.node_port, FRONTEND_REMOTE));
+            for (addr, number, more) in frontends.map(|(a, n)| (a, n, 0)).chain(remote) {
                 let key = FrontendKey { addr: u32::from(addr).to_be(), port: (number as u16).to_be(), proto, _pad: 0 };
-                out.push(External { key, name: name.clone(), backends: backends.clone(), flags, service });
+                out.push(External {
+                    key,
+                    name: name.clone(),
+                    backends: backends.clone(),
+                    flags: flags | more,
+                    service,
+                });
             }
         }
     }
@@ -294,9 +320,12 @@ mod tests {
         let compile = |model: &ResourceSet, node: &str, addrs: &[Ipv4Addr]| {
             let mut compiler = crate::desired::Compiler::default();
             compiler.update(model, node, None);
-            super::compile(model, &compiler, node, addrs)
+            super::compile(model, &compiler, node, addrs, false)
         };
-        let all = compile(&model(false), "node-0", &[node_ip]);
+        let all: Vec<External> = compile(&model(false), "node-0", &[node_ip])
+            .into_iter()
+            .filter(|e| e.flags & FRONTEND_REMOTE == 0)
+            .collect();
         let frontends: Vec<(Ipv4Addr, u16)> =
             all.iter().map(|e| (Ipv4Addr::from(u32::from_be(e.key.addr)), u16::from_be(e.key.port))).collect();
         assert_eq!(frontends, [(node_ip, 30080), ("192.0.2.10".parse().unwrap(), 80)]);

@@ -21,6 +21,16 @@ pub const FRONTEND_LOCAL: u32 = 1;
 /// address alone, so every connection of a client reaches the same one, through any node.
 pub const FRONTEND_AFFINITY: u32 = 2;
 
+/// [`Frontend::flags`]: direct server return: a backend on another node gets the client's
+/// packets in IP-in-IP (outer source: the frontend's address, outer IP id: its port; inner:
+/// addressed to the backend, from the client), and its node answers the client directly, from
+/// the frontend, without passing this node again.
+pub const FRONTEND_DSR: u32 = 4;
+/// [`Frontend::flags`]: another node's frontend (its address × a NodePort), never balanced
+/// here: it tells this node which IP-in-IP packets are DSR from a cluster node, and from
+/// which frontend.
+pub const FRONTEND_REMOTE: u32 = 8;
+
 /// Value of [`crate::maps::NODEPORT_SERVICES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,9 +79,15 @@ pub struct Flow {
     pub backend: u32,
     pub backend_port: u16,
     /// The node's source port for it (source NAT to a backend elsewhere); 0: none (a backend
-    /// on this node, reached with the client's address).
+    /// on this node, or DSR: reached with the client's address).
     pub snat_port: u16,
+    /// [`FLOW_DSR`] or 0.
+    pub flags: u16,
+    pub _pad: u16,
 }
+
+/// [`Flow::flags`]: the flow's packets go to its backend's node in IP-in-IP (DSR).
+pub const FLOW_DSR: u16 = 1;
 
 /// Value of [`crate::maps::NODEPORT_REVERSE`]: what an answer's addresses become.
 #[repr(C)]
@@ -150,7 +166,7 @@ mod tests {
         assert_eq!(size_of::<Frontend>(), 20);
         assert_eq!(size_of::<Slot>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 8);
+        assert_eq!(size_of::<Flow>(), 12);
         assert_eq!(size_of::<Reverse>(), 12);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(SNAT_FIRST as u32 + SNAT_PORTS as u32, 30_000);

@@ -26,8 +26,8 @@ use aya_ebpf::{
 use mesh_common::{
     flows::{FLOW_DROP, FlowEvent},
     nodeport::{
-        FRONTEND_AFFINITY, Flow, FlowKey, FrontendKey, Reverse, SLOT_LOCAL, SNAT_FIRST, SNAT_PORTS, SNAT_TRIES,
-        flow_hash,
+        FLOW_DSR, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_REMOTE, Flow, FlowKey, FrontendKey, Reverse, SLOT_LOCAL,
+        SNAT_FIRST, SNAT_PORTS, SNAT_TRIES, flow_hash,
     },
     policy::{DENY, INGRESS},
     proto,
@@ -50,6 +50,13 @@ const NO_ROUTE: u8 = 169;
 /// `BPF_FIB_LKUP_RET_NO_NEIGH`: routed, but the next hop's address is not resolved yet.
 const FIB_NO_NEIGH: i64 = 7;
 const AF_INET: u8 = 2;
+/// IP-in-IP, the DSR encapsulation.
+const IPPROTO_IPIP: u8 = 4;
+/// `BPF_ADJ_ROOM_MAC` and `BPF_F_ADJ_ROOM_ENCAP_L3_IPV4` of `bpf_skb_adjust_room`.
+const ADJ_ROOM_MAC: u32 = 1;
+const ADJ_ROOM_ENCAP_L3_IPV4: u64 = 1 << 1;
+/// The outer header DSR adds.
+const OUTER_LEN: usize = 20;
 const TC_ACT_REDIRECT: i32 = 7;
 
 const IP: usize = EthHdr::LEN;
@@ -195,6 +202,9 @@ fn drop_reported(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey)
 /// TC ingress of an external interface: balances packets to frontends, turns answers to
 /// source-NATed flows back; everything else passes untouched.
 pub fn from_netdev(ctx: &TcContext) -> i32 {
+    if let Some(verdict) = dsr_arrival(ctx) {
+        return verdict;
+    }
     let Some(p) = parse(ctx) else { return TC_ACT_OK };
     let Some(config) = NODEPORT_CONFIG.get(0) else { return TC_ACT_OK };
     // SAFETY: a TC program's context is the kernel's `__sk_buff`.
@@ -208,6 +218,9 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         }
         return TC_ACT_OK;
     };
+    if service.flags & FRONTEND_REMOTE != 0 {
+        return TC_ACT_OK; // another node's: balanced there
+    }
     let key = FlowKey {
         saddr: p.ip.saddr,
         daddr: p.ip.daddr,
@@ -225,7 +238,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             let hash = flow_hash(p.ip.saddr, p.sport, p.dport, p.ip.proto, service.flags & FRONTEND_AFFINITY != 0);
             let index = service.table.wrapping_mul(config.maglev_size).wrapping_add(hash % config.maglev_size);
             let Some(slot) = MAGLEV.get(index) else { return drop_reported(ctx, &p, NO_BACKEND, &frontend) };
-            let mut flow = Flow { backend: slot.addr, backend_port: slot.port, snat_port: 0 };
+            let mut flow = Flow { backend: slot.addr, backend_port: slot.port, snat_port: 0, flags: 0, _pad: 0 };
             if slot.flags & SLOT_LOCAL != 0 {
                 // The answer leaves the pod to the client: from the frontend again.
                 let answer = FlowKey {
@@ -238,6 +251,9 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
                 };
                 let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport };
                 let _ = NODEPORT_REVERSE.insert(&answer, &back, 0);
+            } else if service.flags & FRONTEND_DSR != 0 {
+                // The backend's node answers the client itself.
+                flow.flags = FLOW_DSR;
             } else {
                 // A port of the node's own for the flow: the first free of a few tried.
                 let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport };
@@ -271,6 +287,9 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     if rewrite(ctx, &p, 1, flow.backend, flow.backend_port).is_err() {
         return TC_ACT_SHOT;
     }
+    if flow.flags & FLOW_DSR != 0 {
+        return encapsulate(ctx, &p, &frontend, flow.backend, ingress);
+    }
     if flow.snat_port == 0 {
         return TC_ACT_OK; // to this node's pod: the stack routes it
     }
@@ -282,6 +301,93 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         return drop_reported(ctx, &p, NO_ROUTE, &frontend);
     }
     routed
+}
+
+/// The one's-complement checksum of an IPv4 header without options.
+#[inline(always)]
+fn ip_checksum(header: &Ipv4) -> u16 {
+    // SAFETY: `Ipv4` is 20 bytes of plain integers, as ten 16-bit words.
+    let words: [u16; 10] = unsafe { core::mem::transmute(*header) };
+    let mut sum: u32 = 0;
+    for word in words {
+        sum += u32::from(word);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// DSR: the client's packet (already addressed to `backend`) in IP-in-IP to the backend, its
+/// outer source the frontend's address and its outer IP id the frontend's port, so that the
+/// backend's node can answer from the frontend; sent on by the route to the backend.
+#[inline(always)]
+fn encapsulate(ctx: &TcContext, p: &Packet, frontend: &FrontendKey, backend: u32, ingress: u32) -> i32 {
+    let inner_len = u16::from_be(p.ip.total_len);
+    if ctx.adjust_room(OUTER_LEN as i32, ADJ_ROOM_MAC, ADJ_ROOM_ENCAP_L3_IPV4).is_err() {
+        return TC_ACT_SHOT;
+    }
+    let mut outer = Ipv4 {
+        version_ihl: 0x45,
+        tos: 0,
+        total_len: inner_len.wrapping_add(OUTER_LEN as u16).to_be(),
+        id: frontend.port,
+        frag: 0,
+        ttl: 64,
+        proto: IPPROTO_IPIP,
+        check: 0,
+        saddr: frontend.addr,
+        daddr: backend,
+    };
+    outer.check = ip_checksum(&outer);
+    if ctx.store(IP, &outer, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    forward(ctx, frontend.addr, backend, IPPROTO_IPIP, ingress)
+}
+
+/// A DSR packet from another node (IP-in-IP from a frontend this node knows): the answer's way
+/// back is remembered (from the frontend, to the client), the outer header removed, and the
+/// client's packet goes on to the pod. `None`: not such a packet.
+#[inline(always)]
+fn dsr_arrival(ctx: &TcContext) -> Option<i32> {
+    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
+    let protocol = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).protocol };
+    if protocol != EtherType::Ipv4 as u16 as u32 {
+        return None;
+    }
+    let outer: Ipv4 = ctx.load(IP).ok()?;
+    if outer.proto != IPPROTO_IPIP || outer.version_ihl != 0x45 {
+        return None;
+    }
+    let inner: Ipv4 = ctx.load(IP + OUTER_LEN).ok()?;
+    let header_len = usize::from(inner.version_ihl & 0x0f) * 4;
+    if header_len < 20 || !(inner.proto == proto::TCP || inner.proto == proto::UDP) {
+        return None;
+    }
+    // Only from a frontend this node knows (another node's NodePort, or a shared address).
+    let frontend = FrontendKey { addr: outer.saddr, port: outer.id, proto: inner.proto, _pad: 0 };
+    NODEPORT_SERVICES.get_ptr(&frontend)?;
+    if u16::from_be(inner.frag) & IP_OFFSET == 0 {
+        let ports: [u16; 2] = ctx.load(IP + OUTER_LEN + header_len).ok()?;
+        let answer = FlowKey {
+            saddr: inner.daddr,
+            daddr: inner.saddr,
+            sport: ports[1],
+            dport: ports[0],
+            proto: inner.proto,
+            _pad: [0; 3],
+        };
+        let back = Reverse { saddr: outer.saddr, daddr: inner.saddr, sport: outer.id, dport: ports[0] };
+        // SAFETY: a map value, valid while the program runs; compared, not kept.
+        let known = NODEPORT_REVERSE.get_ptr(&answer).is_some_and(|v| unsafe { *v } == back);
+        if !known {
+            let _ = NODEPORT_REVERSE.insert(&answer, &back, 0);
+        }
+    }
+    if ctx.adjust_room(-(OUTER_LEN as i32), ADJ_ROOM_MAC, 0).is_err() {
+        return Some(TC_ACT_SHOT);
+    }
+    Some(TC_ACT_OK)
 }
 
 /// An answer to a source-NATed flow (from a backend on another node, to this node's own port):

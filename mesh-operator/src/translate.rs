@@ -53,6 +53,10 @@ fn ipv4(field: String, value: &str) -> Result<Ipv4Addr, Invalid> {
 }
 
 /// A Service, normalised.
+/// The Service annotation that chooses how traffic from outside reaches backends on other
+/// nodes: `snat` (source NAT to the node) or `dsr` (direct server return).
+pub const LB_MODE_ANNOTATION: &str = "mesh.dev/lb-mode";
+
 pub fn service(namespace: &str, name: &str, svc: &Service) -> Result<api::Service, Invalid> {
     let spec = svc.spec.as_ref().ok_or_else(|| invalid("spec", "a Service needs a spec"))?;
     let mut out = api::Service { namespace: namespace.into(), name: name.into(), ..Default::default() };
@@ -142,6 +146,15 @@ pub fn service(namespace: &str, name: &str, svc: &Service) -> Result<api::Servic
     };
     if let Some(port) = spec.health_check_node_port {
         out.health_check_node_port = self::port("spec.healthCheckNodePort".into(), port)?;
+    }
+    if let Some(mode) = svc.metadata.annotations.as_ref().and_then(|a| a.get(LB_MODE_ANNOTATION)) {
+        if !matches!(mode.as_str(), "snat" | "dsr") {
+            return Err(invalid(
+                format!("metadata.annotations[{LB_MODE_ANNOTATION}]"),
+                format!("{mode:?} is not a load-balancing mode: use snat or dsr"),
+            ));
+        }
+        out.lb_mode = mode.clone();
     }
     let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
     for (i, entry) in ingress.into_iter().flatten().enumerate() {
@@ -369,10 +382,40 @@ mod tests {
             ("spec: {clusterIP: 10.96.0.1, ports: [{port: 80, protocol: ICMP}]}", "spec.ports[0].protocol"),
             ("spec: {clusterIP: 10.96.0.1, ports: [{port: 80, targetPort: Bad_Name}]}", "spec.ports[0].targetPort"),
             ("spec: {clusterIP: 10.96.0.1, sessionAffinity: Sticky}", "spec.sessionAffinity"),
+            ("spec: {clusterIP: 10.96.0.1, externalTrafficPolicy: Nearby}", "spec.externalTrafficPolicy"),
+            ("spec: {clusterIP: 10.96.0.1, healthCheckNodePort: 0}", "spec.healthCheckNodePort"),
+            (
+                "metadata: {annotations: {mesh.dev/lb-mode: maglev}}\nspec: {clusterIP: 10.96.0.1}",
+                "metadata.annotations[mesh.dev/lb-mode]",
+            ),
+            (
+                "spec: {clusterIP: 10.96.0.1}\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.300}]}}",
+                "status.loadBalancer.ingress[0].ip",
+            ),
         ];
         for (yaml, field) in cases {
             assert_eq!(service_yaml(yaml).unwrap_err().field, field, "{yaml}");
         }
+    }
+
+    #[test]
+    fn external_traffic_settings_are_read() {
+        let svc = service_yaml(
+            "metadata: {annotations: {mesh.dev/lb-mode: dsr}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports: [{port: 80, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.10}, {ip: 2001:db8::1}, {hostname: lb.example.com}]}}",
+        )
+        .unwrap();
+        assert!(svc.external_traffic_local);
+        assert_eq!(svc.health_check_node_port, 32_000);
+        assert_eq!(svc.load_balancer_ips, ["192.0.2.10"]);
+        assert_eq!(svc.lb_mode, "dsr");
+        assert_eq!(svc.ports[0].node_port, 30_080);
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! to the node (the backend sees the node's address) and a backend here sees the client's; with
 //! `Local` only this node's backends answer, always seeing the client's address, and a node
 //! without one drops the flow (`SERVICE_BACKEND_NOT_FOUND`, in its flows). The same client flow
-//! (address and port) through either node reaches the same backend: Maglev.
+//! (address and port) through either node reaches the same backend: Maglev. With direct server
+//! return (`mesh.dev/lb-mode: dsr`) a backend on the other node sees the client's address and
+//! its node answers the client itself: a capture on the balancing node's link shows the
+//! source-NATed answers passing it and no DSR answer.
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use mesh_tests::{
+    capture::Capture,
     lab::Lab,
     labnet,
     manifests::{self, Mesh, PodManifest, eventually, namespace, nodes},
@@ -37,6 +41,12 @@ fn cluster(lab: &Lab) -> String {
             ),
         );
     }
+    text += &manifests::service(
+        NS,
+        "web-dsr",
+        "  type: NodePort\n  selector: {only: \"yes\"}\n  ports:\n    - {port: 80, targetPort: 8080, nodePort: 30083}\n",
+    )
+    .replace("metadata:\n  name: web-dsr\n", "metadata:\n  name: web-dsr\n  annotations: {mesh.dev/lb-mode: dsr}\n");
     text
 }
 
@@ -121,5 +131,28 @@ fn nodeports_from_outside_through_either_node() {
     );
     let status = meshctl::run(&socket, &["status"]).stdout;
     assert!(status.contains("tcx ingress eth0"), "{status}");
+
+    // DSR to web-1 through node-0: the backend sees the client, and node-1 answers it directly.
+    let capture = Capture::start(&lab.nodes[0].netns_path, "eth0").expect("a capture on node-0's link");
+    let dsr = connect(0, 30083, 5);
+    let snat = connect(0, 30080, 10);
+    let segments = capture.stop();
+    assert_eq!(dsr.ok, 5, "node-0:30083 (DSR) {dsr:?}\n{}", mesh.logs());
+    assert!(
+        dsr.replies.keys().all(|r| r == &format!("web-1 {}", outside.ip)),
+        "DSR keeps the client: {:?}",
+        dsr.replies
+    );
+    assert!(dsr.peers.keys().all(|p| p == &format!("{}:30083", node_ip(0))), "{:?}", dsr.peers);
+    let from = |port: u16| segments.iter().filter(|s| s.sport == port && s.daddr == outside.ip).count();
+    assert!(segments.iter().any(|s| s.dport == 30083), "the DSR requests came in on node-0's link");
+    assert_eq!(
+        from(30083),
+        0,
+        "a DSR answer passed node-0: {:?}",
+        segments.iter().filter(|s| s.sport == 30083).collect::<Vec<_>>()
+    );
+    assert_eq!(snat.ok, 10, "{snat:?}");
+    assert!(from(30080) > 0, "the source-NATed answers pass node-0 (the capture works)");
     mesh.stop(&lab).expect("the mesh stops cleanly");
 }

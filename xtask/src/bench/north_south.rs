@@ -28,9 +28,10 @@
 //! - `iptables`, `nftables`: kube-proxy's rules (the service-lb benchmark's, with the NodePort's
 //!   KUBE-NODEPORTS / service-nodeports entries and their masquerade) in node-0's namespace;
 //! - `nodeport-snat`: this mesh: node-0's agent balancing at TC on its interface, source NAT to
-//!   node-0 (the backends are on node-1).
-//!
-//! DSR is not built yet: its rows are absent.
+//!   node-0 (the backends are on node-1);
+//! - `nodeport-dsr`: this mesh with direct server return (`MESH_LB_MODE=dsr`): node-0 sends the
+//!   client's packets to node-1 in IP-in-IP, node-1's agent (which then also runs its pods' TC
+//!   programs) takes them out and its pods answer the client directly.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -155,16 +156,25 @@ fn nodeports(scales: &[u32], seconds: f64) -> anyhow::Result<Vec<Row>> {
         services.write_manifests(&manifests)?;
         std::fs::write(manifests.join("nodes.yaml"), nodes(&lab))?;
         let operator = Operator::start(&lab, &manifests, ([127, 0, 0, 1], free_port()).into())?;
-        let agent = Agent::follow(&lab, &lab.nodes[0], &operator.endpoint(), &[])?;
-        let measured = wait_for_frontend(&lab, &agent).and_then(|()| {
-            let runs = (0..ROUNDS).map(|_| load(&frontend, "nodeport-snat")).collect::<anyhow::Result<Vec<_>>>()?;
-            let mut runs = runs;
-            runs.sort_by(|a, b| a.conn_per_s.total_cmp(&b.conn_per_s));
-            Ok(runs.swap_remove(ROUNDS / 2))
-        });
-        lab.stop(agent.pid, Duration::from_secs(30))?;
+        let measure = |case: &str, nodes: usize, args: &[&str]| -> anyhow::Result<LoadReport> {
+            let agents = (0..nodes)
+                .map(|n| Agent::follow(&lab, &lab.nodes[n], &operator.endpoint(), args))
+                .collect::<Result<Vec<_>, _>>()?;
+            let measured = wait_for_frontend(&lab, &agents[0]).and_then(|()| {
+                let mut runs = (0..ROUNDS).map(|_| load(&frontend, case)).collect::<anyhow::Result<Vec<_>>>()?;
+                runs.sort_by(|a, b| a.conn_per_s.total_cmp(&b.conn_per_s));
+                Ok(runs.swap_remove(ROUNDS / 2))
+            });
+            for agent in &agents {
+                lab.stop(agent.pid, Duration::from_secs(30))?;
+            }
+            measured.with_context(|| agents[0].log())
+        };
+        let mesh = measure("nodeport-snat", 1, &[]);
+        let dsr = mesh.as_ref().ok().map(|_| measure("nodeport-dsr", 2, &["--lb-mode", "dsr"]));
         lab.stop(operator.pid, Duration::from_secs(30))?;
-        let mesh = measured.with_context(|| agent.log())?;
+        let mesh = mesh?;
+        let dsr = dsr.expect("measured after snat")?;
 
         let scale = u64::from(scale);
         let row = |case: &str, metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>| Row {
@@ -191,6 +201,15 @@ fn nodeports(scales: &[u32], seconds: f64) -> anyhow::Result<Vec<Row>> {
         ));
         rows.push(row("nodeport-snat", "conn_per_s", mesh.conn_per_s, "conn/s", Some(("direct", direct.conn_per_s))));
         rows.push(row("nodeport-snat", "p99_us", mesh.p99_us, "us", Some(("iptables", iptables.p99_us))));
+        rows.push(row("nodeport-dsr", "conn_per_s", dsr.conn_per_s, "conn/s", Some(("iptables", iptables.conn_per_s))));
+        rows.push(row(
+            "nodeport-dsr",
+            "conn_per_s",
+            dsr.conn_per_s,
+            "conn/s",
+            Some(("nodeport-snat", mesh.conn_per_s)),
+        ));
+        rows.push(row("nodeport-dsr", "p99_us", dsr.p99_us, "us", Some(("iptables", iptables.p99_us))));
     }
     Ok(rows)
 }
@@ -288,7 +307,7 @@ fn prefilter(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let notes = vec![
         format!("north-south took {:.0} s; {ROUNDS} runs of {seconds} s per case, medians", started.elapsed().as_secs_f64()),
         "drop_pps: minimum-size UDP packets/s from one sender CPU, all dropped at the node (sender, bridge and drop on that CPU)".into(),
-        "DSR: not built yet, not measured".into(),
+        "nodeport-dsr runs node-1's agent too (DSR needs it), so its pods' TC programs are in its path".into(),
     ];
     Ok(Report { bench: "north-south".into(), rows, notes })
 }

@@ -52,11 +52,13 @@ pub fn judge(report: &Report) -> Vec<Judged> {
                     row.and_then(|r| r.ratio).map(|ratio| (format!("{ratio:.2}x"), ratio >= 3.0)),
                 );
             }
-            let row = find(rows, "nodeport-snat", Some(10_000), "conn_per_s", Some("iptables"));
-            push(
-                "nodeport conn/s >= 2x iptables at 10000 services".into(),
-                row.and_then(|r| r.ratio).map(|ratio| (format!("{ratio:.2}x"), ratio >= 2.0)),
-            );
+            for case in ["nodeport-snat", "nodeport-dsr"] {
+                let row = find(rows, case, Some(10_000), "conn_per_s", Some("iptables"));
+                push(
+                    format!("{case} conn/s >= 2x iptables at 10000 services"),
+                    row.and_then(|r| r.ratio).map(|ratio| (format!("{ratio:.2}x"), ratio >= 2.0)),
+                );
+            }
         }
         "service-lb" => {
             let mut scales: Vec<u64> = rows.iter().filter(|r| r.case == "clusterip").map(|r| r.scale).collect();
