@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod desired;
 pub mod devices;
 pub mod flows;
+pub mod health_check;
 pub mod identity;
 pub mod l7;
 pub mod maglev;

@@ -76,7 +76,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             datapath.tunnel_redirect()?,
         ))
     });
-    let ((mut table, mut nodeport), policy, (events, lost_events), (mut redirect, origins)) = match started {
+    let ((mut table, nodeport), policy, (events, lost_events), (mut redirect, origins)) = match started {
         Ok(tables) => tables,
         Err(err) => {
             let _ = datapath.shutdown(false);
@@ -84,6 +84,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     tracing::info!(node = %config.node_name, "starting");
+    let mut external =
+        External { nodeport, health: mesh_agent::health_check::HealthChecks::new(runtime.handle().clone()) };
     // Shared by reconciling and the verdict reports (one thread; never held across an await).
     let policy = RefCell::new(policy);
 
@@ -136,7 +138,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let compiled = compiler.update(&model, &config.node_name, None);
         let result = reconcile(
             &mut datapath,
-            (&mut table, &mut nodeport),
+            (&mut table, &mut external),
             &mut policy.borrow_mut(),
             &config,
             Update {
@@ -197,7 +199,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 let external_changed = touched(&[Kind::Service, Kind::EndpointSlice, Kind::Node]);
                 let result = reconcile(
                     &mut datapath,
-                    (&mut table, &mut nodeport),
+                    (&mut table, &mut external),
                     &mut policy.borrow_mut(),
                     &config,
                     Update { model, compiler: &compiler, services, policy_changed, external_changed },
@@ -500,9 +502,15 @@ struct Update<'a> {
 /// Makes the datapath hold the compiled model; every problem is in the error, nothing stops
 /// early. Services are written as a delta when only some changed; policy is compiled again
 /// only when pods or policies changed.
+/// What serves traffic from outside: the frontends' maps and the health checks.
+struct External {
+    nodeport: mesh_agent::nodeport::NodePortTable,
+    health: mesh_agent::health_check::HealthChecks,
+}
+
 fn reconcile(
     datapath: &mut Datapath,
-    (table, nodeport): (&mut ServiceTable, &mut mesh_agent::nodeport::NodePortTable),
+    (table, external): (&mut ServiceTable, &mut External),
     policy_table: &mut PolicyTable,
     config: &Config,
     update: Update<'_>,
@@ -554,13 +562,15 @@ fn reconcile(
     let addresses = node_addresses(model, &config.node_name);
     if external_changed {
         let externals = mesh_agent::nodeport::compile(model, compiler, &config.node_name, &addresses, config.dsr);
-        if let Err(err) = nodeport.apply(&externals, addresses.first().copied()) {
+        if let Err(err) = external.nodeport.apply(&externals, addresses.first().copied()) {
             problems.push(err.to_string());
         }
+        let checks = mesh_agent::nodeport::health_checks(model, compiler, &config.node_name);
+        problems.extend(external.health.sync(config.netns.as_deref(), &checks));
     }
     // XDP and TC run on the external interfaces only while they have work (a prefilter CIDR,
     // frontends reached from outside): an interface without them costs nothing.
-    let wanted = (policy_table.prefilter_active(), nodeport.active());
+    let wanted = (policy_table.prefilter_active(), external.nodeport.active());
     let devices = if wanted != (false, false) { external_devices(&addresses, config) } else { Ok(Vec::new()) };
     match devices {
         Ok(devices) => {

@@ -140,6 +140,40 @@ pub fn compile(
     out
 }
 
+/// The health checks of this node (`healthCheckNodePort` of Services with
+/// `externalTrafficPolicy: Local`), by port, with this node's ready endpoints of each.
+pub fn health_checks(
+    model: &ResourceSet,
+    compiler: &crate::desired::Compiler,
+    node: &str,
+) -> BTreeMap<u16, crate::health_check::HealthCheck> {
+    let mut out = BTreeMap::new();
+    for r in model.of_kind(Kind::Service) {
+        let Some(resource::Kind::Service(svc)) = &r.kind else { continue };
+        let Ok(port) = u16::try_from(svc.health_check_node_port) else { continue };
+        if port == 0 || !svc.external_traffic_local || svc.headless {
+            continue;
+        }
+        let slices = compiler.slices(model, &svc.namespace, &svc.name);
+        let weights = BTreeMap::new();
+        let local: BTreeSet<u32> = svc
+            .ports
+            .iter()
+            .flat_map(|p| crate::desired::backends(&slices, &svc.namespace, &weights, p, Some(node)))
+            .map(|w| w.backend.addr)
+            .collect();
+        out.insert(
+            port,
+            crate::health_check::HealthCheck {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                local_endpoints: local.len(),
+            },
+        );
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodePortError {
     #[error("map {map} is not in the loaded object (was the agent built from another mesh-ebpf?)")]

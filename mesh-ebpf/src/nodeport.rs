@@ -24,12 +24,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mesh_common::{
-    flows::{FLOW_DROP, FlowEvent},
+    flows::{FLOW_DROP, FLOW_START, FlowEvent},
     nodeport::{
         FLOW_DSR, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_REMOTE, Flow, FlowKey, FrontendKey, Reverse, SLOT_LOCAL,
         SNAT_FIRST, SNAT_PORTS, SNAT_TRIES, flow_hash,
     },
-    policy::{DENY, INGRESS},
+    policy::{ALLOW, DENY, INGRESS},
     proto,
 };
 use network_types::eth::{EthHdr, EtherType};
@@ -281,6 +281,24 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
                 }
             }
             let _ = NODEPORT_FLOWS.insert(&key, &flow, 0);
+            // One event per flow from outside: from the client, to the backend chosen, naming
+            // the service (`meshctl observe --from-ip <client>`).
+            emit(&FlowEvent {
+                time_ns: now(),
+                packets: 1,
+                saddr: p.ip.saddr,
+                daddr: flow.backend,
+                sport: p.sport,
+                dport: flow.backend_port,
+                svc_addr: service.service_addr,
+                svc_port: service.service_port,
+                kind: FLOW_START,
+                proto: p.ip.proto,
+                ifindex: ingress,
+                action: ALLOW,
+                direction: INGRESS,
+                ..FlowEvent::default()
+            });
             flow
         }
     };

@@ -4,7 +4,9 @@
 //! to the node (the backend sees the node's address) and a backend here sees the client's; with
 //! `Local` only this node's backends answer, always seeing the client's address, and a node
 //! without one drops the flow (`SERVICE_BACKEND_NOT_FOUND`, in its flows). The same client flow
-//! (address and port) through either node reaches the same backend: Maglev. With direct server
+//! (address and port) through either node reaches the same backend: Maglev. Each node answers
+//! the `healthCheckNodePort` of a `Local` service as kube-proxy does: 200 with local
+//! endpoints, 503 without. With direct server
 //! return (`mesh.dev/lb-mode: dsr`) a backend on the other node sees the client's address and
 //! its node answers the client itself: a capture on the balancing node's link shows the
 //! source-NATed answers passing it and no DSR answer.
@@ -28,16 +30,17 @@ fn cluster(lab: &Lab) -> String {
         text +=
             &PodManifest { labels: &[("app", "web"), ("only", only)], ..Default::default() }.render(NS, lab.pod(pod));
     }
-    for (name, port, policy, selector) in [
-        ("web", 30080, "Cluster", "{app: web}"),
-        ("web-local", 30081, "Local", "{app: web}"),
-        ("one", 30082, "Local", "{only: \"yes\"}"),
+    for (name, port, policy, selector, health) in [
+        ("web", 30080, "Cluster", "{app: web}", ""),
+        ("web-local", 30081, "Local", "{app: web}", "  healthCheckNodePort: 32101\n"),
+        ("one", 30082, "Local", "{only: \"yes\"}", "  healthCheckNodePort: 32102\n"),
     ] {
         text += &manifests::service(
             NS,
             name,
             &format!(
-                "  type: NodePort\n  externalTrafficPolicy: {policy}\n  selector: {selector}\n  ports:\n    - {{port: 80, targetPort: 8080, nodePort: {port}}}\n"
+                "  type: NodePort\n  clusterIP: 10.96.0.{}\n  externalTrafficPolicy: {policy}\n{health}  selector: {selector}\n  ports:\n    - {{port: 80, targetPort: 8080, nodePort: {port}}}\n",
+                port - 30000
             ),
         );
     }
@@ -121,6 +124,14 @@ fn nodeports_from_outside_through_either_node() {
     // Local without a backend on node-0: dropped there, answered by node-1.
     assert_eq!(connect(0, 30082, 2).ok, 0, "node-0 has no backend of `one`");
     assert_eq!(connect(1, 30082, 2).ok, 2, "node-1 has web-1");
+    // healthCheckNodePort, as kube-proxy answers it: 200 where the node has a local endpoint.
+    let health = |n: usize, port: u16| {
+        let to = SocketAddr::from((node_ip(n), port));
+        let report = labnet::http_get(&lab, &client, to, "/", &[], 1).expect("client runs");
+        report.statuses.keys().next().copied().unwrap_or(0)
+    };
+    assert_eq!((health(0, 32101), health(1, 32101)), (200, 200), "web-local has an endpoint on each node");
+    assert_eq!((health(0, 32102), health(1, 32102)), (503, 200), "one has its endpoint on node-1 only");
     let socket = mesh.agents[0].observer_socket(&lab);
     let dropped = meshctl::flows(&socket, &["--from-ip", &outside.ip.to_string(), "--verdict", "DROPPED"]);
     assert!(
@@ -128,6 +139,15 @@ fn nodeports_from_outside_through_either_node() {
             |f| f["drop_reason_desc"] == "SERVICE_BACKEND_NOT_FOUND" && f["l4"]["TCP"]["destination_port"] == 30082
         ),
         "{dropped:#?}"
+    );
+    // Every flow from outside is in the flows, from the client to its backend, with its service.
+    let forwarded = meshctl::flows(&socket, &["--from-ip", &outside.ip.to_string(), "--verdict", "FORWARDED"]);
+    assert!(
+        forwarded
+            .iter()
+            .any(|f| f["IP"]["destination"] == lab.pod("web-1").ip.to_string()
+                && f["destination_service"]["name"] == "web"),
+        "{forwarded:#?}"
     );
     let status = meshctl::run(&socket, &["status"]).stdout;
     assert!(status.contains("tcx ingress eth0"), "{status}");

@@ -160,7 +160,8 @@ fn nodeports(scales: &[u32], seconds: f64) -> anyhow::Result<Vec<Row>> {
             let agents = (0..nodes)
                 .map(|n| Agent::follow(&lab, &lab.nodes[n], &operator.endpoint(), args))
                 .collect::<Result<Vec<_>, _>>()?;
-            let measured = wait_for_frontend(&lab, &agents[0]).and_then(|()| {
+            // Every agent: with DSR node-1's takes the packets out of IP-in-IP.
+            let measured = agents.iter().try_for_each(|agent| wait_for_frontend(&lab, agent)).and_then(|()| {
                 let mut runs = (0..ROUNDS).map(|_| load(&frontend, case)).collect::<anyhow::Result<Vec<_>>>()?;
                 runs.sort_by(|a, b| a.conn_per_s.total_cmp(&b.conn_per_s));
                 Ok(runs.swap_remove(ROUNDS / 2))
@@ -214,7 +215,7 @@ fn nodeports(scales: &[u32], seconds: f64) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Waits until node-0's agent holds the NodePort frontend and has TC on its interface.
+/// Waits until `agent` holds the NodePort frontend and has TC on its node's interface.
 fn wait_for_frontend(lab: &Lab, agent: &Agent) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -223,7 +224,7 @@ fn wait_for_frontend(lab: &Lab, agent: &Agent) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("node-0's agent did not attach TC to eth0 within 120 s\n{status}");
+            bail!("{}'s agent did not attach TC to eth0 within 120 s\n{status}", agent.node);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
