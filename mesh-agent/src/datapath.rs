@@ -389,6 +389,7 @@ impl Datapath {
             return errors;
         }
         let (ebpf, links_dir, generation) = (&mut self.ebpf, &self.links_dir, &self.generation);
+        let previous = &self.previous_links;
         let attached = netns::run_in(netns, || {
             new.iter()
                 .map(|&(name, device)| {
@@ -401,6 +402,20 @@ impl Datapath {
                         (LinkId::Tc(id), "tcx ingress".to_owned())
                     } else {
                         let program: &mut Xdp = program(ebpf, name)?;
+                        // An interface holds one XDP link: a previous agent's (kept datapath,
+                        // rolling update) gets this agent's program in place, atomically.
+                        let prefix = format!("{name}-{}-", device.name.replace('.', "_"));
+                        let taken = previous
+                            .iter()
+                            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+                            .and_then(|path| {
+                                let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
+                                program.attach_to_link(aya::programs::xdp::XdpLink::try_from(link).ok()?).ok()
+                            });
+                        if let Some(id) = taken {
+                            let link = pin(ebpf, links_dir, generation, name, &device.name, LinkId::Xdp(id))?;
+                            return Ok((name, device.clone(), link, "xdp (the previous agent's link)".to_owned()));
+                        }
                         let mut attach = |flags| {
                             program
                                 .attach(device.ifindex, flags)

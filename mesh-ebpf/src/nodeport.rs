@@ -19,7 +19,9 @@ use core::mem::offset_of;
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{__sk_buff, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup},
+    bindings::{
+        __sk_buff, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_fib_lookup as FibLookup,
+    },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -200,13 +202,14 @@ fn drop_reported(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey)
 }
 
 /// TC ingress of an external interface: balances packets to frontends, turns answers to
-/// source-NATed flows back; everything else passes untouched.
+/// source-NATed flows back; everything else passes untouched with no opinion
+/// (`TC_ACT_UNSPEC`: the next TCX program, or the stack, decides).
 pub fn from_netdev(ctx: &TcContext) -> i32 {
     if let Some(verdict) = dsr_arrival(ctx) {
         return verdict;
     }
-    let Some(p) = parse(ctx) else { return TC_ACT_OK };
-    let Some(config) = NODEPORT_CONFIG.get(0) else { return TC_ACT_OK };
+    let Some(p) = parse(ctx) else { return TC_ACT_UNSPEC };
+    let Some(config) = NODEPORT_CONFIG.get(0) else { return TC_ACT_UNSPEC };
     // SAFETY: a TC program's context is the kernel's `__sk_buff`.
     let ingress = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
     let frontend = FrontendKey { addr: p.ip.daddr, port: p.dport, proto: p.ip.proto, _pad: 0 };
@@ -216,10 +219,10 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         if p.ip.daddr == config.node_addr {
             return answer(ctx, &p, ingress);
         }
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     };
     if service.flags & FRONTEND_REMOTE != 0 {
-        return TC_ACT_OK; // another node's: balanced there
+        return TC_ACT_UNSPEC; // another node's: balanced there
     }
     let key = FlowKey {
         saddr: p.ip.saddr,
@@ -421,7 +424,7 @@ fn answer(ctx: &TcContext, p: &Packet, ingress: u32) -> i32 {
         _pad: [0; 3],
     };
     // SAFETY: a map value, valid while the program runs; copied.
-    let Some(back) = NODEPORT_REVERSE.get_ptr(&key).map(|v| unsafe { *v }) else { return TC_ACT_OK };
+    let Some(back) = NODEPORT_REVERSE.get_ptr(&key).map(|v| unsafe { *v }) else { return TC_ACT_UNSPEC };
     if rewrite(ctx, p, 0, back.saddr, back.sport).is_err() || rewrite(ctx, p, 1, back.daddr, back.dport).is_err() {
         return TC_ACT_SHOT;
     }

@@ -16,7 +16,11 @@
 //!   echoes through the switched connection) a second to web, churn, secure and routed, and
 //!   holds long-lived connections to them; `intruder`
 //!   probes web (every answer is a policy violation); `client` probes guarded (an answer while
-//!   it is denied is a violation, a failure while it is allowed is a failed connection).
+//!   it is denied is a violation, a failure while it is allowed is a failed connection); a
+//!   client outside the cluster (the lab's `outside`) makes a quarter of `--rate` short
+//!   connections and holds long-lived ones to web's pods through both nodes' NodePorts of
+//!   `north` (source NAT) and `north-dsr` (direct server return), which web's NetworkPolicy
+//!   admits from the nodes' network.
 //! - Chaos, every cycle: each agent SIGKILLed and restarted, each agent replaced as a rolling
 //!   update replaces it (the new one beside the old, then SIGTERM), the operator SIGKILLed and
 //!   restarted, a burst of invalid manifests, 12 s of policy churn, the operator frozen
@@ -65,6 +69,13 @@ const CHURN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const SECURE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 /// HTTP with an HTTPRoute: every connection from `client` goes through node-0's L7 proxy.
 const ROUTED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+const NORTH: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
+const NORTH_DSR: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 16);
+/// The NodePorts of `north` (source NAT) and `north-dsr` (direct server return).
+const NORTH_PORT: u16 = 30090;
+const NORTH_DSR_PORT: u16 = 30091;
+/// The client outside the cluster.
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(172, 18, 200, 10);
 /// After a SIGKILLed agent's successor is ready, tunnelled connections may still fail this
 /// long (it accepts once it holds its pods' certificates).
 const KILL_EXCUSE_MS: u64 = 3_000;
@@ -151,6 +162,7 @@ fn row(case: &str, metric: &str, value: f64, unit: &str) -> Row {
 /// Runs the lab, the traffic and the chaos; returns the report and what failed.
 fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     let lab = Lab::new(&NODES).context("bringing up the lab")?;
+    let outside = lab.add_outside(0, OUTSIDE)?;
     for pod in ["web-a", "web-b", "churn-a", "churn-b", "guarded", "secure"] {
         mesh_tests::labnet::serve(&lab, lab.pod(pod), TARGET_PORT, pod)?;
     }
@@ -214,11 +226,11 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     let logs = lab.dir.join("soak");
     std::fs::create_dir_all(&logs)?;
     // The chaos segment.
-    let first = traffic(&lab, &logs, "chaos", rate, main_span, || chaos.run(main_span, &schedule))?;
+    let first = traffic(&lab, &outside, &logs, "chaos", rate, main_span, || chaos.run(main_span, &schedule))?;
     // Quiet: the held connections of the first segment close; then count every event.
     std::thread::sleep(Duration::from_secs(2));
     let counted_before = count_events(&lab, &chaos)?;
-    let second = traffic(&lab, &logs, "tail", rate, TAIL, || chaos.run(TAIL, &[]))?;
+    let second = traffic(&lab, &outside, &logs, "tail", rate, TAIL, || chaos.run(TAIL, &[]))?;
     std::thread::sleep(Duration::from_secs(2));
     let counted_after = count_events(&lab, &chaos)?;
     // The requests node-0's agent (the one that ran through the final window) proxied to routed.
@@ -255,6 +267,9 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
         .chain(&second.client_log)
         .filter(|a| !a.error.is_empty())
         .partition(|a| killed(a) || cut(a));
+    // From outside (NodePorts, SNAT and DSR, through both nodes): the datapath carries them
+    // through every agent kill and restart; no failure is excused.
+    failures.extend(first.outside_log.iter().chain(&second.outside_log).filter(|a| !a.error.is_empty()));
     let (broken_by_kill, cut_after_drain): (Vec<&Attempt>, Vec<&Attempt>) =
         excused.into_iter().partition(|a| killed(a));
     let (violations, guarded_failures) = judge_probes(&chaos.flips, &first, &second);
@@ -277,6 +292,7 @@ fn soak(seconds: u64, rate: u32) -> anyhow::Result<(Report, Vec<String>)> {
     rows.push(row("soak", "connections", connections as f64, "count"));
     rows.push(row("soak", "held_exchanges", held as f64, "count"));
     rows.push(row("soak", "failed", failed as f64, "count"));
+    rows.push(row("soak", "north_south", (first.outside.attempts + second.outside.attempts) as f64, "count"));
     let (proxy_broken, tunnel_broken): (Vec<&Attempt>, Vec<&Attempt>) =
         broken_by_kill.iter().partition(|a| a.to == routed);
     let proxied = [&first.client, &second.client].iter().filter_map(|r| r.ok_by_kind.get("http")).sum::<u64>();
@@ -357,11 +373,14 @@ struct Segment {
     intruder_log: Vec<Attempt>,
     guarded: SoakReport,
     guarded_log: Vec<Attempt>,
+    outside: SoakReport,
+    outside_log: Vec<Attempt>,
 }
 
 /// Runs the three traffic generators for `span` while `during` runs on this thread.
 fn traffic(
     lab: &Lab,
+    outside: &mesh_tests::lab::Outside,
     logs: &Path,
     name: &str,
     rate: u32,
@@ -372,26 +391,40 @@ fn traffic(
     let (both, web, guarded) = (format!("{},{}", service(WEB), service(CHURN)), service(WEB), service(GUARDED));
     let tcp = format!("{both},{}", service(SECURE));
     let http = service(ROUTED);
+    let north: Vec<String> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| [NORTH_PORT, NORTH_DSR_PORT].map(|port| SocketAddr::from((n.ip, port)).to_string()))
+        .collect();
+    let north = north.join(",");
+    let pod = |name: &str| Placement::pod(lab.pod(name));
     let generators = [
         (
             "client",
-            "client",
+            pod("client"),
             vec!["--tcp", &tcp, "--udp", &both, "--http", &http, "--upgrade", &http, "--hold", "6"],
             rate,
             CLIENT_TIMEOUT_MS,
             false,
         ),
-        ("intruder", "intruder", vec!["--tcp", &web, "--udp", &web], PROBE_RATE, PROBE_TIMEOUT_MS, true),
-        ("guarded", "client", vec!["--tcp", &guarded], PROBE_RATE, PROBE_TIMEOUT_MS, true),
+        ("intruder", pod("intruder"), vec!["--tcp", &web, "--udp", &web], PROBE_RATE, PROBE_TIMEOUT_MS, true),
+        ("guarded", pod("client"), vec!["--tcp", &guarded], PROBE_RATE, PROBE_TIMEOUT_MS, true),
+        (
+            "outside",
+            lab.outside_placement(outside),
+            vec!["--tcp", &north, "--hold", "2"],
+            (rate / 4).max(1),
+            CLIENT_TIMEOUT_MS,
+            false,
+        ),
     ];
     let outputs = std::thread::scope(|scope| -> anyhow::Result<Vec<(SoakReport, Vec<Attempt>)>> {
         let handles: Vec<_> = generators
             .iter()
-            .map(|(label, pod, args, rate, timeout_ms, log_all)| {
+            .map(|(label, placement, args, rate, timeout_ms, log_all)| {
                 let log = logs.join(format!("{name}-{label}.jsonl"));
                 scope.spawn(move || -> anyhow::Result<(SoakReport, Vec<Attempt>)> {
-                    let mut command =
-                        lab.placed_command(&Placement::pod(lab.pod(pod)), mesh_tests::labnet::binary())?;
+                    let mut command = lab.placed_command(placement, mesh_tests::labnet::binary())?;
                     command.arg("soak").args(args);
                     command.args(["--rate", &rate.to_string(), "--duration-ms", &span.as_millis().to_string()]);
                     command.args(["--timeout-ms", &timeout_ms.to_string()]).arg("--log").arg(&log);
@@ -417,11 +450,12 @@ fn traffic(
         outputs.into_iter().collect()
     })?;
     let mut outputs = outputs.into_iter();
-    let mut next = || outputs.next().expect("three generators");
+    let mut next = || outputs.next().expect("four generators");
     let (client, client_log) = next();
     let (intruder, intruder_log) = next();
     let (guarded, guarded_log) = next();
-    Ok(Segment { client, client_log, intruder, intruder_log, guarded, guarded_log })
+    let (outside, outside_log) = next();
+    Ok(Segment { client, client_log, intruder, intruder_log, guarded, guarded_log, outside, outside_log })
 }
 
 /// Denied probes answered (violations), and probes of guarded refused while it was allowed
@@ -788,11 +822,21 @@ fn base_manifests(lab: &Lab) -> String {
     text.push_str(&service("churn", CHURN, true));
     text.push_str(&service("guarded", GUARDED, false));
     text.push_str(&service("secure", SECURE, false));
+    // Reached from outside through either node: web's pods by NodePort, with source NAT and
+    // with direct server return.
+    for (name, ip, port, annotations) in [
+        ("north", NORTH, NORTH_PORT, ""),
+        ("north-dsr", NORTH_DSR, NORTH_DSR_PORT, ", annotations: {mesh.dev/lb-mode: dsr}"),
+    ] {
+        text.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: soak{annotations}}}\nspec:\n  type: NodePort\n  clusterIP: {ip}\n  selector: {{app: web}}\n  ports:\n  - {{port: {PORT}, targetPort: {TARGET_PORT}, nodePort: {port}}}\n---\n"
+        ));
+    }
     text.push_str(
         "apiVersion: mesh.dev/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: secure, namespace: soak}\nspec:\n  selector: {matchLabels: {app: secure}}\n  mtls: {mode: STRICT}\n---\n",
     );
     text.push_str(&format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-only, namespace: soak}}\nspec:\n  podSelector:\n    matchExpressions: [{{key: app, operator: In, values: [web, churn, secure]}}]\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}]\n    ports: [{{port: {TARGET_PORT}, protocol: TCP}}, {{port: {TARGET_PORT}, protocol: UDP}}]\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-only, namespace: soak}}\nspec:\n  podSelector:\n    matchExpressions: [{{key: app, operator: In, values: [web, churn, secure]}}]\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: client}}}}}}, {{ipBlock: {{cidr: 172.18.0.0/16}}}}]\n    ports: [{{port: {TARGET_PORT}, protocol: TCP}}, {{port: {TARGET_PORT}, protocol: UDP}}]\n"
     ));
     text
 }

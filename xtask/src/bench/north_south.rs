@@ -97,8 +97,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 pub fn run(cidr_scales: &[u32], service_scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let mut report = prefilter(cidr_scales, seconds)?;
     let started = Instant::now();
-    report.rows.extend(nodeports(service_scales, seconds)?);
+    let mut failures = Vec::new();
+    report.rows.extend(nodeports(service_scales, seconds, &mut failures)?);
     report.notes.push(format!("nodeports took {:.0} s", started.elapsed().as_secs_f64()));
+    report.notes.extend(failures);
     Ok(report)
 }
 
@@ -107,7 +109,7 @@ const SERVERS: [&str; 10] = ["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8
 const SERVER_CPU: usize = 1;
 
 /// Connections/s and p99 through node-0's NodePort: direct, kube-proxy's rules, this mesh.
-fn nodeports(scales: &[u32], seconds: f64) -> anyhow::Result<Vec<Row>> {
+fn nodeports(scales: &[u32], seconds: f64, failures: &mut Vec<String>) -> anyhow::Result<Vec<Row>> {
     anyhow::ensure!(scales.iter().all(|s| (1..=60_000).contains(s)), "scales must be 1 to 60000 services");
     let duration = Duration::from_secs_f64(seconds);
     let lab = Lab::new(&[&["sink"], &SERVERS]).context("bringing up the lab")?;
@@ -175,7 +177,17 @@ fn nodeports(scales: &[u32], seconds: f64) -> anyhow::Result<Vec<Row>> {
         let dsr = mesh.as_ref().ok().map(|_| measure("nodeport-dsr", 2, &["--lb-mode", "dsr"]));
         lab.stop(operator.pid, Duration::from_secs(30))?;
         let mesh = mesh?;
-        let dsr = dsr.expect("measured after snat")?;
+        // A DSR run that fails is reported and leaves its rows out (its target then counts as
+        // missed); the other cases' rows stay.
+        let dsr = match dsr.expect("measured after snat") {
+            Ok(report) => Some(report),
+            Err(err) => {
+                let last = format!("{err:#}").lines().last().unwrap_or_default().to_owned();
+                println!("      nodeport-dsr failed at {scale} services: {last}");
+                failures.push(format!("nodeport-dsr at {scale} services failed: {last}"));
+                None
+            }
+        };
 
         let scale = u64::from(scale);
         let row = |case: &str, metric: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>| Row {
@@ -202,15 +214,23 @@ fn nodeports(scales: &[u32], seconds: f64) -> anyhow::Result<Vec<Row>> {
         ));
         rows.push(row("nodeport-snat", "conn_per_s", mesh.conn_per_s, "conn/s", Some(("direct", direct.conn_per_s))));
         rows.push(row("nodeport-snat", "p99_us", mesh.p99_us, "us", Some(("iptables", iptables.p99_us))));
-        rows.push(row("nodeport-dsr", "conn_per_s", dsr.conn_per_s, "conn/s", Some(("iptables", iptables.conn_per_s))));
-        rows.push(row(
-            "nodeport-dsr",
-            "conn_per_s",
-            dsr.conn_per_s,
-            "conn/s",
-            Some(("nodeport-snat", mesh.conn_per_s)),
-        ));
-        rows.push(row("nodeport-dsr", "p99_us", dsr.p99_us, "us", Some(("iptables", iptables.p99_us))));
+        if let Some(dsr) = dsr {
+            rows.push(row(
+                "nodeport-dsr",
+                "conn_per_s",
+                dsr.conn_per_s,
+                "conn/s",
+                Some(("iptables", iptables.conn_per_s)),
+            ));
+            rows.push(row(
+                "nodeport-dsr",
+                "conn_per_s",
+                dsr.conn_per_s,
+                "conn/s",
+                Some(("nodeport-snat", mesh.conn_per_s)),
+            ));
+            rows.push(row("nodeport-dsr", "p99_us", dsr.p99_us, "us", Some(("iptables", iptables.p99_us))));
+        }
     }
     Ok(rows)
 }
