@@ -43,7 +43,7 @@ use mesh_tests::{
     agent::Agent,
     lab::{Lab, Placement},
     labnet::{self, LoadReport},
-    manifests::{Mesh, nodes},
+    manifests::{Mesh, PodManifest, nodes},
     operator::{Operator, free_port},
 };
 
@@ -157,6 +157,14 @@ fn nodeports(scales: &[u32], seconds: f64, failures: &mut Vec<String>) -> anyhow
         std::fs::create_dir_all(&manifests)?;
         services.write_manifests(&manifests)?;
         std::fs::write(manifests.join("nodes.yaml"), nodes(&lab))?;
+        // The backends as pods of the mesh: with DSR their node's agent turns their answers
+        // back to the frontend at their interfaces (endpoints alone, as the service-lb
+        // benchmark has them, would leave the answers from the pods' own addresses).
+        let pods: String =
+            std::iter::once("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n---\n".to_owned())
+                .chain(SERVERS.iter().map(|name| PodManifest::default().render("bench", lab.pod(name))))
+                .collect();
+        std::fs::write(manifests.join("pods.yaml"), pods)?;
         let operator = Operator::start(&lab, &manifests, ([127, 0, 0, 1], free_port()).into())?;
         let measure = |case: &str, nodes: usize, args: &[&str]| -> anyhow::Result<LoadReport> {
             let agents = (0..nodes)
