@@ -18,9 +18,9 @@
 //!   probes web (every answer is a policy violation); `client` probes guarded (an answer while
 //!   it is denied is a violation, a failure while it is allowed is a failed connection); a
 //!   client outside the cluster (the lab's `outside`) makes a quarter of `--rate` short
-//!   connections and holds long-lived ones to web's pods through both nodes' NodePorts of
-//!   `north` (source NAT) and node-0's of `north-dsr` (direct server return), which web's
-//!   NetworkPolicy admits from the nodes' network.
+//!   connections and holds long-lived ones through node-0's NodePorts of `north` (web-a with
+//!   the client's address, web-b source-NATed) and `north-dsr` (web-b by direct server
+//!   return), which web's NetworkPolicy admits from the nodes' network.
 //! - Chaos, every cycle: each agent SIGKILLed and restarted, each agent replaced as a rolling
 //!   update replaces it (the new one beside the old, then SIGTERM), the operator SIGKILLed and
 //!   restarted, a burst of invalid manifests, 12 s of policy churn, the operator frozen
@@ -407,15 +407,14 @@ fn traffic(
     let (both, web, guarded) = (format!("{},{}", service(WEB), service(CHURN)), service(WEB), service(GUARDED));
     let tcp = format!("{both},{}", service(SECURE));
     let http = service(ROUTED);
-    // Source NAT through both nodes, DSR through node-0 (to web-b by DSR, to web-a directly):
-    // a DSR flow and a flow to a backend on its own node both keep the client's port, and one
-    // client port reaching a pod through two such frontends at once would be one connection twice
-    // at the pod (ARCHITECTURE.md, North–south).
-    let north: Vec<String> = lab
-        .nodes
+    // Through node-0: `north` to web-a (here: the client's address kept) and web-b (source
+    // NAT), `north-dsr` to web-b (DSR, decapsulated by node-1). A flow to a backend on its own
+    // node and a DSR flow both keep the client's port, and one client port reaching a pod
+    // through two such frontends at once is one connection twice at the pod (ARCHITECTURE.md,
+    // North–south): each pod is reached with the client's port through one frontend only.
+    let north: Vec<String> = [NORTH_PORT, NORTH_DSR_PORT]
         .iter()
-        .map(|n| SocketAddr::from((n.ip, NORTH_PORT)).to_string())
-        .chain([SocketAddr::from((lab.nodes[0].ip, NORTH_DSR_PORT)).to_string()])
+        .map(|port| SocketAddr::from((lab.nodes[0].ip, *port)).to_string())
         .collect();
     let north = north.join(",");
     let pod = |name: &str| Placement::pod(lab.pod(name));
@@ -794,7 +793,7 @@ fn write_atomic(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 fn pod(lab: &Lab, name: &str, app: &str) -> String {
     let node = lab.nodes.iter().find(|n| n.pods.iter().any(|p| p.name == name)).expect("a lab pod");
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: soak, labels: {{app: {app}}}}}\nspec:\n  nodeName: {}\n  serviceAccountName: {name}\n  containers: [{{name: c, image: labnet, ports: [{{name: serve, containerPort: {TARGET_PORT}}}]}}]\nstatus: {{podIP: {}}}\n---\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: soak, labels: {{app: {app}, pod: {name}}}}}\nspec:\n  nodeName: {}\n  serviceAccountName: {name}\n  containers: [{{name: c, image: labnet, ports: [{{name: serve, containerPort: {TARGET_PORT}}}]}}]\nstatus: {{podIP: {}}}\n---\n",
         node.name,
         lab.pod(name).ip
     )
@@ -845,12 +844,12 @@ fn base_manifests(lab: &Lab) -> String {
     text.push_str(&service("secure", SECURE, false));
     // Reached from outside through either node: web's pods by NodePort, with source NAT and
     // with direct server return.
-    for (name, ip, port, annotations) in [
-        ("north", NORTH, NORTH_PORT, ""),
-        ("north-dsr", NORTH_DSR, NORTH_DSR_PORT, ", annotations: {mesh.dev/lb-mode: dsr}"),
+    for (name, ip, port, annotations, selector) in [
+        ("north", NORTH, NORTH_PORT, "", "{app: web}"),
+        ("north-dsr", NORTH_DSR, NORTH_DSR_PORT, ", annotations: {mesh.dev/lb-mode: dsr}", "{pod: web-b}"),
     ] {
         text.push_str(&format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: soak{annotations}}}\nspec:\n  type: NodePort\n  clusterIP: {ip}\n  selector: {{app: web}}\n  ports:\n  - {{port: {PORT}, targetPort: {TARGET_PORT}, nodePort: {port}}}\n---\n"
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: soak{annotations}}}\nspec:\n  type: NodePort\n  clusterIP: {ip}\n  selector: {selector}\n  ports:\n  - {{port: {PORT}, targetPort: {TARGET_PORT}, nodePort: {port}}}\n---\n"
         ));
     }
     text.push_str(
