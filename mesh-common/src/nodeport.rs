@@ -81,13 +81,16 @@ pub struct Flow {
     /// The node's source port for it (source NAT to a backend elsewhere); 0: none (a backend
     /// on this node, or DSR: reached with the client's address).
     pub snat_port: u16,
-    /// [`FLOW_DSR`] or 0.
+    /// [`FLOW_DSR`], [`FLOW_LOCAL`] or 0.
     pub flags: u16,
     pub _pad: u16,
 }
 
 /// [`Flow::flags`]: the flow's packets go to its backend's node in IP-in-IP (DSR).
 pub const FLOW_DSR: u16 = 1;
+/// [`Flow::flags`]: the backend runs on this node (reached with the client's address, or
+/// source-NATed when another frontend's flow from the same client port holds it there).
+pub const FLOW_LOCAL: u16 = 2;
 
 /// Value of [`crate::maps::NODEPORT_REVERSE`]: what an answer's addresses become.
 #[repr(C)]
@@ -97,6 +100,10 @@ pub struct Reverse {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
+    /// Non-zero once the backend sent a FIN or RST on the flow: a new flow from the same client
+    /// port through another frontend may take the entry over.
+    pub closing: u16,
+    pub _pad: u16,
 }
 
 /// The one entry of [`crate::maps::NODEPORT_CONFIG`].
@@ -167,7 +174,7 @@ mod tests {
         assert_eq!(size_of::<Slot>(), 8);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 12);
-        assert_eq!(size_of::<Reverse>(), 12);
+        assert_eq!(size_of::<Reverse>(), 16);
         assert_eq!(size_of::<Config>(), 16);
         assert_eq!(SNAT_FIRST as u32 + SNAT_PORTS as u32, 30_000);
     }

@@ -28,8 +28,8 @@ use aya_ebpf::{
 use mesh_common::{
     flows::{FLOW_DROP, FLOW_START, FlowEvent},
     nodeport::{
-        FLOW_DSR, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_REMOTE, Flow, FlowKey, FrontendKey, Reverse, SLOT_LOCAL,
-        SNAT_FIRST, SNAT_PORTS, SNAT_TRIES, flow_hash,
+        FLOW_DSR, FLOW_LOCAL, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_REMOTE, Flow, FlowKey, Frontend, FrontendKey,
+        Reverse, SLOT_LOCAL, SNAT_FIRST, SNAT_PORTS, SNAT_TRIES, flow_hash,
     },
     policy::{ALLOW, DENY, INGRESS},
     proto,
@@ -60,6 +60,10 @@ const ADJ_ROOM_ENCAP_L3_IPV4: u64 = 1 << 1;
 /// The outer header DSR adds.
 const OUTER_LEN: usize = 20;
 const TC_ACT_REDIRECT: i32 = 7;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 const IP: usize = EthHdr::LEN;
 const IP_CHECK: usize = IP + offset_of!(Ipv4, check);
@@ -141,8 +145,10 @@ struct Fib {
 
 const _: () = assert!(size_of::<Fib>() == 64);
 
-/// Sends the (rewritten) packet on by the route to its destination, from `ingress`.
-#[inline(always)]
+/// Sends the (rewritten) packet on by the route to its destination, from `ingress`. Not
+/// inlined (here and below): the callers' stacks stay apart, within the verifier's 512 bytes
+/// for a chain of calls.
+#[inline(never)]
 fn forward(ctx: &TcContext, saddr: u32, daddr: u32, l4_protocol: u8, ingress: u32) -> i32 {
     let mut fib = Fib {
         family: AF_INET,
@@ -177,7 +183,7 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, l4_protocol: u8, ingress: u3
 
 /// A drop of a packet from outside, reported (every one: a frontend without backends is a
 /// configuration to fix, and these are rare).
-#[inline(always)]
+#[inline(never)]
 fn drop_reported(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey) -> i32 {
     // SAFETY: a TC program's context is the kernel's `__sk_buff`.
     let ifindex = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
@@ -201,11 +207,137 @@ fn drop_reported(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey)
     TC_ACT_SHOT
 }
 
+/// Takes the way back of the answers to a flow that keeps the client's address and port at a
+/// backend of this node (`answer`: the backend's answer, `back`: what it becomes), unless
+/// another frontend's live TCP flow holds it: the same client port through two frontends (two
+/// nodes' NodePorts, or a NodePort and a load-balancer address) to one backend would be one
+/// connection to the pod, and one of the two would get the other's answers. False then: the
+/// new flow is source-NATed to the node instead ([`snat_port`]). A holder whose backend sent
+/// FIN or RST ([`Reverse::closing`]) is taken over (clients reuse a port for another
+/// destination once a connection ended); so is a UDP holder (no end to see: two UDP flows from
+/// one port to one backend through two frontends at once are not told apart).
+#[inline(always)]
+fn hold(answer: &FlowKey, back: &Reverse) -> bool {
+    if NODEPORT_REVERSE.insert(answer, back, u64::from(BPF_NOEXIST)).is_ok() {
+        return true;
+    }
+    let Some(held) = NODEPORT_REVERSE.get_ptr_mut(answer) else {
+        return NODEPORT_REVERSE.insert(answer, back, 0).is_ok(); // evicted meanwhile
+    };
+    // SAFETY: a map value, valid while the program runs.
+    let held = unsafe { &mut *held };
+    if same_way(held, back) || held.closing != 0 || answer.proto == proto::UDP {
+        *held = *back;
+        return true;
+    }
+    false
+}
+
+/// Whether two ways back turn answers into the same addresses and ports.
+#[inline(always)]
+fn same_way(a: &Reverse, b: &Reverse) -> bool {
+    a.saddr == b.saddr && a.sport == b.sport && a.daddr == b.daddr && a.dport == b.dport
+}
+
+/// A source port of the node's own for the client's flow `client` to `backend`:`port`, taken
+/// with the way back of its answers (`back`): the first free of a few tried, spread by the
+/// whole flow (with affinity the Maglev hash is the client's address alone). 0: none free.
+#[inline(never)]
+fn snat_port(client: &FlowKey, backend: u32, port: u16, node_addr: u32, back: &Reverse) -> u16 {
+    let start = flow_hash(client.saddr, client.sport, client.dport, client.proto, false);
+    for i in 0..SNAT_TRIES {
+        let snat = SNAT_FIRST + (start.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
+        let answer = FlowKey {
+            saddr: backend,
+            daddr: node_addr,
+            sport: port,
+            dport: snat.to_be(),
+            proto: client.proto,
+            _pad: [0; 3],
+        };
+        if NODEPORT_REVERSE.insert(&answer, back, u64::from(BPF_NOEXIST)).is_ok() {
+            return snat.to_be();
+        }
+        // Already this flow's (a retransmitted SYN, a new connection from the same port).
+        // SAFETY: a map value, valid while the program runs; compared, not kept.
+        if NODEPORT_REVERSE.get_ptr(&answer).is_some_and(|v| unsafe { same_way(&*v, back) }) {
+            return snat.to_be();
+        }
+    }
+    0
+}
+
+/// The way back of a new flow's answers (`flow`: to its backend, chosen): a backend on this
+/// node (`local`) keeps the client's address when the flow can [`hold`] it; otherwise, and for
+/// a backend elsewhere, the flow gets a port of the node's own ([`Flow::snat_port`]). False:
+/// no port was free.
+#[inline(never)]
+fn way_back(p: &Packet, flow: &mut Flow, local: bool, node_addr: u32) -> bool {
+    // From the frontend, to the client.
+    let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport, closing: 0, _pad: 0 };
+    if local {
+        let answer = FlowKey {
+            saddr: flow.backend,
+            daddr: p.ip.saddr,
+            sport: flow.backend_port,
+            dport: p.sport,
+            proto: p.ip.proto,
+            _pad: [0; 3],
+        };
+        if hold(&answer, &back) {
+            flow.snat_port = 0;
+            return true;
+        }
+    }
+    let client = FlowKey {
+        saddr: p.ip.saddr,
+        daddr: p.ip.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.ip.proto,
+        _pad: [0; 3],
+    };
+    flow.snat_port = snat_port(&client, flow.backend, flow.backend_port, node_addr, &back);
+    flow.snat_port != 0
+}
+
+/// A TCP SYN without ACK: a new connection.
+#[inline(always)]
+fn syn(ctx: &TcContext, p: &Packet) -> bool {
+    p.ip.proto == proto::TCP && ctx.load::<u8>(p.l4 + 13).is_ok_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+}
+
+/// One event per flow from outside: from the client, to the backend chosen, naming the
+/// service (`meshctl observe --from-ip <client>`).
+#[inline(never)]
+fn started(p: &Packet, flow: &Flow, service: &Frontend, ingress: u32) {
+    emit(&FlowEvent {
+        time_ns: now(),
+        packets: 1,
+        saddr: p.ip.saddr,
+        daddr: flow.backend,
+        sport: p.sport,
+        dport: flow.backend_port,
+        svc_addr: service.service_addr,
+        svc_port: service.service_port,
+        kind: FLOW_START,
+        proto: p.ip.proto,
+        ifindex: ingress,
+        action: ALLOW,
+        direction: INGRESS,
+        ..FlowEvent::default()
+    });
+}
+
+/// [`dsr_arrival`]: not a DSR packet.
+const NOT_DSR: i32 = i32::MIN;
+
 /// TC ingress of an external interface: balances packets to frontends, turns answers to
 /// source-NATed flows back; everything else passes untouched with no opinion
 /// (`TC_ACT_UNSPEC`: the next TCX program, or the stack, decides).
 pub fn from_netdev(ctx: &TcContext) -> i32 {
-    if let Some(verdict) = dsr_arrival(ctx) {
+    let verdict = dsr_arrival(ctx);
+    if verdict != NOT_DSR {
         return verdict;
     }
     let Some(p) = parse(ctx) else { return TC_ACT_UNSPEC };
@@ -233,7 +365,20 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         _pad: [0; 3],
     };
     let flow = match NODEPORT_FLOWS.get_ptr(&key).map(|v| unsafe { *v }) {
-        Some(flow) => flow,
+        Some(mut flow) => {
+            // A new connection from the port of an earlier one, to a backend here: its answers'
+            // way back again (another frontend's flow may have taken it since, or let it go).
+            if flow.flags & FLOW_LOCAL != 0 && syn(ctx, &p) {
+                let before = flow.snat_port;
+                if !way_back(&p, &mut flow, true, config.node_addr) {
+                    return drop_reported(ctx, &p, NO_SNAT_PORT, &frontend);
+                }
+                if flow.snat_port != before {
+                    let _ = NODEPORT_FLOWS.insert(&key, &flow, 0);
+                }
+            }
+            flow
+        }
         None => {
             if service.backends == 0 || config.maglev_size == 0 {
                 return drop_reported(ctx, &p, NO_BACKEND, &frontend);
@@ -242,66 +387,18 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             let index = service.table.wrapping_mul(config.maglev_size).wrapping_add(hash % config.maglev_size);
             let Some(slot) = MAGLEV.get(index) else { return drop_reported(ctx, &p, NO_BACKEND, &frontend) };
             let mut flow = Flow { backend: slot.addr, backend_port: slot.port, snat_port: 0, flags: 0, _pad: 0 };
-            if slot.flags & SLOT_LOCAL != 0 {
-                // The answer leaves the pod to the client: from the frontend again.
-                let answer = FlowKey {
-                    saddr: slot.addr,
-                    daddr: p.ip.saddr,
-                    sport: slot.port,
-                    dport: p.sport,
-                    proto: p.ip.proto,
-                    _pad: [0; 3],
-                };
-                let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport };
-                let _ = NODEPORT_REVERSE.insert(&answer, &back, 0);
-            } else if service.flags & FRONTEND_DSR != 0 {
+            let local = slot.flags & SLOT_LOCAL != 0;
+            if local {
+                flow.flags = FLOW_LOCAL;
+            }
+            if service.flags & FRONTEND_DSR != 0 && !local {
                 // The backend's node answers the client itself.
                 flow.flags = FLOW_DSR;
-            } else {
-                // A port of the node's own for the flow: the first free of a few tried.
-                let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport };
-                let mut taken = false;
-                // From the whole flow (with affinity `hash` is the client's address alone).
-                let start = flow_hash(p.ip.saddr, p.sport, p.dport, p.ip.proto, false);
-                for i in 0..SNAT_TRIES {
-                    let port = SNAT_FIRST + (start.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
-                    let answer = FlowKey {
-                        saddr: slot.addr,
-                        daddr: config.node_addr,
-                        sport: slot.port,
-                        dport: port.to_be(),
-                        proto: p.ip.proto,
-                        _pad: [0; 3],
-                    };
-                    if NODEPORT_REVERSE.insert(&answer, &back, u64::from(BPF_NOEXIST)).is_ok() {
-                        flow.snat_port = port.to_be();
-                        taken = true;
-                        break;
-                    }
-                }
-                if !taken {
-                    return drop_reported(ctx, &p, NO_SNAT_PORT, &frontend);
-                }
+            } else if !way_back(&p, &mut flow, local, config.node_addr) {
+                return drop_reported(ctx, &p, NO_SNAT_PORT, &frontend);
             }
             let _ = NODEPORT_FLOWS.insert(&key, &flow, 0);
-            // One event per flow from outside: from the client, to the backend chosen, naming
-            // the service (`meshctl observe --from-ip <client>`).
-            emit(&FlowEvent {
-                time_ns: now(),
-                packets: 1,
-                saddr: p.ip.saddr,
-                daddr: flow.backend,
-                sport: p.sport,
-                dport: flow.backend_port,
-                svc_addr: service.service_addr,
-                svc_port: service.service_port,
-                kind: FLOW_START,
-                proto: p.ip.proto,
-                ifindex: ingress,
-                action: ALLOW,
-                direction: INGRESS,
-                ..FlowEvent::default()
-            });
+            started(&p, &flow, &service, ingress);
             flow
         }
     };
@@ -314,6 +411,8 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     if flow.snat_port == 0 {
         return TC_ACT_OK; // to this node's pod: the stack routes it
     }
+    // From the node: to a backend elsewhere, or to one here whose client port another
+    // frontend's flow holds (see `hold`).
     if rewrite(ctx, &p, 0, config.node_addr, flow.snat_port).is_err() {
         return TC_ACT_SHOT;
     }
@@ -368,47 +467,88 @@ fn encapsulate(ctx: &TcContext, p: &Packet, frontend: &FrontendKey, backend: u32
 
 /// A DSR packet from another node (IP-in-IP from a frontend this node knows): the answer's way
 /// back is remembered (from the frontend, to the client), the outer header removed, and the
-/// client's packet goes on to the pod. `None`: not such a packet.
-#[inline(always)]
-fn dsr_arrival(ctx: &TcContext) -> Option<i32> {
+/// client's packet goes on to the pod, with the client's address; or, when another frontend's
+/// flow holds the client's port at that backend ([`hold`]), from a port of the node's own,
+/// remembered for the flow like a source-NATed one of this node's. [`NOT_DSR`]: not such a
+/// packet.
+#[inline(never)]
+fn dsr_arrival(ctx: &TcContext) -> i32 {
     // SAFETY: a TC program's context is the kernel's `__sk_buff`.
     let protocol = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).protocol };
     if protocol != EtherType::Ipv4 as u16 as u32 {
-        return None;
+        return NOT_DSR;
     }
-    let outer: Ipv4 = ctx.load(IP).ok()?;
+    let Ok(outer) = ctx.load::<Ipv4>(IP) else { return NOT_DSR };
     if outer.proto != IPPROTO_IPIP || outer.version_ihl != 0x45 {
-        return None;
+        return NOT_DSR;
     }
-    let inner: Ipv4 = ctx.load(IP + OUTER_LEN).ok()?;
+    let Ok(inner) = ctx.load::<Ipv4>(IP + OUTER_LEN) else { return NOT_DSR };
     let header_len = usize::from(inner.version_ihl & 0x0f) * 4;
     if header_len < 20 || !(inner.proto == proto::TCP || inner.proto == proto::UDP) {
-        return None;
+        return NOT_DSR;
     }
     // Only from a frontend this node knows (another node's NodePort, or a shared address).
     let frontend = FrontendKey { addr: outer.saddr, port: outer.id, proto: inner.proto, _pad: 0 };
-    NODEPORT_SERVICES.get_ptr(&frontend)?;
+    if NODEPORT_SERVICES.get_ptr(&frontend).is_none() {
+        return NOT_DSR;
+    }
+    let mut snat = 0;
     if u16::from_be(inner.frag) & IP_OFFSET == 0 {
-        let ports: [u16; 2] = ctx.load(IP + OUTER_LEN + header_len).ok()?;
-        let answer = FlowKey {
-            saddr: inner.daddr,
-            daddr: inner.saddr,
-            sport: ports[1],
-            dport: ports[0],
+        let Ok(ports) = ctx.load::<[u16; 2]>(IP + OUTER_LEN + header_len) else { return TC_ACT_SHOT };
+        // The flow as the client sent it: known when it was source-NATed here.
+        let client = FlowKey {
+            saddr: inner.saddr,
+            daddr: outer.saddr,
+            sport: ports[0],
+            dport: outer.id,
             proto: inner.proto,
             _pad: [0; 3],
         };
-        let back = Reverse { saddr: outer.saddr, daddr: inner.saddr, sport: outer.id, dport: ports[0] };
-        // SAFETY: a map value, valid while the program runs; compared, not kept.
-        let known = NODEPORT_REVERSE.get_ptr(&answer).is_some_and(|v| unsafe { *v } == back);
-        if !known {
-            let _ = NODEPORT_REVERSE.insert(&answer, &back, 0);
+        // SAFETY: a map value, valid while the program runs; copied.
+        snat = NODEPORT_FLOWS.get_ptr(&client).map_or(0, |v| unsafe { (*v).snat_port });
+        if snat == 0 {
+            let answer = FlowKey {
+                saddr: inner.daddr,
+                daddr: inner.saddr,
+                sport: ports[1],
+                dport: ports[0],
+                proto: inner.proto,
+                _pad: [0; 3],
+            };
+            let back = Reverse {
+                saddr: outer.saddr,
+                daddr: inner.saddr,
+                sport: outer.id,
+                dport: ports[0],
+                closing: 0,
+                _pad: 0,
+            };
+            if !hold(&answer, &back) {
+                let Some(config) = NODEPORT_CONFIG.get(0) else { return TC_ACT_SHOT };
+                snat = snat_port(&client, inner.daddr, ports[1], config.node_addr, &back);
+                if snat == 0 {
+                    return TC_ACT_SHOT;
+                }
+                // The client's next packets find it, through this node's frontend too.
+                let flow =
+                    Flow { backend: inner.daddr, backend_port: ports[1], snat_port: snat, flags: FLOW_LOCAL, _pad: 0 };
+                let _ = NODEPORT_FLOWS.insert(&client, &flow, 0);
+            }
         }
     }
     if ctx.adjust_room(-(OUTER_LEN as i32), ADJ_ROOM_MAC, 0).is_err() {
-        return Some(TC_ACT_SHOT);
+        return TC_ACT_SHOT;
     }
-    Some(TC_ACT_OK)
+    if snat == 0 {
+        return TC_ACT_OK;
+    }
+    let (Some(p), Some(config)) = (parse(ctx), NODEPORT_CONFIG.get(0)) else { return TC_ACT_SHOT };
+    if rewrite(ctx, &p, 0, config.node_addr, snat).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
+    let ingress = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
+    forward(ctx, config.node_addr, p.ip.daddr, p.ip.proto, ingress)
 }
 
 /// An answer to a source-NATed flow (from a backend on another node, to this node's own port):
@@ -432,15 +572,15 @@ fn answer(ctx: &TcContext, p: &Packet, ingress: u32) -> i32 {
 }
 
 /// TC ingress of a local pod's interface, after its policy passed the packet: an answer of a
-/// backend here to a client from outside leaves from the frontend it asked for. `None`: not
-/// such an answer (no opinion).
-#[inline(always)]
-pub fn reply_from_pod(ctx: &TcContext) -> Option<i32> {
-    let config = NODEPORT_CONFIG.get(0)?;
+/// backend here to a client from outside leaves from the frontend it asked for. `verdict`
+/// (the policy's) otherwise. Not inlined: its stack is not added to the policy's.
+#[inline(never)]
+pub fn reply_from_pod(ctx: &TcContext, verdict: i32) -> i32 {
+    let Some(config) = NODEPORT_CONFIG.get(0) else { return verdict };
     if config.local_backends == 0 {
-        return None;
+        return verdict;
     }
-    let p = parse(ctx)?;
+    let Some(p) = parse(ctx) else { return verdict };
     let key = FlowKey {
         saddr: p.ip.saddr,
         daddr: p.ip.daddr,
@@ -449,12 +589,21 @@ pub fn reply_from_pod(ctx: &TcContext) -> Option<i32> {
         proto: p.ip.proto,
         _pad: [0; 3],
     };
+    let Some(entry) = NODEPORT_REVERSE.get_ptr_mut(&key) else { return verdict };
     // SAFETY: a map value, valid while the program runs; copied.
-    let back = NODEPORT_REVERSE.get_ptr(&key).map(|v| unsafe { *v })?;
-    if rewrite(ctx, &p, 0, back.saddr, back.sport).is_err() {
-        return Some(TC_ACT_SHOT);
+    let back = unsafe { *entry };
+    if p.ip.proto == proto::TCP && back.closing == 0 {
+        // FIN or RST: the flow's end, after which another frontend's flow may take the entry.
+        if ctx.load::<u8>(p.l4 + 13).is_ok_and(|flags| flags & (TCP_FIN | TCP_RST) != 0) {
+            // SAFETY: as above.
+            unsafe { (*entry).closing = 1 };
+        }
+    }
+    // The destination changes only for a flow source-NATed to the node (see `hold`).
+    if rewrite(ctx, &p, 0, back.saddr, back.sport).is_err() || rewrite(ctx, &p, 1, back.daddr, back.dport).is_err() {
+        return TC_ACT_SHOT;
     }
     // SAFETY: a TC program's context is the kernel's `__sk_buff`.
     let ingress = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
-    Some(forward(ctx, back.saddr, back.daddr, p.ip.proto, ingress))
+    forward(ctx, back.saddr, back.daddr, p.ip.proto, ingress)
 }

@@ -24,7 +24,7 @@ fn mesh_from_pod(ctx: TcContext) -> i32 {
         return verdict;
     }
     // An answer to a client from outside leaves from the frontend it asked for.
-    crate::nodeport::reply_from_pod(&ctx).unwrap_or(verdict)
+    crate::nodeport::reply_from_pod(&ctx, verdict)
 }
 
 /// TC egress of the host-side interface: what the pod receives.

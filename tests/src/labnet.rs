@@ -326,6 +326,36 @@ pub fn flood(lab: &Lab, placement: &Placement, to: SocketAddr, duration: Duratio
     run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet flood")
 }
 
+/// What one connection of `labnet together` saw.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Together {
+    pub to: String,
+    /// The server's reply line, and the peer as the client saw it (`getpeername`).
+    pub reply: String,
+    pub peer: String,
+    /// A line sent once every connection was open came back.
+    pub echoed: bool,
+    /// Empty when everything went well.
+    pub error: String,
+}
+
+/// Connections from local port `from_port` to each of `to` at once (see `labnet together`).
+pub fn together(
+    lab: &Lab,
+    placement: &Placement,
+    to: &[SocketAddr],
+    from_port: u16,
+    timeout: Duration,
+) -> Result<Vec<Together>> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.arg("together");
+    for target in to {
+        command.args(["--to", &target.to_string()]);
+    }
+    command.args(["--from-port", &from_port.to_string(), "--timeout-ms", &timeout.as_millis().to_string()]);
+    run_json(lab, &mut command, timeout * (2 * to.len() as u32 + 2) + Duration::from_secs(5), "labnet together")
+}
+
 /// One connection to `to` from local port `from_port` (see `labnet connect --from-port`).
 pub fn connect_from(
     lab: &Lab,

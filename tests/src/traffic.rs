@@ -295,6 +295,14 @@ pub fn tcp_once(to: SocketAddr, timeout: Duration) -> std::io::Result<(String, S
 /// [`tcp_once`] from local port `from_port` (any address): the same client port to several
 /// destinations, as one client flow reaching a service through different nodes.
 pub fn tcp_once_from(to: SocketAddr, from_port: u16, timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    let stream = tcp_from(to, from_port, timeout)?;
+    let peer = stream.peer_addr()?;
+    Ok((read_reply(&stream)?, peer))
+}
+
+/// A connection to `to` from local port `from_port` (bound with `SO_REUSEADDR`, so several at
+/// once may share the port, to different destinations), with `timeout` on reads and writes.
+pub fn tcp_from(to: SocketAddr, from_port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
     use std::os::fd::FromRawFd as _;
     let SocketAddr::V4(to4) = to else { return Err(std::io::Error::other("IPv4 only")) };
     // SAFETY: plain socket calls on a descriptor this function owns (handed to TcpStream, which
@@ -328,13 +336,17 @@ pub fn tcp_once_from(to: SocketAddr, from_port: u16, timeout: Duration) -> std::
         stream
     };
     stream.set_read_timeout(Some(timeout))?;
-    let peer = stream.peer_addr()?;
+    Ok(stream)
+}
+
+/// One line from `stream`, without its end; an error when it closed first.
+pub fn read_reply(stream: &TcpStream) -> std::io::Result<String> {
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply)?;
+    BufReader::new(stream).read_line(&mut reply)?;
     if reply.is_empty() {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a reply"));
     }
-    Ok((reply.trim_end().to_owned(), peer))
+    Ok(reply.trim_end().to_owned())
 }
 
 /// One datagram of `size` bytes (at least the request) from a new socket, one reply: the

@@ -9,7 +9,9 @@
 //! endpoints, 503 without. With direct server
 //! return (`mesh.dev/lb-mode: dsr`) a backend on the other node sees the client's address and
 //! its node answers the client itself: a capture on the balancing node's link shows the
-//! source-NATed answers passing it and no DSR answer.
+//! source-NATed answers passing it and no DSR answer. One client port through three frontends
+//! to one backend at once: the first flow keeps the client's address, the others are
+//! source-NATed at the backend's node, and all three work together.
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
@@ -34,6 +36,7 @@ fn cluster(lab: &Lab) -> String {
         ("web", 30080, "Cluster", "{app: web}", ""),
         ("web-local", 30081, "Local", "{app: web}", "  healthCheckNodePort: 32101\n"),
         ("one", 30082, "Local", "{only: \"yes\"}", "  healthCheckNodePort: 32102\n"),
+        ("hold", 30084, "Cluster", "{only: \"yes\"}", ""),
     ] {
         text += &manifests::service(
             NS,
@@ -174,5 +177,26 @@ fn nodeports_from_outside_through_either_node() {
     );
     assert_eq!(snat.ok, 10, "{snat:?}");
     assert!(from(30080) > 0, "the source-NATed answers pass node-0 (the capture works)");
+
+    // One client port through three frontends to web-1 at once: node-1's `one` (Local), node-0's
+    // `web-dsr` (DSR to node-1) and node-1's `hold`. The pod holds one connection per client
+    // address and port: the first keeps the client's address, the two others are source-NATed
+    // to node-1 there, and all three carry traffic together.
+    let port = 21000;
+    let targets = [(1, 30082), (0, 30083), (1, 30084)].map(|(n, p)| SocketAddr::from((node_ip(n), p)));
+    let seen = labnet::together(&lab, &client, &targets, port, Duration::from_secs(2)).expect("client runs");
+    let saw = [outside.ip, node_ip(1), node_ip(1)];
+    for ((conn, to), who) in seen.iter().zip(&targets).zip(saw) {
+        assert!(conn.error.is_empty() && conn.echoed, "{to}: {conn:?}\n{}", mesh.logs());
+        assert_eq!(conn.reply, format!("web-1 {who}"), "{to}: who web-1 saw");
+        assert_eq!(conn.peer, to.to_string(), "the client sees the frontend it connected to");
+    }
+    // Once they ended (web-1 closed them: FIN), the port keeps the client's address again
+    // through yet another frontend.
+    std::thread::sleep(Duration::from_millis(200));
+    let again =
+        labnet::connect_from(&lab, &client, SocketAddr::from((node_ip(1), 30081)), port, Duration::from_secs(1))
+            .expect("client runs");
+    assert_eq!(again.replies.keys().collect::<Vec<_>>(), [&format!("web-1 {}", outside.ip)], "{again:?}");
     mesh.stop(&lab).expect("the mesh stops cleanly");
 }

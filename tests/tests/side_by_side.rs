@@ -117,4 +117,11 @@ fn two_meshes_run_by_hand_side_by_side_with_the_default_paths() {
         let _ = std::fs::remove_dir(&agent.bpffs);
         let _ = std::fs::remove_dir(agent.socket.parent().unwrap());
     }
+    // And the default roots the agents made, when nothing else is in them (`remove_dir` leaves
+    // a directory that is not empty).
+    if let Some((_, agent)) = agents.first() {
+        for root in [agent.bpffs.parent(), agent.socket.parent().and_then(Path::parent)].into_iter().flatten() {
+            let _ = std::fs::remove_dir(root);
+        }
+    }
 }

@@ -186,6 +186,17 @@ enum Cmd {
         #[arg(long)]
         from_port: Option<u16>,
     },
+    /// Connections from one local port to each TO at once, in order (each read its reply and
+    /// stays open), then a line through each in turn, echoed back by `serve` while the others
+    /// are open; print a JSON list of what each saw.
+    Together {
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
+        #[arg(long)]
+        from_port: u16,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Send COUNT datagrams to TO, each from a new socket; print a JSON summary.
     Udp {
         #[arg(long)]
@@ -321,6 +332,9 @@ fn main() -> std::process::ExitCode {
         Cmd::Connect { to, count, interval_ms, timeout_ms, from_port } => {
             print(&connect(to, count, Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms), from_port))
         }
+        Cmd::Together { to, from_port, timeout_ms } => {
+            print(&together(&to, from_port, Duration::from_millis(timeout_ms)))
+        }
         Cmd::Udp { to, count, timeout_ms, size } => print(&udp(to, count, Duration::from_millis(timeout_ms), size)),
         Cmd::Hold { to, hold_ms, established_file } => {
             print(&hold(to, Duration::from_millis(hold_ms), established_file))
@@ -441,6 +455,40 @@ fn connect(to: SocketAddr, count: u32, interval: Duration, timeout: Duration, fr
     }
     summary.elapsed_ms = started.elapsed().as_millis();
     summary
+}
+
+fn together(targets: &[SocketAddr], from_port: u16, timeout: Duration) -> Vec<mesh_tests::labnet::Together> {
+    let mut seen: Vec<mesh_tests::labnet::Together> = Vec::new();
+    let mut streams = Vec::new();
+    for &to in targets {
+        let opened = mesh_tests::traffic::tcp_from(to, from_port, timeout).and_then(|stream| {
+            let peer = stream.peer_addr()?;
+            Ok((mesh_tests::traffic::read_reply(&stream)?, peer, stream))
+        });
+        let mut entry = mesh_tests::labnet::Together { to: to.to_string(), ..Default::default() };
+        match opened {
+            Ok((reply, peer, stream)) => {
+                entry.reply = reply;
+                entry.peer = peer.to_string();
+                streams.push(Some(stream));
+            }
+            Err(err) => {
+                entry.error = err.to_string();
+                streams.push(None);
+            }
+        }
+        seen.push(entry);
+    }
+    // With every connection open: each still carries its own traffic.
+    for (entry, stream) in seen.iter_mut().zip(&mut streams) {
+        let Some(stream) = stream else { continue };
+        let echoed = stream.write_all(b"again\n").and_then(|()| mesh_tests::traffic::read_reply(stream));
+        match echoed {
+            Ok(line) => entry.echoed = line == "again",
+            Err(err) => entry.error = format!("after the others opened: {err}"),
+        }
+    }
+    seen
 }
 
 fn rr(to: SocketAddr, duration: Duration) -> std::io::Result<mesh_tests::labnet::RrReport> {
