@@ -81,13 +81,11 @@ pub fn compile(
                 _ => continue,
             };
             let weights = BTreeMap::new();
-            let local: BTreeSet<(u32, u16)> =
-                crate::desired::backends(&slices, &svc.namespace, &weights, port, Some(node))
-                    .iter()
-                    .map(|w| (w.backend.addr, w.backend.port))
-                    .collect();
+            let here = crate::desired::backends(&slices, &svc.namespace, &weights, port, Some(node));
+            let local: BTreeSet<(u32, u16)> = here.iter().map(|w| (w.backend.addr, w.backend.port)).collect();
+            // `Local`: this node's backends only.
             let chosen = if svc.external_traffic_local {
-                crate::desired::backends(&slices, &svc.namespace, &weights, port, Some(node))
+                here
             } else {
                 crate::desired::backends(&slices, &svc.namespace, &weights, port, None)
             };

@@ -96,6 +96,12 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
     Some(Packet { ip, l4, sport: ports[0], dport: ports[1] })
 }
 
+/// The packet's addresses, ports and protocol, as it travels.
+#[inline(always)]
+fn flow_key(p: &Packet) -> FlowKey {
+    FlowKey { saddr: p.ip.saddr, daddr: p.ip.daddr, sport: p.sport, dport: p.dport, proto: p.ip.proto, _pad: [0; 3] }
+}
+
 /// The offset of the L4 checksum.
 #[inline(always)]
 fn l4_check(p: &Packet) -> usize {
@@ -289,15 +295,7 @@ fn way_back(p: &Packet, flow: &mut Flow, local: bool, node_addr: u32) -> bool {
             return true;
         }
     }
-    let client = FlowKey {
-        saddr: p.ip.saddr,
-        daddr: p.ip.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.ip.proto,
-        _pad: [0; 3],
-    };
-    flow.snat_port = snat_port(&client, flow.backend, flow.backend_port, node_addr, &back);
+    flow.snat_port = snat_port(&flow_key(p), flow.backend, flow.backend_port, node_addr, &back);
     flow.snat_port != 0
 }
 
@@ -356,14 +354,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     if service.flags & FRONTEND_REMOTE != 0 {
         return TC_ACT_UNSPEC; // another node's: balanced there
     }
-    let key = FlowKey {
-        saddr: p.ip.saddr,
-        daddr: p.ip.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.ip.proto,
-        _pad: [0; 3],
-    };
+    let key = flow_key(&p);
     let flow = match NODEPORT_FLOWS.get_ptr(&key).map(|v| unsafe { *v }) {
         Some(mut flow) => {
             // A new connection from the port of an earlier one, to a backend here: its answers'
@@ -555,14 +546,7 @@ fn dsr_arrival(ctx: &TcContext) -> i32 {
 /// from the frontend to the client again, sent on to it.
 #[inline(always)]
 fn answer(ctx: &TcContext, p: &Packet, ingress: u32) -> i32 {
-    let key = FlowKey {
-        saddr: p.ip.saddr,
-        daddr: p.ip.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.ip.proto,
-        _pad: [0; 3],
-    };
+    let key = flow_key(p);
     // SAFETY: a map value, valid while the program runs; copied.
     let Some(back) = NODEPORT_REVERSE.get_ptr(&key).map(|v| unsafe { *v }) else { return TC_ACT_UNSPEC };
     if rewrite(ctx, p, 0, back.saddr, back.sport).is_err() || rewrite(ctx, p, 1, back.daddr, back.dport).is_err() {
@@ -581,14 +565,7 @@ pub fn reply_from_pod(ctx: &TcContext, verdict: i32) -> i32 {
         return verdict;
     }
     let Some(p) = parse(ctx) else { return verdict };
-    let key = FlowKey {
-        saddr: p.ip.saddr,
-        daddr: p.ip.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.ip.proto,
-        _pad: [0; 3],
-    };
+    let key = flow_key(&p);
     let Some(entry) = NODEPORT_REVERSE.get_ptr_mut(&key) else { return verdict };
     // SAFETY: a map value, valid while the program runs; copied.
     let back = unsafe { *entry };
