@@ -14,14 +14,18 @@ use std::{
     os::fd::AsFd as _,
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{
+    Array, HashMap as BpfHashMap, MapData, MapError,
+    lpm_trie::{Key, LpmTrie},
+};
 use mesh_common::{
     api::{self, Kind, resource},
+    cidr::Ipv4Net,
     maps,
     model::ResourceSet,
     nodeport::{
-        Config, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_LOCAL, FRONTEND_REMOTE, Frontend, FrontendKey, SLOT_LOCAL,
-        Slot,
+        Config, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_LOCAL, FRONTEND_RANGES, FRONTEND_REMOTE, Frontend,
+        FrontendKey, RANGE_KEY_FRONTEND_BITS, RangeKey, SLOT_LOCAL, Slot,
     },
     proto,
 };
@@ -41,6 +45,8 @@ pub struct External {
     pub flags: u32,
     /// The service's first cluster IP and port (network order), named in flow events.
     pub service: (u32, u16),
+    /// With [`FRONTEND_RANGES`]: the client ranges let in (`loadBalancerSourceRanges`, IPv4).
+    pub ranges: Vec<Ipv4Net>,
 }
 
 /// This node's frontends from outside, in `model` (whose EndpointSlices `compiler` has indexed
@@ -116,12 +122,20 @@ pub fn compile(
                 .map_or((0, 0), |ip| (u32::from(ip).to_be(), (port.port as u16).to_be()));
             let name = format!("{}/{}:{}", svc.namespace, svc.name, port.port);
             let ip = |text: &String| text.parse::<Ipv4Addr>().ok();
-            let frontends =
-                node_addresses.iter().filter(|_| port.node_port != 0).map(|a| (*a, port.node_port)).chain(
-                    svc.external_ips.iter().chain(&svc.load_balancer_ips).filter_map(ip).map(|a| (a, port.port)),
-                );
+            let frontends = node_addresses
+                .iter()
+                .filter(|_| port.node_port != 0)
+                .map(|a| (*a, port.node_port))
+                .chain(svc.external_ips.iter().filter_map(ip).map(|a| (a, port.port)));
             let remote = peers.iter().filter(|_| port.node_port != 0).map(|a| (*a, port.node_port, FRONTEND_REMOTE));
-            for (addr, number, more) in frontends.map(|(a, n)| (a, n, 0)).chain(remote) {
+            // loadBalancerSourceRanges: for the load-balancer addresses, as kube-proxy applies
+            // them (IPv6 ranges let no IPv4 client in).
+            let restricted = !svc.load_balancer_source_ranges.is_empty();
+            let ranges: Vec<Ipv4Net> =
+                svc.load_balancer_source_ranges.iter().filter_map(|r| mesh_common::cidr::parse_v4(r)).collect();
+            let balanced = svc.load_balancer_ips.iter().filter_map(ip).map(|a| (a, port.port, FRONTEND_RANGES));
+            for (addr, number, more) in frontends.map(|(a, n)| (a, n, 0)).chain(remote).chain(balanced) {
+                let more = if more == FRONTEND_RANGES && !restricted { 0 } else { more };
                 let key = FrontendKey { addr: u32::from(addr).to_be(), port: (number as u16).to_be(), proto, _pad: 0 };
                 out.push(External {
                     key,
@@ -129,6 +143,7 @@ pub fn compile(
                     backends: backends.clone(),
                     flags: flags | more,
                     service,
+                    ranges: if more == FRONTEND_RANGES { ranges.clone() } else { Vec::new() },
                 });
             }
         }
@@ -193,8 +208,11 @@ pub struct NodePortTable {
     /// loaded: they were relocated against this descriptor's number.
     maglev: Array<MapData, Slot>,
     config: Array<MapData, Config>,
+    ranges: LpmTrie<MapData, RangeKey, u32>,
     /// Each programmed frontend.
     current: BTreeMap<FrontendKey, Frontend>,
+    /// Each programmed source range: its key data and prefix length.
+    current_ranges: BTreeSet<(RangeKey, u32)>,
     /// Each backend set with a table, its table index.
     tables: BTreeMap<Vec<Slot>, u32>,
     size: u32,
@@ -214,12 +232,17 @@ impl NodePortTable {
             .map_err(|source| NodePortError::MapType { map: maps::MAGLEV, source })?;
         let config = Array::try_from(take(maps::NODEPORT_CONFIG)?)
             .map_err(|source| NodePortError::MapType { map: maps::NODEPORT_CONFIG, source })?;
+        let ranges: LpmTrie<MapData, RangeKey, u32> = LpmTrie::try_from(take(maps::NODEPORT_RANGES)?)
+            .map_err(|source| NodePortError::MapType { map: maps::NODEPORT_RANGES, source })?;
         let current = services.iter().filter_map(Result::ok).collect();
+        let current_ranges = ranges.keys().filter_map(Result::ok).map(|key| (key.data(), key.prefix_len())).collect();
         Ok(Self {
             services,
             maglev,
             config,
+            ranges,
             current,
+            current_ranges,
             tables: BTreeMap::new(),
             size,
             max_tables,
@@ -259,7 +282,31 @@ impl NodePortTable {
                 key: ENV_SERVICES_MAX,
             });
         }
+        let wanted_ranges: BTreeSet<(RangeKey, u32)> = externals
+            .iter()
+            .flat_map(|e| {
+                e.ranges.iter().map(|net| {
+                    let source = u32::from(net.network()).to_be();
+                    (RangeKey { frontend: e.key, source }, RANGE_KEY_FRONTEND_BITS + u32::from(net.prefix_len()))
+                })
+            })
+            .collect();
+        let ranges_needed = self.current_ranges.union(&wanted_ranges).count();
+        if ranges_needed > self.max_frontends as usize {
+            return Err(NodePortError::Capacity {
+                map: maps::NODEPORT_RANGES,
+                what: "loadBalancerSourceRanges entries (frontends x ranges)",
+                needed: ranges_needed,
+                capacity: self.max_frontends,
+                key: ENV_SERVICES_MAX,
+            });
+        }
         let write = |map: &'static str| move |source| NodePortError::Write { map, source };
+        // The ranges before the frontends that check them.
+        for (data, len) in wanted_ranges.difference(&self.current_ranges.clone()) {
+            self.ranges.insert(&Key::new(*len, *data), &1, 0).map_err(write(maps::NODEPORT_RANGES))?;
+            self.current_ranges.insert((*data, *len));
+        }
         for set in wanted_sets {
             if self.tables.contains_key(set) {
                 continue;
@@ -304,6 +351,11 @@ impl NodePortTable {
         }
         let used: BTreeSet<&Vec<Slot>> = externals.iter().map(|e| &e.backends).collect();
         self.tables.retain(|set, _| used.contains(set));
+        // Ranges no frontend checks any more.
+        for (data, len) in self.current_ranges.difference(&wanted_ranges).copied().collect::<Vec<_>>() {
+            converged(self.ranges.remove(&Key::new(len, data))).map_err(write(maps::NODEPORT_RANGES))?;
+            self.current_ranges.remove(&(data, len));
+        }
         Ok(())
     }
 }
@@ -371,5 +423,21 @@ mod tests {
         assert_eq!(local[0].backends.len(), 1, "only node-1's backend: {local:?}");
         assert_eq!(local[0].backends[0].flags, SLOT_LOCAL);
         assert!(compile(&model(true), "node-2", &[node_ip])[0].backends.is_empty(), "no backend here");
+
+        // loadBalancerSourceRanges: the load-balancer address checks them, the NodePort not;
+        // an IPv6 range lets no IPv4 client in, but still restricts.
+        let mut restricted = model(false);
+        for r in restricted.of_kind(Kind::Service).cloned().collect::<Vec<_>>() {
+            let Some(resource::Kind::Service(mut svc)) = r.kind else { continue };
+            svc.load_balancer_source_ranges = vec!["203.0.113.0/24".into(), "2001:db8::/32".into()];
+            restricted.insert(api::Resource { kind: Some(resource::Kind::Service(svc)) });
+        }
+        let all = compile(&restricted, "node-0", &[node_ip]);
+        let balanced = all.iter().find(|e| e.key.addr == u32::from(Ipv4Addr::new(192, 0, 2, 10)).to_be()).unwrap();
+        assert_eq!(balanced.flags & FRONTEND_RANGES, FRONTEND_RANGES);
+        assert_eq!(balanced.ranges, ["203.0.113.0/24".parse::<Ipv4Net>().unwrap()]);
+        assert!(
+            all.iter().filter(|e| e.key != balanced.key).all(|e| e.flags & FRONTEND_RANGES == 0 && e.ranges.is_empty())
+        );
     }
 }

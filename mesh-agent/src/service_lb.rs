@@ -83,7 +83,7 @@ impl Default for Capacities {
 
 impl Capacities {
     /// Each map's name and configured capacity.
-    pub fn by_map(&self) -> [(&'static str, u32); 15] {
+    pub fn by_map(&self) -> [(&'static str, u32); 16] {
         [
             (maps::SERVICES, self.services),
             (maps::BACKENDS, self.backends),
@@ -96,6 +96,7 @@ impl Capacities {
             (maps::PREFILTER, self.prefilter),
             (maps::PREFILTER_COUNTS, self.prefilter),
             (maps::NODEPORT_SERVICES, self.services),
+            (maps::NODEPORT_RANGES, self.services),
             (maps::MAGLEV, self.maglev_size * self.maglev_tables),
             (maps::NODEPORT_FLOWS, self.nodeport_flows),
             (maps::NODEPORT_REVERSE, self.nodeport_flows),

@@ -102,6 +102,9 @@ pub const NODEPORT_FLOWS: &str = "mesh_np_flows";
 /// Their answers (LRU): [`crate::nodeport::FlowKey`] (as the backend answers) ->
 /// [`crate::nodeport::Reverse`].
 pub const NODEPORT_REVERSE: &str = "mesh_np_rev";
+/// `loadBalancerSourceRanges` (LPM trie): [`crate::nodeport::RangeKey`] (a frontend and a
+/// client range) -> 1. Sized as [`NODEPORT_SERVICES`].
+pub const NODEPORT_RANGES: &str = "mesh_np_ranges";
 /// One [`crate::nodeport::Config`]: the node's address, the Maglev table size.
 pub const NODEPORT_CONFIG: &str = "mesh_np_cfg";
 
@@ -162,7 +165,7 @@ pub const DEFAULT_MAGLEV_TABLES: u32 = 32;
 pub const DEFAULT_NODEPORT_FLOWS_MAX: u32 = 65_536;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 30] = [
+pub const ALL: [&str; 31] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
@@ -192,6 +195,7 @@ pub const ALL: [&str; 30] = [
     MAGLEV,
     NODEPORT_FLOWS,
     NODEPORT_REVERSE,
+    NODEPORT_RANGES,
     NODEPORT_CONFIG,
 ];
 

@@ -31,6 +31,24 @@ pub const FRONTEND_DSR: u32 = 4;
 /// which frontend.
 pub const FRONTEND_REMOTE: u32 = 8;
 
+/// [`Frontend::flags`]: `loadBalancerSourceRanges`: a new flow is balanced only from a client
+/// in one of the frontend's ranges ([`crate::maps::NODEPORT_RANGES`]); any other is dropped
+/// (`DENIED_BY_LB_SRC_RANGE_CHECK`). Load-balancer addresses only, as kube-proxy applies them.
+pub const FRONTEND_RANGES: u32 = 16;
+
+/// Key data of [`crate::maps::NODEPORT_RANGES`] (an LPM trie): a frontend, matched whole (its
+/// first 64 bits), and a client range (the prefix's remaining bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RangeKey {
+    pub frontend: FrontendKey,
+    /// Network order.
+    pub source: u32,
+}
+
+/// Bits of [`RangeKey`] before the source: the frontend's.
+pub const RANGE_KEY_FRONTEND_BITS: u32 = 64;
+
 /// Value of [`crate::maps::NODEPORT_SERVICES`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,6 +178,7 @@ mod user {
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::Reverse {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::RangeKey {}
 }
 
 #[cfg(test)]
@@ -176,6 +195,7 @@ mod tests {
         assert_eq!(size_of::<Flow>(), 12);
         assert_eq!(size_of::<Reverse>(), 16);
         assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<RangeKey>() as u32 * 8, RANGE_KEY_FRONTEND_BITS + 32);
         assert_eq!(SNAT_FIRST as u32 + SNAT_PORTS as u32, 30_000);
     }
 }

@@ -15,7 +15,7 @@ use mesh_common::{
         DEFAULT_REVERSE_MAX, DEFAULT_SERVICES_MAX, DEFAULT_TUNNEL_DESTS_MAX, DEFAULT_VERDICTS_MAX, DEFAULT_XLATE_MAX,
         TUNNEL_ORIGINS_MAX,
     },
-    nodeport::{Config as NodePortConfig, Flow, FlowKey, Frontend, FrontendKey, Reverse, Slot},
+    nodeport::{Config as NodePortConfig, Flow, FlowKey, Frontend, FrontendKey, RangeKey, Reverse, Slot},
     pod_traffic::PodTraffic,
     policy::{CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpKey, PolicyEntry, PolicyKey, VerdictCount, VerdictKey},
     prefilter::{PrefilterCount, PrefilterEntry},
@@ -125,6 +125,9 @@ pub static NODEPORT_FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(DEFAUL
 
 #[map(name = "mesh_np_rev")]
 pub static NODEPORT_REVERSE: LruHashMap<FlowKey, Reverse> = LruHashMap::pinned(DEFAULT_NODEPORT_FLOWS_MAX, 0);
+
+#[map(name = "mesh_np_ranges")]
+pub static NODEPORT_RANGES: LpmTrie<RangeKey, u32> = LpmTrie::pinned(DEFAULT_SERVICES_MAX, 0);
 
 #[map(name = "mesh_np_cfg")]
 pub static NODEPORT_CONFIG: Array<NodePortConfig> = Array::pinned(1, 0);

@@ -23,13 +23,15 @@ use aya_ebpf::{
         __sk_buff, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_fib_lookup as FibLookup,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use mesh_common::{
     flows::{FLOW_DROP, FLOW_START, FlowEvent},
     nodeport::{
-        FLOW_DSR, FLOW_LOCAL, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_REMOTE, Flow, FlowKey, Frontend, FrontendKey,
-        Reverse, SLOT_LOCAL, SNAT_FIRST, SNAT_PORTS, SNAT_TRIES, flow_hash,
+        FLOW_DSR, FLOW_LOCAL, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_RANGES, FRONTEND_REMOTE, Flow, FlowKey,
+        Frontend, FrontendKey, RANGE_KEY_FRONTEND_BITS, RangeKey, Reverse, SLOT_LOCAL, SNAT_FIRST, SNAT_PORTS,
+        SNAT_TRIES, flow_hash,
     },
     policy::{ALLOW, DENY, INGRESS},
     proto,
@@ -38,7 +40,7 @@ use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     flows::{emit, now},
-    maps::{MAGLEV, NODEPORT_CONFIG, NODEPORT_FLOWS, NODEPORT_REVERSE, NODEPORT_SERVICES},
+    maps::{MAGLEV, NODEPORT_CONFIG, NODEPORT_FLOWS, NODEPORT_RANGES, NODEPORT_REVERSE, NODEPORT_SERVICES},
     policy::{IP_OFFSET, Ipv4},
 };
 
@@ -47,6 +49,9 @@ use crate::{
 const NO_BACKEND: u8 = 158;
 /// Hubble's `NO_MAPPING_FOR_NAT_MASQUERADE`: no source port was free for a new flow.
 const NO_SNAT_PORT: u8 = 167;
+/// Hubble's `DENIED_BY_LB_SRC_RANGE_CHECK`: a client outside a load-balancer address's
+/// `loadBalancerSourceRanges`.
+const NOT_IN_RANGES: u8 = 177;
 /// Hubble's `FIB_LOOKUP_FAILED`: a source-NATed packet has no route.
 const NO_ROUTE: u8 = 169;
 /// `BPF_FIB_LKUP_RET_NO_NEIGH`: routed, but the next hop's address is not resolved yet.
@@ -327,6 +332,13 @@ fn started(p: &Packet, flow: &Flow, service: &Frontend, ingress: u32) {
     });
 }
 
+/// Whether `source` lies in one of `frontend`'s `loadBalancerSourceRanges`.
+#[inline(never)]
+fn in_ranges(frontend: &FrontendKey, source: u32) -> bool {
+    let key = Key::new(RANGE_KEY_FRONTEND_BITS + 32, RangeKey { frontend: *frontend, source });
+    NODEPORT_RANGES.get(&key).is_some()
+}
+
 /// [`dsr_arrival`]: not a DSR packet.
 const NOT_DSR: i32 = i32::MIN;
 
@@ -371,6 +383,9 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             flow
         }
         None => {
+            if service.flags & FRONTEND_RANGES != 0 && !in_ranges(&frontend, p.ip.saddr) {
+                return drop_reported(ctx, &p, NOT_IN_RANGES, &frontend);
+            }
             if service.backends == 0 || config.maglev_size == 0 {
                 return drop_reported(ctx, &p, NO_BACKEND, &frontend);
             }

@@ -156,6 +156,16 @@ pub fn service(namespace: &str, name: &str, svc: &Service) -> Result<api::Servic
         }
         out.lb_mode = mode.clone();
     }
+    for (i, range) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+        let range = range.trim();
+        if range.parse::<mesh_common::cidr::IpNet>().is_err() {
+            return Err(invalid(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("{range:?} is not a CIDR: write it as 203.0.113.0/24"),
+            ));
+        }
+        out.load_balancer_source_ranges.push(range.to_owned());
+    }
     let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
     for (i, entry) in ingress.into_iter().flatten().enumerate() {
         if let Some(ip) = &entry.ip {
@@ -392,6 +402,10 @@ mod tests {
                 "spec: {clusterIP: 10.96.0.1}\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.300}]}}",
                 "status.loadBalancer.ingress[0].ip",
             ),
+            (
+                "spec: {clusterIP: 10.96.0.1, loadBalancerSourceRanges: [10.0.0.0/8, 10.0.0.1/33]}",
+                "spec.loadBalancerSourceRanges[1]",
+            ),
         ];
         for (yaml, field) in cases {
             assert_eq!(service_yaml(yaml).unwrap_err().field, field, "{yaml}");
@@ -407,6 +421,7 @@ spec:
   clusterIP: 10.96.0.10
   externalTrafficPolicy: Local
   healthCheckNodePort: 32000
+  loadBalancerSourceRanges: [203.0.113.0/24, 2001:db8::/32]
   ports: [{port: 80, nodePort: 30080}]
 status: {loadBalancer: {ingress: [{ip: 192.0.2.10}, {ip: 2001:db8::1}, {hostname: lb.example.com}]}}",
         )
@@ -415,6 +430,7 @@ status: {loadBalancer: {ingress: [{ip: 192.0.2.10}, {ip: 2001:db8::1}, {hostname
         assert_eq!(svc.health_check_node_port, 32_000);
         assert_eq!(svc.load_balancer_ips, ["192.0.2.10"]);
         assert_eq!(svc.lb_mode, "dsr");
+        assert_eq!(svc.load_balancer_source_ranges, ["203.0.113.0/24", "2001:db8::/32"]);
         assert_eq!(svc.ports[0].node_port, 30_080);
     }
 

@@ -11,7 +11,8 @@
 //! its node answers the client itself: a capture on the balancing node's link shows the
 //! source-NATed answers passing it and no DSR answer. One client port through three frontends
 //! to one backend at once: the first flow keeps the client's address, the others are
-//! source-NATed at the backend's node, and all three work together.
+//! source-NATed at the backend's node, and all three work together. A load-balancer address
+//! with `loadBalancerSourceRanges` admits the clients in them and drops the others.
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
@@ -53,8 +54,21 @@ fn cluster(lab: &Lab) -> String {
         "  type: NodePort\n  selector: {only: \"yes\"}\n  ports:\n    - {port: 80, targetPort: 8080, nodePort: 30083}\n",
     )
     .replace("metadata:\n  name: web-dsr\n", "metadata:\n  name: web-dsr\n  annotations: {mesh.dev/lb-mode: dsr}\n");
+    text += &manifests::service(
+        NS,
+        "lb",
+        &format!(
+            "  type: LoadBalancer\n  clusterIP: 10.96.0.85\n  selector: {{app: web}}\n  loadBalancerSourceRanges: [{OUTSIDE}/32]\n  ports:\n    - {{port: 80, targetPort: 8080, nodePort: 30085}}\n"
+        ),
+    )
+    .replace("---\n", &format!("status: {{loadBalancer: {{ingress: [{{ip: {LB_IP}}}]}}}}\n---\n"));
     text
 }
+
+/// The outside client, and the load-balancer address of `lb` (routed to node-0 by the
+/// outside clients, as a cloud load balancer would send its traffic to a node).
+const OUTSIDE: &str = "172.18.200.10";
+const LB_IP: &str = "192.0.2.10";
 
 #[test]
 fn nodeports_from_outside_through_either_node() {
@@ -65,7 +79,7 @@ fn nodeports_from_outside_through_either_node() {
     for pod in ["web-0", "web-1"] {
         labnet::serve(&lab, lab.pod(pod), 8080, &format!("{pod} {{peer}}")).expect("server");
     }
-    let outside = lab.add_outside(0, "172.18.200.10".parse().unwrap()).expect("outside client");
+    let outside = lab.add_outside(0, OUTSIDE.parse().unwrap()).expect("outside client");
     let client = lab.outside_placement(&outside);
     let mesh = Mesh::start(&lab, &cluster(&lab), &[]).expect("mesh");
     let node_ip = |n: usize| lab.nodes[n].ip;
@@ -198,5 +212,26 @@ fn nodeports_from_outside_through_either_node() {
         labnet::connect_from(&lab, &client, SocketAddr::from((node_ip(1), 30081)), port, Duration::from_secs(1))
             .expect("client runs");
     assert_eq!(again.replies.keys().collect::<Vec<_>>(), [&format!("web-1 {}", outside.ip)], "{again:?}");
+
+    // loadBalancerSourceRanges: the load-balancer address lets in the outside client's /32 and
+    // drops another client's (with the reason, in the flows); `lb`'s NodePort is not restricted.
+    let other = lab.add_outside(1, "172.18.200.11".parse().unwrap()).expect("a second outside client");
+    for netns in [&outside.netns, &other.netns] {
+        let routed = std::process::Command::new("ip")
+            .args(["-n", netns, "route", "add", &format!("{LB_IP}/32"), "via", &node_ip(0).to_string()])
+            .status()
+            .expect("ip runs");
+        assert!(routed.success(), "a route to {LB_IP} in {netns}");
+    }
+    let lb = SocketAddr::from((LB_IP.parse::<std::net::Ipv4Addr>().unwrap(), 80));
+    let short = Duration::from_millis(700);
+    let admitted = labnet::connect(&lab, &client, lb, 3, short).expect("client runs");
+    assert_eq!(admitted.ok, 3, "{OUTSIDE} is in the ranges: {admitted:?}\n{}", mesh.logs());
+    let other_client = lab.outside_placement(&other);
+    assert_eq!(labnet::connect(&lab, &other_client, lb, 2, short).expect("client runs").ok, 0, "not in the ranges");
+    let nodeport = labnet::connect(&lab, &other_client, SocketAddr::from((node_ip(0), 30085)), 2, short).unwrap();
+    assert_eq!(nodeport.ok, 2, "the NodePort is not restricted: {nodeport:?}");
+    let denied = meshctl::flows(&socket, &["--from-ip", &other.ip.to_string(), "--verdict", "DROPPED"]);
+    assert!(denied.iter().any(|f| f["drop_reason_desc"] == "DENIED_BY_LB_SRC_RANGE_CHECK"), "{denied:#?}");
     mesh.stop(&lab).expect("the mesh stops cleanly");
 }

@@ -179,6 +179,7 @@ pub fn drop_reason_name(reason: u32) -> &'static str {
         158 => "SERVICE_BACKEND_NOT_FOUND",
         167 => "NO_MAPPING_FOR_NAT_MASQUERADE",
         169 => "FIB_LOOKUP_FAILED",
+        177 => "DENIED_BY_LB_SRC_RANGE_CHECK",
         181 => "POLICY_DENY",
         189 => "AUTH_REQUIRED",
         160 => "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT",
