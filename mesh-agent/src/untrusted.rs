@@ -62,6 +62,10 @@ impl Follower {
         let mut kernel = policy_table::kernel_form(&local, &workloads, &mut self.numbering, &principals);
         kernel.prefilter =
             policy_table::prefilter_form(&crate::prefilter::compile(&self.model).entries, &mut self.numbering);
+        // Services from outside, as the agent compiles them for its node.
+        let node_addr = [std::net::Ipv4Addr::new(172, 18, 0, 2)];
+        let externals = crate::nodeport::compile(&self.model, &self.compiler, NODE, &node_addr, false);
+        let health_checks = crate::nodeport::health_checks(&self.model, &self.compiler, NODE);
         let directory = Directory::build(NODE, &self.model, self.numbering.attributions());
         drop(directory);
         // The routes compiled as the agent compiles them, and a request judged by each.
@@ -80,7 +84,7 @@ impl Follower {
                 }
             }
         }
-        Ok(kernel.entries.len() + self.compiler.len() + trusted + selected)
+        Ok(kernel.entries.len() + self.compiler.len() + trusted + selected + externals.len() + health_checks.len())
     }
 }
 

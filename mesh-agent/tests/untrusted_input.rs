@@ -112,8 +112,24 @@ fn examples() -> Vec<Vec<u8>> {
 }
 
 /// Kinds the examples lack: an EndpointSlice, a Node, a ServiceAccount, a ClusterMeshPolicy,
-/// a PeerAuthentication, an HTTPRoute, a BackendTrafficPolicy.
-const MORE_KINDS: &str = "apiVersion: discovery.k8s.io/v1
+/// a PeerAuthentication, an HTTPRoute, a BackendTrafficPolicy; and a Service reached from
+/// outside with every setting of it.
+const MORE_KINDS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: north, namespace: demo, annotations: {mesh.dev/lb-mode: dsr}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.50
+  selector: {app: web}
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  externalIPs: [198.51.100.7]
+  loadBalancerSourceRanges: [203.0.113.0/24, 2001:db8::/32]
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}}
+---
+apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
 addressType: IPv4

@@ -122,6 +122,8 @@ fn seed(root: &Path) -> anyhow::Result<()> {
     manifests.push(("peer-authentication.yaml".to_owned(), peer.as_bytes().to_vec()));
     let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web-canary, namespace: demo}\nspec:\n  parentRefs: [{group: '', kind: Service, name: web, port: 80}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: '/v[0-9]+/.*'}, headers: [{name: x-canary, value: 'yes'}], method: GET}]\n    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: canary}]}}]\n    backendRefs: [{name: web, port: 80, weight: 98}, {name: web, port: 80, weight: 2}]\n    timeouts: {request: 10s}\n";
     manifests.push(("http-route.yaml".to_owned(), route.as_bytes().to_vec()));
+    let north = "apiVersion: v1\nkind: Service\nmetadata: {name: north, namespace: demo, annotations: {mesh.dev/lb-mode: dsr}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.50\n  selector: {app: web}\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n  externalIPs: [198.51.100.7]\n  loadBalancerSourceRanges: [203.0.113.0/24, 2001:db8::/32]\n  sessionAffinity: ClientIP\n  ports: [{port: 80, targetPort: 8080, nodePort: 30080, protocol: TCP}]\nstatus: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}}\n---\n";
+    manifests.push(("service-from-outside.yaml".to_owned(), north.as_bytes().to_vec()));
     for (name, text) in &manifests {
         std::fs::write(corpus("manifests")?.join(name), text)?;
     }
