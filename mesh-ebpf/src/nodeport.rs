@@ -512,7 +512,12 @@ fn dsr_arrival(ctx: &TcContext) -> i32 {
         };
         // SAFETY: a map value, valid while the program runs; copied.
         snat = NODEPORT_FLOWS.get_ptr(&client).map_or(0, |v| unsafe { (*v).snat_port });
-        if snat == 0 {
+        // A new connection from that port asks for the client's address again.
+        let syn = inner.proto == proto::TCP
+            && ctx
+                .load::<u8>(IP + OUTER_LEN + header_len + 13)
+                .is_ok_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN);
+        if snat == 0 || syn {
             let answer = FlowKey {
                 saddr: inner.daddr,
                 daddr: inner.saddr,
@@ -529,7 +534,13 @@ fn dsr_arrival(ctx: &TcContext) -> i32 {
                 closing: 0,
                 _pad: 0,
             };
-            if !hold(&answer, &back) {
+            if hold(&answer, &back) {
+                if snat != 0 {
+                    // The other frontend's flow ended: this one keeps the client's address now.
+                    let _ = NODEPORT_FLOWS.remove(&client);
+                    snat = 0;
+                }
+            } else if snat == 0 {
                 let Some(config) = NODEPORT_CONFIG.get(0) else { return TC_ACT_SHOT };
                 snat = snat_port(&client, inner.daddr, ports[1], config.node_addr, &back);
                 if snat == 0 {
