@@ -129,10 +129,10 @@ pub fn compile(
                 .chain(svc.external_ips.iter().filter_map(ip).map(|a| (a, port.port)));
             let remote = peers.iter().filter(|_| port.node_port != 0).map(|a| (*a, port.node_port, FRONTEND_REMOTE));
             // loadBalancerSourceRanges: for the load-balancer addresses, as kube-proxy applies
-            // them (IPv6 ranges let no IPv4 client in).
-            let restricted = !svc.load_balancer_source_ranges.is_empty();
+            // them, per address family (only IPv6 ranges: no IPv4 restriction).
             let ranges: Vec<Ipv4Net> =
                 svc.load_balancer_source_ranges.iter().filter_map(|r| mesh_common::cidr::parse_v4(r)).collect();
+            let restricted = !ranges.is_empty();
             let balanced = svc.load_balancer_ips.iter().filter_map(ip).map(|a| (a, port.port, FRONTEND_RANGES));
             for (addr, number, more) in frontends.map(|(a, n)| (a, n, 0)).chain(remote).chain(balanced) {
                 let more = if more == FRONTEND_RANGES && !restricted { 0 } else { more };
@@ -148,7 +148,9 @@ pub fn compile(
             }
         }
     }
-    out.sort_by_key(|e| e.key);
+    // One entry per frontend; an address listed twice (an external IP that is also a
+    // load-balancer address) keeps its restriction.
+    out.sort_by(|a, b| a.key.cmp(&b.key).then(b.flags.cmp(&a.flags)));
     out.dedup_by_key(|e| e.key);
     out
 }
@@ -291,18 +293,22 @@ impl NodePortTable {
                 })
             })
             .collect();
-        let ranges_needed = self.current_ranges.union(&wanted_ranges).count();
-        if ranges_needed > self.max_frontends as usize {
+        if wanted_ranges.len() > self.max_frontends as usize {
             return Err(NodePortError::Capacity {
                 map: maps::NODEPORT_RANGES,
                 what: "loadBalancerSourceRanges entries (frontends x ranges)",
-                needed: ranges_needed,
+                needed: wanted_ranges.len(),
                 capacity: self.max_frontends,
                 key: ENV_SERVICES_MAX,
             });
         }
         let write = |map: &'static str| move |source| NodePortError::Write { map, source };
-        // The ranges before the frontends that check them.
+        // The ranges before the frontends that check them; when old and new do not fit
+        // together, the old ones go first (meanwhile their frontends admit fewer clients, never
+        // more).
+        if self.current_ranges.union(&wanted_ranges).count() > self.max_frontends as usize {
+            self.remove_ranges(&wanted_ranges)?;
+        }
         for (data, len) in wanted_ranges.difference(&self.current_ranges.clone()) {
             self.ranges.insert(&Key::new(*len, *data), &1, 0).map_err(write(maps::NODEPORT_RANGES))?;
             self.current_ranges.insert((*data, *len));
@@ -352,8 +358,14 @@ impl NodePortTable {
         let used: BTreeSet<&Vec<Slot>> = externals.iter().map(|e| &e.backends).collect();
         self.tables.retain(|set, _| used.contains(set));
         // Ranges no frontend checks any more.
-        for (data, len) in self.current_ranges.difference(&wanted_ranges).copied().collect::<Vec<_>>() {
-            converged(self.ranges.remove(&Key::new(len, data))).map_err(write(maps::NODEPORT_RANGES))?;
+        self.remove_ranges(&wanted_ranges)
+    }
+
+    /// Removes the programmed ranges not in `wanted`.
+    fn remove_ranges(&mut self, wanted: &BTreeSet<(RangeKey, u32)>) -> Result<(), NodePortError> {
+        for (data, len) in self.current_ranges.difference(wanted).copied().collect::<Vec<_>>() {
+            converged(self.ranges.remove(&Key::new(len, data)))
+                .map_err(|source| NodePortError::Write { map: maps::NODEPORT_RANGES, source })?;
             self.current_ranges.remove(&(data, len));
         }
         Ok(())
@@ -424,8 +436,8 @@ mod tests {
         assert_eq!(local[0].backends[0].flags, SLOT_LOCAL);
         assert!(compile(&model(true), "node-2", &[node_ip])[0].backends.is_empty(), "no backend here");
 
-        // loadBalancerSourceRanges: the load-balancer address checks them, the NodePort not;
-        // an IPv6 range lets no IPv4 client in, but still restricts.
+        // loadBalancerSourceRanges: the load-balancer address checks them (its family's), the
+        // NodePort not; IPv6 ranges alone restrict no IPv4 address.
         let mut restricted = model(false);
         for r in restricted.of_kind(Kind::Service).cloned().collect::<Vec<_>>() {
             let Some(resource::Kind::Service(mut svc)) = r.kind else { continue };
@@ -439,5 +451,11 @@ mod tests {
         assert!(
             all.iter().filter(|e| e.key != balanced.key).all(|e| e.flags & FRONTEND_RANGES == 0 && e.ranges.is_empty())
         );
+        for r in restricted.of_kind(Kind::Service).cloned().collect::<Vec<_>>() {
+            let Some(resource::Kind::Service(mut svc)) = r.kind else { continue };
+            svc.load_balancer_source_ranges = vec!["2001:db8::/32".into()];
+            restricted.insert(api::Resource { kind: Some(resource::Kind::Service(svc)) });
+        }
+        assert!(compile(&restricted, "node-0", &[node_ip]).iter().all(|e| e.flags & FRONTEND_RANGES == 0));
     }
 }

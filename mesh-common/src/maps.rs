@@ -105,6 +105,8 @@ pub const NODEPORT_REVERSE: &str = "mesh_np_rev";
 /// `loadBalancerSourceRanges` (LPM trie): [`crate::nodeport::RangeKey`] (a frontend and a
 /// client range) -> 1. Sized as [`NODEPORT_SERVICES`].
 pub const NODEPORT_RANGES: &str = "mesh_np_ranges";
+/// Per CPU, two counters of sampled drop reports (see [`crate::nodeport::SAMPLE_LAST`]).
+pub const NODEPORT_SAMPLES: &str = "mesh_np_samples";
 /// One [`crate::nodeport::Config`]: the node's address, the Maglev table size.
 pub const NODEPORT_CONFIG: &str = "mesh_np_cfg";
 
@@ -165,7 +167,7 @@ pub const DEFAULT_MAGLEV_TABLES: u32 = 32;
 pub const DEFAULT_NODEPORT_FLOWS_MAX: u32 = 65_536;
 
 /// Every map the datapath pins, in the order the agent reports them.
-pub const ALL: [&str; 31] = [
+pub const ALL: [&str; 32] = [
     SERVICES,
     BACKENDS,
     BACKEND_ADDRS,
@@ -196,6 +198,7 @@ pub const ALL: [&str; 31] = [
     NODEPORT_FLOWS,
     NODEPORT_REVERSE,
     NODEPORT_RANGES,
+    NODEPORT_SAMPLES,
     NODEPORT_CONFIG,
 ];
 

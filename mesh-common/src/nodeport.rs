@@ -148,6 +148,13 @@ pub const SNAT_PORTS: u16 = 28_976;
 /// Ports tried for a new source-NATed flow before it is dropped (`NO_MAPPING_FOR_NAT_MASQUERADE`).
 pub const SNAT_TRIES: u32 = 8;
 
+/// [`crate::maps::NODEPORT_SAMPLES`] (per CPU): when a client-driven drop was last reported,
+/// and how many since.
+pub const SAMPLE_LAST: u32 = 0;
+pub const SAMPLE_UNREPORTED: u32 = 1;
+/// At most one such report per CPU in this long.
+pub const SAMPLE_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// Maglev's default table size (Cilium's): a prime, about 100 slots per backend at 160.
 pub const DEFAULT_MAGLEV_SIZE: u32 = 16_381;
 

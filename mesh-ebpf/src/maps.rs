@@ -129,5 +129,8 @@ pub static NODEPORT_REVERSE: LruHashMap<FlowKey, Reverse> = LruHashMap::pinned(D
 #[map(name = "mesh_np_ranges")]
 pub static NODEPORT_RANGES: LpmTrie<RangeKey, u32> = LpmTrie::pinned(DEFAULT_SERVICES_MAX, 0);
 
+#[map(name = "mesh_np_samples")]
+pub static NODEPORT_SAMPLES: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
+
 #[map(name = "mesh_np_cfg")]
 pub static NODEPORT_CONFIG: Array<NodePortConfig> = Array::pinned(1, 0);

@@ -30,8 +30,8 @@ use mesh_common::{
     flows::{FLOW_DROP, FLOW_START, FlowEvent},
     nodeport::{
         FLOW_DSR, FLOW_LOCAL, FRONTEND_AFFINITY, FRONTEND_DSR, FRONTEND_RANGES, FRONTEND_REMOTE, Flow, FlowKey,
-        Frontend, FrontendKey, RANGE_KEY_FRONTEND_BITS, RangeKey, Reverse, SLOT_LOCAL, SNAT_FIRST, SNAT_PORTS,
-        SNAT_TRIES, flow_hash,
+        Frontend, FrontendKey, RANGE_KEY_FRONTEND_BITS, RangeKey, Reverse, SAMPLE_INTERVAL_NS, SAMPLE_LAST,
+        SAMPLE_UNREPORTED, SLOT_LOCAL, SNAT_FIRST, SNAT_PORTS, SNAT_TRIES, Slot, flow_hash,
     },
     policy::{ALLOW, DENY, INGRESS},
     proto,
@@ -40,7 +40,9 @@ use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     flows::{emit, now},
-    maps::{MAGLEV, NODEPORT_CONFIG, NODEPORT_FLOWS, NODEPORT_RANGES, NODEPORT_REVERSE, NODEPORT_SERVICES},
+    maps::{
+        MAGLEV, NODEPORT_CONFIG, NODEPORT_FLOWS, NODEPORT_RANGES, NODEPORT_REVERSE, NODEPORT_SAMPLES, NODEPORT_SERVICES,
+    },
     policy::{IP_OFFSET, Ipv4},
 };
 
@@ -218,26 +220,73 @@ fn drop_reported(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey)
     TC_ACT_SHOT
 }
 
+/// A drop driven by clients (not in a load-balancer address's ranges), reported as a sample: at
+/// most one event per CPU per [`SAMPLE_INTERVAL_NS`], carrying how many drops it stands for, so
+/// that a flood of refused packets cannot fill the ring buffer.
+#[inline(never)]
+fn drop_sampled(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey) -> i32 {
+    let (Some(last), Some(unreported)) =
+        (NODEPORT_SAMPLES.get_ptr_mut(SAMPLE_LAST), NODEPORT_SAMPLES.get_ptr_mut(SAMPLE_UNREPORTED))
+    else {
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: per-CPU values: only this CPU touches them while this program runs.
+    let (last, unreported) = unsafe { (&mut *last, &mut *unreported) };
+    *unreported += 1;
+    let time = now();
+    if time.wrapping_sub(*last) < SAMPLE_INTERVAL_NS {
+        return TC_ACT_SHOT;
+    }
+    let packets = *unreported;
+    *last = time;
+    *unreported = 0;
+    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
+    let ifindex = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
+    emit(&FlowEvent {
+        time_ns: time,
+        packets,
+        saddr: p.ip.saddr,
+        daddr: p.ip.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        svc_addr: service.addr,
+        svc_port: service.port,
+        kind: FLOW_DROP,
+        proto: p.ip.proto,
+        ifindex,
+        action: DENY,
+        reason,
+        direction: INGRESS,
+        ..FlowEvent::default()
+    });
+    TC_ACT_SHOT
+}
+
 /// Takes the way back of the answers to a flow that keeps the client's address and port at a
 /// backend of this node (`answer`: the backend's answer, `back`: what it becomes), unless
-/// another frontend's live TCP flow holds it: the same client port through two frontends (two
-/// nodes' NodePorts, or a NodePort and a load-balancer address) to one backend would be one
+/// another frontend's flow holds it: the same client port through two frontends (two nodes'
+/// NodePorts, or a NodePort and a load-balancer address) to one backend would be one
 /// connection to the pod, and one of the two would get the other's answers. False then: the
-/// new flow is source-NATed to the node instead ([`snat_port`]). A holder whose backend sent
-/// FIN or RST ([`Reverse::closing`]) is taken over (clients reuse a port for another
-/// destination once a connection ended); so is a UDP holder (no end to see: two UDP flows from
-/// one port to one backend through two frontends at once are not told apart).
+/// new flow gets another source port at the pod ([`remap_port`]). A holder whose backend sent
+/// FIN or RST ([`Reverse::closing`]) is taken over by a new connection (`syn`: clients reuse a
+/// port for another destination once a connection ended); a UDP holder by any new flow (no
+/// end to see: two UDP flows from one port to one backend through two frontends at once are
+/// not told apart). The way back already this flow's is only read, never written.
 #[inline(always)]
-fn hold(answer: &FlowKey, back: &Reverse) -> bool {
-    if NODEPORT_REVERSE.insert(answer, back, u64::from(BPF_NOEXIST)).is_ok() {
-        return true;
-    }
+fn hold(answer: &FlowKey, back: &Reverse, syn: bool) -> bool {
     let Some(held) = NODEPORT_REVERSE.get_ptr_mut(answer) else {
-        return NODEPORT_REVERSE.insert(answer, back, 0).is_ok(); // evicted meanwhile
+        return NODEPORT_REVERSE.insert(answer, back, u64::from(BPF_NOEXIST)).is_ok();
     };
     // SAFETY: a map value, valid while the program runs.
     let held = unsafe { &mut *held };
-    if same_way(held, back) || held.closing != 0 || answer.proto == proto::UDP {
+    if same_way(held, back) {
+        if syn && held.closing != 0 {
+            held.closing = 0; // a new connection on the same way
+        }
+        return true;
+    }
+    let udp = answer.proto == proto::UDP;
+    if udp || (syn && held.closing != 0) {
         *held = *back;
         return true;
     }
@@ -250,40 +299,50 @@ fn same_way(a: &Reverse, b: &Reverse) -> bool {
     a.saddr == b.saddr && a.sport == b.sport && a.daddr == b.daddr && a.dport == b.dport
 }
 
-/// A source port of the node's own for the client's flow `client` to `backend`:`port`, taken
-/// with the way back of its answers (`back`): the first free of a few tried, spread by the
-/// whole flow (with affinity the Maglev hash is the client's address alone). 0: none free.
+/// A source port for the client's flow `client` to `target` (a backend and its port) as the
+/// backend will see it from `addr`: the node's address (source NAT to a backend elsewhere) or
+/// the client's own (a backend here whose client port another frontend's flow holds: only the
+/// port changes, so the pod and its policy still see the client). Taken with the way back of
+/// its answers (`back`): the one this flow already has (its entry in `mesh_np_flows` evicted,
+/// a retransmitted SYN), else the first free of a few tried, spread by the whole flow (with
+/// affinity the Maglev hash is the client's address alone). 0: none free.
 #[inline(never)]
-fn snat_port(client: &FlowKey, backend: u32, port: u16, node_addr: u32, back: &Reverse) -> u16 {
+fn remap_port(client: &FlowKey, target: &Slot, addr: u32, back: &Reverse) -> u16 {
     let start = flow_hash(client.saddr, client.sport, client.dport, client.proto, false);
-    for i in 0..SNAT_TRIES {
-        let snat = SNAT_FIRST + (start.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
-        let answer = FlowKey {
-            saddr: backend,
-            daddr: node_addr,
-            sport: port,
-            dport: snat.to_be(),
+    let answer = |i: u32| {
+        let port = SNAT_FIRST + (start.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
+        FlowKey {
+            saddr: target.addr,
+            daddr: addr,
+            sport: target.port,
+            dport: port.to_be(),
             proto: client.proto,
             _pad: [0; 3],
-        };
-        if NODEPORT_REVERSE.insert(&answer, back, u64::from(BPF_NOEXIST)).is_ok() {
-            return snat.to_be();
         }
-        // Already this flow's (a retransmitted SYN, a new connection from the same port).
+    };
+    for i in 0..SNAT_TRIES {
+        let key = answer(i);
         // SAFETY: a map value, valid while the program runs; compared, not kept.
-        if NODEPORT_REVERSE.get_ptr(&answer).is_some_and(|v| unsafe { same_way(&*v, back) }) {
-            return snat.to_be();
+        if NODEPORT_REVERSE.get_ptr(&key).is_some_and(|v| unsafe { same_way(&*v, back) }) {
+            return key.dport;
+        }
+    }
+    for i in 0..SNAT_TRIES {
+        let key = answer(i);
+        if NODEPORT_REVERSE.insert(&key, back, u64::from(BPF_NOEXIST)).is_ok() {
+            return key.dport;
         }
     }
     0
 }
 
-/// The way back of a new flow's answers (`flow`: to its backend, chosen): a backend on this
-/// node (`local`) keeps the client's address when the flow can [`hold`] it; otherwise, and for
-/// a backend elsewhere, the flow gets a port of the node's own ([`Flow::snat_port`]). False:
-/// no port was free.
+/// The way back of a flow's answers (`flow`: to its backend, chosen; `syn`: the packet opens
+/// a TCP connection): a backend on this node (`local`) keeps the client's address and port
+/// when the flow can [`hold`] them, or else the address with another port; a backend elsewhere
+/// gets the node's address and a port of its own. Sets [`Flow::snat_port`] (0: unchanged).
+/// False: no port was free.
 #[inline(never)]
-fn way_back(p: &Packet, flow: &mut Flow, local: bool, node_addr: u32) -> bool {
+fn way_back(p: &Packet, flow: &mut Flow, local: bool, node_addr: u32, syn: bool) -> bool {
     // From the frontend, to the client.
     let back = Reverse { saddr: p.ip.daddr, daddr: p.ip.saddr, sport: p.dport, dport: p.sport, closing: 0, _pad: 0 };
     if local {
@@ -295,12 +354,14 @@ fn way_back(p: &Packet, flow: &mut Flow, local: bool, node_addr: u32) -> bool {
             proto: p.ip.proto,
             _pad: [0; 3],
         };
-        if hold(&answer, &back) {
+        if hold(&answer, &back, syn) {
             flow.snat_port = 0;
             return true;
         }
     }
-    flow.snat_port = snat_port(&flow_key(p), flow.backend, flow.backend_port, node_addr, &back);
+    let target = Slot { addr: flow.backend, port: flow.backend_port, flags: 0 };
+    let addr = if local { p.ip.saddr } else { node_addr };
+    flow.snat_port = remap_port(&flow_key(p), &target, addr, &back);
     flow.snat_port != 0
 }
 
@@ -367,13 +428,19 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         return TC_ACT_UNSPEC; // another node's: balanced there
     }
     let key = flow_key(&p);
-    let flow = match NODEPORT_FLOWS.get_ptr(&key).map(|v| unsafe { *v }) {
+    let known = NODEPORT_FLOWS.get_ptr(&key).map(|v| unsafe { *v });
+    let opens = syn(ctx, &p);
+    // loadBalancerSourceRanges: judged for every new flow and connection.
+    if service.flags & FRONTEND_RANGES != 0 && (known.is_none() || opens) && !in_ranges(&frontend, p.ip.saddr) {
+        return drop_sampled(ctx, &p, NOT_IN_RANGES, &frontend);
+    }
+    let flow = match known {
         Some(mut flow) => {
             // A new connection from the port of an earlier one, to a backend here: its answers'
             // way back again (another frontend's flow may have taken it since, or let it go).
-            if flow.flags & FLOW_LOCAL != 0 && syn(ctx, &p) {
+            if flow.flags & FLOW_LOCAL != 0 && opens {
                 let before = flow.snat_port;
-                if !way_back(&p, &mut flow, true, config.node_addr) {
+                if !way_back(&p, &mut flow, true, config.node_addr, true) {
                     return drop_reported(ctx, &p, NO_SNAT_PORT, &frontend);
                 }
                 if flow.snat_port != before {
@@ -383,9 +450,6 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             flow
         }
         None => {
-            if service.flags & FRONTEND_RANGES != 0 && !in_ranges(&frontend, p.ip.saddr) {
-                return drop_reported(ctx, &p, NOT_IN_RANGES, &frontend);
-            }
             if service.backends == 0 || config.maglev_size == 0 {
                 return drop_reported(ctx, &p, NO_BACKEND, &frontend);
             }
@@ -400,7 +464,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             if service.flags & FRONTEND_DSR != 0 && !local {
                 // The backend's node answers the client itself.
                 flow.flags = FLOW_DSR;
-            } else if !way_back(&p, &mut flow, local, config.node_addr) {
+            } else if !way_back(&p, &mut flow, local, config.node_addr, opens) {
                 return drop_reported(ctx, &p, NO_SNAT_PORT, &frontend);
             }
             let _ = NODEPORT_FLOWS.insert(&key, &flow, 0);
@@ -417,8 +481,14 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     if flow.snat_port == 0 {
         return TC_ACT_OK; // to this node's pod: the stack routes it
     }
-    // From the node: to a backend elsewhere, or to one here whose client port another
-    // frontend's flow holds (see `hold`).
+    if flow.flags & FLOW_LOCAL != 0 {
+        // To this node's pod from the client, with another port (see `hold`).
+        if rewrite(ctx, &p, 0, p.ip.saddr, flow.snat_port).is_err() {
+            return TC_ACT_SHOT;
+        }
+        return TC_ACT_OK;
+    }
+    // From the node, to a backend elsewhere.
     if rewrite(ctx, &p, 0, config.node_addr, flow.snat_port).is_err() {
         return TC_ACT_SHOT;
     }
@@ -510,9 +580,14 @@ fn dsr_arrival(ctx: &TcContext) -> i32 {
             proto: inner.proto,
             _pad: [0; 3],
         };
-        // SAFETY: a map value, valid while the program runs; copied.
-        snat = NODEPORT_FLOWS.get_ptr(&client).map_or(0, |v| unsafe { (*v).snat_port });
-        // A new connection from that port asks for the client's address again.
+        // SAFETY: a map value, valid while the program runs; copied. Only an entry for this
+        // backend (a shared address's flow balanced here may have the same key).
+        snat = NODEPORT_FLOWS
+            .get_ptr(&client)
+            .map(|v| unsafe { *v })
+            .filter(|f| f.flags & FLOW_LOCAL != 0 && f.backend == inner.daddr && f.backend_port == ports[1])
+            .map_or(0, |f| f.snat_port);
+        // A new connection from that port asks for the client's port again.
         let syn = inner.proto == proto::TCP
             && ctx
                 .load::<u8>(IP + OUTER_LEN + header_len + 13)
@@ -534,15 +609,15 @@ fn dsr_arrival(ctx: &TcContext) -> i32 {
                 closing: 0,
                 _pad: 0,
             };
-            if hold(&answer, &back) {
+            if hold(&answer, &back, syn) {
                 if snat != 0 {
-                    // The other frontend's flow ended: this one keeps the client's address now.
+                    // The other frontend's flow ended: this one keeps the client's port now.
                     let _ = NODEPORT_FLOWS.remove(&client);
                     snat = 0;
                 }
             } else if snat == 0 {
-                let Some(config) = NODEPORT_CONFIG.get(0) else { return TC_ACT_SHOT };
-                snat = snat_port(&client, inner.daddr, ports[1], config.node_addr, &back);
+                let target = Slot { addr: inner.daddr, port: ports[1], flags: 0 };
+                snat = remap_port(&client, &target, inner.saddr, &back);
                 if snat == 0 {
                     return TC_ACT_SHOT;
                 }
@@ -556,16 +631,14 @@ fn dsr_arrival(ctx: &TcContext) -> i32 {
     if ctx.adjust_room(-(OUTER_LEN as i32), ADJ_ROOM_MAC, 0).is_err() {
         return TC_ACT_SHOT;
     }
-    if snat == 0 {
-        return TC_ACT_OK;
+    if snat != 0 {
+        // The client's address with another port (see `hold`).
+        let Some(p) = parse(ctx) else { return TC_ACT_SHOT };
+        if rewrite(ctx, &p, 0, p.ip.saddr, snat).is_err() {
+            return TC_ACT_SHOT;
+        }
     }
-    let (Some(p), Some(config)) = (parse(ctx), NODEPORT_CONFIG.get(0)) else { return TC_ACT_SHOT };
-    if rewrite(ctx, &p, 0, config.node_addr, snat).is_err() {
-        return TC_ACT_SHOT;
-    }
-    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
-    let ingress = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
-    forward(ctx, config.node_addr, p.ip.daddr, p.ip.proto, ingress)
+    TC_ACT_OK
 }
 
 /// An answer to a source-NATed flow (from a backend on another node, to this node's own port):

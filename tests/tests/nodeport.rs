@@ -10,8 +10,8 @@
 //! return (`mesh.dev/lb-mode: dsr`) a backend on the other node sees the client's address and
 //! its node answers the client itself: a capture on the balancing node's link shows the
 //! source-NATed answers passing it and no DSR answer. One client port through three frontends
-//! to one backend at once: the first flow keeps the client's address, the others are
-//! source-NATed at the backend's node, and all three work together. A load-balancer address
+//! to one backend at once: the first flow keeps the client's port, the others get other ports
+//! at the backend's node (the client's address kept), and all three work together. A load-balancer address
 //! with `loadBalancerSourceRanges` admits the clients in them and drops the others.
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
@@ -77,7 +77,7 @@ fn nodeports_from_outside_through_either_node() {
     }
     let lab = Lab::new(&[&["web-0"], &["web-1"]]).expect("lab");
     for pod in ["web-0", "web-1"] {
-        labnet::serve(&lab, lab.pod(pod), 8080, &format!("{pod} {{peer}}")).expect("server");
+        labnet::serve(&lab, lab.pod(pod), 8080, &format!("{pod} {{peer}} {{peer_port}}")).expect("server");
     }
     let outside = lab.add_outside(0, OUTSIDE.parse().unwrap()).expect("outside client");
     let client = lab.outside_placement(&outside);
@@ -102,7 +102,7 @@ fn nodeports_from_outside_through_either_node() {
         let mut backends = BTreeSet::new();
         for reply in summary.replies.keys() {
             let (pod, peer) = reply.split_once(' ').expect("pod and peer");
-            let seen: std::net::Ipv4Addr = peer.parse().expect("an address");
+            let seen: std::net::Ipv4Addr = peer.split(' ').next().unwrap().parse().expect("an address");
             let here = lab.pod(pod).node == lab.nodes[n].name;
             let expected = if here { outside.ip } else { node_ip(n) };
             assert_eq!(seen, expected, "node-{n} to {pod}: the backend saw {seen}");
@@ -134,7 +134,7 @@ fn nodeports_from_outside_through_either_node() {
     // Local: each node's own backend, seeing the client's address.
     for n in 0..2 {
         let summary = connect(n, 30081, 5);
-        let expected = format!("web-{n} {}", outside.ip);
+        let expected = format!("web-{n} {} ", outside.ip);
         assert_eq!(summary.ok, 5, "node-{n}:30081 {summary:?}");
         assert!(summary.replies.keys().all(|r| r.starts_with(&expected)), "node-{n}:30081 {:?}", summary.replies);
     }
@@ -176,7 +176,7 @@ fn nodeports_from_outside_through_either_node() {
     let segments = capture.stop();
     assert_eq!(dsr.ok, 5, "node-0:30083 (DSR) {dsr:?}\n{}", mesh.logs());
     assert!(
-        dsr.replies.keys().all(|r| r == &format!("web-1 {}", outside.ip)),
+        dsr.replies.keys().all(|r| r.starts_with(&format!("web-1 {} ", outside.ip))),
         "DSR keeps the client: {:?}",
         dsr.replies
     );
@@ -194,24 +194,30 @@ fn nodeports_from_outside_through_either_node() {
 
     // One client port through three frontends to web-1 at once: node-1's `one` (Local), node-0's
     // `web-dsr` (DSR to node-1) and node-1's `hold`. The pod holds one connection per client
-    // address and port: the first keeps the client's address, the two others are source-NATed
-    // to node-1 there, and all three carry traffic together.
+    // address and port: the first keeps the client's port, the two others get other ports at
+    // node-1 (the client's address kept: the pod and its policy see the client), and all three
+    // carry traffic together.
     let port = 21000;
     let targets = [(1, 30082), (0, 30083), (1, 30084)].map(|(n, p)| SocketAddr::from((node_ip(n), p)));
     let seen = labnet::together(&lab, &client, &targets, port, Duration::from_secs(2)).expect("client runs");
-    let saw = [outside.ip, node_ip(1), node_ip(1)];
-    for ((conn, to), who) in seen.iter().zip(&targets).zip(saw) {
+    let mut ports = BTreeSet::new();
+    for (conn, to) in seen.iter().zip(&targets) {
         assert!(conn.error.is_empty() && conn.echoed, "{to}: {conn:?}\n{}", mesh.logs());
-        assert_eq!(conn.reply, format!("web-1 {who}"), "{to}: who web-1 saw");
+        let (who, seen_port) =
+            conn.reply.strip_prefix("web-1 ").and_then(|r| r.split_once(' ')).expect("web-1's reply");
+        assert_eq!(who, outside.ip.to_string(), "{to}: who web-1 saw");
+        ports.insert(seen_port.parse::<u16>().expect("a port"));
         assert_eq!(conn.peer, to.to_string(), "the client sees the frontend it connected to");
     }
-    // Once they ended (web-1 closed them: FIN), the port keeps the client's address again
-    // through yet another frontend.
+    assert_eq!(ports.len(), 3, "one port per connection at web-1: {seen:?}");
+    assert!(seen[0].reply.ends_with(&format!(" {port}")), "the first keeps the client's port: {seen:?}");
+    // Once they ended (web-1 closed them: FIN), the port is the client's own again through yet
+    // another frontend.
     std::thread::sleep(Duration::from_millis(200));
     let again =
         labnet::connect_from(&lab, &client, SocketAddr::from((node_ip(1), 30081)), port, Duration::from_secs(1))
             .expect("client runs");
-    assert_eq!(again.replies.keys().collect::<Vec<_>>(), [&format!("web-1 {}", outside.ip)], "{again:?}");
+    assert_eq!(again.replies.keys().collect::<Vec<_>>(), [&format!("web-1 {} {port}", outside.ip)], "{again:?}");
 
     // loadBalancerSourceRanges: the load-balancer address lets in the outside client's /32 and
     // drops another client's (with the reason, in the flows); `lb`'s NodePort is not restricted.

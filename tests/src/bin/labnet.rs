@@ -410,8 +410,9 @@ fn serve(port: u16, reply: &str, read_request: bool, ready_file: Option<PathBuf>
     Ok(())
 }
 
-/// The part of a `serve` reply replaced by the client's address.
+/// The parts of a `serve` reply replaced by the client's address, and by its port.
 const PEER: &str = "{peer}";
+const PEER_PORT: &str = "{peer_port}";
 
 fn answer(mut stream: TcpStream, line: &str, read_request: bool) {
     let _ = stream.set_nodelay(true);
@@ -422,7 +423,9 @@ fn answer(mut stream: TcpStream, line: &str, read_request: bool) {
         }
     }
     let line = match stream.peer_addr() {
-        Ok(peer) if line.contains(PEER) => std::borrow::Cow::Owned(line.replace(PEER, &peer.ip().to_string())),
+        Ok(peer) if line.contains(PEER) || line.contains(PEER_PORT) => std::borrow::Cow::Owned(
+            line.replace(PEER_PORT, &peer.port().to_string()).replace(PEER, &peer.ip().to_string()),
+        ),
         _ => std::borrow::Cow::Borrowed(line),
     };
     if stream.write_all(line.as_bytes()).is_err() {
