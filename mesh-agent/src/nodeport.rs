@@ -129,10 +129,14 @@ pub fn compile(
                 .chain(svc.external_ips.iter().filter_map(ip).map(|a| (a, port.port)));
             let remote = peers.iter().filter(|_| port.node_port != 0).map(|a| (*a, port.node_port, FRONTEND_REMOTE));
             // loadBalancerSourceRanges: for the load-balancer addresses, as kube-proxy applies
-            // them, per address family (only IPv6 ranges: no IPv4 restriction).
+            // them, per address family (only IPv6 ranges: no IPv4 restriction; an entry that is
+            // no IPv6 range restricts, even one that is no range at all: closed, not open).
             let ranges: Vec<Ipv4Net> =
-                svc.load_balancer_source_ranges.iter().filter_map(|r| mesh_common::cidr::parse_v4(r)).collect();
-            let restricted = !ranges.is_empty();
+                svc.load_balancer_source_ranges.iter().filter_map(|r| mesh_common::cidr::parse_v4(r.trim())).collect();
+            let restricted = svc
+                .load_balancer_source_ranges
+                .iter()
+                .any(|r| r.trim().parse::<mesh_common::cidr::IpNet>().map_or(true, |net| net.addr().is_ipv4()));
             let balanced = svc.load_balancer_ips.iter().filter_map(ip).map(|a| (a, port.port, FRONTEND_RANGES));
             for (addr, number, more) in frontends.map(|(a, n)| (a, n, 0)).chain(remote).chain(balanced) {
                 let more = if more == FRONTEND_RANGES && !restricted { 0 } else { more };
@@ -457,5 +461,16 @@ mod tests {
             restricted.insert(api::Resource { kind: Some(resource::Kind::Service(svc)) });
         }
         assert!(compile(&restricted, "node-0", &[node_ip]).iter().all(|e| e.flags & FRONTEND_RANGES == 0));
+        // Padded entries are read; one that is no range restricts (closed, not open).
+        for (ranges, expected) in [(" 203.0.113.0/24 ", 1), ("not-a-range", 0)] {
+            for r in restricted.of_kind(Kind::Service).cloned().collect::<Vec<_>>() {
+                let Some(resource::Kind::Service(mut svc)) = r.kind else { continue };
+                svc.load_balancer_source_ranges = vec![ranges.into()];
+                restricted.insert(api::Resource { kind: Some(resource::Kind::Service(svc)) });
+            }
+            let all = compile(&restricted, "node-0", &[node_ip]);
+            let lb = all.iter().find(|e| e.flags & FRONTEND_RANGES != 0).expect("restricted");
+            assert_eq!(lb.ranges.len(), expected, "{ranges:?}");
+        }
     }
 }

@@ -194,35 +194,10 @@ fn forward(ctx: &TcContext, saddr: u32, daddr: u32, l4_protocol: u8, ingress: u3
     TC_ACT_REDIRECT
 }
 
-/// A drop of a packet from outside, reported (every one: a frontend without backends is a
-/// configuration to fix, and these are rare).
-#[inline(never)]
-fn drop_reported(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey) -> i32 {
-    // SAFETY: a TC program's context is the kernel's `__sk_buff`.
-    let ifindex = unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex };
-    emit(&FlowEvent {
-        time_ns: now(),
-        packets: 1,
-        saddr: p.ip.saddr,
-        daddr: p.ip.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        svc_addr: service.addr,
-        svc_port: service.port,
-        kind: FLOW_DROP,
-        proto: p.ip.proto,
-        ifindex,
-        action: DENY,
-        reason,
-        direction: INGRESS,
-        ..FlowEvent::default()
-    });
-    TC_ACT_SHOT
-}
-
-/// A drop driven by clients (not in a load-balancer address's ranges), reported as a sample: at
-/// most one event per CPU per [`SAMPLE_INTERVAL_NS`], carrying how many drops it stands for, so
-/// that a flood of refused packets cannot fill the ring buffer.
+/// A drop of a packet from outside (not in a load-balancer address's ranges, no backend, no
+/// port, no route), reported as a sample: at most one event per CPU per [`SAMPLE_INTERVAL_NS`],
+/// naming the packet that came when it was due and carrying how many drops it stands for, so
+/// that clients flooding a refused frontend cannot fill the ring buffer.
 #[inline(never)]
 fn drop_sampled(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey) -> i32 {
     let (Some(last), Some(unreported)) =
@@ -269,9 +244,9 @@ fn drop_sampled(ctx: &TcContext, p: &Packet, reason: u8, service: &FrontendKey) 
 /// connection to the pod, and one of the two would get the other's answers. False then: the
 /// new flow gets another source port at the pod ([`remap_port`]). A holder whose backend sent
 /// FIN or RST ([`Reverse::closing`]) is taken over by a new connection (`syn`: clients reuse a
-/// port for another destination once a connection ended); a UDP holder by any new flow (no
-/// end to see: two UDP flows from one port to one backend through two frontends at once are
-/// not told apart). The way back already this flow's is only read, never written.
+/// port for another destination once a connection ended); a UDP holder never (no end to see:
+/// the later UDP flow gets another port). The way back already this flow's is only read,
+/// never written.
 #[inline(always)]
 fn hold(answer: &FlowKey, back: &Reverse, syn: bool) -> bool {
     let Some(held) = NODEPORT_REVERSE.get_ptr_mut(answer) else {
@@ -285,8 +260,7 @@ fn hold(answer: &FlowKey, back: &Reverse, syn: bool) -> bool {
         }
         return true;
     }
-    let udp = answer.proto == proto::UDP;
-    if udp || (syn && held.closing != 0) {
+    if syn && held.closing != 0 {
         *held = *back;
         return true;
     }
@@ -305,32 +279,33 @@ fn same_way(a: &Reverse, b: &Reverse) -> bool {
 /// port changes, so the pod and its policy still see the client). Taken with the way back of
 /// its answers (`back`): the one this flow already has (its entry in `mesh_np_flows` evicted,
 /// a retransmitted SYN), else the first free of a few tried, spread by the whole flow (with
-/// affinity the Maglev hash is the client's address alone). 0: none free.
+/// affinity the Maglev hash is the client's address alone; `syn`: a new connection, which makes
+/// its own remapped way live again). 0: none free.
 #[inline(never)]
-fn remap_port(client: &FlowKey, target: &Slot, addr: u32, back: &Reverse) -> u16 {
+fn remap_port(client: &FlowKey, target: &Slot, addr: u32, back: &Reverse, syn: bool) -> u16 {
     let start = flow_hash(client.saddr, client.sport, client.dport, client.proto, false);
-    let answer = |i: u32| {
-        let port = SNAT_FIRST + (start.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
-        FlowKey {
-            saddr: target.addr,
-            daddr: addr,
-            sport: target.port,
-            dport: port.to_be(),
-            proto: client.proto,
-            _pad: [0; 3],
-        }
-    };
-    for i in 0..SNAT_TRIES {
-        let key = answer(i);
-        // SAFETY: a map value, valid while the program runs; compared, not kept.
-        if NODEPORT_REVERSE.get_ptr(&key).is_some_and(|v| unsafe { same_way(&*v, back) }) {
-            return key.dport;
-        }
-    }
-    for i in 0..SNAT_TRIES {
-        let key = answer(i);
-        if NODEPORT_REVERSE.insert(&key, back, u64::from(BPF_NOEXIST)).is_ok() {
-            return key.dport;
+    let mut key =
+        FlowKey { saddr: target.addr, daddr: addr, sport: target.port, dport: 0, proto: client.proto, _pad: [0; 3] };
+    // First this flow's own, then a free one.
+    for pass in 0..2 {
+        for i in 0..SNAT_TRIES {
+            let port = SNAT_FIRST + (start.wrapping_add(i.wrapping_mul(7919)) % u32::from(SNAT_PORTS)) as u16;
+            key.dport = port.to_be();
+            if pass == 1 {
+                if NODEPORT_REVERSE.insert(&key, back, u64::from(BPF_NOEXIST)).is_ok() {
+                    return key.dport;
+                }
+                continue;
+            }
+            let Some(held) = NODEPORT_REVERSE.get_ptr_mut(&key) else { continue };
+            // SAFETY: a map value, valid while the program runs.
+            let held = unsafe { &mut *held };
+            if same_way(held, back) {
+                if syn {
+                    held.closing = 0;
+                }
+                return key.dport;
+            }
         }
     }
     0
@@ -361,7 +336,7 @@ fn way_back(p: &Packet, flow: &mut Flow, local: bool, node_addr: u32, syn: bool)
     }
     let target = Slot { addr: flow.backend, port: flow.backend_port, flags: 0 };
     let addr = if local { p.ip.saddr } else { node_addr };
-    flow.snat_port = remap_port(&flow_key(p), &target, addr, &back);
+    flow.snat_port = remap_port(&flow_key(p), &target, addr, &back, syn);
     flow.snat_port != 0
 }
 
@@ -441,7 +416,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             if flow.flags & FLOW_LOCAL != 0 && opens {
                 let before = flow.snat_port;
                 if !way_back(&p, &mut flow, true, config.node_addr, true) {
-                    return drop_reported(ctx, &p, NO_SNAT_PORT, &frontend);
+                    return drop_sampled(ctx, &p, NO_SNAT_PORT, &frontend);
                 }
                 if flow.snat_port != before {
                     let _ = NODEPORT_FLOWS.insert(&key, &flow, 0);
@@ -451,11 +426,11 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         }
         None => {
             if service.backends == 0 || config.maglev_size == 0 {
-                return drop_reported(ctx, &p, NO_BACKEND, &frontend);
+                return drop_sampled(ctx, &p, NO_BACKEND, &frontend);
             }
             let hash = flow_hash(p.ip.saddr, p.sport, p.dport, p.ip.proto, service.flags & FRONTEND_AFFINITY != 0);
             let index = service.table.wrapping_mul(config.maglev_size).wrapping_add(hash % config.maglev_size);
-            let Some(slot) = MAGLEV.get(index) else { return drop_reported(ctx, &p, NO_BACKEND, &frontend) };
+            let Some(slot) = MAGLEV.get(index) else { return drop_sampled(ctx, &p, NO_BACKEND, &frontend) };
             let mut flow = Flow { backend: slot.addr, backend_port: slot.port, snat_port: 0, flags: 0, _pad: 0 };
             let local = slot.flags & SLOT_LOCAL != 0;
             if local {
@@ -465,7 +440,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
                 // The backend's node answers the client itself.
                 flow.flags = FLOW_DSR;
             } else if !way_back(&p, &mut flow, local, config.node_addr, opens) {
-                return drop_reported(ctx, &p, NO_SNAT_PORT, &frontend);
+                return drop_sampled(ctx, &p, NO_SNAT_PORT, &frontend);
             }
             let _ = NODEPORT_FLOWS.insert(&key, &flow, 0);
             started(&p, &flow, &service, ingress);
@@ -494,7 +469,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     }
     let routed = forward(ctx, config.node_addr, flow.backend, p.ip.proto, ingress);
     if routed == TC_ACT_SHOT {
-        return drop_reported(ctx, &p, NO_ROUTE, &frontend);
+        return drop_sampled(ctx, &p, NO_ROUTE, &frontend);
     }
     routed
 }
@@ -615,9 +590,16 @@ fn dsr_arrival(ctx: &TcContext) -> i32 {
                     let _ = NODEPORT_FLOWS.remove(&client);
                     snat = 0;
                 }
-            } else if snat == 0 {
+            } else if snat != 0 {
+                // A new connection on the remapped way: live again.
+                let remapped = FlowKey { dport: snat, ..answer };
+                if let Some(held) = NODEPORT_REVERSE.get_ptr_mut(&remapped) {
+                    // SAFETY: a map value, valid while the program runs.
+                    unsafe { (*held).closing = 0 };
+                }
+            } else {
                 let target = Slot { addr: inner.daddr, port: ports[1], flags: 0 };
-                snat = remap_port(&client, &target, inner.saddr, &back);
+                snat = remap_port(&client, &target, inner.saddr, &back, syn);
                 if snat == 0 {
                     return TC_ACT_SHOT;
                 }
