@@ -636,15 +636,18 @@ fn answer(ctx: &TcContext, p: &Packet, ingress: u32) -> i32 {
     forward(ctx, back.saddr, back.daddr, p.ip.proto, ingress)
 }
 
+/// Whether a frontend reached from outside has a backend on this node ([`reply_from_pod`] has
+/// work).
+#[inline(always)]
+pub fn answers_from_pods() -> bool {
+    NODEPORT_CONFIG.get(0).is_some_and(|config| config.local_backends != 0)
+}
+
 /// TC ingress of a local pod's interface, after its policy passed the packet: an answer of a
 /// backend here to a client from outside leaves from the frontend it asked for. `verdict`
 /// (the policy's) otherwise. Not inlined: its stack is not added to the policy's.
 #[inline(never)]
 pub fn reply_from_pod(ctx: &TcContext, verdict: i32) -> i32 {
-    let Some(config) = NODEPORT_CONFIG.get(0) else { return verdict };
-    if config.local_backends == 0 {
-        return verdict;
-    }
     let Some(p) = parse(ctx) else { return verdict };
     let key = flow_key(&p);
     let Some(entry) = NODEPORT_REVERSE.get_ptr_mut(&key) else { return verdict };

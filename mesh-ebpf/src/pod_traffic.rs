@@ -23,7 +23,11 @@ fn mesh_from_pod(ctx: TcContext) -> i32 {
     if verdict == aya_ebpf::bindings::TC_ACT_SHOT {
         return verdict;
     }
-    // An answer to a client from outside leaves from the frontend it asked for.
+    // An answer to a client from outside leaves from the frontend it asked for (looked for only
+    // while some frontend from outside has a backend here: no call otherwise).
+    if !crate::nodeport::answers_from_pods() {
+        return verdict;
+    }
     crate::nodeport::reply_from_pod(&ctx, verdict)
 }
 
