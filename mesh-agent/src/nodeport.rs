@@ -80,6 +80,16 @@ pub fn compile(
             continue;
         }
         let slices = compiler.slices(model, &svc.namespace, &svc.name);
+        // loadBalancerSourceRanges: for the load-balancer addresses, as kube-proxy applies
+        // them, per address family (only IPv6 ranges: no IPv4 restriction; an entry that is no
+        // IPv6 range restricts, even one that is no range at all: closed, not open).
+        let ranges: Vec<Ipv4Net> =
+            svc.load_balancer_source_ranges.iter().filter_map(|r| mesh_common::cidr::parse_v4(r.trim())).collect();
+        let restricted = svc
+            .load_balancer_source_ranges
+            .iter()
+            .any(|r| r.trim().parse::<mesh_common::cidr::IpNet>().map_or(true, |net| net.addr().is_ipv4()));
+        let balanced_flags = if restricted { FRONTEND_RANGES } else { 0 };
         for port in &svc.ports {
             let proto = match api::Protocol::try_from(port.protocol) {
                 Ok(api::Protocol::Tcp) => proto::TCP,
@@ -128,18 +138,8 @@ pub fn compile(
                 .map(|a| (*a, port.node_port))
                 .chain(svc.external_ips.iter().filter_map(ip).map(|a| (a, port.port)));
             let remote = peers.iter().filter(|_| port.node_port != 0).map(|a| (*a, port.node_port, FRONTEND_REMOTE));
-            // loadBalancerSourceRanges: for the load-balancer addresses, as kube-proxy applies
-            // them, per address family (only IPv6 ranges: no IPv4 restriction; an entry that is
-            // no IPv6 range restricts, even one that is no range at all: closed, not open).
-            let ranges: Vec<Ipv4Net> =
-                svc.load_balancer_source_ranges.iter().filter_map(|r| mesh_common::cidr::parse_v4(r.trim())).collect();
-            let restricted = svc
-                .load_balancer_source_ranges
-                .iter()
-                .any(|r| r.trim().parse::<mesh_common::cidr::IpNet>().map_or(true, |net| net.addr().is_ipv4()));
-            let balanced = svc.load_balancer_ips.iter().filter_map(ip).map(|a| (a, port.port, FRONTEND_RANGES));
+            let balanced = svc.load_balancer_ips.iter().filter_map(ip).map(|a| (a, port.port, balanced_flags));
             for (addr, number, more) in frontends.map(|(a, n)| (a, n, 0)).chain(remote).chain(balanced) {
-                let more = if more == FRONTEND_RANGES && !restricted { 0 } else { more };
                 let key = FrontendKey { addr: u32::from(addr).to_be(), port: (number as u16).to_be(), proto, _pad: 0 };
                 out.push(External {
                     key,
@@ -147,7 +147,7 @@ pub fn compile(
                     backends: backends.clone(),
                     flags: flags | more,
                     service,
-                    ranges: if more == FRONTEND_RANGES { ranges.clone() } else { Vec::new() },
+                    ranges: if more & FRONTEND_RANGES != 0 { ranges.clone() } else { Vec::new() },
                 });
             }
         }

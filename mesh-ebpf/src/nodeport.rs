@@ -404,16 +404,17 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     }
     let key = flow_key(&p);
     let known = NODEPORT_FLOWS.get_ptr(&key).map(|v| unsafe { *v });
-    let opens = syn(ctx, &p);
+    // Read only where it decides something: not for the packets of a known flow elsewhere.
+    let opens = || syn(ctx, &p);
     // loadBalancerSourceRanges: judged for every new flow and connection.
-    if service.flags & FRONTEND_RANGES != 0 && (known.is_none() || opens) && !in_ranges(&frontend, p.ip.saddr) {
+    if service.flags & FRONTEND_RANGES != 0 && (known.is_none() || opens()) && !in_ranges(&frontend, p.ip.saddr) {
         return drop_sampled(ctx, &p, NOT_IN_RANGES, &frontend);
     }
     let flow = match known {
         Some(mut flow) => {
             // A new connection from the port of an earlier one, to a backend here: its answers'
             // way back again (another frontend's flow may have taken it since, or let it go).
-            if flow.flags & FLOW_LOCAL != 0 && opens {
+            if flow.flags & FLOW_LOCAL != 0 && opens() {
                 let before = flow.snat_port;
                 if !way_back(&p, &mut flow, true, config.node_addr, true) {
                     return drop_sampled(ctx, &p, NO_SNAT_PORT, &frontend);
@@ -439,7 +440,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             if service.flags & FRONTEND_DSR != 0 && !local {
                 // The backend's node answers the client itself.
                 flow.flags = FLOW_DSR;
-            } else if !way_back(&p, &mut flow, local, config.node_addr, opens) {
+            } else if !way_back(&p, &mut flow, local, config.node_addr, opens()) {
                 return drop_sampled(ctx, &p, NO_SNAT_PORT, &frontend);
             }
             let _ = NODEPORT_FLOWS.insert(&key, &flow, 0);
