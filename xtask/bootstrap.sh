@@ -15,8 +15,9 @@ llvm_version=22
 # Debian packages: LLVM 22 for bpf-linker; iproute2 for the lab; protoc and protobuf's
 # well-known types for the APIs;
 # iptables and nftables for the service-lb benchmark (kube-proxy's rules as the baseline);
-# iperf3 for the policy benchmark's throughput.
-apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler libprotobuf-dev iptables nftables iperf3 buildah podman runc chromium)
+# iperf3 for the policy benchmark's throughput; ethtool for the north-south benchmark (a NIC-like
+# receive path on the lab node's veth).
+apt_packages=(llvm-${llvm_version}-dev libpolly-${llvm_version}-dev iproute2 protobuf-compiler libprotobuf-dev iptables nftables iperf3 ethtool buildah podman runc chromium)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }

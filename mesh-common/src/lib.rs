@@ -65,6 +65,9 @@ pub mod programs {
     /// Emits synthetic flow events when run with `BPF_PROG_TEST_RUN`: the flows benchmark's
     /// generator. Never attached.
     pub const EVENT_GEN: &str = "mesh_event_gen";
+    /// Sends every frame on to another interface as an XDP frame: the north-south benchmark's
+    /// wire into the lab node (`WIRE_TO` is its global). Never attached by the agent.
+    pub const WIRE: &str = "mesh_wire";
 }
 
 /// The control-plane API (`proto/mesh/v1/state.proto`): the state stream from operator to

@@ -13,6 +13,7 @@ mod policy;
 mod prefilter;
 mod service_lb;
 mod sockops;
+mod wire;
 
 /// GPL-compatible, so the programs may call every helper; the crate is MIT OR GPL-2.0.
 #[unsafe(link_section = "license")]

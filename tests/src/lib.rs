@@ -21,6 +21,7 @@ pub mod operator;
 pub mod privileges;
 pub mod scenario;
 pub mod traffic;
+pub mod wire;
 
 use std::path::PathBuf;
 

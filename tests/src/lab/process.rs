@@ -80,15 +80,25 @@ impl Lab {
     pub fn run(&self, command: &mut Command, timeout: Duration) -> Result<Output> {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let pid = self.spawn(command)?;
+        // Read both pipes while the process runs: one that writes more than a pipe holds
+        // (64 KiB) would otherwise block forever on a full pipe and never exit.
+        let (stdout, stderr) = {
+            let mut children = self.children.lock().expect("lab children lock");
+            let child = children.get_mut(&pid).expect("tracked child");
+            (drain(child.stdout.take()), drain(child.stderr.take()))
+        };
         let deadline = Instant::now() + timeout;
         loop {
-            if self.try_wait(pid)?.is_some() {
-                let child = self.children.lock().expect("lab children lock").remove(&pid).expect("tracked child");
-                return child.wait_with_output().map_err(|source| LabError::Io {
-                    what: "reading",
-                    path: PathBuf::from(command.get_program()),
-                    source,
-                });
+            if let Some(status) = self.try_wait(pid)? {
+                self.children.lock().expect("lab children lock").remove(&pid);
+                let read = |reader: std::thread::JoinHandle<std::io::Result<Vec<u8>>>| {
+                    reader.join().expect("pipe reader").map_err(|source| LabError::Io {
+                        what: "reading",
+                        path: PathBuf::from(command.get_program()),
+                        source,
+                    })
+                };
+                return Ok(Output { status, stdout: read(stdout)?, stderr: read(stderr)? });
             }
             if Instant::now() >= deadline {
                 let _ = self.stop(pid, Duration::ZERO);
@@ -219,4 +229,15 @@ fn place(mut command: Command, placement: &Placement) -> Result<Command> {
         });
     }
     Ok(command)
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut pipe) = pipe {
+            pipe.read_to_end(&mut out)?;
+        }
+        Ok(out)
+    })
 }
