@@ -210,8 +210,19 @@ pub fn http_get(
 
 /// `labnet serve` in `pod` with `extra` arguments; returns once it listens.
 fn spawn_server(lab: &Lab, pod: &Pod, port: u16, reply: &str, extra: &[&str]) -> Result<u32> {
-    let ready = lab.dir.join(format!("serve-{}-{port}.ready", pod.name));
-    let mut command = lab.pod_command(pod, binary())?;
+    spawn_server_at(lab, &Placement::pod(pod), &pod.name, port, reply, extra)
+}
+
+fn spawn_server_at(
+    lab: &Lab,
+    placement: &Placement,
+    name: &str,
+    port: u16,
+    reply: &str,
+    extra: &[&str],
+) -> Result<u32> {
+    let ready = lab.dir.join(format!("serve-{name}-{port}.ready"));
+    let mut command = lab.placed_command(placement, binary())?;
     command.args(["serve", "--port", &port.to_string(), "--reply", reply]).args(extra).arg("--ready-file").arg(&ready);
     let pid = lab.spawn(&mut command)?;
     lab.wait_for_file(&ready, pid, Duration::from_secs(10))?;
@@ -288,10 +299,22 @@ pub fn load(
 /// Starts `labnet serve` in `pod` on `port` answering `reply` after reading a request line,
 /// on `cpu` if given.
 pub fn serve_requests(lab: &Lab, pod: &Pod, port: u16, reply: &str, cpu: Option<usize>) -> Result<u32> {
+    serve_requests_at(lab, &Placement::pod(pod), &pod.name, port, reply, cpu)
+}
+
+/// [`serve_requests`] with `placement` (a pod's namespace outside its cgroup, say), named `name`.
+pub fn serve_requests_at(
+    lab: &Lab,
+    placement: &Placement,
+    name: &str,
+    port: u16,
+    reply: &str,
+    cpu: Option<usize>,
+) -> Result<u32> {
     let cpu = cpu.map(|c| c.to_string());
     let pinned = cpu.as_deref().map(|c| ["--cpu", c]);
     let extra: Vec<&str> = std::iter::once("--read-request").chain(pinned.into_iter().flatten()).collect();
-    spawn_server(lab, pod, port, reply, &extra)
+    spawn_server_at(lab, placement, name, port, reply, &extra)
 }
 
 fn run_json<T: serde::de::DeserializeOwned>(

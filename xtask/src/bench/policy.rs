@@ -7,14 +7,23 @@
 //! - `rules`: a NetworkPolicy selecting the servers with N ingress rules (N-1 allowing ipBlock
 //!   /32s elsewhere, one allowing the client), for N = 10, 1,000 and 10,000.
 //!
-//! Cross-node rows carry the suffix `/cross-node` and their own baseline. Every mesh case runs
-//! [`RUNS`] times, each run between two `none` runs (the mesh started for the run and stopped
-//! after it), and its ratio is the median over its runs of the run against the mean of its two
-//! neighbours: single runs on a shared 2-core machine scattered by ±15% (a `none` run alone
-//! ranged 17.4-20.0 Gbit/s within one bench), far more than the programs cost, and a baseline
-//! taken only at the start and the end measured that drift. The TC programs' time per packet
-//! is counted by the kernel in a short run of its own after each case's last run. With
-//! `MESH_BENCH_PERF=DIR` each iperf run is also profiled system-wide into `DIR` ([`profile`]).
+//! Cross-node rows carry the suffix `/cross-node` and their own baseline.
+//!
+//! The baseline (`none`) is measured at the same moment as the mesh: the lab holds a second set
+//! of pods the mesh does not manage (`bare-client`, `bare-local`, `bare-remote`: in no manifest,
+//! so no TC programs on their interfaces, and their processes outside the nodes' cgroups, so no
+//! socket hooks), on the same nodes, CPUs and fabric. Each mesh run is paired with a bare run:
+//! throughput at once (two iperf3 on the same two CPUs, each getting half, so the ratio is that
+//! of their costs per byte at the same moment; the Gbit/s rows are each side's half), latency
+//! one after the other in the order A B B A (at once, each flow's packets would wait for the
+//! other's), the pair's first side alternating. A case's ratio (and
+//! added p99) is the median over its [`RUNS`] pairs. Before any mesh runs, both sets are measured once without
+//! the mesh (an A/A check that the two sets of pods are alike; its ratio is in the notes).
+//! This machine drifts by more than the programs cost within a minute (consecutive baseline runs
+//! of one bench ranged 14.1-19.6 Gbit/s and p99 83-196 us), so a baseline from other minutes
+//! measured the drift. The TC programs' time per packet is counted by the kernel in a short run
+//! of its own after each case's last run. With `MESH_BENCH_PERF=DIR` each iperf run is also
+//! profiled system-wide into `DIR` ([`profile`]).
 
 use std::{
     fmt::Write as _,
@@ -36,13 +45,13 @@ pub(super) const RR_PORT: u16 = 8080;
 pub(super) const IPERF_PORT: u16 = 5201;
 pub(super) const CLIENT_CPU: usize = 0;
 pub(super) const SERVER_CPU: usize = 1;
-/// Runs per mesh case; the median of each metric is reported. Five, not three: a p99 over a
-/// few seconds on this shared machine moves by 5-10 us from run to run (10 rules "added"
-/// +7.8 us where 10,000 added +0.9 us, in one run of three each), and the median of five
-/// paired runs is steadier.
+/// Pairs (mesh run, bare run) per mesh case; the median of each metric is reported. A p99
+/// over a few seconds on this shared machine moves by 5-10 us from run to run, so one pair
+/// decides nothing.
 const RUNS: usize = 5;
-/// The two paths: server pod name and the case suffix.
-const PATHS: [(&str, &str); 2] = [("server-local", ""), ("server-remote", "/cross-node")];
+/// The two paths: server pod, its bare twin, and the case suffix.
+const PATHS: [(&str, &str, &str); 2] =
+    [("server-local", "bare-local", ""), ("server-remote", "bare-remote", "/cross-node")];
 
 /// One measurement of one path.
 #[derive(Debug, Clone, Copy)]
@@ -57,54 +66,80 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let started = Instant::now();
     let duration = Duration::from_secs_f64(seconds);
     let (lab, client) = client_and_servers()?;
-    let measure = |label: &str| -> anyhow::Result<[Sample; 2]> {
-        let mut out = [Sample { gbps: 0.0, p50_us: 0.0, p99_us: 0.0 }; 2];
-        for (i, (server, _)) in PATHS.iter().enumerate() {
-            let ip = lab.pod(server).ip;
+    let bare = bare_placement(&lab, "bare-client");
+    // One measurement of both paths from the mesh's pods and from the bare ones: throughput at
+    // once, latency back to back in the order given, so the two sides of a pair are at most
+    // seconds apart: [mesh's pods, bare pods].
+    let measure_pair = |label: &str, bare_first: bool| -> anyhow::Result<[[Sample; 2]; 2]> {
+        let mut out = [[Sample { gbps: 0.0, p50_us: 0.0, p99_us: 0.0 }; 2]; 2];
+        let order: [usize; 2] = if bare_first { [1, 0] } else { [0, 1] };
+        for (i, (server, twin, _)) in PATHS.iter().enumerate() {
+            let ends = |side: usize| if side == 0 { (&client, *server) } else { (&bare, *twin) };
+            // Throughput: both sets at once, each its own iperf3 on the same two CPUs, so each
+            // gets half of them at the same moment and the ratio is that of their costs per
+            // byte, whatever the machine does meanwhile.
             let profile = profile(&format!("{label}-{server}"), duration)?;
-            let gbps = iperf(&lab, &client, ip, duration)?;
+            let lab = &lab;
+            let gbps = std::thread::scope(|scope| {
+                let runs = [0, 1].map(|side| {
+                    let (from, to) = ends(side);
+                    let ip = lab.pod(to).ip;
+                    scope.spawn(move || iperf(lab, from, ip, duration))
+                });
+                runs.map(|run| run.join().expect("an iperf thread"))
+            });
             if let Some(mut perf) = profile {
                 perf.wait()?;
             }
-            let rr: RrReport = labnet::rr(&lab, &client, SocketAddr::from((ip, RR_PORT)), duration, Some(CLIENT_CPU))?;
-            println!(
-                "    {label:<16} {server:<14} {gbps:>7.2} Gbit/s   rr p50 {:>6.1} us  p99 {:>6.1} us  ({} round trips)",
-                rr.p50_us, rr.p99_us, rr.round_trips
-            );
-            out[i] = Sample { gbps, p50_us: rr.p50_us, p99_us: rr.p99_us };
+            let [mesh_gbps, bare_gbps] = gbps;
+            out[0][i].gbps = mesh_gbps?;
+            out[1][i].gbps = bare_gbps?;
+            // Latency: one after the other (at once, each would wait for the other's packets),
+            // in the order A B B A, each side the mean of its two runs, so a drift over the
+            // pair weighs on both alike. Each run is half the time.
+            let half = duration / 2;
+            for side in order.into_iter().chain(order.into_iter().rev()) {
+                let (from, to) = ends(side);
+                let to_addr = SocketAddr::from((lab.pod(to).ip, RR_PORT));
+                let rr: RrReport = labnet::rr(lab, from, to_addr, half, Some(CLIENT_CPU))?;
+                out[side][i].p50_us += rr.p50_us / 2.0;
+                out[side][i].p99_us += rr.p99_us / 2.0;
+                let name = if side == 0 { label } else { "none (bare)" };
+                println!(
+                    "    {name:<16} {to:<14} {:>7.2} Gbit/s   rr p50 {:>6.1} us  p99 {:>6.1} us  ({} round trips)",
+                    out[side][i].gbps, rr.p50_us, rr.p99_us, rr.round_trips
+                );
+            }
         }
         Ok(out)
     };
-    // Warm up.
-    measure("warm-up")?;
-    // Each mesh run sits between two `none` runs: the mesh (operator, agents, programs) is
-    // started for the run and stopped after it, so every run has its own baseline from the
-    // seconds around it. This machine drifts by more than the programs cost within a
-    // minute; a baseline taken only at the start and the end measured the drift.
-    let mut none = vec![measure("none")?];
+    // Warm up, then the A/A check: both sets of pods with no mesh at all.
+    measure_pair("warm-up", false)?;
+    let alike = measure_pair("no mesh", true)?;
 
     let objects = pods(&lab);
     let agent_args = ["--policy-max", "200000", "--identities-max", "200000"];
     let cases: Vec<(String, Option<u32>)> = std::iter::once(("programs".to_owned(), None))
         .chain(scales.iter().map(|&n| (format!("rules {n}"), Some(n))))
         .collect();
+    let mut none = Vec::new();
     let mut results = Vec::new();
     for (label, rules) in &cases {
         let text = match rules {
             Some(n) => format!("{objects}{}", policy(*n)),
             None => objects.clone(),
         };
+        let t = Instant::now();
+        let mesh = Mesh::start(&lab, &text, &agent_args)?;
+        if let Some(n) = rules {
+            wait_for_entries(&lab, *n as usize)?;
+        }
+        println!("    {label}: mesh up, policy applied in {:.2} s", t.elapsed().as_secs_f64());
         let mut runs = Vec::new();
-        let mut ns_per_packet = Vec::new();
         for run in 0..RUNS {
-            let t = Instant::now();
-            let mesh = Mesh::start(&lab, &text, &agent_args)?;
-            if let Some(n) = rules {
-                wait_for_entries(&lab, *n as usize)?;
-            }
-            println!("    {label}: mesh up, policy applied in {:.2} s", t.elapsed().as_secs_f64());
+            // The order alternates, so a drift within a pair favours neither side.
             let (cpu_before, wakeups_before, t) = (mesh_cpu(&mesh), mesh_wakeups(&mesh), Instant::now());
-            let sample = measure(label)?;
+            let [sample, base] = measure_pair(label, run % 2 == 0)?;
             // What else the mesh cost while it was measured: its processes' CPU (agents and
             // operator) and how often their threads woke up.
             let elapsed = t.elapsed().as_secs_f64();
@@ -113,21 +148,16 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
                 mesh_cpu(&mesh).saturating_sub(cpu_before).as_secs_f64() / elapsed * 100.0,
                 mesh_wakeups(&mesh).saturating_sub(wakeups_before) as f64 / elapsed
             );
-            if run + 1 == RUNS {
-                ns_per_packet.push(tc_cost(&lab, &client, label)?);
-            }
-            mesh.stop(&lab)?;
-            let previous = *none.last().expect("a none run came first");
-            let after = measure("none")?;
-            none.push(after);
-            runs.push(Paired { sample, before: previous, after });
+            none.push(base);
+            runs.push(Paired { sample, base });
         }
-        ns_per_packet.sort_by(f64::total_cmp);
-        results.push((label.clone(), *rules, runs, ns_per_packet[ns_per_packet.len() / 2]));
+        let ns_per_packet = tc_cost(&lab, &client, label)?;
+        mesh.stop(&lab)?;
+        results.push((label.clone(), *rules, runs, ns_per_packet));
     }
 
     let mut rows = Vec::new();
-    for (i, (_, suffix)) in PATHS.iter().enumerate() {
+    for (i, (_, _, suffix)) in PATHS.iter().enumerate() {
         let baseline_case = format!("none{suffix}");
         let base = median_sample(none.iter().map(|s| s[i]));
         for (metric, value, unit) in [
@@ -158,48 +188,54 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
                 baseline: Some(baseline_case.clone()),
                 ratio,
             };
-            // Ratios and differences are taken per run, against that run's two `none`
-            // neighbours, then the median over runs.
+            // Ratios and differences are taken per pair, then the median over pairs.
             rows.push(row(
                 "throughput_gbps",
                 sample.gbps,
                 "Gbit/s",
-                Some(median(runs.iter().map(|r| r.sample[i].gbps / r.base(i).gbps))),
+                Some(median(runs.iter().map(|r| r.sample[i].gbps / r.base[i].gbps))),
             ));
             rows.push(row(
                 "rr_p50_us",
                 sample.p50_us,
                 "us",
-                Some(median(runs.iter().map(|r| r.sample[i].p50_us / r.base(i).p50_us))),
+                Some(median(runs.iter().map(|r| r.sample[i].p50_us / r.base[i].p50_us))),
             ));
             rows.push(row(
                 "rr_p99_us",
                 sample.p99_us,
                 "us",
-                Some(median(runs.iter().map(|r| r.sample[i].p99_us / r.base(i).p99_us))),
+                Some(median(runs.iter().map(|r| r.sample[i].p99_us / r.base[i].p99_us))),
             ));
             rows.push(row(
                 "rr_p99_added_us",
-                median(runs.iter().map(|r| r.sample[i].p99_us - r.base(i).p99_us)),
+                median(runs.iter().map(|r| r.sample[i].p99_us - r.base[i].p99_us)),
                 "us",
                 None,
             ));
         }
     }
     let mut notes = vec![format!(
-        "{seconds} s per run; every mesh run between two none runs ({} none runs in all); a case's ratio (and added p99) is the median over its {RUNS} runs of run / mean(its two none runs); client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
-        none.len(),
+        "{seconds} s per run; every mesh run paired with the bare pods (the mesh's twins, unmanaged): iperf3 of both at once (the Gbit/s are each one's half of the CPUs), rr A B B A; a case's ratio (and added p99) is the median over its {RUNS} pairs; client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
         started.elapsed().as_secs_f64()
     )];
+    for (i, (_, _, suffix)) in PATHS.iter().enumerate() {
+        let (pods, bare) = (alike[0][i], alike[1][i]);
+        notes.push(format!(
+            "A/A{suffix}, no mesh: the mesh's pods against the bare ones: throughput {:.3}x, p99 {:+.1} us",
+            pods.gbps / bare.gbps,
+            pods.p99_us - bare.p99_us
+        ));
+    }
     notes.push(format!(
         "TC program time per packet (kernel BPF statistics, both directions, all pods; median of runs): {}",
         results.iter().map(|(case, _, _, ns)| format!("{case} {ns:.0} ns")).collect::<Vec<_>>().join("; ")
     ));
-    for (_, suffix) in PATHS {
+    for (_, _, suffix) in PATHS {
         let value = |case: &str, scale: u64, metric: &str| {
             rows.iter().find(|r| r.case == case && r.scale == scale && r.metric == metric).map(|r| r.value)
         };
-        let mut line = format!("added p99 latency{suffix} (median over runs of run - mean of its none runs):");
+        let mut line = format!("added p99 latency{suffix} (median over pairs of mesh - bare):");
         for &n in scales {
             if let Some(added) = value(&format!("rules{suffix}"), u64::from(n), "rr_p99_added_us") {
                 let _ = write!(line, " {n} rules {added:+.1} us;");
@@ -211,50 +247,48 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
 }
 
 /// What bench policy and bench mtls run on: the release binaries, and a lab of a `client` pod
-/// with `server-local` on its node and `server-remote` on another, both serving ([`serve`]).
+/// with `server-local` on its node and `server-remote` on another, both serving ([`serve`]),
+/// and their bare twins (`bare-client`, `bare-local`, `bare-remote`), which no manifest names
+/// and whose processes run outside the nodes' cgroups: the same path with nothing of the mesh.
 pub(super) fn client_and_servers() -> anyhow::Result<(Lab, Placement)> {
     anyhow::ensure!(
         std::process::Command::new("iperf3").arg("--version").output().is_ok(),
         "iperf3 is missing: run xtask/bootstrap.sh (it installs iperf3)"
     );
     super::release_binaries()?;
-    let lab = Lab::new(&[&["client", "server-local"], &["server-remote"]]).context("bringing up the lab")?;
-    serve(&lab, &["server-local", "server-remote"])?;
+    let lab = Lab::new(&[&["client", "server-local", "bare-client", "bare-local"], &["server-remote", "bare-remote"]])
+        .context("bringing up the lab")?;
+    for server in ["server-local", "server-remote"] {
+        serve(&lab, &Placement::pod(lab.pod(server)), server)?;
+    }
+    for twin in ["bare-local", "bare-remote"] {
+        serve(&lab, &bare_placement(&lab, twin), twin)?;
+    }
     let client = Placement::pod(lab.pod("client"));
     Ok((lab, client))
 }
 
-/// In each of `servers` (pods), on [`SERVER_CPU`]: a `labnet serve --read-request` on
+/// Bare pod `name`'s namespace, with the lab's system cgroup (outside every node's, so no
+/// socket hook of the mesh sees its processes).
+fn bare_placement(lab: &Lab, name: &str) -> Placement {
+    Placement { netns: Some(lab.pod(name).netns_path.clone()), cgroup: lab.system_cgroup() }
+}
+
+/// In `placement` (server `name`), on [`SERVER_CPU`]: a `labnet serve --read-request` on
 /// `RR_PORT` (request/response and short connections) and an iperf3 server on [`IPERF_PORT`].
-fn serve(lab: &Lab, servers: &[&str]) -> anyhow::Result<()> {
-    for server in servers {
-        let pod = lab.pod(server);
-        labnet::serve_requests(lab, pod, RR_PORT, server, Some(SERVER_CPU)).map(drop)?;
-        let mut iperf = lab.pod_command(pod, "iperf3")?;
-        iperf.args(["-s", "-p", &IPERF_PORT.to_string(), "-A", &SERVER_CPU.to_string()]);
-        iperf.stdout(std::process::Stdio::null());
-        lab.spawn(&mut iperf)?;
-    }
+fn serve(lab: &Lab, placement: &Placement, name: &str) -> anyhow::Result<()> {
+    labnet::serve_requests_at(lab, placement, name, RR_PORT, name, Some(SERVER_CPU)).map(drop)?;
+    let mut iperf = lab.placed_command(placement, "iperf3")?;
+    iperf.args(["-s", "-p", &IPERF_PORT.to_string(), "-A", &SERVER_CPU.to_string()]);
+    iperf.stdout(std::process::Stdio::null());
+    lab.spawn(&mut iperf)?;
     Ok(())
 }
 
-/// A mesh run and the `none` runs just before and after it.
+/// A mesh run and the bare run paired with it.
 struct Paired {
     sample: [Sample; 2],
-    before: [Sample; 2],
-    after: [Sample; 2],
-}
-
-impl Paired {
-    /// The run's baseline on path `i`: the mean of its two `none` neighbours.
-    fn base(&self, i: usize) -> Sample {
-        let (a, b) = (self.before[i], self.after[i]);
-        Sample {
-            gbps: (a.gbps + b.gbps) / 2.0,
-            p50_us: (a.p50_us + b.p50_us) / 2.0,
-            p99_us: (a.p99_us + b.p99_us) / 2.0,
-        }
-    }
+    base: [Sample; 2],
 }
 
 /// The median of `values` (the upper one of an even count).
