@@ -18,6 +18,8 @@ mod cleanup;
 mod net;
 mod process;
 
+pub(crate) use net::{ifindex, netns_path};
+
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
@@ -99,6 +101,8 @@ pub struct Outside {
     pub ip: Ipv4Addr,
     pub netns: String,
     pub netns_path: PathBuf,
+    /// Its port on the fabric's bridge (the other end of its `eth0`).
+    pub fabric_port: String,
 }
 
 /// A running lab. Everything it made is removed on drop.
@@ -169,6 +173,19 @@ impl Lab {
     /// Where a process of `outside` runs: its namespace, the lab's system cgroup.
     pub fn outside_placement(&self, outside: &Outside) -> Placement {
         Placement { netns: Some(outside.netns_path.clone()), cgroup: self.system_cgroup() }
+    }
+
+    /// Where a process of `pod` runs with nothing of the mesh seeing it: the pod's namespace
+    /// (so its address and interface) but the lab's system cgroup, outside every node's, so
+    /// no socket hook of the mesh sees it. For a pod no manifest names, whose interface no TC
+    /// program is attached to either: the benchmarks' bare twins.
+    pub fn bare_placement(&self, pod: &Pod) -> Placement {
+        Placement { netns: Some(pod.netns_path.clone()), cgroup: self.system_cgroup() }
+    }
+
+    /// The fabric's namespace (the bridge joining every node and outside client).
+    pub fn fabric_netns(&self) -> String {
+        format!("{}fabric", self.netns_prefix())
     }
 
     /// Where this lab's processes that belong to no pod run (agents, or a client "outside"

@@ -233,6 +233,13 @@ pub fn release_binaries() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The median of `values` (the upper one of an even count; NaN for none).
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Total run time and runs of every loaded program named `name`, from the kernel's BPF
 /// statistics (counted while an `aya::sys::enable_stats` descriptor is open).
 fn program_runs(name: &str) -> (Duration, u64) {

@@ -31,7 +31,7 @@ pub(super) fn build(lab: &mut Lab, layout: &[&[&str]]) -> Result<()> {
     mkdir_cgroup(&lab.cgroup_root)?;
     mkdir_cgroup(&lab.system_cgroup())?;
 
-    let fabric = format!("{prefix}fabric");
+    let fabric = lab.fabric_netns();
     netns_add(&fabric)?;
     ip(&fabric, &["link", "add", BRIDGE, "type", "bridge"])?;
     ip(&fabric, &["link", "set", BRIDGE, "up"])?;
@@ -90,7 +90,7 @@ pub(super) fn add_outside(lab: &Lab, index: usize, address: Ipv4Addr) -> Result<
     let name = format!("outside-{index}");
     let netns = format!("{}{name}", lab.netns_prefix());
     netns_add(&netns)?;
-    let fabric = format!("{}fabric", lab.netns_prefix());
+    let fabric = lab.fabric_netns();
     let port = format!("o{index}");
     ip(&netns, &["link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &fabric])?;
     ip(&fabric, &["link", "set", &port, "master", BRIDGE, "up"])?;
@@ -100,7 +100,7 @@ pub(super) fn add_outside(lab: &Lab, index: usize, address: Ipv4Addr) -> Result<
     for node in &lab.nodes {
         ip(&netns, &["route", "add", &node.pod_cidr, "via", &node.ip.to_string()])?;
     }
-    Ok(super::Outside { name, ip: address, netns_path: netns_path(&netns), netns })
+    Ok(super::Outside { name, ip: address, netns_path: netns_path(&netns), netns, fabric_port: port })
 }
 
 fn add_pod(lab: &Lab, node: &Node, prefix: &str, n: usize, p: usize, name: &str) -> Result<Pod> {
@@ -137,7 +137,7 @@ fn add_pod(lab: &Lab, node: &Node, prefix: &str, n: usize, p: usize, name: &str)
 }
 
 /// The index of `iface` in `netns` (`ip -o link show` starts with "<index>: ").
-fn ifindex(netns: &str, iface: &str) -> Result<u32> {
+pub(crate) fn ifindex(netns: &str, iface: &str) -> Result<u32> {
     let mut command = Command::new("ip");
     command.args(["-n", netns, "-o", "link", "show", "dev", iface]);
     let output = command.output().map_err(|source| LabError::Io { what: "running", path: "ip".into(), source })?;
@@ -148,7 +148,7 @@ fn ifindex(netns: &str, iface: &str) -> Result<u32> {
     })
 }
 
-pub(super) fn netns_path(name: &str) -> PathBuf {
+pub(crate) fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 

@@ -21,8 +21,8 @@
 //! receives through a NAPI poll as a driver does, and that poll runs in a thread of its own
 //! (threaded NAPI) pinned to CPU 1 at nice [`RECEIVER_NICE`] beside a busy loop at nice 0: it
 //! gets a few percent of the CPU, far less than what the client sends needs, so it always has
-//! a full ring to work through (a receiver that keeps up
-//! sleeps and wakes between small batches, and the wakeups would be most of what is measured).
+//! a full ring to work through (a receiver that keeps up sleeps and wakes between small
+//! batches, and the wakeups would be most of what is measured).
 //! The sender runs on CPU 0. The thread's CPU time (`/proc/<tid>/schedstat`) is what the node
 //! spent receiving and dropping; the packets are each case's own count (the iptables rule's
 //! counter, an nftables `counter`, the prefilter's per-CIDR counters, with the stack's UDP
@@ -57,7 +57,7 @@ use mesh_tests::{
     operator::{Operator, free_port},
 };
 
-use super::{Report, Row};
+use super::{Report, Row, median};
 
 /// The flooding client's address: its /24 is one of the denied CIDRs.
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 18, 201, 10);
@@ -105,11 +105,6 @@ fn nft_script(list: &[String]) -> String {
         "table netdev blocklist {{\n  set denied {{\n    type ipv4_addr\n    flags interval\n    elements = {{ {} }}\n  }}\n  chain ingress {{\n    type filter hook ingress device eth0 priority -500; policy accept;\n    ip saddr @denied counter drop\n  }}\n}}\n",
         list.join(", ")
     )
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 pub fn run(cidr_scales: &[u32], service_scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
@@ -290,13 +285,16 @@ fn prefilter(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let client = lab.outside_placement(&outside);
     let node_ns = Placement { netns: Some(lab.nodes[0].netns_path.clone()), cgroup: lab.system_cgroup() };
     receive_as_a_nic(&lab, &node_ns)?;
-    mesh_tests::wire::outside_to_node(&lab, 0, 0)?;
+    mesh_tests::wire::outside_to_node(&lab, &outside, 0)?;
     let target = SocketAddr::from((lab.nodes[0].ip, 9));
     // One run: the client floods for `duration`; what `dropped` counted per second of the
     // node's receiving CPU.
     let flood = |case: &str, dropped: &dyn Fn() -> anyhow::Result<f64>| -> anyhow::Result<(f64, f64)> {
+        // Attaching XDP may give the interface a new NAPI instance, and so a new thread: found
+        // and set up again for every run.
         let napi = napi_thread(&lab)?;
         pin(napi)?;
+        nice(napi)?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let hog = {
             let stop = stop.clone();
@@ -321,19 +319,14 @@ fn prefilter(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         );
         Ok((rate, count))
     };
-    // Warm up (ARP, caches); the node answers nothing on port 9.
-    // Datagrams the node's stack refused for want of a listener (port 9): what passes every
+    // Datagrams node-0's stack refused for want of a listener (port 9): what passes every
     // filter.
-    let stack = |ns: &Placement| {
-        let (lab, ns) = (&lab, ns.clone());
-        move || -> anyhow::Result<f64> {
-            let snmp = output_in(lab, &ns, "cat", &["/proc/net/snmp"])?;
-            Ok(udp_no_ports(&snmp))
-        }
+    let no_port = || -> anyhow::Result<f64> {
+        Ok(udp_no_ports(&super::service_lb::run_in(&lab, &node_ns, "cat", &["/proc/net/snmp"])?))
     };
-    // The check below that nothing passed the prefilter can fail: unfiltered, the flood
-    // reaches the stack and is counted.
-    let (_, reached) = flood("warm-up", &stack(&node_ns))?;
+    // Warm up (ARP, caches). The check below that nothing passed the prefilter can fail:
+    // unfiltered, the flood reaches the stack and is counted.
+    let (_, reached) = flood("warm-up", &no_port)?;
     anyhow::ensure!(reached > 0.0, "the flood did not reach node-0's stack (UDP NoPorts did not grow)");
 
     let mut rows = Vec::new();
@@ -349,7 +342,7 @@ fn prefilter(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         // The client's rule alone, by its number.
         let number = (list.iter().position(|c| c == CLIENT_CIDR).expect("the client's CIDR is listed") + 1).to_string();
         let counter = || -> anyhow::Result<f64> {
-            let listing = output_in(
+            let listing = super::service_lb::run_in(
                 &lab,
                 &node_ns,
                 "iptables-nft",
@@ -368,7 +361,7 @@ fn prefilter(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         std::fs::write(&script, nft_script(&list))?;
         super::service_lb::run_in(&lab, &node_ns, "nft", &["-f", super::service_lb::path_str(&script)])?;
         let counter = || -> anyhow::Result<f64> {
-            nft_packets(&output_in(&lab, &node_ns, "nft", &["list", "table", "netdev", "blocklist"])?)
+            nft_packets(&super::service_lb::run_in(&lab, &node_ns, "nft", &["list", "table", "netdev", "blocklist"])?)
         };
         let runs =
             (0..ROUNDS).map(|_| flood("nft-ingress", &counter).map(|r| r.0)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -378,7 +371,6 @@ fn prefilter(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         let mesh = Mesh::start(&lab, &(nodes(&lab) + &policy(&list)), &[])?;
         wait_for_prefilter(&lab, &mesh, scale)?;
         let mut runs = Vec::new();
-        let no_port = stack(&node_ns);
         for _ in 0..ROUNDS {
             // Everything that reached the node is dropped at XDP: the stack (which would
             // count a datagram to port 9 under NoPorts) sees none of it.
@@ -451,11 +443,10 @@ fn receive_as_a_nic(lab: &Lab, node_ns: &Placement) -> anyhow::Result<()> {
         "threaded NAPI on node-0's eth0: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    pin(napi_thread(lab)?)
+    Ok(())
 }
 
-/// Pins thread `tid` to [`RECEIVER_CPU`]. Done before every run: attaching XDP may give the
-/// interface a new NAPI instance, and so a new thread.
+/// Pins thread `tid` (0: the calling thread) to [`RECEIVER_CPU`].
 fn pin(tid: u32) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
     let set = unsafe {
@@ -465,12 +456,15 @@ fn pin(tid: u32) -> anyhow::Result<()> {
     };
     // SAFETY: `set` is a valid cpu_set_t of the size given.
     let rc = unsafe { libc::sched_setaffinity(tid as libc::pid_t, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    anyhow::ensure!(rc == 0, "pinning NAPI thread {tid} to CPU {RECEIVER_CPU}: {}", std::io::Error::last_os_error());
-    if tid != 0 {
-        // SAFETY: plain syscall on a thread id.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, RECEIVER_NICE) };
-        anyhow::ensure!(rc == 0, "nice {RECEIVER_NICE} for NAPI thread {tid}: {}", std::io::Error::last_os_error());
-    }
+    anyhow::ensure!(rc == 0, "pinning thread {tid} to CPU {RECEIVER_CPU}: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Gives thread `tid` [`RECEIVER_NICE`].
+fn nice(tid: u32) -> anyhow::Result<()> {
+    // SAFETY: a plain syscall on a thread id.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, RECEIVER_NICE) };
+    anyhow::ensure!(rc == 0, "nice {RECEIVER_NICE} for NAPI thread {tid}: {}", std::io::Error::last_os_error());
     Ok(())
 }
 
@@ -501,16 +495,6 @@ fn thread_cpu(tid: u32) -> anyhow::Result<Duration> {
     let ns =
         text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).context("schedstat without a run time")?;
     Ok(Duration::from_nanos(ns))
-}
-
-/// `program args` in `placement`: its standard output.
-fn output_in(lab: &Lab, placement: &Placement, program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let path = super::service_lb::find_tool(program).with_context(|| format!("{program} not found"))?;
-    let mut command = lab.placed_command(placement, &path)?;
-    command.args(args);
-    let output = lab.run(&mut command, Duration::from_secs(60))?;
-    anyhow::ensure!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The packet count of the rule matching source `cidr` in `iptables -L -v -x -n` output.

@@ -16,9 +16,9 @@
 //! throughput at once (two iperf3 on the same two CPUs, each getting half, so the ratio is that
 //! of their costs per byte at the same moment; the Gbit/s rows are each side's half), latency
 //! one after the other in the order A B B A (at once, each flow's packets would wait for the
-//! other's), the pair's first side alternating. A case's ratio (and
-//! added p99) is the median over its [`RUNS`] pairs. Before any mesh runs, both sets are measured once without
-//! the mesh (an A/A check that the two sets of pods are alike; its ratio is in the notes).
+//! other's), the pair's first side alternating. A case's ratio (and added p99) is the median
+//! over its [`RUNS`] pairs. Before any mesh runs, both sets are measured once without the mesh
+//! (an A/A check that the two sets of pods are alike; its ratio is in the notes).
 //! This machine drifts by more than the programs cost within a minute (consecutive baseline runs
 //! of one bench ranged 14.1-19.6 Gbit/s and p99 83-196 us), so a baseline from other minutes
 //! measured the drift. The TC programs' time per packet is counted by the kernel in a short run
@@ -38,7 +38,7 @@ use mesh_tests::{
     manifests::{self, Mesh, PodManifest},
 };
 
-use super::{Report, Row};
+use super::{Report, Row, median};
 
 const NS: &str = "bench";
 pub(super) const RR_PORT: u16 = 8080;
@@ -66,7 +66,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let started = Instant::now();
     let duration = Duration::from_secs_f64(seconds);
     let (lab, client) = client_and_servers()?;
-    let bare = bare_placement(&lab, "bare-client");
+    let bare = lab.bare_placement(lab.pod("bare-client"));
     // One measurement of both paths from the mesh's pods and from the bare ones: throughput at
     // once, latency back to back in the order given, so the two sides of a pair are at most
     // seconds apart: [mesh's pods, bare pods].
@@ -262,16 +262,10 @@ pub(super) fn client_and_servers() -> anyhow::Result<(Lab, Placement)> {
         serve(&lab, &Placement::pod(lab.pod(server)), server)?;
     }
     for twin in ["bare-local", "bare-remote"] {
-        serve(&lab, &bare_placement(&lab, twin), twin)?;
+        serve(&lab, &lab.bare_placement(lab.pod(twin)), twin)?;
     }
     let client = Placement::pod(lab.pod("client"));
     Ok((lab, client))
-}
-
-/// Bare pod `name`'s namespace, with the lab's system cgroup (outside every node's, so no
-/// socket hook of the mesh sees its processes).
-fn bare_placement(lab: &Lab, name: &str) -> Placement {
-    Placement { netns: Some(lab.pod(name).netns_path.clone()), cgroup: lab.system_cgroup() }
 }
 
 /// In `placement` (server `name`), on [`SERVER_CPU`]: a `labnet serve --read-request` on
@@ -289,13 +283,6 @@ fn serve(lab: &Lab, placement: &Placement, name: &str) -> anyhow::Result<()> {
 struct Paired {
     sample: [Sample; 2],
     base: [Sample; 2],
-}
-
-/// The median of `values` (the upper one of an even count).
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Each metric's median over `samples`.

@@ -38,7 +38,7 @@ use mesh_tests::{
     operator::{Operator, free_port},
 };
 
-use super::{Report, Row};
+use super::{Report, Row, median};
 
 const BACKENDS: usize = 10;
 const BACKEND_PORT: u16 = 8080;
@@ -75,7 +75,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         SERVER_NAMES.iter().map(|n| SocketAddr::from((lab.pod(n).ip, BACKEND_PORT))).collect();
     let client = Placement::pod(lab.pod("client"));
     let node_ns = Placement { netns: Some(lab.nodes[0].netns_path.clone()), cgroup: lab.system_cgroup() };
-    let bare = Placement { netns: Some(lab.pod("bare-client").netns_path.clone()), cgroup: lab.system_cgroup() };
+    let bare = lab.bare_placement(lab.pod("bare-client"));
     let load_from = |from: &Placement, to: &[SocketAddr]| -> anyhow::Result<LoadReport> {
         let report = labnet::load(&lab, from, to, duration, Some(CLIENT_CPU))?;
         anyhow::ensure!(report.failed == 0, "connections failed: {:?}", report.errors);
@@ -183,15 +183,9 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
             );
             rows.extend(rows_for(case, u64::from(scale), report, &base, (case == "clusterip").then_some(&iptables[0])));
         }
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[(v.len() - 1) / 2]
-        };
-        let ratio = median(pairs.iter().map(|(m, b)| m.conn_per_s / b.conn_per_s).collect());
-        let (mesh, bare) = (
-            median(pairs.iter().map(|(m, _)| m.conn_per_s).collect()),
-            median(pairs.iter().map(|(_, b)| b.conn_per_s).collect()),
-        );
+        let ratio = median(pairs.iter().map(|(m, b)| m.conn_per_s / b.conn_per_s));
+        let (mesh, bare) =
+            (median(pairs.iter().map(|(m, _)| m.conn_per_s)), median(pairs.iter().map(|(_, b)| b.conn_per_s)));
         println!(
             "    at once: clusterip {mesh:.0} conn/s, direct {bare:.0} conn/s: {ratio:.3}x (median of {ROUNDS} pairs)"
         );
@@ -225,7 +219,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     };
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let mut notes = vec![format!(
-        "\nran {:.0} s (with the release build); {seconds} s per load run; direct = median of its {} runs between the others; clusterip = median of {ROUNDS} runs; at once: {ROUNDS} pairs of the client to the ClusterIP and its bare twin to the pod IPs at the same time on the same CPU (each about half the rate), the ratio the median of the pairs'",
+        "\nran {:.0} s (with the release build); {seconds} s per load run; direct = median of its {} runs between the others; clusterip = median of {ROUNDS} runs; at once: {ROUNDS} pairs of the client to the ClusterIP and its bare twin to the pod IPs at the same time on the same CPU (each about half the rate), the ratio the median of the pairs",
         started.elapsed().as_secs_f64(),
         ROUNDS + 4,
     )];
@@ -345,7 +339,8 @@ pub(super) fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
         .find(|path| path.is_file())
 }
 
-pub(super) fn run_in(lab: &Lab, placement: &Placement, program: &str, args: &[&str]) -> anyhow::Result<()> {
+/// `program args` in `placement` (found on PATH or in the sbin directories): what it printed.
+pub(super) fn run_in(lab: &Lab, placement: &Placement, program: &str, args: &[&str]) -> anyhow::Result<String> {
     let program = find_tool(program).with_context(|| format!("{program} not found"))?;
     let mut command = lab.placed_command(placement, &program)?;
     command.args(args);
@@ -353,7 +348,7 @@ pub(super) fn run_in(lab: &Lab, placement: &Placement, program: &str, args: &[&s
     if !output.status.success() {
         bail!("{} {args:?} failed: {}", program.display(), String::from_utf8_lossy(&output.stderr));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Waits until the agent's service map holds `count` services.
