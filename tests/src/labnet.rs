@@ -55,6 +55,20 @@ pub struct RrReport {
     pub p99_us: f64,
 }
 
+impl RrReport {
+    /// The report of `latencies` (microseconds, any order) measured over `elapsed_s`.
+    pub fn from_latencies(mut latencies: Vec<f64>, elapsed_s: f64) -> Self {
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Self { round_trips: latencies.len() as u64, elapsed_s, p50_us: at(0.5), p99_us: at(0.99) }
+    }
+}
+
 /// Runs `labnet rr` with `placement` for `duration` against `to` (a `labnet serve`), on `cpu`
 /// if given.
 pub fn rr(
@@ -70,6 +84,49 @@ pub fn rr(
         command.args(["--cpu", &cpu.to_string()]);
     }
     run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet rr")
+}
+
+/// The two ends of an interleaved measurement: where each client runs, and its server.
+pub type PairEnds<'a> = [(&'a Placement, SocketAddr); 2];
+
+/// Runs `labnet rr-pair` ([`crate::interleaved::rr_pair`]) for `duration`: round trips on
+/// both paths of `ends` in turn; the two reports in the order of `ends`.
+pub fn rr_pair(lab: &Lab, ends: PairEnds<'_>, duration: Duration, cpu: Option<usize>) -> Result<[RrReport; 2]> {
+    let mut command = pair_command(lab, "rr-pair", ends, duration, cpu)?;
+    run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet rr-pair")
+}
+
+/// Runs `labnet bulk-pair` ([`crate::interleaved::bulk_pair`]) for `duration`: bulk data to
+/// both servers of `ends` (each a `serve --read-request`), slice by slice in turn; the two
+/// reports in the order of `ends`.
+pub fn bulk_pair(
+    lab: &Lab,
+    ends: PairEnds<'_>,
+    duration: Duration,
+    cpu: Option<usize>,
+) -> Result<[crate::interleaved::BulkReport; 2]> {
+    let mut command = pair_command(lab, "bulk-pair", ends, duration, cpu)?;
+    run_json(lab, &mut command, duration * 3 + Duration::from_secs(10), "labnet bulk-pair")
+}
+
+fn pair_command(
+    lab: &Lab,
+    verb: &str,
+    [(placement, to), (twin, twin_to)]: PairEnds<'_>,
+    duration: Duration,
+    cpu: Option<usize>,
+) -> Result<std::process::Command> {
+    let mut command = lab.placed_command(placement, binary())?;
+    command.args([verb, "--to", &to.to_string(), "--twin-to", &twin_to.to_string()]);
+    command.arg("--twin-cgroup").arg(&twin.cgroup);
+    if let Some(netns) = &twin.netns {
+        command.arg("--twin-netns").arg(netns);
+    }
+    command.args(["--duration-ms", &duration.as_millis().to_string()]);
+    if let Some(cpu) = cpu {
+        command.args(["--cpu", &cpu.to_string()]);
+    }
+    Ok(command)
 }
 
 /// The `labnet` binary.

@@ -11,6 +11,7 @@ pub mod grpc_echo;
 pub mod http_echo;
 pub mod http_load;
 pub mod image;
+pub mod interleaved;
 pub mod lab;
 pub mod labnet;
 pub mod manifests;

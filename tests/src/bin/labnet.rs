@@ -19,6 +19,10 @@
 //! - `labnet rr --to A --duration-ms 2000`: one connection to a `serve --read-request`; after
 //!   its reply, 1-byte requests echoed back, one at a time, for the duration; prints round
 //!   trips and latency percentiles as JSON.
+//! - `labnet rr-pair --to A --twin-to B --twin-cgroup C [--twin-netns N] --duration-ms 3000`
+//!   and `labnet bulk-pair ...`: latency or throughput of two paths over the same moments, one
+//!   connection on each, in turn (`mesh_tests::interleaved`); a `serve --read-request` server
+//!   answers `sink` by reading and acknowledging bulk data. Prints both reports as JSON.
 //! - `labnet probe --to A[,B...] --protocol tcp|udp [--timeout-ms 1000]`: one connection (or
 //!   datagram) to every address at once; prints a JSON object of address -> reply (null when
 //!   none came).
@@ -52,6 +56,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use mesh_tests::{
+    interleaved,
     labnet::{LoadReport, Summary},
     traffic::{tcp_once as one, udp_once as udp_one},
 };
@@ -240,6 +245,19 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<usize>,
     },
+    /// 1-byte round trips on a connection to TO (a `serve --read-request`) and on one to
+    /// TWIN_TO made from TWIN_CGROUP and TWIN_NETNS, in turn, for DURATION_MS; print both
+    /// latency reports as JSON.
+    RrPair {
+        #[command(flatten)]
+        pair: PairArgs,
+    },
+    /// Bulk data to TO and to TWIN_TO (sinks of `serve --read-request`), slice by slice in
+    /// turn, for DURATION_MS; print both throughput reports as JSON.
+    BulkPair {
+        #[command(flatten)]
+        pair: PairArgs,
+    },
     /// One connection (TCP) or datagram (UDP) to every address of TO at once; print a JSON
     /// object of address -> reply or null.
     Probe {
@@ -288,6 +306,32 @@ enum Cmd {
         #[arg(long)]
         cpu: Option<usize>,
     },
+}
+
+/// The two paths of `rr-pair` and `bulk-pair` (`mesh_tests::interleaved`).
+#[derive(clap::Args)]
+struct PairArgs {
+    #[arg(long)]
+    to: SocketAddr,
+    #[arg(long)]
+    twin_to: SocketAddr,
+    /// The cgroup the twin connection is made from.
+    #[arg(long)]
+    twin_cgroup: PathBuf,
+    /// The network namespace the twin connection is made from (default: this one).
+    #[arg(long)]
+    twin_netns: Option<PathBuf>,
+    #[arg(long)]
+    duration_ms: u64,
+    /// Run on this CPU only.
+    #[arg(long)]
+    cpu: Option<usize>,
+}
+
+impl PairArgs {
+    fn twin(&self) -> interleaved::Twin<'_> {
+        interleaved::Twin { to: self.twin_to, netns: self.twin_netns.as_deref(), cgroup: &self.twin_cgroup }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -345,6 +389,12 @@ fn main() -> std::process::ExitCode {
         Cmd::Rr { to, duration_ms, cpu } => {
             pin(cpu).and_then(|()| rr(to, Duration::from_millis(duration_ms))).and_then(|r| print(&r))
         }
+        Cmd::RrPair { pair } => pin(pair.cpu)
+            .and_then(|()| interleaved::rr_pair(pair.to, &pair.twin(), Duration::from_millis(pair.duration_ms)))
+            .and_then(|r| print(&r)),
+        Cmd::BulkPair { pair } => pin(pair.cpu)
+            .and_then(|()| interleaved::bulk_pair(pair.to, &pair.twin(), Duration::from_millis(pair.duration_ms)))
+            .and_then(|r| print(&r)),
         Cmd::Probe { to, protocol, timeout_ms } => {
             print(&probe(&to, protocol == "tcp", Duration::from_millis(timeout_ms)))
         }
@@ -416,10 +466,12 @@ const PEER_PORT: &str = "{peer_port}";
 
 fn answer(mut stream: TcpStream, line: &str, read_request: bool) {
     let _ = stream.set_nodelay(true);
+    let mut sink = false;
     if read_request {
         let mut request = [0u8; 256];
-        if !matches!(stream.read(&mut request), Ok(n) if n > 0) {
-            return;
+        match stream.read(&mut request) {
+            Ok(n) if n > 0 => sink = request[..n].starts_with(interleaved::SINK_REQUEST.as_bytes()),
+            _ => return,
         }
     }
     let line = match stream.peer_addr() {
@@ -429,6 +481,10 @@ fn answer(mut stream: TcpStream, line: &str, read_request: bool) {
         _ => std::borrow::Cow::Borrowed(line),
     };
     if stream.write_all(line.as_bytes()).is_err() {
+        return;
+    }
+    if sink {
+        let _ = interleaved::sink(&mut stream);
         return;
     }
     // Echo until the peer closes (`hold` checks an established connection this way).
@@ -511,20 +567,7 @@ fn rr(to: SocketAddr, duration: Duration) -> std::io::Result<mesh_tests::labnet:
         stream.read_exact(&mut byte)?;
         latencies.push(sent.elapsed().as_nanos() as f64 / 1000.0);
     }
-    let elapsed_s = started.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Ok(mesh_tests::labnet::RrReport {
-        round_trips: latencies.len() as u64,
-        elapsed_s,
-        p50_us: at(0.5),
-        p99_us: at(0.99),
-    })
+    Ok(mesh_tests::labnet::RrReport::from_latencies(latencies, started.elapsed().as_secs_f64()))
 }
 
 fn probe(targets: &[SocketAddr], tcp: bool, timeout: Duration) -> std::collections::BTreeMap<String, Option<String>> {

@@ -1,6 +1,7 @@
 //! `cargo xtask bench policy`: what network policy costs a pod's traffic. A client pod talks
-//! to a server pod on its own node and to one on another node: iperf3 throughput (one TCP
-//! stream) and request/response latency (1-byte round trips on one connection). Cases:
+//! to a server pod on its own node and to one on another node: throughput of one TCP stream
+//! (`labnet bulk-pair`) and request/response latency (1-byte round trips on one connection,
+//! `labnet rr-pair`). Cases:
 //!
 //! - `none`: no programs at all (no agent).
 //! - `programs`: the agents run and the TC programs sit on every pod's interface; no policy.
@@ -9,21 +10,24 @@
 //!
 //! Cross-node rows carry the suffix `/cross-node` and their own baseline.
 //!
-//! The baseline (`none`) is measured at the same moment as the mesh: the lab holds a second set
-//! of pods the mesh does not manage (`bare-client`, `bare-local`, `bare-remote`: in no manifest,
-//! so no TC programs on their interfaces, and their processes outside the nodes' cgroups, so no
-//! socket hooks), on the same nodes, CPUs and fabric. Each mesh run is paired with a bare run:
-//! throughput at once (two iperf3 on the same two CPUs, each getting half, so the ratio is that
-//! of their costs per byte at the same moment; the Gbit/s rows are each side's half), latency
-//! one after the other in the order A B B A (at once, each flow's packets would wait for the
-//! other's), the pair's first side alternating. A case's ratio (and added p99) is the median
-//! over its [`RUNS`] pairs. Before any mesh runs, both sets are measured once without the mesh
-//! (an A/A check that the two sets of pods are alike; its ratio is in the notes).
-//! This machine drifts by more than the programs cost within a minute (consecutive baseline runs
-//! of one bench ranged 14.1-19.6 Gbit/s and p99 83-196 us), so a baseline from other minutes
-//! measured the drift. The TC programs' time per packet is counted by the kernel in a short run
-//! of its own after each case's last run. With `MESH_BENCH_PERF=DIR` each iperf run is also
-//! profiled system-wide into `DIR` ([`profile`]).
+//! The baseline (`none`) is measured over the same moments as the mesh: the lab holds a second
+//! set of pods the mesh does not manage (`bare-client`, `bare-local`, `bare-remote`: in no
+//! manifest, so no TC programs on their interfaces, and their processes outside the nodes'
+//! cgroups, so no socket hooks), on the same nodes, CPUs and fabric. One client process holds a
+//! connection on each path and alternates between them (`mesh_tests::interleaved`): bulk data
+//! slice by slice (each slice ends when the server has read it all) for throughput, 1-byte round
+//! trips one by one for latency. A case's ratio (and added p99) is the median over its [`RUNS`]
+//! pairs. Before any mesh runs, both sets are measured without the mesh (an A/A check that the
+//! two sets of pods are alike; its ratio is in the notes).
+//!
+//! Earlier forms of this bench took the baseline from other minutes, then from iperf3 runs of
+//! both paths at once (each path's softirq work then runs partly in the other's time) and
+//! latency runs A B B A seconds apart: ratios scattered by +-8% and added p99 by +-10 us between
+//! runs of the same code, more than the programs cost (consecutive baseline runs of one bench
+//! ranged 14.1-19.6 Gbit/s and p99 83-196 us). The TC programs' time per packet is counted by
+//! the kernel in a one-second iperf3 run of its own after each case's last pair. With
+//! `MESH_BENCH_PERF=DIR` each throughput measurement is also profiled system-wide into `DIR`
+//! ([`profile`]).
 
 use std::{
     fmt::Write as _,
@@ -67,55 +71,37 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
     let duration = Duration::from_secs_f64(seconds);
     let (lab, client) = client_and_servers()?;
     let bare = lab.bare_placement(lab.pod("bare-client"));
-    // One measurement of both paths from the mesh's pods and from the bare ones: throughput at
-    // once, latency back to back in the order given, so the two sides of a pair are at most
-    // seconds apart: [mesh's pods, bare pods].
-    let measure_pair = |label: &str, bare_first: bool| -> anyhow::Result<[[Sample; 2]; 2]> {
+    // One measurement of both paths from the mesh's pods and from the bare ones, over the same
+    // moments (`mesh_tests::interleaved`): [mesh's pods, bare pods], and per path the mesh's
+    // rate over the bare one's in each pair of neighbouring bulk slices.
+    let measure_pair = |label: &str| -> anyhow::Result<Measured> {
         let mut out = [[Sample { gbps: 0.0, p50_us: 0.0, p99_us: 0.0 }; 2]; 2];
-        let order: [usize; 2] = if bare_first { [1, 0] } else { [0, 1] };
+        let mut slice_ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for (i, (server, twin, _)) in PATHS.iter().enumerate() {
-            let ends = |side: usize| if side == 0 { (&client, *server) } else { (&bare, *twin) };
-            // Throughput: both sets at once, each its own iperf3 on the same two CPUs, so each
-            // gets half of them at the same moment and the ratio is that of their costs per
-            // byte, whatever the machine does meanwhile.
+            let at = |pod: &str| SocketAddr::from((lab.pod(pod).ip, RR_PORT));
+            let ends = [(&client, at(server)), (&bare, at(twin))];
             let profile = profile(&format!("{label}-{server}"), duration)?;
-            let lab = &lab;
-            let gbps = std::thread::scope(|scope| {
-                let runs = [0, 1].map(|side| {
-                    let (from, to) = ends(side);
-                    let ip = lab.pod(to).ip;
-                    scope.spawn(move || iperf(lab, from, ip, duration))
-                });
-                runs.map(|run| run.join().expect("an iperf thread"))
-            });
+            let bulk = labnet::bulk_pair(&lab, ends, duration, Some(CLIENT_CPU))?;
             if let Some(mut perf) = profile {
                 perf.wait()?;
             }
-            let [mesh_gbps, bare_gbps] = gbps;
-            out[0][i].gbps = mesh_gbps?;
-            out[1][i].gbps = bare_gbps?;
-            // Latency: one after the other (at once, each would wait for the other's packets),
-            // in the order A B B A, each side the mean of its two runs, so a drift over the
-            // pair weighs on both alike. Each run is half the time.
-            let half = duration / 2;
-            for side in order.into_iter().chain(order.into_iter().rev()) {
-                let (from, to) = ends(side);
-                let to_addr = SocketAddr::from((lab.pod(to).ip, RR_PORT));
-                let rr: RrReport = labnet::rr(lab, from, to_addr, half, Some(CLIENT_CPU))?;
-                out[side][i].p50_us += rr.p50_us / 2.0;
-                out[side][i].p99_us += rr.p99_us / 2.0;
+            slice_ratios[i] = bulk[0].slice_gbps.iter().zip(&bulk[1].slice_gbps).map(|(m, b)| m / b).collect();
+            let rr: [RrReport; 2] = labnet::rr_pair(&lab, ends, duration, Some(CLIENT_CPU))?;
+            for side in 0..2 {
+                out[side][i] = Sample { gbps: bulk[side].gbps, p50_us: rr[side].p50_us, p99_us: rr[side].p99_us };
                 let name = if side == 0 { label } else { "none (bare)" };
+                let to = ends[side].1;
                 println!(
-                    "    {name:<16} {to:<14} {:>7.2} Gbit/s   rr p50 {:>6.1} us  p99 {:>6.1} us  ({} round trips)",
-                    out[side][i].gbps, rr.p50_us, rr.p99_us, rr.round_trips
+                    "    {name:<16} {to:<18} {:>7.2} Gbit/s   rr p50 {:>6.1} us  p99 {:>6.1} us  ({} round trips)",
+                    bulk[side].gbps, rr[side].p50_us, rr[side].p99_us, rr[side].round_trips
                 );
             }
         }
-        Ok(out)
+        Ok(Measured { samples: out, slice_ratios })
     };
     // Warm up, then the A/A check: both sets of pods with no mesh at all.
-    measure_pair("warm-up", false)?;
-    let alike = measure_pair("no mesh", true)?;
+    measure_pair("warm-up")?;
+    let alike = measure_pair("no mesh")?;
 
     let objects = pods(&lab);
     let agent_args = ["--policy-max", "200000", "--identities-max", "200000"];
@@ -136,10 +122,9 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         }
         println!("    {label}: mesh up, policy applied in {:.2} s", t.elapsed().as_secs_f64());
         let mut runs = Vec::new();
-        for run in 0..RUNS {
-            // The order alternates, so a drift within a pair favours neither side.
+        for _ in 0..RUNS {
             let (cpu_before, wakeups_before, t) = (mesh_cpu(&mesh), mesh_wakeups(&mesh), Instant::now());
-            let [sample, base] = measure_pair(label, run % 2 == 0)?;
+            let Measured { samples: [sample, base], slice_ratios } = measure_pair(label)?;
             // What else the mesh cost while it was measured: its processes' CPU (agents and
             // operator) and how often their threads woke up.
             let elapsed = t.elapsed().as_secs_f64();
@@ -149,7 +134,7 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
                 mesh_wakeups(&mesh).saturating_sub(wakeups_before) as f64 / elapsed
             );
             none.push(base);
-            runs.push(Paired { sample, base });
+            runs.push(Paired { sample, base, slice_ratios });
         }
         let ns_per_packet = tc_cost(&lab, &client, label)?;
         mesh.stop(&lab)?;
@@ -188,12 +173,14 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
                 baseline: Some(baseline_case.clone()),
                 ratio,
             };
-            // Ratios and differences are taken per pair, then the median over pairs.
+            // Throughput: the median over every pair of neighbouring slices of the case's runs (a
+            // slice the machine stalled is an outlier, not a tenth of a mean). Latency: ratios
+            // and differences per pair, then the median over pairs.
             rows.push(row(
                 "throughput_gbps",
                 sample.gbps,
                 "Gbit/s",
-                Some(median(runs.iter().map(|r| r.sample[i].gbps / r.base[i].gbps))),
+                Some(median(runs.iter().flat_map(|r| r.slice_ratios[i].iter().copied()))),
             ));
             rows.push(row(
                 "rr_p50_us",
@@ -216,14 +203,14 @@ pub fn run(scales: &[u32], seconds: f64) -> anyhow::Result<Report> {
         }
     }
     let mut notes = vec![format!(
-        "{seconds} s per run; every mesh run paired with the bare pods (the mesh's twins, unmanaged): iperf3 of both at once (the Gbit/s are each one's half of the CPUs), rr A B B A; a case's ratio (and added p99) is the median over its {RUNS} pairs; client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
+        "{seconds} s per measurement; every mesh run paired with the bare pods (the mesh's twins, unmanaged) over the same moments by one client alternating between the two paths (bulk data in 100 ms slices to a sink acknowledging what it read, 1-byte round trips one by one); a case's throughput ratio is the median over the neighbouring slices of its {RUNS} pairs, its latency ratios and added p99 the median over the pairs; client on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}; took {:.0} s",
         started.elapsed().as_secs_f64()
     )];
     for (i, (_, _, suffix)) in PATHS.iter().enumerate() {
-        let (pods, bare) = (alike[0][i], alike[1][i]);
+        let (pods, bare) = (alike.samples[0][i], alike.samples[1][i]);
         notes.push(format!(
-            "A/A{suffix}, no mesh: the mesh's pods against the bare ones: throughput {:.3}x, p99 {:+.1} us",
-            pods.gbps / bare.gbps,
+            "A/A{suffix}, no mesh: the mesh's pods against the bare ones: throughput {:.3}x (median over slices), p99 {:+.1} us",
+            median(alike.slice_ratios[i].iter().copied()),
             pods.p99_us - bare.p99_us
         ));
     }
@@ -279,10 +266,18 @@ fn serve(lab: &Lab, placement: &Placement, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One measurement of both paths: [mesh's pods, bare pods] per path, and per path the mesh's
+/// slice rates over the bare ones'.
+struct Measured {
+    samples: [[Sample; 2]; 2],
+    slice_ratios: [Vec<f64>; 2],
+}
+
 /// A mesh run and the bare run paired with it.
 struct Paired {
     sample: [Sample; 2],
     base: [Sample; 2],
+    slice_ratios: [Vec<f64>; 2],
 }
 
 /// Each metric's median over `samples`.
