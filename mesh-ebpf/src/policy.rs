@@ -114,6 +114,17 @@ fn unjudgeable(policy: &DirectionPolicy, direction: u8, reason: u8) -> bool {
     false
 }
 
+/// The policy of the pod behind `ifindex` in `direction`. A pod without policy (or an
+/// interface the agent has not described yet) is tracked all the same: its flows are reported.
+#[inline(always)]
+fn endpoint_policy(ifindex: u32, direction: u8) -> DirectionPolicy {
+    match ENDPOINTS.get_ptr(&ifindex) {
+        // SAFETY: a map value, valid while the program runs; copied out.
+        Some(endpoint) => unsafe { if direction == INGRESS { (*endpoint).ingress } else { (*endpoint).egress } },
+        None => DirectionPolicy::default(),
+    }
+}
+
 /// `T` at `offset` of the packet: straight from the linear data when it is there (no helper
 /// call: three `bpf_skb_load_bytes` calls were a large part of the 400-500 ns a packet cost),
 /// else through `bpf_skb_load_bytes`, which also reads paged data.
@@ -137,13 +148,13 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         let skb = &*ctx.as_ptr().cast::<__sk_buff>();
         (skb.ifindex, skb.protocol, u64::from(skb.len), skb.mark, skb.ingress_ifindex)
     };
-    // A pod without policy is tracked all the same: its flows are reported.
-    let policy = match ENDPOINTS.get_ptr(&ifindex) {
-        // SAFETY: a map value, valid while the program runs; copied out.
-        Some(endpoint) => unsafe { if direction == INGRESS { (*endpoint).ingress } else { (*endpoint).egress } },
-        None => DirectionPolicy::default(),
-    };
+    // The pod's policy is looked up only where a packet is judged (a new flow, a changed
+    // policy, a packet that cannot be judged): a packet of a known flow never needs it. One
+    // lookup fewer took the mesh's added p50 on a same-node round trip (four program runs)
+    // from about 3.2 to 2.7 us in `bench policy`.
+    let policy = || endpoint_policy(ifindex, direction);
     if protocol != ETH_P_IP {
+        let policy = policy();
         if protocol == ETH_P_IPV6 && policy.flags & ISOLATED != 0 {
             count(policy.isolating_rule, DENY, reason::UNSUPPORTED_L3_PROTOCOL, direction, true, true);
             return Ok(false);
@@ -151,11 +162,11 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         return Ok(true);
     }
     let Ok(ip) = read::<Ipv4>(ctx, ETH_HLEN) else {
-        return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
+        return Ok(unjudgeable(&policy(), direction, reason::INVALID_PACKET_DROPPED));
     };
     let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
     if ip.version_ihl >> 4 != 4 || header_len < 20 {
-        return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
+        return Ok(unjudgeable(&policy(), direction, reason::INVALID_PACKET_DROPPED));
     }
     let l4 = ETH_HLEN + header_len;
     let frag = u16::from_be(ip.frag);
@@ -167,12 +178,12 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         let fragment = FragKey { saddr: ip.saddr, daddr: ip.daddr, id: ip.id, proto: ip.proto, direction };
         if frag & IP_OFFSET == 0 {
             let Ok(ports) = read::<[u16; 2]>(ctx, l4) else {
-                return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
+                return Ok(unjudgeable(&policy(), direction, reason::INVALID_PACKET_DROPPED));
             };
             (sport, dport) = (ports[0], ports[1]);
             if ip.proto == proto::TCP {
                 let Ok(flags) = read::<u8>(ctx, l4 + TCP_FLAGS_OFFSET) else {
-                    return Ok(unjudgeable(&policy, direction, reason::INVALID_PACKET_DROPPED));
+                    return Ok(unjudgeable(&policy(), direction, reason::INVALID_PACKET_DROPPED));
                 };
                 tcp_flags = flags;
             }
@@ -183,7 +194,7 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
             }
         } else {
             let Some(ports) = FRAGMENTS.get_ptr(&fragment) else {
-                return Ok(unjudgeable(&policy, direction, reason::FRAG_NOT_FOUND));
+                return Ok(unjudgeable(&policy(), direction, reason::FRAG_NOT_FOUND));
             };
             // SAFETY: a map value, valid while the program runs; copied out.
             let ports = unsafe { *ports };
@@ -275,7 +286,7 @@ fn try_enforce(ctx: &TcContext, direction: u8) -> Result<bool, i64> {
         Verdict { rule: 0, action: DENY, reason: reason::AUTH_REQUIRED }
     } else {
         let principal = if direction == INGRESS { principal(mark, tunnelled, ip.saddr, ingress_ifindex) } else { 0 };
-        judge(ifindex, &policy, direction, peer, principal, ip.proto, port)
+        judge(ifindex, &policy(), direction, peer, principal, ip.proto, port)
     };
     count(verdict.rule, verdict.action, verdict.reason, direction, true, verdict.action == DENY);
     if let Some(ptr) = known {
