@@ -283,12 +283,8 @@ struct Paired {
 /// Each metric's median over `samples`.
 fn median_sample(samples: impl Iterator<Item = Sample>) -> Sample {
     let samples: Vec<Sample> = samples.collect();
-    let median = |f: fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = samples.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Sample { gbps: median(|s| s.gbps), p50_us: median(|s| s.p50_us), p99_us: median(|s| s.p99_us) }
+    let of = |f: fn(&Sample) -> f64| median(samples.iter().map(f));
+    Sample { gbps: of(|s| s.gbps), p50_us: of(|s| s.p50_us), p99_us: of(|s| s.p99_us) }
 }
 
 /// Total run time and runs of every loaded pod TC program (`mesh_from_pod`, `mesh_to_pod`).
